@@ -1,0 +1,96 @@
+//! A software clock for clockless devices.
+//!
+//! Real sound cards pace their callbacks: capture can never run ahead of the
+//! wall clock, and playback only runs ahead by the device buffer, which it
+//! then plays out. ALSA's `file` and `null` plugins have no clock at all and
+//! deliver or consume audio as fast as the CPU allows, which would turn a
+//! 10-second speech file into a 5 ms burst (and playback into gigabytes of
+//! silence).
+//!
+//! [`ClockGuard::after`] is called at the end of each callback. It does
+//! nothing unless the device has run ahead of the wall clock by more than
+//! 100 ms plus 1% of the elapsed time, which no clocked device does (clock
+//! drift is parts per million, and a playback buffer is played out before the
+//! margin is reached). Past that point the device is latched as clockless and
+//! the callback sleeps until the wall clock catches up. Only a clockless
+//! device ever sleeps, and it has no deadline to miss.
+
+use std::time::{Duration, Instant};
+
+const SLACK: Duration = Duration::from_millis(100);
+
+/// Paces a callback to the wall clock when its device has no clock.
+#[derive(Debug)]
+pub struct ClockGuard {
+    rate: f64,
+    start: Option<Instant>,
+    frames: u64,
+    clockless: bool,
+}
+
+impl ClockGuard {
+    /// A guard for a device running at `rate` frames per second.
+    pub fn new(rate: u32) -> Self {
+        ClockGuard {
+            rate: f64::from(rate.max(1)),
+            start: None,
+            frames: 0,
+            clockless: false,
+        }
+    }
+
+    /// Whether the device was found to have no clock.
+    pub fn is_clockless(&self) -> bool {
+        self.clockless
+    }
+
+    /// Account for `frames` just delivered or consumed; sleeps only on a
+    /// clockless device. Returns true the first time the device is latched
+    /// as clockless.
+    #[inline]
+    pub fn after(&mut self, frames: usize) -> bool {
+        let now = Instant::now();
+        let start = *self.start.get_or_insert(now);
+        self.frames += frames as u64;
+        let media = Duration::from_secs_f64(self.frames as f64 / self.rate);
+        let wall = now - start;
+        let mut latched = false;
+        if !self.clockless && media > wall + SLACK + wall / 100 {
+            self.clockless = true;
+            latched = true;
+        }
+        if self.clockless && media > wall + SLACK {
+            std::thread::sleep(media - wall - SLACK);
+        }
+        latched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_device_never_latches() {
+        let mut g = ClockGuard::new(48_000);
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(10));
+            assert!(!g.after(480));
+        }
+        assert!(!g.is_clockless());
+    }
+
+    #[test]
+    fn clockless_device_is_paced_to_real_time() {
+        let mut g = ClockGuard::new(48_000);
+        let t0 = Instant::now();
+        // 400 ms of audio delivered as fast as possible.
+        for _ in 0..40 {
+            g.after(480);
+        }
+        assert!(g.is_clockless());
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(280), "{took:?}");
+        assert!(took < Duration::from_millis(600), "{took:?}");
+    }
+}

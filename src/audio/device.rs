@@ -1,0 +1,166 @@
+//! Finding a device by name and choosing the stream configuration.
+
+use cpal::traits::{DeviceTrait, HostTrait};
+use cpal::{SampleFormat, SupportedStreamConfig, SupportedStreamConfigRange};
+use thiserror::Error;
+
+/// The pipeline's native rate.
+pub const PIPELINE_RATE: u32 = 48_000;
+
+/// Capture or playback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Microphone.
+    Capture,
+    /// Speaker.
+    Playback,
+}
+
+impl std::fmt::Display for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dir::Capture => "capture",
+            Dir::Playback => "playback",
+        })
+    }
+}
+
+/// Why a device could not be opened.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// No device of that name; lists the ones that exist.
+    #[error("{dir} device `{name}` not found; available {dir} devices: {available}")]
+    NotFound {
+        /// Capture or playback.
+        dir: Dir,
+        /// The name asked for.
+        name: String,
+        /// Comma-separated ids of the devices present.
+        available: String,
+    },
+    /// No default device.
+    #[error("no default {0} device; set `{0}.device` in the config (see `voxgate run --list-devices`)")]
+    NoDefault(Dir),
+    /// The device offers no usable configuration.
+    #[error("{dir} device `{name}` offers no usable stream format: {reason}")]
+    NoConfig {
+        /// Capture or playback.
+        dir: Dir,
+        /// Device name.
+        name: String,
+        /// Backend detail.
+        reason: String,
+    },
+    /// The backend refused to build or start the stream.
+    #[error("{dir} device `{name}`: {source}")]
+    Backend {
+        /// Capture or playback.
+        dir: Dir,
+        /// Device name.
+        name: String,
+        /// The cpal error.
+        source: cpal::Error,
+    },
+}
+
+fn supports(d: &cpal::Device, dir: Dir) -> bool {
+    match dir {
+        Dir::Capture => d.supports_input(),
+        Dir::Playback => d.supports_output(),
+    }
+}
+
+fn id_of(d: &cpal::Device) -> String {
+    d.id().map(|i| i.id().to_string()).unwrap_or_default()
+}
+
+/// Ids and descriptions of the devices usable in `dir`.
+pub fn list(dir: Dir) -> Vec<(String, String)> {
+    let host = cpal::default_host();
+    let Ok(devices) = host.devices() else {
+        return Vec::new();
+    };
+    devices
+        .filter(|d| supports(d, dir))
+        .map(|d| {
+            let desc = d.description().map(|x| x.to_string()).unwrap_or_default();
+            (id_of(&d), desc.replace('\n', " / "))
+        })
+        .collect()
+}
+
+/// Find a device by ALSA PCM id (e.g. `plughw:CARD=1,DEV=0`, `voxcap`) or by
+/// its description name; `None` selects the default device.
+pub fn find(name: Option<&str>, dir: Dir) -> Result<cpal::Device, DeviceError> {
+    let host = cpal::default_host();
+    let Some(name) = name else {
+        let d = match dir {
+            Dir::Capture => host.default_input_device(),
+            Dir::Playback => host.default_output_device(),
+        };
+        return d.ok_or(DeviceError::NoDefault(dir));
+    };
+    let devices: Vec<cpal::Device> = host
+        .devices()
+        .map(|d| d.filter(|d| supports(d, dir)).collect())
+        .unwrap_or_default();
+    if let Some(d) = devices.iter().find(|d| id_of(d) == name) {
+        return Ok(d.clone());
+    }
+    if let Some(d) = devices.iter().find(|d| d.to_string() == name) {
+        return Ok(d.clone());
+    }
+    let available = devices.iter().map(id_of).collect::<Vec<_>>().join(", ");
+    Err(DeviceError::NotFound {
+        dir,
+        name: name.to_string(),
+        available: if available.is_empty() {
+            "none".into()
+        } else {
+            available
+        },
+    })
+}
+
+fn format_rank(f: SampleFormat) -> u8 {
+    match f {
+        SampleFormat::F32 => 0,
+        SampleFormat::I16 => 1,
+        SampleFormat::I32 => 2,
+        SampleFormat::F64 => 3,
+        SampleFormat::U16 => 4,
+        SampleFormat::I8 | SampleFormat::U8 => 5,
+        _ => 9,
+    }
+}
+
+/// Pick the configuration closest to 48 kHz mono in a format we convert cheaply.
+pub fn choose_config(
+    device: &cpal::Device,
+    dir: Dir,
+) -> Result<SupportedStreamConfig, DeviceError> {
+    let name = device.to_string();
+    let ranges: Vec<SupportedStreamConfigRange> = match dir {
+        Dir::Capture => device.supported_input_configs().map(|i| i.collect()),
+        Dir::Playback => device.supported_output_configs().map(|i| i.collect()),
+    }
+    .map_err(|e| DeviceError::NoConfig {
+        dir,
+        name: name.clone(),
+        reason: e.to_string(),
+    })?;
+    let best = ranges
+        .into_iter()
+        .filter(|r| format_rank(r.sample_format()) < 9)
+        .min_by_key(|r| {
+            let has48 = r.min_sample_rate() <= PIPELINE_RATE && PIPELINE_RATE <= r.max_sample_rate();
+            (!has48, r.channels() != 1, format_rank(r.sample_format()), r.channels())
+        })
+        .ok_or_else(|| DeviceError::NoConfig {
+            dir,
+            name: name.clone(),
+            reason: "no supported sample format".into(),
+        })?;
+    let rate = PIPELINE_RATE.clamp(best.min_sample_rate(), best.max_sample_rate());
+    Ok(best.with_sample_rate(rate))
+}

@@ -1,0 +1,205 @@
+//! The speaker: a cpal output stream fed from the playback ring by the
+//! decoder thread, reopened with backoff when the device fails.
+//!
+//! The data callback dequeues mono samples, expands them to the device's
+//! channels and format, fills underruns with silence (counted), and wakes the
+//! decoder thread. It does not allocate, lock, log or block (clockless
+//! devices excepted, see [`super::clock`]).
+
+use super::clock::ClockGuard;
+use super::convert::upmix;
+use super::device::{self, DeviceError, Dir};
+use super::ring::{Returning, RingRx};
+use crate::telemetry::metrics::Counter;
+use cpal::traits::{DeviceTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// State the playback thread shares with the decoder and with metrics.
+#[derive(Debug)]
+pub struct PlaybackShared {
+    /// Device rate the decoder must produce for.
+    pub rate: AtomicU32,
+    /// Samples handed to the device since start.
+    pub played: AtomicU64,
+    /// Samples of silence inserted because the ring ran dry.
+    pub underruns: Arc<Counter>,
+    /// Times the device was (re)opened.
+    pub opens: Arc<Counter>,
+    /// Set once a device was latched as clockless.
+    pub clockless: AtomicBool,
+}
+
+/// A running playback thread.
+#[derive(Debug)]
+pub struct Playback {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Playback {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Start playing to `name` (default device when `None`) from `rx`, waking
+/// `decoder` after each callback.
+pub fn start(
+    name: Option<String>,
+    rx: RingRx,
+    decoder: Thread,
+    shared: Arc<PlaybackShared>,
+) -> std::io::Result<Playback> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = thread::Builder::new()
+        .name("playback-ctl".into())
+        .spawn(move || supervise(name, rx, decoder, shared, stop2))?;
+    Ok(Playback {
+        thread: Some(thread),
+        stop,
+    })
+}
+
+fn supervise(
+    name: Option<String>,
+    rx: RingRx,
+    decoder: Thread,
+    shared: Arc<PlaybackShared>,
+    stop: Arc<AtomicBool>,
+) {
+    let label = name.clone().unwrap_or_else(|| "default".into());
+    let (home, back) = mpsc::channel::<RingRx>();
+    let mut rx = Some(rx);
+    let mut backoff = BACKOFF_MIN;
+    while !stop.load(Relaxed) {
+        let Some(ring) = rx.take().or_else(|| back.recv_timeout(Duration::from_secs(2)).ok())
+        else {
+            warn!(device = %label, "playback ring not returned by the closed stream; retrying");
+            continue;
+        };
+        let (err_tx, err_rx) = mpsc::channel::<cpal::Error>();
+        match open(
+            name.as_deref(),
+            Returning::new(ring, home.clone()),
+            decoder.clone(),
+            &shared,
+            err_tx,
+        ) {
+            Ok(stream) => {
+                shared.opens.inc();
+                let reason = loop {
+                    if stop.load(Relaxed) {
+                        break None;
+                    }
+                    match err_rx.recv_timeout(Duration::from_millis(250)) {
+                        Ok(e) => break Some(e.to_string()),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            break Some("stream ended".to_string());
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                };
+                drop(stream);
+                match reason {
+                    None => break,
+                    Some(why) => {
+                        warn!(device = %label, error = %why, "playback device failed; reopening");
+                        backoff = BACKOFF_MIN;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(device = %label, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                      "cannot open playback device; will retry");
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+        thread::park_timeout(backoff + jitter);
+    }
+}
+
+fn open(
+    name: Option<&str>,
+    ring: Returning<RingRx>,
+    decoder: Thread,
+    shared: &Arc<PlaybackShared>,
+    errors: mpsc::Sender<cpal::Error>,
+) -> Result<cpal::Stream, DeviceError> {
+    let dev = device::find(name, Dir::Playback)?;
+    let cfg = device::choose_config(&dev, Dir::Playback)?;
+    let dev_name = dev.to_string();
+    let backend = |source| DeviceError::Backend {
+        dir: Dir::Playback,
+        name: dev_name.clone(),
+        source,
+    };
+    shared.rate.store(cfg.sample_rate(), Relaxed);
+    let stream = match cfg.sample_format() {
+        SampleFormat::F32 => build::<f32>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::I16 => build::<i16>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::I32 => build::<i32>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::F64 => build::<f64>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::U16 => build::<u16>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::I8 => build::<i8>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::U8 => build::<u8>(&dev, &cfg, ring, decoder, shared, errors),
+        other => {
+            return Err(DeviceError::NoConfig {
+                dir: Dir::Playback,
+                name: dev_name,
+                reason: format!("sample format {other} is not supported"),
+            });
+        }
+    }
+    .map_err(backend)?;
+    stream.play().map_err(backend)?;
+    info!(device = %dev_name, rate = cfg.sample_rate(), channels = cfg.channels(),
+          format = %cfg.sample_format(), "playback device open");
+    Ok(stream)
+}
+
+fn build<T>(
+    dev: &cpal::Device,
+    cfg: &cpal::SupportedStreamConfig,
+    mut ring: Returning<RingRx>,
+    decoder: Thread,
+    shared: &Arc<PlaybackShared>,
+    errors: mpsc::Sender<cpal::Error>,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    T: SizedSample + FromSample<f32>,
+{
+    let channels = usize::from(cfg.channels()).max(1);
+    let shared_cb = shared.clone();
+    let mut clock = ClockGuard::new(cfg.sample_rate());
+    let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
+        let rx = ring.get();
+        let frames = data.len() / channels;
+        let filled = upmix(data, channels, || rx.samples.dequeue());
+        shared_cb.played.fetch_add(frames as u64, Relaxed);
+        if filled < frames {
+            shared_cb.underruns.add((frames - filled) as u64);
+        }
+        decoder.unpark();
+        if clock.after(frames) {
+            shared_cb.clockless.store(true, Relaxed);
+        }
+    };
+    let err = move |e: cpal::Error| {
+        let _ = errors.send(e);
+    };
+    dev.build_output_stream::<T, _, _>(cfg.config(), data, err, Some(Duration::from_secs(5)))
+}

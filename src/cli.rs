@@ -1,0 +1,148 @@
+//! Command line: `run`, `relay {run,init,dev-cert}`, `demo`.
+
+use crate::config::{GatewayConfig, RelayConfig};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// voxgate: edge voice gateway.
+#[derive(Debug, Parser)]
+#[command(name = "voxgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance daemon: microphone to relay, relay to speaker.
+    Run(RunArgs),
+    /// The cloud relay.
+    #[command(subcommand)]
+    Relay(RelayCommand),
+    /// Start a relay and a gateway on loopback and stream for a while.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Gateway config file.
+    #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+    config: PathBuf,
+    /// List capture and playback devices and exit.
+    #[arg(long)]
+    list_devices: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum RelayCommand {
+    /// Serve devices.
+    Run {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+    },
+    /// Create the fleet CA and the relay certificate in the state directory.
+    Init {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+    },
+    /// Issue a development device certificate (plaintext key: for labs only).
+    DevCert {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// Device id to name in the certificate.
+        #[arg(long)]
+        device_id: String,
+        /// Directory to write device.pem, device.key and ca.pem into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
+}
+
+/// Entry point: parse, run, print errors with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voxgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            if args.list_devices {
+                for dir in [crate::audio::device::Dir::Capture, crate::audio::device::Dir::Playback] {
+                    println!("{dir} devices:");
+                    for (id, desc) in crate::audio::device::list(dir) {
+                        println!("  {id:<32} {desc}");
+                    }
+                }
+                return Ok(());
+            }
+            let cfg = GatewayConfig::load(&args.config)?;
+            crate::telemetry::init(&cfg.telemetry.log);
+            let prepared = crate::gateway::prepare(cfg)?;
+            runtime(1)?.block_on(crate::gateway::run(prepared, shutdown_signal()))
+        }
+        Command::Relay(RelayCommand::Run { config }) => {
+            let cfg = RelayConfig::load(&config)?;
+            crate::telemetry::init(&cfg.telemetry.log);
+            runtime(2)?.block_on(crate::relay::run(cfg, shutdown_signal()))
+        }
+        Command::Relay(RelayCommand::Init { config }) => {
+            let cfg = RelayConfig::load(&config)?;
+            let fp = crate::relay::ca::init(&cfg.state_dir, &cfg.server_name)?;
+            println!("fleet CA created in {}", cfg.state_dir.display());
+            println!("CA fingerprint: {fp}");
+            Ok(())
+        }
+        Command::Relay(RelayCommand::DevCert {
+            config,
+            device_id,
+            out,
+            days,
+        }) => {
+            let cfg = RelayConfig::load(&config)?;
+            crate::relay::ca::issue_dev_cert(&cfg.state_dir, &device_id, days, &out)?;
+            println!(
+                "development certificate for `{device_id}` written to {} (device.pem, device.key, ca.pem)",
+                out.display()
+            );
+            println!("warning: device.key is a plaintext key for lab use; production devices use sealed keys");
+            Ok(())
+        }
+        Command::Demo(args) => crate::demo::run(args),
+    }
+}

@@ -1,0 +1,414 @@
+//! The appliance's config (`voxgate run`).
+
+use super::{ConfigError, TelemetryConfig, base_dir, load_toml, resolve};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Raw shape of the file; [`GatewayConfig::load`] turns it into typed values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    device_id: String,
+    relay: RawRelay,
+    identity: RawIdentity,
+    #[serde(default)]
+    capture: RawCapture,
+    #[serde(default)]
+    playback: RawPlayback,
+    #[serde(default)]
+    codec: RawCodec,
+    #[serde(default)]
+    jitter: RawJitter,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    address: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    device: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlayback {
+    #[serde(default = "yes")]
+    enabled: bool,
+    device: Option<String>,
+}
+
+impl Default for RawPlayback {
+    fn default() -> Self {
+        RawPlayback {
+            enabled: true,
+            device: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCodec {
+    frame_ms: u32,
+    bitrate: u32,
+    fec: bool,
+    dtx: bool,
+    expected_loss_percent: u32,
+    complexity: u32,
+}
+
+impl Default for RawCodec {
+    fn default() -> Self {
+        RawCodec {
+            frame_ms: 20,
+            bitrate: 24_000,
+            fec: true,
+            dtx: false,
+            expected_loss_percent: 5,
+            complexity: 9,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawJitter {
+    min_ms: u32,
+    max_ms: u32,
+}
+
+impl Default for RawJitter {
+    fn default() -> Self {
+        RawJitter {
+            min_ms: 40,
+            max_ms: 300,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where the relay is and how to recognise it.
+#[derive(Debug, Clone)]
+pub struct RelayTarget {
+    /// `host:port` as written; resolved at every connection attempt.
+    pub address: String,
+    /// TLS server name checked against the relay certificate.
+    pub server_name: String,
+    /// The fleet CA that signed the relay certificate.
+    pub ca: PathBuf,
+}
+
+/// Where the device certificate and key come from. The dev-file source is
+/// the only one in this release; the identity issue adds sealed backends.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// PEM certificate chain of the device.
+    pub cert: PathBuf,
+    /// PEM PKCS#8 private key of the device (development certificates only).
+    pub key: PathBuf,
+}
+
+/// Capture device selection.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// ALSA PCM id or description name; `None` means the default device.
+    pub device: Option<String>,
+}
+
+/// Playback device selection.
+#[derive(Debug, Clone)]
+pub struct PlaybackConfig {
+    /// Whether downlink audio is played at all.
+    pub enabled: bool,
+    /// ALSA PCM id or description name; `None` means the default device.
+    pub device: Option<String>,
+}
+
+/// Opus encoder settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CodecConfig {
+    /// Frame duration: 10, 20, 40 or 60 ms.
+    pub frame: Duration,
+    /// Target bitrate, bits per second (6000..=128000).
+    pub bitrate: u32,
+    /// In-band forward error correction.
+    pub fec: bool,
+    /// Discontinuous transmission during silence.
+    pub dtx: bool,
+    /// Loss the encoder plans FEC for, percent.
+    pub expected_loss_percent: u8,
+    /// Encoder complexity 0..=10.
+    pub complexity: u8,
+}
+
+impl CodecConfig {
+    /// Samples per frame at 48 kHz.
+    pub fn frame_samples(&self) -> usize {
+        (self.frame.as_millis() as usize) * 48
+    }
+}
+
+/// Downlink jitter buffer bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct JitterSettings {
+    /// Lowest playout delay.
+    pub min_delay: Duration,
+    /// Highest playout delay.
+    pub max_delay: Duration,
+}
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// File this came from (for messages).
+    pub file: PathBuf,
+    /// Device id announced to the relay; must match the certificate.
+    pub device_id: String,
+    /// Relay to connect to.
+    pub relay: RelayTarget,
+    /// Key and certificate source.
+    pub identity: IdentityConfig,
+    /// Microphone.
+    pub capture: CaptureConfig,
+    /// Speaker.
+    pub playback: PlaybackConfig,
+    /// Encoder settings.
+    pub codec: CodecConfig,
+    /// Jitter buffer bounds.
+    pub jitter: JitterSettings,
+    /// Logging and metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+impl GatewayConfig {
+    /// Read and validate `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = load_toml(file)?;
+        Self::validate(file, raw)
+    }
+
+    fn validate(file: &Path, raw: Raw) -> Result<Self, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
+        let base = base_dir(file);
+        if !valid_device_id(&raw.device_id) {
+            return Err(bad(
+                "device_id",
+                format!(
+                    "`{}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'",
+                    raw.device_id
+                ),
+            ));
+        }
+        let (host, _) = split_host_port(&raw.relay.address).ok_or_else(|| {
+            bad(
+                "relay.address",
+                format!(
+                    "`{}` is not HOST:PORT (for example relay.example.net:443 or [::1]:4433)",
+                    raw.relay.address
+                ),
+            )
+        })?;
+        let server_name = raw.relay.server_name.unwrap_or_else(|| host.to_string());
+        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            return Err(bad(
+                "relay.server_name",
+                format!("`{server_name}` is not a valid TLS server name"),
+            ));
+        }
+        let c = &raw.codec;
+        if ![10, 20, 40, 60].contains(&c.frame_ms) {
+            return Err(bad(
+                "codec.frame_ms",
+                format!("{} is not one of 10, 20, 40, 60", c.frame_ms),
+            ));
+        }
+        if !(6_000..=128_000).contains(&c.bitrate) {
+            return Err(bad(
+                "codec.bitrate",
+                format!("{} b/s is outside 6000..=128000", c.bitrate),
+            ));
+        }
+        if c.expected_loss_percent > 100 {
+            return Err(bad(
+                "codec.expected_loss_percent",
+                format!("{} is not a percentage", c.expected_loss_percent),
+            ));
+        }
+        if c.complexity > 10 {
+            return Err(bad(
+                "codec.complexity",
+                format!("{} is outside 0..=10", c.complexity),
+            ));
+        }
+        let j = &raw.jitter;
+        if j.min_ms == 0 || j.min_ms > j.max_ms || j.max_ms > 2_000 {
+            return Err(bad(
+                "jitter",
+                format!(
+                    "need 0 < min_ms <= max_ms <= 2000, got min_ms = {}, max_ms = {}",
+                    j.min_ms, j.max_ms
+                ),
+            ));
+        }
+        raw.telemetry.validate(file)?;
+        Ok(GatewayConfig {
+            file: file.to_path_buf(),
+            device_id: raw.device_id,
+            relay: RelayTarget {
+                address: raw.relay.address,
+                server_name,
+                ca: resolve(&base, &raw.relay.ca),
+            },
+            identity: IdentityConfig {
+                cert: resolve(&base, &raw.identity.cert),
+                key: resolve(&base, &raw.identity.key),
+            },
+            capture: CaptureConfig {
+                device: raw.capture.device.filter(|d| d != "default"),
+            },
+            playback: PlaybackConfig {
+                enabled: raw.playback.enabled,
+                device: raw.playback.device.filter(|d| d != "default"),
+            },
+            codec: CodecConfig {
+                frame: Duration::from_millis(u64::from(c.frame_ms)),
+                bitrate: c.bitrate,
+                fec: c.fec,
+                dtx: c.dtx,
+                expected_loss_percent: c.expected_loss_percent as u8,
+                complexity: c.complexity as u8,
+            },
+            jitter: JitterSettings {
+                min_delay: Duration::from_millis(u64::from(j.min_ms)),
+                max_delay: Duration::from_millis(u64::from(j.max_ms)),
+            },
+            telemetry: raw.telemetry,
+        })
+    }
+}
+
+/// Device ids are used in file names and certificate names: keep them tame.
+pub fn valid_device_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && !id.starts_with('.')
+}
+
+/// Split `host:port` / `[v6]:port`; the port must be a non-zero u16.
+pub(crate) fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty() && !host.contains(':') || s.starts_with('[')).then_some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    const GOOD: &str = r#"
+device_id = "gw-1"
+[relay]
+address = "127.0.0.1:4433"
+server_name = "relay.voxgate.test"
+ca = "ca.pem"
+[identity]
+cert = "device.pem"
+key = "/abs/device.key"
+"#;
+
+    fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let file = Path::new("/etc/voxgate/voxgate.toml");
+        GatewayConfig::validate(file, parse_toml(file, text)?)
+    }
+
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.relay.ca, Path::new("/etc/voxgate/ca.pem"));
+        assert_eq!(c.identity.key, Path::new("/abs/device.key"));
+        assert_eq!(c.codec.frame, Duration::from_millis(20));
+        assert_eq!(c.codec.bitrate, 24_000);
+        assert!(c.codec.fec && !c.codec.dtx);
+        assert_eq!(c.codec.frame_samples(), 960);
+        assert!(c.capture.device.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&format!("{GOOD}\n[codec]\nbitrat = 1\n"));
+        assert!(e.starts_with("/etc/voxgate/voxgate.toml: key `codec"), "{e}");
+        assert!(e.contains("unknown field `bitrat`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err(&format!("{GOOD}\n[codec]\nframe_ms = \"twenty\"\n"));
+        assert!(e.contains("key `codec.frame_ms`"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (extra, key) in [
+            ("[codec]\nframe_ms = 30\n", "codec.frame_ms"),
+            ("[codec]\nbitrate = 1000\n", "codec.bitrate"),
+            ("[jitter]\nmin_ms = 500\nmax_ms = 100\n", "jitter"),
+            ("[telemetry]\nmetrics = \"0.0.0.0:9000\"\n", "telemetry.metrics"),
+            ("[telemetry]\nlog = \"[[[\"\n", "telemetry.log"),
+        ] {
+            let e = err(&format!("{GOOD}\n{extra}"));
+            assert!(e.contains(&format!("key `{key}`")), "{e}");
+        }
+        let e = err(&GOOD.replace("127.0.0.1:4433", "nowhere"));
+        assert!(e.contains("key `relay.address`"), "{e}");
+        let e = err(&GOOD.replace("gw-1", "GW 1"));
+        assert!(e.contains("key `device_id`"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_and_syntax_error() {
+        let e = err("device_id = \"a\"\n");
+        assert!(e.contains("missing field `relay`"), "{e}");
+        let e = err("device_id = \n");
+        assert!(e.contains("key `.`"), "{e}");
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("a.b:443"), Some(("a.b", 443)));
+        assert_eq!(split_host_port("[::1]:4433"), Some(("::1", 4433)));
+        assert_eq!(split_host_port("::1:4433"), None);
+        assert_eq!(split_host_port("a:0"), None);
+        assert_eq!(split_host_port(":1"), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Configuration: one TOML file per role, validated once into typed values.
+//!
+//! Every error names the file, the key and what is wrong, and is raised before
+//! the process touches the network or audio. Later code never re-validates:
+//! it receives [`GatewayConfig`] or [`RelayConfig`] and trusts them.
+//! Relative paths in a file are resolved against that file's directory.
+
+mod gateway;
+mod relay;
+
+pub use gateway::{
+    CaptureConfig, CodecConfig, GatewayConfig, IdentityConfig, JitterSettings, PlaybackConfig,
+    RelayTarget,
+};
+pub use gateway::valid_device_id;
+pub use relay::{DownlinkMode, RelayConfig};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A configuration problem, located as precisely as possible.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted path of the offending key (`.` when it is the whole file).
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(file: &Path, key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Read and deserialize a TOML file, mapping every error to file + key.
+pub(crate) fn load_toml<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    parse_toml(file, &text)
+}
+
+pub(crate) fn parse_toml<T: for<'de> Deserialize<'de>>(
+    file: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::invalid(file, ".", one_line(&e.to_string())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::invalid(file, &key, one_line(&e.into_inner().to_string()))
+    })
+}
+
+/// toml's messages carry a multi-line source excerpt; keep the first line with
+/// the position and the last line with the explanation.
+fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match lines.as_slice() {
+        [] => String::from("invalid value"),
+        [only] => (*only).to_string(),
+        [first, .., last] => {
+            let explanation = last.trim_start_matches('|').trim();
+            let explanation = explanation.trim_start_matches('^').trim();
+            if explanation.is_empty() {
+                (*first).to_string()
+            } else {
+                format!("{first}: {explanation}")
+            }
+        }
+    }
+}
+
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+pub(crate) fn base_dir(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Telemetry settings shared by both roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Default log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// tracing directive list).
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Loopback address of the Prometheus endpoint; absent disables it.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log: default_log(),
+            metrics: None,
+        }
+    }
+}
+
+fn default_log() -> String {
+    "info".into()
+}
+
+impl TelemetryConfig {
+    pub(crate) fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(ConfigError::invalid(
+                file,
+                "telemetry.log",
+                format!("`{}` is not a log level or filter", self.log),
+            ));
+        }
+        if let Some(addr) = self.metrics
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError::invalid(
+                file,
+                "telemetry.metrics",
+                format!("{addr} is not a loopback address; metrics are local-only (use 127.0.0.1:PORT)"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The relay's config (`voxgate relay run`).
+
+use super::{ConfigError, TelemetryConfig, base_dir, load_toml, resolve};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    recordings: PathBuf,
+    #[serde(default = "default_name")]
+    server_name: String,
+    #[serde(default)]
+    downlink: RawDownlink,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDownlink {
+    #[serde(default)]
+    mode: RawMode,
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    #[default]
+    None,
+    Echo,
+    File,
+}
+
+fn default_name() -> String {
+    "relay.voxgate.local".into()
+}
+
+/// What the relay sends down to each device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownlinkMode {
+    /// Nothing.
+    None,
+    /// The device's own uplink, straight back.
+    Echo,
+    /// An Ogg Opus or WAV file, looped.
+    File(PathBuf),
+}
+
+/// The validated relay configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// File this came from.
+    pub file: PathBuf,
+    /// UDP address for QUIC.
+    pub listen: SocketAddr,
+    /// CA and relay certificate live here.
+    pub state_dir: PathBuf,
+    /// Ogg recordings of uplink flows.
+    pub recordings: PathBuf,
+    /// DNS name in the relay certificate.
+    pub server_name: String,
+    /// Downlink audio policy.
+    pub downlink: DownlinkMode,
+    /// Logging and metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+impl RelayConfig {
+    /// Read and validate `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = load_toml(file)?;
+        let base = base_dir(file);
+        if rustls::pki_types::ServerName::try_from(raw.server_name.as_str()).is_err() {
+            return Err(ConfigError::invalid(
+                file,
+                "server_name",
+                format!("`{}` is not a valid DNS name", raw.server_name),
+            ));
+        }
+        let downlink = match (raw.downlink.mode, raw.downlink.file) {
+            (RawMode::None, _) => DownlinkMode::None,
+            (RawMode::Echo, _) => DownlinkMode::Echo,
+            (RawMode::File, Some(f)) => {
+                let f = resolve(&base, &f);
+                if !f.is_file() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        "downlink.file",
+                        format!("{} does not exist or is not a file", f.display()),
+                    ));
+                }
+                DownlinkMode::File(f)
+            }
+            (RawMode::File, None) => {
+                return Err(ConfigError::invalid(
+                    file,
+                    "downlink.file",
+                    "mode = \"file\" needs file = \"PATH\" (an .ogg Opus or .wav file)",
+                ));
+            }
+        };
+        raw.telemetry.validate(file)?;
+        Ok(RelayConfig {
+            file: file.to_path_buf(),
+            listen: raw.listen,
+            state_dir: resolve(&base, &raw.state_dir),
+            recordings: resolve(&base, &raw.recordings),
+            server_name: raw.server_name,
+            downlink,
+            telemetry: raw.telemetry,
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! The appliance daemon (`voxgate run`): microphone → relay and relay →
+//! speaker.
+//!
+//! Threads: the capture and playback device threads (cpal), the encoder
+//! thread ([`uplink`]), the decoder thread ([`downlink`]), and a small tokio
+//! runtime for QUIC and the metrics endpoint. Audio never waits on the
+//! network: the encoder hands datagrams to quinn without awaiting, and the
+//! decoder reads a bounded channel filled by the datagram task.
+
+pub mod downlink;
+pub mod metrics;
+pub mod uplink;
+
+use crate::audio::capture::{self, CaptureShared};
+use crate::audio::device::{self, Dir};
+use crate::audio::playback::{self, PlaybackShared};
+use crate::audio::ring;
+use crate::codec::{OPUS_PAYLOAD_TYPE, OpusEncoder};
+use crate::config::{ConfigError, GatewayConfig};
+use crate::media::sender::RtpSender;
+use crate::transport::client::{self, ClientParams, ConnSlot, UPLINK_FLOW};
+use crate::transport::tls::{self, DevFileIdentity, DeviceIdentity};
+use anyhow::{Context, Result};
+use metrics::GatewayMetrics;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use tracing::info;
+
+/// Everything checked before the network or audio is touched.
+#[derive(Debug)]
+pub struct Prepared {
+    cfg: GatewayConfig,
+    client: quinn::ClientConfig,
+}
+
+/// Validate identity, CA and devices. Errors name the config key at fault.
+pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
+    let identity = DevFileIdentity::load(&cfg.device_id, &cfg.identity.cert, &cfg.identity.key)
+        .with_context(|| format!("{}: [identity]", cfg.file.display()))?;
+    let ca = tls::read_certs(&cfg.relay.ca)
+        .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
+    let client = tls::client_config(&ca, &identity)?;
+    device::find(cfg.capture.device.as_deref(), Dir::Capture).map_err(|e| {
+        ConfigError::invalid(&cfg.file, "capture.device", e.to_string())
+    })?;
+    if cfg.playback.enabled {
+        device::find(cfg.playback.device.as_deref(), Dir::Playback).map_err(|e| {
+            ConfigError::invalid(&cfg.file, "playback.device", e.to_string())
+        })?;
+    }
+    info!(device_id = identity.device_id(), "identity loaded");
+    Ok(Prepared { cfg, client })
+}
+
+/// Run the gateway until `shutdown` resolves.
+pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let cfg = p.cfg;
+    let metrics = GatewayMetrics::new();
+    if let Some(addr) = cfg.telemetry.metrics {
+        let l = crate::telemetry::http::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind metrics endpoint {addr}"))?;
+        tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
+    }
+    let endpoint = quinn::Endpoint::client("[::]:0".parse()?)
+        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("addr")))
+        .context("cannot open a UDP socket for QUIC")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let slot = Arc::new(ConnSlot::default());
+    let ssrc = fastrand::u32(..);
+
+    // Uplink: capture → encoder thread.
+    let (cap_tx, cap_rx) = ring::ring();
+    let cap_shared = Arc::new(CaptureShared {
+        rate: AtomicU32::new(0),
+        delivered: AtomicU64::new(0),
+        overruns: metrics.capture_overruns.clone(),
+        opens: metrics.capture_opens.clone(),
+        clockless: AtomicBool::new(false),
+    });
+    let up = uplink::Uplink {
+        rx: cap_rx,
+        capture: cap_shared.clone(),
+        encoder: OpusEncoder::new(&cfg.codec)?,
+        rtp: RtpSender::new(
+            UPLINK_FLOW,
+            OPUS_PAYLOAD_TYPE,
+            ssrc,
+            fastrand::u16(..),
+            fastrand::u32(..),
+        ),
+        conn: slot.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    };
+    let encoder = std::thread::Builder::new()
+        .name("encoder".into())
+        .spawn(move || up.run())?;
+    let capture = capture::start(
+        cfg.capture.device.clone(),
+        cap_tx,
+        encoder.thread().clone(),
+        cap_shared.clone(),
+    )?;
+
+    // Downlink: network → decoder thread → playback.
+    let (down_tx, down_rx) = std::sync::mpsc::sync_channel(256);
+    let mut playback_parts = None;
+    if cfg.playback.enabled {
+        let (pb_tx, pb_rx) = ring::ring();
+        let pb_shared = Arc::new(PlaybackShared {
+            rate: AtomicU32::new(0),
+            played: AtomicU64::new(0),
+            underruns: metrics.playback_underruns.clone(),
+            opens: metrics.playback_opens.clone(),
+            clockless: AtomicBool::new(false),
+        });
+        let dl = downlink::Downlink {
+            events: down_rx,
+            tx: pb_tx,
+            playback: pb_shared.clone(),
+            min_delay: cfg.jitter.min_delay,
+            max_delay: cfg.jitter.max_delay,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        let decoder = std::thread::Builder::new()
+            .name("decoder".into())
+            .spawn(move || dl.run())?;
+        let pb = playback::start(
+            cfg.playback.device.clone(),
+            pb_rx,
+            decoder.thread().clone(),
+            pb_shared,
+        )?;
+        playback_parts = Some((decoder, pb));
+    }
+
+    let params = ClientParams {
+        address: cfg.relay.address.clone(),
+        server_name: cfg.relay.server_name.clone(),
+        device_id: cfg.device_id.clone(),
+        ssrc,
+        frame_ms: cfg.codec.frame.as_millis() as u16,
+    };
+    info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
+          fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");
+    client::run(endpoint, p.client, params, slot, down_tx, metrics.clone(), shutdown).await;
+
+    stop.store(true, Relaxed);
+    drop(capture);
+    encoder.thread().unpark();
+    let _ = encoder.join();
+    if let Some((decoder, pb)) = playback_parts {
+        drop(pb);
+        decoder.thread().unpark();
+        let _ = decoder.join();
+    }
+    info!(
+        captured = metrics.frames_captured.get(),
+        sent = metrics.frames_sent.get(),
+        unsent = metrics.frames_unsent.get(),
+        "gateway stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! voxgate: an edge voice gateway. See ARCHITECTURE.md for the data flow,
+//! the layers and their invariants.
+
+pub mod audio;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod media;
+pub mod relay;
+pub mod telemetry;
+pub mod transport;

@@ -1,0 +1,868 @@
+//! Adaptive jitter buffer for the voxgate downlink (Opus over RTP-over-QUIC).
+//!
+//! Sans-IO: no clocks, sockets or threads. The caller passes monotonic `now`
+//! to [`JitterBuffer::push`] on every packet and calls [`JitterBuffer::pop`]
+//! once per frame period; the same inputs always give the same outputs.
+//!
+//! # Model
+//! RTP timestamps and sequence numbers are extended to 64 bits against the
+//! highest accepted value, so wrap-around is invisible. A packet's *slot* is
+//! `round((ext_ts - origin) / frame_samples)`, `origin` being the timestamp
+//! of the packet that (re)started the stream; the gateway uses a fixed ptime.
+//! Slots live in a ring of `capacity` entries indexed by `slot mod capacity`
+//! and only slots in `[next, next + capacity)` are stored, so one slot
+//! holds at most one packet and reordering is simply "fill the hole".
+//!
+//! # Adaptation policy
+//! * **Jitter**: RFC 3550 §6.4.1, `J += (|D| - J) / 16` where `D` is the
+//!   change of `arrival*48 kHz - ext_ts` between consecutive arrivals.
+//! * **Target** `= clamp(max(min_delay, k*J + frame), min_delay, max_delay)`,
+//!   k = 3 ([`JITTER_K`]): for Gaussian delay J ≈ 1.13σ, so 3J ≈ 3.4σ
+//!   (>99.9 % of packets in time); for uniform ±a delay J = 2a/3 and 3J = 2a
+//!   is the whole spread. One frame covers the pop-clock phase. k = 4 would
+//!   only add latency that the late-arrival bump already provides on demand.
+//! * **Fast up**: the target jumps up at once when the formula exceeds it, and
+//!   grows one frame per `Late` packet and per underrun (the awaited packet
+//!   arrived after the buffer ran dry). **Slow down**: exponential decay
+//!   towards the formula with a 2 s time constant.
+//! * **Stretch**: if the next slot is missing while the buffered span is at
+//!   or below target, [`Playout::Conceal`] is emitted *without* advancing
+//!   (waiting one more frame for a probably-delayed packet), at most
+//!   `target / frame` times in a row. Otherwise the missing slot is lost:
+//!   [`Playout::Fec`] if the following packet is buffered, else `Conceal`.
+//! * **Skip**: when the buffered span exceeds target by more than a frame
+//!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
+//!   dropped (free if it is a hole) and counted in `skipped`.
+//! * **Idle / resync**: with an empty buffer and no accepted packet for
+//!   `max_delay + 200 ms`, `pop` returns [`Playout::Idle`] and the next packet
+//!   re-prebuffers. A jump of more than 3 s (either way), a packet beyond the
+//!   window while the buffer is empty, or 8 `Late` packets in a row flush the
+//!   buffer and restart prebuffering from that packet (`resyncs`).
+//! * **Prebuffering**: playout starts at the first `pop` where the first
+//!   packet of the stream has waited at least the target delay.
+//! * **DTX**: gaps shorter than the idle timeout are played as `Conceal`
+//!   (Opus PLC/CNG, as the decoder expects); the stretch at the end of a talk
+//!   spurt adds at most `target` of delay, which skipping later removes.
+//!
+//! Sequence numbers only identify duplicates (a late copy of a played
+//! packet is `Duplicate`, not `Late`); ordering is by timestamp.
+//!
+//! # Guarantees
+//! * No allocation after [`JitterBuffer::new`]: one metadata `Vec` and one
+//!   `capacity * 1500` byte arena; `push`/`pop`/`stats`/`reset` only copy.
+//! * Bounded memory: `capacity` is clamped to 4..=4096, and the number of
+//!   buffered packets never exceeds it.
+//! * Never panics on any input: the config is normalised (`frame_samples >= 1`,
+//!   `max_delay >= min_delay`), payloads over [`MAX_PAYLOAD`] are
+//!   [`Push::Overflow`], time math saturates, float state stays finite.
+//! * No `unsafe` code.
+#![deny(unsafe_code, missing_docs)]
+
+use std::time::Duration;
+
+/// RTP clock rate of Opus (RFC 7587), ticks per second.
+pub const CLOCK_RATE: u32 = 48_000;
+/// Largest payload [`JitterBuffer::push`] accepts; longer ones are [`Push::Overflow`].
+pub const MAX_PAYLOAD: usize = 1500;
+/// Jitter multiplier `k` of the target formula (see module docs).
+pub const JITTER_K: f64 = 3.0;
+const DECAY_TAU_S: f64 = 2.0;
+const SKIP_HOLD_S: f64 = 0.5;
+const IDLE_SLACK: Duration = Duration::from_millis(200);
+const RESYNC_JUMP_S: f64 = 3.0;
+const LATE_RESYNC: u32 = 8;
+const MIN_CAPACITY: usize = 4;
+const MAX_CAPACITY: usize = 4096;
+
+/// Static configuration of a [`JitterBuffer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JitterConfig {
+    /// RTP timestamp units (48 kHz) per frame, e.g. 960 for 20 ms; 0 is treated as 1.
+    pub frame_samples: u32,
+    /// Lower bound of the target delay.
+    pub min_delay: Duration,
+    /// Upper bound of the target delay; raised to `min_delay` if smaller.
+    pub max_delay: Duration,
+    /// Maximum number of packets held; clamped to 4..=4096.
+    pub capacity: usize,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        Self {
+            frame_samples: 960,
+            min_delay: Duration::from_millis(40),
+            max_delay: Duration::from_millis(300),
+            capacity: 64,
+        }
+    }
+}
+
+/// Outcome of [`JitterBuffer::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Stored for playout (possibly as the first packet after a resync).
+    Accepted,
+    /// Its slot is already buffered, or was already played from the same packet.
+    Duplicate,
+    /// Arrived after its playout slot passed.
+    Late,
+    /// Dropped: payload too long, too far ahead, or buffer window full.
+    Overflow,
+}
+
+/// What to play for one slot, returned by [`JitterBuffer::pop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Playout<'a> {
+    /// Decode normally.
+    Packet(&'a [u8]),
+    /// This slot is missing but the next slot's packet is here: decode it with FEC to recover this slot.
+    Fec(&'a [u8]),
+    /// Missing and no FEC available: run PLC.
+    Conceal,
+    /// Not started or stream idle: output silence, nothing is counted.
+    Idle,
+}
+
+/// Counters and current state, see [`JitterBuffer::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct JitterStats {
+    /// Calls to `push` (every outcome).
+    pub received: u64,
+    /// Pushes answered [`Push::Duplicate`].
+    pub duplicates: u64,
+    /// Pushes answered [`Push::Late`].
+    pub late: u64,
+    /// Slots played as [`Playout::Fec`] or [`Playout::Conceal`] (`fec_recovered + concealed`).
+    pub lost: u64,
+    /// Slots played as [`Playout::Fec`].
+    pub fec_recovered: u64,
+    /// Slots played as [`Playout::Conceal`] (losses and stretches).
+    pub concealed: u64,
+    /// RFC 3550 interarrival jitter in milliseconds.
+    pub jitter_ms: f64,
+    /// Current target delay.
+    pub target_delay: Duration,
+    /// Packets currently buffered.
+    pub depth: usize,
+    /// Pushes answered [`Push::Overflow`].
+    pub overflow: u64,
+    /// Slots dropped to reduce depth.
+    pub skipped: u64,
+    /// Stream restarts caused by timestamp jumps or runs of late packets.
+    pub resyncs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Free,
+    Stored,
+    /// Played or skipped; kept to tell a late duplicate from a late packet.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    state: State,
+    slot: i64,
+    seq: i64,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Empty,
+    Prebuffering(Duration),
+    Playing,
+}
+
+fn extend_ts(r: i64, v: u32) -> i64 {
+    r + i64::from(v.wrapping_sub(r as u32) as i32)
+}
+
+fn extend_seq(r: i64, v: u16) -> i64 {
+    r + i64::from(v.wrapping_sub(r as u16) as i16)
+}
+
+/// Adaptive jitter buffer; see the module docs for policy and guarantees.
+pub struct JitterBuffer {
+    cfg: JitterConfig,
+    frame_s: f64,
+    min_s: f64,
+    max_s: f64,
+    resync_slots: i64,
+    skip_hold: u32,
+    decay: f64,
+    meta: Vec<Meta>,
+    data: Vec<u8>,
+    phase: Phase,
+    origin: i64,
+    ref_ts: i64,
+    ref_seq: i64,
+    next: i64,
+    high: i64,
+    count: usize,
+    stall: u32,
+    over: u32,
+    late_streak: u32,
+    last_arrival: Duration,
+    prev_transit: Option<f64>,
+    jitter: f64,
+    target_s: f64,
+    stats: JitterStats,
+}
+
+impl JitterBuffer {
+    /// Creates a buffer, normalising `cfg`; this is the only allocating call.
+    pub fn new(cfg: JitterConfig) -> Self {
+        let capacity = cfg.capacity.clamp(MIN_CAPACITY, MAX_CAPACITY);
+        let cfg = JitterConfig {
+            frame_samples: cfg.frame_samples.max(1),
+            max_delay: cfg.max_delay.max(cfg.min_delay),
+            capacity,
+            ..cfg
+        };
+        let frame_s = f64::from(cfg.frame_samples) / f64::from(CLOCK_RATE);
+        let mut jb = Self {
+            cfg,
+            frame_s,
+            min_s: cfg.min_delay.as_secs_f64(),
+            max_s: cfg.max_delay.as_secs_f64(),
+            resync_slots: ((RESYNC_JUMP_S / frame_s).ceil() as i64).max(capacity as i64),
+            skip_hold: ((SKIP_HOLD_S / frame_s).ceil() as u32).max(1),
+            decay: (frame_s / DECAY_TAU_S).min(1.0),
+            meta: vec![Meta::default(); capacity],
+            data: vec![0; capacity * MAX_PAYLOAD],
+            phase: Phase::Empty,
+            origin: 0,
+            ref_ts: 0,
+            ref_seq: 0,
+            next: 0,
+            high: 0,
+            count: 0,
+            stall: 0,
+            over: 0,
+            late_streak: 0,
+            last_arrival: Duration::ZERO,
+            prev_transit: None,
+            jitter: 0.0,
+            target_s: 0.0,
+            stats: JitterStats::default(),
+        };
+        jb.reset();
+        jb
+    }
+
+    /// Forgets the stream, estimates and counters without reallocating (reconnect, new SSRC).
+    pub fn reset(&mut self) {
+        self.flush();
+        self.phase = Phase::Empty;
+        self.prev_transit = None;
+        self.jitter = 0.0;
+        self.stats = JitterStats::default();
+        self.target_s = self.jitter_target();
+    }
+
+    /// Snapshot of counters, jitter estimate, target delay and depth.
+    pub fn stats(&self) -> JitterStats {
+        JitterStats {
+            jitter_ms: self.jitter * 1000.0 / f64::from(CLOCK_RATE),
+            target_delay: Duration::try_from_secs_f64(self.target_s).unwrap_or(self.cfg.max_delay),
+            depth: self.count,
+            ..self.stats
+        }
+    }
+
+    /// Offers a packet that arrived at `now`.
+    pub fn push(&mut self, now: Duration, seq: u16, timestamp: u32, payload: &[u8]) -> Push {
+        self.stats.received += 1;
+        if payload.len() > MAX_PAYLOAD {
+            return self.overflow();
+        }
+        if self.phase == Phase::Empty {
+            return self.restart(now, seq, timestamp, payload, false);
+        }
+        let ts = extend_ts(self.ref_ts, timestamp);
+        let sq = extend_seq(self.ref_seq, seq);
+        let half = i64::from(self.cfg.frame_samples / 2);
+        let s = (ts - self.origin + half).div_euclid(i64::from(self.cfg.frame_samples));
+        if (s - self.next).abs() > self.resync_slots {
+            return self.restart(now, seq, timestamp, payload, true);
+        }
+        let cap = self.cfg.capacity as i64;
+        if s < self.next {
+            if self.phase != Phase::Playing {
+                // Still prebuffering: an earlier packet extends the window downwards.
+                if self.high - s >= cap {
+                    return self.overflow();
+                }
+                self.next = s;
+            } else {
+                let m = self.meta[self.idx(s)];
+                if m.slot == s && m.state == State::Done && m.seq == sq {
+                    self.stats.duplicates += 1;
+                    return Push::Duplicate;
+                }
+                self.update_jitter(now, ts);
+                self.stats.late += 1;
+                self.late_streak += 1;
+                if self.late_streak >= LATE_RESYNC {
+                    return self.restart(now, seq, timestamp, payload, true);
+                }
+                self.bump();
+                return Push::Late;
+            }
+        }
+        if s >= self.next + cap {
+            if self.count == 0 {
+                return self.restart(now, seq, timestamp, payload, true);
+            }
+            return self.overflow();
+        }
+        if self.is_stored(s) {
+            self.stats.duplicates += 1;
+            return Push::Duplicate;
+        }
+        if s == self.next && self.stall > 0 && self.count == 0 {
+            self.bump(); // underrun: the awaited packet came after the buffer ran dry
+        }
+        self.store(s, sq, payload);
+        self.ref_ts = self.ref_ts.max(ts);
+        self.ref_seq = self.ref_seq.max(sq);
+        self.late_streak = 0;
+        self.last_arrival = now;
+        self.update_jitter(now, ts);
+        Push::Accepted
+    }
+
+    /// Called once per frame period by the playout clock. Returns what to play for the next slot.
+    pub fn pop(&mut self, now: Duration) -> Playout<'_> {
+        match self.phase {
+            Phase::Empty => return Playout::Idle,
+            Phase::Prebuffering(since) => {
+                if now.saturating_sub(since).as_secs_f64() < self.target_s {
+                    return Playout::Idle;
+                }
+                self.phase = Phase::Playing;
+            }
+            Phase::Playing => {}
+        }
+        let goal = self.jitter_target();
+        if self.target_s > goal {
+            self.target_s -= (self.target_s - goal) * self.decay;
+        }
+        let idle_after = self.cfg.max_delay.saturating_add(IDLE_SLACK);
+        if self.count == 0 && now.saturating_sub(self.last_arrival) > idle_after {
+            self.flush();
+            self.phase = Phase::Empty;
+            self.prev_transit = None;
+            return Playout::Idle;
+        }
+        if self.buffered_s() > self.target_s + 2.0 * self.frame_s {
+            self.over += 1;
+            if self.over >= self.skip_hold {
+                self.over = 0;
+                if self.is_stored(self.next) {
+                    let i = self.idx(self.next);
+                    self.meta[i].state = State::Done;
+                    self.count -= 1;
+                }
+                self.next += 1;
+                self.stats.skipped += 1;
+            }
+        } else {
+            self.over = 0;
+        }
+        if self.is_stored(self.next) {
+            let i = self.idx(self.next);
+            self.meta[i].state = State::Done;
+            self.count -= 1;
+            self.next += 1;
+            self.stall = 0;
+            return Playout::Packet(self.payload(i));
+        }
+        self.stats.lost += 1;
+        let room = self.span() + 1 < self.cfg.capacity as i64;
+        let patience = f64::from(self.stall) * self.frame_s < self.target_s;
+        if room && patience && self.buffered_s() <= self.target_s {
+            self.stall = self.stall.saturating_add(1); // stretch: wait one more frame
+            self.stats.concealed += 1;
+            return Playout::Conceal;
+        }
+        self.next += 1;
+        if self.is_stored(self.next) {
+            self.stall = 0;
+            self.stats.fec_recovered += 1;
+            return Playout::Fec(self.payload(self.idx(self.next)));
+        }
+        self.stats.concealed += 1;
+        Playout::Conceal
+    }
+
+    fn restart(&mut self, now: Duration, seq: u16, ts: u32, payload: &[u8], resync: bool) -> Push {
+        self.stats.resyncs += u64::from(resync);
+        self.flush();
+        self.phase = Phase::Prebuffering(now);
+        self.origin = i64::from(ts);
+        self.ref_ts = self.origin;
+        self.ref_seq = i64::from(seq);
+        self.next = 0;
+        self.prev_transit = None;
+        self.store(0, self.ref_seq, payload);
+        self.last_arrival = now;
+        self.update_jitter(now, self.origin);
+        Push::Accepted
+    }
+
+    fn flush(&mut self) {
+        self.meta.fill(Meta::default());
+        self.count = 0;
+        self.stall = 0;
+        self.over = 0;
+        self.late_streak = 0;
+    }
+
+    fn overflow(&mut self) -> Push {
+        self.stats.overflow += 1;
+        Push::Overflow
+    }
+
+    fn idx(&self, slot: i64) -> usize {
+        slot.rem_euclid(self.cfg.capacity as i64) as usize
+    }
+
+    fn is_stored(&self, slot: i64) -> bool {
+        let m = &self.meta[self.idx(slot)];
+        m.state == State::Stored && m.slot == slot
+    }
+
+    fn store(&mut self, slot: i64, seq: i64, payload: &[u8]) {
+        let i = self.idx(slot);
+        let off = i * MAX_PAYLOAD;
+        self.data[off..off + payload.len()].copy_from_slice(payload);
+        self.meta[i] = Meta {
+            state: State::Stored,
+            slot,
+            seq,
+            len: payload.len(),
+        };
+        if self.count == 0 || slot > self.high {
+            self.high = slot;
+        }
+        self.count += 1;
+    }
+
+    fn payload(&self, i: usize) -> &[u8] {
+        let off = i * MAX_PAYLOAD;
+        &self.data[off..off + self.meta[i].len]
+    }
+
+    /// Slots from `next` to the newest buffered packet, inclusive.
+    fn span(&self) -> i64 {
+        if self.count == 0 {
+            0
+        } else {
+            self.high - self.next + 1
+        }
+    }
+
+    fn buffered_s(&self) -> f64 {
+        self.span() as f64 * self.frame_s
+    }
+
+    fn jitter_target(&self) -> f64 {
+        let t = JITTER_K * self.jitter / f64::from(CLOCK_RATE) + self.frame_s;
+        t.max(self.min_s).min(self.max_s)
+    }
+
+    fn bump(&mut self) {
+        self.target_s = (self.target_s + self.frame_s).min(self.max_s);
+    }
+
+    fn update_jitter(&mut self, now: Duration, ts: i64) {
+        let transit = now.as_secs_f64() * f64::from(CLOCK_RATE) - ts as f64;
+        if let Some(prev) = self.prev_transit {
+            self.jitter += ((transit - prev).abs() - self.jitter) / 16.0;
+            if !self.jitter.is_finite() {
+                self.jitter = 0.0;
+            }
+        }
+        self.prev_transit = Some(transit);
+        self.target_s = self.target_s.max(self.jitter_target());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: Duration = Duration::from_millis(20);
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn jc(frame_samples: u32, min: Duration, max: Duration, capacity: usize) -> JitterConfig {
+        let (min_delay, max_delay) = (min, max);
+        JitterConfig {
+            frame_samples,
+            min_delay,
+            max_delay,
+            capacity,
+        }
+    }
+
+    fn cfg(min: u64, max: u64) -> JitterConfig {
+        jc(960, ms(min), ms(max), 64)
+    }
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// Playout as seen by the tests: payloads carry the packet id.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Out {
+        P(u32),
+        F(u32),
+        C,
+        I,
+    }
+
+    /// One arrival: (time, seq, timestamp, id).
+    type Arr = (Duration, u16, u32, u32);
+
+    /// Packet `i` is sent at `i * 20 ms` and arrives `delay(i)` later.
+    fn stream(n: u32, seq0: u16, ts0: u32, delay: impl Fn(u32) -> Duration) -> Vec<Arr> {
+        let pkt = |i: u32| (seq0.wrapping_add(i as u16), ts0.wrapping_add(960 * i));
+        (0..n)
+            .map(|i| (F * i + delay(i), pkt(i).0, pkt(i).1, i))
+            .collect()
+    }
+
+    fn swap_arrivals(arr: &mut [Arr], a: usize, b: usize) {
+        (arr[a].0, arr[b].0) = (arr[b].0, arr[a].0);
+    }
+
+    fn again(a: Arr, later: Duration) -> Arr {
+        (a.0 + later, a.1, a.2, a.3)
+    }
+
+    struct Sim {
+        jb: JitterBuffer,
+        arr: Vec<Arr>,
+        t: Duration,
+        outs: Vec<(Duration, Out)>,
+        res: Vec<(u32, Push)>,
+    }
+
+    impl Sim {
+        fn new(c: JitterConfig, mut arr: Vec<Arr>) -> Self {
+            arr.reverse(); // popped from the back; equal arrival times keep their order
+            arr.sort_by_key(|a| std::cmp::Reverse(a.0));
+            let (jb, t, outs, res) = (JitterBuffer::new(c), ms(7), vec![], vec![]);
+            Self {
+                jb,
+                arr,
+                t,
+                outs,
+                res,
+            }
+        }
+
+        /// Pops every 20 ms (phase 7 ms) up to `end`, pushing due arrivals first.
+        fn run(&mut self, end: Duration) {
+            while self.t <= end {
+                while let Some(a) = self.arr.pop_if(|a| a.0 <= self.t) {
+                    let mut p = a.3.to_le_bytes().to_vec();
+                    p.resize(40, 0xAB);
+                    let r = self.jb.push(a.0, a.1, a.2, &p);
+                    self.res.push((a.3, r));
+                }
+                let id = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let o = match self.jb.pop(self.t) {
+                    Playout::Packet(b) => Out::P(id(b)),
+                    Playout::Fec(b) => Out::F(id(b)),
+                    Playout::Conceal => Out::C,
+                    Playout::Idle => Out::I,
+                };
+                self.outs.push((self.t, o));
+                self.t += F;
+            }
+        }
+
+        fn played(&self) -> Vec<u32> {
+            let f = |o: &(Duration, Out)| if let Out::P(i) = o.1 { Some(i) } else { None };
+            self.outs.iter().filter_map(f).collect()
+        }
+
+        fn pos(&self, o: Out) -> usize {
+            self.outs
+                .iter()
+                .position(|x| x.1 == o)
+                .expect("no such output")
+        }
+
+        /// True if every output from `a` to `b` (inclusive) is a plain packet.
+        fn all_packets(&self, a: Out, b: Out) -> bool {
+            let (a, b) = (self.pos(a), self.pos(b));
+            self.outs[a..=b].iter().all(|o| matches!(o.1, Out::P(_)))
+        }
+
+        fn results(&self, id: u32) -> Vec<Push> {
+            self.res.iter().filter(|r| r.0 == id).map(|r| r.1).collect()
+        }
+
+        fn assert_counts(&self) {
+            let st = self.jb.stats();
+            let n = |k: fn(&Out) -> bool| self.outs.iter().filter(|o| k(&o.1)).count() as u64;
+            assert_eq!(st.fec_recovered, n(|o| matches!(o, Out::F(_))));
+            assert_eq!(st.concealed, n(|o| *o == Out::C));
+            assert_eq!(st.lost, st.fec_recovered + st.concealed);
+        }
+    }
+
+    #[test]
+    fn in_order_constant_delay() {
+        let arr = stream(100, 1000, 5000, |_| ms(5));
+        let mut sim = Sim::new(cfg(40, 200), arr.clone());
+        sim.run(ms(2600));
+        let first = sim.pos(Out::P(0));
+        assert!(sim.outs[..first].iter().all(|o| o.1 == Out::I));
+        let got: Vec<Out> = sim.outs[first..first + 100].iter().map(|o| o.1).collect();
+        assert_eq!(got, (0..100).map(Out::P).collect::<Vec<_>>());
+        let delays: Vec<Duration> = (0..100).map(|i| sim.outs[first + i].0 - arr[i].0).collect();
+        assert!(delays.iter().all(|&d| d == delays[0]), "{delays:?}");
+        assert!(delays[0] >= ms(40) && delays[0] < ms(60), "{:?}", delays[0]);
+        let st = sim.jb.stats();
+        assert_eq!(
+            (st.received, st.late, st.duplicates, st.skipped),
+            (100, 0, 0, 0)
+        );
+        assert_eq!(
+            sim.outs.last().unwrap().1,
+            Out::I,
+            "idle after the stream ends"
+        );
+        sim.assert_counts();
+    }
+
+    #[test]
+    fn reordering_plays_in_order() {
+        let mut arr = stream(60, 7, 0, |_| ms(5));
+        swap_arrivals(&mut arr, 0, 1); // even the very first packet
+        swap_arrivals(&mut arr, 10, 11);
+        arr[20].0 += ms(60); // three slots late, still within the 100 ms delay
+        let mut sim = Sim::new(cfg(100, 300), arr);
+        sim.run(ms(1600));
+        assert_eq!(sim.played(), (0..60).collect::<Vec<_>>());
+        assert!(sim.all_packets(Out::P(0), Out::P(59)));
+        assert!(sim.res.iter().all(|r| r.1 == Push::Accepted));
+        assert_eq!(sim.jb.stats().late, 0);
+    }
+
+    #[test]
+    fn duplicates_played_once() {
+        let base = stream(30, 0, 0, |_| ms(5));
+        let mut arr = base.clone();
+        arr.extend(base.iter().map(|&a| again(a, ms(1))));
+        arr.push(again(base[5], ms(300))); // long after it was played
+        let mut sim = Sim::new(cfg(40, 200), arr);
+        sim.run(ms(1200));
+        assert_eq!(sim.played(), (0..30).collect::<Vec<_>>());
+        let dup = Push::Duplicate;
+        assert_eq!(sim.results(5), [Push::Accepted, dup, dup]);
+        let dups = sim.res.iter().filter(|r| r.1 == dup).count();
+        assert_eq!(
+            (dups, sim.jb.stats().duplicates, sim.jb.stats().late),
+            (31, 31, 0)
+        );
+    }
+
+    #[test]
+    fn loss_gives_fec_then_conceal() {
+        let arr = stream(40, 0, 0, |_| ms(5)).into_iter();
+        let arr = arr.filter(|a| ![10, 20, 21].contains(&a.3)).collect();
+        let mut sim = Sim::new(cfg(60, 200), arr);
+        sim.run(ms(1400));
+        let first = sim.pos(Out::P(0));
+        let got: Vec<Out> = sim.outs[first..first + 40].iter().map(|o| o.1).collect();
+        let want = |i| match i {
+            10 => Out::F(11),
+            20 => Out::C,
+            21 => Out::F(22),
+            i => Out::P(i),
+        };
+        assert_eq!(got, (0..40).map(want).collect::<Vec<_>>());
+        sim.assert_counts();
+        let st = sim.jb.stats();
+        assert!(st.fec_recovered == 2 && st.concealed >= 1 && st.lost >= 3);
+    }
+
+    #[test]
+    fn late_packet_reported() {
+        let mut arr = stream(30, 0, 0, |_| ms(5));
+        arr[10].0 += ms(200);
+        let mut sim = Sim::new(cfg(40, 200), arr);
+        sim.run(ms(1000));
+        assert_eq!(sim.results(10), [Push::Late]);
+        assert_eq!(sim.jb.stats().late, 1);
+        assert_eq!(
+            sim.played(),
+            (0..30).filter(|&i| i != 10).collect::<Vec<_>>()
+        );
+        assert_eq!(sim.outs[sim.pos(Out::P(9)) + 1].1, Out::F(11));
+        sim.assert_counts();
+    }
+
+    #[test]
+    fn wraparound_seq_and_ts() {
+        // seq wraps between packets 5 and 6, ts between packets 4 and 5.
+        let mut arr = stream(40, u16::MAX - 5, u32::MAX - 960 * 5 + 17, |_| ms(5));
+        swap_arrivals(&mut arr, 5, 6);
+        arr[4].0 += ms(45);
+        arr.push(again(arr[6], ms(400))); // seq 0 again, after playout
+        let mut sim = Sim::new(cfg(80, 300), arr);
+        sim.run(ms(1200));
+        assert_eq!(sim.played(), (0..40).collect::<Vec<_>>());
+        assert!(sim.all_packets(Out::P(0), Out::P(39)));
+        assert_eq!(sim.results(6), [Push::Accepted, Push::Duplicate]);
+        assert_eq!((sim.jb.stats().late, sim.jb.stats().resyncs), (0, 0));
+    }
+
+    #[test]
+    fn adapts_to_jitter() {
+        // 30 s of one-way delay 20..80 ms (50 ± 30 ms), starting at the best case so
+        // the initial 20 ms target is far too small; then 30 s of a constant 20 ms.
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut jit: Vec<u64> = (0..1500).map(|_| xorshift(&mut rng) % 61).collect();
+        jit[0] = 0;
+        let arr = stream(3000, 0, 0, |i| ms(20 + jit.get(i as usize).unwrap_or(&0)));
+        let mut sim = Sim::new(cfg(20, 300), arr.clone());
+        sim.run(ms(30_000));
+        let st = sim.jb.stats();
+        assert!(st.jitter_ms > 10.0 && st.target_delay >= ms(60), "{st:?}");
+        assert!(st.late <= 5, "{st:?}");
+        sim.run(ms(30_300));
+        let soon = sim.jb.stats();
+        assert!(
+            soon.target_delay > st.target_delay.mul_f64(0.8),
+            "too fast: {soon:?}"
+        );
+        sim.run(ms(61_000));
+        let end = sim.jb.stats();
+        assert!(end.target_delay < ms(30), "{end:?}");
+        assert!(
+            end.skipped > soon.skipped,
+            "depth must shrink by skipping: {end:?}"
+        );
+        let wait = sim.outs[sim.pos(Out::P(2900))].0 - arr[2900].0;
+        assert!(wait < ms(60), "playout delay did not shrink: {wait:?}");
+        let played = sim.played();
+        assert!(played.windows(2).all(|w| w[0] < w[1]));
+        let dropped = end.skipped + end.late;
+        assert_eq!(
+            played.len() as u64 + dropped,
+            3000,
+            "only skips/lates may drop"
+        );
+        sim.assert_counts();
+    }
+
+    #[test]
+    fn silence_goes_idle_then_resumes() {
+        // 2 s of DTX silence: ids 50..150 never sent, timestamps keep running.
+        let arr = stream(200, 0, 0, |_| ms(5)).into_iter();
+        let mut sim = Sim::new(
+            cfg(40, 200),
+            arr.filter(|a| !(50..150).contains(&a.3)).collect(),
+        );
+        sim.run(ms(4500));
+        assert_eq!(sim.played(), (0..50).chain(150..200).collect::<Vec<_>>());
+        let gap = &sim.outs[sim.pos(Out::P(49)) + 1..sim.pos(Out::P(150))];
+        let count = |o: Out| gap.iter().filter(|x| x.1 == o).count();
+        assert!(count(Out::I) > 50 && count(Out::C) <= 21, "{gap:?}");
+        assert_eq!(gap.last().unwrap().1, Out::I, "re-prebuffered");
+        assert!(sim.all_packets(Out::P(150), Out::P(199)));
+        assert_eq!(sim.jb.stats().resyncs, 0);
+        sim.assert_counts();
+    }
+
+    #[test]
+    fn huge_timestamp_jump_resyncs() {
+        let mut arr = stream(50, 0, 0, |_| ms(5));
+        arr.extend(stream(100, 0, 1_000_000_000, |_| ms(5)).split_off(50));
+        let mut sim = Sim::new(cfg(40, 200), arr);
+        sim.run(ms(2500));
+        assert_eq!(sim.jb.stats().resyncs, 1);
+        let played = sim.played();
+        assert!(played.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            (0..46).chain(50..100).all(|i| played.contains(&i)),
+            "{played:?}"
+        );
+        let last_old = played.iter().copied().filter(|&i| i < 50).max().unwrap();
+        let gap = sim.pos(Out::P(50)) - sim.pos(Out::P(last_old)) - 1;
+        assert!(gap <= 5, "gap of {gap} slots");
+        sim.assert_counts();
+    }
+
+    #[test]
+    fn random_operations_never_panic() {
+        let configs = [
+            cfg(40, 200),
+            jc(0, ms(500), ms(0), 0),
+            jc(u32::MAX, Duration::ZERO, Duration::MAX, usize::MAX),
+            jc(480, ms(0), ms(60), 5),
+        ];
+        let mut rng = 12345u64;
+        let buf = [0x5Au8; 1600];
+        for c in configs {
+            let mut jb = JitterBuffer::new(c);
+            let (mut now, mut seq, mut ts) = (Duration::ZERO, 0u16, 0u32);
+            for _ in 0..10_000 {
+                let r = xorshift(&mut rng);
+                now = match r % 499 {
+                    0 => Duration::from_nanos(r >> 20), // time going backwards
+                    1 => Duration::MAX,
+                    _ => now.saturating_add(ms(r % 25)),
+                };
+                let len = (r >> 32) as usize % 1600;
+                match r >> 60 {
+                    0..=7 => {
+                        (seq, ts) = (seq.wrapping_add(1), ts.wrapping_add(960));
+                        let back = (r >> 8) as u32 % 5; // reorder / duplicate
+                        let (s, t) = (seq.wrapping_sub(back as u16), ts.wrapping_sub(960 * back));
+                        jb.push(now, s, t, &buf[..len]);
+                    }
+                    8 | 9 => drop(jb.push(now, (r >> 8) as u16, (r >> 24) as u32, &buf[..len])),
+                    10 if r.is_multiple_of(64) => jb.reset(),
+                    _ => {
+                        if let Playout::Packet(p) | Playout::Fec(p) = jb.pop(now) {
+                            assert!(p.len() <= MAX_PAYLOAD);
+                        }
+                    }
+                }
+                let st = jb.stats();
+                let stored = jb.meta.iter().filter(|m| m.state == State::Stored).count();
+                assert!(st.depth == stored && st.depth <= jb.cfg.capacity);
+                assert!(st.target_delay <= jb.cfg.max_delay && st.jitter_ms.is_finite());
+                assert_eq!(st.lost, st.fec_recovered + st.concealed);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for JitterBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitterBuffer")
+            .field("depth", &self.count)
+            .field("target_s", &self.target_s)
+            .field("jitter", &self.jitter)
+            .finish_non_exhaustive()
+    }
+}

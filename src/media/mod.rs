@@ -1,0 +1,10 @@
+//! Media framing and timing, free of IO: RTP packets, the RTP-over-QUIC
+//! datagram mapping, outgoing sequencing, and the downlink jitter buffer.
+//! Everything here is deterministic and tested with byte fixtures and
+//! simulated time.
+
+pub mod flow;
+pub mod jitter;
+pub mod rtp;
+pub mod sender;
+pub mod stats;

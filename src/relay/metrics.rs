@@ -1,0 +1,55 @@
+//! The relay's metrics.
+
+use crate::telemetry::metrics::{Counter, Gauge, Registry};
+use std::sync::Arc;
+
+/// Relay counters.
+#[derive(Debug)]
+pub struct RelayMetrics {
+    /// The registry behind the Prometheus endpoint.
+    pub registry: Arc<Registry>,
+    /// Devices that completed the handshake and hello.
+    pub sessions: Arc<Counter>,
+    /// Sessions currently up.
+    pub active: Arc<Gauge>,
+    /// Handshakes or hellos that failed.
+    pub rejected: Arc<Counter>,
+    /// Media datagrams received.
+    pub datagrams: Arc<Counter>,
+    /// Datagrams that were not RTP-over-QUIC.
+    pub malformed: Arc<Counter>,
+    /// Datagrams for a flow that was never opened, or with the wrong SSRC.
+    pub unknown_flow: Arc<Counter>,
+    /// Control messages that were invalid.
+    pub control_errors: Arc<Counter>,
+    /// Frames written to recordings.
+    pub recorded: Arc<Counter>,
+    /// Lost frames filled with concealment markers in recordings.
+    pub gap_frames: Arc<Counter>,
+    /// Datagrams sent down to devices.
+    pub sent_down: Arc<Counter>,
+}
+
+impl RelayMetrics {
+    /// Register every metric.
+    pub fn new() -> Arc<Self> {
+        let mut r = Registry::default();
+        let m = RelayMetrics {
+            sessions: r.counter("voxgate_relay_sessions_total", "Device sessions established"),
+            active: r.gauge("voxgate_relay_sessions_active", "Device sessions currently up"),
+            rejected: r.counter("voxgate_relay_sessions_rejected_total", "Connections refused at handshake or hello"),
+            datagrams: r.counter("voxgate_relay_datagrams_total", "Media datagrams received"),
+            malformed: r.counter("voxgate_relay_datagrams_malformed_total", "Datagrams that were not RTP-over-QUIC"),
+            unknown_flow: r.counter("voxgate_relay_datagrams_unknown_flow_total", "Datagrams for an unopened flow or with a foreign SSRC"),
+            control_errors: r.counter("voxgate_relay_control_errors_total", "Invalid control messages"),
+            recorded: r.counter("voxgate_relay_frames_recorded_total", "Opus frames written to recordings"),
+            gap_frames: r.counter("voxgate_relay_gap_frames_total", "Lost frames marked for concealment in recordings"),
+            sent_down: r.counter("voxgate_relay_datagrams_sent_total", "Datagrams sent down to devices"),
+            registry: Arc::new(Registry::default()),
+        };
+        Arc::new(RelayMetrics {
+            registry: Arc::new(r),
+            ..m
+        })
+    }
+}

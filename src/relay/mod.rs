@@ -1,0 +1,101 @@
+//! The cloud side: the fleet CA, the QUIC server, recordings and downlink
+//! audio. `voxgate relay run` is [`run`].
+
+pub mod ca;
+pub mod metrics;
+pub mod recorder;
+pub mod server;
+pub mod source;
+
+use crate::codec::OpusEncoder;
+use crate::config::{CodecConfig, DownlinkMode, RelayConfig};
+use anyhow::{Context, Result};
+use server::{Downlink, RelayCtx};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tracing::info;
+
+/// Load the downlink file into Opus packets once, at start-up.
+pub fn load_downlink(mode: &DownlinkMode) -> Result<Downlink> {
+    Ok(match mode {
+        DownlinkMode::None => Downlink::None,
+        DownlinkMode::Echo => Downlink::Echo,
+        DownlinkMode::File(path) => Downlink::Packets(Arc::new(load_packets(path)?)),
+    })
+}
+
+fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
+    let is_wav = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
+    if is_wav {
+        let pcm = source::read_wav_mono_48k(path)?;
+        let cfg = CodecConfig {
+            frame: Duration::from_millis(20),
+            bitrate: 24_000,
+            fec: true,
+            dtx: false,
+            expected_loss_percent: 5,
+            complexity: 9,
+        };
+        let mut enc = OpusEncoder::new(&cfg)?;
+        return Ok(pcm
+            .chunks_exact(960)
+            .filter_map(|f| enc.encode(f).ok().map(|p| (p.to_vec(), 960)))
+            .collect());
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut reader = source::OggOpusReader::open(std::io::BufReader::new(file))
+        .with_context(|| format!("{}", path.display()))?;
+    let mut packets = Vec::new();
+    while let Some(p) = reader
+        .next_packet()
+        .with_context(|| format!("{}", path.display()))?
+    {
+        packets.push(p);
+    }
+    Ok(packets)
+}
+
+/// Run the relay until `shutdown` resolves.
+pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let state = &cfg.state_dir;
+    let ca_path = state.join(ca::CA_CERT);
+    if !ca_path.exists() {
+        anyhow::bail!(
+            "no fleet CA in {}; run `voxgate relay init --config {}` first",
+            state.display(),
+            cfg.file.display()
+        );
+    }
+    let ca = crate::transport::tls::read_certs(&ca_path)?;
+    let chain = crate::transport::tls::read_certs(&state.join(ca::RELAY_CERT))?;
+    let key = crate::transport::tls::read_key(&state.join(ca::RELAY_KEY))?;
+    let server = crate::transport::tls::server_config(&ca, chain, key)?;
+    let downlink = load_downlink(&cfg.downlink)?;
+    std::fs::create_dir_all(&cfg.recordings)
+        .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
+    let endpoint = quinn::Endpoint::server(server, cfg.listen)
+        .with_context(|| format!("cannot bind UDP {}", cfg.listen))?;
+    let metrics = metrics::RelayMetrics::new();
+    if let Some(addr) = cfg.telemetry.metrics {
+        let l = crate::telemetry::http::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind metrics endpoint {addr}"))?;
+        tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
+    }
+    info!(listen = %endpoint.local_addr()?, recordings = %cfg.recordings.display(),
+          downlink = ?cfg.downlink, "relay ready");
+    let ctx = Arc::new(RelayCtx {
+        recordings: cfg.recordings.clone(),
+        downlink,
+        metrics,
+        next_session: AtomicU64::new(1),
+    });
+    server::serve(endpoint, ctx, shutdown).await;
+    info!("relay stopped");
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! The relay's QUIC server: authenticates devices by certificate, records
+//! every uplink flow to Ogg Opus, and sends audio down (echo or a file).
+//!
+//! One task per device connection. Datagrams and control frames are handled
+//! in the same task, so a flow's state needs no lock. Bad datagrams and bad
+//! control messages are counted and logged at debug level; a bad control
+//! message is answered with an error and ends that session only.
+
+use super::metrics::RelayMetrics;
+use super::recorder::OggOpusRecorder;
+use crate::codec::OPUS_PAYLOAD_TYPE;
+use crate::media::flow;
+use crate::media::rtp::Repr;
+use crate::media::stats::ReceiveStats;
+use crate::transport::control::{Direction, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome};
+use crate::transport::framed::{self, FrameReader, StreamError};
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// Flow id the relay uses for the downlink.
+pub const DOWNLINK_FLOW: u64 = 1;
+/// Most uplink flows one device may open at once.
+const MAX_FLOWS: usize = 8;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the relay sends to each device.
+#[derive(Debug, Clone)]
+pub enum Downlink {
+    /// Nothing.
+    None,
+    /// The device's uplink, back to it.
+    Echo,
+    /// Pre-encoded Opus packets (payload, 48 kHz samples), looped.
+    Packets(Arc<Vec<(Vec<u8>, u32)>>),
+}
+
+/// Shared relay state.
+#[derive(Debug)]
+pub struct RelayCtx {
+    /// Where recordings go.
+    pub recordings: PathBuf,
+    /// Downlink policy.
+    pub downlink: Downlink,
+    /// Counters.
+    pub metrics: Arc<RelayMetrics>,
+    /// Session numbers.
+    pub next_session: AtomicU64,
+}
+
+/// Accept devices until `shutdown` resolves, then close every session
+/// (finishing its recordings) and return.
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<RelayCtx>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let ctx = ctx.clone();
+                tasks.spawn(async move { handle(incoming, ctx).await });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    endpoint.close(0u32.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    endpoint.wait_idle().await;
+}
+
+struct UpFlow {
+    ssrc: u32,
+    stats: ReceiveStats,
+    recorder: Option<OggOpusRecorder<BufWriter<File>>>,
+    path: PathBuf,
+}
+
+async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics.rejected.inc();
+            info!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let Some(device) = peer_device(&conn) else {
+        ctx.metrics.rejected.inc();
+        conn.close(2u32.into(), b"certificate names no device");
+        return;
+    };
+    let session = ctx.next_session.fetch_add(1, Relaxed);
+    ctx.metrics.sessions.inc();
+    ctx.metrics.active.set(ctx.metrics.active.get() + 1.0);
+    let reason = match run_session(&conn, &ctx, &device, session).await {
+        Ok(()) => "closed".to_string(),
+        Err(e) => {
+            conn.close(1u32.into(), b"protocol error");
+            e
+        }
+    };
+    ctx.metrics.active.set(ctx.metrics.active.get() - 1.0);
+    info!(%device, session, %remote, %reason, "session ended");
+}
+
+fn peer_device(conn: &quinn::Connection) -> Option<String> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    super::ca::common_name(certs.first()?)
+}
+
+async fn run_session(
+    conn: &quinn::Connection,
+    ctx: &RelayCtx,
+    device: &str,
+    session: u64,
+) -> Result<(), String> {
+    let (mut send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| "no control stream".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new(recv);
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next(|m| match m {
+        Message::Hello(h) => Ok(h.device.to_string()),
+        other => Err(format!("expected hello, got {other:?}")),
+    }))
+    .await
+    .map_err(|_| "no hello".to_string())?
+    .map_err(|e| e.to_string())?;
+    let claimed = match hello {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics.control_errors.inc();
+            let _ = refuse(&mut send, "expected_hello", "first message must be hello").await;
+            return Err(e);
+        }
+    };
+    if claimed != device {
+        ctx.metrics.rejected.inc();
+        let _ = refuse(&mut send, "identity", "hello names another device than the certificate").await;
+        return Err(format!("hello claims `{claimed}`, certificate names `{device}`"));
+    }
+    framed::send(
+        &mut send,
+        &Message::Welcome(Welcome {
+            version: env!("CARGO_PKG_VERSION"),
+            session,
+        }),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    info!(%device, session, remote = %conn.remote_address(), "device connected");
+
+    let origin = Instant::now();
+    let down_ssrc = fastrand::u32(..);
+    let mut flows: HashMap<u64, UpFlow> = HashMap::new();
+    let mut down_open = false;
+    let mut player = None;
+    if let Downlink::Packets(p) = &ctx.downlink {
+        open_down(&mut send, down_ssrc, 20).await?;
+        down_open = true;
+        player = Some(tokio::spawn(play(conn.clone(), p.clone(), down_ssrc, ctx.metrics.clone())));
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut out = [0u8; 1500];
+    let result = loop {
+        tokio::select! {
+            d = conn.read_datagram() => {
+                let Ok(d) = d else { break Ok(()) };
+                ctx.metrics.datagrams.inc();
+                let Ok((flow_id, pkt)) = flow::decode(&d) else {
+                    ctx.metrics.malformed.inc();
+                    debug!(%device, len = d.len(), "malformed datagram dropped");
+                    continue;
+                };
+                let Some(f) = flows.get_mut(&flow_id).filter(|f| f.ssrc == pkt.ssrc()) else {
+                    ctx.metrics.unknown_flow.inc();
+                    continue;
+                };
+                f.stats.update(origin.elapsed(), pkt.sequence(), pkt.timestamp());
+                if let Some(rec) = f.recorder.as_mut() {
+                    match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
+                        Ok(_) => ctx.metrics.recorded.inc(),
+                        Err(e) => {
+                            warn!(%device, path = %f.path.display(), error = %e, "recording stopped");
+                            f.recorder = None;
+                        }
+                    }
+                }
+                if matches!(ctx.downlink, Downlink::Echo) && down_open {
+                    let repr = Repr { ssrc: down_ssrc, ..Repr::parse(&pkt) };
+                    if let Some(n) = flow::encode(DOWNLINK_FLOW, &repr, pkt.payload(), &mut out)
+                        && conn.send_datagram(bytes::Bytes::copy_from_slice(&out[..n])).is_ok()
+                    {
+                        ctx.metrics.sent_down.inc();
+                    }
+                }
+            }
+            r = reader.next(own) => match r {
+                Ok(Owned::FlowOpen { flow, ssrc, frame_ms }) => {
+                    if flows.len() >= MAX_FLOWS && !flows.contains_key(&flow) {
+                        ctx.metrics.control_errors.inc();
+                        let _ = refuse(&mut send, "too_many_flows", "flow limit reached").await;
+                        continue;
+                    }
+                    let path = recording_path(&ctx.recordings, device, session, flow);
+                    let recorder = open_recorder(&path, ssrc);
+                    if let Some(old) = flows.insert(flow, UpFlow { ssrc, stats: ReceiveStats::default(), recorder, path: path.clone() }) {
+                        close_flow(device, old, &ctx.metrics);
+                    }
+                    info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
+                    if matches!(ctx.downlink, Downlink::Echo) && !down_open {
+                        open_down(&mut send, down_ssrc, frame_ms).await?;
+                        down_open = true;
+                    }
+                }
+                Ok(Owned::FlowClose(flow)) => {
+                    if let Some(f) = flows.remove(&flow) { close_flow(device, f, &ctx.metrics); }
+                }
+                Ok(Owned::Ping(id)) => {
+                    framed::send(&mut send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
+                }
+                Ok(Owned::Ignore) => {}
+                Ok(Owned::Unexpected) => {
+                    ctx.metrics.control_errors.inc();
+                    refuse(&mut send, "unexpected", "message not valid from a device").await.map_err(|e| e.to_string())?;
+                }
+                Err(StreamError::Control(e)) => {
+                    ctx.metrics.control_errors.inc();
+                    let text = e.to_string();
+                    let _ = refuse(&mut send, "bad_message", &text).await;
+                    break Err(format!("bad control message: {text}"));
+                }
+                Err(e) => break Err(e.to_string()),
+            },
+            _ = tick.tick() => {
+                for (&flow, f) in &flows {
+                    let s = Stats { flow, received: f.stats.received(), lost: f.stats.lost(), late: 0, jitter_us: f.stats.jitter_us() };
+                    if let Err(e) = framed::send(&mut send, &Message::Stats(s)).await {
+                        debug!(error = %e, "stats not sent");
+                    }
+                }
+            }
+        }
+    };
+    if let Some(p) = player {
+        p.abort();
+    }
+    for (_, f) in flows.drain() {
+        close_flow(device, f, &ctx.metrics);
+    }
+    result
+}
+
+/// A control message reduced to what the relay keeps (no borrows).
+enum Owned {
+    FlowOpen { flow: u64, ssrc: u32, frame_ms: u16 },
+    FlowClose(u64),
+    Ping(u64),
+    Ignore,
+    Unexpected,
+}
+
+fn own(m: Message<'_>) -> Owned {
+    match m {
+        Message::FlowOpen(FlowOpen {
+            flow,
+            dir: Direction::Up,
+            ssrc,
+            frame_ms,
+            ..
+        }) => Owned::FlowOpen {
+            flow,
+            ssrc,
+            frame_ms,
+        },
+        Message::FlowClose(f) => Owned::FlowClose(f.flow),
+        Message::Ping(p) => Owned::Ping(p.id),
+        Message::Pong(_) | Message::Stats(_) => Owned::Ignore,
+        _ => Owned::Unexpected,
+    }
+}
+
+async fn refuse(send: &mut quinn::SendStream, code: &str, message: &str) -> Result<(), StreamError> {
+    framed::send(send, &Message::Error(ErrorMsg { code, message })).await
+}
+
+async fn open_down(send: &mut quinn::SendStream, ssrc: u32, frame_ms: u16) -> Result<(), String> {
+    framed::send(
+        send,
+        &Message::FlowOpen(FlowOpen {
+            flow: DOWNLINK_FLOW,
+            dir: Direction::Down,
+            ssrc,
+            codec: "opus",
+            frame_ms,
+        }),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn recording_path(dir: &Path, device: &str, session: u64, flow: u64) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    dir.join(device)
+        .join(format!("{secs}-s{session}-f{flow}.ogg"))
+}
+
+fn open_recorder(path: &Path, ssrc: u32) -> Option<OggOpusRecorder<BufWriter<File>>> {
+    let open = || -> Result<_, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let file = File::create(path).map_err(|e| e.to_string())?;
+        OggOpusRecorder::new(BufWriter::with_capacity(16 * 1024, file), ssrc, "voxgate")
+            .map_err(|e| e.to_string())
+    };
+    match open() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot record flow");
+            None
+        }
+    }
+}
+
+fn close_flow(device: &str, f: UpFlow, metrics: &RelayMetrics) {
+    let Some(rec) = f.recorder else { return };
+    match rec.finish() {
+        Ok(s) => {
+            metrics.gap_frames.add(s.gap_frames_filled);
+            info!(%device, recording = %f.path.display(), packets = s.packets_written,
+                  gap_frames = s.gap_frames_filled, seconds = s.duration_samples as f64 / 48_000.0,
+                  lost = f.stats.lost(), "recording finished");
+        }
+        Err(e) => warn!(%device, recording = %f.path.display(), error = %e, "recording not finished cleanly"),
+    }
+}
+
+/// Send pre-encoded packets down, paced by their durations, looping.
+async fn play(conn: quinn::Connection, packets: Arc<Vec<(Vec<u8>, u32)>>, ssrc: u32, metrics: Arc<RelayMetrics>) {
+    if packets.is_empty() {
+        return;
+    }
+    let mut seq = fastrand::u16(..);
+    let mut ts = fastrand::u32(..);
+    let mut out = [0u8; 1500];
+    let start = tokio::time::Instant::now();
+    let mut media = 0u64;
+    let mut marker = true;
+    loop {
+        for (payload, samples) in packets.iter() {
+            let repr = Repr { marker, payload_type: OPUS_PAYLOAD_TYPE, sequence: seq, timestamp: ts, ssrc };
+            marker = false;
+            if let Some(n) = flow::encode(DOWNLINK_FLOW, &repr, payload, &mut out) {
+                if conn.send_datagram(bytes::Bytes::copy_from_slice(&out[..n])).is_err() {
+                    return;
+                }
+                metrics.sent_down.inc();
+            }
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(*samples);
+            media += u64::from(*samples);
+            tokio::time::sleep_until(start + Duration::from_micros(media * 1000 / 48)).await;
+        }
+    }
+}

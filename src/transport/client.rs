@@ -1,0 +1,279 @@
+//! The device's side of the relay connection: connect, say hello, open the
+//! uplink flow, route downlink datagrams and control messages, and reconnect
+//! with exponential backoff and jitter whenever the connection dies.
+//!
+//! A dead relay is noticed by QUIC's idle timeout (keep-alives every
+//! 500 ms, timeout 3 s), not by a timer of our own.
+
+use super::control::{Direction, FlowOpen, Hello, Message, Ping};
+use super::framed::{self, FrameReader, StreamError};
+use crate::gateway::downlink::DownEvent;
+use crate::gateway::metrics::GatewayMetrics;
+use crate::media::flow;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The current relay connection, read by the encoder thread each frame.
+#[derive(Debug, Default)]
+pub struct ConnSlot {
+    generation: AtomicU64,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl ConnSlot {
+    /// Replace the connection.
+    pub fn set(&self, c: Option<quinn::Connection>) {
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = c;
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// The connection, if it changed since generation `seen` (updated).
+    pub fn current_if_changed(&self, seen: &mut u64) -> Option<Option<quinn::Connection>> {
+        let g = self.generation.load(Relaxed);
+        if g == *seen {
+            return None;
+        }
+        *seen = g;
+        Some(self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// Uplink flow id chosen by the device.
+pub const UPLINK_FLOW: u64 = 0;
+/// Sentinel for "no downlink flow".
+const NO_FLOW: u64 = u64::MAX;
+
+/// What the client needs to know.
+#[derive(Debug, Clone)]
+pub struct ClientParams {
+    /// `host:port` of the relay.
+    pub address: String,
+    /// TLS name of the relay.
+    pub server_name: String,
+    /// Our device id.
+    pub device_id: String,
+    /// SSRC of the uplink flow.
+    pub ssrc: u32,
+    /// Uplink frame duration.
+    pub frame_ms: u16,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keep a connection to the relay until `shutdown` resolves.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    params: ClientParams,
+    slot: Arc<ConnSlot>,
+    down: SyncSender<DownEvent>,
+    metrics: Arc<GatewayMetrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let attempt = async {
+            let addr = resolve(&params.address).await?;
+            let connecting = endpoint
+                .connect_with(cfg.clone(), addr, &params.server_name)
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
+                .map_err(|e| format!("handshake with {addr} failed: {e}"))?;
+            Ok::<_, String>(session(conn, &params, &slot, &down, &metrics).await)
+        };
+        let outcome = tokio::select! {
+            o = attempt => o,
+            () = &mut shutdown => break,
+        };
+        slot.set(None);
+        metrics.connected.set(0.0);
+        match outcome {
+            Ok(reason) => warn!(relay = %params.address, reason = %reason, "relay connection lost; reconnecting"),
+            Err(e) => warn!(relay = %params.address, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay unreachable"),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = BACKOFF_MIN;
+        }
+        // Full jitter (AWS architecture blog): spreads a fleet's reconnects.
+        let wait = BACKOFF_MIN / 2
+            + Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64));
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    if let Some(Some(c)) = slot.current_if_changed(&mut u64::MAX.clone()) {
+        c.close(0u32.into(), b"shutdown");
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to no address"))
+}
+
+/// One connected session; returns why it ended.
+async fn session(
+    conn: quinn::Connection,
+    p: &ClientParams,
+    slot: &ConnSlot,
+    down: &SyncSender<DownEvent>,
+    metrics: &GatewayMetrics,
+) -> String {
+    match session_inner(&conn, p, slot, down, metrics).await {
+        Ok(()) => "closed".into(),
+        Err(e) => {
+            conn.close(1u32.into(), b"control error");
+            e
+        }
+    }
+}
+
+async fn session_inner(
+    conn: &quinn::Connection,
+    p: &ClientParams,
+    slot: &ConnSlot,
+    down: &SyncSender<DownEvent>,
+    metrics: &GatewayMetrics,
+) -> Result<(), String> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new(recv);
+    let mut caps = serde_json_core::heapless::Vec::new();
+    let _ = caps.push("opus");
+    let _ = caps.push("fec");
+    framed::send(
+        &mut send,
+        &Message::Hello(Hello {
+            device: &p.device_id,
+            version: env!("CARGO_PKG_VERSION"),
+            caps,
+        }),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next(|m| match m {
+        Message::Welcome(w) => Ok(w.session),
+        Message::Error(e) => Err(format!("relay refused: {}: {}", e.code, e.message)),
+        other => Err(format!("expected welcome, got {other:?}")),
+    }))
+    .await
+    .map_err(|_| "no welcome from relay".to_string())?
+    .map_err(|e| e.to_string())??;
+    framed::send(
+        &mut send,
+        &Message::FlowOpen(FlowOpen {
+            flow: UPLINK_FLOW,
+            dir: Direction::Up,
+            ssrc: p.ssrc,
+            codec: "opus",
+            frame_ms: p.frame_ms,
+        }),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    slot.set(Some(conn.clone()));
+    metrics.connected.set(1.0);
+    metrics.connects.inc();
+    info!(relay = %conn.remote_address(), session = welcome, "connected to relay; streaming");
+
+    let down_flow = Arc::new(AtomicU64::new(NO_FLOW));
+    let datagrams = tokio::spawn(read_datagrams(conn.clone(), down_flow.clone(), down.clone()));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ping_id = 0u64;
+    let result = loop {
+        tokio::select! {
+            r = reader.next(|m| handle(m, &down_flow, down, metrics)) => match r {
+                Ok(Some(pong_for)) => {
+                    framed::send(&mut send, &Message::Pong(Ping { id: pong_for })).await.map_err(|e| e.to_string())?;
+                }
+                Ok(None) => {}
+                Err(StreamError::Control(e)) => break Err(format!("bad control message from relay: {e}")),
+                Err(e) => break Err(e.to_string()),
+            },
+            _ = tick.tick() => {
+                metrics.rtt.set(conn.rtt().as_secs_f64());
+                ping_id += 1;
+                if let Err(e) = framed::send(&mut send, &Message::Ping(Ping { id: ping_id })).await {
+                    break Err(e.to_string());
+                }
+            }
+            e = conn.closed() => break Err(e.to_string()),
+        }
+    };
+    datagrams.abort();
+    result
+}
+
+/// Apply one control message; returns a ping id to answer.
+fn handle(
+    m: Message<'_>,
+    down_flow: &AtomicU64,
+    down: &SyncSender<DownEvent>,
+    metrics: &GatewayMetrics,
+) -> Option<u64> {
+    match m {
+        Message::FlowOpen(f) if f.dir == Direction::Down => {
+            debug!(flow = f.flow, ssrc = f.ssrc, "relay opened downlink flow");
+            down_flow.store(f.flow, Relaxed);
+            let _ = down.try_send(DownEvent::Open {
+                frame_samples: u32::from(f.frame_ms) * 48,
+            });
+            None
+        }
+        Message::FlowClose(f) => {
+            if down_flow.load(Relaxed) == f.flow {
+                down_flow.store(NO_FLOW, Relaxed);
+            }
+            None
+        }
+        Message::Stats(s) if s.flow == UPLINK_FLOW => {
+            metrics.up_lost.set(s.lost as f64);
+            metrics.up_jitter.set(f64::from(s.jitter_us) / 1e6);
+            None
+        }
+        Message::Ping(p) => Some(p.id),
+        Message::Error(e) => {
+            warn!(code = e.code, message = e.message, "relay reported an error");
+            None
+        }
+        other => {
+            debug!(?other, "ignored control message");
+            None
+        }
+    }
+}
+
+async fn read_datagrams(conn: quinn::Connection, down_flow: Arc<AtomicU64>, down: SyncSender<DownEvent>) {
+    while let Ok(d) = conn.read_datagram().await {
+        let Ok((flow_id, pkt)) = flow::decode(&d) else {
+            debug!("malformed downlink datagram dropped");
+            continue;
+        };
+        if flow_id != down_flow.load(Relaxed) {
+            continue;
+        }
+        let offset = d.len() - pkt.payload().len();
+        let event = DownEvent::Packet {
+            seq: pkt.sequence(),
+            ts: pkt.timestamp(),
+            payload: d.slice(offset..offset + pkt.payload().len()),
+        };
+        let _ = down.try_send(event);
+    }
+}

@@ -1,0 +1,220 @@
+//! TLS 1.3 configuration for both ends, with mutual authentication.
+//!
+//! The device's key sits behind [`DeviceIdentity`]: the TLS stack asks it for
+//! a certificate resolver and never sees where the key lives. This release
+//! ships [`DevFileIdentity`] (development certificates issued by
+//! `voxgate relay dev-cert`); sealed and TPM backends plug in here.
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// ALPN of devices holding a certificate.
+pub const ALPN: &[u8] = b"voxgate/1";
+
+/// A TLS set-up problem.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        what: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client certificate verifier could not be built.
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// quinn refused the TLS configuration.
+    #[error("QUIC crypto: {0}")]
+    Quic(String),
+}
+
+/// A device's credentials as the TLS layer sees them.
+pub trait DeviceIdentity: Send + Sync + std::fmt::Debug {
+    /// The device id its certificate names.
+    fn device_id(&self) -> &str;
+    /// The resolver rustls asks for the client certificate and signer.
+    fn resolver(&self) -> Arc<dyn ResolvesClientCert>;
+}
+
+/// Read every certificate in a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.into(),
+            what: format!("not a PEM certificate file: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.into(),
+            what: "holds no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Read a PKCS#8 private key from a PEM file. The error never includes
+/// the file's contents.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?);
+    rustls_pemfile::private_key(&mut &pem[..])
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::Pem {
+            path: path.into(),
+            what: "holds no PEM private key".into(),
+        })
+}
+
+#[derive(Debug)]
+struct FixedResolver(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Development identity: certificate and key in PEM files.
+#[derive(Debug)]
+pub struct DevFileIdentity {
+    device_id: String,
+    key: Arc<CertifiedKey>,
+}
+
+impl DevFileIdentity {
+    /// Load the certificate chain and key for `device_id`.
+    pub fn load(device_id: &str, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = read_certs(cert)?;
+        let der = read_key(key)?;
+        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|_| TlsError::Pem {
+            path: key.into(),
+            what: "is not an ECDSA P-256 PKCS#8 key".into(),
+        })?;
+        let named = crate::relay::ca::common_name(&chain[0]).unwrap_or_default();
+        if named != device_id {
+            return Err(TlsError::Pem {
+                path: cert.into(),
+                what: format!(
+                    "names device `{named}`, but the config's device_id is `{device_id}`"
+                ),
+            });
+        }
+        Ok(DevFileIdentity {
+            device_id: device_id.into(),
+            key: Arc::new(CertifiedKey::new(chain, signer)),
+        })
+    }
+}
+
+impl DeviceIdentity for DevFileIdentity {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+    fn resolver(&self) -> Arc<dyn ResolvesClientCert> {
+        Arc::new(FixedResolver(self.key.clone()))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone())?;
+    }
+    Ok(roots)
+}
+
+/// QUIC transport settings shared by both ends: datagrams on, and
+/// keep-alives so that a dead peer is noticed within [`IDLE_TIMEOUT`].
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("small timeout"),
+    ));
+    t.datagram_receive_buffer_size(Some(256 * 1024));
+    t.datagram_send_buffer_size(256 * 1024);
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_bidi_streams(2u32.into());
+    Arc::new(t)
+}
+
+/// Interval of QUIC PINGs on an otherwise idle connection.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// A peer silent for this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The device's QUIC client configuration.
+pub fn client_config(
+    ca: &[CertificateDer<'static>],
+    identity: &dyn DeviceIdentity,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca)?)
+        .with_client_cert_resolver(identity.resolver());
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let q = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(q));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The relay's QUIC server configuration: client certificates required and
+/// checked against the fleet CA.
+pub fn server_config(
+    ca: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let q = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(q));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
