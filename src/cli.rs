@@ -103,7 +103,10 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             if args.list_devices {
-                for dir in [crate::audio::device::Dir::Capture, crate::audio::device::Dir::Playback] {
+                for dir in [
+                    crate::audio::device::Dir::Capture,
+                    crate::audio::device::Dir::Playback,
+                ] {
                     println!("{dir} devices:");
                     for (id, desc) in crate::audio::device::list(dir) {
                         println!("  {id:<32} {desc}");
@@ -140,7 +143,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 "development certificate for `{device_id}` written to {} (device.pem, device.key, ca.pem)",
                 out.display()
             );
-            println!("warning: device.key is a plaintext key for lab use; production devices use sealed keys");
+            println!(
+                "warning: device.key is a plaintext key for lab use; production devices use sealed keys"
+            );
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args),

@@ -78,7 +78,10 @@ fn synth_signal(secs: f32) -> Vec<i16> {
         let b = a + c2 * z1 - r * r * z2;
         z2 = z1;
         z1 = b;
-        let env = (2.0 * std::f32::consts::PI * 3.0 * t).sin().max(0.0).powf(0.5);
+        let env = (2.0 * std::f32::consts::PI * 3.0 * t)
+            .sin()
+            .max(0.0)
+            .powf(0.5);
         out.push((b * 40.0 * env).clamp(-30_000.0, 30_000.0) as i16);
     }
     out
@@ -239,7 +242,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let asound = dir.join("asound.conf");
         std::fs::write(&asound, alsa_file_config(&raw, &dir.join("speaker.raw")))?;
         println!("microphone: no sound card here, so the gateway hears {what}");
-        println!("            through ALSA's file device ({})", asound.display());
+        println!(
+            "            through ALSA's file device ({})",
+            asound.display()
+        );
         (
             "[capture]\ndevice = \"voxgate_mic\"\n\n[playback]\ndevice = \"voxgate_speaker\"\n"
                 .to_string(),
@@ -271,7 +277,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let up = Instant::now();
     while scrape(relay_metrics).is_none() {
         if up.elapsed() > Duration::from_secs(10) {
-            bail!("relay did not start; see {}", dir.join("relay.log").display());
+            bail!(
+                "relay did not start; see {}",
+                dir.join("relay.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -284,7 +293,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         gw.env("ALSA_CONFIG_PATH", env);
     }
     let mut gateway = Kid(gw.spawn().context("cannot start the gateway")?, "gateway");
-    println!("streaming for {} s (relay echoes the audio back)...", args.seconds);
+    println!(
+        "streaming for {} s (relay echoes the audio back)...",
+        args.seconds
+    );
     println!("   t  captured    sent  rtt(ms)  up-jitter(ms)  down-lost  concealed  fec");
     let start = Instant::now();
     let mut last_sent = 0.0;
@@ -296,7 +308,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 dir.join("gateway.log").display()
             );
         }
-        let Some(m) = scrape(gw_metrics) else { continue };
+        let Some(m) = scrape(gw_metrics) else {
+            continue;
+        };
         let v = |k| scrape_value(&m, k).unwrap_or(0.0);
         last_sent = v("voxgate_frames_sent_total");
         println!(
@@ -326,7 +340,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for r in &recordings {
         println!("  {}", r.display());
     }
-    println!("play it:  opusdec {} out.wav  (or ffplay)", recordings[0].display());
+    println!(
+        "play it:  opusdec {} out.wav  (or ffplay)",
+        recordings[0].display()
+    );
     if alsa_env.is_some() {
         println!(
             "echo played back by the gateway (raw S16LE 48 kHz mono): {}",
@@ -366,7 +383,10 @@ mod tests {
         let peak = s.iter().map(|v| v.unsigned_abs()).max().unwrap();
         assert!(peak > 3_000, "{peak}");
         // Silent stretches between syllables.
-        let quiet = s.chunks(480).filter(|c| c.iter().all(|v| v.unsigned_abs() < 200)).count();
+        let quiet = s
+            .chunks(480)
+            .filter(|c| c.iter().all(|v| v.unsigned_abs() < 200))
+            .count();
         assert!(quiet > 10, "{quiet}");
     }
 }

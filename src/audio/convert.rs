@@ -122,10 +122,16 @@ mod tests {
         let mut got = Vec::new();
         downmix(&[i16::MAX, 0, i16::MIN, i16::MIN], 2, |v| got.push(v));
         assert_eq!(got.len(), 2);
-        assert!((got[0] - 0.5).abs() < 1e-3 && (got[1] + 1.0).abs() < 1e-3, "{got:?}");
+        assert!(
+            (got[0] - 0.5).abs() < 1e-3 && (got[1] + 1.0).abs() < 1e-3,
+            "{got:?}"
+        );
         got.clear();
         downmix(&[0u8, 255u8, 128u8], 1, |v| got.push(v));
-        assert!(got[0] < -0.99 && got[1] > 0.98 && got[2].abs() < 0.01, "{got:?}");
+        assert!(
+            got[0] < -0.99 && got[1] > 0.98 && got[2].abs() < 0.01,
+            "{got:?}"
+        );
         got.clear();
         downmix(&[0.5f32, 0.25, 0.0, -1.0, 1.0, 0.0], 3, |v| got.push(v));
         assert_eq!(got, vec![0.25, 0.0]);
@@ -148,7 +154,9 @@ mod tests {
             let mut out = Vec::new();
             for i in 0..n {
                 let t = i as f32 / from as f32;
-                r.push((2.0 * std::f32::consts::PI * 440.0 * t).sin() * 0.5, |v| out.push(v));
+                r.push((2.0 * std::f32::consts::PI * 440.0 * t).sin() * 0.5, |v| {
+                    out.push(v)
+                });
             }
             // Output lags by at most a chunk plus the filter delay.
             assert!(
@@ -158,9 +166,15 @@ mod tests {
             );
             // Zero crossings of a 440 Hz tone over the settled second half.
             let half = &out[out.len() / 2..];
-            let crossings = half.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
+            let crossings = half
+                .windows(2)
+                .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+                .count();
             let expect = 440.0 * half.len() as f64 / 48_000.0;
-            assert!((crossings as f64 - expect).abs() < 3.0, "{from}: {crossings} vs {expect}");
+            assert!(
+                (crossings as f64 - expect).abs() < 3.0,
+                "{from}: {crossings} vs {expect}"
+            );
         }
         assert!(Resampler::new(48_000, 48_000).unwrap().is_passthrough());
     }

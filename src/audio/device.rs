@@ -39,7 +39,9 @@ pub enum DeviceError {
         available: String,
     },
     /// No default device.
-    #[error("no default {0} device; set `{0}.device` in the config (see `voxgate run --list-devices`)")]
+    #[error(
+        "no default {0} device; set `{0}.device` in the config (see `voxgate run --list-devices`)"
+    )]
     NoDefault(Dir),
     /// The device offers no usable configuration.
     #[error("{dir} device `{name}` offers no usable stream format: {reason}")]
@@ -153,8 +155,14 @@ pub fn choose_config(
         .into_iter()
         .filter(|r| format_rank(r.sample_format()) < 9)
         .min_by_key(|r| {
-            let has48 = r.min_sample_rate() <= PIPELINE_RATE && PIPELINE_RATE <= r.max_sample_rate();
-            (!has48, r.channels() != 1, format_rank(r.sample_format()), r.channels())
+            let has48 =
+                r.min_sample_rate() <= PIPELINE_RATE && PIPELINE_RATE <= r.max_sample_rate();
+            (
+                !has48,
+                r.channels() != 1,
+                format_rank(r.sample_format()),
+                r.channels(),
+            )
         })
         .ok_or_else(|| DeviceError::NoConfig {
             dir,

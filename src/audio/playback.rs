@@ -85,7 +85,9 @@ fn supervise(
     let mut rx = Some(rx);
     let mut backoff = BACKOFF_MIN;
     while !stop.load(Relaxed) {
-        let Some(ring) = rx.take().or_else(|| back.recv_timeout(Duration::from_secs(2)).ok())
+        let Some(ring) = rx
+            .take()
+            .or_else(|| back.recv_timeout(Duration::from_secs(2)).ok())
         else {
             warn!(device = %label, "playback ring not returned by the closed stream; retrying");
             continue;

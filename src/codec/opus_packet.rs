@@ -180,9 +180,15 @@ pub fn lost_frame_packet_of(template_toc: u8, samples: u32) -> Option<[u8; 1]> {
         12 | 13 | 24..=27 => (8, 12, 24),
         _ => (8, 14, 28),
     };
-    let silk = (silk, [480, 960, 1920, 2880].iter().position(|&s| s == samples));
+    let silk = (
+        silk,
+        [480, 960, 1920, 2880].iter().position(|&s| s == samples),
+    );
     let hybrid = (hybrid, [480, 960].iter().position(|&s| s == samples));
-    let celt = (celt, [120, 240, 480, 960].iter().position(|&s| s == samples));
+    let celt = (
+        celt,
+        [120, 240, 480, 960].iter().position(|&s| s == samples),
+    );
     let order = match config {
         0..=11 => [silk, celt, hybrid],
         12..=15 => [hybrid, celt, silk],
@@ -292,7 +298,10 @@ mod tests {
             &[0xFB, 0x83, 1, 0xAA],       // second VBR length missing
             &[0xFB, 0xC2, 1, 3, 0xAA, 0], // VBR + padding overlap
         ] {
-            assert!(matches!(packet_samples(bad), Err(Malformed(_))), "{bad:02x?}");
+            assert!(
+                matches!(packet_samples(bad), Err(Malformed(_))),
+                "{bad:02x?}"
+            );
         }
     }
 
@@ -351,7 +360,10 @@ mod tests {
             let theirs = opus::packet::parse(&bytes);
             assert_eq!(ours.is_ok(), theirs.is_ok(), "{bytes:02x?}: {ours:?}");
             if let (Ok(samples), Ok(parsed)) = (ours, theirs) {
-                assert_eq!(samples, parsed.frames.len() as u32 * frame_samples(bytes[0]));
+                assert_eq!(
+                    samples,
+                    parsed.frames.len() as u32 * frame_samples(bytes[0])
+                );
                 valid += 1;
             }
         }

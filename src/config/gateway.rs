@@ -366,7 +366,10 @@ key = "/abs/device.key"
     #[test]
     fn unknown_key_is_named() {
         let e = err(&format!("{GOOD}\n[codec]\nbitrat = 1\n"));
-        assert!(e.starts_with("/etc/voxgate/voxgate.toml: key `codec"), "{e}");
+        assert!(
+            e.starts_with("/etc/voxgate/voxgate.toml: key `codec"),
+            "{e}"
+        );
         assert!(e.contains("unknown field `bitrat`"), "{e}");
     }
 
@@ -383,7 +386,10 @@ key = "/abs/device.key"
             ("[codec]\nframe_ms = 30\n", "codec.frame_ms"),
             ("[codec]\nbitrate = 1000\n", "codec.bitrate"),
             ("[jitter]\nmin_ms = 500\nmax_ms = 100\n", "jitter"),
-            ("[telemetry]\nmetrics = \"0.0.0.0:9000\"\n", "telemetry.metrics"),
+            (
+                "[telemetry]\nmetrics = \"0.0.0.0:9000\"\n",
+                "telemetry.metrics",
+            ),
             ("[telemetry]\nlog = \"[[[\"\n", "telemetry.log"),
         ] {
             let e = err(&format!("{GOOD}\n{extra}"));

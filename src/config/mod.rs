@@ -8,11 +8,11 @@
 mod gateway;
 mod relay;
 
+pub use gateway::valid_device_id;
 pub use gateway::{
     CaptureConfig, CodecConfig, GatewayConfig, IdentityConfig, JitterSettings, PlaybackConfig,
     RelayTarget,
 };
-pub use gateway::valid_device_id;
 pub use relay::{DownlinkMode, RelayConfig};
 
 use serde::Deserialize;
@@ -77,7 +77,11 @@ pub(crate) fn parse_toml<T: for<'de> Deserialize<'de>>(
 /// toml's messages carry a multi-line source excerpt; keep the first line with
 /// the position and the last line with the explanation.
 fn one_line(msg: &str) -> String {
-    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     match lines.as_slice() {
         [] => String::from("invalid value"),
         [only] => (*only).to_string(),
@@ -149,7 +153,9 @@ impl TelemetryConfig {
             return Err(ConfigError::invalid(
                 file,
                 "telemetry.metrics",
-                format!("{addr} is not a loopback address; metrics are local-only (use 127.0.0.1:PORT)"),
+                format!(
+                    "{addr} is not a loopback address; metrics are local-only (use 127.0.0.1:PORT)"
+                ),
             ));
         }
         Ok(())

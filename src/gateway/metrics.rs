@@ -59,28 +59,85 @@ impl GatewayMetrics {
     pub fn new() -> Arc<Self> {
         let mut r = Registry::default();
         let m = GatewayMetrics {
-            frames_captured: r.counter("voxgate_frames_captured_total", "Audio frames assembled from the capture device"),
-            frames_encoded: r.counter("voxgate_frames_encoded_total", "Audio frames encoded with Opus"),
-            frames_sent: r.counter("voxgate_frames_sent_total", "Uplink datagrams handed to QUIC"),
-            frames_unsent: r.counter("voxgate_frames_unsent_total", "Uplink frames dropped while disconnected or refused by QUIC"),
-            capture_overruns: r.counter("voxgate_capture_overrun_samples_total", "Captured samples dropped because the ring was full"),
+            frames_captured: r.counter(
+                "voxgate_frames_captured_total",
+                "Audio frames assembled from the capture device",
+            ),
+            frames_encoded: r.counter(
+                "voxgate_frames_encoded_total",
+                "Audio frames encoded with Opus",
+            ),
+            frames_sent: r.counter(
+                "voxgate_frames_sent_total",
+                "Uplink datagrams handed to QUIC",
+            ),
+            frames_unsent: r.counter(
+                "voxgate_frames_unsent_total",
+                "Uplink frames dropped while disconnected or refused by QUIC",
+            ),
+            capture_overruns: r.counter(
+                "voxgate_capture_overrun_samples_total",
+                "Captured samples dropped because the ring was full",
+            ),
             capture_opens: r.counter("voxgate_capture_opens_total", "Capture device openings"),
-            down_received: r.counter("voxgate_downlink_packets_received_total", "Downlink RTP packets received"),
-            down_lost: r.counter("voxgate_downlink_frames_lost_total", "Downlink frames missing at playout time"),
-            down_late: r.counter("voxgate_downlink_packets_late_total", "Downlink packets that arrived after their playout time"),
-            down_concealed: r.counter("voxgate_downlink_frames_concealed_total", "Downlink frames concealed by Opus PLC"),
-            down_fec: r.counter("voxgate_downlink_frames_fec_recovered_total", "Downlink frames recovered from Opus in-band FEC"),
-            down_duplicates: r.counter("voxgate_downlink_packets_duplicate_total", "Duplicate downlink packets dropped"),
-            playback_underruns: r.counter("voxgate_playback_underrun_samples_total", "Silence samples played because the playback ring was empty"),
+            down_received: r.counter(
+                "voxgate_downlink_packets_received_total",
+                "Downlink RTP packets received",
+            ),
+            down_lost: r.counter(
+                "voxgate_downlink_frames_lost_total",
+                "Downlink frames missing at playout time",
+            ),
+            down_late: r.counter(
+                "voxgate_downlink_packets_late_total",
+                "Downlink packets that arrived after their playout time",
+            ),
+            down_concealed: r.counter(
+                "voxgate_downlink_frames_concealed_total",
+                "Downlink frames concealed by Opus PLC",
+            ),
+            down_fec: r.counter(
+                "voxgate_downlink_frames_fec_recovered_total",
+                "Downlink frames recovered from Opus in-band FEC",
+            ),
+            down_duplicates: r.counter(
+                "voxgate_downlink_packets_duplicate_total",
+                "Duplicate downlink packets dropped",
+            ),
+            playback_underruns: r.counter(
+                "voxgate_playback_underrun_samples_total",
+                "Silence samples played because the playback ring was empty",
+            ),
             playback_opens: r.counter("voxgate_playback_opens_total", "Playback device openings"),
-            up_lost: r.gauge("voxgate_uplink_packets_lost", "Uplink packets the relay reports lost on the current flow"),
-            up_jitter: r.gauge("voxgate_uplink_jitter_seconds", "Uplink interarrival jitter reported by the relay"),
-            down_jitter: r.gauge("voxgate_downlink_jitter_seconds", "Downlink interarrival jitter"),
-            jitter_target: r.gauge("voxgate_jitter_buffer_target_seconds", "Jitter buffer target playout delay"),
+            up_lost: r.gauge(
+                "voxgate_uplink_packets_lost",
+                "Uplink packets the relay reports lost on the current flow",
+            ),
+            up_jitter: r.gauge(
+                "voxgate_uplink_jitter_seconds",
+                "Uplink interarrival jitter reported by the relay",
+            ),
+            down_jitter: r.gauge(
+                "voxgate_downlink_jitter_seconds",
+                "Downlink interarrival jitter",
+            ),
+            jitter_target: r.gauge(
+                "voxgate_jitter_buffer_target_seconds",
+                "Jitter buffer target playout delay",
+            ),
             rtt: r.gauge("voxgate_rtt_seconds", "QUIC round-trip time to the relay"),
-            connected: r.gauge("voxgate_relay_connected", "1 while a relay connection is up"),
-            connects: r.counter("voxgate_relay_connects_total", "Successful relay connections"),
-            capture_to_send: r.histogram("voxgate_capture_to_send_seconds", "Time from the capture callback to the datagram handed to QUIC"),
+            connected: r.gauge(
+                "voxgate_relay_connected",
+                "1 while a relay connection is up",
+            ),
+            connects: r.counter(
+                "voxgate_relay_connects_total",
+                "Successful relay connections",
+            ),
+            capture_to_send: r.histogram(
+                "voxgate_capture_to_send_seconds",
+                "Time from the capture callback to the datagram handed to QUIC",
+            ),
             registry: Arc::new(Registry::default()),
         };
         Arc::new(GatewayMetrics {

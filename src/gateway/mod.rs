@@ -41,13 +41,11 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
     let ca = tls::read_certs(&cfg.relay.ca)
         .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
     let client = tls::client_config(&ca, &identity)?;
-    device::find(cfg.capture.device.as_deref(), Dir::Capture).map_err(|e| {
-        ConfigError::invalid(&cfg.file, "capture.device", e.to_string())
-    })?;
+    device::find(cfg.capture.device.as_deref(), Dir::Capture)
+        .map_err(|e| ConfigError::invalid(&cfg.file, "capture.device", e.to_string()))?;
     if cfg.playback.enabled {
-        device::find(cfg.playback.device.as_deref(), Dir::Playback).map_err(|e| {
-            ConfigError::invalid(&cfg.file, "playback.device", e.to_string())
-        })?;
+        device::find(cfg.playback.device.as_deref(), Dir::Playback)
+            .map_err(|e| ConfigError::invalid(&cfg.file, "playback.device", e.to_string()))?;
     }
     info!(device_id = identity.device_id(), "identity loaded");
     Ok(Prepared { cfg, client })
@@ -146,7 +144,16 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
           fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");
-    client::run(endpoint, p.client, params, slot, down_tx, metrics.clone(), shutdown).await;
+    client::run(
+        endpoint,
+        p.client,
+        params,
+        slot,
+        down_tx,
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
 
     stop.store(true, Relaxed);
     drop(capture);

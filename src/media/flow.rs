@@ -72,7 +72,10 @@ mod tests {
     fn varint_rfc9000_examples() {
         // RFC 9000 Appendix A.1 sample encodings.
         let cases: [(&[u8], u64); 4] = [
-            (&[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c], 151_288_809_941_952_652),
+            (
+                &[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c],
+                151_288_809_941_952_652,
+            ),
             (&[0x9d, 0x7f, 0x3e, 0x7d], 494_878_333),
             (&[0x7b, 0xbd], 15_293),
             (&[0x25], 37),
@@ -98,7 +101,10 @@ mod tests {
         ];
         let (flow, p) = decode(&fixture).unwrap();
         assert_eq!(flow, 2);
-        assert_eq!((p.sequence(), p.timestamp(), p.ssrc()), (7, 960, 0x0102_0304));
+        assert_eq!(
+            (p.sequence(), p.timestamp(), p.ssrc()),
+            (7, 960, 0x0102_0304)
+        );
         assert_eq!(p.payload(), &[0xfc, 0xff]);
         let mut buf = [0u8; 64];
         let n = encode(2, &rtp::Repr::parse(&p), p.payload(), &mut buf).unwrap();
@@ -109,6 +115,9 @@ mod tests {
     fn rejects_truncated() {
         assert_eq!(decode(&[]).unwrap_err(), FrameError::TruncatedFlowId);
         assert_eq!(decode(&[0x40]).unwrap_err(), FrameError::TruncatedFlowId);
-        assert!(matches!(decode(&[0x01, 0x80, 0x6f]), Err(FrameError::Rtp(_))));
+        assert!(matches!(
+            decode(&[0x01, 0x80, 0x6f]),
+            Err(FrameError::Rtp(_))
+        ));
     }
 }

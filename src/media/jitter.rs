@@ -493,6 +493,16 @@ impl JitterBuffer {
     }
 }
 
+impl std::fmt::Debug for JitterBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitterBuffer")
+            .field("depth", &self.count)
+            .field("target_s", &self.target_s)
+            .field("jitter", &self.jitter)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,15 +864,5 @@ mod tests {
                 assert_eq!(st.lost, st.fec_recovered + st.concealed);
             }
         }
-    }
-}
-
-impl std::fmt::Debug for JitterBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JitterBuffer")
-            .field("depth", &self.count)
-            .field("target_s", &self.target_s)
-            .field("jitter", &self.jitter)
-            .finish_non_exhaustive()
     }
 }

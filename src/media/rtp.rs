@@ -229,11 +229,17 @@ mod tests {
     fn rejects_bad_input() {
         assert_eq!(
             Packet::new_checked(&FIXTURE[..11]).unwrap_err(),
-            RtpError::Truncated { len: 11, needed: 12 }
+            RtpError::Truncated {
+                len: 11,
+                needed: 12
+            }
         );
         let mut v1 = FIXTURE;
         v1[0] = 0x40;
-        assert_eq!(Packet::new_checked(&v1[..]).unwrap_err(), RtpError::Version(1));
+        assert_eq!(
+            Packet::new_checked(&v1[..]).unwrap_err(),
+            RtpError::Version(1)
+        );
         let mut csrc = FIXTURE;
         csrc[0] = 0x8f; // 15 CSRCs announced, none present
         assert!(matches!(
@@ -243,8 +249,14 @@ mod tests {
         let mut pad = FIXTURE;
         pad[0] = 0xa0;
         pad[13] = 200;
-        assert_eq!(Packet::new_checked(&pad[..]).unwrap_err(), RtpError::Padding);
+        assert_eq!(
+            Packet::new_checked(&pad[..]).unwrap_err(),
+            RtpError::Padding
+        );
         pad[13] = 0;
-        assert_eq!(Packet::new_checked(&pad[..]).unwrap_err(), RtpError::Padding);
+        assert_eq!(
+            Packet::new_checked(&pad[..]).unwrap_err(),
+            RtpError::Padding
+        );
     }
 }

@@ -40,7 +40,9 @@ pub enum CaError {
         source: std::io::Error,
     },
     /// The state directory already holds a CA.
-    #[error("{0} already exists; the fleet CA is never overwritten (move it away to start a new fleet)")]
+    #[error(
+        "{0} already exists; the fleet CA is never overwritten (move it away to start a new fleet)"
+    )]
     Exists(PathBuf),
     /// The state directory holds no CA.
     #[error("no fleet CA in {0}; run `voxgate relay init --config FILE` first")]
@@ -115,8 +117,16 @@ pub fn init(state_dir: &Path, server_name: &str) -> Result<String, CaError> {
     validity(&mut rp, 365);
     let relay = rp.signed_by(&relay_key, &issuer)?;
 
-    write_new(&state_dir.join(CA_KEY), ca_key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&state_dir.join(RELAY_KEY), relay_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(
+        &state_dir.join(CA_KEY),
+        ca_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_new(
+        &state_dir.join(RELAY_KEY),
+        relay_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_new(&state_dir.join(RELAY_CERT), relay.pem().as_bytes(), 0o644)?;
     write_new(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
     Ok(fingerprint(ca.der()))
@@ -146,9 +156,8 @@ pub fn issue_dev_cert(
         return Err(CaError::Missing(state_dir.to_path_buf()));
     }
     let ca_pem = std::fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?;
-    let key_pem = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?,
-    );
+    let key_pem =
+        zeroize::Zeroizing::new(std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?);
     let ca_key = KeyPair::from_pem(&key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
 
@@ -160,7 +169,11 @@ pub fn issue_dev_cert(
     let cert = p.signed_by(&key, &issuer)?;
 
     std::fs::create_dir_all(out).map_err(io(out))?;
-    write_new(&out.join("device.key"), key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(
+        &out.join("device.key"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write_new(&out.join("device.pem"), cert.pem().as_bytes(), 0o644)?;
     write_new(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
     Ok(())
@@ -187,7 +200,10 @@ mod tests {
         let fp = init(&dir, "relay.test").unwrap();
         assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 64);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(CA_KEY)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(init(&dir, "relay.test"), Err(CaError::Exists(_))));
         issue_dev_cert(&dir, "gw-7", 30, &dir.join("dev")).unwrap();

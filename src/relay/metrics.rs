@@ -35,16 +35,43 @@ impl RelayMetrics {
     pub fn new() -> Arc<Self> {
         let mut r = Registry::default();
         let m = RelayMetrics {
-            sessions: r.counter("voxgate_relay_sessions_total", "Device sessions established"),
-            active: r.gauge("voxgate_relay_sessions_active", "Device sessions currently up"),
-            rejected: r.counter("voxgate_relay_sessions_rejected_total", "Connections refused at handshake or hello"),
+            sessions: r.counter(
+                "voxgate_relay_sessions_total",
+                "Device sessions established",
+            ),
+            active: r.gauge(
+                "voxgate_relay_sessions_active",
+                "Device sessions currently up",
+            ),
+            rejected: r.counter(
+                "voxgate_relay_sessions_rejected_total",
+                "Connections refused at handshake or hello",
+            ),
             datagrams: r.counter("voxgate_relay_datagrams_total", "Media datagrams received"),
-            malformed: r.counter("voxgate_relay_datagrams_malformed_total", "Datagrams that were not RTP-over-QUIC"),
-            unknown_flow: r.counter("voxgate_relay_datagrams_unknown_flow_total", "Datagrams for an unopened flow or with a foreign SSRC"),
-            control_errors: r.counter("voxgate_relay_control_errors_total", "Invalid control messages"),
-            recorded: r.counter("voxgate_relay_frames_recorded_total", "Opus frames written to recordings"),
-            gap_frames: r.counter("voxgate_relay_gap_frames_total", "Lost frames marked for concealment in recordings"),
-            sent_down: r.counter("voxgate_relay_datagrams_sent_total", "Datagrams sent down to devices"),
+            malformed: r.counter(
+                "voxgate_relay_datagrams_malformed_total",
+                "Datagrams that were not RTP-over-QUIC",
+            ),
+            unknown_flow: r.counter(
+                "voxgate_relay_datagrams_unknown_flow_total",
+                "Datagrams for an unopened flow or with a foreign SSRC",
+            ),
+            control_errors: r.counter(
+                "voxgate_relay_control_errors_total",
+                "Invalid control messages",
+            ),
+            recorded: r.counter(
+                "voxgate_relay_frames_recorded_total",
+                "Opus frames written to recordings",
+            ),
+            gap_frames: r.counter(
+                "voxgate_relay_gap_frames_total",
+                "Lost frames marked for concealment in recordings",
+            ),
+            sent_down: r.counter(
+                "voxgate_relay_datagrams_sent_total",
+                "Datagrams sent down to devices",
+            ),
             registry: Arc::new(Registry::default()),
         };
         Arc::new(RelayMetrics {

@@ -58,7 +58,11 @@ pub struct RelayCtx {
 
 /// Accept devices until `shutdown` resolves, then close every session
 /// (finishing its recordings) and return.
-pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<RelayCtx>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<RelayCtx>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut tasks = JoinSet::new();
     loop {
@@ -108,7 +112,9 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
     let reason = match run_session(&conn, &ctx, &device, session).await {
         Ok(()) => "closed".to_string(),
         Err(e) => {
-            conn.close(1u32.into(), b"protocol error");
+            let reason = format!("protocol error: {e}");
+            let end = reason.floor_char_boundary(120);
+            conn.close(1u32.into(), &reason.as_bytes()[..end]);
             e
         }
     };
@@ -133,10 +139,13 @@ async fn run_session(
         .map_err(|_| "no control stream".to_string())?
         .map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(recv);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.next(|m| match m {
-        Message::Hello(h) => Ok(h.device.to_string()),
-        other => Err(format!("expected hello, got {other:?}")),
-    }))
+    let hello = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        reader.next(|m| match m {
+            Message::Hello(h) => Ok(h.device.to_string()),
+            other => Err(format!("expected hello, got {other:?}")),
+        }),
+    )
     .await
     .map_err(|_| "no hello".to_string())?
     .map_err(|e| e.to_string())?;
@@ -144,14 +153,21 @@ async fn run_session(
         Ok(c) => c,
         Err(e) => {
             ctx.metrics.control_errors.inc();
-            let _ = refuse(&mut send, "expected_hello", "first message must be hello").await;
+            refuse_last(&mut send, "expected_hello", "first message must be hello").await;
             return Err(e);
         }
     };
     if claimed != device {
         ctx.metrics.rejected.inc();
-        let _ = refuse(&mut send, "identity", "hello names another device than the certificate").await;
-        return Err(format!("hello claims `{claimed}`, certificate names `{device}`"));
+        let _ = refuse(
+            &mut send,
+            "identity",
+            "hello names another device than the certificate",
+        )
+        .await;
+        return Err(format!(
+            "hello claims `{claimed}`, certificate names `{device}`"
+        ));
     }
     framed::send(
         &mut send,
@@ -172,7 +188,12 @@ async fn run_session(
     if let Downlink::Packets(p) = &ctx.downlink {
         open_down(&mut send, down_ssrc, 20).await?;
         down_open = true;
-        player = Some(tokio::spawn(play(conn.clone(), p.clone(), down_ssrc, ctx.metrics.clone())));
+        player = Some(tokio::spawn(play(
+            conn.clone(),
+            p.clone(),
+            down_ssrc,
+            ctx.metrics.clone(),
+        )));
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut out = [0u8; 1500];
@@ -241,7 +262,7 @@ async fn run_session(
                 Err(StreamError::Control(e)) => {
                     ctx.metrics.control_errors.inc();
                     let text = e.to_string();
-                    let _ = refuse(&mut send, "bad_message", &text).await;
+                    refuse_last(&mut send, "bad_message", &text).await;
                     break Err(format!("bad control message: {text}"));
                 }
                 Err(e) => break Err(e.to_string()),
@@ -294,8 +315,21 @@ fn own(m: Message<'_>) -> Owned {
     }
 }
 
-async fn refuse(send: &mut quinn::SendStream, code: &str, message: &str) -> Result<(), StreamError> {
+async fn refuse(
+    send: &mut quinn::SendStream,
+    code: &str,
+    message: &str,
+) -> Result<(), StreamError> {
     framed::send(send, &Message::Error(ErrorMsg { code, message })).await
+}
+
+/// Send a final error and let it reach the device before the connection
+/// close discards the stream (bounded: a hostile device may never read).
+async fn refuse_last(send: &mut quinn::SendStream, code: &str, message: &str) {
+    if refuse(send, code, message).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    }
 }
 
 async fn open_down(send: &mut quinn::SendStream, ssrc: u32, frame_ms: u16) -> Result<(), String> {
@@ -349,12 +383,19 @@ fn close_flow(device: &str, f: UpFlow, metrics: &RelayMetrics) {
                   gap_frames = s.gap_frames_filled, seconds = s.duration_samples as f64 / 48_000.0,
                   lost = f.stats.lost(), "recording finished");
         }
-        Err(e) => warn!(%device, recording = %f.path.display(), error = %e, "recording not finished cleanly"),
+        Err(e) => {
+            warn!(%device, recording = %f.path.display(), error = %e, "recording not finished cleanly")
+        }
     }
 }
 
 /// Send pre-encoded packets down, paced by their durations, looping.
-async fn play(conn: quinn::Connection, packets: Arc<Vec<(Vec<u8>, u32)>>, ssrc: u32, metrics: Arc<RelayMetrics>) {
+async fn play(
+    conn: quinn::Connection,
+    packets: Arc<Vec<(Vec<u8>, u32)>>,
+    ssrc: u32,
+    metrics: Arc<RelayMetrics>,
+) {
     if packets.is_empty() {
         return;
     }
@@ -366,10 +407,19 @@ async fn play(conn: quinn::Connection, packets: Arc<Vec<(Vec<u8>, u32)>>, ssrc: 
     let mut marker = true;
     loop {
         for (payload, samples) in packets.iter() {
-            let repr = Repr { marker, payload_type: OPUS_PAYLOAD_TYPE, sequence: seq, timestamp: ts, ssrc };
+            let repr = Repr {
+                marker,
+                payload_type: OPUS_PAYLOAD_TYPE,
+                sequence: seq,
+                timestamp: ts,
+                ssrc,
+            };
             marker = false;
             if let Some(n) = flow::encode(DOWNLINK_FLOW, &repr, payload, &mut out) {
-                if conn.send_datagram(bytes::Bytes::copy_from_slice(&out[..n])).is_err() {
+                if conn
+                    .send_datagram(bytes::Bytes::copy_from_slice(&out[..n]))
+                    .is_err()
+                {
                     return;
                 }
                 metrics.sent_down.inc();

@@ -228,14 +228,18 @@ impl<R: Read> OggOpusReader<R> {
 
         match self.serial {
             None if flags & 0x02 == 0 => {
-                return Err(SourceError::Corrupt("first page lacks the beginning-of-stream flag"));
+                return Err(SourceError::Corrupt(
+                    "first page lacks the beginning-of-stream flag",
+                ));
             }
             None => self.serial = Some(serial),
             Some(ours) if ours != serial => return Ok(()), // another logical stream
             Some(_) => {}
         }
         if seq != self.next_seq {
-            return Err(SourceError::Corrupt("Ogg page missing (sequence number gap)"));
+            return Err(SourceError::Corrupt(
+                "Ogg page missing (sequence number gap)",
+            ));
         }
         self.next_seq = seq.wrapping_add(1);
         match (flags & 0x01 != 0, self.continuing) {
@@ -285,7 +289,21 @@ fn parse_head(packet: &[u8]) -> Result<OpusHead, SourceError> {
     if !packet.starts_with(b"OpusHead") {
         return Err(SourceError::NotOpus("first packet is not OpusHead"));
     }
-    let &[version, channels, p0, p1, r0, r1, r2, r3, g0, g1, mapping, ..] = &packet[8..] else {
+    let &[
+        version,
+        channels,
+        p0,
+        p1,
+        r0,
+        r1,
+        r2,
+        r3,
+        g0,
+        g1,
+        mapping,
+        ..,
+    ] = &packet[8..]
+    else {
         return Err(SourceError::BadHeader("shorter than 19 bytes"));
     };
     if version > 15 {
@@ -447,3 +465,12 @@ impl Linear {
 fn to_i16(x: f64) -> i16 {
     (x * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
+
+impl<R: Read> std::fmt::Debug for OggOpusReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OggOpusReader").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

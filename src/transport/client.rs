@@ -99,15 +99,19 @@ pub async fn run(
         slot.set(None);
         metrics.connected.set(0.0);
         match outcome {
-            Ok(reason) => warn!(relay = %params.address, reason = %reason, "relay connection lost; reconnecting"),
-            Err(e) => warn!(relay = %params.address, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay unreachable"),
+            Ok(reason) => {
+                warn!(relay = %params.address, reason = %reason, "relay connection lost; reconnecting")
+            }
+            Err(e) => {
+                warn!(relay = %params.address, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay unreachable")
+            }
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = BACKOFF_MIN;
         }
         // Full jitter (AWS architecture blog): spreads a fleet's reconnects.
-        let wait = BACKOFF_MIN / 2
-            + Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64));
+        let wait =
+            BACKOFF_MIN / 2 + Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64));
         backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -167,11 +171,14 @@ async fn session_inner(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let welcome = tokio::time::timeout(CONNECT_TIMEOUT, reader.next(|m| match m {
-        Message::Welcome(w) => Ok(w.session),
-        Message::Error(e) => Err(format!("relay refused: {}: {}", e.code, e.message)),
-        other => Err(format!("expected welcome, got {other:?}")),
-    }))
+    let welcome = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        reader.next(|m| match m {
+            Message::Welcome(w) => Ok(w.session),
+            Message::Error(e) => Err(format!("relay refused: {}: {}", e.code, e.message)),
+            other => Err(format!("expected welcome, got {other:?}")),
+        }),
+    )
     .await
     .map_err(|_| "no welcome from relay".to_string())?
     .map_err(|e| e.to_string())??;
@@ -193,7 +200,11 @@ async fn session_inner(
     info!(relay = %conn.remote_address(), session = welcome, "connected to relay; streaming");
 
     let down_flow = Arc::new(AtomicU64::new(NO_FLOW));
-    let datagrams = tokio::spawn(read_datagrams(conn.clone(), down_flow.clone(), down.clone()));
+    let datagrams = tokio::spawn(read_datagrams(
+        conn.clone(),
+        down_flow.clone(),
+        down.clone(),
+    ));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ping_id = 0u64;
     let result = loop {
@@ -249,7 +260,11 @@ fn handle(
         }
         Message::Ping(p) => Some(p.id),
         Message::Error(e) => {
-            warn!(code = e.code, message = e.message, "relay reported an error");
+            warn!(
+                code = e.code,
+                message = e.message,
+                "relay reported an error"
+            );
             None
         }
         other => {
@@ -259,7 +274,11 @@ fn handle(
     }
 }
 
-async fn read_datagrams(conn: quinn::Connection, down_flow: Arc<AtomicU64>, down: SyncSender<DownEvent>) {
+async fn read_datagrams(
+    conn: quinn::Connection,
+    down_flow: Arc<AtomicU64>,
+    down: SyncSender<DownEvent>,
+) {
     while let Ok(d) = conn.read_datagram().await {
         let Ok((flow_id, pkt)) = flow::decode(&d) else {
             debug!("malformed downlink datagram dropped");

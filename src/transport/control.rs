@@ -226,9 +226,8 @@ mod tests {
 
     #[test]
     fn hello_fixture() {
-        let bytes = frame(
-            r#"{"type":"hello","device":"gw-1","version":"0.1.0","caps":["opus","fec"]}"#,
-        );
+        let bytes =
+            frame(r#"{"type":"hello","device":"gw-1","version":"0.1.0","caps":["opus","fec"]}"#);
         let (msg, used) = decode_frame(&bytes).unwrap().unwrap();
         assert_eq!(used, bytes.len());
         let Message::Hello(h) = &msg else {
@@ -323,7 +322,9 @@ mod tests {
             Err(ControlError::UnknownType)
         );
         assert_eq!(
-            decode_frame(&frame(r#"{"type":"hello","device":"a\"b","version":"1","caps":[]}"#)),
+            decode_frame(&frame(
+                r#"{"type":"hello","device":"a\"b","version":"1","caps":[]}"#
+            )),
             Err(ControlError::Escape)
         );
     }

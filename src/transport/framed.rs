@@ -40,10 +40,7 @@ impl FrameReader {
     }
 
     /// Read the next frame and hand the decoded message to `f`.
-    pub async fn next<R>(
-        &mut self,
-        f: impl FnOnce(Message<'_>) -> R,
-    ) -> Result<R, StreamError> {
+    pub async fn next<R>(&mut self, f: impl FnOnce(Message<'_>) -> R) -> Result<R, StreamError> {
         loop {
             if let Some((msg, used)) = control::decode_frame(&self.buf[self.start..])? {
                 self.start += used;

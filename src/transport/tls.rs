@@ -122,10 +122,11 @@ impl DevFileIdentity {
     pub fn load(device_id: &str, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let chain = read_certs(cert)?;
         let der = read_key(key)?;
-        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|_| TlsError::Pem {
-            path: key.into(),
-            what: "is not an ECDSA P-256 PKCS#8 key".into(),
-        })?;
+        let signer =
+            rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|_| TlsError::Pem {
+                path: key.into(),
+                what: "is not an ECDSA P-256 PKCS#8 key".into(),
+            })?;
         let named = crate::relay::ca::common_name(&chain[0]).unwrap_or_default();
         if named != device_id {
             return Err(TlsError::Pem {

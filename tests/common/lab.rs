@@ -1,0 +1,270 @@
+//! A lab: one relay and gateways as real child processes of the `voxgate`
+//! binary, each in a fresh directory with its own CA, certificates, configs
+//! and free loopback ports.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_voxgate")
+}
+
+pub fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory under target/ for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// GET /metrics from a loopback endpoint.
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    scrape(addr)
+        .and_then(|t| voxgate::telemetry::metrics::scrape_value(&t, name))
+        .unwrap_or(0.0)
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return s;
+        }
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: a crash, as far as the peer can tell.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            panic!("{} exited ({s}); log:\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Relay settings for a lab.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub quic_port: u16,
+    pub relay_metrics: SocketAddr,
+    pub downlink: String,
+}
+
+impl Lab {
+    /// A relay config (and CA) in a new directory; `downlink` is the
+    /// `[downlink]` section body, e.g. `mode = "echo"`.
+    pub fn new(name: &str, downlink: &str) -> Lab {
+        let dir = test_dir(name);
+        let lab = Lab {
+            quic_port: free_udp(),
+            relay_metrics: format!("127.0.0.1:{}", free_tcp()).parse().unwrap(),
+            downlink: downlink.to_string(),
+            dir,
+        };
+        lab.write_relay_config();
+        let out = Command::new(bin())
+            .args(["relay", "init", "--config"])
+            .arg(lab.dir.join("relay.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    fn write_relay_config(&self) {
+        std::fs::write(
+            self.dir.join("relay.toml"),
+            format!(
+                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n",
+                self.quic_port, self.downlink, self.relay_metrics
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Start the relay and wait until its metrics endpoint answers.
+    pub fn start_relay(&self) -> Proc {
+        let log = self.dir.join(format!("relay-{}.log", fastrand::u32(..)));
+        let child = Command::new(bin())
+            .args(["relay", "run", "--config"])
+            .arg(self.dir.join("relay.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = Proc {
+            child,
+            name: "relay".into(),
+            log,
+        };
+        let t0 = Instant::now();
+        while scrape(self.relay_metrics).is_none() {
+            p.assert_running();
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "relay did not start"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        p
+    }
+
+    /// Issue a dev certificate and write a gateway config; returns its path
+    /// and metrics address. `extra` is appended (e.g. `[capture]` sections).
+    pub fn gateway_config(&self, id: &str, relay_port: u16, extra: &str) -> (PathBuf, SocketAddr) {
+        let gdir = self.dir.join(id);
+        if !gdir.join("device.pem").exists() {
+            let out = Command::new(bin())
+                .args(["relay", "dev-cert", "--config"])
+                .arg(self.dir.join("relay.toml"))
+                .args(["--device-id", id, "--out"])
+                .arg(&gdir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "dev-cert: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
+        let cfg = gdir.join("gateway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "device_id = \"{id}\"\n[relay]\naddress = \"127.0.0.1:{relay_port}\"\nserver_name = \"relay.voxgate.test\"\nca = \"ca.pem\"\n[identity]\ncert = \"device.pem\"\nkey = \"device.key\"\n[telemetry]\nlog = \"debug\"\nmetrics = \"{metrics}\"\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        (cfg, metrics)
+    }
+
+    /// Start `voxgate run` with the given environment.
+    pub fn start_gateway(&self, cfg: &Path, env: &[(String, String)]) -> Proc {
+        let log = cfg.with_file_name(format!("gateway-{}.log", fastrand::u32(..)));
+        let mut c = Command::new(bin());
+        c.args(["run", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc {
+            child: c.spawn().unwrap(),
+            name: "gateway".into(),
+            log,
+        }
+    }
+
+    /// Every recording the relay made, sorted by name (time, session).
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if let Ok(devs) = std::fs::read_dir(self.dir.join("recordings")) {
+            for d in devs.flatten() {
+                for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                    v.push(f.path());
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+}
+
+/// Wait until `f` holds, polling; panics with `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Decode an Ogg Opus file to a 48 kHz mono WAV with opusdec.
+pub fn opusdec(ogg: &Path) -> PathBuf {
+    let wav = ogg.with_extension("wav");
+    let out = Command::new("opusdec")
+        .args(["--quiet", "--rate", "48000"])
+        .arg(ogg)
+        .arg(&wav)
+        .output()
+        .expect("opusdec missing: run scripts/deps");
+    assert!(
+        out.status.success(),
+        "opusdec {}: {}",
+        ogg.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wav
+}
