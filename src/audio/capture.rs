@@ -11,6 +11,7 @@ use super::clock::ClockGuard;
 use super::convert::downmix;
 use super::device::{self, DeviceError, Dir};
 use super::ring::{Mark, Returning, RingTx};
+use super::supervisor;
 use crate::telemetry::metrics::Counter;
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 /// State the capture thread shares with the encoder and with metrics.
 #[derive(Debug)]
@@ -52,10 +53,6 @@ impl Drop for Capture {
     }
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const STALL: Duration = Duration::from_secs(2);
-
 /// Start capturing from `name` (default device when `None`) into `tx`,
 /// waking `encoder` after each callback.
 pub fn start(
@@ -77,77 +74,34 @@ pub fn start(
 
 fn supervise(
     name: Option<String>,
-    tx: RingTx,
+    ring: RingTx,
     encoder: Thread,
     shared: Arc<CaptureShared>,
     stop: Arc<AtomicBool>,
 ) {
     let label = name.clone().unwrap_or_else(|| "default".into());
-    let (home, back) = mpsc::channel::<RingTx>();
-    let mut tx = Some(tx);
-    let mut backoff = BACKOFF_MIN;
-    while !stop.load(Relaxed) {
-        let Some(ring) = tx.take().or_else(|| back.recv_timeout(STALL).ok()) else {
-            warn!(device = %label, "capture ring not returned by the closed stream; retrying");
-            continue;
-        };
-        let (err_tx, err_rx) = mpsc::channel::<cpal::Error>();
-        match open(
+    let progress_of = shared.clone();
+    let opens = shared.opens.clone();
+    let mut open = move |ring: Returning<RingTx>, errors, period| {
+        open(
             name.as_deref(),
-            Returning::new(ring, home.clone()),
+            ring,
             encoder.clone(),
             &shared,
-            err_tx,
-        ) {
-            Ok(stream) => {
-                shared.opens.inc();
-                let reason = watch(&stream, &err_rx, &shared, &stop);
-                drop(stream);
-                match reason {
-                    None => break,
-                    Some(why) => {
-                        warn!(device = %label, error = %why, "capture device failed; reopening");
-                        backoff = BACKOFF_MIN;
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(device = %label, error = %e, retry_in_ms = backoff.as_millis() as u64,
-                      "cannot open capture device; will retry");
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
-        thread::park_timeout(backoff + jitter);
-    }
-}
-
-/// Wait until the stream errors, stalls, or we are told to stop (`None`).
-fn watch(
-    _stream: &cpal::Stream,
-    errors: &mpsc::Receiver<cpal::Error>,
-    shared: &CaptureShared,
-    stop: &AtomicBool,
-) -> Option<String> {
-    let mut last = shared.delivered.load(Relaxed);
-    let mut last_progress = Instant::now();
-    loop {
-        if stop.load(Relaxed) {
-            return None;
-        }
-        match errors.recv_timeout(Duration::from_millis(250)) {
-            Ok(e) => return Some(e.to_string()),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Some("stream ended".into()),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let now = shared.delivered.load(Relaxed);
-        if now != last {
-            last = now;
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > STALL {
-            return Some(format!("no audio for {} s", STALL.as_secs()));
-        }
-    }
+            errors,
+            period,
+        )
+    };
+    supervisor::supervise(
+        Dir::Capture,
+        label,
+        ring,
+        10,
+        move || progress_of.delivered.load(Relaxed),
+        opens,
+        stop,
+        &mut open,
+    );
 }
 
 fn open(
@@ -156,6 +110,7 @@ fn open(
     encoder: Thread,
     shared: &Arc<CaptureShared>,
     errors: mpsc::Sender<cpal::Error>,
+    period_ms: Option<u32>,
 ) -> Result<cpal::Stream, DeviceError> {
     let dev = device::find(name, Dir::Capture)?;
     let cfg = device::choose_config(&dev, Dir::Capture)?;
@@ -167,13 +122,13 @@ fn open(
     };
     shared.rate.store(cfg.sample_rate(), Relaxed);
     let stream = match cfg.sample_format() {
-        SampleFormat::F32 => build::<f32>(&dev, &cfg, ring, encoder, shared, errors),
-        SampleFormat::I16 => build::<i16>(&dev, &cfg, ring, encoder, shared, errors),
-        SampleFormat::I32 => build::<i32>(&dev, &cfg, ring, encoder, shared, errors),
-        SampleFormat::F64 => build::<f64>(&dev, &cfg, ring, encoder, shared, errors),
-        SampleFormat::U16 => build::<u16>(&dev, &cfg, ring, encoder, shared, errors),
-        SampleFormat::I8 => build::<i8>(&dev, &cfg, ring, encoder, shared, errors),
-        SampleFormat::U8 => build::<u8>(&dev, &cfg, ring, encoder, shared, errors),
+        SampleFormat::F32 => build::<f32>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
+        SampleFormat::I16 => build::<i16>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
+        SampleFormat::I32 => build::<i32>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
+        SampleFormat::F64 => build::<f64>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
+        SampleFormat::U16 => build::<u16>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
+        SampleFormat::I8 => build::<i8>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
+        SampleFormat::U8 => build::<u8>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
         other => {
             return Err(DeviceError::NoConfig {
                 dir: Dir::Capture,
@@ -196,6 +151,7 @@ fn build<T>(
     encoder: Thread,
     shared: &Arc<CaptureShared>,
     errors: mpsc::Sender<cpal::Error>,
+    period_ms: Option<u32>,
 ) -> Result<cpal::Stream, cpal::Error>
 where
     T: SizedSample,
@@ -227,5 +183,9 @@ where
     let err = move |e: cpal::Error| {
         let _ = errors.send(e);
     };
-    dev.build_input_stream::<T, _, _>(cfg.config(), data, err, Some(Duration::from_secs(5)))
+    let sc = match period_ms {
+        Some(ms) => device::stream_config(cfg, ms),
+        None => cfg.config(),
+    };
+    dev.build_input_stream::<T, _, _>(sc, data, err, Some(Duration::from_secs(5)))
 }

@@ -126,8 +126,10 @@ pub fn find(name: Option<&str>, dir: Dir) -> Result<cpal::Device, DeviceError> {
 
 fn format_rank(f: SampleFormat) -> u8 {
     match f {
-        SampleFormat::F32 => 0,
-        SampleFormat::I16 => 1,
+        // I16 first: the native format of most codecs and USB microphones,
+        // and the only one ALSA's file plugin passes through bit-exactly.
+        SampleFormat::I16 => 0,
+        SampleFormat::F32 => 1,
         SampleFormat::I32 => 2,
         SampleFormat::F64 => 3,
         SampleFormat::U16 => 4,
@@ -171,4 +173,20 @@ pub fn choose_config(
         })?;
     let rate = PIPELINE_RATE.clamp(best.min_sample_rate(), best.max_sample_rate());
     Ok(best.with_sample_rate(rate))
+}
+
+/// The stream configuration to ask for: the chosen format with a fixed
+/// period of `period_ms` (clamped to what the device reports), so that no
+/// callback delivers more than a few milliseconds at once. ALSA's default
+/// for some plugins is a multi-second buffer.
+pub fn stream_config(cfg: &SupportedStreamConfig, period_ms: u32) -> cpal::StreamConfig {
+    let want = cfg.sample_rate() * period_ms / 1000;
+    let mut sc = cfg.config();
+    sc.buffer_size = match *cfg.buffer_size() {
+        cpal::SupportedBufferSize::Range { min, max } => {
+            cpal::BufferSize::Fixed(want.clamp(min, max.max(min)))
+        }
+        cpal::SupportedBufferSize::Unknown => cpal::BufferSize::Fixed(want),
+    };
+    sc
 }

@@ -13,3 +13,4 @@ pub mod convert;
 pub mod device;
 pub mod playback;
 pub mod ring;
+pub mod supervisor;

@@ -10,6 +10,7 @@ use super::clock::ClockGuard;
 use super::convert::upmix;
 use super::device::{self, DeviceError, Dir};
 use super::ring::{Returning, RingRx};
+use super::supervisor;
 use crate::telemetry::metrics::Counter;
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::info;
 
 /// State the playback thread shares with the decoder and with metrics.
 #[derive(Debug)]
@@ -51,9 +52,6 @@ impl Drop for Playback {
     }
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Start playing to `name` (default device when `None`) from `rx`, waking
 /// `decoder` after each callback.
 pub fn start(
@@ -75,63 +73,34 @@ pub fn start(
 
 fn supervise(
     name: Option<String>,
-    rx: RingRx,
+    ring: RingRx,
     decoder: Thread,
     shared: Arc<PlaybackShared>,
     stop: Arc<AtomicBool>,
 ) {
     let label = name.clone().unwrap_or_else(|| "default".into());
-    let (home, back) = mpsc::channel::<RingRx>();
-    let mut rx = Some(rx);
-    let mut backoff = BACKOFF_MIN;
-    while !stop.load(Relaxed) {
-        let Some(ring) = rx
-            .take()
-            .or_else(|| back.recv_timeout(Duration::from_secs(2)).ok())
-        else {
-            warn!(device = %label, "playback ring not returned by the closed stream; retrying");
-            continue;
-        };
-        let (err_tx, err_rx) = mpsc::channel::<cpal::Error>();
-        match open(
+    let progress_of = shared.clone();
+    let opens = shared.opens.clone();
+    let mut open = move |ring: Returning<RingRx>, errors, period| {
+        open(
             name.as_deref(),
-            Returning::new(ring, home.clone()),
+            ring,
             decoder.clone(),
             &shared,
-            err_tx,
-        ) {
-            Ok(stream) => {
-                shared.opens.inc();
-                let reason = loop {
-                    if stop.load(Relaxed) {
-                        break None;
-                    }
-                    match err_rx.recv_timeout(Duration::from_millis(250)) {
-                        Ok(e) => break Some(e.to_string()),
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            break Some("stream ended".to_string());
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    }
-                };
-                drop(stream);
-                match reason {
-                    None => break,
-                    Some(why) => {
-                        warn!(device = %label, error = %why, "playback device failed; reopening");
-                        backoff = BACKOFF_MIN;
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(device = %label, error = %e, retry_in_ms = backoff.as_millis() as u64,
-                      "cannot open playback device; will retry");
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
-        thread::park_timeout(backoff + jitter);
-    }
+            errors,
+            period,
+        )
+    };
+    supervisor::supervise(
+        Dir::Playback,
+        label,
+        ring,
+        20,
+        move || progress_of.played.load(Relaxed),
+        opens,
+        stop,
+        &mut open,
+    );
 }
 
 fn open(
@@ -140,6 +109,7 @@ fn open(
     decoder: Thread,
     shared: &Arc<PlaybackShared>,
     errors: mpsc::Sender<cpal::Error>,
+    period_ms: Option<u32>,
 ) -> Result<cpal::Stream, DeviceError> {
     let dev = device::find(name, Dir::Playback)?;
     let cfg = device::choose_config(&dev, Dir::Playback)?;
@@ -151,13 +121,13 @@ fn open(
     };
     shared.rate.store(cfg.sample_rate(), Relaxed);
     let stream = match cfg.sample_format() {
-        SampleFormat::F32 => build::<f32>(&dev, &cfg, ring, decoder, shared, errors),
-        SampleFormat::I16 => build::<i16>(&dev, &cfg, ring, decoder, shared, errors),
-        SampleFormat::I32 => build::<i32>(&dev, &cfg, ring, decoder, shared, errors),
-        SampleFormat::F64 => build::<f64>(&dev, &cfg, ring, decoder, shared, errors),
-        SampleFormat::U16 => build::<u16>(&dev, &cfg, ring, decoder, shared, errors),
-        SampleFormat::I8 => build::<i8>(&dev, &cfg, ring, decoder, shared, errors),
-        SampleFormat::U8 => build::<u8>(&dev, &cfg, ring, decoder, shared, errors),
+        SampleFormat::F32 => build::<f32>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
+        SampleFormat::I16 => build::<i16>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
+        SampleFormat::I32 => build::<i32>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
+        SampleFormat::F64 => build::<f64>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
+        SampleFormat::U16 => build::<u16>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
+        SampleFormat::I8 => build::<i8>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
+        SampleFormat::U8 => build::<u8>(&dev, &cfg, ring, decoder, shared, errors, period_ms),
         other => {
             return Err(DeviceError::NoConfig {
                 dir: Dir::Playback,
@@ -180,6 +150,7 @@ fn build<T>(
     decoder: Thread,
     shared: &Arc<PlaybackShared>,
     errors: mpsc::Sender<cpal::Error>,
+    period_ms: Option<u32>,
 ) -> Result<cpal::Stream, cpal::Error>
 where
     T: SizedSample + FromSample<f32>,
@@ -203,5 +174,9 @@ where
     let err = move |e: cpal::Error| {
         let _ = errors.send(e);
     };
-    dev.build_output_stream::<T, _, _>(cfg.config(), data, err, Some(Duration::from_secs(5)))
+    let sc = match period_ms {
+        Some(ms) => device::stream_config(cfg, ms),
+        None => cfg.config(),
+    };
+    dev.build_output_stream::<T, _, _>(sc, data, err, Some(Duration::from_secs(5)))
 }

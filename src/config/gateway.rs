@@ -206,6 +206,11 @@ impl GatewayConfig {
         Self::validate(file, raw)
     }
 
+    /// Validate config text as if read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::validate(file, super::parse_toml(file, text)?)
+    }
+
     fn validate(file: &Path, raw: Raw) -> Result<Self, ConfigError> {
         let bad = |key: &str, msg: String| ConfigError::invalid(file, key, msg);
         let base = base_dir(file);
@@ -329,7 +334,6 @@ pub(crate) fn split_host_port(s: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_toml;
 
     const GOOD: &str = r#"
 device_id = "gw-1"
@@ -343,8 +347,7 @@ key = "/abs/device.key"
 "#;
 
     fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
-        let file = Path::new("/etc/voxgate/voxgate.toml");
-        GatewayConfig::validate(file, parse_toml(file, text)?)
+        GatewayConfig::parse(Path::new("/etc/voxgate/voxgate.toml"), text)
     }
 
     fn err(text: &str) -> String {

@@ -161,3 +161,26 @@ impl TelemetryConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_parse() {
+        let g = GatewayConfig::parse(
+            Path::new("/etc/voxgate/voxgate.toml"),
+            include_str!("../../examples/voxgate.toml"),
+        )
+        .unwrap();
+        assert_eq!(g.device_id, "shop-12");
+        assert_eq!(g.telemetry.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let r = RelayConfig::parse(
+            Path::new("/etc/voxgate/relay.toml"),
+            include_str!("../../examples/relay.toml"),
+        )
+        .unwrap();
+        assert_eq!(r.downlink, DownlinkMode::Echo);
+        assert_eq!(r.listen.port(), 443);
+    }
+}

@@ -73,7 +73,15 @@ pub struct RelayConfig {
 impl RelayConfig {
     /// Read and validate `file`.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        let raw: Raw = load_toml(file)?;
+        Self::validate(file, load_toml(file)?)
+    }
+
+    /// Validate config text as if read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::validate(file, super::parse_toml(file, text)?)
+    }
+
+    fn validate(file: &Path, raw: Raw) -> Result<Self, ConfigError> {
         let base = base_dir(file);
         if rustls::pki_types::ServerName::try_from(raw.server_name.as_str()).is_err() {
             return Err(ConfigError::invalid(

@@ -1,4 +1,6 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod audio_env;
 pub mod lab;
+pub mod proxy;

@@ -1,0 +1,26 @@
+#![no_main]
+//! The jitter buffer driven by arbitrary pushes and pops.
+use libfuzzer_sys::fuzz_target;
+use std::time::Duration;
+use voxgate::media::jitter::{JitterBuffer, JitterConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let mut jb = JitterBuffer::new(JitterConfig::default());
+    let mut now = Duration::ZERO;
+    for op in data.chunks(8) {
+        if op.len() < 8 {
+            break;
+        }
+        now += Duration::from_millis(u64::from(op[0]));
+        if op[1] & 1 == 0 {
+            let seq = u16::from_be_bytes([op[2], op[3]]);
+            let ts = u32::from_be_bytes([op[4], op[5], op[6], op[7]]);
+            // Payload sizes 0..=3048 reach past the 1500-byte limit.
+            let payload = vec![op[7]; usize::from(op[1] >> 1) * 24];
+            jb.push(now, seq, ts, &payload);
+        } else {
+            let _ = jb.pop(now);
+        }
+        assert!(jb.stats().depth <= 64);
+    }
+});
