@@ -43,9 +43,9 @@ impl Gauge {
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 16] = [
-    50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, 20_000, 50_000,
-    100_000, 1_000_000,
+pub const LATENCY_BUCKETS_US: [u64; 22] = [
+    25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000,
+    20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
 ];
 
 /// A latency histogram with fixed microsecond buckets (plus +Inf).
@@ -191,6 +191,7 @@ mod tests {
         assert_eq!(scrape_value(&text, "y"), Some(0.25));
         assert_eq!(scrape_value(&text, "lat_seconds_count"), Some(5.0));
         assert!(text.contains("lat_seconds_bucket{le=\"0.0001\"} 3"));
+        assert!(text.contains("lat_seconds_bucket{le=\"0.000025\"} 0"));
         assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 5"));
         assert_eq!(h.quantile_upper_us(0.5), Some(100));
         assert_eq!(h.quantile_upper_us(0.8), Some(1_000));
