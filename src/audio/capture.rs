@@ -7,10 +7,10 @@
 //! not allocate, lock, log or block (see [`super::clock`] for the one
 //! exception: a device without a clock).
 
-use super::clock::ClockGuard;
+use super::clock::{self, ClockGuard};
 use super::convert::downmix;
 use super::device::{self, DeviceError, Dir};
-use super::ring::{Mark, Returning, RingTx};
+use super::ring::{Mark, Returning, RingRx, RingTx};
 use super::supervisor;
 use crate::telemetry::metrics::Counter;
 use cpal::traits::{DeviceTrait, StreamTrait};
@@ -59,13 +59,14 @@ pub fn start(
     name: Option<String>,
     tx: RingTx,
     encoder: Thread,
+    new_rings: mpsc::Sender<RingRx>,
     shared: Arc<CaptureShared>,
 ) -> std::io::Result<Capture> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = thread::Builder::new()
         .name("capture-ctl".into())
-        .spawn(move || supervise(name, tx, encoder, shared, stop2))?;
+        .spawn(move || supervise(name, tx, encoder, new_rings, shared, stop2))?;
     Ok(Capture {
         thread: Some(thread),
         stop,
@@ -76,6 +77,7 @@ fn supervise(
     name: Option<String>,
     ring: RingTx,
     encoder: Thread,
+    new_rings: mpsc::Sender<RingRx>,
     shared: Arc<CaptureShared>,
     stop: Arc<AtomicBool>,
 ) {
@@ -101,6 +103,12 @@ fn supervise(
         opens,
         stop,
         &mut open,
+        &mut || {
+            let (tx, rx) = super::ring::ring();
+            // The worker gets its half; the device keeps the other.
+            let _ = new_rings.send(rx);
+            tx
+        },
     );
 }
 
@@ -159,7 +167,7 @@ where
 {
     let channels = usize::from(cfg.channels());
     let shared_cb = shared.clone();
-    let mut clock = ClockGuard::new(cfg.sample_rate());
+    let mut clock = ClockGuard::new(cfg.sample_rate(), clock::CAPTURE_SLACK);
     let data = move |data: &[T], _: &cpal::InputCallbackInfo| {
         let at = Instant::now();
         let tx = ring.get();

@@ -8,31 +8,38 @@
 //! silence).
 //!
 //! [`ClockGuard::after`] is called at the end of each callback. It does
-//! nothing unless the device has run ahead of the wall clock by more than
-//! 100 ms plus 1% of the elapsed time, which no clocked device does (clock
-//! drift is parts per million, and a playback buffer is played out before the
-//! margin is reached). Past that point the device is latched as clockless and
+//! nothing unless the device has run ahead of the wall clock by more than its
+//! slack plus 1% of the elapsed time, which no clocked device does: clock
+//! drift is parts per million, a capture device can lead by at most one
+//! period ([`CAPTURE_SLACK`]), and a playback device by its buffer, which it
+//! plays out before the margin is reached ([`PLAYBACK_SLACK`]). Past that point the device is latched as clockless and
 //! the callback sleeps until the wall clock catches up. Only a clockless
 //! device ever sleeps, and it has no deadline to miss.
 
 use std::time::{Duration, Instant};
 
-const SLACK: Duration = Duration::from_millis(100);
+/// Lead allowed to a capture device (a few 10 ms periods).
+pub const CAPTURE_SLACK: Duration = Duration::from_millis(30);
+/// Lead allowed to a playback device (its buffer, prefilled at start).
+pub const PLAYBACK_SLACK: Duration = Duration::from_millis(100);
 
 /// Paces a callback to the wall clock when its device has no clock.
 #[derive(Debug)]
 pub struct ClockGuard {
     rate: f64,
+    slack: Duration,
     start: Option<Instant>,
     frames: u64,
     clockless: bool,
 }
 
 impl ClockGuard {
-    /// A guard for a device running at `rate` frames per second.
-    pub fn new(rate: u32) -> Self {
+    /// A guard for a device running at `rate` frames per second that may
+    /// legitimately lead the wall clock by `slack`.
+    pub fn new(rate: u32, slack: Duration) -> Self {
         ClockGuard {
             rate: f64::from(rate.max(1)),
+            slack,
             start: None,
             frames: 0,
             clockless: false,
@@ -55,12 +62,12 @@ impl ClockGuard {
         let media = Duration::from_secs_f64(self.frames as f64 / self.rate);
         let wall = now - start;
         let mut latched = false;
-        if !self.clockless && media > wall + SLACK + wall / 100 {
+        if !self.clockless && media > wall + self.slack + wall / 100 {
             self.clockless = true;
             latched = true;
         }
-        if self.clockless && media > wall + SLACK {
-            std::thread::sleep(media - wall - SLACK);
+        if self.clockless && media > wall + self.slack {
+            std::thread::sleep(media - wall - self.slack);
         }
         latched
     }
@@ -72,7 +79,7 @@ mod tests {
 
     #[test]
     fn paced_device_never_latches() {
-        let mut g = ClockGuard::new(48_000);
+        let mut g = ClockGuard::new(48_000, CAPTURE_SLACK);
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(10));
             assert!(!g.after(480));
@@ -82,7 +89,7 @@ mod tests {
 
     #[test]
     fn clockless_device_is_paced_to_real_time() {
-        let mut g = ClockGuard::new(48_000);
+        let mut g = ClockGuard::new(48_000, PLAYBACK_SLACK);
         let t0 = Instant::now();
         // 400 ms of audio delivered as fast as possible.
         for _ in 0..40 {

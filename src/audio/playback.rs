@@ -6,10 +6,10 @@
 //! decoder thread. It does not allocate, lock, log or block (clockless
 //! devices excepted, see [`super::clock`]).
 
-use super::clock::ClockGuard;
+use super::clock::{self, ClockGuard};
 use super::convert::upmix;
 use super::device::{self, DeviceError, Dir};
-use super::ring::{Returning, RingRx};
+use super::ring::{Returning, RingRx, RingTx};
 use super::supervisor;
 use crate::telemetry::metrics::Counter;
 use cpal::traits::{DeviceTrait, StreamTrait};
@@ -58,13 +58,14 @@ pub fn start(
     name: Option<String>,
     rx: RingRx,
     decoder: Thread,
+    new_rings: mpsc::Sender<RingTx>,
     shared: Arc<PlaybackShared>,
 ) -> std::io::Result<Playback> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = thread::Builder::new()
         .name("playback-ctl".into())
-        .spawn(move || supervise(name, rx, decoder, shared, stop2))?;
+        .spawn(move || supervise(name, rx, decoder, new_rings, shared, stop2))?;
     Ok(Playback {
         thread: Some(thread),
         stop,
@@ -75,6 +76,7 @@ fn supervise(
     name: Option<String>,
     ring: RingRx,
     decoder: Thread,
+    new_rings: mpsc::Sender<RingTx>,
     shared: Arc<PlaybackShared>,
     stop: Arc<AtomicBool>,
 ) {
@@ -100,6 +102,12 @@ fn supervise(
         opens,
         stop,
         &mut open,
+        &mut || {
+            let (tx, rx) = super::ring::ring();
+            // The worker gets its half; the device keeps the other.
+            let _ = new_rings.send(tx);
+            rx
+        },
     );
 }
 
@@ -157,7 +165,7 @@ where
 {
     let channels = usize::from(cfg.channels()).max(1);
     let shared_cb = shared.clone();
-    let mut clock = ClockGuard::new(cfg.sample_rate());
+    let mut clock = ClockGuard::new(cfg.sample_rate(), clock::PLAYBACK_SLACK);
     let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
         let rx = ring.get();
         let frames = data.len() / channels;

@@ -6,6 +6,13 @@
 //! invalidated, permission revoked) reopen at once. Transient ones (xruns,
 //! a burst of I/O errors at start-up, reroutes) are logged at most once a
 //! second; if they keep the stream from moving, the stall watchdog reopens it.
+//!
+//! Closing a stream joins the backend's device thread, and a driver can wedge
+//! that thread for ever (seen: ALSA's pulse plugin deadlocks when the sound
+//! server dies). The supervisor therefore closes streams on a reaper thread
+//! with a deadline; past it, the stuck thread and its ring are abandoned (an
+//! error is logged) and the device is reopened with a fresh ring, whose other
+//! half goes to the worker thread through `fresh`.
 
 use super::device::{DeviceError, Dir};
 use super::ring::Returning;
@@ -15,11 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const STALL: Duration = Duration::from_secs(2);
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Whether a stream error means the stream must be rebuilt.
 pub fn is_fatal(e: &cpal::Error) -> bool {
@@ -49,8 +57,9 @@ pub fn supervise<R: Send + 'static>(
     opens: Arc<Counter>,
     stop: Arc<AtomicBool>,
     open: &mut Opener<R>,
+    fresh: &mut dyn FnMut() -> R,
 ) {
-    let (home, back) = mpsc::channel::<R>();
+    let (mut home, mut back) = mpsc::channel::<R>();
     let mut ring = Some(ring);
     let mut backoff = BACKOFF_MIN;
     // Ask for a short fixed period first; a device that refuses it gets its
@@ -70,13 +79,19 @@ pub fn supervise<R: Send + 'static>(
             Ok(stream) => {
                 opens.inc();
                 let reason = watch(&err_rx, &progress, &stop);
-                drop(stream);
-                match reason {
-                    None => break,
-                    Some(why) => {
-                        warn!(%dir, device = %label, error = %why, "audio device failed; reopening");
-                        backoff = BACKOFF_MIN;
-                    }
+                if let Some(why) = &reason {
+                    warn!(%dir, device = %label, error = %why, "audio device failed; reopening");
+                    backoff = BACKOFF_MIN;
+                }
+                if !close(stream) {
+                    error!(%dir, device = %label,
+                           "the audio driver's thread is stuck and was abandoned; continuing with a new ring");
+                    ring = Some(fresh());
+                    // If the stuck thread ever wakes, its ring goes nowhere.
+                    (home, back) = mpsc::channel::<R>();
+                }
+                if reason.is_none() {
+                    break;
                 }
             }
             Err(e @ DeviceError::Backend { .. }) if fixed_period => {
@@ -94,6 +109,18 @@ pub fn supervise<R: Send + 'static>(
         let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
         thread::park_timeout(backoff + jitter);
     }
+}
+
+/// Drop `stream` on a reaper thread; false if it did not finish in time.
+fn close(stream: cpal::Stream) -> bool {
+    let (done, finished) = mpsc::channel();
+    let reaper = thread::Builder::new()
+        .name("audio-close".into())
+        .spawn(move || {
+            drop(stream);
+            let _ = done.send(());
+        });
+    reaper.is_ok() && finished.recv_timeout(CLOSE_DEADLINE).is_ok()
 }
 
 /// Wait until the stream fails or stalls (`Some(reason)`) or we are told to

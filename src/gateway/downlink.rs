@@ -47,6 +47,8 @@ pub struct Downlink {
     pub events: Receiver<DownEvent>,
     /// Producer half of the playback ring.
     pub tx: RingTx,
+    /// Replacement rings, sent when a wedged device had to be abandoned.
+    pub new_rings: std::sync::mpsc::Receiver<RingTx>,
     /// Playback device rate and counters.
     pub playback: Arc<PlaybackShared>,
     /// Jitter buffer bounds.
@@ -105,6 +107,9 @@ impl Downlink {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
+            if let Ok(tx) = self.new_rings.try_recv() {
+                self.tx = tx;
+            }
             let r = self.playback.rate.load(Relaxed);
             if r == 0 {
                 thread::park_timeout(Duration::from_millis(20));
@@ -147,6 +152,8 @@ impl Downlink {
             m.down_concealed.add(s.concealed - reported.concealed);
             m.down_fec.add(s.fec_recovered - reported.fec_recovered);
             m.down_duplicates.add(s.duplicates - reported.duplicates);
+            m.down_skipped.add(s.skipped - reported.skipped);
+            m.down_resyncs.add(s.resyncs - reported.resyncs);
             m.down_jitter.set(s.jitter_ms / 1000.0);
             m.jitter_target.set(s.target_delay.as_secs_f64());
             reported = s;

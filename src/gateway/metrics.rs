@@ -32,6 +32,10 @@ pub struct GatewayMetrics {
     pub down_fec: Arc<Counter>,
     /// Downlink duplicates dropped.
     pub down_duplicates: Arc<Counter>,
+    /// Frames the jitter buffer dropped to shrink its delay.
+    pub down_skipped: Arc<Counter>,
+    /// Jitter buffer restarts (timestamp jumps, long silence).
+    pub down_resyncs: Arc<Counter>,
     /// Samples of silence the speaker got because the ring was empty.
     pub playback_underruns: Arc<Counter>,
     /// Playback device (re)openings.
@@ -103,6 +107,14 @@ impl GatewayMetrics {
             down_duplicates: r.counter(
                 "voxgate_downlink_packets_duplicate_total",
                 "Duplicate downlink packets dropped",
+            ),
+            down_skipped: r.counter(
+                "voxgate_downlink_frames_skipped_total",
+                "Downlink frames dropped by the jitter buffer to shrink its delay",
+            ),
+            down_resyncs: r.counter(
+                "voxgate_downlink_jitter_resyncs_total",
+                "Jitter buffer restarts after timestamp jumps or silence",
             ),
             playback_underruns: r.counter(
                 "voxgate_playback_underrun_samples_total",

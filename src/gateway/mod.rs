@@ -70,6 +70,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
 
     // Uplink: capture → encoder thread.
     let (cap_tx, cap_rx) = ring::ring();
+    let (cap_rings_tx, cap_rings_rx) = std::sync::mpsc::channel();
     let cap_shared = Arc::new(CaptureShared {
         rate: AtomicU32::new(0),
         delivered: AtomicU64::new(0),
@@ -79,6 +80,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     });
     let up = uplink::Uplink {
         rx: cap_rx,
+        new_rings: cap_rings_rx,
         capture: cap_shared.clone(),
         encoder: OpusEncoder::new(&cfg.codec)?,
         rtp: RtpSender::new(
@@ -99,6 +101,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         cfg.capture.device.clone(),
         cap_tx,
         encoder.thread().clone(),
+        cap_rings_tx,
         cap_shared.clone(),
     )?;
 
@@ -107,6 +110,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let mut playback_parts = None;
     if cfg.playback.enabled {
         let (pb_tx, pb_rx) = ring::ring();
+        let (pb_rings_tx, pb_rings_rx) = std::sync::mpsc::channel();
         let pb_shared = Arc::new(PlaybackShared {
             rate: AtomicU32::new(0),
             played: AtomicU64::new(0),
@@ -117,6 +121,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         let dl = downlink::Downlink {
             events: down_rx,
             tx: pb_tx,
+            new_rings: pb_rings_rx,
             playback: pb_shared.clone(),
             min_delay: cfg.jitter.min_delay,
             max_delay: cfg.jitter.max_delay,
@@ -130,6 +135,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
             cfg.playback.device.clone(),
             pb_rx,
             decoder.thread().clone(),
+            pb_rings_tx,
             pb_shared,
         )?;
         playback_parts = Some((decoder, pb));

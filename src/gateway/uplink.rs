@@ -25,6 +25,8 @@ use tracing::{error, warn};
 pub struct Uplink {
     /// Consumer half of the capture ring.
     pub rx: RingRx,
+    /// Replacement rings, sent when a wedged device had to be abandoned.
+    pub new_rings: std::sync::mpsc::Receiver<RingRx>,
     /// Capture rate and overrun counters.
     pub capture: Arc<CaptureShared>,
     /// The Opus encoder.
@@ -65,6 +67,9 @@ impl Uplink {
                         continue;
                     }
                 }
+            }
+            if let Ok(rx) = self.new_rings.try_recv() {
+                self.rx = rx;
             }
             let mut any = false;
             while let Some(v) = self.rx.samples.dequeue() {
