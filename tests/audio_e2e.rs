@@ -323,3 +323,57 @@ fn capture_device_loss_is_survived() {
     // Still one session: the relay connection never dropped.
     assert_eq!(lab.recordings().len(), 1);
 }
+
+/// The relay plays a file down to the device (Ogg Opus from opusenc, and a
+/// WAV it encodes itself); the gateway plays it out of an ALSA device.
+#[test]
+fn relay_file_downlink_plays_on_the_device() {
+    for kind in ["ogg", "wav"] {
+        let lab0 = common::lab::test_dir(&format!("e2e-down-src-{kind}"));
+        let speech = speech_fixture(&lab0, TEXT);
+        let wav = speech.with_extension("wav");
+        let source = if kind == "ogg" {
+            let ogg = lab0.join("announcement.ogg");
+            let st = std::process::Command::new("opusenc")
+                .args(["--quiet", "--bitrate", "24", "--framesize", "20"])
+                .arg(&wav)
+                .arg(&ogg)
+                .status()
+                .expect("opusenc missing: run scripts/deps");
+            assert!(st.success());
+            ogg
+        } else {
+            wav.clone()
+        };
+        let lab = Lab::new(
+            &format!("e2e-down-{kind}"),
+            &format!("mode = \"file\"\nfile = \"{}\"", source.display()),
+        );
+        let out = lab.dir.join("speaker.raw");
+        let devs = AlsaFileDevices::new(&lab.dir, None, Some(&out));
+        let mut relay = lab.start_relay();
+        let (cfg, gw_metrics) = lab.gateway_config(
+            "gw-down",
+            lab.quic_port,
+            "[capture]\ndevice = \"voxcap\"\n[playback]\ndevice = \"voxplay\"\n",
+        );
+        let mut gw = lab.start_gateway(&cfg, &alsa_env(&devs));
+        let want = frames_in(&speech) + 25.0;
+        wait_for(
+            Duration::from_secs(40),
+            "the file to be played down",
+            || {
+                gw.assert_running();
+                metric(gw_metrics, "voxgate_downlink_packets_received_total") >= want
+            },
+        );
+        assert!(gw.stop().success(), "{}", gw.log_text());
+        relay.stop();
+        let s = score(&wav, &out);
+        println!(
+            "file downlink ({kind}): PESQ-WB {:.2}, STOI {:.3}",
+            s.pesq_wb, s.stoi
+        );
+        assert!(s.pesq_wb >= 3.2, "{kind}: PESQ-WB {:.2}", s.pesq_wb);
+    }
+}
