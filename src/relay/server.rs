@@ -269,7 +269,8 @@ async fn run_session(
             },
             _ = tick.tick() => {
                 for (&flow, f) in &flows {
-                    let s = Stats { flow, received: f.stats.received(), lost: f.stats.lost(), late: 0, jitter_us: f.stats.jitter_us() };
+                    let late = f.recorder.as_ref().map_or(0, |r| r.stats().too_late);
+                    let s = Stats { flow, received: f.stats.received(), lost: f.stats.lost(), late, jitter_us: f.stats.jitter_us() };
                     if let Err(e) = framed::send(&mut send, &Message::Stats(s)).await {
                         debug!(error = %e, "stats not sent");
                     }
