@@ -83,50 +83,32 @@ fn config_unreachable_device_is_named_before_network() {
     assert!(!err.contains("relay"), "{err}");
 }
 
+/// Run `voxgate relay run` on `text`; it must fail, and stderr is returned.
+fn relay_run_fails(text: &str) -> String {
+    let dir = test_dir(&format!("relay-cfg-{}", fastrand::u32(..)));
+    let cfg = dir.join("relay.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(bin())
+        .args(["relay", "run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "relay accepted:\n{text}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn relay_config_errors_are_named() {
-    let dir = test_dir("relay-cfg");
-    let cfg = dir.join("relay.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:1\"\nstate_dir = \"s\"\nrecordings = \"r\"\n[downlink]\nmode = \"file\"\n").unwrap();
-    let out = Command::new(bin())
-        .args(["relay", "run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    const BASE: &str = "state_dir = \"s\"\nrecordings = \"r\"\n";
+    let err = relay_run_fails(&format!(
+        "listen = \"127.0.0.1:1\"\n{BASE}[downlink]\nmode = \"file\"\n"
+    ));
     assert!(err.contains("key `downlink.file`"), "{err}");
-    std::fs::write(
-        &cfg,
-        "listen = \"localhost\"\nstate_dir = \"s\"\nrecordings = \"r\"\n",
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["relay", "run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("key `listen`"),
-        "{err}"
-    );
+    let err = relay_run_fails(&format!("listen = \"localhost\"\n{BASE}"));
+    assert!(err.contains("key `listen`"), "{err}");
     // A relay without a CA says how to make one.
-    std::fs::write(
-        &cfg,
-        "listen = \"127.0.0.1:1\"\nstate_dir = \"s\"\nrecordings = \"r\"\n",
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["relay", "run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("voxgate relay init"),
-        "{err}"
-    );
+    let err = relay_run_fails(&format!("listen = \"127.0.0.1:1\"\n{BASE}"));
+    assert!(err.contains("voxgate relay init"), "{err}");
 }
 
 async fn connect(lab: &Lab, id: &str) -> quinn::Connection {
