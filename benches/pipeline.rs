@@ -30,7 +30,6 @@ mod lab;
 use audio_env::{AlsaFileDevices, PulseEnv, speech_fixture, try_score, wait_timeout};
 use lab::{Lab, Proc, metric, scrape};
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
@@ -274,21 +273,20 @@ fn this_thread_ns() -> u64 {
         .expect("/proc/thread-self/schedstat")
 }
 
-/// (busy, total) ticks of the whole machine from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
+/// Ticks the whole machine spent running tasks or stolen by the hypervisor
+/// (user + nice + system + steal, from /proc/stat).
+fn machine_ticks() -> u64 {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0, 0);
+        return 0;
     };
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
-        .take(8)
         .filter_map(|x| x.parse().ok())
         .collect();
-    let total: u64 = v.iter().sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    at(0) + at(1) + at(2) + at(7)
 }
 
 fn status_kib(pid: &str) -> BTreeMap<String, u64> {
@@ -322,17 +320,12 @@ fn smaps_top(pid: &str, n: usize) -> Vec<(String, u64)> {
                 .filter(|_| name.starts_with('/'))
                 .unwrap_or_else(|| name.to_string());
         } else if let Some(v) = l.strip_prefix("Rss:") {
-            let kb: u64 = v
-                .trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse()
-                .unwrap_or(0);
+            let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
             *by.entry(cur.clone()).or_default() += kb;
         }
     }
     let mut v: Vec<_> = by.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v.truncate(n);
     v
 }
@@ -343,6 +336,30 @@ fn memory_json(pid: &str) -> J {
     for k in ["VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize"] {
         j.set(k, st.get(k).map(|&v| v as f64));
     }
+    // Proportional and private figures: shared library pages count once
+    // per sharer in VmRSS.
+    let mut rollup = J::obj();
+    for l in std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some((k, v)) = l.split_once(':')
+            && let Some(kb) = v.trim().strip_suffix(" kB")
+            && let Ok(n) = kb.trim().parse::<u64>()
+            && [
+                "Pss",
+                "Pss_Anon",
+                "Pss_File",
+                "Shared_Clean",
+                "Private_Clean",
+                "Private_Dirty",
+            ]
+            .contains(&k)
+        {
+            rollup.set(k, n);
+        }
+    }
+    j.set("smaps_rollup_kib", rollup);
     j.set(
         "top_mappings_kib",
         J::A(
@@ -403,10 +420,13 @@ fn latency_json(text: &str) -> J {
     let sum = voxgate::telemetry::metrics::scrape_value(text, &format!("{name}_sum"));
     let mut j = J::obj();
     j.set("count", count)
-        .set("mean_us", match (sum, count) {
-            (Some(s), Some(c)) if c > 0.0 => Some(s / c * 1e6),
-            _ => None,
-        })
+        .set(
+            "mean_us",
+            match (sum, count) {
+                (Some(s), Some(c)) if c > 0.0 => Some(s / c * 1e6),
+                _ => None,
+            },
+        )
         .set("p50_us", quantile_us(&b, 0.50))
         .set("p90_us", quantile_us(&b, 0.90))
         .set("p99_us", quantile_us(&b, 0.99))
@@ -804,16 +824,22 @@ struct Snap {
     gw_threads: BTreeMap<i32, (String, u64)>,
     relay_ticks: u64,
     self_ticks: u64,
-    machine: (u64, u64),
+    /// Other processes of the set-up (the PulseAudio daemon).
+    extra_ticks: u64,
+    machine: u64,
 }
 
-fn snap(gw: i32, relay: i32) -> Snap {
+fn snap(gw: i32, relay: i32, extra: &[u32]) -> Snap {
     Snap {
         at: Instant::now(),
         gw_ticks: proc_ticks(&gw.to_string()).unwrap_or(0),
         gw_threads: thread_ns(gw),
         relay_ticks: proc_ticks(&relay.to_string()).unwrap_or(0),
         self_ticks: proc_ticks("self").unwrap_or(0),
+        extra_ticks: extra
+            .iter()
+            .filter_map(|p| proc_ticks(&p.to_string()))
+            .sum(),
         machine: machine_ticks(),
     }
 }
@@ -822,7 +848,8 @@ fn snap(gw: i32, relay: i32) -> Snap {
 /// thread), and how busy the rest of the machine was.
 fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
     let wall = (b.at - a.at).as_secs_f64();
-    let gw_stat = (b.gw_ticks - a.gw_ticks) as f64 / tck;
+    let gw_stat = b.gw_ticks.saturating_sub(a.gw_ticks) as f64 / tck;
+    let relay = b.relay_ticks.saturating_sub(a.relay_ticks) as f64 / tck;
     let mut threads = BTreeMap::<String, f64>::new();
     let mut sched = 0.0;
     for (tid, (name, ns1)) in &b.gw_threads {
@@ -836,10 +863,12 @@ fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
         .keys()
         .filter(|t| !b.gw_threads.contains_key(t))
         .count();
-    let machine_busy = (b.machine.0 - a.machine.0) as f64 / tck;
+    let machine_busy = b.machine.saturating_sub(a.machine) as f64 / tck;
     let ours = gw_stat
-        + (b.relay_ticks - a.relay_ticks) as f64 / tck
-        + (b.self_ticks - a.self_ticks) as f64 / tck;
+        + relay
+        + (b.self_ticks.saturating_sub(a.self_ticks) + b.extra_ticks.saturating_sub(a.extra_ticks))
+            as f64
+            / tck;
     let mut tj: Vec<(String, f64)> = threads.into_iter().collect();
     tj.sort_by(|x, y| y.1.total_cmp(&x.1));
     let mut j = J::obj();
@@ -864,7 +893,7 @@ fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
                     .collect(),
             ),
         )
-        .set("relay_cpu_s", (b.relay_ticks - a.relay_ticks) as f64 / tck)
+        .set("relay_cpu_s", relay)
         .set(
             "other_load_cores",
             ((machine_busy - ours) / wall.max(1e-9)).max(0.0),
@@ -877,11 +906,7 @@ fn file_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> (J, Option<PathBuf>)
     let lab = Lab::new("bench-file", "mode = \"none\"");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&fx.raw), None);
     let mut relay = lab.start_relay();
-    let (cfg, m) = lab.gateway_config(
-        "bench-gw",
-        lab.quic_port,
-        &capture_extra("voxcap", None),
-    );
+    let (cfg, m) = lab.gateway_config("bench-gw", lab.quic_port, &capture_extra("voxcap", None));
     check_codec(&cfg, codec);
     let mut gw = lab.start_gateway(&cfg, &gateway_env(devs.env()));
     let gw_pid = gw.pid();
@@ -894,7 +919,7 @@ fn file_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> (J, Option<PathBuf>)
         Duration::from_millis(10),
     );
     let text0 = scrape(m).unwrap_or_default();
-    let s0 = snap(gw_pid, relay.pid());
+    let s0 = snap(gw_pid, relay.pid(), &[]);
     let get = |t: &str, n: &str| voxgate::telemetry::metrics::scrape_value(t, n).unwrap_or(0.0);
     let (c0, f0) = (
         get(&text0, "voxgate_frames_captured_total"),
@@ -921,7 +946,7 @@ fn file_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> (J, Option<PathBuf>)
         Duration::from_secs_f64(left + 20.0),
         Duration::from_millis(50),
     );
-    let s1 = snap(gw_pid, relay.pid());
+    let s1 = snap(gw_pid, relay.pid(), &[]);
     let text1 = scrape(m).unwrap_or_default();
     let f1 = get(&text1, "voxgate_frames_sent_total");
     let audio_s = (c1 - c0) * codec.frame.as_secs_f64();
@@ -974,17 +999,17 @@ fn echo_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> J {
         Duration::from_millis(10),
     );
     let text0 = scrape(m).unwrap_or_default();
-    let s0 = snap(pid, relay.pid());
+    let s0 = snap(pid, relay.pid(), &[]);
     while s0.at.elapsed() < RSS_AFTER {
         gw.assert_running();
         std::thread::sleep(Duration::from_millis(100));
     }
-    let s1 = snap(pid, relay.pid());
+    let s1 = snap(pid, relay.pid(), &[]);
     let mem = memory_json(&pid.to_string());
     let text1 = scrape(m).unwrap_or_default();
     let get = |t: &str, n: &str| voxgate::telemetry::metrics::scrape_value(t, n).unwrap_or(0.0);
-    let frames = get(&text1, "voxgate_frames_captured_total")
-        - get(&text0, "voxgate_frames_captured_total");
+    let frames =
+        get(&text1, "voxgate_frames_captured_total") - get(&text0, "voxgate_frames_captured_total");
     let mut cpu = cpu_between(&s0, &s1, frames * codec.frame.as_secs_f64(), tck);
     cpu.set(
         "downlink_packets",
@@ -1021,29 +1046,70 @@ fn paced_run(fx: &Fixture, codec: &CodecConfig) -> J {
         Duration::from_secs(20),
         Duration::from_millis(20),
     );
-    let t0 = Instant::now();
+    let text0 = scrape(m).unwrap_or_default();
+    let pulse_pid: Vec<u32> = pulse.daemon_pid().into_iter().collect();
+    let s0 = snap(gw.pid(), relay.pid(), &pulse_pid);
+    // Diagnostic, during the same 30 s: libopus in this process encoding one
+    // frame every 20 ms (sleeping in between), i.e. with caches as cold as
+    // a real-time encoder sees them. It uses ~1% of one core.
+    let paced_baseline = paced_encode(fx.pcm.clone(), *codec);
     let mut player = ChildGuard(pulse.play_into_mic(&fx.wav));
-    let status = wait_timeout(
-        &mut player.0,
-        Duration::from_secs_f64(fx.seconds + 20.0),
-    );
-    let played = t0.elapsed().as_secs_f64();
+    let status = wait_timeout(&mut player.0, Duration::from_secs_f64(fx.seconds + 20.0));
+    let played = (Instant::now() - s0.at).as_secs_f64();
+    let s1 = snap(gw.pid(), relay.pid(), &pulse_pid);
+    let text1 = scrape(m).unwrap_or_default();
+    let (pb_cpu, pb_audio) = paced_baseline.join().unwrap_or((f64::NAN, f64::NAN));
     std::thread::sleep(Duration::from_millis(500));
     gw.assert_running();
     let text = scrape(m).unwrap_or_default();
-    let get = |n: &str| voxgate::telemetry::metrics::scrape_value(&text, n).unwrap_or(0.0);
+    let get = |t: &str, n: &str| voxgate::telemetry::metrics::scrape_value(t, n).unwrap_or(0.0);
+    let sent = get(&text1, "voxgate_frames_sent_total") - get(&text0, "voxgate_frames_sent_total");
     let mut j = latency_json(&text);
+    let mut pj = J::obj();
+    pj.set("cpu_s", pb_cpu)
+        .set("audio_s", pb_audio)
+        .set("per_audio_s", pb_cpu / pb_audio);
     j.set("paplay_ok", status.is_some_and(|s| s.success()))
         .set("paplay_s", played)
-        .set("frames_sent", get("voxgate_frames_sent_total"))
+        .set("frames_sent", get(&text, "voxgate_frames_sent_total"))
         .set(
             "overrun_samples_total",
-            get("voxgate_capture_overrun_samples_total"),
-        );
+            get(&text, "voxgate_capture_overrun_samples_total"),
+        )
+        .set(
+            "cpu",
+            cpu_between(&s0, &s1, sent * codec.frame.as_secs_f64(), clk_tck()),
+        )
+        .set("libopus_paced_in_bench", pj);
     let _ = gw.stop();
     let _ = relay.stop();
     drop(pulse);
     j
+}
+
+/// libopus encoding the fixture in real time on its own thread: one frame,
+/// then sleep until the next frame is due. Returns (CPU s, audio s).
+fn paced_encode(pcm: Vec<i16>, codec: CodecConfig) -> std::thread::JoinHandle<(f64, f64)> {
+    std::thread::spawn(move || {
+        let n = codec.frame_samples();
+        let mut enc = voxgate::codec::OpusEncoder::new(&codec).expect("encoder");
+        let t0 = this_thread_ns();
+        let start = Instant::now();
+        let mut frames = 0u32;
+        for f in pcm.chunks_exact(n) {
+            std::hint::black_box(enc.encode(f).expect("encode"));
+            frames += 1;
+            let due = start + codec.frame * frames;
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        let t1 = this_thread_ns();
+        (
+            (t1 - t0) as f64 / 1e9,
+            f64::from(frames) * codec.frame.as_secs_f64(),
+        )
+    })
 }
 
 /// The codec settings the gateway will run with, as the gateway reads them.
@@ -1052,7 +1118,14 @@ fn check_codec(cfg: &Path, codec: &CodecConfig) {
         .unwrap_or_else(|e| panic!("{e}"))
         .codec;
     assert_eq!(
-        (c.frame, c.bitrate, c.fec, c.dtx, c.expected_loss_percent, c.complexity),
+        (
+            c.frame,
+            c.bitrate,
+            c.fec,
+            c.dtx,
+            c.expected_loss_percent,
+            c.complexity
+        ),
         (
             codec.frame,
             codec.bitrate,
@@ -1093,6 +1166,9 @@ fn baseline_encode(fx: &Fixture, codec: &CodecConfig) -> (Vec<f64>, Vec<Vec<u8>>
     (runs, packets)
 }
 
+/// Builds a peer's command line for an input file and a UDP port.
+type Build = Box<dyn Fn(&Path, u16) -> Vec<String>>;
+
 struct PeerRuns {
     long: Vec<Timed>,
     short: Vec<Timed>,
@@ -1120,8 +1196,14 @@ fn peer_json(name: &str, lib: &str, cmd: &[String], r: &PeerRuns, fx: &Fixture) 
             "per_audio_s_marginal",
             (ml - ms) / (fx.seconds - fx.short_seconds),
         )
-        .set("startup_cpu_s_est", ms - (ml - ms) / (fx.seconds - fx.short_seconds) * fx.short_seconds)
-        .set("packets_per_run", r.packets_per_long_run);
+        .set(
+            "startup_cpu_s_est",
+            ms - (ml - ms) / (fx.seconds - fx.short_seconds) * fx.short_seconds,
+        )
+        .set(
+            "packets_per_run",
+            (r.packets_per_long_run > 0.0).then_some(r.packets_per_long_run),
+        );
     j
 }
 
@@ -1161,12 +1243,9 @@ fn run_peer(
 }
 
 /// A peer's resident memory on the same job in real time, after `after`.
-fn peer_rss(argv: &[String], after: Duration) -> J {
+fn peer_rss(build: &dyn Fn(u16) -> Vec<String>, after: Duration) -> J {
     let sink = UdpSink::new();
-    let argv: Vec<String> = argv
-        .iter()
-        .map(|a| a.replace("PORT", &sink.port.to_string()))
-        .collect();
+    let argv = build(sink.port);
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -1297,7 +1376,10 @@ fn section(name: &str, f: impl FnOnce() -> J) -> J {
     let t0 = Instant::now();
     eprintln!("pipeline: {name} ...");
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    eprintln!("pipeline: {name} done in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "pipeline: {name} done in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     r.unwrap_or_else(|e| {
         let msg = e
             .downcast_ref::<String>()
@@ -1329,10 +1411,14 @@ fn main() {
     let started = Instant::now();
     let tck = clk_tck();
     let codec_dir = audio_env::scratch_dir("bench-pipeline");
-    // The codec settings come from a gateway config, as the gateway reads them.
-    let probe = Lab::new("bench-codec", "mode = \"none\"");
-    let (probe_cfg, _) = probe.gateway_config("bench-probe", 9, &capture_extra("voxcap", None));
-    let codec = GatewayConfig::load(&probe_cfg)
+    // The codec settings, as the gateway reads them from its config; every
+    // gateway run checks that its config yields the same (`check_codec`).
+    let probe = format!(
+        "device_id = \"bench\"\n[relay]\naddress = \"127.0.0.1:9\"\nca = \"ca.pem\"\n\
+         [identity]\ncert = \"device.pem\"\nkey = \"device.key\"\n{}",
+        capture_extra("voxcap", None)
+    );
+    let codec = GatewayConfig::parse(Path::new("bench-probe.toml"), &probe)
         .unwrap_or_else(|e| panic!("{e}"))
         .codec;
     let fx = fixture(&codec_dir, codec.frame_samples());
@@ -1357,11 +1443,18 @@ fn main() {
         .set("frame_ms", frame_ms(&codec) as u64)
         .set("fec", codec.fec)
         .set("dtx", codec.dtx)
-        .set("expected_loss_percent", u64::from(codec.expected_loss_percent))
+        .set(
+            "expected_loss_percent",
+            u64::from(codec.expected_loss_percent),
+        )
         .set("complexity", u64::from(codec.complexity))
         .set("application", "voip")
         .set("vbr", "constrained");
     root.set("codec", cj);
+    let deb_opus = format!(
+        "Debian libopus {}",
+        tool_version(&["dpkg-query", "-W", "-f", "${Version}", "libopus0"])
+    );
     let mut vj = J::obj();
     vj.set("libopus_gateway", opus::version())
         .set("opusenc", tool_version(&["opusenc", "--version"]))
@@ -1416,9 +1509,13 @@ fn main() {
         std::fs::create_dir_all(&scratch).unwrap();
         let mut j = J::obj();
         let c = codec;
-        let base = run_peer(&|w, _| opusenc_matched(&c, w, "/dev/null"), &fx, &scratch);
+        let base = run_peer(
+            &|w: &Path, _: u16| opusenc_matched(&c, w, "/dev/null"),
+            &fx,
+            &scratch,
+        );
         let base_j = match &base {
-            Ok((r, cmd)) => peer_json("opusenc", "Debian", cmd, r, &fx),
+            Ok((r, cmd)) => peer_json("opusenc", &deb_opus, cmd, r, &fx),
             Err(e) => {
                 let mut o = J::obj();
                 o.set("error", e.as_str());
@@ -1426,14 +1523,20 @@ fn main() {
             }
         };
         j.set("debian_baseline", base_j.clone());
-        let builders: [(&str, Box<dyn Fn(&Path, u16) -> Vec<String>>); 2] = [
-            ("gst-launch", Box::new(move |w, p| gst_cmd(&c, w, p, false))),
-            ("ffmpeg", Box::new(move |w, p| ffmpeg_cmd(&c, w, p, false))),
+        let builders: [(&str, Build); 2] = [
+            (
+                "gst-launch",
+                Box::new(move |w: &Path, p: u16| gst_cmd(&c, w, p, false)),
+            ),
+            (
+                "ffmpeg",
+                Box::new(move |w: &Path, p: u16| ffmpeg_cmd(&c, w, p, false)),
+            ),
         ];
         let mut list = Vec::new();
         for (name, b) in builders.iter() {
             let mut pj = match run_peer(b.as_ref(), &fx, &scratch) {
-                Ok((r, cmd)) => peer_json(name, "Debian", &cmd, &r, &fx),
+                Ok((r, cmd)) => peer_json(name, &deb_opus, &cmd, &r, &fx),
                 Err(e) => {
                     let mut o = J::obj();
                     o.set("name", *name).set("error", e);
@@ -1467,20 +1570,14 @@ fn main() {
         j.set(
             "gst-launch",
             peer_rss(
-                &gst_cmd(&codec, &fx.wav, 0, true)
-                    .into_iter()
-                    .map(|a| if a == "port=0" { "port=PORT".into() } else { a })
-                    .collect::<Vec<_>>(),
+                &|p| gst_cmd(&codec, &fx.wav, p, true),
                 Duration::from_secs(5),
             ),
         );
         j.set(
             "ffmpeg",
             peer_rss(
-                &ffmpeg_cmd(&codec, &fx.wav, 0, true)
-                    .into_iter()
-                    .map(|a| a.replace("127.0.0.1:0", "127.0.0.1:PORT"))
-                    .collect::<Vec<_>>(),
+                &|p| ffmpeg_cmd(&codec, &fx.wav, p, true),
                 Duration::from_secs(5),
             ),
         );
@@ -1557,7 +1654,13 @@ fn main() {
             .is_ok_and(|s| s.success());
         let mut j = J::obj();
         j.set("path", bin.display().to_string())
-            .set("as_built_bytes", std::fs::metadata(bin).map(|m| m.len()).ok().map(|v| v as f64))
+            .set(
+                "as_built_bytes",
+                std::fs::metadata(bin)
+                    .map(|m| m.len())
+                    .ok()
+                    .map(|v| v as f64),
+            )
             .set(
                 "stripped_bytes",
                 ok.then(|| std::fs::metadata(&copy).map(|m| m.len() as f64).ok())
@@ -1591,144 +1694,102 @@ fn main() {
 
     // The table.
     let cpu = file.get("cpu").cloned().unwrap_or(J::Null);
-    let lat_f = file.get("latency").cloned().unwrap_or(J::Null);
+    let lat = file.get("latency").cloned().unwrap_or(J::Null);
     let mem_off = file.get("memory").cloned().unwrap_or(J::Null);
     let mem_on = echo.get("memory").cloned().unwrap_or(J::Null);
-    let kib = |j: &J, k: &str| j.num(k).map(|v| v / 1024.0);
+    let mib = |j: Option<&J>, k: &str| j.and_then(|j| j.num(k)).map(|v| v / 1024.0);
+    let pair = |a: Option<f64>, b: Option<f64>, d: usize| format!("{} / {}", fmt(a, d), fmt(b, d));
     let mut t = String::new();
-    let _ = writeln!(t, "\nvoxgate pipeline benchmark ({:.1} s of speech)", fx.seconds);
-    let _ = writeln!(t, "{:-<100}", "");
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "figure", "measured", "baseline", "target"
-    );
-    let _ = writeln!(t, "{:-<100}", "");
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "gateway CPU s per audio s (utime+stime)",
-        fmt(cpu.num("per_audio_s_stat"), 5),
-        fmt(baseline.num("per_audio_s"), 5),
-        ""
-    );
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "  ratio to libopus alone (stat / schedstat)",
-        format!(
-            "{} / {}",
-            fmt(cpu.num("ratio_stat"), 3),
-            fmt(cpu.num("ratio_schedstat"), 3)
+    let mut row = |a: &str, b: String, c: String, d: &str| {
+        let _ = writeln!(t, "{a:<50} {b:>17} {c:>15} {d:>14}");
+    };
+    row("figure", "measured".into(), "baseline".into(), "target");
+    row(
+        "gateway CPU s per audio s (stat / schedstat)",
+        pair(
+            cpu.num("per_audio_s_stat"),
+            cpu.num("per_audio_s_schedstat"),
+            5,
         ),
-        "1",
-        format!("<= {TARGET_CPU_RATIO}")
+        fmt(baseline.num("per_audio_s"), 5),
+        "",
+    );
+    row(
+        "  ratio to libopus alone (stat / schedstat)",
+        pair(cpu.num("ratio_stat"), cpu.num("ratio_schedstat"), 3),
+        "1".into(),
+        &format!("<= {TARGET_CPU_RATIO}"),
+    );
+    let base = peers.get("debian_baseline").cloned().unwrap_or(J::Null);
+    row(
+        "opusenc CPU s per audio s (total / marginal)",
+        pair(
+            base.num("per_audio_s_total"),
+            base.num("per_audio_s_marginal"),
+            5,
+        ),
+        "".into(),
+        "",
     );
     if let Some(J::A(list)) = peers.get("peers") {
-        let base = peers.get("debian_baseline").cloned().unwrap_or(J::Null);
-        let _ = writeln!(
-            t,
-            "{:<52} {:>14} {:>14} {:>14}",
-            "opusenc (Debian libopus) CPU s per audio s, marginal",
-            fmt(base.num("per_audio_s_marginal"), 5),
-            "",
-            ""
-        );
         for p in list {
             let name = match p.get("name") {
                 Some(J::S(s)) => s.clone(),
                 _ => "?".into(),
             };
-            let _ = writeln!(
-                t,
-                "{:<52} {:>14} {:>14} {:>14}",
-                format!("{name} ratio to opusenc (total / marginal)"),
-                format!(
-                    "{} / {}",
-                    fmt(p.num("ratio_total"), 3),
-                    fmt(p.num("ratio_marginal"), 3)
-                ),
-                "1",
-                "peer"
+            row(
+                &format!("  {name} ratio to opusenc (total / marginal)"),
+                pair(p.num("ratio_total"), p.num("ratio_marginal"), 3),
+                "1".into(),
+                "peer",
             );
         }
     }
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "capture->send p50 / p99, file device (us)",
-        format!(
-            "{} / {}",
-            fmt(lat_f.num("p50_us"), 0),
-            fmt(lat_f.num("p99_us"), 0)
-        ),
-        "",
-        format!("p99 < {TARGET_P99_US}")
+    row(
+        "capture->send p50 / p99 us, file device",
+        pair(lat.num("p50_us"), lat.num("p99_us"), 0),
+        "".into(),
+        &format!("p99 < {TARGET_P99_US}"),
     );
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "capture->send p50 / p99, paced PulseAudio (us)",
-        format!(
-            "{} / {}",
-            fmt(paced.num("p50_us"), 0),
-            fmt(paced.num("p99_us"), 0)
-        ),
-        "",
-        format!("p99 < {TARGET_P99_US}")
+    row(
+        "capture->send p50 / p99 us, paced PulseAudio",
+        pair(paced.num("p50_us"), paced.num("p99_us"), 0),
+        "".into(),
+        &format!("p99 < {TARGET_P99_US}"),
     );
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "RSS / HWM MiB, playback off",
-        format!(
-            "{} / {}",
-            fmt(kib(&mem_off, "VmRSS"), 2),
-            fmt(kib(&mem_off, "VmHWM"), 2)
+    row(
+        "VmRSS / VmHWM MiB, playback off",
+        pair(
+            mib(Some(&mem_off), "VmRSS"),
+            mib(Some(&mem_off), "VmHWM"),
+            2,
         ),
-        format!(
-            "gst {}",
-            fmt(
-                peer_mem
-                    .get("gst-launch")
-                    .and_then(|g| g.num("VmRSS"))
-                    .map(|v| v / 1024.0),
-                2
-            )
-        ),
-        "< 8"
+        format!("gst {}", fmt(mib(peer_mem.get("gst-launch"), "VmRSS"), 2)),
+        "< 8 MiB",
     );
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "RSS / HWM MiB, playback on",
-        format!(
-            "{} / {}",
-            fmt(kib(&mem_on, "VmRSS"), 2),
-            fmt(kib(&mem_on, "VmHWM"), 2)
-        ),
-        "",
-        "< 8"
+    row(
+        "VmRSS / VmHWM MiB, playback on",
+        pair(mib(Some(&mem_on), "VmRSS"), mib(Some(&mem_on), "VmHWM"), 2),
+        format!("ffmpeg {}", fmt(mib(peer_mem.get("ffmpeg"), "VmRSS"), 2)),
+        "< 8 MiB",
     );
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
-        "PESQ-WB recording / opusenc",
+    row(
+        "PESQ-WB recording (baseline: opusenc)",
         fmt(pesq.get("gateway").and_then(|g| g.num("pesq_wb")), 3),
         fmt(pesq.get("opusenc").and_then(|g| g.num("pesq_wb")), 3),
-        format!("within {TARGET_PESQ_DIFF}")
+        &format!("within {TARGET_PESQ_DIFF}"),
     );
-    let _ = writeln!(
-        t,
-        "{:<52} {:>14} {:>14} {:>14}",
+    row(
         "stripped binary MiB (x86_64)",
         fmt(binary.num("stripped_bytes").map(|b| b / 1048576.0), 2),
+        "".into(),
         "",
-        ""
     );
-    let _ = writeln!(t, "{:-<100}", "");
-    let _ = writeln!(t, "summary: {}", path.display());
-    println!("{t}");
+    println!(
+        "\nvoxgate pipeline benchmark ({:.1} s of speech)\n{t}summary: {}\n",
+        fx.seconds,
+        path.display()
+    );
     let errors: Vec<&str> = [
         ("baseline", &baseline),
         ("file run", &file),
@@ -1744,7 +1805,10 @@ fn main() {
     .map(|(n, _)| *n)
     .collect();
     if !errors.is_empty() {
-        eprintln!("pipeline: sections with errors: {errors:?} (see {})", path.display());
+        eprintln!(
+            "pipeline: sections with errors: {errors:?} (see {})",
+            path.display()
+        );
         std::process::exit(1);
     }
 }

@@ -116,13 +116,24 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             let cfg = GatewayConfig::load(&args.config)?;
             crate::telemetry::init(&cfg.telemetry.log);
+            let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
             let prepared = crate::gateway::prepare(cfg)?;
+            let report = crate::privilege::apply(&plan, &[], &prepared.cfg.file)?;
+            report.log();
             runtime(1)?.block_on(crate::gateway::run(prepared, shutdown_signal()))
         }
         Command::Relay(RelayCommand::Run { config }) => {
             let cfg = RelayConfig::load(&config)?;
             crate::telemetry::init(&cfg.telemetry.log);
-            runtime(2)?.block_on(crate::relay::run(cfg, shutdown_signal()))
+            let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
+            let prepared = crate::relay::prepare(cfg)?;
+            let state = [
+                prepared.cfg.state_dir.as_path(),
+                prepared.cfg.recordings.as_path(),
+            ];
+            let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
+            report.log();
+            runtime(2)?.block_on(crate::relay::run(prepared, shutdown_signal()))
         }
         Command::Relay(RelayCommand::Init { config }) => {
             let cfg = RelayConfig::load(&config)?;

@@ -224,10 +224,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let relay_metrics: SocketAddr = format!("127.0.0.1:{}", free_port(false)?).parse()?;
     let gw_metrics: SocketAddr = format!("127.0.0.1:{}", free_port(false)?).parse()?;
 
+    // The demo runs as whoever started it: as root it stays root (said so
+    // explicitly, as the daemons require), and the sandbox sees the work dir.
+    let privilege = format!(
+        "\n[privilege]\nstay_root = {}\n\n[sandbox]\nread = [\"{d}\"]\nwrite = [\"{d}\"]\n",
+        nix::unistd::Uid::effective().is_root(),
+        d = dir.display()
+    );
     std::fs::write(
         dir.join("relay.toml"),
         format!(
-            "listen = \"127.0.0.1:{quic}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.local\"\n\n[downlink]\nmode = \"echo\"\n\n[telemetry]\nmetrics = \"{relay_metrics}\"\n"
+            "listen = \"127.0.0.1:{quic}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.local\"\n\n[downlink]\nmode = \"echo\"\n\n[telemetry]\nmetrics = \"{relay_metrics}\"\n{privilege}"
         ),
     )?;
     let fp = crate::relay::ca::init(&dir.join("relay"), "relay.voxgate.local")?;
@@ -255,7 +262,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::write(
         dir.join("gateway.toml"),
         format!(
-            "device_id = \"demo-gateway\"\n\n[relay]\naddress = \"127.0.0.1:{quic}\"\nserver_name = \"relay.voxgate.local\"\nca = \"device/ca.pem\"\n\n[identity]\ncert = \"device/device.pem\"\nkey = \"device/device.key\"\n\n{mic_cfg}\n[telemetry]\nmetrics = \"{gw_metrics}\"\n"
+            "device_id = \"demo-gateway\"\n\n[relay]\naddress = \"127.0.0.1:{quic}\"\nserver_name = \"relay.voxgate.local\"\nca = \"device/ca.pem\"\n\n[identity]\ncert = \"device/device.pem\"\nkey = \"device/device.key\"\n\n{mic_cfg}\n[telemetry]\nmetrics = \"{gw_metrics}\"\n{privilege}"
         ),
     )?;
     println!("fleet CA {fp}");

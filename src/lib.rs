@@ -8,6 +8,8 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod media;
+pub mod privilege;
 pub mod relay;
+pub mod systemd;
 pub mod telemetry;
 pub mod transport;

@@ -99,7 +99,7 @@ fn relay_run_fails(text: &str) -> String {
 
 #[test]
 fn relay_config_errors_are_named() {
-    const BASE: &str = "state_dir = \"s\"\nrecordings = \"r\"\n";
+    const BASE: &str = "state_dir = \"s\"\nrecordings = \"r\"\n[privilege]\nstay_root = true\n";
     let err = relay_run_fails(&format!(
         "listen = \"127.0.0.1:1\"\n{BASE}[downlink]\nmode = \"file\"\n"
     ));

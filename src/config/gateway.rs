@@ -22,6 +22,10 @@ struct Raw {
     jitter: RawJitter,
     #[serde(default)]
     telemetry: TelemetryConfig,
+    #[serde(default)]
+    privilege: super::RawPrivilege,
+    #[serde(default)]
+    sandbox: super::RawSandbox,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +201,8 @@ pub struct GatewayConfig {
     pub jitter: JitterSettings,
     /// Logging and metrics.
     pub telemetry: TelemetryConfig,
+    /// Privilege drop and sandbox.
+    pub privilege: crate::privilege::PrivilegeSettings,
 }
 
 impl GatewayConfig {
@@ -275,6 +281,7 @@ impl GatewayConfig {
             ));
         }
         raw.telemetry.validate(file)?;
+        let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
         Ok(GatewayConfig {
             file: file.to_path_buf(),
             device_id: raw.device_id,
@@ -307,6 +314,7 @@ impl GatewayConfig {
                 max_delay: Duration::from_millis(u64::from(j.max_ms)),
             },
             telemetry: raw.telemetry,
+            privilege,
         })
     }
 }

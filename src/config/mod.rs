@@ -112,6 +112,83 @@ pub(crate) fn base_dir(file: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// `[privilege]`: who the daemon becomes after binding its sockets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrivilege {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default = "default_groups")]
+    groups: Vec<String>,
+    #[serde(default)]
+    stay_root: bool,
+}
+
+impl Default for RawPrivilege {
+    fn default() -> Self {
+        RawPrivilege {
+            user: None,
+            groups: default_groups(),
+            stay_root: false,
+        }
+    }
+}
+
+fn default_groups() -> Vec<String> {
+    vec!["audio".into()]
+}
+
+/// `[sandbox]`: Landlock and seccomp after the drop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSandbox {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    read: Vec<PathBuf>,
+    #[serde(default)]
+    write: Vec<PathBuf>,
+}
+
+impl Default for RawSandbox {
+    fn default() -> Self {
+        RawSandbox {
+            enabled: true,
+            read: Vec::new(),
+            write: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub(crate) fn privilege_settings(
+    file: &Path,
+    p: RawPrivilege,
+    s: RawSandbox,
+) -> Result<crate::privilege::PrivilegeSettings, ConfigError> {
+    let base = base_dir(file);
+    if let Some(u) = &p.user
+        && (u.is_empty() || u.contains([':', '\n', '/']))
+    {
+        return Err(ConfigError::invalid(
+            file,
+            "privilege.user",
+            format!("`{u}` is not a user name"),
+        ));
+    }
+    Ok(crate::privilege::PrivilegeSettings {
+        user: p.user,
+        groups: p.groups,
+        stay_root: p.stay_root,
+        sandbox: s.enabled,
+        read: s.read.iter().map(|r| resolve(&base, r)).collect(),
+        write: s.write.iter().map(|w| resolve(&base, w)).collect(),
+    })
+}
+
 /// Telemetry settings shared by both roles.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,6 +17,10 @@ struct Raw {
     downlink: RawDownlink,
     #[serde(default)]
     telemetry: TelemetryConfig,
+    #[serde(default)]
+    privilege: super::RawPrivilege,
+    #[serde(default)]
+    sandbox: super::RawSandbox,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +72,8 @@ pub struct RelayConfig {
     pub downlink: DownlinkMode,
     /// Logging and metrics.
     pub telemetry: TelemetryConfig,
+    /// Privilege drop and sandbox.
+    pub privilege: crate::privilege::PrivilegeSettings,
 }
 
 impl RelayConfig {
@@ -113,6 +119,7 @@ impl RelayConfig {
             }
         };
         raw.telemetry.validate(file)?;
+        let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
         Ok(RelayConfig {
             file: file.to_path_buf(),
             listen: raw.listen,
@@ -121,6 +128,7 @@ impl RelayConfig {
             server_name: raw.server_name,
             downlink,
             telemetry: raw.telemetry,
+            privilege,
         })
     }
 }

@@ -27,11 +27,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use tracing::info;
 
-/// Everything checked before the network or audio is touched.
+/// Everything checked, loaded and bound before the privilege drop.
 #[derive(Debug)]
 pub struct Prepared {
-    cfg: GatewayConfig,
+    /// The validated config.
+    pub cfg: GatewayConfig,
     client: quinn::ClientConfig,
+    udp: std::net::UdpSocket,
+    metrics: Option<std::net::TcpListener>,
 }
 
 /// Validate identity, CA and devices. Errors name the config key at fault.
@@ -48,22 +51,38 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
             .map_err(|e| ConfigError::invalid(&cfg.file, "playback.device", e.to_string()))?;
     }
     info!(device_id = identity.device_id(), "identity loaded");
-    Ok(Prepared { cfg, client })
+    let udp = std::net::UdpSocket::bind("[::]:0")
+        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .context("cannot open a UDP socket for QUIC")?;
+    let metrics = match cfg.telemetry.metrics {
+        Some(addr) => Some(
+            crate::telemetry::http::bind(addr)
+                .with_context(|| format!("cannot bind metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared {
+        cfg,
+        client,
+        udp,
+        metrics,
+    })
 }
 
 /// Run the gateway until `shutdown` resolves.
 pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = p.cfg;
     let metrics = GatewayMetrics::new();
-    if let Some(addr) = cfg.telemetry.metrics {
-        let l = crate::telemetry::http::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind metrics endpoint {addr}"))?;
+    if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
     }
-    let endpoint = quinn::Endpoint::client("[::]:0".parse()?)
-        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("addr")))
-        .context("cannot open a UDP socket for QUIC")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        p.udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("cannot start QUIC on the bound socket")?;
     let stop = Arc::new(AtomicBool::new(false));
     let slot = Arc::new(ConnSlot::default());
     let ssrc = fastrand::u32(..);
@@ -150,6 +169,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
           fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");
+    crate::systemd::ready("streaming to the relay");
+    let watchdog = crate::systemd::spawn_watchdog();
     client::run(
         endpoint,
         p.client,
@@ -160,6 +181,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         shutdown,
     )
     .await;
+    crate::systemd::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
 
     stop.store(true, Relaxed);
     drop(capture);

@@ -60,8 +60,20 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
     Ok(packets)
 }
 
-/// Run the relay until `shutdown` resolves.
-pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// Everything loaded and bound before the privilege drop.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The validated config.
+    pub cfg: RelayConfig,
+    server: quinn::ServerConfig,
+    downlink: Downlink,
+    udp: std::net::UdpSocket,
+    metrics: Option<std::net::TcpListener>,
+}
+
+/// Load the CA, certificate and key, the downlink file, create the
+/// recordings directory and bind the sockets.
+pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let state = &cfg.state_dir;
     let ca_path = state.join(ca::CA_CERT);
     if !ca_path.exists() {
@@ -78,24 +90,53 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
-    let endpoint = quinn::Endpoint::server(server, cfg.listen)
+    let udp = std::net::UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind UDP {}", cfg.listen))?;
+    let metrics = match cfg.telemetry.metrics {
+        Some(addr) => Some(
+            crate::telemetry::http::bind(addr)
+                .with_context(|| format!("cannot bind metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared {
+        cfg,
+        server,
+        downlink,
+        udp,
+        metrics,
+    })
+}
+
+/// Run the relay until `shutdown` resolves.
+pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let cfg = p.cfg;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(p.server),
+        p.udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("cannot start QUIC on the bound socket")?;
     let metrics = metrics::RelayMetrics::new();
-    if let Some(addr) = cfg.telemetry.metrics {
-        let l = crate::telemetry::http::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind metrics endpoint {addr}"))?;
+    if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
     }
     info!(listen = %endpoint.local_addr()?, recordings = %cfg.recordings.display(),
           downlink = ?cfg.downlink, "relay ready");
+    crate::systemd::ready("serving devices");
+    let watchdog = crate::systemd::spawn_watchdog();
     let ctx = Arc::new(RelayCtx {
         recordings: cfg.recordings.clone(),
-        downlink,
+        downlink: p.downlink,
         metrics,
         next_session: AtomicU64::new(1),
     });
     server::serve(endpoint, ctx, shutdown).await;
+    crate::systemd::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     info!("relay stopped");
     Ok(())
 }

@@ -14,19 +14,26 @@ use tokio::net::{TcpListener, TcpStream};
 const MAX_REQUEST: usize = 2048;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Bind the metrics listener. Fails for non-loopback addresses.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Bind the metrics listener (before the privilege drop, outside any
+/// runtime). Fails for non-loopback addresses.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     if !addr.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("metrics endpoint {addr} is not a loopback address; use 127.0.0.1 or [::1]"),
         ));
     }
-    TcpListener::bind(addr).await
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
-/// Serve until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+/// Serve until the task is dropped. Must run inside the tokio runtime.
+pub async fn serve(listener: std::net::TcpListener, registry: Arc<Registry>) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        tracing::error!("metrics listener could not join the runtime");
+        return;
+    };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -37,6 +37,16 @@ pub enum TlsError {
         /// What is missing or wrong.
         what: String,
     },
+    /// A private key file others can read (as ssh, such a key is refused).
+    #[error(
+        "{path} is readable by others (mode {mode:04o}); a private key must be 0600: run `chmod 600 {path}`"
+    )]
+    KeyExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -77,9 +87,27 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// Read a PKCS#8 private key from a PEM file. The error never includes
-/// the file's contents.
+/// Refuse key files that the group or others can read or write.
+pub fn check_key_mode(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyExposed {
+            path: path.into(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Read a PKCS#8 private key from a PEM file, refusing files others can
+/// read. The error never includes the file's contents.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    check_key_mode(path)?;
     let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.into(),
         source,

@@ -145,8 +145,8 @@ impl Lab {
         std::fs::write(
             self.dir.join("relay.toml"),
             format!(
-                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n",
-                self.quic_port, self.downlink, self.relay_metrics
+                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n{}",
+                self.quic_port, self.downlink, self.relay_metrics, dev_privilege(&self.dir)
             ),
         )
         .unwrap();
@@ -202,7 +202,8 @@ impl Lab {
         std::fs::write(
             &cfg,
             format!(
-                "device_id = \"{id}\"\n[relay]\naddress = \"127.0.0.1:{relay_port}\"\nserver_name = \"relay.voxgate.test\"\nca = \"ca.pem\"\n[identity]\ncert = \"device.pem\"\nkey = \"device.key\"\n[telemetry]\nlog = \"debug\"\nmetrics = \"{metrics}\"\n{extra}\n"
+                "device_id = \"{id}\"\n[relay]\naddress = \"127.0.0.1:{relay_port}\"\nserver_name = \"relay.voxgate.test\"\nca = \"ca.pem\"\n[identity]\ncert = \"device.pem\"\nkey = \"device.key\"\n[telemetry]\nlog = \"debug\"\nmetrics = \"{metrics}\"\n{extra}\n{}",
+                dev_privilege(&self.dir)
             ),
         )
         .unwrap();
@@ -240,6 +241,16 @@ impl Lab {
         v.sort();
         v
     }
+}
+
+/// Development privilege settings for processes the tests start as root:
+/// stay root (explicitly), keep the sandbox on, and let it see the lab.
+/// The privilege tests configure a real drop instead.
+pub fn dev_privilege(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "[privilege]\nstay_root = true\n[sandbox]\nread = [\"{d}\", \"/tmp\"]\nwrite = [\"{d}\"]\n"
+    )
 }
 
 /// Wait until `f` holds, polling; panics with `what` after `timeout`.

@@ -1,0 +1,217 @@
+//! Bind, then drop: `voxgate run` started as root ends up unprivileged,
+//! capability-less, under no_new_privs, Landlock and seccomp, and still
+//! streams. Misconfigurations stop it before it does anything as root.
+//! CI runs as root, as on the box; the tests skip nothing.
+
+mod common;
+
+use common::audio_env::{AlsaFileDevices, speech_fixture};
+use common::lab::{Lab, bin, metric, wait_for};
+use std::process::Command;
+use std::time::Duration;
+
+fn status_field(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+fn drop_to(user: &str, lab: &Lab) -> String {
+    let d = lab.dir.display();
+    format!(
+        "[privilege]\nuser = \"{user}\"\ngroups = [\"audio\"]\n[sandbox]\nread = [\"{d}\"]\nwrite = []\n[capture]\ndevice = \"voxcap\"\n[playback]\nenabled = false\n"
+    )
+}
+
+#[test]
+fn started_as_root_runs_unprivileged_and_sandboxed_while_streaming() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root, as CI has"
+    );
+    let lab = Lab::new("priv-drop", "mode = \"none\"");
+    let speech = speech_fixture(
+        &lab.dir,
+        "Privileges are dropped before any audio is captured.",
+    );
+    let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), None);
+    let mut relay = lab.start_relay();
+    let (cfg, gw_metrics) = lab.gateway_config("gw-priv", lab.quic_port, "");
+    // Replace the development settings with a real drop to `nobody`.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = &text[..text.find("[privilege]").unwrap()];
+    std::fs::write(&cfg, format!("{text}{}", drop_to("nobody", &lab))).unwrap();
+    let env = vec![("ALSA_CONFIG_PATH".to_string(), devs.alsa_config_path_env())];
+    let mut gw = lab.start_gateway(&cfg, &env);
+    wait_for(Duration::from_secs(20), "streaming", || {
+        gw.assert_running();
+        metric(gw_metrics, "voxgate_frames_sent_total") >= 50.0
+    });
+    let pid = gw.pid();
+    let uid = status_field(pid, "Uid");
+    let gid = status_field(pid, "Gid");
+    assert!(uid.split_whitespace().all(|u| u == "65534"), "Uid: {uid}");
+    assert!(gid.split_whitespace().all(|g| g != "0"), "Gid: {gid}");
+    let groups = status_field(pid, "Groups");
+    assert!(
+        !groups.split_whitespace().any(|g| g == "0"),
+        "Groups: {groups}"
+    );
+    for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    // Still streaming after the checks.
+    let before = metric(gw_metrics, "voxgate_frames_sent_total");
+    wait_for(Duration::from_secs(5), "more frames", || {
+        metric(gw_metrics, "voxgate_frames_sent_total") >= before + 25.0
+    });
+    // The process proved it to itself: setuid(0) failed, and a path outside
+    // the Landlock rules could not be opened although permissions allow it.
+    let log = gw.log_text();
+    assert!(
+        log.contains("dropped privileges; setuid(0) verified to fail"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a path outside it was verified unreadable"),
+        "{log}"
+    );
+    assert!(log.contains("\"user\":\"nobody\""), "{log}");
+    assert!(gw.stop().success(), "{log}");
+    relay.stop();
+}
+
+fn refused(name: &str, privilege: &str, expect: &str) {
+    let lab = Lab::new(name, "mode = \"none\"");
+    let (cfg, metrics) = lab.gateway_config("gw-bad", lab.quic_port, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = &text[..text.find("[privilege]").unwrap()];
+    std::fs::write(&cfg, format!("{text}{privilege}")).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{name}: it ran:\n{err}");
+    assert!(err.contains(expect), "{name}: {err}");
+    // It stopped before binding anything.
+    assert!(common::lab::scrape(metrics).is_none());
+}
+
+#[test]
+fn misconfigurations_stop_before_running_as_root() {
+    refused("priv-nouser", "", "`privilege.user` is not set");
+    refused(
+        "priv-ghost",
+        "[privilege]\nuser = \"voxgate-no-such-user\"\n",
+        "user `voxgate-no-such-user` is not in /etc/passwd",
+    );
+    refused(
+        "priv-root",
+        "[privilege]\nuser = \"root\"\n",
+        "must not be root",
+    );
+    refused(
+        "priv-group",
+        "[privilege]\nuser = \"nobody\"\ngroups = [\"no-such-group\"]\n",
+        "group `no-such-group` is not in /etc/group",
+    );
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new("priv-keymode", "mode = \"none\"");
+    let (cfg, _) = lab.gateway_config("gw-key", lab.quic_port, "");
+    let key = lab.dir.join("gw-key/device.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is readable by others (mode 0644)"), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(
+        !err.contains("BEGIN"),
+        "the key must never be printed: {err}"
+    );
+}
+
+/// Started unprivileged with ambient CAP_NET_BIND_SERVICE (as systemd does
+/// with AmbientCapabilities=), the relay binds a privileged port and then
+/// drops the capability.
+#[test]
+fn ambient_bind_capability_is_dropped_after_binding() {
+    let lab = Lab::new("priv-ambient", "mode = \"none\"");
+    // The relay runs as nobody: it must own its state.
+    let st = Command::new("chown")
+        .args(["-R", "nobody"])
+        .arg(lab.dir.join("relay"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::create_dir_all(lab.dir.join("recordings")).unwrap();
+    Command::new("chown")
+        .args(["nobody"])
+        .arg(lab.dir.join("recordings"))
+        .status()
+        .unwrap();
+    let port = 400 + (std::process::id() % 100) as u16; // privileged, per-run
+    let metrics = format!("127.0.0.1:{}", common::lab::free_tcp());
+    let cfg = lab.dir.join("relay-ambient.toml");
+    let d = lab.dir.display();
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:{port}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[telemetry]\nmetrics = \"{metrics}\"\n[sandbox]\nread = [\"{d}\"]\n"),
+    )
+    .unwrap();
+    let log = lab.dir.join("relay-ambient.log");
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+            bin(),
+            "relay",
+            "run",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let mut p = common::lab::Proc {
+        child,
+        name: "relay (ambient)".into(),
+        log,
+    };
+    let addr = metrics.parse().unwrap();
+    wait_for(Duration::from_secs(10), "the relay to start", || {
+        p.assert_running();
+        common::lab::scrape(addr).is_some()
+    });
+    let pid = p.pid();
+    assert_eq!(status_field(pid, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // It holds the privileged port.
+    let udp = std::fs::read_to_string("/proc/net/udp").unwrap();
+    assert!(
+        udp.contains(&format!(":{port:04X} ")),
+        "port {port} not bound"
+    );
+    assert!(p.stop().success(), "{}", p.log_text());
+}
