@@ -10,6 +10,8 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 struct Raw {
     device_id: String,
+    #[serde(default)]
+    board: Option<PathBuf>,
     relay: RawRelay,
     identity: RawIdentity,
     #[serde(default)]
@@ -282,6 +284,13 @@ impl GatewayConfig {
         }
         raw.telemetry.validate(file)?;
         let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
+        // The board profile supplies device defaults; the config overrides.
+        let board = match &raw.board {
+            Some(b) => Some(BoardDefaults::load(file, &resolve(&base, b))?),
+            None => None,
+        };
+        let board_capture = board.as_ref().and_then(|b| b.capture.clone());
+        let board_playback = board.as_ref().and_then(|b| b.playback.clone());
         Ok(GatewayConfig {
             file: file.to_path_buf(),
             device_id: raw.device_id,
@@ -295,11 +304,19 @@ impl GatewayConfig {
                 key: resolve(&base, &raw.identity.key),
             },
             capture: CaptureConfig {
-                device: raw.capture.device.filter(|d| d != "default"),
+                device: raw
+                    .capture
+                    .device
+                    .or(board_capture)
+                    .filter(|d| d != "default"),
             },
             playback: PlaybackConfig {
                 enabled: raw.playback.enabled,
-                device: raw.playback.device.filter(|d| d != "default"),
+                device: raw
+                    .playback
+                    .device
+                    .or(board_playback)
+                    .filter(|d| d != "default"),
             },
             codec: CodecConfig {
                 frame: Duration::from_millis(u64::from(c.frame_ms)),
@@ -315,6 +332,49 @@ impl GatewayConfig {
             },
             telemetry: raw.telemetry,
             privilege,
+        })
+    }
+}
+
+/// Defaults read from a board profile (`board/NAME/profile.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BoardDefaults {
+    /// Default ALSA capture PCM.
+    pub capture: Option<String>,
+    /// Default ALSA playback PCM.
+    pub playback: Option<String>,
+}
+
+impl BoardDefaults {
+    /// Read the `[audio]` defaults of a profile; other sections are for the
+    /// installer and the firewall, and are ignored here.
+    pub fn load(config: &Path, profile: &Path) -> Result<Self, ConfigError> {
+        let bad = |msg: String| ConfigError::invalid(config, "board", msg);
+        let text = std::fs::read_to_string(profile).map_err(|e| {
+            bad(format!(
+                "cannot read board profile {}: {e}",
+                profile.display()
+            ))
+        })?;
+        Self::parse(&text).map_err(|e| bad(format!("{}: {e}", profile.display())))
+    }
+
+    /// Parse profile text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let audio = match table.get("audio") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err("[audio] must be a table".into()),
+            None => return Ok(BoardDefaults::default()),
+        };
+        let get = |k: &str| match audio.get(k) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("audio.{k} must be a string (an ALSA PCM name)")),
+        };
+        Ok(BoardDefaults {
+            capture: get("capture")?,
+            playback: get("playback")?,
         })
     }
 }
@@ -418,6 +478,37 @@ key = "/abs/device.key"
         assert!(e.contains("missing field `relay`"), "{e}");
         let e = err("device_id = \n");
         assert!(e.contains("key `.`"), "{e}");
+    }
+
+    #[test]
+    fn board_profile_supplies_device_defaults() {
+        let b = BoardDefaults::parse(
+            "[board]\nname = \"rpi4\"\n[audio]\ncapture = \"dsnoop_mic\"\nplayback = \"dmix_spk\"\n",
+        )
+        .unwrap();
+        assert_eq!(b.capture.as_deref(), Some("dsnoop_mic"));
+        assert!(
+            BoardDefaults::parse("[audio]\ncapture = 3\n")
+                .unwrap_err()
+                .contains("audio.capture")
+        );
+        assert_eq!(BoardDefaults::parse("").unwrap(), BoardDefaults::default());
+        let dir = std::env::temp_dir().join(format!("vg-board-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("board.toml"),
+            "[audio]\ncapture = \"mic\"\nplayback = \"spk\"\n",
+        )
+        .unwrap();
+        let cfg = dir.join("voxgate.toml");
+        let with_board =
+            format!("board = \"board.toml\"\n{GOOD}\n[playback]\ndevice = \"override\"\n");
+        let c = GatewayConfig::parse(&cfg, &with_board).unwrap();
+        assert_eq!(c.capture.device.as_deref(), Some("mic"));
+        assert_eq!(c.playback.device.as_deref(), Some("override"));
+        let e = GatewayConfig::parse(&cfg, &format!("board = \"nope.toml\"\n{GOOD}")).unwrap_err();
+        assert!(e.to_string().contains("key `board`"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

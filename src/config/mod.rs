@@ -10,8 +10,8 @@ mod relay;
 
 pub use gateway::valid_device_id;
 pub use gateway::{
-    CaptureConfig, CodecConfig, GatewayConfig, IdentityConfig, JitterSettings, PlaybackConfig,
-    RelayTarget,
+    BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityConfig, JitterSettings,
+    PlaybackConfig, RelayTarget,
 };
 pub use relay::{DownlinkMode, RelayConfig};
 
