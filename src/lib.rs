@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod identity;
 pub mod media;
 pub mod privilege;
 pub mod relay;
