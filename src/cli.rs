@@ -49,6 +49,21 @@ enum RelayCommand {
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
     },
+    /// List enrolled devices, their certificate expiry and revocation.
+    Devices {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a device: its live connection closes within a second and its
+    /// next handshake is refused.
+    Revoke {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// Device id.
+        device: String,
+    },
     /// Issue a development device certificate (plaintext key: for labs only).
     DevCert {
         /// Relay config file.
@@ -76,6 +91,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn open_registry(cfg: &RelayConfig) -> Result<crate::relay::registry::Registry> {
+    let path = cfg.state_dir.join(crate::relay::ca::REGISTRY);
+    if !path.exists() {
+        anyhow::bail!(
+            "no device registry at {}; run `voxgate relay init --config {}` first",
+            path.display(),
+            cfg.file.display()
+        );
+    }
+    Ok(crate::relay::registry::Registry::open(&path)?)
 }
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
@@ -157,6 +184,48 @@ fn dispatch(cli: Cli) -> Result<()> {
             println!(
                 "warning: device.key is a plaintext key for lab use; production devices use sealed keys"
             );
+            Ok(())
+        }
+        Command::Relay(RelayCommand::Devices { config }) => {
+            let cfg = RelayConfig::load(&config)?;
+            let reg = open_registry(&cfg)?;
+            let rows = reg.devices()?;
+            if rows.is_empty() {
+                println!("no devices enrolled");
+            }
+            println!(
+                "{:<24} {:<22} {:<22} status",
+                "device", "enrolled", "certificate expires"
+            );
+            for d in rows {
+                let when = |t: i64| {
+                    time::OffsetDateTime::from_unix_timestamp(t)
+                        .map(|x| x.date().to_string() + " " + &x.time().to_string()[..8])
+                        .unwrap_or_default()
+                };
+                let status = match d.revoked {
+                    Some(t) => format!("REVOKED {}", when(t)),
+                    None => "active".into(),
+                };
+                println!(
+                    "{:<24} {:<22} {:<22} {status}",
+                    d.id,
+                    when(d.enrolled),
+                    d.cert_expires.map(when).unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        Command::Relay(RelayCommand::Revoke { config, device }) => {
+            let cfg = RelayConfig::load(&config)?;
+            let reg = open_registry(&cfg)?;
+            if reg.revoke(&device)? {
+                println!(
+                    "revoked `{device}`: a running relay closes its connection within a second and refuses it from now on"
+                );
+            } else {
+                println!("`{device}` was already revoked");
+            }
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args),

@@ -129,12 +129,12 @@ pub enum SealError {
     /// Authentication failed: the file was changed, or it was sealed on
     /// another machine (different machine-id or SoC serial).
     #[error(
-        "sealed key file does not open: it was modified, or sealed on another machine ({0}); re-enroll this device with `voxgate setup`"
+        "sealed key file does not open: it was modified, or sealed on another machine ({0}); re-enroll this device"
     )]
     Open(String),
     /// The file was sealed with inputs this box does not have.
     #[error(
-        "sealed key file was bound to a SoC serial, but this machine has none; re-enroll with `voxgate setup`"
+        "sealed key file was bound to a SoC serial, but this machine has none; re-enroll this device"
     )]
     BindingMismatch,
     /// No machine id to bind to.
@@ -278,7 +278,7 @@ mod tests {
         let other_id = Material::new("00000000000000000000000000000001", Some("serial-a")).unwrap();
         let e = unseal(&other_id, &file).unwrap_err();
         assert!(e.to_string().contains("sealed on another machine"), "{e}");
-        assert!(e.to_string().contains("voxgate setup"), "{e}");
+        assert!(e.to_string().contains("re-enroll this device"), "{e}");
         let other_serial = Material::new(MID, Some("serial-b")).unwrap();
         assert!(matches!(
             unseal(&other_serial, &file),

@@ -47,6 +47,9 @@ pub enum CaError {
     /// The state directory holds no CA.
     #[error("no fleet CA in {0}; run `voxgate relay init --config FILE` first")]
     Missing(PathBuf),
+    /// The registry could not record the certificate.
+    #[error("device registry: {0}")]
+    Registry(String),
     /// The device id is not usable in a certificate.
     #[error("device id `{0}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'")]
     BadId(String),
@@ -129,6 +132,8 @@ pub fn init(state_dir: &Path, server_name: &str) -> Result<String, CaError> {
     )?;
     write_new(&state_dir.join(RELAY_CERT), relay.pem().as_bytes(), 0o644)?;
     write_new(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
+    super::registry::Registry::open(&state_dir.join(REGISTRY))
+        .map_err(|e| CaError::Registry(e.to_string()))?;
     Ok(fingerprint(ca.der()))
 }
 
@@ -163,10 +168,23 @@ pub fn issue_dev_cert(
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut p = CertificateParams::default();
+    let serial = random_serial();
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     p.distinguished_name.push(DnType::CommonName, device_id);
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut p, days);
     let cert = p.signed_by(&key, &issuer)?;
+    let registry = super::registry::Registry::open(&state_dir.join(REGISTRY))
+        .map_err(|e| CaError::Registry(e.to_string()))?;
+    registry
+        .record_certificate(
+            device_id,
+            &hex(&serial),
+            p.not_before.unix_timestamp(),
+            p.not_after.unix_timestamp(),
+        )
+        .map_err(|e| CaError::Registry(e.to_string()))?;
+    let _ = registry.audit("dev_cert_issued", "", device_id, &hex(&serial));
 
     std::fs::create_dir_all(out).map_err(io(out))?;
     write_new(
@@ -177,6 +195,23 @@ pub fn issue_dev_cert(
     write_new(&out.join("device.pem"), cert.pem().as_bytes(), 0o644)?;
     write_new(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// Registry database file name in the state directory.
+pub const REGISTRY: &str = "registry.sqlite3";
+
+/// 16 random bytes with the top bit clear (a positive DER integer).
+fn random_serial() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
+        .expect("system random generator");
+    s[0] &= 0x7f;
+    s[0] |= 0x01;
+    s
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The subject common name of a certificate.

@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod metrics;
 pub mod recorder;
+pub mod registry;
 pub mod server;
 pub mod source;
 
@@ -60,12 +61,59 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
     Ok(packets)
 }
 
+/// Load the revocation list from the registry.
+fn refresh_revoked(
+    registry: &registry::Registry,
+    revoked: &crate::transport::tls::Revoked,
+) -> Result<Vec<String>> {
+    let now: std::collections::HashSet<String> = registry.revoked_devices()?.into_iter().collect();
+    let mut set = revoked
+        .write()
+        .map_err(|_| anyhow::anyhow!("revocation list lock poisoned"))?;
+    let added: Vec<String> = now.difference(&set).cloned().collect();
+    *set = now;
+    Ok(added)
+}
+
+/// Poll the registry (written by `voxgate relay revoke` from another
+/// process) twice a second; close live sessions of newly revoked devices.
+/// New handshakes of revoked devices already fail in the TLS verifier.
+async fn enforce_revocations(
+    registry: registry::Registry,
+    revoked: crate::transport::tls::Revoked,
+    ctx: Arc<RelayCtx>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let added = match refresh_revoked(&registry, &revoked) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read revocations");
+                continue;
+            }
+        };
+        if added.is_empty() {
+            continue;
+        }
+        let live = ctx.live.lock().map(|l| l.clone()).unwrap_or_default();
+        for (session, (device, conn)) in live {
+            if added.contains(&device) {
+                tracing::warn!(%device, session, "device revoked; closing its connection");
+                conn.close(3u32.into(), b"device revoked");
+            }
+        }
+    }
+}
+
 /// Everything loaded and bound before the privilege drop.
 #[derive(Debug)]
 pub struct Prepared {
     /// The validated config.
     pub cfg: RelayConfig,
     server: quinn::ServerConfig,
+    registry: registry::Registry,
+    revoked: crate::transport::tls::Revoked,
     downlink: Downlink,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
@@ -86,7 +134,11 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let ca = crate::transport::tls::read_certs(&ca_path)?;
     let chain = crate::transport::tls::read_certs(&state.join(ca::RELAY_CERT))?;
     let key = crate::transport::tls::read_key(&state.join(ca::RELAY_KEY))?;
-    let server = crate::transport::tls::server_config(&ca, chain, key)?;
+    let registry = registry::Registry::open(&state.join(ca::REGISTRY))
+        .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
+    let revoked: crate::transport::tls::Revoked = Default::default();
+    refresh_revoked(&registry, &revoked)?;
+    let server = crate::transport::tls::server_config(&ca, chain, key, revoked.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
@@ -102,6 +154,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     Ok(Prepared {
         cfg,
         server,
+        registry,
+        revoked,
         downlink,
         udp,
         metrics,
@@ -131,8 +185,12 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         downlink: p.downlink,
         metrics,
         next_session: AtomicU64::new(1),
+        revoked: p.revoked.clone(),
+        live: Default::default(),
     });
+    let enforcer = tokio::spawn(enforce_revocations(p.registry, p.revoked, ctx.clone()));
     server::serve(endpoint, ctx, shutdown).await;
+    enforcer.abort();
     crate::systemd::stopping();
     if let Some(w) = watchdog {
         w.abort();

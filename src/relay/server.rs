@@ -54,6 +54,10 @@ pub struct RelayCtx {
     pub metrics: Arc<RelayMetrics>,
     /// Session numbers.
     pub next_session: AtomicU64,
+    /// Devices refused by the registry.
+    pub revoked: crate::transport::tls::Revoked,
+    /// Live sessions by number: device id and connection (for revocation).
+    pub live: std::sync::Mutex<HashMap<u64, (String, quinn::Connection)>>,
 }
 
 /// Accept devices until `shutdown` resolves, then close every session
@@ -106,7 +110,18 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
         conn.close(2u32.into(), b"certificate names no device");
         return;
     };
+    // The TLS verifier already refuses revoked devices; checked again here
+    // so that no handshake path can skip it.
+    if ctx.revoked.read().map_or(true, |r| r.contains(&device)) {
+        ctx.metrics.rejected.inc();
+        info!(%device, %remote, "revoked device refused");
+        conn.close(3u32.into(), b"device revoked");
+        return;
+    }
     let session = ctx.next_session.fetch_add(1, Relaxed);
+    if let Ok(mut live) = ctx.live.lock() {
+        live.insert(session, (device.clone(), conn.clone()));
+    }
     ctx.metrics.sessions.inc();
     ctx.metrics.active.set(ctx.metrics.active.get() + 1.0);
     let reason = match run_session(&conn, &ctx, &device, session).await {
@@ -119,6 +134,9 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
         }
     };
     ctx.metrics.active.set(ctx.metrics.active.get() - 1.0);
+    if let Ok(mut live) = ctx.live.lock() {
+        live.remove(&session);
+    }
     info!(%device, session, %remote, %reason, "session ended");
 }
 

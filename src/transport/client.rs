@@ -89,7 +89,7 @@ pub async fn run(
             let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
                 .await
                 .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|e| format!("handshake with {addr} failed: {e}"))?;
+                .map_err(|e| format!("handshake with {addr} failed: {}", describe(&e)))?;
             Ok::<_, String>(session(conn, &params, &slot, &down, &metrics).await)
         };
         let outcome = tokio::select! {
@@ -132,7 +132,8 @@ async fn resolve(address: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{address} resolves to no address"))
 }
 
-/// One connected session; returns why it ended.
+/// One connected session; returns why it ended. The connection's own close
+/// reason, when there is one, says more than the stream error it caused.
 async fn session(
     conn: quinn::Connection,
     p: &ClientParams,
@@ -140,12 +141,43 @@ async fn session(
     down: &SyncSender<DownEvent>,
     metrics: &GatewayMetrics,
 ) -> String {
-    match session_inner(&conn, p, slot, down, metrics).await {
+    let result = session_inner(&conn, p, slot, down, metrics).await;
+    if let Some(reason) = conn.close_reason() {
+        return describe(&reason);
+    }
+    match result {
         Ok(()) => "closed".into(),
         Err(e) => {
             conn.close(1u32.into(), b"control error");
             e
         }
+    }
+}
+
+/// TLS alert `certificate_revoked` (RFC 8446 §6), as a QUIC crypto error.
+const CRYPTO_CERT_REVOKED: u64 = 0x100 + 44;
+
+/// A connection error in words a technician can act on.
+pub fn describe(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let why = String::from_utf8_lossy(&c.reason);
+            if why.contains("revoked") {
+                "the relay revoked this device; it must be re-enrolled (a new certificate from the relay operator)".into()
+            } else {
+                format!("the relay closed the connection: {why}")
+            }
+        }
+        quinn::ConnectionError::TransportError(t) if u64::from(t.code) == CRYPTO_CERT_REVOKED => {
+            "the relay refused this device's certificate as revoked; it must be re-enrolled (a new certificate from the relay operator)".into()
+        }
+        quinn::ConnectionError::ConnectionClosed(c)
+            if u64::from(c.error_code) == CRYPTO_CERT_REVOKED =>
+        {
+            "the relay refused this device's certificate as revoked; it must be re-enrolled (a new certificate from the relay operator)".into()
+        }
+        quinn::ConnectionError::TimedOut => "no answer from the relay for 3 s (keep-alive timeout)".into(),
+        other => other.to_string(),
     }
 }
 

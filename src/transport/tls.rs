@@ -228,20 +228,91 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// The relay's QUIC server configuration: client certificates required and
-/// checked against the fleet CA.
+/// Device ids whose certificates the relay refuses (kept current by the
+/// relay from its registry).
+pub type Revoked = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
+
+/// Checks client certificates against the fleet CA, then refuses devices
+/// on the revocation list: a revoked device fails in the handshake itself.
+#[derive(Debug)]
+struct RevocationAwareVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    revoked: Revoked,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let device = crate::relay::ca::common_name(end_entity).unwrap_or_default();
+        let revoked = self
+            .revoked
+            .read()
+            .map(|r| r.contains(&device))
+            .unwrap_or(true);
+        if revoked {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The relay's QUIC server configuration: client certificates required,
+/// checked against the fleet CA and the revocation list.
 pub fn server_config(
     ca: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    revoked: Revoked,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).build()?;
+    let verifier = Arc::new(RevocationAwareVerifier {
+        inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+            .build()?,
+        revoked,
+    });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: a resumed session skips the client certificate check,
+    // which would let a revoked device back in. Every handshake is full.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let q = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(q));
     cfg.transport_config(transport());

@@ -1,0 +1,381 @@
+//! The relay's device registry: an embedded SQLite database holding
+//! enrollment tokens (as SHA-256 hashes only, with expiry and single use),
+//! devices, their certificate serials, revocations, and an audit trail.
+//!
+//! A token is shown once, at creation, and never stored: the database holds
+//! its hash. Redeeming is one conditional UPDATE, so two devices racing with
+//! the same token cannot both win.
+
+use crate::telemetry::Secret;
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Registry failures.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// The database failed.
+    #[error("device registry: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The random generator failed.
+    #[error("system random generator failed")]
+    Random,
+    /// No such device.
+    #[error("no device `{0}` in the registry (see `voxgate relay devices`)")]
+    UnknownDevice(String),
+}
+
+/// Why a token was not accepted. The device is told only "rejected"; the
+/// reason goes to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// No token with this hash.
+    Unknown,
+    /// Already redeemed.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+impl TokenRejection {
+    /// Audit log wording.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRejection::Unknown => "unknown token",
+            TokenRejection::Used => "token already used",
+            TokenRejection::Expired => "token expired",
+        }
+    }
+}
+
+/// A row of `voxgate relay devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// Device id.
+    pub id: String,
+    /// Enrollment time, Unix seconds.
+    pub enrolled: i64,
+    /// Expiry of the newest certificate, Unix seconds.
+    pub cert_expires: Option<i64>,
+    /// Revocation time, if revoked.
+    pub revoked: Option<i64>,
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    digest(&SHA256, token.trim().as_bytes()).as_ref().to_vec()
+}
+
+/// The registry.
+#[derive(Debug)]
+pub struct Registry {
+    db: Connection,
+}
+
+impl Registry {
+    /// Open (creating if needed) the registry at `path`, mode 0600.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let existed = path.exists();
+        let db = Connection::open(path)?;
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Self::init(db)
+    }
+
+    /// An in-memory registry (tests, benchmarks).
+    pub fn in_memory() -> Result<Self, RegistryError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(db: Connection) -> Result<Self, RegistryError> {
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA foreign_keys = ON;
+             CREATE TABLE IF NOT EXISTS tokens (
+                 hash BLOB PRIMARY KEY,
+                 created INTEGER NOT NULL,
+                 expires INTEGER NOT NULL,
+                 used_at INTEGER,
+                 used_by TEXT,
+                 note TEXT NOT NULL DEFAULT '');
+             CREATE TABLE IF NOT EXISTS devices (
+                 id TEXT PRIMARY KEY,
+                 enrolled INTEGER NOT NULL,
+                 revoked INTEGER);
+             CREATE TABLE IF NOT EXISTS certificates (
+                 serial TEXT PRIMARY KEY,
+                 device TEXT NOT NULL REFERENCES devices(id),
+                 not_before INTEGER NOT NULL,
+                 not_after INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit (
+                 ts INTEGER NOT NULL,
+                 event TEXT NOT NULL,
+                 source TEXT NOT NULL DEFAULT '',
+                 device TEXT NOT NULL DEFAULT '',
+                 detail TEXT NOT NULL DEFAULT '');",
+        )?;
+        Ok(Registry { db })
+    }
+
+    /// Create a single-use token valid for `ttl`. The returned secret is the
+    /// only copy; the registry keeps its hash.
+    pub fn create_token(&self, ttl: Duration, note: &str) -> Result<Secret<String>, RegistryError> {
+        let mut raw = [0u8; 20];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| RegistryError::Random)?;
+        // Base32 without padding: 32 characters, easy to read out by phone.
+        let token = Secret::new(base32(&raw));
+        let t = now();
+        self.db.execute(
+            "INSERT INTO tokens (hash, created, expires, note) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                token_hash(token.expose()),
+                t,
+                t + ttl.as_secs() as i64,
+                note
+            ],
+        )?;
+        self.audit(
+            "token_created",
+            "",
+            "",
+            &format!("expires in {} s", ttl.as_secs()),
+        )?;
+        Ok(token)
+    }
+
+    /// Redeem `token` for `device`: succeeds once, before expiry.
+    pub fn redeem(
+        &self,
+        token: &str,
+        device: &str,
+        at: i64,
+    ) -> Result<Result<(), TokenRejection>, RegistryError> {
+        let hash = token_hash(token);
+        let changed = self.db.execute(
+            "UPDATE tokens SET used_at = ?2, used_by = ?3
+             WHERE hash = ?1 AND used_at IS NULL AND expires > ?2",
+            params![hash, at, device],
+        )?;
+        if changed == 1 {
+            return Ok(Ok(()));
+        }
+        let row: Option<(Option<i64>, i64)> = self
+            .db
+            .query_row(
+                "SELECT used_at, expires FROM tokens WHERE hash = ?1",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(Err(match row {
+            None => TokenRejection::Unknown,
+            Some((Some(_), _)) => TokenRejection::Used,
+            Some((None, _)) => TokenRejection::Expired,
+        }))
+    }
+
+    /// Record a device (idempotent) and a certificate issued to it.
+    pub fn record_certificate(
+        &self,
+        device: &str,
+        serial: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<(), RegistryError> {
+        self.db.execute(
+            "INSERT INTO devices (id, enrolled) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
+            params![device, now()],
+        )?;
+        self.db.execute(
+            "INSERT INTO certificates (serial, device, not_before, not_after) VALUES (?1, ?2, ?3, ?4)",
+            params![serial, device, not_before, not_after],
+        )?;
+        Ok(())
+    }
+
+    /// Mark a device revoked. Returns false if it already was.
+    pub fn revoke(&self, device: &str) -> Result<bool, RegistryError> {
+        let exists: bool = self
+            .db
+            .query_row(
+                "SELECT 1 FROM devices WHERE id = ?1",
+                params![device],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !exists {
+            return Err(RegistryError::UnknownDevice(device.into()));
+        }
+        let changed = self.db.execute(
+            "UPDATE devices SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+            params![device, now()],
+        )?;
+        self.audit("device_revoked", "", device, "")?;
+        Ok(changed == 1)
+    }
+
+    /// Whether `device` is revoked.
+    pub fn is_revoked(&self, device: &str) -> Result<bool, RegistryError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT revoked IS NOT NULL FROM devices WHERE id = ?1",
+                params![device],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Ids of every revoked device.
+    pub fn revoked_devices(&self) -> Result<Vec<String>, RegistryError> {
+        let mut q = self
+            .db
+            .prepare("SELECT id FROM devices WHERE revoked IS NOT NULL")?;
+        let rows = q.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every device, for `voxgate relay devices`.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, RegistryError> {
+        let mut q = self.db.prepare(
+            "SELECT d.id, d.enrolled, MAX(c.not_after), d.revoked
+             FROM devices d LEFT JOIN certificates c ON c.device = d.id
+             GROUP BY d.id ORDER BY d.id",
+        )?;
+        let rows = q.query_map([], |r| {
+            Ok(DeviceRow {
+                id: r.get(0)?,
+                enrolled: r.get(1)?,
+                cert_expires: r.get(2)?,
+                revoked: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Append an audit event.
+    pub fn audit(
+        &self,
+        event: &str,
+        source: &str,
+        device: &str,
+        detail: &str,
+    ) -> Result<(), RegistryError> {
+        self.db.execute(
+            "INSERT INTO audit (ts, event, source, device, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now(), event, source, device, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Audit events, oldest first: (event, source, device, detail).
+    pub fn audit_events(&self) -> Result<Vec<(String, String, String, String)>, RegistryError> {
+        let mut q = self
+            .db
+            .prepare("SELECT event, source, device, detail FROM audit ORDER BY rowid")?;
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// RFC 4648 base32 (uppercase, no padding).
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buf >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_single_use_expiring_and_stored_hashed() {
+        let r = Registry::in_memory().unwrap();
+        let tok = r
+            .create_token(Duration::from_secs(3600), "shop 12")
+            .unwrap();
+        assert_eq!(tok.expose().len(), 32);
+        // Only the hash is stored.
+        let stored: Vec<u8> =
+            r.db.query_row("SELECT hash FROM tokens", [], |row| row.get(0))
+                .unwrap();
+        assert_eq!(stored.len(), 32);
+        assert!(
+            !stored
+                .windows(8)
+                .any(|w| tok.expose().as_bytes().windows(8).any(|t| t == w))
+        );
+        let t = now();
+        assert_eq!(
+            r.redeem("WRONGTOKEN", "gw-1", t).unwrap(),
+            Err(TokenRejection::Unknown)
+        );
+        assert_eq!(r.redeem(tok.expose(), "gw-1", t).unwrap(), Ok(()));
+        assert_eq!(
+            r.redeem(tok.expose(), "gw-2", t).unwrap(),
+            Err(TokenRejection::Used)
+        );
+        let short = r.create_token(Duration::from_secs(60), "").unwrap();
+        assert_eq!(
+            r.redeem(short.expose(), "gw-3", t + 61).unwrap(),
+            Err(TokenRejection::Expired)
+        );
+    }
+
+    #[test]
+    fn devices_certificates_and_revocation() {
+        let r = Registry::in_memory().unwrap();
+        r.record_certificate("gw-1", "01ab", 100, 200).unwrap();
+        r.record_certificate("gw-1", "02cd", 150, 300).unwrap();
+        r.record_certificate("gw-2", "03ef", 100, 250).unwrap();
+        let d = r.devices().unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].id.as_str(), d[0].cert_expires), ("gw-1", Some(300)));
+        assert!(!r.is_revoked("gw-1").unwrap());
+        assert!(r.revoke("gw-1").unwrap());
+        assert!(!r.revoke("gw-1").unwrap());
+        assert!(r.is_revoked("gw-1").unwrap());
+        assert!(matches!(
+            r.revoke("ghost"),
+            Err(RegistryError::UnknownDevice(_))
+        ));
+        let events: Vec<String> = r.audit_events().unwrap().into_iter().map(|e| e.0).collect();
+        assert!(events.contains(&"device_revoked".to_string()));
+    }
+
+    #[test]
+    fn base32_rfc4648_vectors() {
+        assert_eq!(base32(b"f"), "MY");
+        assert_eq!(base32(b"fo"), "MZXQ");
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+    }
+}
