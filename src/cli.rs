@@ -23,6 +23,8 @@ enum Command {
     Relay(RelayCommand),
     /// Start a relay and a gateway on loopback and stream for a while.
     Demo(crate::demo::DemoArgs),
+    /// Enroll this device with a relay using a one-time token.
+    Setup(crate::identity::setup::SetupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +51,9 @@ enum RelayCommand {
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
     },
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// List enrolled devices, their certificate expiry and revocation.
     Devices {
         /// Relay config file.
@@ -78,6 +83,23 @@ enum RelayCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 30)]
         days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a single-use enrollment token; it is printed once and only
+    /// its hash is kept.
+    Create {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        /// A note for the audit log (where the token is going).
+        #[arg(long, default_value = "")]
+        note: String,
     },
 }
 
@@ -229,5 +251,27 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args),
+        Command::Setup(args) => {
+            crate::telemetry::init("warn");
+            crate::identity::setup::run(args)
+        }
+        Command::Relay(RelayCommand::Token(TokenCommand::Create {
+            config,
+            ttl_s,
+            note,
+        })) => {
+            let cfg = RelayConfig::load(&config)?;
+            let reg = open_registry(&cfg)?;
+            if !(1..=30 * 86_400).contains(&ttl_s) {
+                anyhow::bail!("--ttl-s must be between 1 s and 30 days");
+            }
+            let token = reg.create_token(std::time::Duration::from_secs(ttl_s), &note)?;
+            // The only place a token is ever shown.
+            println!("{}", token.expose());
+            eprintln!(
+                "single-use enrollment token, valid {ttl_s} s; give it to the technician (stdin or a 0600 file for `voxgate setup`); it is not stored"
+            );
+            Ok(())
+        }
     }
 }

@@ -41,8 +41,34 @@ struct RawRelay {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
+    #[serde(default)]
+    backend: IdentityBackend,
     cert: PathBuf,
     key: PathBuf,
+    #[serde(default = "default_machine_id")]
+    machine_id: PathBuf,
+    #[serde(default = "default_serial")]
+    serial: Option<PathBuf>,
+}
+
+fn default_machine_id() -> PathBuf {
+    PathBuf::from("/etc/machine-id")
+}
+
+fn default_serial() -> Option<PathBuf> {
+    // Raspberry Pi and other device-tree boards; readable under ProcSubset=pid.
+    Some(PathBuf::from("/sys/firmware/devicetree/base/serial-number"))
+}
+
+/// Where the device key lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityBackend {
+    /// Plaintext PEM key from `voxgate relay dev-cert` (labs only).
+    #[default]
+    DevFile,
+    /// Key sealed to this box by `voxgate setup`.
+    SealedFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,14 +149,19 @@ pub struct RelayTarget {
     pub ca: PathBuf,
 }
 
-/// Where the device certificate and key come from. The dev-file source is
-/// the only one in this release; the identity issue adds sealed backends.
+/// Where the device certificate and key come from.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
+    /// Key backend.
+    pub backend: IdentityBackend,
     /// PEM certificate chain of the device.
     pub cert: PathBuf,
-    /// PEM PKCS#8 private key of the device (development certificates only).
+    /// The key: PEM (dev-file) or sealed file (sealed-file).
     pub key: PathBuf,
+    /// Sealing input: the machine id file.
+    pub machine_id: PathBuf,
+    /// Sealing input: the SoC serial file, used when it exists.
+    pub serial: Option<PathBuf>,
 }
 
 /// Capture device selection.
@@ -300,8 +331,15 @@ impl GatewayConfig {
                 ca: resolve(&base, &raw.relay.ca),
             },
             identity: IdentityConfig {
+                backend: raw.identity.backend,
                 cert: resolve(&base, &raw.identity.cert),
                 key: resolve(&base, &raw.identity.key),
+                machine_id: resolve(&base, &raw.identity.machine_id),
+                serial: raw
+                    .identity
+                    .serial
+                    .map(|p| resolve(&base, &p))
+                    .filter(|p| p.exists()),
             },
             capture: CaptureConfig {
                 device: raw
@@ -389,7 +427,7 @@ pub fn valid_device_id(id: &str) -> bool {
 }
 
 /// Split `host:port` / `[v6]:port`; the port must be a non-zero u16.
-pub(crate) fn split_host_port(s: &str) -> Option<(&str, u16)> {
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let host = host
         .strip_prefix('[')

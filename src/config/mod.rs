@@ -8,11 +8,11 @@
 mod gateway;
 mod relay;
 
-pub use gateway::valid_device_id;
 pub use gateway::{
-    BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityConfig, JitterSettings,
-    PlaybackConfig, RelayTarget,
+    BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityBackend, IdentityConfig,
+    JitterSettings, PlaybackConfig, RelayTarget,
 };
+pub use gateway::{split_host_port, valid_device_id};
 pub use relay::{DownlinkMode, RelayConfig};
 
 use serde::Deserialize;

@@ -16,6 +16,8 @@ struct Raw {
     #[serde(default)]
     downlink: RawDownlink,
     #[serde(default)]
+    enrollment: RawEnrollment,
+    #[serde(default)]
     telemetry: TelemetryConfig,
     #[serde(default)]
     privilege: super::RawPrivilege,
@@ -29,6 +31,25 @@ struct RawDownlink {
     #[serde(default)]
     mode: RawMode,
     file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnrollment {
+    #[serde(default = "default_lifetime")]
+    certificate_lifetime_s: u64,
+}
+
+impl Default for RawEnrollment {
+    fn default() -> Self {
+        RawEnrollment {
+            certificate_lifetime_s: default_lifetime(),
+        }
+    }
+}
+
+fn default_lifetime() -> u64 {
+    30 * 86_400
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +91,8 @@ pub struct RelayConfig {
     pub server_name: String,
     /// Downlink audio policy.
     pub downlink: DownlinkMode,
+    /// Lifetime of device certificates issued at enrollment.
+    pub certificate_lifetime: std::time::Duration,
     /// Logging and metrics.
     pub telemetry: TelemetryConfig,
     /// Privilege drop and sandbox.
@@ -119,6 +142,14 @@ impl RelayConfig {
             }
         };
         raw.telemetry.validate(file)?;
+        let life = raw.enrollment.certificate_lifetime_s;
+        if !(10..=398 * 86_400).contains(&life) {
+            return Err(ConfigError::invalid(
+                file,
+                "enrollment.certificate_lifetime_s",
+                format!("{life} s is outside 10 s ..= 398 days"),
+            ));
+        }
         let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
         Ok(RelayConfig {
             file: file.to_path_buf(),
@@ -127,6 +158,7 @@ impl RelayConfig {
             recordings: resolve(&base, &raw.recordings),
             server_name: raw.server_name,
             downlink,
+            certificate_lifetime: std::time::Duration::from_secs(life),
             telemetry: raw.telemetry,
             privilege,
         })

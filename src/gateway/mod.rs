@@ -19,7 +19,7 @@ use crate::codec::{OPUS_PAYLOAD_TYPE, OpusEncoder};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::media::sender::RtpSender;
 use crate::transport::client::{self, ClientParams, ConnSlot, UPLINK_FLOW};
-use crate::transport::tls::{self, DevFileIdentity, DeviceIdentity};
+use crate::transport::tls;
 use anyhow::{Context, Result};
 use metrics::GatewayMetrics;
 use std::future::Future;
@@ -39,11 +39,11 @@ pub struct Prepared {
 
 /// Validate identity, CA and devices. Errors name the config key at fault.
 pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
-    let identity = DevFileIdentity::load(&cfg.device_id, &cfg.identity.cert, &cfg.identity.key)
+    let identity = crate::identity::backend::load(&cfg.device_id, &cfg.identity)
         .with_context(|| format!("{}: [identity]", cfg.file.display()))?;
     let ca = tls::read_certs(&cfg.relay.ca)
         .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
-    let client = tls::client_config(&ca, &identity)?;
+    let client = tls::client_config(&ca, identity.as_ref())?;
     device::find(cfg.capture.device.as_deref(), Dir::Capture)
         .map_err(|e| ConfigError::invalid(&cfg.file, "capture.device", e.to_string()))?;
     if cfg.playback.enabled {

@@ -4,4 +4,6 @@
 //! release has the development PEM files and the sealed key file
 //! ([`sealed`]). TPM-held keys, enrollment and rotation build on these.
 
+pub mod backend;
 pub mod sealed;
+pub mod setup;

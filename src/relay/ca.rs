@@ -130,7 +130,10 @@ pub fn init(state_dir: &Path, server_name: &str) -> Result<String, CaError> {
         relay_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_new(&state_dir.join(RELAY_CERT), relay.pem().as_bytes(), 0o644)?;
+    // The relay presents its chain with the CA, so that a device enrolling
+    // with only the CA fingerprint can find and pin it.
+    let chain = format!("{}{}", relay.pem(), ca.pem());
+    write_new(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
     write_new(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
     super::registry::Registry::open(&state_dir.join(REGISTRY))
         .map_err(|e| CaError::Registry(e.to_string()))?;

@@ -2,6 +2,8 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod ca;
+pub mod enroll;
+pub mod limiter;
 pub mod metrics;
 pub mod recorder;
 pub mod registry;
@@ -79,14 +81,18 @@ fn refresh_revoked(
 /// process) twice a second; close live sessions of newly revoked devices.
 /// New handshakes of revoked devices already fail in the TLS verifier.
 async fn enforce_revocations(
-    registry: registry::Registry,
+    registry: Arc<std::sync::Mutex<registry::Registry>>,
     revoked: crate::transport::tls::Revoked,
     ctx: Arc<RelayCtx>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let added = match refresh_revoked(&registry, &revoked) {
+        let added = match registry
+            .lock()
+            .map_err(|_| anyhow::anyhow!("registry lock poisoned"))
+            .and_then(|r| refresh_revoked(&r, &revoked))
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read revocations");
@@ -112,8 +118,9 @@ pub struct Prepared {
     /// The validated config.
     pub cfg: RelayConfig,
     server: quinn::ServerConfig,
-    registry: registry::Registry,
+    registry: Arc<std::sync::Mutex<registry::Registry>>,
     revoked: crate::transport::tls::Revoked,
+    enroller: Arc<enroll::Enroller>,
     downlink: Downlink,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
@@ -138,6 +145,22 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
     let revoked: crate::transport::tls::Revoked = Default::default();
     refresh_revoked(&registry, &revoked)?;
+    let registry = Arc::new(std::sync::Mutex::new(registry));
+    let ca_pem = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("cannot read {}", ca_path.display()))?;
+    let ca_key_path = state.join(ca::CA_KEY);
+    crate::transport::tls::check_key_mode(&ca_key_path)?;
+    let ca_key = {
+        let pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&ca_key_path)
+                .with_context(|| format!("cannot read {}", ca_key_path.display()))?,
+        );
+        rcgen::KeyPair::from_pem(&pem).context("the fleet CA key does not parse")?
+    };
+    let enroller = Arc::new(
+        enroll::Enroller::new(registry.clone(), &ca_pem, ca_key, cfg.certificate_lifetime)
+            .context("the fleet CA certificate does not parse")?,
+    );
     let server = crate::transport::tls::server_config(&ca, chain, key, revoked.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
@@ -156,6 +179,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         server,
         registry,
         revoked,
+        enroller,
         downlink,
         udp,
         metrics,
@@ -186,6 +210,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         metrics,
         next_session: AtomicU64::new(1),
         revoked: p.revoked.clone(),
+        enroller: p.enroller,
         live: Default::default(),
     });
     let enforcer = tokio::spawn(enforce_revocations(p.registry, p.revoked, ctx.clone()));

@@ -56,6 +56,8 @@ pub struct RelayCtx {
     pub next_session: AtomicU64,
     /// Devices refused by the registry.
     pub revoked: crate::transport::tls::Revoked,
+    /// Enrollment of new devices.
+    pub enroller: Arc<super::enroll::Enroller>,
     /// Live sessions by number: device id and connection (for revocation).
     pub live: std::sync::Mutex<HashMap<u64, (String, quinn::Connection)>>,
 }
@@ -105,6 +107,14 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
             return;
         }
     };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() == Some(crate::transport::tls::ALPN_ENROLL) {
+        ctx.enroller.handle(conn).await;
+        return;
+    }
     let Some(device) = peer_device(&conn) else {
         ctx.metrics.rejected.inc();
         conn.close(2u32.into(), b"certificate names no device");

@@ -127,6 +127,37 @@ pub struct ErrorMsg<'a> {
     pub message: &'a str,
 }
 
+/// Enrollment request (ALPN `voxgate-enroll/1`): a one-time token, the
+/// device id asked for, and a PKCS#10 CSR signed by the device key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enroll<'a> {
+    /// One-time enrollment token (secret: never formatted).
+    pub token: &'a str,
+    /// Device id to name in the certificate.
+    pub device: &'a str,
+    /// Base64 (standard, padded) DER of the CSR.
+    pub csr: &'a str,
+}
+
+impl std::fmt::Debug for Enroll<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enroll")
+            .field("token", &"[redacted]")
+            .field("device", &self.device)
+            .field("csr_len", &self.csr.len())
+            .finish()
+    }
+}
+
+/// The relay's answer to [`Enroll`]: the issued certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolled<'a> {
+    /// Base64 DER of the device certificate.
+    pub cert: &'a str,
+    /// Its expiry, Unix seconds.
+    pub not_after: i64,
+}
+
 /// Every control message of protocol v1.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -147,6 +178,10 @@ pub enum Message<'a> {
     Pong(Ping),
     /// See [`ErrorMsg`].
     Error(ErrorMsg<'a>),
+    /// See [`Enroll`].
+    Enroll(Enroll<'a>),
+    /// See [`Enrolled`].
+    Enrolled(Enrolled<'a>),
 }
 
 #[derive(Deserialize)]
@@ -210,6 +245,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "ping" => Message::Ping(de(body)?),
         "pong" => Message::Pong(de(body)?),
         "error" => Message::Error(de(body)?),
+        "enroll" => Message::Enroll(de(body)?),
+        "enrolled" => Message::Enrolled(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -327,6 +364,21 @@ mod tests {
             )),
             Err(ControlError::Escape)
         );
+    }
+
+    #[test]
+    fn enroll_round_trips_and_never_shows_its_token() {
+        let m = Message::Enroll(Enroll {
+            token: "ABCDEFGHSECRETTOKEN",
+            device: "gw-1",
+            csr: "MIIBFTCBvAIBADA=",
+        });
+        let mut buf = [0u8; 512];
+        let n = encode(&m, &mut buf).unwrap();
+        assert_eq!(decode_frame(&buf[..n]).unwrap().unwrap().0, m);
+        let shown = format!("{m:?} {m:#?}");
+        assert!(!shown.contains("SECRETTOKEN"), "{shown}");
+        assert!(shown.contains("gw-1"));
     }
 
     #[test]

@@ -245,6 +245,14 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         self.inner.root_hint_subjects()
     }
 
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -300,7 +308,11 @@ pub fn server_config(
     revoked: Revoked,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = Arc::new(RevocationAwareVerifier {
+        // Optional at the TLS layer so that enrollment (which has no
+        // certificate yet) can connect; `voxgate/1` sessions without a
+        // certificate are refused right after the handshake.
         inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+            .allow_unauthenticated()
             .build()?,
         revoked,
     });
@@ -308,13 +320,132 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_ENROLL.to_vec()];
     // No resumption: a resumed session skips the client certificate check,
     // which would let a revoked device back in. Every handshake is full.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
     let q = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(q));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// ALPN of enrollment: server-authenticated only; the device proves itself
+/// with a one-time token.
+pub const ALPN_ENROLL: &[u8] = b"voxgate-enroll/1";
+
+/// Verifies the relay during enrollment against a pinned CA fingerprint
+/// (`SHA256:<hex>`) instead of a CA file the device does not have yet: the
+/// relay sends its chain with the CA; the CA whose fingerprint matches
+/// becomes the only root, and the leaf must chain to it and name the relay.
+#[derive(Debug)]
+pub struct PinnedCaVerifier {
+    fingerprint: String,
+    found: std::sync::Mutex<Option<CertificateDer<'static>>>,
+}
+
+impl PinnedCaVerifier {
+    /// Pin `fingerprint` (`SHA256:` + 64 hex digits, case-insensitive).
+    pub fn new(fingerprint: &str) -> Result<Arc<Self>, TlsError> {
+        let f = fingerprint.trim().to_ascii_lowercase();
+        let hex = f.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TlsError::Pem {
+                path: PathBuf::from("--ca-fingerprint"),
+                what: "must be SHA256: followed by 64 hex digits (as `voxgate relay init` prints)"
+                    .into(),
+            });
+        }
+        Ok(Arc::new(PinnedCaVerifier {
+            fingerprint: format!("SHA256:{hex}"),
+            found: Default::default(),
+        }))
+    }
+
+    /// The CA certificate that matched, once a handshake verified.
+    pub fn ca(&self) -> Option<CertificateDer<'static>> {
+        self.found.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| crate::relay::ca::fingerprint(c).eq_ignore_ascii_case(&self.fingerprint))
+            .ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let ok = inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)?;
+        if let Ok(mut f) = self.found.lock() {
+            *f = Some(ca.clone().into_owned());
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The device's client configuration for enrollment.
+pub fn enroll_client_config(
+    verifier: Arc<PinnedCaVerifier>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
+    let q = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(q));
     cfg.transport_config(transport());
     Ok(cfg)
 }
