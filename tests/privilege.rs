@@ -66,6 +66,10 @@ fn started_as_root_runs_unprivileged_and_sandboxed_while_streaming() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Seccomp"), "2");
+    // Non-dumpable: its /proc files belong to root although it runs as nobody.
+    use std::os::unix::fs::MetadataExt;
+    let environ = std::fs::metadata(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(environ.uid(), 0, "the process is dumpable");
     // Still streaming after the checks.
     let before = metric(gw_metrics, "voxgate_frames_sent_total");
     wait_for(Duration::from_secs(5), "more frames", || {

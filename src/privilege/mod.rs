@@ -284,6 +284,9 @@ pub fn apply(plan: &Plan, state: &[&Path], probe: &Path) -> Result<Report, Privi
         report.became = Some(t.user.name.clone());
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| step("no_new_privs")(e.into()))?;
+    // Keys live in this process: no core dumps, no ptrace by the same user,
+    // and /proc/PID files owned by root.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| step("set non-dumpable")(e.into()))?;
     if !plan.stay_root {
         // A process started unprivileged with ambient capabilities keeps
         // them until here; the bounding set needs CAP_SETPCAP, which such a

@@ -1,0 +1,152 @@
+//! Secret canary: a whole enroll + stream cycle with every log at trace
+//! level. The token, the private key (its scalar and its PKCS#8, in hex and
+//! base64) must appear in no log, no stdout or stderr, and no process's
+//! /proc/PID/cmdline or /proc/PID/environ. (Renewal joins this cycle when
+//! it exists.)
+
+mod common;
+
+use base64::Engine as _;
+use common::audio_env::{AlsaFileDevices, speech_fixture};
+use common::lab::{Lab, bin, dev_privilege, metric, wait_for};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+fn forms(bytes: &[u8]) -> Vec<String> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        hex.clone(),
+        hex.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    ]
+}
+
+#[test]
+fn no_secret_reaches_logs_output_argv_or_environment() {
+    let lab = Lab::new("canary", "mode = \"echo\"");
+    // Trace everything in the relay too.
+    let rc = lab.dir.join("relay.toml");
+    let text = std::fs::read_to_string(&rc)
+        .unwrap()
+        .replace("log = \"debug\"", "log = \"trace\"");
+    std::fs::write(&rc, text).unwrap();
+    let mut relay = lab.start_relay();
+    let ca = voxgate::transport::tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    let fp = voxgate::relay::ca::fingerprint(&ca[0]);
+    let out = Command::new(bin())
+        .args(["relay", "token", "create", "--config"])
+        .arg(&rc)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let tok = lab.dir.join("token");
+    std::fs::write(&tok, &token).unwrap();
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mid = lab.dir.join("machine-id");
+    std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let cfg = lab.dir.join("gw.toml");
+    let setup = Command::new(bin())
+        .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
+        .args(["--ca-fingerprint", &fp, "--device-id", "gw-canary"])
+        .args(["--server-name", "relay.voxgate.test", "--token-file"])
+        .arg(&tok)
+        .arg("--dir")
+        .arg(lab.dir.join("gw"))
+        .arg("--config-out")
+        .arg(&cfg)
+        .arg("--machine-id")
+        .arg(&mid)
+        .env("VOXGATE_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+
+    let speech = speech_fixture(&lab.dir, "Nothing secret should be written down.");
+    let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), Some(&lab.dir.join("spk.raw")));
+    let metrics = format!("127.0.0.1:{}", common::lab::free_tcp());
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\ndevice = \"voxplay\"\n[telemetry]\nlog = \"trace\"\nmetrics = \"{metrics}\"\n{}",
+            dev_privilege(&lab.dir)
+        ),
+    )
+    .unwrap();
+    let env = vec![("ALSA_CONFIG_PATH".to_string(), devs.alsa_config_path_env())];
+    let mut gw = lab.start_gateway(&cfg, &env);
+    let m = metrics.parse().unwrap();
+    wait_for(Duration::from_secs(15), "streaming", || {
+        gw.assert_running();
+        metric(m, "voxgate_frames_sent_total") >= 50.0
+    });
+    // What the kernel shows about the running processes.
+    let mut proc_text = String::new();
+    for pid in [gw.pid(), relay.pid()] {
+        for f in ["cmdline", "environ"] {
+            proc_text.push_str(&String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default(),
+            ));
+        }
+    }
+    gw.stop();
+    relay.stop();
+
+    // The secrets, recovered the way only this test may.
+    let sealed = std::fs::read(lab.dir.join("gw/device.key.sealed")).unwrap();
+    let material =
+        voxgate::identity::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
+    let pkcs8 = voxgate::identity::sealed::unseal(&material, &sealed).unwrap();
+    // The P-256 scalar sits after the fixed PKCS#8/ECPrivateKey prefix.
+    let scalar = &pkcs8[36..68];
+    let mut needles = vec![token.clone()];
+    needles.extend(forms(scalar));
+    needles.extend(forms(&pkcs8));
+
+    let mut haystack = vec![
+        (
+            "setup stdout",
+            String::from_utf8_lossy(&setup.stdout).into_owned(),
+        ),
+        (
+            "setup stderr",
+            String::from_utf8_lossy(&setup.stderr).into_owned(),
+        ),
+        ("token stderr", token_stderr),
+        ("/proc", proc_text),
+        ("gateway log", gw.log_text()),
+        ("relay log", relay.log_text()),
+        ("config", std::fs::read_to_string(&cfg).unwrap()),
+    ];
+    for entry in std::fs::read_dir(&lab.dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            haystack.push((
+                "log file",
+                std::fs::read_to_string(entry.path()).unwrap_or_default(),
+            ));
+        }
+    }
+    assert!(
+        haystack
+            .iter()
+            .any(|(_, t)| t.contains("TRACE") || t.contains("\"level\":\"TRACE\"")),
+        "trace logging was not on"
+    );
+    for (name, text) in &haystack {
+        for n in &needles {
+            assert!(
+                !text.contains(n.as_str()),
+                "a secret ({} chars) leaked into {name}",
+                n.len()
+            );
+        }
+    }
+}
