@@ -7,3 +7,4 @@
 pub mod backend;
 pub mod sealed;
 pub mod setup;
+pub mod tpm;
