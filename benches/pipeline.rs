@@ -58,6 +58,11 @@ const TARGET_P99_US: f64 = 1000.0;
 const TARGET_RSS_KIB: f64 = 8192.0;
 const TARGET_PESQ_DIFF: f64 = 0.1;
 const BASELINE_REPS: usize = 5;
+/// Other processes' load (cores) under which the machine counts as quiet,
+/// and above which a measurement is repeated once; the longest wait.
+const QUIET: f64 = 0.15;
+const DISTURBED: f64 = 0.25;
+const QUIET_WAIT: Duration = Duration::from_secs(30);
 const PEER_REPS: usize = 3;
 /// Seconds of the fixture used to estimate a peer's fixed start-up cost.
 const SHORT_CLIP_S: f64 = 3.0;
@@ -240,8 +245,9 @@ fn proc_ticks(pid: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Per-thread on-CPU time (ns, from schedstat) with the thread names.
-fn thread_ns(pid: i32) -> BTreeMap<i32, (String, u64)> {
+/// Per-thread schedstat with the thread names: on-CPU ns, ns waiting on a
+/// run queue, and times scheduled in.
+fn thread_ns(pid: i32) -> BTreeMap<i32, (String, [u64; 3])> {
     let mut m = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return m;
@@ -254,11 +260,12 @@ fn thread_ns(pid: i32) -> BTreeMap<i32, (String, u64)> {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let ns = std::fs::read_to_string(e.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        m.insert(tid, (comm, ns));
+        let text = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+        let mut v = [0u64; 3];
+        for (slot, x) in v.iter_mut().zip(text.split_whitespace()) {
+            *slot = x.parse().unwrap_or(0);
+        }
+        m.insert(tid, (comm, v));
     }
     m
 }
@@ -271,6 +278,38 @@ fn this_thread_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .expect("/proc/thread-self/schedstat")
+}
+
+/// Cores' worth of CPU other processes used since `t0` (instant, machine
+/// ticks, this process's ticks).
+fn other_since(t0: (Instant, u64, u64), tck: f64) -> f64 {
+    let wall = t0.0.elapsed().as_secs_f64().max(1e-3);
+    let machine = machine_ticks().saturating_sub(t0.1) as f64;
+    let own = proc_ticks("self").unwrap_or(0).saturating_sub(t0.2) as f64;
+    ((machine - own) / tck / wall).max(0.0)
+}
+
+/// Waits (at most `max`) for a second in which other processes used less
+/// than `QUIET` cores; returns that load and the time waited.
+fn wait_quiet(tck: f64, max: Duration) -> (f64, f64) {
+    let start = Instant::now();
+    loop {
+        let t0 = (
+            Instant::now(),
+            machine_ticks(),
+            proc_ticks("self").unwrap_or(0),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let load = other_since(t0, tck);
+        if load < QUIET || start.elapsed() >= max {
+            if load >= QUIET {
+                eprintln!(
+                    "pipeline: machine still busy ({load:.2} cores) after {max:?}; measuring anyway"
+                );
+            }
+            return (load, start.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Ticks the whole machine spent running tasks or stolen by the hypervisor
@@ -821,7 +860,7 @@ fn tail(s: &str, n: usize) -> String {
 struct Snap {
     at: Instant,
     gw_ticks: u64,
-    gw_threads: BTreeMap<i32, (String, u64)>,
+    gw_threads: BTreeMap<i32, (String, [u64; 3])>,
     relay_ticks: u64,
     self_ticks: u64,
     /// Other processes of the set-up (the PulseAudio daemon).
@@ -850,13 +889,17 @@ fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
     let wall = (b.at - a.at).as_secs_f64();
     let gw_stat = b.gw_ticks.saturating_sub(a.gw_ticks) as f64 / tck;
     let relay = b.relay_ticks.saturating_sub(a.relay_ticks) as f64 / tck;
-    let mut threads = BTreeMap::<String, f64>::new();
+    // Per thread name: CPU s, run-queue wait s, times scheduled in.
+    let mut threads = BTreeMap::<String, [f64; 3]>::new();
     let mut sched = 0.0;
-    for (tid, (name, ns1)) in &b.gw_threads {
-        let ns0 = a.gw_threads.get(tid).map(|t| t.1).unwrap_or(0);
-        let d = (ns1 - ns0.min(*ns1)) as f64 / 1e9;
-        sched += d;
-        *threads.entry(name.clone()).or_default() += d;
+    for (tid, (name, v1)) in &b.gw_threads {
+        let v0 = a.gw_threads.get(tid).map(|t| t.1).unwrap_or([0; 3]);
+        let d = |i: usize| v1[i].saturating_sub(v0[i]) as f64;
+        sched += d(0) / 1e9;
+        let e = threads.entry(name.clone()).or_default();
+        e[0] += d(0) / 1e9;
+        e[1] += d(1) / 1e9;
+        e[2] += d(2);
     }
     let exited = a
         .gw_threads
@@ -869,8 +912,8 @@ fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
         + (b.self_ticks.saturating_sub(a.self_ticks) + b.extra_ticks.saturating_sub(a.extra_ticks))
             as f64
             / tck;
-    let mut tj: Vec<(String, f64)> = threads.into_iter().collect();
-    tj.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let mut tj: Vec<(String, [f64; 3])> = threads.into_iter().collect();
+    tj.sort_by(|x, y| y.1[0].total_cmp(&x.1[0]));
     let mut j = J::obj();
     j.set("wall_s", wall)
         .set("audio_s", audio_s)
@@ -883,11 +926,14 @@ fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
             "threads",
             J::A(
                 tj.iter()
-                    .map(|(n, s)| {
+                    .map(|(n, v)| {
                         let mut o = J::obj();
                         o.set("thread", n.as_str())
-                            .set("cpu_s", *s)
-                            .set("per_audio_s", *s / audio_s);
+                            .set("cpu_s", v[0])
+                            .set("per_audio_s", v[0] / audio_s)
+                            .set("runqueue_wait_s", v[1])
+                            .set("wakeups_per_s", v[2] / wall.max(1e-9))
+                            .set("cpu_us_per_wakeup", (v[2] > 0.0).then(|| v[0] * 1e6 / v[2]));
                         o
                     })
                     .collect(),
@@ -1371,8 +1417,35 @@ fn inprocess_score(packets: &[Vec<u8>], n: u32, dir: &Path, fx: &Fixture) -> J {
 // Main
 // ---------------------------------------------------------------------------
 
+/// One measurement of the baseline and the gateway on the file device.
+struct CpuTry {
+    /// Most cores other processes used during either.
+    disturbance: f64,
+    baseline: J,
+    file: J,
+    packets: Vec<Vec<u8>>,
+    recording: Option<PathBuf>,
+}
+
+/// Whether a section runs: all of them, unless `VOXGATE_BENCH_ONLY` names
+/// some (comma-separated parts of their names, e.g. `paced,PESQ`), for
+/// re-measuring one figure by hand. `scripts/bench` always runs all.
+fn wanted(name: &str) -> bool {
+    match std::env::var("VOXGATE_BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only
+            .split(',')
+            .any(|w| !w.trim().is_empty() && name.contains(w.trim())),
+        _ => true,
+    }
+}
+
 /// Runs a section; a panic becomes `{"error": ...}` (guards have run by then).
 fn section(name: &str, f: impl FnOnce() -> J) -> J {
+    if !wanted(name) {
+        let mut j = J::obj();
+        j.set("skipped", true);
+        return j;
+    }
     let t0 = Instant::now();
     eprintln!("pipeline: {name} ...");
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -1466,42 +1539,89 @@ fn main() {
         );
     root.set("versions", vj);
 
-    // 1. In-process baseline, right before the gateway run.
-    let mut packets = Vec::new();
-    let baseline = section("baseline: libopus in-process", || {
-        let (runs, p) = baseline_encode(&fx, &codec);
-        packets = p;
-        let m = median(&runs);
-        let mut j = J::obj();
-        j.set("cpu_s_runs", nums(&runs))
-            .set("cpu_s", m)
-            .set("per_audio_s", m / fx.seconds)
-            .set("audio_s", fx.seconds)
-            .set("packets", packets.len())
-            .set(
-                "mean_packet_bytes",
-                packets.iter().map(Vec::len).sum::<usize>() as f64 / packets.len().max(1) as f64,
+    // 1 and 2: the in-process baseline, right before the gateway on the file
+    // device. Other processes share this machine: when they used more than
+    // `DISTURBED` cores during either measurement, both are measured once
+    // more (after waiting for a quiet moment) and the quieter pair is kept.
+    let mut tries: Vec<CpuTry> = Vec::new();
+    for attempt in 1..=2u64 {
+        let (quiet, waited) = if wanted("gateway on the ALSA file device") {
+            wait_quiet(tck, QUIET_WAIT)
+        } else {
+            (f64::NAN, 0.0)
+        };
+        let mut packets = Vec::new();
+        let mut baseline = section("baseline: libopus in-process", || {
+            let t0 = (
+                Instant::now(),
+                machine_ticks(),
+                proc_ticks("self").unwrap_or(0),
             );
-        j
-    });
-
-    // 2. The gateway on the file device.
-    let mut recording = None;
-    let mut file = section("gateway on the ALSA file device", || {
-        let (j, rec) = file_run(&fx, &codec, tck);
-        recording = rec;
-        j
-    });
-    if let (Some(b), Some(cpu)) = (baseline.num("per_audio_s"), file.get("cpu").cloned()) {
-        let mut cpu = cpu;
-        if let Some(g) = cpu.num("per_audio_s_stat") {
-            cpu.set("ratio_stat", g / b);
+            let (runs, p) = baseline_encode(&fx, &codec);
+            let other = other_since(t0, tck);
+            packets = p;
+            let m = median(&runs);
+            let mut j = J::obj();
+            j.set("cpu_s_runs", nums(&runs))
+                .set("cpu_s", m)
+                .set("per_audio_s", m / fx.seconds)
+                .set("audio_s", fx.seconds)
+                .set("packets", packets.len())
+                .set(
+                    "mean_packet_bytes",
+                    packets.iter().map(Vec::len).sum::<usize>() as f64
+                        / packets.len().max(1) as f64,
+                )
+                .set("other_load_cores", other);
+            j
+        });
+        let mut recording = None;
+        let mut file = section("gateway on the ALSA file device", || {
+            let (j, rec) = file_run(&fx, &codec, tck);
+            recording = rec;
+            j
+        });
+        if let (Some(b), Some(cpu)) = (baseline.num("per_audio_s"), file.get("cpu").cloned()) {
+            let mut cpu = cpu;
+            if let Some(g) = cpu.num("per_audio_s_stat") {
+                cpu.set("ratio_stat", g / b);
+            }
+            if let Some(g) = cpu.num("per_audio_s_schedstat") {
+                cpu.set("ratio_schedstat", g / b);
+            }
+            file.set("cpu", cpu);
         }
-        if let Some(g) = cpu.num("per_audio_s_schedstat") {
-            cpu.set("ratio_schedstat", g / b);
+        let disturbance = baseline.num("other_load_cores").unwrap_or(0.0).max(
+            file.get("cpu")
+                .and_then(|c| c.num("other_load_cores"))
+                .unwrap_or(0.0),
+        );
+        baseline
+            .set("attempt", attempt)
+            .set("quiet_before_cores", quiet)
+            .set("waited_for_quiet_s", waited);
+        eprintln!("pipeline: attempt {attempt}: other processes used {disturbance:.2} cores");
+        tries.push(CpuTry {
+            disturbance,
+            baseline,
+            file,
+            packets,
+            recording,
+        });
+        if disturbance <= DISTURBED {
+            break;
         }
-        file.set("cpu", cpu);
     }
+    tries.sort_by(|x, y| x.disturbance.total_cmp(&y.disturbance));
+    let attempts = tries.len();
+    let CpuTry {
+        mut baseline,
+        file,
+        packets,
+        recording,
+        ..
+    } = tries.swap_remove(0);
+    baseline.set("attempts", attempts);
 
     // 3. Peers and the Debian libopus baseline, as fast as possible.
     let peers = section("peers: opusenc, gst-launch, ffmpeg", || {
@@ -1560,9 +1680,31 @@ fn main() {
     });
 
     // 5. Paced device.
-    let paced = section("gateway on the paced PulseAudio mic", || {
-        paced_run(&fx, &codec)
-    });
+    let mut paced = J::Null;
+    for attempt in 1..=2u64 {
+        let (quiet, waited) = if wanted("gateway on the paced PulseAudio mic") {
+            wait_quiet(tck, QUIET_WAIT)
+        } else {
+            (f64::NAN, 0.0)
+        };
+        let mut j = section("gateway on the paced PulseAudio mic", || {
+            paced_run(&fx, &codec)
+        });
+        j.set("attempt", attempt)
+            .set("quiet_before_cores", quiet)
+            .set("waited_for_quiet_s", waited);
+        let other = |j: &J| {
+            j.get("cpu")
+                .and_then(|c| c.num("other_load_cores"))
+                .unwrap_or(f64::INFINITY)
+        };
+        if other(&j) < other(&paced) || matches!(paced, J::Null) {
+            paced = j;
+        }
+        if other(&paced) <= DISTURBED {
+            break;
+        }
+    }
 
     // 6. Peers' memory in real time.
     let peer_mem = section("peers' resident memory (real time)", || {
