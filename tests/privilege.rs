@@ -33,7 +33,7 @@ fn started_as_root_runs_unprivileged_and_sandboxed_while_streaming() {
         nix::unistd::Uid::effective().is_root(),
         "this test needs root, as CI has"
     );
-    let lab = Lab::new("priv-drop", "mode = \"none\"");
+    let lab = Lab::new_public("priv-drop", "mode = \"none\"");
     let speech = speech_fixture(
         &lab.dir,
         "Privileges are dropped before any audio is captured.",
@@ -156,7 +156,7 @@ fn a_key_file_others_can_read_is_refused() {
 /// drops the capability.
 #[test]
 fn ambient_bind_capability_is_dropped_after_binding() {
-    let lab = Lab::new("priv-ambient", "mode = \"none\"");
+    let lab = Lab::new_public("priv-ambient", "mode = \"none\"");
     // The relay runs as nobody: it must own its state.
     let st = Command::new("chown")
         .args(["-R", "nobody"])

@@ -32,7 +32,12 @@ pub fn free_tcp() -> u16 {
 
 /// A fresh directory under target/ for one test.
 pub fn test_dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    test_dir_in(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
+}
+
+/// A fresh directory under `base`.
+pub fn test_dir_in(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -120,7 +125,19 @@ impl Lab {
     /// A relay config (and CA) in a new directory; `downlink` is the
     /// `[downlink]` section body, e.g. `mode = "echo"`.
     pub fn new(name: &str, downlink: &str) -> Lab {
-        let dir = test_dir(name);
+        Self::new_at(test_dir(name), downlink)
+    }
+
+    /// A lab under /tmp, which every user can traverse: for processes that
+    /// drop to `nobody` (the target dir may sit under /root, mode 0700).
+    pub fn new_public(name: &str, downlink: &str) -> Lab {
+        let dir = test_dir_in(&std::env::temp_dir(), &format!("voxgate-{name}"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self::new_at(dir, downlink)
+    }
+
+    fn new_at(dir: PathBuf, downlink: &str) -> Lab {
         let lab = Lab {
             quic_port: free_udp(),
             relay_metrics: format!("127.0.0.1:{}", free_tcp()).parse().unwrap(),
