@@ -948,13 +948,21 @@ fn cpu_between(a: &Snap, b: &Snap, audio_s: f64, tck: f64) -> J {
 }
 
 /// Run 1: the file device, playback off. CPU, memory, latency, recording.
-fn file_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> (J, Option<PathBuf>) {
+fn file_run(
+    fx: &Fixture,
+    codec: &CodecConfig,
+    tck: f64,
+    binary: Option<&Path>,
+) -> (J, Option<PathBuf>) {
     let lab = Lab::new("bench-file", "mode = \"none\"");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&fx.raw), None);
     let mut relay = lab.start_relay();
     let (cfg, m) = lab.gateway_config("bench-gw", lab.quic_port, &capture_extra("voxcap", None));
     check_codec(&cfg, codec);
-    let mut gw = lab.start_gateway(&cfg, &gateway_env(devs.env()));
+    let mut gw = match binary {
+        Some(b) => lab.start_gateway_with(b, &cfg, &gateway_env(devs.env())),
+        None => lab.start_gateway(&cfg, &gateway_env(devs.env())),
+    };
     let gw_pid = gw.pid();
     wait_metric(
         &mut gw,
@@ -1577,7 +1585,7 @@ fn main() {
         });
         let mut recording = None;
         let mut file = section("gateway on the ALSA file device", || {
-            let (j, rec) = file_run(&fx, &codec, tck);
+            let (j, rec) = file_run(&fx, &codec, tck, None);
             recording = rec;
             j
         });
@@ -1678,6 +1686,34 @@ fn main() {
     let echo = section("gateway with playback (echo relay, voxplay)", || {
         echo_run(&fx, &codec, tck)
     });
+
+    // 4b. The static release binary as shipped (musl, libasound and libopus
+    // linked in): scripts/bench builds it and names it in VOXGATE_STATIC_BIN.
+    let static_bin = std::env::var_os("VOXGATE_STATIC_BIN").map(PathBuf::from);
+    let static_run = match static_bin.as_deref() {
+        Some(b) if b.is_file() => section("static release binary on the ALSA file device", || {
+            let (mut j, _) = file_run(&fx, &codec, tck, Some(b));
+            if let (Some(base), Some(mut cpu)) =
+                (baseline.num("per_audio_s"), j.get("cpu").cloned())
+            {
+                if let Some(g) = cpu.num("per_audio_s_stat") {
+                    cpu.set("ratio_stat", g / base);
+                }
+                j.set("cpu", cpu);
+            }
+            j.set("binary", b.display().to_string());
+            j
+        }),
+        Some(b) => {
+            let mut j = J::obj();
+            j.set(
+                "error",
+                format!("VOXGATE_STATIC_BIN={} is not a file", b.display()),
+            );
+            j
+        }
+        None => J::Null,
+    };
 
     // 5. Paced device.
     let mut paced = J::Null;
@@ -1820,6 +1856,7 @@ fn main() {
     root.set("targets", tj)
         .set("baseline", baseline.clone())
         .set("file_run", file.clone())
+        .set("static_run", static_run)
         .set("peers", peers.clone())
         .set("echo_run", echo.clone())
         .set("paced_run", paced.clone())

@@ -16,7 +16,10 @@ pub const MAX_FRAME_SAMPLES: usize = 5760;
 /// The RTP payload type voxgate uses for Opus (dynamic range).
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 
+pub mod g711;
+pub mod g722;
 pub mod opus_packet;
+pub mod phone;
 
 /// A libopus failure, with the operation that failed.
 #[derive(Debug, Error)]
@@ -42,8 +45,15 @@ pub struct OpusEncoder {
 impl OpusEncoder {
     /// Create and configure an encoder.
     pub fn new(cfg: &CodecConfig) -> Result<Self, CodecError> {
+        Self::with_rate(cfg, 48_000)
+    }
+
+    /// An encoder for input at `rate` Hz (8, 12, 16, 24 or 48 kHz): a phone
+    /// leg feeds G.711's 8 kHz or G.722's 16 kHz straight in, with no
+    /// resampling. The packets are ordinary Opus (RTP clock 48 kHz).
+    pub fn with_rate(cfg: &CodecConfig, rate: u32) -> Result<Self, CodecError> {
         let mut enc =
-            Encoder::new(48_000, Channels::Mono, Application::Voip).map_err(ctx("create"))?;
+            Encoder::new(rate, Channels::Mono, Application::Voip).map_err(ctx("create"))?;
         enc.set_bitrate(Bitrate::Bits(cfg.bitrate as i32))
             .map_err(ctx("set bitrate"))?;
         enc.set_inband_fec(cfg.fec).map_err(ctx("set fec"))?;
@@ -54,7 +64,7 @@ impl OpusEncoder {
             .map_err(ctx("set complexity"))?;
         Ok(OpusEncoder {
             enc,
-            frame_samples: cfg.frame_samples(),
+            frame_samples: (cfg.frame.as_micros() as usize * rate as usize) / 1_000_000,
             out: Box::new([0; MAX_PACKET]),
         })
     }
@@ -84,8 +94,13 @@ pub struct OpusDecoder {
 impl OpusDecoder {
     /// Create a decoder.
     pub fn new() -> Result<Self, CodecError> {
+        Self::with_rate(48_000)
+    }
+
+    /// A decoder producing `rate` Hz (8, 12, 16, 24 or 48 kHz) output.
+    pub fn with_rate(rate: u32) -> Result<Self, CodecError> {
         Ok(OpusDecoder {
-            dec: Decoder::new(48_000, Channels::Mono).map_err(ctx("create decoder"))?,
+            dec: Decoder::new(rate, Channels::Mono).map_err(ctx("create decoder"))?,
             pcm: Box::new([0; MAX_FRAME_SAMPLES]),
         })
     }

@@ -68,6 +68,7 @@ impl Downlink {
     fn jitter(&self, frame_samples: u32) -> JitterBuffer {
         JitterBuffer::new(JitterConfig {
             frame_samples,
+            clock_rate: crate::media::jitter::CLOCK_RATE,
             min_delay: self.min_delay,
             max_delay: self.max_delay,
             capacity: 64,

@@ -60,7 +60,7 @@
 
 use std::time::Duration;
 
-/// RTP clock rate of Opus (RFC 7587), ticks per second.
+/// RTP clock rate of Opus (RFC 7587), ticks per second: the default.
 pub const CLOCK_RATE: u32 = 48_000;
 /// Largest payload [`JitterBuffer::push`] accepts; longer ones are [`Push::Overflow`].
 pub const MAX_PAYLOAD: usize = 1500;
@@ -77,8 +77,10 @@ const MAX_CAPACITY: usize = 4096;
 /// Static configuration of a [`JitterBuffer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JitterConfig {
-    /// RTP timestamp units (48 kHz) per frame, e.g. 960 for 20 ms; 0 is treated as 1.
+    /// RTP timestamp units per frame, e.g. 960 for 20 ms of Opus; 0 is treated as 1.
     pub frame_samples: u32,
+    /// RTP clock rate in Hz: 48000 for Opus, 8000 for G.711 and G.722; 0 is treated as 48000.
+    pub clock_rate: u32,
     /// Lower bound of the target delay.
     pub min_delay: Duration,
     /// Upper bound of the target delay; raised to `min_delay` if smaller.
@@ -91,6 +93,7 @@ impl Default for JitterConfig {
     fn default() -> Self {
         Self {
             frame_samples: 960,
+            clock_rate: CLOCK_RATE,
             min_delay: Duration::from_millis(40),
             max_delay: Duration::from_millis(300),
             capacity: 64,
@@ -219,11 +222,16 @@ impl JitterBuffer {
         let capacity = cfg.capacity.clamp(MIN_CAPACITY, MAX_CAPACITY);
         let cfg = JitterConfig {
             frame_samples: cfg.frame_samples.max(1),
+            clock_rate: if cfg.clock_rate == 0 {
+                CLOCK_RATE
+            } else {
+                cfg.clock_rate
+            },
             max_delay: cfg.max_delay.max(cfg.min_delay),
             capacity,
             ..cfg
         };
-        let frame_s = f64::from(cfg.frame_samples) / f64::from(CLOCK_RATE);
+        let frame_s = f64::from(cfg.frame_samples) / f64::from(cfg.clock_rate);
         let mut jb = Self {
             cfg,
             frame_s,
@@ -267,7 +275,7 @@ impl JitterBuffer {
     /// Snapshot of counters, jitter estimate, target delay and depth.
     pub fn stats(&self) -> JitterStats {
         JitterStats {
-            jitter_ms: self.jitter * 1000.0 / f64::from(CLOCK_RATE),
+            jitter_ms: self.jitter * 1000.0 / f64::from(self.cfg.clock_rate),
             target_delay: Duration::try_from_secs_f64(self.target_s).unwrap_or(self.cfg.max_delay),
             depth: self.count,
             ..self.stats
@@ -472,7 +480,7 @@ impl JitterBuffer {
     }
 
     fn jitter_target(&self) -> f64 {
-        let t = JITTER_K * self.jitter / f64::from(CLOCK_RATE) + self.frame_s;
+        let t = JITTER_K * self.jitter / f64::from(self.cfg.clock_rate) + self.frame_s;
         t.max(self.min_s).min(self.max_s)
     }
 
@@ -481,7 +489,7 @@ impl JitterBuffer {
     }
 
     fn update_jitter(&mut self, now: Duration, ts: i64) {
-        let transit = now.as_secs_f64() * f64::from(CLOCK_RATE) - ts as f64;
+        let transit = now.as_secs_f64() * f64::from(self.cfg.clock_rate) - ts as f64;
         if let Some(prev) = self.prev_transit {
             self.jitter += ((transit - prev).abs() - self.jitter) / 16.0;
             if !self.jitter.is_finite() {

@@ -3,8 +3,10 @@
 //! Everything here is deterministic and tested with byte fixtures and
 //! simulated time.
 
+pub mod dtmf;
 pub mod flow;
 pub mod jitter;
+pub mod phone;
 pub mod rtp;
 pub mod sender;
 pub mod stats;

@@ -1,5 +1,7 @@
 //! RTP sequencing for one outgoing flow: sequence numbers, timestamps, the
-//! marker bit after a gap, and framing into a caller-owned datagram buffer.
+//! marker bit after a gap, and framing into a caller-owned datagram buffer,
+//! either as RTP-over-QUIC (flow id first) or as plain RTP for a phone's
+//! UDP socket.
 
 use super::flow;
 use super::rtp::Repr;
@@ -7,7 +9,8 @@ use super::rtp::Repr;
 /// State of one outgoing RTP flow.
 #[derive(Debug, Clone)]
 pub struct RtpSender {
-    flow: u64,
+    /// The RTP-over-QUIC flow id; `None` frames plain RTP.
+    flow: Option<u64>,
     payload_type: u8,
     ssrc: u32,
     seq: u16,
@@ -19,13 +22,26 @@ impl RtpSender {
     /// A flow with random initial sequence number and timestamp (RFC 3550 §5.1).
     pub fn new(flow: u64, payload_type: u8, ssrc: u32, seq: u16, ts: u32) -> Self {
         RtpSender {
-            flow,
+            flow: Some(flow),
             payload_type,
             ssrc,
             seq,
             ts,
             marker: true,
         }
+    }
+
+    /// A plain RTP stream (no flow id), for a phone's RTP socket.
+    pub fn plain(payload_type: u8, ssrc: u32, seq: u16, ts: u32) -> Self {
+        RtpSender {
+            flow: None,
+            ..Self::new(0, payload_type, ssrc, seq, ts)
+        }
+    }
+
+    /// The RTP timestamp the next frame will carry.
+    pub fn timestamp(&self) -> u32 {
+        self.ts
     }
 
     /// The flow's SSRC.
@@ -52,11 +68,41 @@ impl RtpSender {
             timestamp: self.ts,
             ssrc: self.ssrc,
         };
-        let n = flow::encode(self.flow, &repr, payload, buf)?;
+        let n = self.emit(&repr, payload, buf)?;
         self.seq = self.seq.wrapping_add(1);
         self.ts = self.ts.wrapping_add(samples);
         self.marker = false;
         Some(n)
+    }
+
+    /// Frame a packet of another payload type in the same sequence space with
+    /// its own timestamp and marker (an RFC 4733 event); the media timestamp
+    /// is not advanced.
+    pub fn frame_event(
+        &mut self,
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8],
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let repr = Repr {
+            marker,
+            payload_type,
+            sequence: self.seq,
+            timestamp,
+            ssrc: self.ssrc,
+        };
+        let n = self.emit(&repr, payload, buf)?;
+        self.seq = self.seq.wrapping_add(1);
+        Some(n)
+    }
+
+    fn emit(&self, repr: &Repr, payload: &[u8], buf: &mut [u8]) -> Option<usize> {
+        match self.flow {
+            Some(f) => flow::encode(f, repr, payload, buf),
+            None => repr.emit(payload, buf),
+        }
     }
 }
 
@@ -81,5 +127,32 @@ mod tests {
         let (_, p) = flow::decode(&buf[..n]).unwrap();
         assert!(p.marker());
         assert_eq!(p.timestamp(), 960 + 480);
+    }
+
+    #[test]
+    fn plain_streams_have_no_flow_id_and_events_share_the_sequence() {
+        use crate::media::rtp::Packet;
+        let mut s = RtpSender::plain(0, 9, 100, 8000);
+        let mut buf = [0u8; 64];
+        let n = s.frame(&[0xff; 4], 160, &mut buf).unwrap();
+        let p = Packet::new_checked(&buf[..n]).unwrap();
+        assert_eq!(
+            (p.payload_type(), p.sequence(), p.timestamp()),
+            (0, 100, 8000)
+        );
+        assert_eq!(p.payload(), &[0xff; 4]);
+        let n = s
+            .frame_event(101, true, 8160, &[1, 0, 0, 160], &mut buf)
+            .unwrap();
+        let p = Packet::new_checked(&buf[..n]).unwrap();
+        assert!(p.marker());
+        assert_eq!(
+            (p.payload_type(), p.sequence(), p.timestamp()),
+            (101, 101, 8160)
+        );
+        assert_eq!(s.timestamp(), 8160);
+        let n = s.frame(&[0; 4], 160, &mut buf).unwrap();
+        let p = Packet::new_checked(&buf[..n]).unwrap();
+        assert_eq!((p.sequence(), p.timestamp()), (102, 8160));
     }
 }

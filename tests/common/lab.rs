@@ -229,8 +229,14 @@ impl Lab {
 
     /// Start `voxgate run` with the given environment.
     pub fn start_gateway(&self, cfg: &Path, env: &[(String, String)]) -> Proc {
+        self.start_gateway_with(Path::new(bin()), cfg, env)
+    }
+
+    /// Start `voxgate run` from another build of the binary (the benchmarks
+    /// compare the static release binary with this one).
+    pub fn start_gateway_with(&self, binary: &Path, cfg: &Path, env: &[(String, String)]) -> Proc {
         let log = cfg.with_file_name(format!("gateway-{}.log", fastrand::u32(..)));
-        let mut c = Command::new(bin());
+        let mut c = Command::new(binary);
         c.args(["run", "--config"])
             .arg(cfg)
             .stdout(Stdio::null())

@@ -12,6 +12,7 @@ fn jc(frame_samples: u32, min: Duration, max: Duration, capacity: usize) -> Jitt
     let (min_delay, max_delay) = (min, max);
     JitterConfig {
         frame_samples,
+        clock_rate: CLOCK_RATE,
         min_delay,
         max_delay,
         capacity,
