@@ -9,6 +9,7 @@ pub mod recorder;
 pub mod registry;
 pub mod server;
 pub mod source;
+pub mod switch;
 
 use crate::codec::OpusEncoder;
 use crate::config::{CodecConfig, DownlinkMode, RelayConfig};

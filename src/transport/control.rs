@@ -10,6 +10,7 @@
 //! prefix alone, before its body is buffered; unknown message types and
 //! malformed JSON are errors, never panics.
 
+pub use super::calls::{CallAnswer, CallEnd, CallRinging, CallSetup, Dtmf, EndReason, ExtUp};
 use serde::{Deserialize, Serialize};
 use serde_json_core::heapless::Vec as HVec;
 use thiserror::Error;
@@ -182,6 +183,20 @@ pub enum Message<'a> {
     Enroll(Enroll<'a>),
     /// See [`Enrolled`].
     Enrolled(Enrolled<'a>),
+    /// A phone registered this extension (see [`ExtUp`]).
+    ExtUp(ExtUp<'a>),
+    /// The extension's last phone unregistered.
+    ExtDown(ExtUp<'a>),
+    /// See [`CallSetup`].
+    CallSetup(CallSetup<'a>),
+    /// See [`CallRinging`].
+    CallRinging(CallRinging),
+    /// See [`CallAnswer`].
+    CallAnswer(CallAnswer),
+    /// See [`CallEnd`].
+    CallEnd(CallEnd),
+    /// See [`Dtmf`].
+    Dtmf(Dtmf<'a>),
 }
 
 #[derive(Deserialize)]
@@ -247,6 +262,13 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "error" => Message::Error(de(body)?),
         "enroll" => Message::Enroll(de(body)?),
         "enrolled" => Message::Enrolled(de(body)?),
+        "ext_up" => Message::ExtUp(de(body)?),
+        "ext_down" => Message::ExtDown(de(body)?),
+        "call_setup" => Message::CallSetup(de(body)?),
+        "call_ringing" => Message::CallRinging(de(body)?),
+        "call_answer" => Message::CallAnswer(de(body)?),
+        "call_end" => Message::CallEnd(de(body)?),
+        "dtmf" => Message::Dtmf(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -305,12 +327,78 @@ mod tests {
                 code: "unknown_type",
                 message: "no such message",
             }),
+            Message::ExtUp(ExtUp { ext: "201" }),
+            Message::ExtDown(ExtUp { ext: "201" }),
+            Message::CallSetup(CallSetup {
+                call: 1,
+                to: "202",
+                from: "201",
+                flow: 16,
+                ssrc: 9,
+            }),
+            Message::CallRinging(CallRinging { call: 1 }),
+            Message::CallAnswer(CallAnswer {
+                call: 0x8000_0001,
+                flow: 17,
+                ssrc: 10,
+            }),
+            Message::CallEnd(CallEnd {
+                call: 1,
+                reason: EndReason::Busy,
+            }),
+            Message::Dtmf(Dtmf {
+                call: 1,
+                digit: "#",
+                duration_ms: 100,
+            }),
         ];
         let mut buf = [0u8; 512];
         for m in msgs {
             let n = encode(&m, &mut buf).unwrap();
             let (back, used) = decode_frame(&buf[..n]).unwrap().unwrap();
             assert_eq!((back, used), (m, n));
+        }
+    }
+
+    #[test]
+    fn call_fixtures_and_sip_status_mapping() {
+        let bytes = frame(
+            r#"{"type":"call_setup","call":7,"to":"900","from":"201","flow":16,"ssrc":4660}"#,
+        );
+        let (m, _) = decode_frame(&bytes).unwrap().unwrap();
+        assert_eq!(
+            m,
+            Message::CallSetup(CallSetup {
+                call: 7,
+                to: "900",
+                from: "201",
+                flow: 16,
+                ssrc: 4660
+            })
+        );
+        let bytes = frame(r#"{"type":"call_end","call":7,"reason":"not_found"}"#);
+        let (m, _) = decode_frame(&bytes).unwrap().unwrap();
+        assert_eq!(
+            m,
+            Message::CallEnd(CallEnd {
+                call: 7,
+                reason: EndReason::NotFound
+            })
+        );
+        assert!(matches!(
+            decode_frame(&frame(r#"{"type":"call_end","call":7,"reason":"bored"}"#)),
+            Err(ControlError::Malformed(_))
+        ));
+        for r in [
+            EndReason::Busy,
+            EndReason::NotFound,
+            EndReason::Timeout,
+            EndReason::Declined,
+            EndReason::Unavailable,
+            EndReason::Error,
+            EndReason::Normal,
+        ] {
+            assert_eq!(EndReason::from_sip_status(r.sip_status()), r);
         }
     }
 
