@@ -28,6 +28,12 @@ pub struct RelayMetrics {
     pub gap_frames: Arc<Counter>,
     /// Datagrams sent down to devices.
     pub sent_down: Arc<Counter>,
+    /// Calls set up (every outcome).
+    pub calls: Arc<Counter>,
+    /// Calls in progress.
+    pub calls_active: Arc<Gauge>,
+    /// Call datagrams forwarded to another leg (or echoed).
+    pub forwarded: Arc<Counter>,
 }
 
 impl RelayMetrics {
@@ -71,6 +77,12 @@ impl RelayMetrics {
             sent_down: r.counter(
                 "voxgate_relay_datagrams_sent_total",
                 "Datagrams sent down to devices",
+            ),
+            calls: r.counter("voxgate_relay_calls_total", "Calls set up"),
+            calls_active: r.gauge("voxgate_relay_calls_active", "Calls in progress"),
+            forwarded: r.counter(
+                "voxgate_relay_call_datagrams_forwarded_total",
+                "Call datagrams forwarded to the other leg",
             ),
             registry: Arc::new(Registry::default()),
         };

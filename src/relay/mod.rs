@@ -2,6 +2,7 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod ca;
+pub mod calls;
 pub mod enroll;
 pub mod limiter;
 pub mod metrics;
@@ -208,6 +209,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let ctx = Arc::new(RelayCtx {
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
+        calls: calls::CallPlane::new(metrics.clone()),
         metrics,
         next_session: AtomicU64::new(1),
         revoked: p.revoked.clone(),
@@ -215,7 +217,18 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         live: Default::default(),
     });
     let enforcer = tokio::spawn(enforce_revocations(p.registry, p.revoked, ctx.clone()));
+    let ticker = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                t.tick().await;
+                ctx.calls.tick();
+            }
+        })
+    };
     server::serve(endpoint, ctx, shutdown).await;
+    ticker.abort();
     enforcer.abort();
     crate::systemd::stopping();
     if let Some(w) = watchdog {

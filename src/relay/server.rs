@@ -1,11 +1,13 @@
 //! The relay's QUIC server: authenticates devices by certificate, records
-//! every uplink flow to Ogg Opus, and sends audio down (echo or a file).
+//! every uplink flow to Ogg Opus, sends audio down (echo or a file), and
+//! carries calls between phones through the call plane ([`super::calls`]).
 //!
 //! One task per device connection. Datagrams and control frames are handled
 //! in the same task, so a flow's state needs no lock. Bad datagrams and bad
 //! control messages are counted and logged at debug level; a bad control
 //! message is answered with an error and ends that session only.
 
+use super::calls::{CallMsg, Forwarded};
 use super::metrics::RelayMetrics;
 use super::recorder::OggOpusRecorder;
 use crate::codec::OPUS_PAYLOAD_TYPE;
@@ -60,6 +62,8 @@ pub struct RelayCtx {
     pub enroller: Arc<super::enroll::Enroller>,
     /// Live sessions by number: device id and connection (for revocation).
     pub live: std::sync::Mutex<HashMap<u64, (String, quinn::Connection)>>,
+    /// Calls between phones.
+    pub calls: super::calls::CallPlane,
 }
 
 /// Accept devices until `shutdown` resolves, then close every session
@@ -95,6 +99,53 @@ struct UpFlow {
     stats: ReceiveStats,
     recorder: Option<OggOpusRecorder<BufWriter<File>>>,
     path: PathBuf,
+}
+
+impl UpFlow {
+    /// A flow with nothing to finish (what is left after a recorder is taken).
+    fn closed() -> UpFlow {
+        UpFlow {
+            ssrc: 0,
+            stats: ReceiveStats::default(),
+            recorder: None,
+            path: PathBuf::new(),
+        }
+    }
+}
+
+/// A datagram of a call to the recording service: into that call's recorder,
+/// opened on its first packet.
+fn record_call(
+    dir: &Path,
+    device: &str,
+    session: u64,
+    flow: u64,
+    pkt: &crate::media::rtp::Packet<&[u8]>,
+    recs: &mut HashMap<u64, UpFlow>,
+    metrics: &RelayMetrics,
+) {
+    let f = recs.entry(flow).or_insert_with(|| {
+        let path = recording_path(dir, device, session, flow);
+        info!(%device, flow, recording = %path.display(), "call recording started");
+        UpFlow {
+            ssrc: pkt.ssrc(),
+            stats: ReceiveStats::default(),
+            recorder: open_recorder(&path, pkt.ssrc()),
+            path,
+        }
+    });
+    if f.ssrc != pkt.ssrc() {
+        return;
+    }
+    if let Some(rec) = f.recorder.as_mut() {
+        match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
+            Ok(_) => metrics.recorded.inc(),
+            Err(e) => {
+                warn!(%device, path = %f.path.display(), error = %e, "recording stopped");
+                f.recorder = None;
+            }
+        }
+    }
 }
 
 async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
@@ -207,6 +258,32 @@ async fn run_session(
     .await
     .map_err(|e| e.to_string())?;
     info!(%device, session, remote = %conn.remote_address(), "device connected");
+    let mut inbox = ctx.calls.join(session, conn.clone());
+    let result = session_loop(
+        conn,
+        ctx,
+        device,
+        session,
+        &mut send,
+        &mut reader,
+        &mut inbox,
+    )
+    .await;
+    ctx.calls.leave(session);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_loop(
+    conn: &quinn::Connection,
+    ctx: &RelayCtx,
+    device: &str,
+    session: u64,
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader,
+    inbox: &mut tokio::sync::mpsc::Receiver<super::switch::Signal>,
+) -> Result<(), String> {
+    let mut call_recs: HashMap<u64, UpFlow> = HashMap::new();
 
     let origin = Instant::now();
     let down_ssrc = fastrand::u32(..);
@@ -214,7 +291,7 @@ async fn run_session(
     let mut down_open = false;
     let mut player = None;
     if let Downlink::Packets(p) = &ctx.downlink {
-        open_down(&mut send, down_ssrc, 20).await?;
+        open_down(send, down_ssrc, 20).await?;
         down_open = true;
         player = Some(tokio::spawn(play(
             conn.clone(),
@@ -236,7 +313,11 @@ async fn run_session(
                     continue;
                 };
                 let Some(f) = flows.get_mut(&flow_id).filter(|f| f.ssrc == pkt.ssrc()) else {
-                    ctx.metrics.unknown_flow.inc();
+                    match ctx.calls.forward(session, flow_id, &pkt, &mut out) {
+                        Forwarded::Sent | Forwarded::Dropped => {}
+                        Forwarded::Record => record_call(&ctx.recordings, device, session, flow_id, &pkt, &mut call_recs, &ctx.metrics),
+                        Forwarded::NoRoute => ctx.metrics.unknown_flow.inc(),
+                    }
                     continue;
                 };
                 f.stats.update(origin.elapsed(), pkt.sequence(), pkt.timestamp());
@@ -262,7 +343,7 @@ async fn run_session(
                 Ok(Owned::FlowOpen { flow, ssrc, frame_ms }) => {
                     if flows.len() >= MAX_FLOWS && !flows.contains_key(&flow) {
                         ctx.metrics.control_errors.inc();
-                        let _ = refuse(&mut send, "too_many_flows", "flow limit reached").await;
+                        let _ = refuse(send, "too_many_flows", "flow limit reached").await;
                         continue;
                     }
                     let path = recording_path(&ctx.recordings, device, session, flow);
@@ -272,34 +353,54 @@ async fn run_session(
                     }
                     info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
                     if matches!(ctx.downlink, Downlink::Echo) && !down_open {
-                        open_down(&mut send, down_ssrc, frame_ms).await?;
+                        open_down(send, down_ssrc, frame_ms).await?;
                         down_open = true;
                     }
                 }
                 Ok(Owned::FlowClose(flow)) => {
                     if let Some(f) = flows.remove(&flow) { close_flow(device, f, &ctx.metrics); }
                 }
+                Ok(Owned::Call(m)) => {
+                    ctx.calls.handle(session, m);
+                    call_recs.retain(|&flow, f| {
+                        let keep = ctx.calls.routed(session, flow);
+                        if !keep { close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx.metrics); }
+                        keep
+                    });
+                }
                 Ok(Owned::Ping(id)) => {
-                    framed::send(&mut send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
+                    framed::send(send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
                 }
                 Ok(Owned::Ignore) => {}
                 Ok(Owned::Unexpected) => {
                     ctx.metrics.control_errors.inc();
-                    refuse(&mut send, "unexpected", "message not valid from a device").await.map_err(|e| e.to_string())?;
+                    refuse(send, "unexpected", "message not valid from a device").await.map_err(|e| e.to_string())?;
                 }
                 Err(StreamError::Control(e)) => {
                     ctx.metrics.control_errors.inc();
                     let text = e.to_string();
-                    refuse_last(&mut send, "bad_message", &text).await;
+                    refuse_last(send, "bad_message", &text).await;
                     break Err(format!("bad control message: {text}"));
                 }
                 Err(e) => break Err(e.to_string()),
             },
+            Some(sig) = inbox.recv() => {
+                let mut digit = [0u8; 4];
+                framed::send(send, &super::calls::to_message(&sig, &mut digit)).await.map_err(|e| e.to_string())?;
+                // A call that ended elsewhere closes its recording here.
+                if matches!(sig, super::switch::Signal::End { .. }) {
+                    call_recs.retain(|&flow, f| {
+                        let keep = ctx.calls.routed(session, flow);
+                        if !keep { close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx.metrics); }
+                        keep
+                    });
+                }
+            }
             _ = tick.tick() => {
                 for (&flow, f) in &flows {
                     let late = f.recorder.as_ref().map_or(0, |r| r.stats().too_late);
                     let s = Stats { flow, received: f.stats.received(), lost: f.stats.lost(), late, jitter_us: f.stats.jitter_us() };
-                    if let Err(e) = framed::send(&mut send, &Message::Stats(s)).await {
+                    if let Err(e) = framed::send(send, &Message::Stats(s)).await {
                         debug!(error = %e, "stats not sent");
                     }
                 }
@@ -309,7 +410,7 @@ async fn run_session(
     if let Some(p) = player {
         p.abort();
     }
-    for (_, f) in flows.drain() {
+    for (_, f) in flows.drain().chain(call_recs.drain()) {
         close_flow(device, f, &ctx.metrics);
     }
     result
@@ -318,6 +419,7 @@ async fn run_session(
 /// A control message reduced to what the relay keeps (no borrows).
 enum Owned {
     FlowOpen { flow: u64, ssrc: u32, frame_ms: u16 },
+    Call(CallMsg),
     FlowClose(u64),
     Ping(u64),
     Ignore,
@@ -325,6 +427,9 @@ enum Owned {
 }
 
 fn own(m: Message<'_>) -> Owned {
+    if let Some(c) = CallMsg::from_message(&m) {
+        return Owned::Call(c);
+    }
     match m {
         Message::FlowOpen(FlowOpen {
             flow,
