@@ -9,7 +9,7 @@ use common::lab::{Lab, metric};
 use std::time::Duration;
 use voxgate::media::flow;
 use voxgate::media::rtp::Repr;
-use voxgate::relay::calls::CallMsg;
+use voxgate::transport::calls::CallSignal as CallMsg;
 use voxgate::transport::control::{
     self, CallAnswer, CallEnd, CallRinging, CallSetup, Dtmf, EndReason, ExtUp, Hello, Message,
 };
@@ -178,17 +178,14 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
     }))
     .await;
     let CallMsg::Setup {
-        call: bc,
-        to,
-        from,
-        flow: _,
+        call: bc, to, from, ..
     } = b.rx().await
     else {
         panic!("B got no setup")
     };
     assert_eq!((to.as_str(), from.as_str()), ("301", "201"));
     b.tx(&Message::CallRinging(CallRinging { call: bc })).await;
-    assert_eq!(a.rx().await, CallMsg::Ringing(1));
+    assert_eq!(a.rx().await, CallMsg::Ringing { call: 1 });
     b.tx(&Message::CallAnswer(CallAnswer {
         call: bc,
         flow: 50,
@@ -198,6 +195,7 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
     let CallMsg::Answer {
         call: 1,
         flow: a_in,
+        ..
     } = a.rx().await
     else {
         panic!("A got no answer")
@@ -238,14 +236,28 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
         duration_ms: 100,
     }))
     .await;
-    assert_eq!(b.rx().await, CallMsg::Dtmf(bc, '5', 100));
+    assert_eq!(
+        b.rx().await,
+        CallMsg::Dtmf {
+            call: bc,
+            digit: '5',
+            duration_ms: 100
+        }
+    );
     b.tx(&Message::Dtmf(Dtmf {
         call: bc,
         digit: "#",
         duration_ms: 80,
     }))
     .await;
-    assert_eq!(a.rx().await, CallMsg::Dtmf(1, '#', 80));
+    assert_eq!(
+        a.rx().await,
+        CallMsg::Dtmf {
+            call: 1,
+            digit: '#',
+            duration_ms: 80
+        }
+    );
 
     // B hangs up; A hears it; A's flow is no longer routed.
     b.tx(&Message::CallEnd(CallEnd {
@@ -253,7 +265,13 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
         reason: EndReason::Normal,
     }))
     .await;
-    assert_eq!(a.rx().await, CallMsg::End(1, EndReason::Normal));
+    assert_eq!(
+        a.rx().await,
+        CallMsg::End {
+            call: 1,
+            reason: EndReason::Normal
+        }
+    );
     let unknown = metric(
         lab.relay_metrics,
         "voxgate_relay_datagrams_unknown_flow_total",
@@ -285,7 +303,13 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
         reason: EndReason::Busy,
     }))
     .await;
-    assert_eq!(a.rx().await, CallMsg::End(2, EndReason::Busy));
+    assert_eq!(
+        a.rx().await,
+        CallMsg::End {
+            call: 2,
+            reason: EndReason::Busy
+        }
+    );
     a.tx(&Message::CallSetup(CallSetup {
         call: 3,
         to: "555",
@@ -294,7 +318,13 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
         ssrc: 1,
     }))
     .await;
-    assert_eq!(a.rx().await, CallMsg::End(3, EndReason::NotFound));
+    assert_eq!(
+        a.rx().await,
+        CallMsg::End {
+            call: 3,
+            reason: EndReason::NotFound
+        }
+    );
 
     // An answered call ends when the callee's box disconnects.
     a.tx(&Message::CallSetup(CallSetup {
@@ -316,7 +346,13 @@ async fn two_boxes_call_each_other_with_media_dtmf_and_hang_up() {
     .await;
     assert!(matches!(a.rx().await, CallMsg::Answer { call: 4, .. }));
     b.conn.close(0u32.into(), b"bye");
-    assert_eq!(a.rx().await, CallMsg::End(4, EndReason::Normal));
+    assert_eq!(
+        a.rx().await,
+        CallMsg::End {
+            call: 4,
+            reason: EndReason::Normal
+        }
+    );
     assert_eq!(metric(lab.relay_metrics, "voxgate_relay_calls_total"), 4.0);
     assert_eq!(metric(lab.relay_metrics, "voxgate_relay_calls_active"), 0.0);
     relay.assert_running();
@@ -341,6 +377,7 @@ async fn echo_and_recording_services() {
     let CallMsg::Answer {
         call: 1,
         flow: back,
+        ..
     } = a.rx().await
     else {
         panic!("echo did not answer")
@@ -357,7 +394,14 @@ async fn echo_and_recording_services() {
         duration_ms: 100,
     }))
     .await;
-    assert_eq!(a.rx().await, CallMsg::Dtmf(1, '9', 100));
+    assert_eq!(
+        a.rx().await,
+        CallMsg::Dtmf {
+            call: 1,
+            digit: '9',
+            duration_ms: 100
+        }
+    );
     a.tx(&Message::CallEnd(CallEnd {
         call: 1,
         reason: EndReason::Normal,

@@ -12,10 +12,6 @@ use super::metrics::RelayMetrics;
 use super::switch::{Action, Route, SessionId, Signal, Switch};
 use crate::media::flow;
 use crate::media::rtp::{Packet, Repr};
-use crate::transport::calls::EndReason;
-use crate::transport::control::{
-    CallAnswer, CallEnd, CallRinging, CallSetup, Dtmf, ErrorMsg, Message,
-};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -34,109 +30,6 @@ enum LiveRoute {
         ssrc: u32,
     },
     Record,
-}
-
-/// A call message from a device, owned (the stream buffer is reused).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallMsg {
-    /// `ext_up`.
-    ExtUp(String),
-    /// `ext_down`.
-    ExtDown(String),
-    /// `call_setup`.
-    Setup {
-        /// Device's call id.
-        call: u32,
-        /// Dialled number.
-        to: String,
-        /// Caller.
-        from: String,
-        /// Device's flow for the call's audio.
-        flow: u64,
-    },
-    /// `call_ringing`.
-    Ringing(u32),
-    /// `call_answer`.
-    Answer {
-        /// Call id.
-        call: u32,
-        /// Device's flow for the call's audio.
-        flow: u64,
-    },
-    /// `call_end`.
-    End(u32, EndReason),
-    /// `dtmf`.
-    Dtmf(u32, char, u16),
-}
-
-impl CallMsg {
-    /// The call message in `m`, if it is one (a malformed digit is `None`).
-    pub fn from_message(m: &Message<'_>) -> Option<CallMsg> {
-        Some(match m {
-            Message::ExtUp(e) => CallMsg::ExtUp(e.ext.to_string()),
-            Message::ExtDown(e) => CallMsg::ExtDown(e.ext.to_string()),
-            Message::CallSetup(s) => CallMsg::Setup {
-                call: s.call,
-                to: s.to.to_string(),
-                from: s.from.to_string(),
-                flow: s.flow,
-            },
-            Message::CallRinging(r) => CallMsg::Ringing(r.call),
-            Message::CallAnswer(a) => CallMsg::Answer {
-                call: a.call,
-                flow: a.flow,
-            },
-            Message::CallEnd(e) => CallMsg::End(e.call, e.reason),
-            Message::Dtmf(d) => {
-                let mut chars = d.digit.chars();
-                let c = chars.next()?;
-                if chars.next().is_some() || crate::media::dtmf::Digit::from_char(c).is_none() {
-                    return None;
-                }
-                CallMsg::Dtmf(d.call, c.to_ascii_uppercase(), d.duration_ms)
-            }
-            _ => return None,
-        })
-    }
-}
-
-/// The control message for a signal (borrowing its strings).
-pub fn to_message<'a>(s: &'a Signal, digit_buf: &'a mut [u8; 4]) -> Message<'a> {
-    match s {
-        Signal::Setup {
-            call,
-            to,
-            from,
-            flow,
-            ssrc,
-        } => Message::CallSetup(CallSetup {
-            call: *call,
-            to,
-            from,
-            flow: *flow,
-            ssrc: *ssrc,
-        }),
-        Signal::Ringing { call } => Message::CallRinging(CallRinging { call: *call }),
-        Signal::Answer { call, flow, ssrc } => Message::CallAnswer(CallAnswer {
-            call: *call,
-            flow: *flow,
-            ssrc: *ssrc,
-        }),
-        Signal::End { call, reason } => Message::CallEnd(CallEnd {
-            call: *call,
-            reason: *reason,
-        }),
-        Signal::Dtmf {
-            call,
-            digit,
-            duration_ms,
-        } => Message::Dtmf(Dtmf {
-            call: *call,
-            digit: digit.encode_utf8(digit_buf),
-            duration_ms: *duration_ms,
-        }),
-        Signal::Error { code, message } => Message::Error(ErrorMsg { code, message }),
-    }
 }
 
 /// What became of a datagram offered to [`CallPlane::forward`].
@@ -201,37 +94,44 @@ impl CallPlane {
     }
 
     /// A call message from session `s`.
-    pub fn handle(&self, s: SessionId, m: CallMsg) {
+    pub fn handle(&self, s: SessionId, m: Signal) {
         let now = self.origin.elapsed();
         let Ok(mut sw) = self.switch.lock() else {
             return;
         };
         let actions = match m {
-            CallMsg::ExtUp(ext) => {
+            Signal::ExtUp(ext) => {
                 let a = sw.ext_up(s, &ext);
                 if a.is_empty() {
                     info!(session = s, %ext, "extension registered");
                 }
                 a
             }
-            CallMsg::ExtDown(ext) => {
+            Signal::ExtDown(ext) => {
                 sw.ext_down(s, &ext);
                 Vec::new()
             }
-            CallMsg::Setup {
+            Signal::Setup {
                 call,
                 to,
                 from,
                 flow,
+                ..
             } => {
                 info!(session = s, call, %to, %from, "call set-up");
                 self.metrics.calls.inc();
                 sw.setup(now, s, call, &to, &from, flow)
             }
-            CallMsg::Ringing(call) => sw.ringing(s, call),
-            CallMsg::Answer { call, flow } => sw.answer(s, call, flow),
-            CallMsg::End(call, reason) => sw.hangup(s, call, reason),
-            CallMsg::Dtmf(call, digit, ms) => sw.dtmf(s, call, digit, ms),
+            Signal::Ringing { call } => sw.ringing(s, call),
+            Signal::Answer { call, flow, .. } => sw.answer(s, call, flow),
+            Signal::End { call, reason } => sw.hangup(s, call, reason),
+            Signal::Dtmf {
+                call,
+                digit,
+                duration_ms,
+            } => sw.dtmf(s, call, digit, duration_ms),
+            // Messages only the relay sends.
+            Signal::Error { .. } => Vec::new(),
         };
         let active = sw.calls();
         drop(sw);

@@ -7,13 +7,14 @@
 //! control messages are counted and logged at debug level; a bad control
 //! message is answered with an error and ends that session only.
 
-use super::calls::{CallMsg, Forwarded};
+use super::calls::Forwarded;
 use super::metrics::RelayMetrics;
 use super::recorder::OggOpusRecorder;
 use crate::codec::OPUS_PAYLOAD_TYPE;
 use crate::media::flow;
 use crate::media::rtp::Repr;
 use crate::media::stats::ReceiveStats;
+use crate::transport::calls::CallSignal;
 use crate::transport::control::{Direction, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome};
 use crate::transport::framed::{self, FrameReader, StreamError};
 use rustls::pki_types::CertificateDer;
@@ -386,7 +387,7 @@ async fn session_loop(
             },
             Some(sig) = inbox.recv() => {
                 let mut digit = [0u8; 4];
-                framed::send(send, &super::calls::to_message(&sig, &mut digit)).await.map_err(|e| e.to_string())?;
+                framed::send(send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
                 // A call that ended elsewhere closes its recording here.
                 if matches!(sig, super::switch::Signal::End { .. }) {
                     call_recs.retain(|&flow, f| {
@@ -419,7 +420,7 @@ async fn session_loop(
 /// A control message reduced to what the relay keeps (no borrows).
 enum Owned {
     FlowOpen { flow: u64, ssrc: u32, frame_ms: u16 },
-    Call(CallMsg),
+    Call(CallSignal),
     FlowClose(u64),
     Ping(u64),
     Ignore,
@@ -427,7 +428,7 @@ enum Owned {
 }
 
 fn own(m: Message<'_>) -> Owned {
-    if let Some(c) = CallMsg::from_message(&m) {
+    if let Some(c) = CallSignal::from_message(&m) {
         return Owned::Call(c);
     }
     match m {

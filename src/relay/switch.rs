@@ -42,59 +42,7 @@ pub const MAX_EXTS_PER_SESSION: usize = 256;
 pub const FIRST_CALL_FLOW: u64 = 16;
 
 /// An outgoing control message, owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Signal {
-    /// `call_setup` to a callee's box.
-    Setup {
-        /// Call id in the callee session's space (relay bit set).
-        call: u32,
-        /// Dialled number.
-        to: String,
-        /// Calling extension.
-        from: String,
-        /// Relay flow carrying the caller's audio to this box.
-        flow: u64,
-        /// Its SSRC.
-        ssrc: u32,
-    },
-    /// `call_ringing` to the caller.
-    Ringing {
-        /// Caller's call id.
-        call: u32,
-    },
-    /// `call_answer` to the caller.
-    Answer {
-        /// Caller's call id.
-        call: u32,
-        /// Relay flow carrying the callee's audio.
-        flow: u64,
-        /// Its SSRC.
-        ssrc: u32,
-    },
-    /// `call_end` to a leg.
-    End {
-        /// That leg's call id.
-        call: u32,
-        /// Why.
-        reason: EndReason,
-    },
-    /// `dtmf` to a leg.
-    Dtmf {
-        /// That leg's call id.
-        call: u32,
-        /// The key.
-        digit: char,
-        /// Duration.
-        duration_ms: u16,
-    },
-    /// `error` (a refused request that is not a call outcome).
-    Error {
-        /// Machine-readable code.
-        code: &'static str,
-        /// Explanation.
-        message: String,
-    },
-}
+pub use crate::transport::calls::CallSignal as Signal;
 
 /// Where datagrams arriving on one (session, flow) go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! message will send the call's audio on (a device's uplink flow, or the
 //! relay's downlink flow for that call), with `ssrc` its RTP source.
 
+use super::control::{ErrorMsg, Message};
 use serde::{Deserialize, Serialize};
 
 /// Set in every call id the relay assigns.
@@ -123,4 +124,207 @@ pub struct Dtmf<'a> {
     pub digit: &'a str,
     /// Key-press duration in milliseconds.
     pub duration_ms: u16,
+}
+
+/// A call message, owned: what either side queues for the control stream,
+/// and what it hands on after decoding one (the stream buffer is reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallSignal {
+    /// `ext_up` (device → relay).
+    ExtUp(String),
+    /// `ext_down` (device → relay).
+    ExtDown(String),
+    /// `call_setup`.
+    Setup {
+        /// The sender's call id.
+        call: u32,
+        /// Dialled number.
+        to: String,
+        /// Calling extension.
+        from: String,
+        /// Flow the sender sends the call's audio on.
+        flow: u64,
+        /// Its SSRC.
+        ssrc: u32,
+    },
+    /// `call_ringing`.
+    Ringing {
+        /// Call id.
+        call: u32,
+    },
+    /// `call_answer`.
+    Answer {
+        /// Call id.
+        call: u32,
+        /// Flow the sender of the answer sends audio on.
+        flow: u64,
+        /// Its SSRC.
+        ssrc: u32,
+    },
+    /// `call_end`.
+    End {
+        /// Call id.
+        call: u32,
+        /// Why.
+        reason: EndReason,
+    },
+    /// `dtmf`.
+    Dtmf {
+        /// Call id.
+        call: u32,
+        /// The key (`0`-`9`, `*`, `#`, `A`-`D`).
+        digit: char,
+        /// Duration.
+        duration_ms: u16,
+    },
+    /// `error` (relay → device; never produced by [`CallSignal::from_message`]).
+    Error {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+    },
+}
+
+impl CallSignal {
+    /// The call message in `m`, if it is one; a `dtmf` whose digit is not
+    /// one DTMF key is `None` (and so refused as unexpected).
+    pub fn from_message(m: &Message<'_>) -> Option<CallSignal> {
+        Some(match m {
+            Message::ExtUp(e) => CallSignal::ExtUp(e.ext.to_string()),
+            Message::ExtDown(e) => CallSignal::ExtDown(e.ext.to_string()),
+            Message::CallSetup(s) => CallSignal::Setup {
+                call: s.call,
+                to: s.to.to_string(),
+                from: s.from.to_string(),
+                flow: s.flow,
+                ssrc: s.ssrc,
+            },
+            Message::CallRinging(r) => CallSignal::Ringing { call: r.call },
+            Message::CallAnswer(a) => CallSignal::Answer {
+                call: a.call,
+                flow: a.flow,
+                ssrc: a.ssrc,
+            },
+            Message::CallEnd(e) => CallSignal::End {
+                call: e.call,
+                reason: e.reason,
+            },
+            Message::Dtmf(d) => {
+                let mut chars = d.digit.chars();
+                let c = chars.next()?;
+                if chars.next().is_some() {
+                    return None;
+                }
+                let digit = crate::media::dtmf::Digit::from_char(c)?.as_char();
+                CallSignal::Dtmf {
+                    call: d.call,
+                    digit,
+                    duration_ms: d.duration_ms,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// The control message (borrowing this signal's strings; `digit_buf`
+    /// holds a DTMF key's text).
+    pub fn to_message<'a>(&'a self, digit_buf: &'a mut [u8; 4]) -> Message<'a> {
+        match self {
+            CallSignal::ExtUp(ext) => Message::ExtUp(ExtUp { ext }),
+            CallSignal::ExtDown(ext) => Message::ExtDown(ExtUp { ext }),
+            CallSignal::Setup {
+                call,
+                to,
+                from,
+                flow,
+                ssrc,
+            } => Message::CallSetup(CallSetup {
+                call: *call,
+                to,
+                from,
+                flow: *flow,
+                ssrc: *ssrc,
+            }),
+            CallSignal::Ringing { call } => Message::CallRinging(CallRinging { call: *call }),
+            CallSignal::Answer { call, flow, ssrc } => Message::CallAnswer(CallAnswer {
+                call: *call,
+                flow: *flow,
+                ssrc: *ssrc,
+            }),
+            CallSignal::End { call, reason } => Message::CallEnd(CallEnd {
+                call: *call,
+                reason: *reason,
+            }),
+            CallSignal::Dtmf {
+                call,
+                digit,
+                duration_ms,
+            } => Message::Dtmf(Dtmf {
+                call: *call,
+                digit: digit.encode_utf8(digit_buf),
+                duration_ms: *duration_ms,
+            }),
+            CallSignal::Error { code, message } => Message::Error(ErrorMsg { code, message }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_round_trip_through_messages() {
+        let all = [
+            CallSignal::ExtUp("201".into()),
+            CallSignal::ExtDown("201".into()),
+            CallSignal::Setup {
+                call: 3,
+                to: "900".into(),
+                from: "201".into(),
+                flow: 16,
+                ssrc: 5,
+            },
+            CallSignal::Ringing { call: 3 },
+            CallSignal::Answer {
+                call: 3,
+                flow: 17,
+                ssrc: 6,
+            },
+            CallSignal::End {
+                call: 3,
+                reason: EndReason::Declined,
+            },
+            CallSignal::Dtmf {
+                call: 3,
+                digit: '*',
+                duration_ms: 90,
+            },
+        ];
+        for sig in all {
+            let mut d = [0u8; 4];
+            let m = sig.to_message(&mut d);
+            assert_eq!(CallSignal::from_message(&m), Some(sig.clone()));
+        }
+        // A digit that is not one key is not a call message.
+        for bad in ["", "12", "x"] {
+            let m = Message::Dtmf(Dtmf {
+                call: 1,
+                digit: bad,
+                duration_ms: 1,
+            });
+            assert_eq!(CallSignal::from_message(&m), None, "{bad:?}");
+        }
+        // Lowercase keys are normalised.
+        let m = Message::Dtmf(Dtmf {
+            call: 1,
+            digit: "a",
+            duration_ms: 1,
+        });
+        assert!(matches!(
+            CallSignal::from_message(&m),
+            Some(CallSignal::Dtmf { digit: 'A', .. })
+        ));
+    }
 }
