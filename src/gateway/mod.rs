@@ -175,9 +175,12 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         endpoint,
         p.client,
         params,
-        slot,
-        down_tx,
-        metrics.clone(),
+        client::Wiring {
+            slot,
+            down: down_tx,
+            metrics: metrics.clone(),
+            calls: None,
+        },
         shutdown,
     )
     .await;

@@ -5,6 +5,7 @@
 //! A dead relay is noticed by QUIC's idle timeout (keep-alives every
 //! 500 ms, timeout 3 s), not by a timer of our own.
 
+use super::calls::CallSignal;
 use super::control::{Direction, FlowOpen, Hello, Message, Ping};
 use super::framed::{self, FrameReader, StreamError};
 use crate::gateway::downlink::DownEvent;
@@ -45,6 +46,30 @@ impl ConnSlot {
 
 /// Uplink flow id chosen by the device.
 pub const UPLINK_FLOW: u64 = 0;
+
+/// What the connection tells the phone bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A session with the relay is up: (re-)announce extensions.
+    Up,
+    /// The session ended: calls in progress are over.
+    Down,
+    /// A call message from the relay.
+    Signal(CallSignal),
+}
+
+/// The phone bridge's side of the relay connection. Signals queued while
+/// the relay is unreachable are dropped when the next session starts (the
+/// bridge re-announces its state on [`LinkEvent::Up`]).
+#[derive(Debug)]
+pub struct CallLink {
+    /// Events for the bridge.
+    pub events: tokio::sync::mpsc::Sender<LinkEvent>,
+    /// Call signals from the bridge, to send.
+    pub signals: tokio::sync::mpsc::Receiver<CallSignal>,
+    /// Call audio from the relay: (flow id, whole datagram).
+    pub media: tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>,
+}
 /// Sentinel for "no downlink flow".
 const NO_FLOW: u64 = u64::MAX;
 
@@ -63,6 +88,19 @@ pub struct ClientParams {
     pub frame_ms: u16,
 }
 
+/// Where the connection delivers what it receives.
+#[derive(Debug)]
+pub struct Wiring {
+    /// The current connection, for the encoder thread.
+    pub slot: Arc<ConnSlot>,
+    /// Downlink packets for the decoder thread.
+    pub down: SyncSender<DownEvent>,
+    /// Counters.
+    pub metrics: Arc<GatewayMetrics>,
+    /// The phone bridge, when SIP is on.
+    pub calls: Option<CallLink>,
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,11 +110,15 @@ pub async fn run(
     endpoint: quinn::Endpoint,
     cfg: quinn::ClientConfig,
     params: ClientParams,
-    slot: Arc<ConnSlot>,
-    down: SyncSender<DownEvent>,
-    metrics: Arc<GatewayMetrics>,
+    wiring: Wiring,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Wiring {
+        slot,
+        down,
+        metrics,
+        mut calls,
+    } = wiring;
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -90,7 +132,7 @@ pub async fn run(
                 .await
                 .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
                 .map_err(|e| format!("handshake with {addr} failed: {}", describe(&e)))?;
-            Ok::<_, String>(session(conn, &params, &slot, &down, &metrics).await)
+            Ok::<_, String>(session(conn, &params, &slot, &down, &metrics, calls.as_mut()).await)
         };
         let outcome = tokio::select! {
             o = attempt => o,
@@ -98,6 +140,9 @@ pub async fn run(
         };
         slot.set(None);
         metrics.connected.set(0.0);
+        if let Some(c) = calls.as_mut() {
+            let _ = c.events.try_send(LinkEvent::Down);
+        }
         match outcome {
             Ok(reason) => {
                 warn!(relay = %params.address, reason = %reason, "relay connection lost; reconnecting")
@@ -140,8 +185,9 @@ async fn session(
     slot: &ConnSlot,
     down: &SyncSender<DownEvent>,
     metrics: &GatewayMetrics,
+    calls: Option<&mut CallLink>,
 ) -> String {
-    let result = session_inner(&conn, p, slot, down, metrics).await;
+    let result = session_inner(&conn, p, slot, down, metrics, calls).await;
     if let Some(reason) = conn.close_reason() {
         return describe(&reason);
     }
@@ -187,6 +233,7 @@ async fn session_inner(
     slot: &ConnSlot,
     down: &SyncSender<DownEvent>,
     metrics: &GatewayMetrics,
+    mut calls: Option<&mut CallLink>,
 ) -> Result<(), String> {
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(recv);
@@ -236,12 +283,28 @@ async fn session_inner(
         conn.clone(),
         down_flow.clone(),
         down.clone(),
+        calls.as_ref().map(|c| c.media.clone()),
     ));
+    let events = calls.as_ref().map(|c| c.events.clone());
+    if let Some(c) = calls.as_mut() {
+        // Signals queued for the last session belong to calls that are over.
+        while c.signals.try_recv().is_ok() {}
+        let _ = c.events.try_send(LinkEvent::Up);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ping_id = 0u64;
     let result = loop {
         tokio::select! {
-            r = reader.next(|m| handle(m, &down_flow, down, metrics)) => match r {
+            Some(sig) = async {
+                match calls.as_mut() {
+                    Some(c) => c.signals.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut digit = [0u8; 4];
+                framed::send(&mut send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
+            }
+            r = reader.next(|m| handle(m, &down_flow, down, metrics, events.as_ref())) => match r {
                 Ok(Some(pong_for)) => {
                     framed::send(&mut send, &Message::Pong(Ping { id: pong_for })).await.map_err(|e| e.to_string())?;
                 }
@@ -269,7 +332,19 @@ fn handle(
     down_flow: &AtomicU64,
     down: &SyncSender<DownEvent>,
     metrics: &GatewayMetrics,
+    calls: Option<&tokio::sync::mpsc::Sender<LinkEvent>>,
 ) -> Option<u64> {
+    if let Some(sig) = CallSignal::from_message(&m) {
+        match calls {
+            Some(tx) => {
+                if tx.try_send(LinkEvent::Signal(sig)).is_err() {
+                    warn!("phone bridge is not keeping up; call signal dropped");
+                }
+            }
+            None => debug!(?sig, "call signal ignored: the phone bridge is off"),
+        }
+        return None;
+    }
     match m {
         Message::FlowOpen(f) if f.dir == Direction::Down => {
             debug!(flow = f.flow, ssrc = f.ssrc, "relay opened downlink flow");
@@ -310,6 +385,7 @@ async fn read_datagrams(
     conn: quinn::Connection,
     down_flow: Arc<AtomicU64>,
     down: SyncSender<DownEvent>,
+    calls: Option<tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>>,
 ) {
     while let Ok(d) = conn.read_datagram().await {
         let Ok((flow_id, pkt)) = flow::decode(&d) else {
@@ -317,6 +393,10 @@ async fn read_datagrams(
             continue;
         };
         if flow_id != down_flow.load(Relaxed) {
+            // Call audio: the bridge's legs take it (dropped when it lags).
+            if let Some(tx) = calls.as_ref() {
+                let _ = tx.try_send((flow_id, d.clone()));
+            }
             continue;
         }
         let offset = d.len() - pkt.payload().len();
