@@ -28,6 +28,8 @@ struct Raw {
     privilege: super::RawPrivilege,
     #[serde(default)]
     sandbox: super::RawSandbox,
+    #[serde(default)]
+    sip: super::sip::RawSip,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +238,8 @@ pub struct GatewayConfig {
     pub telemetry: TelemetryConfig,
     /// Privilege drop and sandbox.
     pub privilege: crate::privilege::PrivilegeSettings,
+    /// The phone bridge, when `[sip] enabled = true`.
+    pub sip: Option<super::sip::SipConfig>,
 }
 
 impl GatewayConfig {
@@ -322,7 +326,9 @@ impl GatewayConfig {
         };
         let board_capture = board.as_ref().and_then(|b| b.capture.clone());
         let board_playback = board.as_ref().and_then(|b| b.playback.clone());
+        let sip = super::sip::SipConfig::validate(file, &base, &raw.device_id, raw.sip)?;
         Ok(GatewayConfig {
+            sip,
             file: file.to_path_buf(),
             device_id: raw.device_id,
             relay: RelayTarget {

@@ -7,6 +7,7 @@
 
 mod gateway;
 mod relay;
+mod sip;
 
 pub use gateway::{
     BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityBackend, IdentityConfig,
@@ -14,6 +15,7 @@ pub use gateway::{
 };
 pub use gateway::{split_host_port, valid_device_id};
 pub use relay::{DownlinkMode, RelayConfig};
+pub use sip::SipConfig;
 
 use serde::Deserialize;
 use std::net::SocketAddr;

@@ -1,0 +1,378 @@
+//! The `[sip]` section of the appliance config: the phone bridge.
+//!
+//! ```toml
+//! [sip]
+//! enabled = true
+//! listen = "0.0.0.0:5060"         # UDP, and TCP unless tcp = false
+//! advertise = "192.168.1.10"      # the address phones reach us at (Via, Contact, SDP)
+//! rtp_ports = "10000-10199"       # bound before the privilege drop
+//! allow = ["192.168.1.0/24"]      # default: the subnets of the listening interface
+//! auth_failures = 5               # failed logins per source before a ban
+//! ban_seconds = 600
+//! phones = "phones.sealed"        # credentials, sealed like the device key
+//! codecs = ["opus", "g722", "pcmu", "pcma"]
+//! ```
+
+use super::ConfigError;
+use crate::codec::phone::PhoneCodec;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Raw `[sip]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSip {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "yes")]
+    tcp: bool,
+    advertise: Option<String>,
+    #[serde(default = "default_rtp_ports")]
+    rtp_ports: String,
+    realm: Option<String>,
+    allow: Option<Vec<String>>,
+    #[serde(default = "default_failures")]
+    auth_failures: u32,
+    #[serde(default = "default_ban")]
+    ban_seconds: u64,
+    #[serde(default = "default_min_reg")]
+    min_expires_s: u32,
+    #[serde(default = "default_max_reg")]
+    max_expires_s: u32,
+    #[serde(default = "default_phones")]
+    phones: PathBuf,
+    #[serde(default = "default_codecs")]
+    codecs: Vec<String>,
+    #[serde(default = "default_ptime")]
+    ptime_ms: u32,
+}
+
+impl Default for RawSip {
+    fn default() -> Self {
+        RawSip {
+            enabled: false,
+            listen: default_listen(),
+            tcp: true,
+            advertise: None,
+            rtp_ports: default_rtp_ports(),
+            realm: None,
+            allow: None,
+            auth_failures: default_failures(),
+            ban_seconds: default_ban(),
+            min_expires_s: default_min_reg(),
+            max_expires_s: default_max_reg(),
+            phones: default_phones(),
+            codecs: default_codecs(),
+            ptime_ms: default_ptime(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "0.0.0.0:5060".into()
+}
+fn default_rtp_ports() -> String {
+    "10000-10199".into()
+}
+fn default_failures() -> u32 {
+    5
+}
+fn default_ban() -> u64 {
+    600
+}
+fn default_min_reg() -> u32 {
+    60
+}
+fn default_max_reg() -> u32 {
+    3600
+}
+fn default_phones() -> PathBuf {
+    PathBuf::from("phones.sealed")
+}
+fn default_codecs() -> Vec<String> {
+    ["opus", "g722", "pcmu", "pcma"].map(String::from).to_vec()
+}
+fn default_ptime() -> u32 {
+    20
+}
+
+/// Most RTP ports one box binds (two per call: RTP and RTCP).
+pub const MAX_RTP_PORTS: u32 = 2048;
+
+/// The validated `[sip]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    /// SIP address (UDP; TCP too when `tcp`).
+    pub listen: SocketAddr,
+    /// Also listen on TCP.
+    pub tcp: bool,
+    /// Address written into Via, Contact and SDP; `None`: the listen
+    /// address, or the interface's address when listening on any.
+    pub advertise: Option<IpAddr>,
+    /// RTP port range, inclusive; starts even, even length (RTP + RTCP pairs).
+    pub rtp_ports: (u16, u16),
+    /// Digest realm (default: the device id).
+    pub realm: String,
+    /// Sources allowed to talk to us; `None`: the listening interface's subnets.
+    pub allow: Option<Vec<IpNet>>,
+    /// Failed authentications a source may make before it is banned.
+    pub auth_failures: u32,
+    /// How long a ban lasts.
+    pub ban: Duration,
+    /// Shortest registration accepted (423 Interval Too Brief below it).
+    pub min_expires: Duration,
+    /// Longest registration granted.
+    pub max_expires: Duration,
+    /// The sealed phone credential file.
+    pub phones: PathBuf,
+    /// Codecs in order of preference.
+    pub codecs: Vec<PhoneCodec>,
+    /// Packet time towards phones.
+    pub ptime: Duration,
+}
+
+/// Parse an RTP port range `A-B`.
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a range like 10000-10199"))?;
+    let (a, b): (u16, u16) = match (a.trim().parse(), b.trim().parse()) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return Err(format!("`{s}` is not a range of port numbers")),
+    };
+    if a < 1024 || b < a {
+        return Err(format!("`{s}` must be ascending and above 1023"));
+    }
+    if a % 2 != 0 || (u32::from(b) - u32::from(a) + 1) % 2 != 0 {
+        return Err(format!(
+            "`{s}` must start on an even port and hold whole RTP/RTCP pairs (e.g. 10000-10199)"
+        ));
+    }
+    if u32::from(b) - u32::from(a) + 1 > MAX_RTP_PORTS {
+        return Err(format!("`{s}` holds more than {MAX_RTP_PORTS} ports"));
+    }
+    Ok((a, b))
+}
+
+fn codec(name: &str) -> Option<PhoneCodec> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "opus" => PhoneCodec::Opus,
+        "g722" => PhoneCodec::G722,
+        "pcmu" => PhoneCodec::Pcmu,
+        "pcma" => PhoneCodec::Pcma,
+        _ => return None,
+    })
+}
+
+impl SipConfig {
+    /// Validate `raw` (from `file`, relative paths against `base`); `None`
+    /// when the bridge is off.
+    pub(crate) fn validate(
+        file: &Path,
+        base: &Path,
+        device_id: &str,
+        raw: RawSip,
+    ) -> Result<Option<SipConfig>, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::invalid(file, &format!("sip.{key}"), msg);
+        if !raw.enabled {
+            return Ok(None);
+        }
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            bad(
+                "listen",
+                format!("`{}` is not IP:PORT (for example 0.0.0.0:5060)", raw.listen),
+            )
+        })?;
+        let advertise = raw
+            .advertise
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| !ip.is_unspecified())
+                    .ok_or_else(|| bad("advertise", format!("`{a}` is not a unicast IP address")))
+            })
+            .transpose()?;
+        let rtp_ports = port_range(&raw.rtp_ports).map_err(|m| bad("rtp_ports", m))?;
+        if (rtp_ports.0..=rtp_ports.1).contains(&listen.port()) {
+            return Err(bad(
+                "rtp_ports",
+                format!(
+                    "{}-{} includes the SIP port {}",
+                    rtp_ports.0,
+                    rtp_ports.1,
+                    listen.port()
+                ),
+            ));
+        }
+        let realm = raw.realm.unwrap_or_else(|| device_id.to_string());
+        if realm.is_empty()
+            || realm.len() > 64
+            || !realm
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(bad(
+                "realm",
+                "must be 1-64 printable characters without quotes or backslashes".into(),
+            ));
+        }
+        let allow = raw
+            .allow
+            .map(|v| {
+                v.iter()
+                    .map(|n| {
+                        n.parse::<IpNet>()
+                            .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                            .map(|n| n.trunc())
+                            .map_err(|_| {
+                                bad(
+                                    "allow",
+                                    format!("`{n}` is not a subnet like 192.168.1.0/24"),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        if allow.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad(
+                "allow",
+                "is empty: no phone could register (leave it out to allow the LAN)".into(),
+            ));
+        }
+        if !(1..=100).contains(&raw.auth_failures) {
+            return Err(bad("auth_failures", "must be 1-100".into()));
+        }
+        if !(1..=7 * 86_400).contains(&raw.ban_seconds) {
+            return Err(bad("ban_seconds", "must be 1-604800 (a week)".into()));
+        }
+        if raw.min_expires_s < 10
+            || raw.max_expires_s < raw.min_expires_s
+            || raw.max_expires_s > 86_400
+        {
+            return Err(bad(
+                "max_expires_s",
+                "registrations need 10 <= min_expires_s <= max_expires_s <= 86400".into(),
+            ));
+        }
+        let mut codecs = Vec::new();
+        for c in &raw.codecs {
+            let c = codec(c).ok_or_else(|| {
+                bad(
+                    "codecs",
+                    format!("`{c}` is not one of opus, g722, pcmu, pcma"),
+                )
+            })?;
+            if !codecs.contains(&c) {
+                codecs.push(c);
+            }
+        }
+        if codecs.is_empty() {
+            return Err(bad("codecs", "name at least one codec".into()));
+        }
+        if !(10..=60).contains(&raw.ptime_ms) || !raw.ptime_ms.is_multiple_of(10) {
+            return Err(bad("ptime_ms", "must be 10, 20, 30, 40, 50 or 60".into()));
+        }
+        Ok(Some(SipConfig {
+            listen,
+            tcp: raw.tcp,
+            advertise,
+            rtp_ports,
+            realm,
+            allow,
+            auth_failures: raw.auth_failures,
+            ban: Duration::from_secs(raw.ban_seconds),
+            min_expires: Duration::from_secs(raw.min_expires_s.into()),
+            max_expires: Duration::from_secs(raw.max_expires_s.into()),
+            phones: super::resolve(base, &raw.phones),
+            codecs,
+            ptime: Duration::from_millis(raw.ptime_ms.into()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<SipConfig>, String> {
+        let raw: RawSip = toml::from_str(text).map_err(|e| e.to_string())?;
+        SipConfig::validate(
+            Path::new("/etc/voxgate/voxgate.toml"),
+            Path::new("/etc/voxgate"),
+            "gw-1",
+            raw,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_off_then_sane_when_enabled() {
+        assert_eq!(parse("").unwrap(), None);
+        let c = parse("enabled = true").unwrap().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5060".parse().unwrap());
+        assert!(c.tcp);
+        assert_eq!(c.rtp_ports, (10_000, 10_199));
+        assert_eq!(c.realm, "gw-1");
+        assert_eq!(c.allow, None);
+        assert_eq!((c.auth_failures, c.ban), (5, Duration::from_secs(600)));
+        assert_eq!(c.phones, PathBuf::from("/etc/voxgate/phones.sealed"));
+        assert_eq!(
+            c.codecs,
+            vec![
+                PhoneCodec::Opus,
+                PhoneCodec::G722,
+                PhoneCodec::Pcmu,
+                PhoneCodec::Pcma
+            ]
+        );
+    }
+
+    #[test]
+    fn every_key_is_validated_and_named() {
+        for (text, key) in [
+            ("listen = \"5060\"", "sip.listen"),
+            ("advertise = \"0.0.0.0\"", "sip.advertise"),
+            ("rtp_ports = \"10001-10100\"", "sip.rtp_ports"),
+            ("rtp_ports = \"10000-10000\"", "sip.rtp_ports"),
+            ("rtp_ports = \"500-600\"", "sip.rtp_ports"),
+            ("rtp_ports = \"10000-60000\"", "sip.rtp_ports"),
+            ("listen = \"0.0.0.0:10010\"", "sip.rtp_ports"),
+            ("realm = \"a\\\"b\"", "sip.realm"),
+            ("allow = [\"192.168.1.0/33\"]", "sip.allow"),
+            ("allow = []", "sip.allow"),
+            ("auth_failures = 0", "sip.auth_failures"),
+            ("ban_seconds = 0", "sip.ban_seconds"),
+            ("min_expires_s = 5", "sip.max_expires_s"),
+            ("codecs = [\"gsm\"]", "sip.codecs"),
+            ("codecs = []", "sip.codecs"),
+            ("ptime_ms = 25", "sip.ptime_ms"),
+        ] {
+            let err = parse(&format!("enabled = true\n{text}")).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(
+            parse("enabled = true\nbogus = 1")
+                .unwrap_err()
+                .contains("bogus")
+        );
+    }
+
+    #[test]
+    fn subnets_and_hosts_are_accepted() {
+        let c = parse("enabled = true\nallow = [\"192.168.1.7/24\", \"10.0.0.5\", \"fd00::/8\"]\ncodecs = [\"PCMA\", \"pcma\", \"opus\"]")
+            .unwrap()
+            .unwrap();
+        let allow: Vec<String> = c.allow.unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["192.168.1.0/24", "10.0.0.5/32", "fd00::/8"]);
+        assert_eq!(c.codecs, vec![PhoneCodec::Pcma, PhoneCodec::Opus]);
+    }
+}
