@@ -7,6 +7,7 @@ pub mod dtmf;
 pub mod flow;
 pub mod jitter;
 pub mod phone;
+pub mod ports;
 pub mod rtp;
 pub mod sender;
 pub mod stats;
