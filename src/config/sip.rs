@@ -11,6 +11,7 @@
 //! ban_seconds = 600
 //! phones = "phones.sealed"        # credentials, sealed like the device key
 //! codecs = ["opus", "g722", "pcmu", "pcma"]
+//! opus_complexity = 1             # Opus encoder effort for transcoded calls
 //! ```
 
 use super::ConfigError;
@@ -50,6 +51,8 @@ pub(crate) struct RawSip {
     codecs: Vec<String>,
     #[serde(default = "default_ptime")]
     ptime_ms: u32,
+    #[serde(default = "default_opus_complexity")]
+    opus_complexity: u8,
 }
 
 impl Default for RawSip {
@@ -69,6 +72,7 @@ impl Default for RawSip {
             phones: default_phones(),
             codecs: default_codecs(),
             ptime_ms: default_ptime(),
+            opus_complexity: default_opus_complexity(),
         }
     }
 }
@@ -102,6 +106,11 @@ fn default_codecs() -> Vec<String> {
 }
 fn default_ptime() -> u32 {
     20
+}
+fn default_opus_complexity() -> u8 {
+    // Phone audio is 8 or 16 kHz: low complexity costs little quality and
+    // keeps a transcoded call at about 35 µs per 20 ms (benches/phone_leg.rs).
+    1
 }
 
 /// Most RTP ports one box binds (two per call: RTP and RTCP).
@@ -137,6 +146,8 @@ pub struct SipConfig {
     pub codecs: Vec<PhoneCodec>,
     /// Packet time towards phones.
     pub ptime: Duration,
+    /// Opus encoder complexity (0-10) for transcoded phone legs.
+    pub opus_complexity: u8,
 }
 
 /// Parse an RTP port range `A-B`.
@@ -278,6 +289,9 @@ impl SipConfig {
         if codecs.is_empty() {
             return Err(bad("codecs", "name at least one codec".into()));
         }
+        if raw.opus_complexity > 10 {
+            return Err(bad("opus_complexity", "must be 0-10".into()));
+        }
         if !(10..=60).contains(&raw.ptime_ms) || !raw.ptime_ms.is_multiple_of(10) {
             return Err(bad("ptime_ms", "must be 10, 20, 30, 40, 50 or 60".into()));
         }
@@ -295,6 +309,7 @@ impl SipConfig {
             phones: super::resolve(base, &raw.phones),
             codecs,
             ptime: Duration::from_millis(raw.ptime_ms.into()),
+            opus_complexity: raw.opus_complexity,
         }))
     }
 }
@@ -355,6 +370,7 @@ mod tests {
             ("codecs = [\"gsm\"]", "sip.codecs"),
             ("codecs = []", "sip.codecs"),
             ("ptime_ms = 25", "sip.ptime_ms"),
+            ("opus_complexity = 11", "sip.opus_complexity"),
         ] {
             let err = parse(&format!("enabled = true\n{text}")).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");
