@@ -1,4 +1,4 @@
-//! Command line: `run`, `relay {run,init,dev-cert}`, `demo`.
+//! Command line: `run`, `relay {run,init,dev-cert}`, `demo`, `phones`.
 
 use crate::config::{GatewayConfig, RelayConfig};
 use anyhow::{Context, Result};
@@ -25,6 +25,9 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Enroll this device with a relay using a one-time token.
     Setup(crate::identity::setup::SetupArgs),
+    /// Desk phones allowed to register at this box.
+    #[command(subcommand)]
+    Phones(crate::phones::PhonesCommand),
 }
 
 #[derive(Debug, Args)]
@@ -251,6 +254,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args),
+        Command::Phones(cmd) => {
+            crate::telemetry::init("warn");
+            crate::phones::run(cmd)
+        }
         Command::Setup(args) => {
             crate::telemetry::init("warn");
             crate::identity::setup::run(args)

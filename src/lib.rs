@@ -9,6 +9,7 @@ pub mod demo;
 pub mod gateway;
 pub mod identity;
 pub mod media;
+pub mod phones;
 pub mod privilege;
 pub mod relay;
 pub mod systemd;

@@ -9,7 +9,7 @@
 //! 9   1  binding: bit 0 = machine-id, bit 1 = SoC serial
 //! 10 32  salt (random, per file)
 //! 42 12  nonce (random, per write)
-//! 54  n  ciphertext + 16-byte tag   (n <= 4096)
+//! 54  n  ciphertext + 16-byte tag   (n <= 65536: a key, or the phone store)
 //! ```
 //!
 //! The sealing key is `HKDF-SHA256(ikm = machine-id || serial, salt, info =
@@ -33,7 +33,7 @@ const SALT_LEN: usize = 32;
 pub const HEADER_LEN: usize = 8 + 1 + 1 + SALT_LEN + NONCE_LEN;
 const TAG_LEN: usize = 16;
 /// Largest sealed payload.
-pub const MAX_PAYLOAD: usize = 4096;
+pub const MAX_PAYLOAD: usize = 65_536;
 const INFO: &[u8] = b"voxgate sealed key v1";
 
 /// Which device-bound inputs went into the sealing key.
@@ -124,7 +124,7 @@ pub enum SealError {
     #[error("sealed key file has an invalid binding field")]
     BadBinding,
     /// The payload is larger than any key.
-    #[error("sealed key payload of {0} bytes exceeds {MAX_PAYLOAD}")]
+    #[error("sealed payload of {0} bytes exceeds {MAX_PAYLOAD}")]
     TooLarge(usize),
     /// Authentication failed: the file was changed, or it was sealed on
     /// another machine (different machine-id or SoC serial).
