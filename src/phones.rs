@@ -178,15 +178,16 @@ impl PhoneStore {
     /// Parse a decrypted payload.
     pub fn parse(payload: &[u8]) -> Result<PhoneStore, String> {
         let text = std::str::from_utf8(payload).map_err(|_| "not UTF-8".to_string())?;
-        let mut lines = text.lines();
+        // Exactly what render() writes: '\n' line ends, nothing else.
+        let mut lines = text.split_terminator('\n');
         if lines.next() != Some(MAGIC) {
             return Err("missing VXPHONES1 header".into());
         }
         let realm = lines
             .next()
             .and_then(|l| l.strip_prefix("realm "))
-            .filter(|r| !r.is_empty())
-            .ok_or("missing realm line")?;
+            .filter(|r| crate::config::valid_realm(r))
+            .ok_or("missing or invalid realm line")?;
         let mut store = PhoneStore::new(realm);
         for (i, line) in lines.enumerate() {
             if store.entries.len() >= MAX_PHONES {
@@ -558,6 +559,8 @@ mod tests {
             String::new(),
             "VXPHONES1\n".into(),
             "VXPHONES1\nrealm \n".into(),
+            "VXPHONES1\r\nrealm r\n".into(),
+            "VXPHONES1\nrealm r\r\n".into(),
             format!("VXPHONES1\nrealm r\n201 {h} {m}\n"),
             format!("VXPHONES1\nrealm r\n201 {h} {} 5\n", "B".repeat(32)),
             format!("VXPHONES1\nrealm r\n900 {h} {m} 5\n"),

@@ -17,7 +17,11 @@ fn voxgate(args: &[&str]) -> (bool, String, String) {
 }
 
 fn config(dir: &std::path::Path, sip: bool, machine_id: &str) -> String {
-    std::fs::write(dir.join(format!("machine-id-{machine_id}")), format!("{machine_id}\n")).unwrap();
+    std::fs::write(
+        dir.join(format!("machine-id-{machine_id}")),
+        format!("{machine_id}\n"),
+    )
+    .unwrap();
     let cfg = dir.join(format!("gw-{machine_id}.toml"));
     std::fs::write(
         &cfg,

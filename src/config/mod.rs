@@ -15,7 +15,7 @@ pub use gateway::{
 };
 pub use gateway::{split_host_port, valid_device_id};
 pub use relay::{DownlinkMode, RelayConfig};
-pub use sip::SipConfig;
+pub use sip::{SipConfig, valid_realm};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

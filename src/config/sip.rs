@@ -113,6 +113,15 @@ fn default_opus_complexity() -> u8 {
     1
 }
 
+/// Whether `realm` can be a digest realm: 1-64 printable ASCII characters
+/// without quotes or backslashes (it is quoted in challenges).
+pub fn valid_realm(realm: &str) -> bool {
+    (1..=64).contains(&realm.len())
+        && realm
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
 /// Most RTP ports one box binds (two per call: RTP and RTCP).
 pub const MAX_RTP_PORTS: u32 = 2048;
 
@@ -224,12 +233,7 @@ impl SipConfig {
             ));
         }
         let realm = raw.realm.unwrap_or_else(|| device_id.to_string());
-        if realm.is_empty()
-            || realm.len() > 64
-            || !realm
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
+        if !valid_realm(&realm) {
             return Err(bad(
                 "realm",
                 "must be 1-64 printable characters without quotes or backslashes".into(),
