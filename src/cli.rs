@@ -1,4 +1,4 @@
-//! Command line: `run`, `relay {run,init,dev-cert}`, `demo`.
+//! Command line: `run`, `setup`, `keys status`, `relay {run,init,token,devices,revoke,dev-cert}`, `demo`.
 
 use crate::config::{GatewayConfig, RelayConfig};
 use anyhow::{Context, Result};
@@ -25,6 +25,21 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Enroll this device with a relay using a one-time token.
     Setup(crate::identity::setup::SetupArgs),
+    /// The device key and certificate.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Backend, device id, certificate serial and expiry, last renewal and
+    /// TPM reachability (no secrets). Exits non-zero when the device is not
+    /// enrolled or its identity is unusable.
+    Status {
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -167,8 +182,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::telemetry::init(&cfg.telemetry.log);
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
             let prepared = crate::gateway::prepare(cfg)?;
-            let report = crate::privilege::apply(&plan, &[], &prepared.cfg.file)?;
+            let devices = prepared.sandbox_paths();
+            let state: Vec<&std::path::Path> = devices.iter().map(|p| p.as_path()).collect();
+            let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
             report.log();
+            prepared.verify_identity()?;
             runtime(1)?.block_on(crate::gateway::run(prepared, shutdown_signal()))
         }
         Command::Relay(RelayCommand::Run { config }) => {
@@ -251,6 +269,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args),
+        Command::Keys(KeysCommand::Status { config }) => {
+            crate::telemetry::init("error");
+            crate::identity::status::run(&config)
+        }
         Command::Setup(args) => {
             crate::telemetry::init("warn");
             crate::identity::setup::run(args)

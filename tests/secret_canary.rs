@@ -50,7 +50,8 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
     let cfg = lab.dir.join("gw.toml");
     let setup = Command::new(bin())
-        .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
+        .args(["setup", "--backend", "sealed-file"])
+        .args(["--relay", &format!("127.0.0.1:{}", lab.quic_port)])
         .args(["--ca-fingerprint", &fp, "--device-id", "gw-canary"])
         .args(["--server-name", "relay.voxgate.test", "--token-file"])
         .arg(&tok)

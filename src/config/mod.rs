@@ -12,7 +12,7 @@ pub use gateway::{
     BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityBackend, IdentityConfig,
     JitterSettings, PlaybackConfig, RelayTarget,
 };
-pub use gateway::{split_host_port, valid_device_id};
+pub use gateway::{DEFAULT_CREDENTIAL, split_host_port, valid_device_id};
 pub use relay::{DownlinkMode, RelayConfig};
 
 use serde::Deserialize;

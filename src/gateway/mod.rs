@@ -35,6 +35,30 @@ pub struct Prepared {
     client: quinn::ClientConfig,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
+    identity: crate::identity::backend::LoadedIdentity,
+}
+
+impl Prepared {
+    /// Device nodes the sandbox must keep open to the daemon: the TPM
+    /// named in `identity.tpm` (reopened after a TPM failure).
+    pub fn sandbox_paths(&self) -> Vec<std::path::PathBuf> {
+        match (&self.identity.tpm, &self.cfg.identity.tpm) {
+            (Some(_), crate::identity::tpm::TpmSpec::Device(p)) => vec![p.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// After the privilege drop: check that the TPM still holds the key
+    /// (nothing to do for other backends).
+    pub fn verify_identity(&self) -> Result<()> {
+        self.identity
+            .verify()
+            .with_context(|| format!("{}: [identity]", self.cfg.file.display()))?;
+        if let Some(k) = &self.identity.tpm {
+            info!(tpm = %k.tpm().spec(), "TPM holds the device key");
+        }
+        Ok(())
+    }
 }
 
 /// Validate identity, CA and devices. Errors name the config key at fault.
@@ -43,14 +67,18 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         .with_context(|| format!("{}: [identity]", cfg.file.display()))?;
     let ca = tls::read_certs(&cfg.relay.ca)
         .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
-    let client = tls::client_config(&ca, identity.as_ref())?;
+    let client = tls::client_config(&ca, identity.identity.as_ref())?;
     device::find(cfg.capture.device.as_deref(), Dir::Capture)
         .map_err(|e| ConfigError::invalid(&cfg.file, "capture.device", e.to_string()))?;
     if cfg.playback.enabled {
         device::find(cfg.playback.device.as_deref(), Dir::Playback)
             .map_err(|e| ConfigError::invalid(&cfg.file, "playback.device", e.to_string()))?;
     }
-    info!(device_id = identity.device_id(), "identity loaded");
+    info!(
+        device_id = identity.identity.device_id(),
+        backend = %identity.backend,
+        "identity loaded"
+    );
     let udp = std::net::UdpSocket::bind("[::]:0")
         .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
         .context("cannot open a UDP socket for QUIC")?;
@@ -66,6 +94,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         client,
         udp,
         metrics,
+        identity,
     })
 }
 

@@ -163,18 +163,18 @@ pub fn describe(e: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(c) => {
             let why = String::from_utf8_lossy(&c.reason);
             if why.contains("revoked") {
-                "the relay revoked this device; it must be re-enrolled (a new certificate from the relay operator)".into()
+                "the relay revoked this device; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
             } else {
                 format!("the relay closed the connection: {why}")
             }
         }
         quinn::ConnectionError::TransportError(t) if u64::from(t.code) == CRYPTO_CERT_REVOKED => {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled (a new certificate from the relay operator)".into()
+            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
         }
         quinn::ConnectionError::ConnectionClosed(c)
             if u64::from(c.error_code) == CRYPTO_CERT_REVOKED =>
         {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled (a new certificate from the relay operator)".into()
+            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
         }
         quinn::ConnectionError::TimedOut => "no answer from the relay for 3 s (keep-alive timeout)".into(),
         other => other.to_string(),
