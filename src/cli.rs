@@ -24,7 +24,7 @@ enum Command {
     /// Start a relay and a gateway on loopback and stream for a while.
     Demo(crate::demo::DemoArgs),
     /// Enroll this device with a relay using a one-time token.
-    Setup(crate::identity::setup::SetupArgs),
+    Setup(Box<crate::identity::setup::SetupArgs>),
     /// The device key and certificate.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -275,7 +275,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Setup(args) => {
             crate::telemetry::init("warn");
-            crate::identity::setup::run(args)
+            crate::identity::setup::run(*args)
         }
         Command::Relay(RelayCommand::Token(TokenCommand::Create {
             config,

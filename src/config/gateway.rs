@@ -629,6 +629,41 @@ key = "/abs/device.key"
     }
 
     #[test]
+    fn identity_backends_and_their_keys() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.identity.backend, IdentityBackend::DevFile);
+        assert_eq!(c.identity.tpm.to_string(), "device:/dev/tpmrm0");
+        assert_eq!(c.identity.credential, DEFAULT_CREDENTIAL);
+        let tpm = GOOD.replace(
+            "[identity]\n",
+            "[identity]\nbackend = \"tpm\"\ntpm = \"swtpm:127.0.0.1:2321\"\n",
+        );
+        let c = load(&tpm).unwrap();
+        assert_eq!(c.identity.backend, IdentityBackend::Tpm);
+        assert_eq!(c.identity.tpm.to_string(), "swtpm:127.0.0.1:2321");
+        let e = err(&tpm.replace("swtpm:127.0.0.1:2321", "tpm0"));
+        assert!(
+            e.contains("key `identity.tpm`") && e.contains("unknown kind"),
+            "{e}"
+        );
+        // Only systemd-creds may omit the key file.
+        let creds = GOOD
+            .replace("key = \"/abs/device.key\"\n", "")
+            .replace("[identity]\n", "[identity]\nbackend = \"systemd-creds\"\n");
+        let c = load(&creds).unwrap();
+        assert_eq!(c.identity.backend, IdentityBackend::SystemdCreds);
+        let e = err(&creds.replace("systemd-creds", "auto"));
+        assert!(
+            e.contains("key `identity.key`") && e.contains("`auto` backend"),
+            "{e}"
+        );
+        let e = err(&creds.replace("[identity]\n", "[identity]\ncredential = \"../x\"\n"));
+        assert!(e.contains("key `identity.credential`"), "{e}");
+        let e = err(&creds.replace("systemd-creds", "tpm2"));
+        assert!(e.contains("identity.backend"), "{e}");
+    }
+
+    #[test]
     fn host_port() {
         assert_eq!(split_host_port("a.b:443"), Some(("a.b", 443)));
         assert_eq!(split_host_port("[::1]:4433"), Some(("::1", 4433)));

@@ -133,7 +133,7 @@ enum NewKey {
     /// PKCS#8, in memory only until sealed or handed to systemd-creds.
     Software(Zeroizing<Vec<u8>>),
     /// Created in the TPM; only its wrapped blob exists outside it.
-    Tpm(TpmKey),
+    Tpm(Box<TpmKey>),
 }
 
 impl NewKey {
@@ -175,7 +175,7 @@ impl NewKey {
                 p.serialize_request(&kp).context("CSR")?.der().to_vec()
             }
             NewKey::Tpm(k) => p
-                .serialize_request(k)
+                .serialize_request(k.as_ref())
                 .context("the TPM could not sign the certificate request")?
                 .der()
                 .to_vec(),
@@ -317,7 +317,7 @@ pub fn run(a: SetupArgs) -> Result<()> {
             let blob = tpm
                 .create_device_key()
                 .with_context(|| format!("cannot create the device key in the TPM at {}", a.tpm))?;
-            NewKey::Tpm(TpmKey::new(tpm.clone(), blob))
+            NewKey::Tpm(Box::new(TpmKey::new(tpm.clone(), blob)))
         }
         None => NewKey::software()?,
     };
