@@ -216,6 +216,31 @@ fn tpm_backend_enrolls_streams_survives_restarts_and_names_the_recovery() {
     std::fs::write(&cfg, text).unwrap();
     assert_eq!(std::fs::read(&blob_path).unwrap(), blob);
     let mut gw = stream(&lab, &cfg, m, &env, 50.0);
+
+    // The TPM dies while the gateway runs; the relay restarts, so the next
+    // handshake needs a signature: the gateway says why it cannot connect
+    // and what to do, and keeps running (no silent stop).
+    let mut tpm = tpm;
+    tpm.stop();
+    relay.stop();
+    let mut relay = lab.start_relay();
+    wait_for(
+        Duration::from_secs(20),
+        "the TPM failure to be reported",
+        || {
+            gw.assert_running();
+            gw.log_text()
+                .contains("TPM signing failed during a TLS handshake")
+        },
+    );
+    let log = gw.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("TPM signing failed during a TLS handshake"))
+        .unwrap();
+    assert!(line.contains("voxgate setup"), "{line}");
+    assert!(line.contains(&tpm.spec()), "names the TPM: {line}");
+    gw.assert_running();
     gw.stop();
     relay.stop();
     assert_recordings_hold_audio(&lab, 2);
@@ -302,7 +327,19 @@ fn auto_without_a_tpm_falls_back_to_a_sealed_file_and_says_why() {
     let text = stdout(&st);
     assert!(st.status.success(), "{text}{}", stderr(&st));
     assert!(text.contains("backend:       auto: sealed-file"), "{text}");
+    assert!(text.contains("key usable:    yes"), "{text}");
     assert!(text.contains("not used by this backend"), "{text}");
+    // The same key on "another box": status says so and fails.
+    let mid = lab.dir.join("machine-id");
+    std::fs::write(&mid, "ffffffffffffffffffffffffffffffff\n").unwrap();
+    let st = Command::new(bin())
+        .args(["keys", "status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(stdout(&st).contains("key usable:    NO"), "{}", stdout(&st));
+    assert!(stderr(&st).contains("voxgate setup"), "{}", stderr(&st));
 }
 
 #[test]

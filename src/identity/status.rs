@@ -75,6 +75,23 @@ pub fn run(config: &Path) -> Result<()> {
         _ => println!("key:           {}", id.key.display()),
     }
 
+    // A software key: does it open here and match the certificate?
+    let software = match (id.backend, &file_kind) {
+        (IdentityBackend::SealedFile | IdentityBackend::DevFile, _)
+        | (IdentityBackend::Auto, Some((KeyFileKind::Sealed, _))) => true,
+        (IdentityBackend::SystemdCreds, _) => backend::credential_path(&id.credential).is_ok(),
+        _ => false,
+    };
+    if software {
+        match backend::load(&cfg.device_id, id) {
+            Ok(_) => println!("key usable:    yes (opens here and matches the certificate)"),
+            Err(e) => {
+                println!("key usable:    NO");
+                problems.push(e.to_string());
+            }
+        }
+    }
+
     // The certificate.
     let chain = crate::transport::tls::read_certs(&id.cert)?;
     let (_, x) = x509_parser::parse_x509_certificate(&chain[0])
