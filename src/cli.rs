@@ -66,6 +66,13 @@ enum RelayCommand {
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
     },
+    /// Seal a plaintext fleet CA key (`ca.key`, from an older release) to
+    /// this machine: writes `ca.key.sealed` and removes `ca.key`.
+    SealCa {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+    },
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -204,9 +211,18 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::Init { config }) => {
             let cfg = RelayConfig::load(&config)?;
-            let fp = crate::relay::ca::init(&cfg.state_dir, &cfg.server_name)?;
+            let fp = crate::relay::ca::init(&cfg.state_dir, &cfg.server_name, &cfg.ca_binding)?;
             println!("fleet CA created in {}", cfg.state_dir.display());
             println!("CA fingerprint: {fp}");
+            Ok(())
+        }
+        Command::Relay(RelayCommand::SealCa { config }) => {
+            let cfg = RelayConfig::load(&config)?;
+            let path = crate::relay::ca::seal_legacy_key(&cfg.state_dir, &cfg.ca_binding)?;
+            println!(
+                "fleet CA key sealed to this machine: {} (the plaintext ca.key is removed)",
+                path.display()
+            );
             Ok(())
         }
         Command::Relay(RelayCommand::DevCert {
@@ -216,7 +232,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             days,
         }) => {
             let cfg = RelayConfig::load(&config)?;
-            crate::relay::ca::issue_dev_cert(&cfg.state_dir, &device_id, days, &out)?;
+            crate::relay::ca::issue_dev_cert(
+                &cfg.state_dir,
+                &cfg.ca_binding,
+                &device_id,
+                days,
+                &out,
+            )?;
             println!(
                 "development certificate for `{device_id}` written to {} (device.pem, device.key, ca.pem)",
                 out.display()
