@@ -39,13 +39,23 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Device nodes the sandbox must keep open to the daemon: the TPM
-    /// named in `identity.tpm` (reopened after a TPM failure).
+    /// Paths the sandbox must keep writable: the TPM named in
+    /// `identity.tpm` (reopened after a TPM failure) and, where the backend
+    /// renews, the directories of the certificate and the key file.
     pub fn sandbox_paths(&self) -> Vec<std::path::PathBuf> {
-        match (&self.identity.tpm, &self.cfg.identity.tpm) {
+        let mut v = match (&self.identity.tpm, &self.cfg.identity.tpm) {
             (Some(_), crate::identity::tpm::TpmSpec::Device(p)) => vec![p.clone()],
             _ => Vec::new(),
+        };
+        // Renewal rewrites the certificate, the key file and the record.
+        if self.identity.renewer.is_some() {
+            for f in [&self.cfg.identity.cert, &self.cfg.identity.key] {
+                if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    v.push(d.to_path_buf());
+                }
+            }
         }
+        v
     }
 
     /// After the privilege drop: check that the TPM still holds the key
@@ -195,6 +205,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         device_id: cfg.device_id.clone(),
         ssrc,
         frame_ms: cfg.codec.frame.as_millis() as u16,
+        renewal: p.identity.renewer.clone(),
     };
     info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
           fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");

@@ -9,6 +9,7 @@
 //! still holds the key (the TPM's IO thread must be created inside the
 //! sandbox, since Landlock and seccomp apply per thread).
 
+use super::renew::{CertHolder, Renewer, pending_cert_path};
 use super::sealed::{self, Material};
 use super::tpm::{KeyBlob, Tpm, TpmError, TpmKey};
 use crate::config::{IdentityBackend, IdentityConfig};
@@ -109,23 +110,11 @@ pub fn material(machine_id: &Path, serial: Option<&Path>) -> Result<Material, Id
 }
 
 /// An identity whose key was unsealed into memory (zeroized by ring/rustls
-/// on drop of the signer).
+/// on drop of the signer) or is held by the TPM; renewal swaps it.
 #[derive(Debug)]
 struct Loaded {
     device_id: String,
-    key: Arc<CertifiedKey>,
-}
-
-#[derive(Debug)]
-struct Fixed(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for Fixed {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
+    key: Arc<CertHolder>,
 }
 
 impl DeviceIdentity for Loaded {
@@ -133,7 +122,7 @@ impl DeviceIdentity for Loaded {
         &self.device_id
     }
     fn resolver(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
-        Arc::new(Fixed(self.key.clone()))
+        self.key.clone()
     }
 }
 
@@ -146,6 +135,8 @@ pub struct LoadedIdentity {
     pub backend: IdentityBackend,
     /// The TPM-held key, when the backend is the TPM.
     pub tpm: Option<TpmKey>,
+    /// Certificate renewal, for the backends that renew.
+    pub renewer: Option<Arc<Renewer>>,
 }
 
 impl LoadedIdentity {
@@ -197,7 +188,33 @@ fn chain_for(
     spki: &[u8],
     backend: IdentityBackend,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, IdentityError> {
-    let chain = tls::read_certs(cert)?;
+    let for_key = |chain: &[rustls::pki_types::CertificateDer<'static>]| {
+        x509_parser::parse_x509_certificate(&chain[0])
+            .map(|(_, x)| x.public_key().raw == spki)
+            .unwrap_or(false)
+    };
+    let mut chain = tls::read_certs(cert)?;
+    if !for_key(&chain) {
+        // A renewal that stopped between replacing the key and moving the
+        // new certificate into place: finish it.
+        let pending = pending_cert_path(cert);
+        match tls::read_certs(&pending) {
+            Ok(new) if for_key(&new) => {
+                std::fs::rename(&pending, cert).map_err(|source| TlsError::Read {
+                    path: pending.clone(),
+                    source,
+                })?;
+                tracing::warn!(cert = %cert.display(), "finished a certificate renewal interrupted by a stop");
+                chain = new;
+            }
+            _ => {
+                return Err(IdentityError::Mismatch {
+                    cert: cert.display().to_string(),
+                    backend,
+                });
+            }
+        }
+    }
     let named = crate::relay::ca::common_name(&chain[0]).unwrap_or_default();
     if named != device_id {
         return Err(TlsError::Pem {
@@ -205,15 +222,6 @@ fn chain_for(
             what: format!("names device `{named}`, but the config's device_id is `{device_id}`"),
         }
         .into());
-    }
-    let matches = x509_parser::parse_x509_certificate(&chain[0])
-        .map(|(_, x)| x.public_key().raw == spki)
-        .unwrap_or(false);
-    if !matches {
-        return Err(IdentityError::Mismatch {
-            cert: cert.display().to_string(),
-            backend,
-        });
     }
     Ok(chain)
 }
@@ -233,13 +241,16 @@ fn software(
         .public_key()
         .ok_or_else(|| IdentityError::KeyType(what.into()))?;
     let chain = chain_for(device_id, &cfg.cert, spki.as_ref(), backend)?;
+    let holder = CertHolder::new(Arc::new(CertifiedKey::new(chain, signer)));
+    let renewer = Renewer::new(device_id, cfg, backend, holder.clone(), None, Some(pkcs8));
     Ok(LoadedIdentity {
         identity: Box::new(Loaded {
             device_id: device_id.into(),
-            key: Arc::new(CertifiedKey::new(chain, signer)),
+            key: holder,
         }),
         backend,
         tpm: None,
+        renewer,
     })
 }
 
@@ -287,13 +298,23 @@ fn tpm_key(
     let tpm = open_tpm(&cfg.tpm)?;
     let key = TpmKey::new(tpm, blob);
     let chain = chain_for(device_id, &cfg.cert, key.spki_der(), IdentityBackend::Tpm)?;
+    let holder = CertHolder::new(Arc::new(key.certified_key(chain)));
+    let renewer = Renewer::new(
+        device_id,
+        cfg,
+        IdentityBackend::Tpm,
+        holder.clone(),
+        Some(&key),
+        None,
+    );
     Ok(LoadedIdentity {
         identity: Box::new(Loaded {
             device_id: device_id.into(),
-            key: Arc::new(key.certified_key(chain)),
+            key: holder,
         }),
         backend: IdentityBackend::Tpm,
         tpm: Some(key),
+        renewer,
     })
 }
 
@@ -356,6 +377,7 @@ pub fn load(device_id: &str, cfg: &IdentityConfig) -> Result<LoadedIdentity, Ide
             identity: Box::new(tls::DevFileIdentity::load(device_id, &cfg.cert, &cfg.key)?),
             backend: IdentityBackend::DevFile,
             tpm: None,
+            renewer: None,
         }),
         IdentityBackend::SealedFile => {
             let file = read_key_file(&cfg.key)?;

@@ -6,6 +6,7 @@
 //! [`setup`] creates the key and enrolls; [`status`] reports on it.
 
 pub mod backend;
+pub mod renew;
 pub mod sealed;
 pub mod setup;
 pub mod status;

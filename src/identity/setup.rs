@@ -129,7 +129,7 @@ fn read_token(path: &PathBuf) -> Result<Secret<String>> {
 }
 
 /// The device key being enrolled.
-enum NewKey {
+pub(crate) enum NewKey {
     /// PKCS#8, in memory only until sealed or handed to systemd-creds.
     Software(Zeroizing<Vec<u8>>),
     /// Created in the TPM; only its wrapped blob exists outside it.
@@ -137,7 +137,7 @@ enum NewKey {
 }
 
 impl NewKey {
-    fn software() -> Result<NewKey> {
+    pub(crate) fn software() -> Result<NewKey> {
         let rng = ring::rand::SystemRandom::new();
         Ok(NewKey::Software(Zeroizing::new(
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
@@ -148,7 +148,7 @@ impl NewKey {
     }
 
     /// The public point `04 || X || Y`.
-    fn public(&self) -> Result<Vec<u8>> {
+    pub(crate) fn public(&self) -> Result<Vec<u8>> {
         Ok(match self {
             NewKey::Software(pkcs8) => {
                 let rng = ring::rand::SystemRandom::new();
@@ -162,7 +162,7 @@ impl NewKey {
         })
     }
 
-    fn csr(&self, device_id: &str) -> Result<Vec<u8>> {
+    pub(crate) fn csr(&self, device_id: &str) -> Result<Vec<u8>> {
         let mut p = rcgen::CertificateParams::default();
         p.distinguished_name
             .push(rcgen::DnType::CommonName, device_id);
@@ -492,7 +492,7 @@ async fn enroll(
     ))
 }
 
-fn pem(der: &[u8], label: &str) -> String {
+pub(crate) fn pem(der: &[u8], label: &str) -> String {
     let b64 = B64.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
@@ -503,7 +503,7 @@ fn pem(der: &[u8], label: &str) -> String {
     out
 }
 
-fn write(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

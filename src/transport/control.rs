@@ -158,6 +158,15 @@ pub struct Enrolled<'a> {
     pub not_after: i64,
 }
 
+/// Certificate renewal over the live session (device to relay): a CSR for
+/// the device's next key (a fresh one where the backend can create it),
+/// signed by that key. The session's certificate authenticates the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renew<'a> {
+    /// Base64 (standard, padded) DER of the CSR.
+    pub csr: &'a str,
+}
+
 /// Every control message of protocol v1.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -182,6 +191,11 @@ pub enum Message<'a> {
     Enroll(Enroll<'a>),
     /// See [`Enrolled`].
     Enrolled(Enrolled<'a>),
+    /// See [`Renew`].
+    Renew(Renew<'a>),
+    /// The relay's answer to [`Renew`]: the new certificate (same shape as
+    /// [`Enrolled`]).
+    Renewed(Enrolled<'a>),
 }
 
 #[derive(Deserialize)]
@@ -247,6 +261,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "error" => Message::Error(de(body)?),
         "enroll" => Message::Enroll(de(body)?),
         "enrolled" => Message::Enrolled(de(body)?),
+        "renew" => Message::Renew(de(body)?),
+        "renewed" => Message::Renewed(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -304,6 +320,11 @@ mod tests {
             Message::Error(ErrorMsg {
                 code: "unknown_type",
                 message: "no such message",
+            }),
+            Message::Renew(Renew { csr: "TUlJQg==" }),
+            Message::Renewed(Enrolled {
+                cert: "TUlJQw==",
+                not_after: 1_800_000_000,
             }),
         ];
         let mut buf = [0u8; 512];
