@@ -116,7 +116,7 @@ pub fn due_at(issued: i64, not_after: i64) -> i64 {
 
 /// When the current certificate was obtained: the renewal record's time
 /// if it describes this certificate, else its notBefore.
-fn issued_at(cert: &Path, not_before: i64, not_after: i64) -> i64 {
+pub fn issued_at(cert: &Path, not_before: i64, not_after: i64) -> i64 {
     let record = cert
         .parent()
         .map(|d| d.join(super::setup::RENEWAL_FILE))

@@ -111,12 +111,17 @@ pub fn run(config: &Path) -> Result<()> {
     println!("  not before:  {}", when(not_before));
     let left = not_after - now;
     if left > 0 {
-        let renew_at = not_before + (not_after - not_before) * 2 / 3;
+        let issued = super::renew::issued_at(&id.cert, not_before, not_after);
+        let renew_at = super::renew::due_at(issued, not_after);
         println!("  not after:   {} ({} left)", when(not_after), span(left));
-        println!(
-            "  renewal due: {} (two thirds of the lifetime)",
-            when(renew_at)
-        );
+        if id.backend == IdentityBackend::DevFile {
+            println!("  renewal:     none (development certificates are not renewed)");
+        } else {
+            println!(
+                "  renewal due: {} (two thirds of the lifetime; `voxgate run` renews over its connection)",
+                when(renew_at)
+            );
+        }
     } else {
         println!(
             "  not after:   {} (EXPIRED {} ago)",
