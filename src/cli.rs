@@ -66,8 +66,9 @@ enum RelayCommand {
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
     },
-    /// Seal a plaintext fleet CA key (`ca.key`, from an older release) to
-    /// this machine: writes `ca.key.sealed` and removes `ca.key`.
+    /// Seal the plaintext fleet CA and relay TLS keys of an older release
+    /// (`ca.key`, `relay.key`) to this machine: writes `*.key.sealed` and
+    /// removes the plaintext.
     SealCa {
         /// Relay config file.
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
@@ -218,11 +219,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::SealCa { config }) => {
             let cfg = RelayConfig::load(&config)?;
-            let path = crate::relay::ca::seal_legacy_key(&cfg.state_dir, &cfg.ca_binding)?;
-            println!(
-                "fleet CA key sealed to this machine: {} (the plaintext ca.key is removed)",
-                path.display()
-            );
+            for path in crate::relay::ca::seal_legacy_keys(&cfg.state_dir, &cfg.ca_binding)? {
+                println!(
+                    "sealed to this machine: {} (the plaintext key is removed)",
+                    path.display()
+                );
+            }
             Ok(())
         }
         Command::Relay(RelayCommand::DevCert {

@@ -1,8 +1,8 @@
-//! The fleet CA key at rest: `voxgate relay init` writes it sealed to the
-//! relay's machine, `voxgate relay run` unseals it (and enrolls a device
-//! with it), a copy on another machine does not open, and a plaintext
-//! `ca.key` of an older release is refused until `voxgate relay seal-ca`
-//! seals it.
+//! The relay's keys at rest: `voxgate relay init` writes the fleet CA key
+//! and the relay TLS key sealed to the relay's machine, `voxgate relay run`
+//! unseals them (and `dev-cert` issues with the CA), a copy on another
+//! machine does not open, and plaintext `ca.key` / `relay.key` files of an
+//! older release are refused until `voxgate relay seal-ca` seals them.
 
 mod common;
 
@@ -28,6 +28,15 @@ fn fleet_ca_key_is_sealed_refused_elsewhere_and_legacy_keys_are_sealed_on_reques
     let sealed = std::fs::read(&sealed_path).unwrap();
     assert!(sealed.starts_with(b"VXSEAL1\n"), "not a sealed file");
     assert!(!state.join("ca.key").exists(), "plaintext CA key written");
+    assert!(
+        !state.join("relay.key").exists(),
+        "plaintext relay key written"
+    );
+    assert!(
+        std::fs::read(state.join("relay.key.sealed"))
+            .unwrap()
+            .starts_with(b"VXSEAL1\n")
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&sealed_path)
@@ -74,9 +83,20 @@ fn fleet_ca_key_is_sealed_refused_elsewhere_and_legacy_keys_are_sealed_on_reques
     let plain = state.join("ca.key");
     std::fs::write(&plain, key.serialize_pem()).unwrap();
     std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // And the relay key the same way.
+    let relay_sealed = std::fs::read(state.join("relay.key.sealed")).unwrap();
+    let relay_pkcs8 = voxgate::identity::sealed::unseal(&material, &relay_sealed).unwrap();
+    let relay_key = rcgen::KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(
+        &relay_pkcs8[..],
+    ))
+    .unwrap();
+    std::fs::remove_file(state.join("relay.key.sealed")).unwrap();
+    let relay_plain = state.join("relay.key");
+    std::fs::write(&relay_plain, relay_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&relay_plain, std::fs::Permissions::from_mode(0o600)).unwrap();
     let e = relay_run_fails(&lab);
     assert!(
-        e.contains("plaintext fleet CA key") && e.contains("voxgate relay seal-ca"),
+        e.contains("is a plaintext relay TLS key") && e.contains("voxgate relay seal-ca"),
         "{e}"
     );
     let out = Command::new(bin())
@@ -90,6 +110,7 @@ fn fleet_ca_key_is_sealed_refused_elsewhere_and_legacy_keys_are_sealed_on_reques
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!plain.exists() && sealed_path.exists());
+    assert!(!relay_plain.exists() && state.join("relay.key.sealed").exists());
     let mut relay = lab.start_relay();
     relay.stop();
 }

@@ -3,13 +3,13 @@
 //! device certificates from it.
 //!
 //! Key files are written 0600 and created exclusively, so an existing CA is
-//! never overwritten. The CA key is sealed to the relay's machine like a
-//! device key (`ca.key.sealed`, the sealed-file format of
+//! never overwritten. The CA key and the relay's TLS key are sealed to the
+//! relay's machine like a device key (`ca.key.sealed`, the sealed-file format of
 //! [`crate::identity::sealed`]: PKCS#8 under AES-256-GCM, key derived with
 //! HKDF from `[ca] machine_id` and the SoC serial); it is unsealed into
-//! zeroizing memory only to sign. A plaintext `ca.key` from an older
-//! release is refused with the command that seals it (`voxgate relay
-//! seal-ca`).
+//! zeroizing memory when loaded. A plaintext `ca.key` or `relay.key` from
+//! an older release is refused with the command that seals it (`voxgate
+//! relay seal-ca`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -58,8 +58,10 @@ impl CaBinding {
 }
 /// Relay certificate file name.
 pub const RELAY_CERT: &str = "relay.pem";
-/// Relay key file name.
+/// Plaintext relay TLS key file name of older releases (refused).
 pub const RELAY_KEY: &str = "relay.key";
+/// Sealed relay TLS key file name.
+pub const RELAY_KEY_SEALED: &str = "relay.key.sealed";
 
 /// A CA operation failed.
 #[derive(Debug, Error)]
@@ -91,7 +93,7 @@ pub enum CaError {
     Binding(String),
     /// The sealed CA key does not open here.
     #[error(
-        "{path}: {what}. The fleet CA key opens only on the machine that sealed it (its machine-id, `[ca] machine_id`); restore that machine's identity, or start a new fleet with `voxgate relay init` in an empty state directory (every device then re-enrolls with `voxgate setup`)"
+        "{path}: {what}. The relay's keys open only on the machine that sealed them (its machine-id, `[ca] machine_id`); restore that machine's identity, or start a new fleet with `voxgate relay init` in an empty state directory (every device then re-enrolls with `voxgate setup`)"
     )]
     Sealed {
         /// The sealed key file.
@@ -99,13 +101,18 @@ pub enum CaError {
         /// Why, in the CA's terms.
         what: String,
     },
-    /// A plaintext CA key from an older release.
+    /// A plaintext key from an older release.
     #[error(
-        "{0} is a plaintext fleet CA key (written by an older `voxgate relay init`); seal it to this machine with `voxgate relay seal-ca --config FILE`, which replaces it with ca.key.sealed"
+        "{path} is a plaintext {what} (written by an older `voxgate relay init`); seal it to this machine with `voxgate relay seal-ca --config FILE`, which replaces it with a `.sealed` file"
     )]
-    LegacyPlainKey(PathBuf),
-    /// The CA key does not parse.
-    #[error("{0}: the fleet CA key does not parse as an ECDSA P-256 key")]
+    LegacyPlainKey {
+        /// The plaintext key file.
+        path: PathBuf,
+        /// Which key.
+        what: &'static str,
+    },
+    /// A key does not parse.
+    #[error("{0}: the key does not parse as an ECDSA P-256 key")]
     KeyFormat(PathBuf),
     /// The device id is not usable in a certificate.
     #[error("device id `{0}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'")]
@@ -178,15 +185,12 @@ pub fn init(state_dir: &Path, server_name: &str, binding: &CaBinding) -> Result<
     validity(&mut rp, 365);
     let relay = rp.signed_by(&relay_key, &issuer)?;
 
-    let pkcs8 = zeroize::Zeroizing::new(ca_key.serialize_der());
-    let sealed = crate::identity::sealed::seal(&material, &pkcs8)
-        .map_err(|e| CaError::Binding(e.to_string()))?;
-    write_new(&state_dir.join(CA_KEY_SEALED), &sealed, 0o600)?;
-    write_new(
-        &state_dir.join(RELAY_KEY),
-        relay_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    for (key, name) in [(&ca_key, CA_KEY_SEALED), (&relay_key, RELAY_KEY_SEALED)] {
+        let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
+        let sealed = crate::identity::sealed::seal(&material, &pkcs8)
+            .map_err(|e| CaError::Binding(e.to_string()))?;
+        write_new(&state_dir.join(name), &sealed, 0o600)?;
+    }
     // The relay presents its chain with the CA, so that a device enrolling
     // with only the CA fingerprint can find and pin it.
     let chain = format!("{}{}", relay.pem(), ca.pem());
@@ -197,14 +201,29 @@ pub fn init(state_dir: &Path, server_name: &str, binding: &CaBinding) -> Result<
     Ok(fingerprint(ca.der()))
 }
 
-/// Unseal the fleet CA key in `state_dir`. A plaintext `ca.key` of an
-/// older release is refused with the command that seals it.
-pub fn load_ca_key(state_dir: &Path, binding: &CaBinding) -> Result<KeyPair, CaError> {
-    let sealed_path = state_dir.join(CA_KEY_SEALED);
-    let plain_path = state_dir.join(CA_KEY);
+/// The relay's keys at rest: (plaintext name of older releases, sealed
+/// name, what it is).
+const KEYS: [(&str, &str, &str); 2] = [
+    (CA_KEY, CA_KEY_SEALED, "fleet CA key"),
+    (RELAY_KEY, RELAY_KEY_SEALED, "relay TLS key"),
+];
+
+/// Unseal `sealed` in `state_dir` into a zeroizing PKCS#8 buffer; a
+/// plaintext `plain` of an older release is refused with the command
+/// that seals it.
+fn load_sealed(
+    state_dir: &Path,
+    (plain, sealed, what): (&str, &str, &'static str),
+    binding: &CaBinding,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CaError> {
+    let sealed_path = state_dir.join(sealed);
+    let plain_path = state_dir.join(plain);
     if !sealed_path.exists() {
         if plain_path.exists() {
-            return Err(CaError::LegacyPlainKey(plain_path));
+            return Err(CaError::LegacyPlainKey {
+                path: plain_path,
+                what,
+            });
         }
         return Err(CaError::Missing(state_dir.to_path_buf()));
     }
@@ -214,7 +233,7 @@ pub fn load_ca_key(state_dir: &Path, binding: &CaBinding) -> Result<KeyPair, CaE
     })?;
     let file = std::fs::read(&sealed_path).map_err(io(&sealed_path))?;
     let material = binding.material()?;
-    let pkcs8 = crate::identity::sealed::unseal(&material, &file).map_err(|e| {
+    crate::identity::sealed::unseal(&material, &file).map_err(|e| {
         use crate::identity::sealed::SealError;
         let what = match e {
             SealError::Open(binding) => {
@@ -229,41 +248,64 @@ pub fn load_ca_key(state_dir: &Path, binding: &CaBinding) -> Result<KeyPair, CaE
             path: sealed_path.clone(),
             what,
         }
-    })?;
-    KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
-        .map_err(|_| CaError::KeyFormat(sealed_path))
+    })
 }
 
-/// Seal a plaintext `ca.key` of an older release to this machine: write
-/// `ca.key.sealed`, then overwrite and remove `ca.key`. Returns the sealed
-/// file's path.
-pub fn seal_legacy_key(state_dir: &Path, binding: &CaBinding) -> Result<PathBuf, CaError> {
-    let plain_path = state_dir.join(CA_KEY);
-    let sealed_path = state_dir.join(CA_KEY_SEALED);
-    if !plain_path.exists() {
-        return Err(if sealed_path.exists() {
-            CaError::Exists(sealed_path)
+/// Unseal the fleet CA key in `state_dir`.
+pub fn load_ca_key(state_dir: &Path, binding: &CaBinding) -> Result<KeyPair, CaError> {
+    let pkcs8 = load_sealed(state_dir, KEYS[0], binding)?;
+    KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
+        .map_err(|_| CaError::KeyFormat(state_dir.join(CA_KEY_SEALED)))
+}
+
+/// Unseal the relay's TLS key in `state_dir`.
+pub fn load_relay_key(
+    state_dir: &Path,
+    binding: &CaBinding,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, CaError> {
+    let pkcs8 = load_sealed(state_dir, KEYS[1], binding)?;
+    Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(
+        rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
+    ))
+}
+
+/// Seal the plaintext `ca.key` and `relay.key` of an older release to this
+/// machine: write each `.sealed` file, check that it opens, then overwrite
+/// and remove the plaintext. Returns the sealed files written.
+pub fn seal_legacy_keys(state_dir: &Path, binding: &CaBinding) -> Result<Vec<PathBuf>, CaError> {
+    let mut done = Vec::new();
+    for k @ (plain, sealed, _) in KEYS {
+        let plain_path = state_dir.join(plain);
+        let sealed_path = state_dir.join(sealed);
+        if !plain_path.exists() {
+            continue;
+        }
+        let pem =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&plain_path).map_err(io(&plain_path))?);
+        let key = KeyPair::from_pem(&pem).map_err(|_| CaError::KeyFormat(plain_path.clone()))?;
+        let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
+        let material = binding.material()?;
+        let sealed = crate::identity::sealed::seal(&material, &pkcs8)
+            .map_err(|e| CaError::Binding(e.to_string()))?;
+        write_new(&sealed_path, &sealed, 0o600)?;
+        // The sealed copy opens: only now drop the plaintext (overwritten
+        // first, as far as the file system lets an overwrite reach).
+        load_sealed(state_dir, k, binding).inspect_err(|_| {
+            let _ = std::fs::remove_file(&sealed_path);
+        })?;
+        std::fs::write(&plain_path, vec![0u8; pem.len()]).map_err(io(&plain_path))?;
+        std::fs::remove_file(&plain_path).map_err(io(&plain_path))?;
+        done.push(sealed_path);
+    }
+    if done.is_empty() {
+        let sealed = state_dir.join(CA_KEY_SEALED);
+        return Err(if sealed.exists() {
+            CaError::Exists(sealed)
         } else {
             CaError::Missing(state_dir.to_path_buf())
         });
     }
-    let pem =
-        zeroize::Zeroizing::new(std::fs::read_to_string(&plain_path).map_err(io(&plain_path))?);
-    let key = KeyPair::from_pem(&pem).map_err(|_| CaError::KeyFormat(plain_path.clone()))?;
-    let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
-    let material = binding.material()?;
-    let sealed = crate::identity::sealed::seal(&material, &pkcs8)
-        .map_err(|e| CaError::Binding(e.to_string()))?;
-    write_new(&sealed_path, &sealed, 0o600)?;
-    // The sealed copy opens: only now drop the plaintext (overwritten first,
-    // as far as the file system lets an overwrite reach the old blocks).
-    load_ca_key(state_dir, binding).inspect_err(|_| {
-        let _ = std::fs::remove_file(&sealed_path);
-    })?;
-    let len = pem.len();
-    std::fs::write(&plain_path, vec![0u8; len]).map_err(io(&plain_path))?;
-    std::fs::remove_file(&plain_path).map_err(io(&plain_path))?;
-    Ok(sealed_path)
+    Ok(done)
 }
 
 /// `SHA256:` and the lowercase hex SHA-256 of a certificate's DER.
@@ -379,6 +421,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.join(CA_KEY).exists(), "no plaintext CA key");
+        assert!(!dir.join(RELAY_KEY).exists(), "no plaintext relay key");
         let sealed = std::fs::read(dir.join(CA_KEY_SEALED)).unwrap();
         assert!(sealed.starts_with(crate::identity::sealed::MAGIC));
         assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
@@ -411,19 +454,34 @@ mod tests {
             "{e}"
         );
 
-        // An older release's plaintext key: refused, with the command.
+        load_relay_key(&dir, &here).unwrap();
+        assert!(load_relay_key(&dir, &other).is_err());
+
+        // An older release's plaintext keys: refused, with the command.
         std::fs::remove_file(dir.join(CA_KEY_SEALED)).unwrap();
         write_new(&dir.join(CA_KEY), key.serialize_pem().as_bytes(), 0o600).unwrap();
         let e = load_ca_key(&dir, &here).unwrap_err();
-        assert!(matches!(e, CaError::LegacyPlainKey(_)), "{e}");
+        assert!(matches!(e, CaError::LegacyPlainKey { .. }), "{e}");
         assert!(e.to_string().contains("voxgate relay seal-ca"), "{e}");
-        let sealed = seal_legacy_key(&dir, &here).unwrap();
-        assert!(sealed.ends_with(CA_KEY_SEALED));
+        let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::remove_file(dir.join(RELAY_KEY_SEALED)).unwrap();
+        write_new(
+            &dir.join(RELAY_KEY),
+            relay_key.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        let e = load_relay_key(&dir, &here).unwrap_err().to_string();
+        assert!(e.contains("plaintext relay TLS key"), "{e}");
+        let sealed = seal_legacy_keys(&dir, &here).unwrap();
+        assert_eq!(sealed.len(), 2);
         assert!(!dir.join(CA_KEY).exists(), "plaintext left behind");
+        assert!(!dir.join(RELAY_KEY).exists(), "plaintext left behind");
         let again = load_ca_key(&dir, &here).unwrap();
         assert_eq!(again.public_key_raw(), key.public_key_raw());
+        load_relay_key(&dir, &here).unwrap();
         assert!(matches!(
-            seal_legacy_key(&dir, &here),
+            seal_legacy_keys(&dir, &here),
             Err(CaError::Exists(_))
         ));
         // The CA still issues.

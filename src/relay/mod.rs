@@ -140,7 +140,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     }
     let ca = crate::transport::tls::read_certs(&ca_path)?;
     let chain = crate::transport::tls::read_certs(&state.join(ca::RELAY_CERT))?;
-    let key = crate::transport::tls::read_key(&state.join(ca::RELAY_KEY))?;
+    let key = ca::load_relay_key(state, &cfg.ca_binding)
+        .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
     let registry = registry::Registry::open(&state.join(ca::REGISTRY))
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
     let revoked: crate::transport::tls::Revoked = Default::default();
