@@ -94,7 +94,12 @@ fn renews_while_streaming(lab: &Lab, id: &str, cfg: &Path, key_file: &str) {
         cfg,
         format!(
             "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\nenabled = false\n[telemetry]\nlog = \"debug\"\nmetrics = \"{m}\"\n{}",
-            dev_privilege(&lab.dir)
+            // The lab is only readable inside the sandbox: the gateway must
+            // open its own state directory for writing to renew.
+            dev_privilege(&lab.dir).replace(
+                &format!("write = [\"{}\"]", lab.dir.display()),
+                "write = []"
+            )
         ),
     )
     .unwrap();
