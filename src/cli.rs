@@ -1,4 +1,4 @@
-//! Command line: `run`, `relay {run,init,dev-cert}`, `demo`, `phones`.
+//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert}`, `demo`.
 
 use crate::config::{GatewayConfig, RelayConfig};
 use anyhow::{Context, Result};
@@ -24,10 +24,25 @@ enum Command {
     /// Start a relay and a gateway on loopback and stream for a while.
     Demo(crate::demo::DemoArgs),
     /// Enroll this device with a relay using a one-time token.
-    Setup(crate::identity::setup::SetupArgs),
+    Setup(Box<crate::identity::setup::SetupArgs>),
     /// Desk phones allowed to register at this box.
     #[command(subcommand)]
     Phones(crate::phones::PhonesCommand),
+    /// The device key and certificate.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Backend, device id, certificate serial and expiry, last renewal and
+    /// TPM reachability (no secrets). Exits non-zero when the device is not
+    /// enrolled or its identity is unusable.
+    Status {
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +65,14 @@ enum RelayCommand {
     },
     /// Create the fleet CA and the relay certificate in the state directory.
     Init {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+    },
+    /// Seal the plaintext fleet CA and relay TLS keys of an older release
+    /// (`ca.key`, `relay.key`) to this machine: writes `*.key.sealed` and
+    /// removes the plaintext.
+    SealCa {
         /// Relay config file.
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
@@ -170,8 +193,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::telemetry::init(&cfg.telemetry.log);
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
             let prepared = crate::gateway::prepare(cfg)?;
-            let report = crate::privilege::apply(&plan, &[], &prepared.cfg.file)?;
+            let devices = prepared.sandbox_paths();
+            let state: Vec<&std::path::Path> = devices.iter().map(|p| p.as_path()).collect();
+            let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
             report.log();
+            prepared.verify_identity()?;
             runtime(1)?.block_on(crate::gateway::run(prepared, shutdown_signal()))
         }
         Command::Relay(RelayCommand::Run { config }) => {
@@ -189,9 +215,19 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::Init { config }) => {
             let cfg = RelayConfig::load(&config)?;
-            let fp = crate::relay::ca::init(&cfg.state_dir, &cfg.server_name)?;
+            let fp = crate::relay::ca::init(&cfg.state_dir, &cfg.server_name, &cfg.ca_binding)?;
             println!("fleet CA created in {}", cfg.state_dir.display());
             println!("CA fingerprint: {fp}");
+            Ok(())
+        }
+        Command::Relay(RelayCommand::SealCa { config }) => {
+            let cfg = RelayConfig::load(&config)?;
+            for path in crate::relay::ca::seal_legacy_keys(&cfg.state_dir, &cfg.ca_binding)? {
+                println!(
+                    "sealed to this machine: {} (the plaintext key is removed)",
+                    path.display()
+                );
+            }
             Ok(())
         }
         Command::Relay(RelayCommand::DevCert {
@@ -201,7 +237,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             days,
         }) => {
             let cfg = RelayConfig::load(&config)?;
-            crate::relay::ca::issue_dev_cert(&cfg.state_dir, &device_id, days, &out)?;
+            crate::relay::ca::issue_dev_cert(
+                &cfg.state_dir,
+                &cfg.ca_binding,
+                &device_id,
+                days,
+                &out,
+            )?;
             println!(
                 "development certificate for `{device_id}` written to {} (device.pem, device.key, ca.pem)",
                 out.display()
@@ -258,9 +300,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::telemetry::init("warn");
             crate::phones::run(cmd)
         }
+        Command::Keys(KeysCommand::Status { config }) => {
+            crate::telemetry::init("error");
+            crate::identity::status::run(&config)
+        }
         Command::Setup(args) => {
             crate::telemetry::init("warn");
-            crate::identity::setup::run(args)
+            crate::identity::setup::run(*args)
         }
         Command::Relay(RelayCommand::Token(TokenCommand::Create {
             config,

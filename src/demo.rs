@@ -234,11 +234,27 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::write(
         dir.join("relay.toml"),
         format!(
-            "listen = \"127.0.0.1:{quic}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.local\"\n\n[downlink]\nmode = \"echo\"\n\n[telemetry]\nmetrics = \"{relay_metrics}\"\n{privilege}"
+            "listen = \"127.0.0.1:{quic}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.local\"\n\n[downlink]\nmode = \"echo\"\n\n[telemetry]\nmetrics = \"{relay_metrics}\"\n{privilege}\n[ca]\nmachine_id = \"machine-id\"\n"
         ),
     )?;
-    let fp = crate::relay::ca::init(&dir.join("relay"), "relay.voxgate.local")?;
-    crate::relay::ca::issue_dev_cert(&dir.join("relay"), "demo-gateway", 1, &dir.join("device"))?;
+    // The demo's throwaway CA is sealed to a throwaway machine id, so that
+    // the demo runs where /etc/machine-id is missing too.
+    let mid: String = (0..32)
+        .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
+        .collect();
+    std::fs::write(dir.join("machine-id"), format!("{mid}\n"))?;
+    let binding = crate::relay::ca::CaBinding {
+        machine_id: dir.join("machine-id"),
+        serial: None,
+    };
+    let fp = crate::relay::ca::init(&dir.join("relay"), "relay.voxgate.local", &binding)?;
+    crate::relay::ca::issue_dev_cert(
+        &dir.join("relay"),
+        &binding,
+        "demo-gateway",
+        1,
+        &dir.join("device"),
+    )?;
 
     let real_card = args.input.is_none() && has_sound_card();
     let (mic_cfg, alsa_env) = if real_card {

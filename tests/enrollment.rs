@@ -57,7 +57,8 @@ fn machine_id(dir: &Path, name: &str, value: &str) -> PathBuf {
 fn setup(lab: &Lab, id: &str, fp: &str, tok: &Path, mid: &Path) -> (Output, PathBuf) {
     let cfg = lab.dir.join(format!("{id}.toml"));
     let out = Command::new(bin())
-        .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
+        .args(["setup", "--backend", "sealed-file"])
+        .args(["--relay", &format!("127.0.0.1:{}", lab.quic_port)])
         .args(["--ca-fingerprint", fp, "--device-id", id])
         .args(["--server-name", "relay.voxgate.test", "--token-file"])
         .arg(tok)

@@ -176,7 +176,7 @@ fn ambient_bind_capability_is_dropped_after_binding() {
     let d = lab.dir.display();
     std::fs::write(
         &cfg,
-        format!("listen = \"127.0.0.1:{port}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[telemetry]\nmetrics = \"{metrics}\"\n[sandbox]\nread = [\"{d}\"]\n"),
+        format!("listen = \"127.0.0.1:{port}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[telemetry]\nmetrics = \"{metrics}\"\n[sandbox]\nread = [\"{d}\"]\n{}", lab.ca_section()),
     )
     .unwrap();
     let log = lab.dir.join("relay-ambient.log");

@@ -1,8 +1,9 @@
 //! Secret canary: a whole enroll + stream cycle with every log at trace
 //! level. The token, the private key (its scalar and its PKCS#8, in hex and
 //! base64) must appear in no log, no stdout or stderr, and no process's
-//! /proc/PID/cmdline or /proc/PID/environ. (Renewal joins this cycle when
-//! it exists.)
+//! /proc/PID/cmdline or /proc/PID/environ. The cycle includes a
+//! certificate renewal with a fresh key (15-second certificates): the
+//! enrolled key and the renewed key are both checked.
 
 mod common;
 
@@ -26,7 +27,10 @@ fn forms(bytes: &[u8]) -> Vec<String> {
 
 #[test]
 fn no_secret_reaches_logs_output_argv_or_environment() {
-    let lab = Lab::new("canary", "mode = \"echo\"");
+    let lab = Lab::new(
+        "canary",
+        "mode = \"echo\"\n[enrollment]\ncertificate_lifetime_s = 15",
+    );
     // Trace everything in the relay too.
     let rc = lab.dir.join("relay.toml");
     let text = std::fs::read_to_string(&rc)
@@ -50,7 +54,8 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
     let cfg = lab.dir.join("gw.toml");
     let setup = Command::new(bin())
-        .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
+        .args(["setup", "--backend", "sealed-file"])
+        .args(["--relay", &format!("127.0.0.1:{}", lab.quic_port)])
         .args(["--ca-fingerprint", &fp, "--device-id", "gw-canary"])
         .args(["--server-name", "relay.voxgate.test", "--token-file"])
         .arg(&tok)
@@ -84,9 +89,15 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let env = vec![("ALSA_CONFIG_PATH".to_string(), devs.alsa_config_path_env())];
     let mut gw = lab.start_gateway(&cfg, &env);
     let m = metrics.parse().unwrap();
+    // The enrolled key, before renewal replaces it.
+    let enrolled_key = std::fs::read(lab.dir.join("gw/device.key.sealed")).unwrap();
     wait_for(Duration::from_secs(15), "streaming", || {
         gw.assert_running();
         metric(m, "voxgate_frames_sent_total") >= 50.0
+    });
+    wait_for(Duration::from_secs(30), "the certificate renewal", || {
+        gw.assert_running();
+        gw.log_text().contains("certificate renewed")
     });
     // What the kernel shows about the running processes.
     let mut proc_text = String::new();
@@ -101,15 +112,17 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     relay.stop();
 
     // The secrets, recovered the way only this test may.
-    let sealed = std::fs::read(lab.dir.join("gw/device.key.sealed")).unwrap();
+    let renewed_key = std::fs::read(lab.dir.join("gw/device.key.sealed")).unwrap();
+    assert_ne!(renewed_key, enrolled_key, "renewal made no fresh key");
     let material =
         voxgate::identity::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
-    let pkcs8 = voxgate::identity::sealed::unseal(&material, &sealed).unwrap();
-    // The P-256 scalar sits after the fixed PKCS#8/ECPrivateKey prefix.
-    let scalar = &pkcs8[36..68];
     let mut needles = vec![token.clone()];
-    needles.extend(forms(scalar));
-    needles.extend(forms(&pkcs8));
+    for sealed in [&enrolled_key, &renewed_key] {
+        let pkcs8 = voxgate::identity::sealed::unseal(&material, sealed).unwrap();
+        // The P-256 scalar sits after the fixed PKCS#8/ECPrivateKey prefix.
+        needles.extend(forms(&pkcs8[36..68]));
+        needles.extend(forms(&pkcs8));
+    }
 
     let mut haystack = vec![
         (

@@ -46,11 +46,27 @@ struct RawIdentity {
     #[serde(default)]
     backend: IdentityBackend,
     cert: PathBuf,
-    key: PathBuf,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default = "default_tpm")]
+    tpm: String,
+    #[serde(default = "default_credential")]
+    credential: String,
     #[serde(default = "default_machine_id")]
     machine_id: PathBuf,
     #[serde(default = "default_serial")]
     serial: Option<PathBuf>,
+}
+
+fn default_tpm() -> String {
+    "device:/dev/tpmrm0".into()
+}
+
+/// Name of the systemd credential that holds the device key.
+pub const DEFAULT_CREDENTIAL: &str = "voxgate-device-key";
+
+fn default_credential() -> String {
+    DEFAULT_CREDENTIAL.into()
 }
 
 fn default_machine_id() -> PathBuf {
@@ -71,6 +87,34 @@ pub enum IdentityBackend {
     DevFile,
     /// Key sealed to this box by `voxgate setup`.
     SealedFile,
+    /// Key held by the TPM 2.0 (`identity.tpm`); the file `key` is the
+    /// TPM-wrapped blob, which only that TPM can load.
+    Tpm,
+    /// Whichever of `tpm` and `sealed-file` the key file `key` is
+    /// (`voxgate setup --backend auto` picks the TPM when one answers).
+    Auto,
+    /// PKCS#8 key delivered by systemd (`LoadCredentialEncrypted=`) as
+    /// `$CREDENTIALS_DIRECTORY/<identity.credential>`.
+    SystemdCreds,
+}
+
+impl IdentityBackend {
+    /// The name used in the config and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdentityBackend::DevFile => "dev-file",
+            IdentityBackend::SealedFile => "sealed-file",
+            IdentityBackend::Tpm => "tpm",
+            IdentityBackend::Auto => "auto",
+            IdentityBackend::SystemdCreds => "systemd-creds",
+        }
+    }
+}
+
+impl std::fmt::Display for IdentityBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +200,10 @@ pub struct RelayTarget {
 pub struct IdentityConfig {
     /// Key backend.
     pub backend: IdentityBackend,
+    /// Where the TPM is (`tpm` and `auto` backends).
+    pub tpm: crate::identity::tpm::TpmSpec,
+    /// The systemd credential's name (`systemd-creds` backend).
+    pub credential: String,
     /// PEM certificate chain of the device.
     pub cert: PathBuf,
     /// The key: PEM (dev-file) or sealed file (sealed-file).
@@ -317,6 +365,35 @@ impl GatewayConfig {
                 ),
             ));
         }
+        let tpm: crate::identity::tpm::TpmSpec = raw
+            .identity
+            .tpm
+            .parse()
+            .map_err(|e: crate::identity::tpm::TpmError| bad("identity.tpm", e.to_string()))?;
+        let cred = &raw.identity.credential;
+        if cred.is_empty()
+            || cred.len() > 64
+            || !cred
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || cred.starts_with('.')
+        {
+            return Err(bad(
+                "identity.credential",
+                format!("`{cred}` is not a credential name (1-64 of a-z, A-Z, 0-9, '-', '_', '.')"),
+            ));
+        }
+        let key = match (&raw.identity.key, raw.identity.backend) {
+            (Some(k), _) => k.clone(),
+            // The key arrives from systemd, not from a file of ours.
+            (None, IdentityBackend::SystemdCreds) => PathBuf::new(),
+            (None, b) => {
+                return Err(bad(
+                    "identity.key",
+                    format!("missing: the `{b}` backend needs the key file"),
+                ));
+            }
+        };
         raw.telemetry.validate(file)?;
         let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
         // The board profile supplies device defaults; the config overrides.
@@ -338,8 +415,10 @@ impl GatewayConfig {
             },
             identity: IdentityConfig {
                 backend: raw.identity.backend,
+                tpm,
+                credential: raw.identity.credential,
                 cert: resolve(&base, &raw.identity.cert),
-                key: resolve(&base, &raw.identity.key),
+                key: resolve(&base, &key),
                 machine_id: resolve(&base, &raw.identity.machine_id),
                 serial: raw
                     .identity
@@ -553,6 +632,41 @@ key = "/abs/device.key"
         let e = GatewayConfig::parse(&cfg, &format!("board = \"nope.toml\"\n{GOOD}")).unwrap_err();
         assert!(e.to_string().contains("key `board`"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn identity_backends_and_their_keys() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.identity.backend, IdentityBackend::DevFile);
+        assert_eq!(c.identity.tpm.to_string(), "device:/dev/tpmrm0");
+        assert_eq!(c.identity.credential, DEFAULT_CREDENTIAL);
+        let tpm = GOOD.replace(
+            "[identity]\n",
+            "[identity]\nbackend = \"tpm\"\ntpm = \"swtpm:127.0.0.1:2321\"\n",
+        );
+        let c = load(&tpm).unwrap();
+        assert_eq!(c.identity.backend, IdentityBackend::Tpm);
+        assert_eq!(c.identity.tpm.to_string(), "swtpm:127.0.0.1:2321");
+        let e = err(&tpm.replace("swtpm:127.0.0.1:2321", "tpm0"));
+        assert!(
+            e.contains("key `identity.tpm`") && e.contains("unknown kind"),
+            "{e}"
+        );
+        // Only systemd-creds may omit the key file.
+        let creds = GOOD
+            .replace("key = \"/abs/device.key\"\n", "")
+            .replace("[identity]\n", "[identity]\nbackend = \"systemd-creds\"\n");
+        let c = load(&creds).unwrap();
+        assert_eq!(c.identity.backend, IdentityBackend::SystemdCreds);
+        let e = err(&creds.replace("systemd-creds", "auto"));
+        assert!(
+            e.contains("key `identity.key`") && e.contains("`auto` backend"),
+            "{e}"
+        );
+        let e = err(&creds.replace("[identity]\n", "[identity]\ncredential = \"../x\"\n"));
+        assert!(e.contains("key `identity.credential`"), "{e}");
+        let e = err(&creds.replace("systemd-creds", "tpm2"));
+        assert!(e.contains("identity.backend"), "{e}");
     }
 
     #[test]

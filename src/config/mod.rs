@@ -13,7 +13,7 @@ pub use gateway::{
     BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityBackend, IdentityConfig,
     JitterSettings, PlaybackConfig, RelayTarget,
 };
-pub use gateway::{split_host_port, valid_device_id};
+pub use gateway::{DEFAULT_CREDENTIAL, split_host_port, valid_device_id};
 pub use relay::{DownlinkMode, RelayConfig};
 pub use sip::{SipConfig, valid_realm};
 

@@ -18,6 +18,8 @@ struct Raw {
     #[serde(default)]
     enrollment: RawEnrollment,
     #[serde(default)]
+    ca: RawCa,
+    #[serde(default)]
     telemetry: TelemetryConfig,
     #[serde(default)]
     privilege: super::RawPrivilege,
@@ -46,6 +48,33 @@ impl Default for RawEnrollment {
             certificate_lifetime_s: default_lifetime(),
         }
     }
+}
+
+/// `[ca]`: what the fleet CA key is sealed to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    #[serde(default = "default_machine_id")]
+    machine_id: PathBuf,
+    #[serde(default = "default_serial")]
+    serial: Option<PathBuf>,
+}
+
+impl Default for RawCa {
+    fn default() -> Self {
+        RawCa {
+            machine_id: default_machine_id(),
+            serial: default_serial(),
+        }
+    }
+}
+
+fn default_machine_id() -> PathBuf {
+    PathBuf::from("/etc/machine-id")
+}
+
+fn default_serial() -> Option<PathBuf> {
+    Some(PathBuf::from("/sys/firmware/devicetree/base/serial-number"))
 }
 
 fn default_lifetime() -> u64 {
@@ -97,6 +126,8 @@ pub struct RelayConfig {
     pub telemetry: TelemetryConfig,
     /// Privilege drop and sandbox.
     pub privilege: crate::privilege::PrivilegeSettings,
+    /// What the fleet CA key is sealed to (`[ca]`).
+    pub ca_binding: crate::relay::ca::CaBinding,
 }
 
 impl RelayConfig {
@@ -161,6 +192,14 @@ impl RelayConfig {
             certificate_lifetime: std::time::Duration::from_secs(life),
             telemetry: raw.telemetry,
             privilege,
+            ca_binding: crate::relay::ca::CaBinding {
+                machine_id: resolve(&base, &raw.ca.machine_id),
+                serial: raw
+                    .ca
+                    .serial
+                    .map(|p| resolve(&base, &p))
+                    .filter(|p| p.exists()),
+            },
         })
     }
 }

@@ -35,6 +35,40 @@ pub struct Prepared {
     client: quinn::ClientConfig,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
+    identity: crate::identity::backend::LoadedIdentity,
+}
+
+impl Prepared {
+    /// Paths the sandbox must keep writable: the TPM named in
+    /// `identity.tpm` (reopened after a TPM failure) and, where the backend
+    /// renews, the directories of the certificate and the key file.
+    pub fn sandbox_paths(&self) -> Vec<std::path::PathBuf> {
+        let mut v = match (&self.identity.tpm, &self.cfg.identity.tpm) {
+            (Some(_), crate::identity::tpm::TpmSpec::Device(p)) => vec![p.clone()],
+            _ => Vec::new(),
+        };
+        // Renewal rewrites the certificate, the key file and the record.
+        if self.identity.renewer.is_some() {
+            for f in [&self.cfg.identity.cert, &self.cfg.identity.key] {
+                if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    v.push(d.to_path_buf());
+                }
+            }
+        }
+        v
+    }
+
+    /// After the privilege drop: check that the TPM still holds the key
+    /// (nothing to do for other backends).
+    pub fn verify_identity(&self) -> Result<()> {
+        self.identity
+            .verify()
+            .with_context(|| format!("{}: [identity]", self.cfg.file.display()))?;
+        if let Some(k) = &self.identity.tpm {
+            info!(tpm = %k.tpm().spec(), "TPM holds the device key");
+        }
+        Ok(())
+    }
 }
 
 /// Validate identity, CA and devices. Errors name the config key at fault.
@@ -43,14 +77,18 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         .with_context(|| format!("{}: [identity]", cfg.file.display()))?;
     let ca = tls::read_certs(&cfg.relay.ca)
         .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
-    let client = tls::client_config(&ca, identity.as_ref())?;
+    let client = tls::client_config(&ca, identity.identity.as_ref())?;
     device::find(cfg.capture.device.as_deref(), Dir::Capture)
         .map_err(|e| ConfigError::invalid(&cfg.file, "capture.device", e.to_string()))?;
     if cfg.playback.enabled {
         device::find(cfg.playback.device.as_deref(), Dir::Playback)
             .map_err(|e| ConfigError::invalid(&cfg.file, "playback.device", e.to_string()))?;
     }
-    info!(device_id = identity.device_id(), "identity loaded");
+    info!(
+        device_id = identity.identity.device_id(),
+        backend = %identity.backend,
+        "identity loaded"
+    );
     let udp = std::net::UdpSocket::bind("[::]:0")
         .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
         .context("cannot open a UDP socket for QUIC")?;
@@ -66,6 +104,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         client,
         udp,
         metrics,
+        identity,
     })
 }
 
@@ -166,6 +205,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         device_id: cfg.device_id.clone(),
         ssrc,
         frame_ms: cfg.codec.frame.as_millis() as u16,
+        renewal: p.identity.renewer.clone(),
     };
     info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
           fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");

@@ -129,12 +129,12 @@ pub enum SealError {
     /// Authentication failed: the file was changed, or it was sealed on
     /// another machine (different machine-id or SoC serial).
     #[error(
-        "sealed key file does not open: it was modified, or sealed on another machine ({0}); re-enroll this device"
+        "sealed key file does not open: it was modified, or sealed on another machine ({0}); re-enroll this device (`voxgate setup` with a new token)"
     )]
     Open(String),
     /// The file was sealed with inputs this box does not have.
     #[error(
-        "sealed key file was bound to a SoC serial, but this machine has none; re-enroll this device"
+        "sealed key file was bound to a SoC serial, but this machine has none; re-enroll this device (`voxgate setup` with a new token)"
     )]
     BindingMismatch,
     /// No machine id to bind to.

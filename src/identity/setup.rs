@@ -2,15 +2,23 @@
 //! scriptable.
 //!
 //! 1. Read the token from a file or stdin (never argv, never the log).
-//! 2. Create a fresh P-256 key and seal it to this box (0600).
+//! 2. Create a fresh P-256 key where `--backend` says: inside the TPM
+//!    (`tpm`; the file is the TPM-wrapped blob), sealed to this box
+//!    (`sealed-file`), the TPM when one answers a bounded probe and sealed
+//!    otherwise (`auto`, the default; the reason is printed), or encrypted
+//!    with `systemd-creds encrypt` into the credential store
+//!    (`systemd-creds`; the PKCS#8 key goes to its stdin, never to a file).
 //! 3. Connect to the relay with ALPN `voxgate-enroll/1`, trusting only the
 //!    CA whose fingerprint the technician was given: a relay that cannot
 //!    show that CA fails the handshake, before the token is sent.
-//! 4. Send the token and a CSR signed by the new key; store the returned
-//!    certificate and the CA; write a config that holds no secret.
+//! 4. Send the token and a CSR signed by the new key (by the TPM for a
+//!    TPM-held key); store the returned certificate, the CA and the renewal
+//!    record; write a config that holds no secret.
 
 use super::backend::material;
 use super::sealed;
+use super::tpm::{Tpm, TpmError, TpmKey, TpmOptions, TpmSpec};
+use crate::config::IdentityBackend;
 use crate::telemetry::Secret;
 use crate::transport::control::{Enroll, Message};
 use crate::transport::framed::{self, FrameReader};
@@ -22,6 +30,7 @@ use clap::Args;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -43,7 +52,7 @@ pub struct SetupArgs {
     /// TLS name of the relay.
     #[arg(long, default_value = "relay.voxgate.local")]
     pub server_name: String,
-    /// Where the sealed key, certificate and CA go.
+    /// Where the key file, certificate, CA and renewal record go.
     #[arg(long, default_value = "/var/lib/voxgate")]
     pub dir: PathBuf,
     /// The config file to write (never overwritten).
@@ -55,6 +64,49 @@ pub struct SetupArgs {
     /// Sealing input: the SoC serial, used when the file exists.
     #[arg(long, default_value = "/sys/firmware/devicetree/base/serial-number")]
     pub serial: PathBuf,
+    /// Where the device key lives: tpm, sealed-file, auto (the TPM if one
+    /// answers, else sealed-file) or systemd-creds.
+    #[arg(long, default_value = "auto", value_parser = parse_backend)]
+    pub backend: IdentityBackend,
+    /// The TPM: `device:/dev/tpmrm0`, or `swtpm:HOST:PORT` (tests).
+    #[arg(long, default_value = "device:/dev/tpmrm0")]
+    pub tpm: TpmSpec,
+    /// systemd-creds: the credential's name (the unit's
+    /// `LoadCredentialEncrypted=` name).
+    #[arg(long, default_value = crate::config::DEFAULT_CREDENTIAL)]
+    pub credential: String,
+    /// systemd-creds: the encrypted credential file to write.
+    #[arg(long, default_value = "/etc/credstore.encrypted/voxgate-device-key")]
+    pub credential_out: PathBuf,
+    /// systemd-creds: `--with-key=` of `systemd-creds encrypt` (auto, host,
+    /// tpm2, host+tpm2).
+    #[arg(long, default_value = "auto")]
+    pub credential_key: String,
+}
+
+fn parse_backend(s: &str) -> Result<IdentityBackend, String> {
+    match s {
+        "tpm" => Ok(IdentityBackend::Tpm),
+        "sealed-file" => Ok(IdentityBackend::SealedFile),
+        "auto" => Ok(IdentityBackend::Auto),
+        "systemd-creds" => Ok(IdentityBackend::SystemdCreds),
+        _ => Err("one of tpm, sealed-file, auto, systemd-creds".into()),
+    }
+}
+
+/// Time limit of each TPM exchange while probing (`--backend auto`).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the TPM at `spec` answers: opened, and a TPM2_GetRandom
+/// answered within [`PROBE_TIMEOUT`].
+pub fn probe_tpm(spec: &TpmSpec) -> Result<Arc<Tpm>, TpmError> {
+    let options = TpmOptions {
+        timeout: PROBE_TIMEOUT,
+        ..TpmOptions::recommended(spec)
+    };
+    let tpm = Tpm::open_with(spec.clone(), options)?;
+    tpm.get_random(8)?;
+    Ok(Arc::new(tpm))
 }
 
 fn read_token(path: &PathBuf) -> Result<Secret<String>> {
@@ -76,6 +128,163 @@ fn read_token(path: &PathBuf) -> Result<Secret<String>> {
     Ok(Secret::new(token))
 }
 
+/// The device key being enrolled.
+pub(crate) enum NewKey {
+    /// PKCS#8, in memory only until sealed or handed to systemd-creds.
+    Software(Zeroizing<Vec<u8>>),
+    /// Created in the TPM; only its wrapped blob exists outside it.
+    Tpm(Box<TpmKey>),
+}
+
+impl NewKey {
+    pub(crate) fn software() -> Result<NewKey> {
+        let rng = ring::rand::SystemRandom::new();
+        Ok(NewKey::Software(Zeroizing::new(
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+                .map_err(|_| anyhow::anyhow!("key generation failed"))?
+                .as_ref()
+                .to_vec(),
+        )))
+    }
+
+    /// The public point `04 || X || Y`.
+    pub(crate) fn public(&self) -> Result<Vec<u8>> {
+        Ok(match self {
+            NewKey::Software(pkcs8) => {
+                let rng = ring::rand::SystemRandom::new();
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
+                    .map_err(|_| anyhow::anyhow!("key generation failed"))?
+                    .public_key()
+                    .as_ref()
+                    .to_vec()
+            }
+            NewKey::Tpm(k) => k.public_key().to_vec(),
+        })
+    }
+
+    pub(crate) fn csr(&self, device_id: &str) -> Result<Vec<u8>> {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, device_id);
+        Ok(match self {
+            NewKey::Software(pkcs8) => {
+                let kp = rcgen::KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(
+                    pkcs8.as_slice(),
+                ))
+                .context("key generation failed")?;
+                p.serialize_request(&kp).context("CSR")?.der().to_vec()
+            }
+            NewKey::Tpm(k) => p
+                .serialize_request(k.as_ref())
+                .context("the TPM could not sign the certificate request")?
+                .der()
+                .to_vec(),
+        })
+    }
+}
+
+/// Resolve `auto` and open what the backend needs, before any key exists.
+/// Returns the backend, the TPM for a TPM-held key, and why it was chosen.
+fn choose_backend(a: &SetupArgs) -> Result<(IdentityBackend, Option<Arc<Tpm>>, String)> {
+    match a.backend {
+        IdentityBackend::Tpm => {
+            let tpm = probe_tpm(&a.tpm).with_context(|| {
+                format!(
+                    "the TPM at {} does not answer; check it, or enroll with `--backend sealed-file`",
+                    a.tpm
+                )
+            })?;
+            Ok((IdentityBackend::Tpm, Some(tpm), "--backend tpm".into()))
+        }
+        IdentityBackend::Auto => match probe_tpm(&a.tpm) {
+            Ok(tpm) => {
+                tracing::info!(tpm = %a.tpm, "backend auto: the TPM answered; the key is created in it");
+                let why = format!("--backend auto: the TPM at {} answered", a.tpm);
+                Ok((IdentityBackend::Tpm, Some(tpm), why))
+            }
+            Err(e) => {
+                tracing::warn!(tpm = %a.tpm, error = %e, "backend auto: no usable TPM; falling back to sealed-file");
+                let why = format!(
+                    "--backend auto: no usable TPM at {} ({e}); the key is sealed to this box instead",
+                    a.tpm
+                );
+                eprintln!("voxgate: {why}");
+                Ok((IdentityBackend::SealedFile, None, why))
+            }
+        },
+        IdentityBackend::SystemdCreds => {
+            let ok = std::process::Command::new("systemd-creds")
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                bail!(
+                    "`systemd-creds` is not available (systemd 250 or later); enroll with `--backend tpm` or `--backend sealed-file`"
+                );
+            }
+            Ok((
+                IdentityBackend::SystemdCreds,
+                None,
+                "--backend systemd-creds".into(),
+            ))
+        }
+        b => Ok((b, None, format!("--backend {b}"))),
+    }
+}
+
+/// Encrypt `pkcs8` (PEM, through stdin: never argv, env or a plain file)
+/// into the credential store with `systemd-creds encrypt`.
+fn store_credential(a: &SetupArgs, pkcs8: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = a.credential_out.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let pem_key = Zeroizing::new(pem(pkcs8, "PRIVATE KEY"));
+    let mut child = std::process::Command::new("systemd-creds")
+        .arg("encrypt")
+        .arg(format!("--name={}", a.credential))
+        .arg(format!("--with-key={}", a.credential_key))
+        .arg("-")
+        .arg(&a.credential_out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start systemd-creds")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(pem_key.as_bytes())
+            .context("cannot hand the key to systemd-creds")?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "systemd-creds encrypt failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The renewal record in the state directory: when the current certificate
+/// was obtained and how. `voxgate keys status` shows it; renewal will
+/// rewrite it.
+pub const RENEWAL_FILE: &str = "renewal.state";
+
+/// Write the renewal record (no secret in it).
+pub fn write_renewal_record(dir: &std::path::Path, event: &str, not_after: i64) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let text = format!(
+        "# voxgate identity: when the current certificate was obtained\nlast = {now}\nevent = \"{event}\"\nnot_after = {not_after}\n"
+    );
+    write(&dir.join(RENEWAL_FILE), text.as_bytes(), 0o644)
+}
+
 /// Run the enrollment.
 pub fn run(a: SetupArgs) -> Result<()> {
     if !crate::config::valid_device_id(&a.device_id) {
@@ -84,9 +293,8 @@ pub fn run(a: SetupArgs) -> Result<()> {
             a.device_id
         );
     }
-    let (host, _) = crate::config::split_host_port(&a.relay)
+    crate::config::split_host_port(&a.relay)
         .with_context(|| format!("--relay `{}` is not HOST:PORT", a.relay))?;
-    let _ = host;
     if a.config_out.exists() {
         bail!(
             "{} already exists; move it away to enroll again",
@@ -96,31 +304,25 @@ pub fn run(a: SetupArgs) -> Result<()> {
     let verifier = PinnedCaVerifier::new(&a.ca_fingerprint)?;
     let token = read_token(&a.token_file)?;
     let serial = a.serial.exists().then_some(a.serial.as_path());
-    let m = material(&a.machine_id, serial)?;
-
-    // A fresh key, sealed before anything leaves the box.
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Zeroizing::new(
-        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .map_err(|_| anyhow::anyhow!("key generation failed"))?
-            .as_ref()
-            .to_vec(),
-    );
-    let public = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng)
-        .map_err(|_| anyhow::anyhow!("key generation failed"))?
-        .public_key()
-        .as_ref()
-        .to_vec();
-    let csr = {
-        let kp = rcgen::KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(
-            pkcs8.as_slice(),
-        ))
-        .context("key generation failed")?;
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, a.device_id.as_str());
-        p.serialize_request(&kp).context("CSR")?.der().to_vec()
+    let (backend, tpm, why) = choose_backend(&a)?;
+    let m = match backend {
+        IdentityBackend::SealedFile => Some(material(&a.machine_id, serial)?),
+        _ => None,
     };
+
+    // A fresh key, created (in the TPM, or in memory) before anything
+    // leaves the box.
+    let key = match &tpm {
+        Some(tpm) => {
+            let blob = tpm
+                .create_device_key()
+                .with_context(|| format!("cannot create the device key in the TPM at {}", a.tpm))?;
+            NewKey::Tpm(Box::new(TpmKey::new(tpm.clone(), blob)))
+        }
+        None => NewKey::software()?,
+    };
+    let public = key.public()?;
+    let csr = key.csr(&a.device_id)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -147,39 +349,72 @@ pub fn run(a: SetupArgs) -> Result<()> {
 
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
-    let sealed_path = a.dir.join("device.key.sealed");
-    let sealed = sealed::seal(&m, &pkcs8)?;
-    write(&sealed_path, &sealed, 0o600)?;
+    let (key_lines, key_where) = match (&key, &m) {
+        (NewKey::Tpm(k), _) => {
+            let path = a.dir.join("device.key.tpm");
+            write(&path, &k.blob().to_bytes(), 0o600)?;
+            (
+                format!("key = \"{}\"\ntpm = \"{}\"\n", path.display(), a.tpm),
+                format!(
+                    "{} (held by the TPM at {}; the file is usable only there)",
+                    path.display(),
+                    a.tpm
+                ),
+            )
+        }
+        (NewKey::Software(pkcs8), Some(m)) => {
+            let path = a.dir.join("device.key.sealed");
+            write(&path, &sealed::seal(m, pkcs8)?, 0o600)?;
+            let serial_line = match serial {
+                Some(s) => format!("serial = \"{}\"\n", s.display()),
+                None => String::new(),
+            };
+            (
+                format!(
+                    "key = \"{}\"\nmachine_id = \"{}\"\n{serial_line}",
+                    path.display(),
+                    a.machine_id.display()
+                ),
+                format!("{} (sealed to this box)", path.display()),
+            )
+        }
+        (NewKey::Software(pkcs8), None) => {
+            store_credential(&a, pkcs8)?;
+            (
+                format!("credential = \"{}\"\n", a.credential),
+                format!(
+                    "{} (systemd credential `{}`, delivered by LoadCredentialEncrypted=)",
+                    a.credential_out.display(),
+                    a.credential
+                ),
+            )
+        }
+    };
     write(&a.dir.join("device.pem"), cert_pem.as_bytes(), 0o644)?;
     write(
         &a.dir.join("ca.pem"),
         pem(&ca, "CERTIFICATE").as_bytes(),
         0o644,
     )?;
+    write_renewal_record(&a.dir, "enrolled", not_after)?;
     if let Some(parent) = a.config_out.parent() {
         std::fs::create_dir_all(parent).ok();
     }
-    let serial_line = match serial {
-        Some(s) => format!("serial = \"{}\"\n", s.display()),
-        None => String::new(),
-    };
     let config = format!(
-        "# Written by `voxgate setup`: holds no secret.\ndevice_id = \"{id}\"\n\n[relay]\naddress = \"{relay}\"\nserver_name = \"{sn}\"\nca = \"{dir}/ca.pem\"\n\n[identity]\nbackend = \"sealed-file\"\ncert = \"{dir}/device.pem\"\nkey = \"{dir}/device.key.sealed\"\nmachine_id = \"{mid}\"\n{serial_line}",
+        "# Written by `voxgate setup`: holds no secret.\n# Key backend chosen by {why}.\ndevice_id = \"{id}\"\n\n[relay]\naddress = \"{relay}\"\nserver_name = \"{sn}\"\nca = \"{dir}/ca.pem\"\n\n[identity]\nbackend = \"{backend}\"\ncert = \"{dir}/device.pem\"\n{key_lines}",
+        why = why.replace('\n', " "),
         id = a.device_id,
         relay = a.relay,
         sn = a.server_name,
         dir = a.dir.display(),
-        mid = a.machine_id.display(),
     );
     write(&a.config_out, config.as_bytes(), 0o640)?;
     let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
         .map(|t| t.to_string())
         .unwrap_or_default();
     println!("enrolled `{}` with {}", a.device_id, a.relay);
-    println!(
-        "  key:         {} (sealed to this box)",
-        sealed_path.display()
-    );
+    println!("  backend:     {backend} ({why})");
+    println!("  key:         {key_where}");
     println!(
         "  certificate: {} (expires {expires})",
         a.dir.join("device.pem").display()
@@ -257,7 +492,7 @@ async fn enroll(
     ))
 }
 
-fn pem(der: &[u8], label: &str) -> String {
+pub(crate) fn pem(der: &[u8], label: &str) -> String {
     let b64 = B64.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
@@ -268,7 +503,7 @@ fn pem(der: &[u8], label: &str) -> String {
     out
 }
 
-fn write(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -158,16 +158,7 @@ impl Enroller {
         if !crate::config::valid_device_id(device) {
             return Err("invalid device id".into());
         }
-        let csr_der = B64
-            .decode(csr_b64)
-            .map_err(|_| "CSR is not base64".to_string())?;
-        let (_, req) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
-                .map_err(|_| "CSR does not parse".to_string())?;
-        req.verify_signature()
-            .map_err(|_| "CSR signature does not verify".to_string())?;
-        let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.clone().into())
-            .map_err(|e| format!("CSR not usable: {e}"))?;
+        let csr = check_csr(csr_b64)?;
         let registry = self
             .registry
             .lock()
@@ -176,6 +167,47 @@ impl Enroller {
             .redeem(token, device, now())
             .map_err(|e| e.to_string())?
             .map_err(|why| why.as_str().to_string())?;
+        let (der, not_after, hex) = self.sign(&registry, device, &csr)?;
+        let _ = registry.audit("enrolled", source, device, &hex);
+        info!(%device, %source, serial = %hex, "device enrolled");
+        Ok((der, not_after))
+    }
+
+    /// Renew the certificate of `device`, authenticated by its current
+    /// certificate on a live session: a new certificate for the CSR's key.
+    /// Revoked devices are refused (their sessions are cut anyway).
+    pub fn renew(
+        &self,
+        device: &str,
+        csr_b64: &str,
+        source: &str,
+    ) -> Result<(Vec<u8>, i64), String> {
+        let csr = check_csr(csr_b64);
+        let registry = self
+            .registry
+            .lock()
+            .map_err(|_| "registry lock".to_string())?;
+        let refused = |why: String| {
+            let _ = registry.audit("renew_rejected", source, device, &why);
+            why
+        };
+        let csr = csr.map_err(refused)?;
+        if registry.is_revoked(device).map_err(|e| e.to_string())? {
+            return Err(refused("device is revoked".into()));
+        }
+        let (der, not_after, hex) = self.sign(&registry, device, &csr)?;
+        let _ = registry.audit("renewed", source, device, &hex);
+        info!(%device, %source, serial = %hex, "device certificate renewed");
+        Ok((der, not_after))
+    }
+
+    /// Issue a certificate naming `device` for the CSR's key, record it.
+    fn sign(
+        &self,
+        registry: &Registry,
+        device: &str,
+        csr: &rcgen::CertificateSigningRequestParams,
+    ) -> Result<(Vec<u8>, i64, String), String> {
         let mut p = CertificateParams::default();
         let mut serial = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
@@ -195,8 +227,19 @@ impl Enroller {
         registry
             .record_certificate(device, &hex, p.not_before.unix_timestamp(), not_after)
             .map_err(|e| e.to_string())?;
-        let _ = registry.audit("enrolled", source, device, &hex);
-        info!(%device, %source, serial = %hex, "device enrolled");
-        Ok((cert.der().to_vec(), not_after))
+        Ok((cert.der().to_vec(), not_after, hex))
     }
+}
+
+/// Decode a CSR and verify its self-signature.
+fn check_csr(csr_b64: &str) -> Result<rcgen::CertificateSigningRequestParams, String> {
+    let csr_der = B64
+        .decode(csr_b64)
+        .map_err(|_| "CSR is not base64".to_string())?;
+    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
+        .map_err(|_| "CSR does not parse".to_string())?;
+    req.verify_signature()
+        .map_err(|_| "CSR signature does not verify".to_string())?;
+    rcgen::CertificateSigningRequestParams::from_der(&csr_der.clone().into())
+        .map_err(|e| format!("CSR not usable: {e}"))
 }

@@ -142,7 +142,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     }
     let ca = crate::transport::tls::read_certs(&ca_path)?;
     let chain = crate::transport::tls::read_certs(&state.join(ca::RELAY_CERT))?;
-    let key = crate::transport::tls::read_key(&state.join(ca::RELAY_KEY))?;
+    let key = ca::load_relay_key(state, &cfg.ca_binding)
+        .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
     let registry = registry::Registry::open(&state.join(ca::REGISTRY))
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
     let revoked: crate::transport::tls::Revoked = Default::default();
@@ -150,15 +151,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let registry = Arc::new(std::sync::Mutex::new(registry));
     let ca_pem = std::fs::read_to_string(&ca_path)
         .with_context(|| format!("cannot read {}", ca_path.display()))?;
-    let ca_key_path = state.join(ca::CA_KEY);
-    crate::transport::tls::check_key_mode(&ca_key_path)?;
-    let ca_key = {
-        let pem = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&ca_key_path)
-                .with_context(|| format!("cannot read {}", ca_key_path.display()))?,
-        );
-        rcgen::KeyPair::from_pem(&pem).context("the fleet CA key does not parse")?
-    };
+    let ca_key = ca::load_ca_key(state, &cfg.ca_binding)
+        .with_context(|| format!("{}: the fleet CA key", cfg.file.display()))?;
     let enroller = Arc::new(
         enroll::Enroller::new(registry.clone(), &ca_pem, ca_key, cfg.certificate_lifetime)
             .context("the fleet CA certificate does not parse")?,

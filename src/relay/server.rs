@@ -15,8 +15,12 @@ use crate::media::flow;
 use crate::media::rtp::Repr;
 use crate::media::stats::ReceiveStats;
 use crate::transport::calls::CallSignal;
-use crate::transport::control::{Direction, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome};
+use crate::transport::control::{
+    Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome,
+};
 use crate::transport::framed::{self, FrameReader, StreamError};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,6 +38,9 @@ pub const DOWNLINK_FLOW: u64 = 1;
 /// Most uplink flows one device may open at once.
 const MAX_FLOWS: usize = 8;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two certificate renewals of one session (each one
+/// signs a certificate and writes the registry).
+const RENEW_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the relay sends to each device.
 #[derive(Debug, Clone)]
@@ -302,6 +309,7 @@ async fn session_loop(
         )));
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_renewal: Option<Instant> = None;
     let mut out = [0u8; 1500];
     let result = loop {
         tokio::select! {
@@ -372,6 +380,25 @@ async fn session_loop(
                 Ok(Owned::Ping(id)) => {
                     framed::send(send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
                 }
+                Ok(Owned::Renew(csr)) => {
+                    if last_renewal.is_some_and(|t: Instant| t.elapsed() < RENEW_MIN_INTERVAL) {
+                        ctx.metrics.control_errors.inc();
+                        refuse(send, "renew_refused", "renewal requested too soon after the last one").await.map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    last_renewal = Some(Instant::now());
+                    let source = conn.remote_address().ip().to_string();
+                    match ctx.enroller.renew(device, &csr, &source) {
+                        Ok((der, not_after)) => {
+                            let cert = B64.encode(&der);
+                            framed::send(send, &Message::Renewed(Enrolled { cert: &cert, not_after })).await.map_err(|e| e.to_string())?;
+                        }
+                        Err(why) => {
+                            warn!(%device, session, reason = %why, "certificate renewal refused");
+                            refuse(send, "renew_refused", "certificate renewal refused; see the relay's audit log").await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
                 Ok(Owned::Ignore) => {}
                 Ok(Owned::Unexpected) => {
                     ctx.metrics.control_errors.inc();
@@ -423,6 +450,7 @@ enum Owned {
     Call(CallSignal),
     FlowClose(u64),
     Ping(u64),
+    Renew(String),
     Ignore,
     Unexpected,
 }
@@ -445,6 +473,7 @@ fn own(m: Message<'_>) -> Owned {
         },
         Message::FlowClose(f) => Owned::FlowClose(f.flow),
         Message::Ping(p) => Owned::Ping(p.id),
+        Message::Renew(r) => Owned::Renew(r.csr.to_string()),
         Message::Pong(_) | Message::Stats(_) => Owned::Ignore,
         _ => Owned::Unexpected,
     }

@@ -6,10 +6,11 @@
 //! 500 ms, timeout 3 s), not by a timer of our own.
 
 use super::calls::CallSignal;
-use super::control::{Direction, FlowOpen, Hello, Message, Ping};
+use super::control::{Direction, FlowOpen, Hello, Message, Ping, Renew};
 use super::framed::{self, FrameReader, StreamError};
 use crate::gateway::downlink::DownEvent;
 use crate::gateway::metrics::GatewayMetrics;
+use crate::identity::renew::Pending;
 use crate::media::flow;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct ClientParams {
     pub ssrc: u32,
     /// Uplink frame duration.
     pub frame_ms: u16,
+    /// Certificate renewal over the session, for backends that renew.
+    pub renewal: Option<Arc<crate::identity::renew::Renewer>>,
 }
 
 /// Where the connection delivers what it receives.
@@ -104,6 +107,8 @@ pub struct Wiring {
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the relay has to answer a renewal before it is retried later.
+const RENEW_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Keep a connection to the relay until `shutdown` resolves.
 pub async fn run(
@@ -209,18 +214,18 @@ pub fn describe(e: &quinn::ConnectionError) -> String {
         quinn::ConnectionError::ApplicationClosed(c) => {
             let why = String::from_utf8_lossy(&c.reason);
             if why.contains("revoked") {
-                "the relay revoked this device; it must be re-enrolled (a new certificate from the relay operator)".into()
+                "the relay revoked this device; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
             } else {
                 format!("the relay closed the connection: {why}")
             }
         }
         quinn::ConnectionError::TransportError(t) if u64::from(t.code) == CRYPTO_CERT_REVOKED => {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled (a new certificate from the relay operator)".into()
+            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
         }
         quinn::ConnectionError::ConnectionClosed(c)
             if u64::from(c.error_code) == CRYPTO_CERT_REVOKED =>
         {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled (a new certificate from the relay operator)".into()
+            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
         }
         quinn::ConnectionError::TimedOut => "no answer from the relay for 3 s (keep-alive timeout)".into(),
         other => other.to_string(),
@@ -293,6 +298,7 @@ async fn session_inner(
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ping_id = 0u64;
+    let mut renewing: Option<(Pending, Instant)> = None;
     let result = loop {
         tokio::select! {
             Some(sig) = async {
@@ -305,10 +311,21 @@ async fn session_inner(
                 framed::send(&mut send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
             }
             r = reader.next(|m| handle(m, &down_flow, down, metrics, events.as_ref())) => match r {
-                Ok(Some(pong_for)) => {
-                    framed::send(&mut send, &Message::Pong(Ping { id: pong_for })).await.map_err(|e| e.to_string())?;
+                Ok(Action::Pong(id)) => {
+                    framed::send(&mut send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
                 }
-                Ok(None) => {}
+                Ok(Action::Renewed(cert)) => {
+                    if let (Some(r), Some((pending, _))) = (&p.renewal, renewing.take()) {
+                        commit_renewal(r.clone(), pending, cert).await;
+                    }
+                }
+                Ok(Action::RenewRefused(why)) => {
+                    if let (Some(r), Some(_)) = (&p.renewal, renewing.take()) {
+                        let wait = r.postpone();
+                        warn!(reason = %why, retry_in_s = wait.as_secs(), "the relay refused the certificate renewal; retrying later");
+                    }
+                }
+                Ok(Action::None) => {}
                 Err(StreamError::Control(e)) => break Err(format!("bad control message from relay: {e}")),
                 Err(e) => break Err(e.to_string()),
             },
@@ -318,6 +335,22 @@ async fn session_inner(
                 if let Err(e) = framed::send(&mut send, &Message::Ping(Ping { id: ping_id })).await {
                     break Err(e.to_string());
                 }
+                if let Some(r) = &p.renewal {
+                    if renewing.as_ref().is_some_and(|(_, t)| t.elapsed() > RENEW_ANSWER_TIMEOUT) {
+                        renewing = None;
+                        let wait = r.postpone();
+                        warn!(retry_in_s = wait.as_secs(), "the relay did not answer the certificate renewal; retrying later");
+                    } else if renewing.is_none()
+                        && r.is_due()
+                        && let Some(pending) = prepare_renewal(r.clone()).await
+                    {
+                        if let Err(e) = framed::send(&mut send, &Message::Renew(Renew { csr: &pending.csr })).await {
+                            break Err(e.to_string());
+                        }
+                        info!(backend = %r.backend(), "certificate renewal requested");
+                        renewing = Some((pending, Instant::now()));
+                    }
+                }
             }
             e = conn.closed() => break Err(e.to_string()),
         }
@@ -326,14 +359,57 @@ async fn session_inner(
     result
 }
 
-/// Apply one control message; returns a ping id to answer.
+/// Make the next key and CSR off the async workers (a TPM creates keys
+/// slowly). `None` after a failure, which is logged and retried later.
+async fn prepare_renewal(r: Arc<crate::identity::renew::Renewer>) -> Option<Pending> {
+    let rr = r.clone();
+    let result = tokio::task::spawn_blocking(move || rr.prepare())
+        .await
+        .unwrap_or_else(|e| Err(format!("renewal task failed: {e}")));
+    match result {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let wait = r.postpone();
+            warn!(error = %e, retry_in_s = wait.as_secs(),
+                "cannot prepare the certificate renewal; retrying later (if it keeps failing, re-enroll before the certificate expires: `voxgate setup`)");
+            None
+        }
+    }
+}
+
+/// Store the renewed certificate and key (blocking IO off the workers).
+async fn commit_renewal(r: Arc<crate::identity::renew::Renewer>, pending: Pending, cert: String) {
+    let rr = r.clone();
+    let result = tokio::task::spawn_blocking(move || rr.commit(pending, &cert))
+        .await
+        .unwrap_or_else(|e| Err(format!("renewal task failed: {e}")));
+    match result {
+        Ok(serial) => info!(%serial, backend = %r.backend(),
+            "certificate renewed; stored, and used from the next connection on"),
+        Err(e) => {
+            let wait = r.postpone();
+            warn!(error = %e, retry_in_s = wait.as_secs(), "renewed certificate not stored; retrying later");
+        }
+    }
+}
+
+/// What the session loop does after a control message.
+enum Action {
+    None,
+    Pong(u64),
+    /// A renewed certificate, base64 DER.
+    Renewed(String),
+    RenewRefused(String),
+}
+
+/// Apply one control message.
 fn handle(
     m: Message<'_>,
     down_flow: &AtomicU64,
     down: &SyncSender<DownEvent>,
     metrics: &GatewayMetrics,
     calls: Option<&tokio::sync::mpsc::Sender<LinkEvent>>,
-) -> Option<u64> {
+) -> Action {
     if let Some(sig) = CallSignal::from_message(&m) {
         match calls {
             Some(tx) => {
@@ -343,7 +419,7 @@ fn handle(
             }
             None => debug!(?sig, "call signal ignored: the phone bridge is off"),
         }
-        return None;
+        return Action::None;
     }
     match m {
         Message::FlowOpen(f) if f.dir == Direction::Down => {
@@ -352,31 +428,35 @@ fn handle(
             let _ = down.try_send(DownEvent::Open {
                 frame_samples: u32::from(f.frame_ms) * 48,
             });
-            None
+            Action::None
         }
         Message::FlowClose(f) => {
             if down_flow.load(Relaxed) == f.flow {
                 down_flow.store(NO_FLOW, Relaxed);
             }
-            None
+            Action::None
         }
         Message::Stats(s) if s.flow == UPLINK_FLOW => {
             metrics.up_lost.set(s.lost as f64);
             metrics.up_jitter.set(f64::from(s.jitter_us) / 1e6);
-            None
+            Action::None
         }
-        Message::Ping(p) => Some(p.id),
+        Message::Ping(p) => Action::Pong(p.id),
+        Message::Renewed(e) => Action::Renewed(e.cert.to_string()),
+        Message::Error(e) if e.code == "renew_refused" => {
+            Action::RenewRefused(e.message.to_string())
+        }
         Message::Error(e) => {
             warn!(
                 code = e.code,
                 message = e.message,
                 "relay reported an error"
             );
-            None
+            Action::None
         }
         other => {
             debug!(?other, "ignored control message");
-            None
+            Action::None
         }
     }
 }

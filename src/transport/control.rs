@@ -159,6 +159,15 @@ pub struct Enrolled<'a> {
     pub not_after: i64,
 }
 
+/// Certificate renewal over the live session (device to relay): a CSR for
+/// the device's next key (a fresh one where the backend can create it),
+/// signed by that key. The session's certificate authenticates the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renew<'a> {
+    /// Base64 (standard, padded) DER of the CSR.
+    pub csr: &'a str,
+}
+
 /// Every control message of protocol v1.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -197,6 +206,11 @@ pub enum Message<'a> {
     CallEnd(CallEnd),
     /// See [`Dtmf`].
     Dtmf(Dtmf<'a>),
+    /// See [`Renew`].
+    Renew(Renew<'a>),
+    /// The relay's answer to [`Renew`]: the new certificate (same shape as
+    /// [`Enrolled`]).
+    Renewed(Enrolled<'a>),
 }
 
 #[derive(Deserialize)]
@@ -269,6 +283,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "call_answer" => Message::CallAnswer(de(body)?),
         "call_end" => Message::CallEnd(de(body)?),
         "dtmf" => Message::Dtmf(de(body)?),
+        "renew" => Message::Renew(de(body)?),
+        "renewed" => Message::Renewed(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -350,6 +366,11 @@ mod tests {
                 call: 1,
                 digit: "#",
                 duration_ms: 100,
+            }),
+            Message::Renew(Renew { csr: "TUlJQg==" }),
+            Message::Renewed(Enrolled {
+                cert: "TUlJQw==",
+                not_after: 1_800_000_000,
             }),
         ];
         let mut buf = [0u8; 512];

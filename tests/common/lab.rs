@@ -159,14 +159,34 @@ impl Lab {
     }
 
     fn write_relay_config(&self) {
+        // The fleet CA key is sealed to a machine id of the lab's own, so
+        // that no test depends on (or touches) /etc/machine-id.
+        let ca_mid = self.dir.join("ca-machine-id");
+        let id: String = (0..32)
+            .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
+            .collect();
+        std::fs::write(&ca_mid, format!("{id}\n")).unwrap();
         std::fs::write(
             self.dir.join("relay.toml"),
             format!(
-                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n{}",
-                self.quic_port, self.downlink, self.relay_metrics, dev_privilege(&self.dir)
+                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n{}{}",
+                self.quic_port,
+                self.downlink,
+                self.relay_metrics,
+                dev_privilege(&self.dir),
+                self.ca_section()
             ),
         )
         .unwrap();
+    }
+
+    /// The `[ca]` section that opens this lab's sealed fleet CA key, for
+    /// tests that write relay configs of their own.
+    pub fn ca_section(&self) -> String {
+        format!(
+            "[ca]\nmachine_id = \"{}\"\n",
+            self.dir.join("ca-machine-id").display()
+        )
     }
 
     /// Start the relay and wait until its metrics endpoint answers.

@@ -4,3 +4,4 @@
 pub mod audio_env;
 pub mod lab;
 pub mod proxy;
+pub mod swtpm;

@@ -249,7 +249,8 @@ impl RcKind {
             }
             RcKind::ForeignObject => {
                 "the key blob does not belong to this TPM: the TPM was cleared or replaced, \
-                 or the file comes from another device; re-enroll the device"
+                 or the file comes from another device; re-enroll the device \
+                 (`voxgate setup --backend tpm` with a new token from the relay operator)"
             }
             RcKind::AuthFailed => {
                 "authorization failed: the owner hierarchy has a password (voxgate needs an \

@@ -23,8 +23,10 @@
 //!   [`RcKind`] and a hint. Unsealed data is only held in `Zeroizing` buffers.
 //!
 //! The calls block (a real TPM takes tens of milliseconds per signature);
-//! async code calls them through `spawn_blocking`. [`Tpm`] is `Send + Sync`
-//! and serializes its users with a mutex.
+//! async code calls them through `spawn_blocking`, and the rustls signer
+//! (which must answer synchronously) through `block_in_place`
+//! (`signer::blocking`). [`Tpm`] is `Send + Sync` and serializes its
+//! users with a mutex.
 
 pub mod blob;
 pub mod commands;

@@ -54,6 +54,11 @@ impl TpmKey {
         &self.spki
     }
 
+    /// The TPM that holds the key.
+    pub fn tpm(&self) -> &Arc<Tpm> {
+        &self.tpm
+    }
+
     /// The key's blob.
     pub fn blob(&self) -> &KeyBlob {
         &self.blob
@@ -84,11 +89,49 @@ impl SigningKey for TpmKey {
     }
 }
 
+/// Run a blocking TPM call from wherever rustls or rcgen calls the signer.
+///
+/// rustls's [`Signer::sign`] is synchronous and must return the signature,
+/// so the calling thread waits for the TPM whatever we do: a dedicated TPM
+/// thread would only move the IO (the device transport already does that,
+/// with a time limit) while the tokio worker still sat blocked on the
+/// answer. `block_in_place` is what keeps the runtime going: on the
+/// multi-thread runtime of `voxgate run` it hands this worker's other tasks
+/// (the endpoint driver, the watchdog pings, metrics) to another thread for
+/// as long as the TPM takes (tens of milliseconds on an SPI TPM, at most one
+/// TPM time limit when it hangs). Outside a runtime, or on a current-thread
+/// runtime (where `block_in_place` would panic and there is nothing else to
+/// keep running), the call simply runs here.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// What the operator should do when the TPM fails during a handshake.
+fn recovery(e: &super::TpmError) -> &'static str {
+    use super::RcKind;
+    match e.rc_kind() {
+        Some(RcKind::ForeignObject) => {
+            "the TPM no longer holds this device's key (cleared or replaced): \
+             re-enroll this device with `voxgate setup --backend tpm` and a new token"
+        }
+        _ => {
+            "the gateway keeps retrying; if the TPM stays unusable, \
+             re-enroll this device with `voxgate setup` (a new token, another backend)"
+        }
+    }
+}
+
 impl Signer for TpmKey {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        self.tpm.sign(&self.blob, message).map_err(|e| {
-            tracing::error!(error = %e, "TPM signing failed during a TLS handshake");
-            rustls::Error::General(format!("TPM signing failed: {e}"))
+        blocking(|| self.tpm.sign(&self.blob, message)).map_err(|e| {
+            let what = recovery(&e);
+            tracing::error!(error = %e, tpm = %self.tpm.spec(), recovery = what,
+                "TPM signing failed during a TLS handshake");
+            rustls::Error::General(format!("TPM signing failed: {e}; {what}"))
         })
     }
 
@@ -109,7 +152,7 @@ impl rcgen::PublicKeyData for TpmKey {
 
 impl rcgen::SigningKey for TpmKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.tpm.sign(&self.blob, msg).map_err(|e| {
+        blocking(|| self.tpm.sign(&self.blob, msg)).map_err(|e| {
             tracing::error!(error = %e, "TPM signing failed for a certificate request");
             rcgen::Error::RemoteKeyError
         })

@@ -195,6 +195,13 @@ type Reply = io::Result<Zeroizing<Vec<u8>>>;
 #[derive(Debug)]
 pub(crate) struct Device {
     resource_manager: bool,
+    /// The opened device, until the first exchange starts its worker.
+    pending: Option<std::fs::File>,
+    worker: Option<Worker>,
+}
+
+#[derive(Debug)]
+struct Worker {
     to_worker: mpsc::SyncSender<Zeroizing<Vec<u8>>>,
     from_worker: mpsc::Receiver<Reply>,
 }
@@ -205,14 +212,33 @@ impl Device {
             .read(true)
             .write(true)
             .open(path)?;
-        Device::spawn(file, is_resource_manager(path))
+        // The worker thread starts at the first exchange, not here: the
+        // daemon opens the TPM before its privilege drop, and a thread
+        // created then would escape the per-thread Landlock and seccomp
+        // rules applied afterwards.
+        Ok(Device {
+            resource_manager: is_resource_manager(path),
+            pending: Some(file),
+            worker: None,
+        })
     }
 
     /// Serve `io` (the device, or a test double) from a worker thread.
+    #[cfg(test)]
     pub(crate) fn spawn<T: Read + Write + Send + 'static>(
-        mut io: T,
+        io: T,
         resource_manager: bool,
     ) -> io::Result<Self> {
+        Ok(Device {
+            resource_manager,
+            pending: None,
+            worker: Some(Worker::spawn(io)?),
+        })
+    }
+}
+
+impl Worker {
+    fn spawn<T: Read + Write + Send + 'static>(mut io: T) -> io::Result<Self> {
         let (to_worker, commands) = mpsc::sync_channel::<Zeroizing<Vec<u8>>>(1);
         let (replies, from_worker) = mpsc::sync_channel::<Reply>(1);
         std::thread::Builder::new()
@@ -224,8 +250,7 @@ impl Device {
                     }
                 }
             })?;
-        Ok(Device {
-            resource_manager,
+        Ok(Worker {
             to_worker,
             from_worker,
         })
@@ -262,10 +287,18 @@ impl Transport for Device {
                 io::Error::new(io::ErrorKind::BrokenPipe, "TPM worker gone"),
             )
         };
-        self.to_worker
+        if self.worker.is_none() {
+            let file = self.pending.take().ok_or_else(gone)?;
+            self.worker =
+                Some(Worker::spawn(file).map_err(|e| io_error(command, "start worker", e))?);
+        }
+        let Some(w) = &self.worker else {
+            return Err(gone());
+        };
+        w.to_worker
             .try_send(Zeroizing::new(cmd.to_vec()))
             .map_err(|_| gone())?;
-        let reply = match self.from_worker.recv_timeout(timeout) {
+        let reply = match w.from_worker.recv_timeout(timeout) {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(TpmError::Timeout {

@@ -1,0 +1,216 @@
+//! Certificate renewal over the live session: a relay issuing 15-second
+//! certificates, a device enrolled with `voxgate setup` (sealed file, and
+//! TPM on swtpm), `voxgate run` renews at two thirds of the lifetime with a
+//! fresh key, stores it, keeps its connection (no reconnect, nothing
+//! unsent), and a restarted gateway connects with the renewed pair.
+
+mod common;
+
+use common::audio_env::{AlsaFileDevices, speech_fixture};
+use common::lab::{Lab, bin, dev_privilege, free_tcp, metric, wait_for};
+use common::swtpm::Swtpm;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use voxgate::relay::registry::Registry;
+
+const LIFETIME_S: u64 = 15;
+
+fn lab(name: &str) -> Lab {
+    Lab::new(
+        name,
+        &format!("mode = \"none\"\n[enrollment]\ncertificate_lifetime_s = {LIFETIME_S}"),
+    )
+}
+
+fn enroll(lab: &Lab, id: &str, extra: &[&str]) -> PathBuf {
+    let ca = voxgate::transport::tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    let fp = voxgate::relay::ca::fingerprint(&ca[0]);
+    let out = Command::new(bin())
+        .args(["relay", "token", "create", "--config"])
+        .arg(lab.dir.join("relay.toml"))
+        .output()
+        .unwrap();
+    let tok = lab.dir.join(format!("{id}.token"));
+    std::fs::write(&tok, String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mid = lab.dir.join("machine-id");
+    std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let cfg = lab.dir.join(format!("{id}.toml"));
+    let out = Command::new(bin())
+        .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
+        .args(["--ca-fingerprint", &fp, "--device-id", id])
+        .args(["--server-name", "relay.voxgate.test", "--token-file"])
+        .arg(&tok)
+        .arg("--dir")
+        .arg(lab.dir.join(id))
+        .arg("--config-out")
+        .arg(&cfg)
+        .arg("--machine-id")
+        .arg(&mid)
+        .arg("--serial")
+        .arg(lab.dir.join("no-serial"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cfg
+}
+
+fn serial(cert: &Path) -> String {
+    let c = voxgate::transport::tls::read_certs(cert).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&c[0]).unwrap();
+    x.tbs_certificate
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Enrolled device `id` renews while streaming, then reconnects after a
+/// restart with the renewed certificate and key.
+fn renews_while_streaming(lab: &Lab, id: &str, cfg: &Path, key_file: &str) {
+    let mut relay = lab.start_relay();
+    let dir = lab.dir.join(id);
+    let cert = dir.join("device.pem");
+    let serial0 = serial(&cert);
+    let cert0 = std::fs::read(&cert).unwrap();
+    let key0 = std::fs::read(dir.join(key_file)).unwrap();
+
+    let speech = speech_fixture(
+        &lab.dir,
+        "This device renews its certificate while it talks.",
+    );
+    let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), None);
+    let env = vec![("ALSA_CONFIG_PATH".to_string(), devs.alsa_config_path_env())];
+    let m: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
+    let written = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(
+        cfg,
+        format!(
+            "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\nenabled = false\n[telemetry]\nlog = \"debug\"\nmetrics = \"{m}\"\n{}",
+            // The lab is only readable inside the sandbox: the gateway must
+            // open its own state directory for writing to renew.
+            dev_privilege(&lab.dir).replace(
+                &format!("write = [\"{}\"]", lab.dir.display()),
+                "write = []"
+            )
+        ),
+    )
+    .unwrap();
+    let mut gw = lab.start_gateway(cfg, &env);
+    wait_for(Duration::from_secs(20), "streaming", || {
+        gw.assert_running();
+        metric(m, "voxgate_frames_sent_total") >= 50.0
+    });
+    // Frames captured before the first connection count as unsent; none
+    // may be lost from here on.
+    let unsent = metric(m, "voxgate_frames_unsent_total");
+    // Due at two thirds of 15 s after enrollment.
+    wait_for(Duration::from_secs(30), "the certificate renewal", || {
+        gw.assert_running();
+        gw.log_text().contains("certificate renewed")
+    });
+    assert_eq!(metric(m, "voxgate_relay_connected"), 1.0, "connection lost");
+    assert_eq!(
+        metric(m, "voxgate_relay_connects_total"),
+        1.0,
+        "reconnected"
+    );
+    assert_eq!(
+        metric(m, "voxgate_frames_unsent_total"),
+        unsent,
+        "audio dropped"
+    );
+    gw.stop();
+
+    let serial1 = serial(&cert);
+    assert_ne!(serial0, serial1, "certificate not replaced");
+    assert_ne!(
+        std::fs::read(dir.join(key_file)).unwrap(),
+        key0,
+        "no fresh key"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join(key_file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(!dir.join("device.pem.new").exists());
+    let record = std::fs::read_to_string(dir.join("renewal.state")).unwrap();
+    assert!(record.contains("event = \"renewed\""), "{record}");
+    let audit = Registry::open(&lab.dir.join("relay/registry.sqlite3"))
+        .unwrap()
+        .audit_events()
+        .unwrap();
+    assert!(
+        audit.iter().any(|e| e.0 == "renewed" && e.2 == id),
+        "{audit:?}"
+    );
+
+    // keys status shows the renewal.
+    let st = Command::new(bin())
+        .args(["keys", "status", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&st.stdout).into_owned();
+    assert!(text.contains("(renewed)"), "{text}");
+
+    // A stop between replacing the key and moving the new certificate into
+    // place: the next start finishes the renewal.
+    let renewed = std::fs::read(&cert).unwrap();
+    std::fs::write(dir.join("device.pem.new"), &renewed).unwrap();
+    std::fs::write(&cert, &cert0).unwrap();
+
+    // A restart uses the renewed certificate and key.
+    let connects = metric(lab.relay_metrics, "voxgate_relay_sessions_total");
+    let mut gw = lab.start_gateway(cfg, &env);
+    wait_for(
+        Duration::from_secs(20),
+        "reconnect with the renewed key",
+        || {
+            gw.assert_running();
+            metric(m, "voxgate_relay_connected") == 1.0
+        },
+    );
+    assert!(metric(lab.relay_metrics, "voxgate_relay_sessions_total") > connects);
+    gw.stop();
+    assert!(
+        gw.log_text()
+            .contains("finished a certificate renewal interrupted by a stop"),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(std::fs::read(&cert).unwrap(), renewed);
+    assert!(!dir.join("device.pem.new").exists());
+    relay.stop();
+}
+
+#[test]
+fn sealed_file_device_renews_with_a_fresh_key_without_reconnecting() {
+    let lab = lab("renew-sealed");
+    let mut relay = lab.start_relay();
+    let cfg = enroll(&lab, "gw-rs", &["--backend", "sealed-file"]);
+    relay.stop();
+    renews_while_streaming(&lab, "gw-rs", &cfg, "device.key.sealed");
+}
+
+#[test]
+fn tpm_device_renews_with_a_fresh_tpm_key_without_reconnecting() {
+    let lab = lab("renew-tpm");
+    let tpm = Swtpm::start_in(lab.dir.join("swtpm"));
+    let mut relay = lab.start_relay();
+    let cfg = enroll(&lab, "gw-rt", &["--backend", "tpm", "--tpm", &tpm.spec()]);
+    relay.stop();
+    renews_while_streaming(&lab, "gw-rt", &cfg, "device.key.tpm");
+    drop(tpm);
+}
