@@ -11,6 +11,7 @@ pub mod identity;
 pub mod media;
 pub mod privilege;
 pub mod relay;
+pub mod sip;
 pub mod systemd;
 pub mod telemetry;
 pub mod transport;
