@@ -14,6 +14,7 @@
 //! - [`sdp`], [`offer`]: SDP and one-audio-stream offer/answer.
 //! - [`dialog`]: dialog state and in-dialog requests.
 
+pub mod auth;
 pub mod framing;
 pub mod header;
 pub mod message;
