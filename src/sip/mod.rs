@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod framing;
+pub mod guard;
 pub mod header;
 pub mod message;
 pub mod uri;
