@@ -19,6 +19,7 @@ pub mod framing;
 pub mod guard;
 pub mod header;
 pub mod message;
+pub mod registrar;
 pub mod uri;
 
 #[cfg(test)]
