@@ -1,0 +1,170 @@
+//! Server transactions (RFC 3261 17.2, RFC 6026 7.1).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Out, Timers, Transmit, TxError, TxEvent, TxKey};
+use crate::sip::message::Message;
+use crate::sip::uri::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Non-INVITE before any response.
+    Trying,
+    Proceeding,
+    Completed,
+    /// INVITE: ACK for a non-2xx received (timer I).
+    Confirmed,
+    /// INVITE: 2xx sent (RFC 6026, timer L); INVITE retransmissions absorbed.
+    Accepted,
+    Terminated,
+}
+
+#[derive(Debug)]
+pub(crate) struct ServerTx {
+    key: TxKey,
+    invite: bool,
+    peer: SocketAddr,
+    reliable: bool,
+    state: State,
+    last: Option<Vec<u8>>,
+    /// Timer G.
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    /// Timer H, I, J or L.
+    timeout_at: Option<Instant>,
+}
+
+impl ServerTx {
+    /// A new server transaction; an INVITE gets an immediate 100 Trying.
+    pub(crate) fn start(
+        _now: Instant,
+        key: TxKey,
+        req: &Message,
+        peer: SocketAddr,
+        reliable: bool,
+        out: &mut Out,
+    ) -> ServerTx {
+        let invite = key.method == Method::Invite;
+        let mut tx = ServerTx {
+            key,
+            invite,
+            peer,
+            reliable,
+            state: if invite {
+                State::Proceeding
+            } else {
+                State::Trying
+            },
+            last: None,
+            retransmit_at: None,
+            interval: Duration::ZERO,
+            timeout_at: None,
+        };
+        if invite {
+            let trying = Message::response_to(req, 100).encode();
+            tx.send(trying.clone(), out);
+            tx.last = Some(trying);
+        }
+        tx
+    }
+
+    pub(crate) fn terminated(&self) -> bool {
+        self.state == State::Terminated
+    }
+
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        match (self.retransmit_at, self.timeout_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn send(&self, bytes: Vec<u8>, out: &mut Out) {
+        out.transmits.push_back(Transmit {
+            dest: self.peer,
+            reliable: self.reliable,
+            bytes,
+        });
+    }
+
+    pub(crate) fn respond(
+        &mut self,
+        now: Instant,
+        resp: Message,
+        t: &Timers,
+        out: &mut Out,
+    ) -> Result<(), TxError> {
+        let code = resp.code().ok_or(TxError::WrongKind)?;
+        if !matches!(self.state, State::Trying | State::Proceeding) {
+            return Err(TxError::AlreadyFinal);
+        }
+        let bytes = resp.encode();
+        self.send(bytes.clone(), out);
+        self.last = Some(bytes);
+        if code < 200 {
+            self.state = State::Proceeding;
+        } else if !self.invite {
+            // Timer J.
+            self.state = State::Completed;
+            if self.reliable {
+                self.state = State::Terminated;
+            } else {
+                self.timeout_at = Some(now + 64 * t.t1);
+            }
+        } else if code < 300 {
+            // Timer L.
+            self.state = State::Accepted;
+            self.timeout_at = Some(now + 64 * t.t1);
+        } else {
+            // Timers G and H.
+            self.state = State::Completed;
+            self.interval = t.t1;
+            self.retransmit_at = (!self.reliable).then(|| now + t.t1);
+            self.timeout_at = Some(now + 64 * t.t1);
+        }
+        Ok(())
+    }
+
+    /// The same request again: resend the last response (if any).
+    pub(crate) fn on_retransmission(&mut self, out: &mut Out) {
+        if matches!(self.state, State::Proceeding | State::Completed) {
+            if let Some(b) = self.last.clone() {
+                self.send(b, out);
+            }
+        }
+    }
+
+    pub(crate) fn on_ack(&mut self, now: Instant, t: &Timers) {
+        if self.invite && self.state == State::Completed {
+            self.retransmit_at = None;
+            if self.reliable {
+                self.state = State::Terminated;
+            } else {
+                self.state = State::Confirmed;
+                self.timeout_at = Some(now + t.t4); // timer I
+            }
+        }
+    }
+
+    pub(crate) fn on_timeout(&mut self, now: Instant, t: &Timers, out: &mut Out) {
+        if self.timeout_at.is_some_and(|at| at <= now) {
+            if self.invite && self.state == State::Completed {
+                out.events.push_back(TxEvent::AckTimeout {
+                    key: self.key.clone(),
+                });
+            }
+            self.timeout_at = None;
+            self.retransmit_at = None;
+            self.state = State::Terminated;
+            return;
+        }
+        if self.retransmit_at.is_some_and(|at| at <= now) {
+            if let Some(b) = self.last.clone() {
+                self.send(b, out);
+            }
+            self.interval = (self.interval * 2).min(t.t2);
+            self.retransmit_at = Some(now + self.interval);
+        }
+    }
+}
