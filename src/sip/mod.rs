@@ -20,6 +20,7 @@ pub mod guard;
 pub mod header;
 pub mod message;
 pub mod registrar;
+pub mod sdp;
 pub mod transaction;
 pub mod uri;
 
