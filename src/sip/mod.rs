@@ -19,6 +19,7 @@ pub mod framing;
 pub mod guard;
 pub mod header;
 pub mod message;
+pub mod offer;
 pub mod registrar;
 pub mod sdp;
 pub mod transaction;

@@ -319,7 +319,9 @@ impl Media {
 
     /// True when the flag attribute `name` is present.
     pub fn has_flag(&self, name: &str) -> bool {
-        self.attributes.iter().any(|a| a.name.eq_ignore_ascii_case(name))
+        self.attributes
+            .iter()
+            .any(|a| a.name.eq_ignore_ascii_case(name))
     }
 
     fn per_pt(&self, name: &str, pt: &str) -> Option<&str> {
@@ -384,14 +386,29 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(Session::parse(b"o=- 1 1 IN IP4 h\r\n"), Err(SdpError::Version));
+        assert_eq!(
+            Session::parse(b"o=- 1 1 IN IP4 h\r\n"),
+            Err(SdpError::Version)
+        );
         assert_eq!(Session::parse(b"v=0\r\ns=x\r\n"), Err(SdpError::Origin));
         assert_eq!(Session::parse(b"v=0\r\nbogus\r\n"), Err(SdpError::Line(2)));
-        assert_eq!(Session::parse(b"v=0\r\no=- 1 1 IN IP4 h\r\nc=IN IP9 x\r\n"), Err(SdpError::Connection));
-        assert_eq!(Session::parse(b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 99999 RTP/AVP 0\r\n"), Err(SdpError::Media));
-        let many = format!("v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 1 RTP/AVP{}\r\n", " 0".repeat(40));
+        assert_eq!(
+            Session::parse(b"v=0\r\no=- 1 1 IN IP4 h\r\nc=IN IP9 x\r\n"),
+            Err(SdpError::Connection)
+        );
+        assert_eq!(
+            Session::parse(b"v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 99999 RTP/AVP 0\r\n"),
+            Err(SdpError::Media)
+        );
+        let many = format!(
+            "v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 1 RTP/AVP{}\r\n",
+            " 0".repeat(40)
+        );
         assert_eq!(Session::parse(many.as_bytes()), Err(SdpError::Media));
-        assert_eq!(Session::parse(&vec![b'a'; MAX_SDP + 1]), Err(SdpError::TooLarge));
+        assert_eq!(
+            Session::parse(&vec![b'a'; MAX_SDP + 1]),
+            Err(SdpError::TooLarge)
+        );
         assert_eq!(Session::parse(b"v=0\r\n\xff"), Err(SdpError::Encoding));
     }
 }
