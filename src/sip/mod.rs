@@ -15,6 +15,7 @@
 //! - [`dialog`]: dialog state and in-dialog requests.
 
 pub mod auth;
+pub mod dialog;
 pub mod framing;
 pub mod guard;
 pub mod header;
