@@ -174,10 +174,10 @@ impl Dialog {
             }
             self.remote_seq = Some(cseq.seq);
         }
-        if is_target_refresh(&cseq.method) {
-            if let Ok(uri) = first_contact(req) {
-                self.remote_target = uri;
-            }
+        if is_target_refresh(&cseq.method)
+            && let Ok(uri) = first_contact(req)
+        {
+            self.remote_target = uri;
         }
         Ok(())
     }
@@ -189,10 +189,10 @@ impl Dialog {
         let ok = resp.code().is_some_and(|c| (200..300).contains(&c));
         if ok {
             self.state = DialogState::Confirmed;
-            if is_target_refresh(&cseq.method) {
-                if let Ok(uri) = first_contact(resp) {
-                    self.remote_target = uri;
-                }
+            if is_target_refresh(&cseq.method)
+                && let Ok(uri) = first_contact(resp)
+            {
+                self.remote_target = uri;
             }
         }
         Ok(())

@@ -100,10 +100,10 @@ const LIST: &[&str] = &[
 /// The canonical spelling of a header name: compact forms expanded, known
 /// names in their RFC spelling, unknown names kept as written.
 pub fn canonical_name(name: &str) -> String {
-    if name.len() == 1 {
-        if let Some((_, long)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
-            return (*long).to_string();
-        }
+    if name.len() == 1
+        && let Some((_, long)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name))
+    {
+        return (*long).to_string();
     }
     match KNOWN.iter().find(|k| k.eq_ignore_ascii_case(name)) {
         Some(k) => (*k).to_string(),

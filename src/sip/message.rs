@@ -420,11 +420,11 @@ impl Message {
 
     /// Adds `;tag=` to To unless it already has one.
     pub fn set_to_tag(&mut self, tag: &str) {
-        if let Ok(mut to) = self.to() {
-            if to.tag().is_none() {
-                to.params.set("tag", Some(tag.to_string()));
-                self.headers.replace_first("To", to.to_string());
-            }
+        if let Ok(mut to) = self.to()
+            && to.tag().is_none()
+        {
+            to.params.set("tag", Some(tag.to_string()));
+            self.headers.replace_first("To", to.to_string());
         }
     }
 
@@ -435,10 +435,10 @@ impl Message {
         self.to()?;
         self.call_id()?;
         let cseq = self.cseq()?;
-        if let StartLine::Request { method, .. } = &self.start {
-            if *method != cseq.method {
-                return Err(ParseError::CSeqMismatch);
-            }
+        if let StartLine::Request { method, .. } = &self.start
+            && *method != cseq.method
+        {
+            return Err(ParseError::CSeqMismatch);
         }
         if let Some(mf) = self.headers.get("Max-Forwards") {
             if mf.is_empty() || mf.len() > 10 || !mf.bytes().all(|c| c.is_ascii_digit()) {

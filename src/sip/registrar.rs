@@ -159,7 +159,7 @@ impl Registrar {
         let before = list.clone();
         let in_order = |b: &Binding| b.call_id != call_id || cseq > b.cseq;
 
-        if contacts.iter().any(|c| *c == Contact::Star) {
+        if contacts.contains(&Contact::Star) {
             if contacts.len() != 1 || header_expires != Some(0) {
                 return Err(bad(400, Some("Bad Request (Contact: * needs Expires: 0)")));
             }

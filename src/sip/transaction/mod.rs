@@ -285,15 +285,15 @@ impl Transactions {
     pub fn handle_message(&mut self, now: Instant, msg: Message, src: SocketAddr, reliable: bool) {
         if msg.is_request() {
             self.handle_request(now, msg, src, reliable);
-        } else if let Some(key) = key_of(&msg, Role::Client) {
-            if let Some(tx) = self.clients.get_mut(&key) {
-                tx.on_response(now, msg, &self.timers, &mut self.out);
-                if tx.terminated() {
-                    self.clients.remove(&key);
-                }
+        } else if let Some(key) = key_of(&msg, Role::Client)
+            && let Some(tx) = self.clients.get_mut(&key)
+        {
+            tx.on_response(now, msg, &self.timers, &mut self.out);
+            if tx.terminated() {
+                self.clients.remove(&key);
             }
-            // A response matching nothing is dropped (RFC 3261 17.1.3).
         }
+        // A response matching nothing is dropped (RFC 3261 17.1.3).
     }
 
     fn handle_request(&mut self, now: Instant, msg: Message, src: SocketAddr, reliable: bool) {

@@ -128,10 +128,10 @@ impl ServerTx {
 
     /// The same request again: resend the last response (if any).
     pub(crate) fn on_retransmission(&mut self, out: &mut Out) {
-        if matches!(self.state, State::Proceeding | State::Completed) {
-            if let Some(b) = self.last.clone() {
-                self.send(b, out);
-            }
+        if matches!(self.state, State::Proceeding | State::Completed)
+            && let Some(b) = self.last.clone()
+        {
+            self.send(b, out);
         }
     }
 
