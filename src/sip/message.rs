@@ -256,7 +256,9 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         (Some(a), Some(b), c) => (a, b, c),
         _ => return Err(ParseError::BadStartLine),
     };
-    if a.len() > 4 && a[..4].eq_ignore_ascii_case("SIP/") {
+    let sip_prefix =
+        |s: &str| s.len() > 4 && s.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+    if sip_prefix(a) {
         if a != "SIP/2.0" {
             return Err(ParseError::BadVersion);
         }
@@ -277,7 +279,7 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         return Err(ParseError::BadStartLine);
     }
     if !c.eq_ignore_ascii_case("SIP/2.0") {
-        return Err(if c.len() > 4 && c[..4].eq_ignore_ascii_case("SIP/") {
+        return Err(if sip_prefix(c) {
             ParseError::BadVersion
         } else {
             ParseError::BadStartLine

@@ -27,7 +27,19 @@ pub mod transaction;
 pub mod uri;
 
 #[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
 mod torture;
 
 pub use message::{Contact, Limits, Message, ParseError, StartLine};
 pub use uri::{CSeq, Method, NameAddr, SipUri, Via};
+
+/// A new RFC 3261 branch (`z9hG4bK` + 96 random bits as hex).
+pub fn new_branch(random: [u8; 12]) -> String {
+    format!("z9hG4bK{}", auth::hex(&random))
+}
+
+/// A new From/To tag (64 random bits as hex).
+pub fn new_tag(random: [u8; 8]) -> String {
+    auth::hex(&random)
+}

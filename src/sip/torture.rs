@@ -262,6 +262,15 @@ fn bounds_and_garbage() {
         Err(ParseError::BadEncoding)
     );
     assert_eq!(Message::parse(b""), Err(ParseError::Incomplete));
+    // A multi-byte character across byte 4 of the first or last token.
+    assert_eq!(
+        Message::parse(&options_with("l: 0\n", "ABC\u{e9}X sip:a@b SIP/2.0")),
+        Err(ParseError::BadStartLine)
+    );
+    assert_eq!(
+        Message::parse(&options_with("l: 0\n", "OPTIONS sip:a@b ABC\u{e9}X")),
+        Err(ParseError::BadStartLine)
+    );
     assert_eq!(Message::parse(b"\r\n\r\n"), Err(ParseError::Incomplete));
     // Every prefix of a valid message is refused or parsed, never a panic.
     let mut full = crlf(WSINV_HEAD);
