@@ -11,6 +11,8 @@
 //!   other's), so one known account cannot be used to keep brute-forcing
 //!   others; counters decay when their window ends;
 //! - past `max_failures` within `window` the source is banned for `ban`;
+//! - more than `max_packets` per `packet_window` from one source are dropped
+//!   (flood clipping, reported once per window, never a ban by itself);
 //! - the response to an unknown extension and to a wrong password is built
 //!   by the same code from the same inputs (request, source, time), so the
 //!   bytes are identical; [`AuditEvent`] does not tell them apart either;
@@ -100,6 +102,11 @@ pub struct GuardConfig {
     pub ban: Duration,
     /// Most sources tracked at once.
     pub max_sources: usize,
+    /// Packets a source may send per `packet_window` before the excess is
+    /// dropped (flood protection; not a ban, since UDP sources can be forged).
+    pub max_packets: u32,
+    /// Window of `max_packets`.
+    pub packet_window: Duration,
 }
 
 impl Default for GuardConfig {
@@ -110,6 +117,8 @@ impl Default for GuardConfig {
             window: Duration::from_secs(600),
             ban: Duration::from_secs(3600),
             max_sources: 4096,
+            max_packets: 200,
+            packet_window: Duration::from_secs(1),
         }
     }
 }
@@ -147,7 +156,13 @@ pub enum AuditEvent {
         /// Failures of this source in the current window.
         failures: u32,
     },
-    /// A source went over budget and is dropped until `until`.
+    /// A source sent more than `max_packets` in one window; the excess is
+    /// dropped (reported once per window).
+    Flood {
+        /// Source address.
+        src: IpAddr,
+    },
+    /// A source went over its failure budget and is dropped for `ban`.
     Banned {
         /// Source address.
         src: IpAddr,
@@ -169,6 +184,8 @@ struct Source {
     window_start: Instant,
     banned_until: Option<Instant>,
     last_seen: Instant,
+    packets: u32,
+    packet_window_start: Instant,
 }
 
 /// The guard: owns the digest server and per-source state.
@@ -209,9 +226,33 @@ impl Guard {
         self.sources.len()
     }
 
-    /// Cheap check before parsing a packet: `false` means drop it. Returns an
-    /// audit event for a source outside the allowlist (rate-limit its logging).
+    /// Cheap check for every packet, before parsing: `false` means drop it.
+    /// Applies the allowlist, bans and the per-source packet rate; returns an
+    /// audit event for an outsider or a flood (rate-limit its logging).
     pub fn admit(&mut self, now: Instant, src: IpAddr) -> (bool, Option<AuditEvent>) {
+        let (ok, ev) = self.check(now, src);
+        if !ok {
+            return (ok, ev);
+        }
+        let max = self.cfg.max_packets;
+        let window = self.cfg.packet_window;
+        let s = self.entry(now, src);
+        if now.saturating_duration_since(s.packet_window_start) >= window {
+            s.packets = 0;
+            s.packet_window_start = now;
+        }
+        s.packets = s.packets.saturating_add(1);
+        s.last_seen = now;
+        if s.packets > max {
+            let first = s.packets == max + 1;
+            self.dropped += 1;
+            return (false, first.then_some(AuditEvent::Flood { src }));
+        }
+        (true, None)
+    }
+
+    /// Allowlist and ban, without counting anything.
+    fn check(&mut self, now: Instant, src: IpAddr) -> (bool, Option<AuditEvent>) {
         if !self.cfg.allow.iter().any(|c| c.contains(src)) {
             self.dropped += 1;
             return (false, Some(AuditEvent::NotAllowed { src }));
@@ -233,6 +274,22 @@ impl Guard {
         (true, None)
     }
 
+    /// The state of `ip`'s source, created (evicting if full) when new.
+    fn entry(&mut self, now: Instant, ip: IpAddr) -> &mut Source {
+        let k = key(ip);
+        if !self.sources.contains_key(&k) && self.sources.len() >= self.cfg.max_sources {
+            self.evict(now);
+        }
+        self.sources.entry(k).or_insert(Source {
+            failures: 0,
+            window_start: now,
+            banned_until: None,
+            last_seen: now,
+            packets: 0,
+            packet_window_start: now,
+        })
+    }
+
     /// Authenticates a parsed request from `src`. `lookup` maps a user name
     /// to its stored HA1 pair.
     pub fn authenticate(
@@ -243,7 +300,7 @@ impl Guard {
         lookup: impl FnOnce(&str) -> Option<Ha1Pair>,
     ) -> (Decision, Vec<AuditEvent>) {
         let ip = src.ip();
-        let (admitted, ev) = self.admit(now, ip);
+        let (admitted, ev) = self.check(now, ip);
         if !admitted {
             return (Decision::Drop, ev.into_iter().collect());
         }
@@ -290,17 +347,9 @@ impl Guard {
     }
 
     fn count_failure(&mut self, now: Instant, ip: IpAddr) -> u32 {
-        let k = key(ip);
-        if !self.sources.contains_key(&k) && self.sources.len() >= self.cfg.max_sources {
-            self.evict(now);
-        }
-        let s = self.sources.entry(k).or_insert(Source {
-            failures: 0,
-            window_start: now,
-            banned_until: None,
-            last_seen: now,
-        });
-        if now.saturating_duration_since(s.window_start) > self.cfg.window {
+        let window = self.cfg.window;
+        let s = self.entry(now, ip);
+        if now.saturating_duration_since(s.window_start) > window {
             s.failures = 0;
             s.window_start = now;
         }
@@ -314,9 +363,13 @@ impl Guard {
         // source, and only when every slot holds a live ban the ban ending
         // soonest.
         let window = self.cfg.window;
+        let pw = self.cfg.packet_window;
         self.sources.retain(|_, s| match s.banned_until {
             Some(t) => t > now,
-            None => now.saturating_duration_since(s.window_start) <= window,
+            None => {
+                (s.failures > 0 && now.saturating_duration_since(s.window_start) <= window)
+                    || now.saturating_duration_since(s.packet_window_start) < pw
+            }
         });
         if self.sources.len() < self.cfg.max_sources {
             return;
@@ -398,6 +451,8 @@ mod tests {
             window: Duration::from_secs(60),
             ban: Duration::from_secs(300),
             max_sources,
+            max_packets: 10,
+            packet_window: Duration::from_secs(1),
         };
         let d = || DigestServer::new("voxgate", &[1; 32], t0, Duration::from_secs(30));
         (Guard::new(cfg, d()), d())
@@ -498,6 +553,25 @@ mod tests {
         assert_eq!(
             g.authenticate(later, src, &fresh, store).0,
             Decision::Authenticated { user: "101".into() }
+        );
+    }
+
+    #[test]
+    fn floods_are_clipped_per_window_without_a_ban() {
+        let t0 = Instant::now();
+        let (mut g, _) = guard(t0, 16);
+        let ip: IpAddr = "192.168.1.30".parse().unwrap();
+        let verdicts: Vec<_> = (0..15).map(|_| g.admit(t0, ip)).collect();
+        assert!(verdicts[..10].iter().all(|v| v.0));
+        assert_eq!(verdicts[10], (false, Some(AuditEvent::Flood { src: ip })));
+        assert_eq!(verdicts[11], (false, None), "reported once per window");
+        assert!(
+            g.admit(t0, "192.168.1.31".parse().unwrap()).0,
+            "others unaffected"
+        );
+        assert!(
+            g.admit(t0 + Duration::from_secs(1), ip).0,
+            "next window admits again"
         );
     }
 
