@@ -33,16 +33,21 @@ pub(crate) struct ServerTx {
     interval: Duration,
     /// Timer H, I, J or L.
     timeout_at: Option<Instant>,
+    /// Call-ID, CSeq number and From tag, to match the ACK for a 2xx.
+    dialog_key: (String, u32, String),
+    /// The ACK for our 2xx arrived.
+    acked: bool,
 }
 
 impl ServerTx {
     /// A new server transaction; an INVITE gets an immediate 100 Trying.
     pub(crate) fn start(
-        _now: Instant,
+        now: Instant,
         key: TxKey,
         req: &Message,
         peer: SocketAddr,
         reliable: bool,
+        t: &Timers,
         out: &mut Out,
     ) -> ServerTx {
         let invite = key.method == Method::Invite;
@@ -60,7 +65,22 @@ impl ServerTx {
             retransmit_at: None,
             interval: Duration::ZERO,
             timeout_at: None,
+            dialog_key: (
+                req.call_id().unwrap_or("").to_string(),
+                req.cseq().map(|c| c.seq).unwrap_or(0),
+                req.from()
+                    .ok()
+                    .and_then(|f| f.tag().map(str::to_string))
+                    .unwrap_or_default(),
+            ),
+            acked: false,
         };
+        if !invite {
+            // Not an RFC timer: a non-INVITE request the transaction user
+            // never answers is forgotten when the client's timer F would
+            // have fired, so the table cannot fill up with them.
+            tx.timeout_at = Some(now + 64 * t.t1);
+        }
         if invite {
             let trying = Message::response_to(req, 100).encode();
             tx.send(trying.clone(), out);
@@ -113,8 +133,12 @@ impl ServerTx {
                 self.timeout_at = Some(now + 64 * t.t1);
             }
         } else if code < 300 {
-            // Timer L.
+            // Timer L; the 2xx is retransmitted like a final response under
+            // timer G until its ACK arrives (RFC 3261 13.3.1.4, done here so
+            // that the transaction user cannot forget it).
             self.state = State::Accepted;
+            self.interval = t.t1;
+            self.retransmit_at = (!self.reliable).then(|| now + t.t1);
             self.timeout_at = Some(now + 64 * t.t1);
         } else {
             // Timers G and H.
@@ -147,9 +171,26 @@ impl ServerTx {
         }
     }
 
+    /// True when `ack` (which matched no transaction) acknowledges our 2xx.
+    pub(crate) fn is_ack_for_2xx(&self, ack: &Message) -> bool {
+        self.state == State::Accepted
+            && ack.call_id().is_ok_and(|c| c == self.dialog_key.0)
+            && ack.cseq().is_ok_and(|c| c.seq == self.dialog_key.1)
+            && ack
+                .from()
+                .is_ok_and(|f| f.tag().unwrap_or("") == self.dialog_key.2)
+    }
+
+    /// The ACK for our 2xx arrived: stop retransmitting it.
+    pub(crate) fn on_ack_for_2xx(&mut self) {
+        self.acked = true;
+        self.retransmit_at = None;
+    }
+
     pub(crate) fn on_timeout(&mut self, now: Instant, t: &Timers, out: &mut Out) {
         if self.timeout_at.is_some_and(|at| at <= now) {
-            if self.invite && self.state == State::Completed {
+            let unacked_2xx = self.state == State::Accepted && !self.acked;
+            if self.invite && (self.state == State::Completed || unacked_2xx) {
                 out.events.push_back(TxEvent::AckTimeout {
                     key: self.key.clone(),
                 });

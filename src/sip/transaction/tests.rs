@@ -223,9 +223,47 @@ fn ack_for_2xx_and_cancel_matching() {
     t.handle_message(t0, inv, addr(BOX), false);
     assert!(drain(&mut t).is_empty());
     assert!(events(&mut t).is_empty());
-    // The ACK for the 2xx has its own branch: it goes to the dialog.
-    t.handle_message(t0, request("ACK", "z9hG4bKack"), addr(BOX), false);
+    // The 2xx is retransmitted until its ACK arrives.
+    let again = run_timers(&mut t, t0, Duration::from_millis(1600));
+    assert_eq!(again.len(), 2);
+    assert_eq!(Message::parse(&again[0].1.bytes).unwrap().code(), Some(200));
+    // The ACK for the 2xx has its own branch: it goes to the dialog, and it
+    // stops the retransmissions.
+    let later = t0 + Duration::from_millis(1600);
+    t.handle_message(later, request("ACK", "z9hG4bKack"), addr(BOX), false);
     assert!(matches!(events(&mut t)[0], TxEvent::Ack { .. }));
+    let rest = run_timers(&mut t, t0, Duration::from_secs(40));
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(events(&mut t).is_empty(), "no AckTimeout once acknowledged");
+    // The unanswered CANCEL transaction was forgotten after 64*T1 too.
+    assert!(t.is_empty());
+}
+
+#[test]
+fn unacknowledged_2xx_times_out() {
+    let t0 = Instant::now();
+    let mut t = Transactions::new(Timers::default());
+    let inv = request("INVITE", "z9hG4bKs4");
+    t.handle_message(t0, inv.clone(), addr(BOX), false);
+    let TxEvent::Request { key, .. } = events(&mut t).remove(0) else {
+        panic!()
+    };
+    t.send_response(t0, &key, Message::response_to(&inv, 200))
+        .unwrap();
+    drain(&mut t);
+    // The timer G schedule, capped at T2, until timer L (32 s).
+    let at: Vec<u64> = run_timers(&mut t, t0, Duration::from_secs(40))
+        .iter()
+        .map(|(d, _)| d.as_millis() as u64)
+        .collect();
+    assert_eq!(
+        at,
+        [
+            500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+        ]
+    );
+    assert_eq!(events(&mut t), vec![TxEvent::AckTimeout { key }]);
+    assert!(t.is_empty());
 }
 
 /// Two layers, a network that drops chosen packets in each direction.
