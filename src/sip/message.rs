@@ -8,7 +8,8 @@
 //!   request method, and one agreed Content-Length (when present);
 //! - `Content-Length` is honoured: extra datagram bytes are ignored (RFC 3261
 //!   18.3), a short body is an error;
-//! - [`Message::encode`] always writes one correct `Content-Length`;
+//! - [`Message::encode`] always writes one correct `Content-Length` and
+//!   turns CR/LF inside fields into spaces (no header injection);
 //! - no input makes any function here panic (see `fuzz/fuzz_targets/sip_message.rs`).
 
 use thiserror::Error;
@@ -579,20 +580,27 @@ impl Message {
 
     /// Serializes with CRLF line ends and a correct Content-Length.
     pub fn encode(&self) -> Vec<u8> {
-        use std::fmt::Write;
-        let mut s = String::with_capacity(512 + self.body.len());
-        // Writing into a String cannot fail.
-        let _ = match &self.start {
-            StartLine::Request { method, uri } => write!(s, "{method} {uri} SIP/2.0\r\n"),
-            StartLine::Response { code, reason } => write!(s, "SIP/2.0 {code} {reason}\r\n"),
+        let mut out = Vec::with_capacity(512 + self.body.len());
+        // CR and LF inside any field become spaces, so no value set by the
+        // caller can inject a header or end the header section early.
+        let mut line = |text: &str| {
+            out.extend(
+                text.bytes()
+                    .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+            );
+            out.extend_from_slice(b"\r\n");
         };
+        line(&match &self.start {
+            StartLine::Request { method, uri } => format!("{method} {uri} SIP/2.0"),
+            StartLine::Response { code, reason } => format!("SIP/2.0 {code} {reason}"),
+        });
         for h in self.headers.iter() {
             if !h.name.eq_ignore_ascii_case("Content-Length") {
-                let _ = write!(s, "{}: {}\r\n", h.name, h.value);
+                line(&format!("{}: {}", h.name, h.value));
             }
         }
-        let _ = write!(s, "Content-Length: {}\r\n\r\n", self.body.len());
-        let mut out = s.into_bytes();
+        line(&format!("Content-Length: {}", self.body.len()));
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
     }
