@@ -332,7 +332,12 @@ impl Guard {
                 }];
                 if failures > self.cfg.max_failures {
                     if let Some(s) = self.sources.get_mut(&key(ip)) {
-                        s.banned_until = Some(now + self.cfg.ban);
+                        // An absurd configured ban saturates instead of overflowing.
+                        let until = now
+                            .checked_add(self.cfg.ban)
+                            .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+                            .unwrap_or(now);
+                        s.banned_until = Some(until);
                     }
                     events.push(AuditEvent::Banned {
                         src: ip,

@@ -195,7 +195,9 @@ impl Registrar {
                 let secs = expires.min(self.cfg.max_expires);
                 list.push(Binding {
                     contact,
-                    expires_at: now + Duration::from_secs(u64::from(secs)),
+                    expires_at: now
+                        .checked_add(Duration::from_secs(u64::from(secs)))
+                        .unwrap_or(now),
                     call_id: call_id.clone(),
                     cseq,
                     source: src,

@@ -206,3 +206,27 @@ fn invalid_uri() -> crate::sip::uri::SipUri {
         headers: None,
     }
 }
+
+/// The CANCEL for a pending INVITE we sent (RFC 3261 9.1): same Request-URI,
+/// Call-ID, From, To, CSeq number and top Via (so the same branch), and the
+/// INVITE's Route headers. Send it with `Transactions::send_request`.
+pub fn cancel_for(invite: &Message) -> Message {
+    let uri = invite.request_uri().cloned().unwrap_or_else(invalid_uri);
+    let mut c = Message::request(Method::Cancel, uri);
+    if let Some(v) = invite.headers.get("Via") {
+        c.headers.push("Via", v);
+    }
+    c.headers.push("Max-Forwards", "70");
+    for name in ["From", "To", "Call-ID"] {
+        if let Some(v) = invite.headers.get(name) {
+            c.headers.push(name, v);
+        }
+    }
+    if let Ok(cs) = invite.cseq() {
+        c.headers.push("CSeq", format!("{} CANCEL", cs.seq));
+    }
+    for r in invite.headers.get_all("Route") {
+        c.headers.push("Route", r);
+    }
+    c
+}

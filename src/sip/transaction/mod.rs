@@ -38,6 +38,7 @@ use thiserror::Error;
 use super::message::Message;
 use super::uri::Method;
 use client::ClientTx;
+pub use client::cancel_for;
 use server::ServerTx;
 
 /// Most live transactions.

@@ -368,3 +368,18 @@ fn refusals() {
     );
     assert_eq!(full.len(), MAX_TRANSACTIONS);
 }
+
+#[test]
+fn cancel_of_our_invite() {
+    let t0 = Instant::now();
+    let mut t = Transactions::new(Timers::default());
+    let inv = request("INVITE", "z9hG4bKc1");
+    let ik = t.send_request(t0, inv.clone(), addr(UA), false).unwrap();
+    let cancel = cancel_for(&inv);
+    assert_eq!(cancel.cseq().unwrap().to_string(), "1 CANCEL");
+    assert_eq!(cancel.top_via().unwrap().branch(), Some("z9hG4bKc1"));
+    assert_eq!(cancel.request_uri(), inv.request_uri());
+    let ck = t.send_request(t0, cancel, addr(UA), false).unwrap();
+    assert_ne!(ik, ck, "own transaction, same branch");
+    assert_eq!(t.len(), 2);
+}
