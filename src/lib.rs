@@ -12,6 +12,7 @@ pub mod media;
 pub mod phones;
 pub mod privilege;
 pub mod relay;
+pub mod sip;
 pub mod systemd;
 pub mod telemetry;
 pub mod transport;

@@ -1,0 +1,558 @@
+//! Server-side HTTP digest authentication for SIP (RFC 3261 22, RFC 7616,
+//! RFC 8760), SHA-256 and MD5, `qop=auth`.
+//!
+//! Guarantees:
+//! - only HA1 material is ever needed ([`Ha1Pair`]); a password appears only
+//!   in [`Ha1Pair::derive`], which provisioning calls once;
+//! - nonces are stateless: `hex(seconds since epoch) || hex(HMAC-SHA256(key,
+//!   seconds || source IP)[..16])` under a per-boot key, so they expire
+//!   (`stale=true` when the answer was right but the nonce old) and are bound
+//!   to the source address that was challenged;
+//! - responses are compared in constant time (ring HMAC verification of both
+//!   values under a per-boot key);
+//! - an unknown user and a wrong password yield the same [`AuthOutcome`]
+//!   (`Failed` with [`FailReason::BadCredentials`]) after the same work (the
+//!   digest is computed against a dummy HA1), so nothing downstream can tell
+//!   them apart;
+//! - the `Authorization` parser is bounded ([`MAX_AUTH_PARAMS`], [`MAX_AUTH_VALUE`]).
+//!
+//! Known limit: with stateless nonces a captured request can be replayed from
+//! the same source address until its nonce expires; keep `nonce_ttl` short.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ring::{digest, hmac, rand};
+
+use super::header::split_outside;
+use super::uri::{Method, SipUri};
+
+/// Most parameters accepted in one Authorization header.
+pub const MAX_AUTH_PARAMS: usize = 16;
+/// Most bytes of one parameter value.
+pub const MAX_AUTH_VALUE: usize = 512;
+
+/// Digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// SHA-256 (RFC 7616, RFC 8760).
+    Sha256,
+    /// MD5 (RFC 2617), for phones that know nothing else.
+    Md5,
+}
+
+impl Algorithm {
+    /// Hex digest of `data`.
+    pub fn hex(self, data: &[u8]) -> String {
+        match self {
+            Algorithm::Sha256 => hex(digest::digest(&digest::SHA256, data).as_ref()),
+            Algorithm::Md5 => hex(&md5::compute(data).0),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Md5 => "MD5",
+        }
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(H[usize::from(x >> 4)] as char);
+        s.push(H[usize::from(x & 15)] as char);
+    }
+    s
+}
+
+/// The stored secret of one extension: HA1 = H(user:realm:password) for both
+/// algorithms, as lower-case hex.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ha1Pair {
+    /// HA1 with SHA-256 (64 hex digits).
+    pub sha256: String,
+    /// HA1 with MD5 (32 hex digits).
+    pub md5: String,
+}
+
+impl std::fmt::Debug for Ha1Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ha1Pair(<redacted>)")
+    }
+}
+
+impl Ha1Pair {
+    /// Derives both HA1 values; the only place a password is used.
+    pub fn derive(user: &str, realm: &str, password: &str) -> Ha1Pair {
+        let a1 = format!("{user}:{realm}:{password}");
+        Ha1Pair {
+            sha256: Algorithm::Sha256.hex(a1.as_bytes()),
+            md5: Algorithm::Md5.hex(a1.as_bytes()),
+        }
+    }
+
+    fn get(&self, alg: Algorithm) -> &str {
+        match alg {
+            Algorithm::Sha256 => &self.sha256,
+            Algorithm::Md5 => &self.md5,
+        }
+    }
+}
+
+/// The `response` value for `qop=auth` (RFC 7616 3.4.1).
+#[allow(clippy::too_many_arguments)]
+pub fn digest_response(
+    alg: Algorithm,
+    ha1_hex: &str,
+    nonce: &str,
+    nc: &str,
+    cnonce: &str,
+    qop: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let ha2 = alg.hex(format!("{method}:{uri}").as_bytes());
+    alg.hex(format!("{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}").as_bytes())
+}
+
+/// Parsed `Authorization: Digest ...` parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// username
+    pub username: String,
+    /// realm
+    pub realm: String,
+    /// nonce
+    pub nonce: String,
+    /// uri (digest-uri)
+    pub uri: String,
+    /// response (hex)
+    pub response: String,
+    /// algorithm (absent means MD5)
+    pub algorithm: Option<String>,
+    /// cnonce
+    pub cnonce: Option<String>,
+    /// qop
+    pub qop: Option<String>,
+    /// nc
+    pub nc: Option<String>,
+}
+
+impl Credentials {
+    /// Parses one Authorization value; `None` when it is not a well-formed,
+    /// bounded Digest header with the mandatory parameters.
+    pub fn parse(v: &str) -> Option<Credentials> {
+        let v = v.trim();
+        let scheme = v.get(..6)?;
+        if !scheme.eq_ignore_ascii_case("digest") || !v[6..].starts_with([' ', '\t']) {
+            return None;
+        }
+        let parts = split_outside(&v[6..], b',')?;
+        if parts.len() > MAX_AUTH_PARAMS {
+            return None;
+        }
+        let mut c = Credentials::default();
+        for p in parts {
+            let (k, val) = p.split_once('=')?;
+            let (k, val) = (k.trim(), val.trim());
+            let val = match val.strip_prefix('"') {
+                Some(q) => q.strip_suffix('"')?,
+                None => val,
+            };
+            if val.len() > MAX_AUTH_VALUE {
+                return None;
+            }
+            let val = val.to_string();
+            match k.to_ascii_lowercase().as_str() {
+                "username" => c.username = val,
+                "realm" => c.realm = val,
+                "nonce" => c.nonce = val,
+                "uri" => c.uri = val,
+                "response" => c.response = val,
+                "algorithm" => c.algorithm = Some(val),
+                "cnonce" => c.cnonce = Some(val),
+                "qop" => c.qop = Some(val),
+                "nc" => c.nc = Some(val),
+                _ => {}
+            }
+        }
+        let ok = !c.username.is_empty() && !c.nonce.is_empty() && !c.uri.is_empty();
+        ok.then_some(c)
+    }
+}
+
+/// Why an answer to a challenge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// Unknown user or wrong password (deliberately one reason).
+    BadCredentials,
+    /// Unparseable Authorization, unsupported algorithm/qop, wrong realm or a
+    /// digest-uri that is not the Request-URI.
+    Malformed,
+}
+
+/// Result of checking a request's Authorization header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// No Authorization header for our realm: the normal first challenge.
+    NoCredentials,
+    /// Right answer to a fresh nonce we issued to this source.
+    Ok {
+        /// The authenticated user (extension).
+        user: String,
+    },
+    /// Right answer to an expired or foreign nonce: challenge again with
+    /// `stale=true` (not a failure).
+    Stale {
+        /// The user who answered.
+        user: String,
+    },
+    /// Wrong answer.
+    Failed {
+        /// The user name that was tried (for the audit trail).
+        user: String,
+        /// Why.
+        reason: FailReason,
+    },
+}
+
+/// Issues challenges and checks answers for one realm.
+pub struct DigestServer {
+    realm: String,
+    nonce_key: hmac::Key,
+    cmp_key: hmac::Key,
+    epoch: Instant,
+    nonce_ttl: Duration,
+}
+
+impl std::fmt::Debug for DigestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestServer")
+            .field("realm", &self.realm)
+            .field("nonce_ttl", &self.nonce_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// 32 bytes from the system CSPRNG (a per-boot nonce secret).
+pub fn random_secret() -> Result<[u8; 32], ring::error::Unspecified> {
+    rand::generate::<[u8; 32]>(&rand::SystemRandom::new()).map(|k| k.expose())
+}
+
+impl DigestServer {
+    /// `secret`: per-boot random bytes ([`random_secret`]); `epoch`: any
+    /// instant before the first `now` passed in (nonce timestamps count from it).
+    pub fn new(realm: &str, secret: &[u8; 32], epoch: Instant, nonce_ttl: Duration) -> Self {
+        let nonce_key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        // A separate key for comparisons, derived so the two never coincide.
+        let cmp = hmac::sign(&nonce_key, b"voxgate sip digest compare");
+        DigestServer {
+            realm: realm.to_string(),
+            nonce_key,
+            cmp_key: hmac::Key::new(hmac::HMAC_SHA256, cmp.as_ref()),
+            epoch,
+            nonce_ttl,
+        }
+    }
+
+    /// The realm.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    fn mac(&self, secs: u64, src: IpAddr) -> String {
+        let mut ctx = hmac::Context::with_key(&self.nonce_key);
+        ctx.update(&secs.to_be_bytes());
+        match src {
+            IpAddr::V4(a) => ctx.update(&a.octets()),
+            IpAddr::V6(a) => ctx.update(&a.octets()),
+        }
+        hex(&ctx.sign().as_ref()[..16])
+    }
+
+    /// A fresh nonce for `src`.
+    pub fn nonce(&self, now: Instant, src: IpAddr) -> String {
+        let secs = now.saturating_duration_since(self.epoch).as_secs();
+        format!("{secs:016x}{}", self.mac(secs, src))
+    }
+
+    /// `Some(true)` fresh, `Some(false)` ours but expired, `None` not ours.
+    fn check_nonce(&self, nonce: &str, now: Instant, src: IpAddr) -> Option<bool> {
+        if nonce.len() != 48 || !nonce.is_ascii() {
+            return None;
+        }
+        let secs = u64::from_str_radix(&nonce[..16], 16).ok()?;
+        if !self.equal(&nonce[16..], &self.mac(secs, src)) {
+            return None;
+        }
+        let now_secs = now.saturating_duration_since(self.epoch).as_secs();
+        if secs > now_secs {
+            return None;
+        }
+        Some(now_secs - secs <= self.nonce_ttl.as_secs())
+    }
+
+    /// Constant-time equality of two strings.
+    fn equal(&self, a: &str, b: &str) -> bool {
+        let tag = hmac::sign(&self.cmp_key, b.as_bytes());
+        hmac::verify(&self.cmp_key, a.as_bytes(), tag.as_ref()).is_ok()
+    }
+
+    /// The two `WWW-Authenticate` values to send, SHA-256 first.
+    pub fn challenges(&self, now: Instant, src: IpAddr, stale: bool) -> [String; 2] {
+        let nonce = self.nonce(now, src);
+        let one = |alg: Algorithm| {
+            let mut s = format!(
+                "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"",
+                self.realm,
+                alg.name()
+            );
+            if stale {
+                s.push_str(", stale=true");
+            }
+            s
+        };
+        [one(Algorithm::Sha256), one(Algorithm::Md5)]
+    }
+
+    /// Checks the Authorization header(s) of a request. `lookup` returns the
+    /// HA1 pair of a user, `None` for an unknown user.
+    pub fn verify<'a>(
+        &self,
+        now: Instant,
+        src: IpAddr,
+        method: &Method,
+        request_uri: &SipUri,
+        authorization: impl Iterator<Item = &'a str>,
+        lookup: impl FnOnce(&str) -> Option<Ha1Pair>,
+    ) -> AuthOutcome {
+        // Use the first Digest header for our realm; ignore the others.
+        let mut malformed = None;
+        let mut creds = None;
+        for v in authorization.take(4) {
+            match Credentials::parse(v) {
+                Some(c) if c.realm == self.realm => {
+                    creds = Some(c);
+                    break;
+                }
+                Some(_) => {}
+                None => malformed = Some(()),
+            }
+        }
+        let Some(c) = creds else {
+            return match malformed {
+                Some(()) => AuthOutcome::Failed {
+                    user: String::new(),
+                    reason: FailReason::Malformed,
+                },
+                None => AuthOutcome::NoCredentials,
+            };
+        };
+        let fail = |reason| AuthOutcome::Failed {
+            user: c.username.clone(),
+            reason,
+        };
+        let alg = match c.algorithm.as_deref() {
+            None => Algorithm::Md5,
+            Some(a) if a.eq_ignore_ascii_case("MD5") => Algorithm::Md5,
+            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Algorithm::Sha256,
+            Some(_) => return fail(FailReason::Malformed),
+        };
+        let (Some(qop), Some(nc), Some(cnonce)) = (&c.qop, &c.nc, &c.cnonce) else {
+            return fail(FailReason::Malformed);
+        };
+        if !qop.eq_ignore_ascii_case("auth") || nc.len() != 8 || cnonce.is_empty() {
+            return fail(FailReason::Malformed);
+        }
+        let uri_ok = SipUri::parse(&c.uri).is_ok_and(|u| u == *request_uri)
+            || c.uri == request_uri.to_string();
+        if !uri_ok {
+            return fail(FailReason::Malformed);
+        }
+        // Same work for unknown users: digest against a dummy HA1.
+        let found = lookup(&c.username);
+        let dummy = Ha1Pair::derive("", "", "");
+        let ha1 = found.as_ref().unwrap_or(&dummy).get(alg);
+        let expected =
+            digest_response(alg, ha1, &c.nonce, nc, cnonce, qop, method.as_str(), &c.uri);
+        let right = self.equal(&c.response.to_ascii_lowercase(), &expected) && found.is_some();
+        if !right {
+            return fail(FailReason::BadCredentials);
+        }
+        match self.check_nonce(&c.nonce, now, src) {
+            Some(true) => AuthOutcome::Ok { user: c.username },
+            _ => AuthOutcome::Stale { user: c.username },
+        }
+    }
+}
+
+/// Alphabet for generated passwords: no look-alikes (0/O, 1/l/I), no
+/// characters that need quoting on a phone's web form or keypad.
+const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
+
+/// A strong SIP password: 22 characters from a 56-symbol alphabet (about
+/// 127 bits), drawn from `rng` by rejection sampling (no modulo bias).
+pub fn generate_password(rng: &dyn rand::SecureRandom) -> Result<String, ring::error::Unspecified> {
+    let mut out = String::with_capacity(22);
+    let limit = 256 - (256 % PASSWORD_ALPHABET.len());
+    while out.len() < 22 {
+        let mut buf = [0u8; 32];
+        rng.fill(&mut buf)?;
+        for b in buf {
+            if usize::from(b) < limit && out.len() < 22 {
+                out.push(PASSWORD_ALPHABET[usize::from(b) % PASSWORD_ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7616 3.9.1.
+    const NONCE: &str = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
+    const CNONCE: &str = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+
+    #[test]
+    fn rfc7616_vectors() {
+        let ha1 = Ha1Pair::derive("Mufasa", "http-auth@example.org", "Circle of Life");
+        let r = |alg, ha1: &str| {
+            digest_response(
+                alg,
+                ha1,
+                NONCE,
+                "00000001",
+                CNONCE,
+                "auth",
+                "GET",
+                "/dir/index.html",
+            )
+        };
+        assert_eq!(
+            r(Algorithm::Md5, &ha1.md5),
+            "8ca523f5e9506fed4657c9700eebdbec"
+        );
+        assert_eq!(
+            r(Algorithm::Sha256, &ha1.sha256),
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+    }
+
+    fn server(t0: Instant) -> DigestServer {
+        DigestServer::new("voxgate", &[7; 32], t0, Duration::from_secs(60))
+    }
+
+    fn answer(
+        srv: &DigestServer,
+        nonce: &str,
+        alg: Algorithm,
+        password: &str,
+        user: &str,
+    ) -> String {
+        let ha1 = Ha1Pair::derive(user, "voxgate", password);
+        let resp = digest_response(
+            alg,
+            ha1.get(alg),
+            nonce,
+            "00000001",
+            "abc",
+            "auth",
+            "REGISTER",
+            "sip:box.lan",
+        );
+        format!(
+            "Digest username=\"{user}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"sip:box.lan\", response=\"{resp}\", algorithm={}, cnonce=\"abc\", qop=auth, nc=00000001",
+            srv.realm(),
+            alg.name()
+        )
+    }
+
+    #[test]
+    fn challenge_answer_cycle() {
+        let t0 = Instant::now();
+        let srv = server(t0);
+        let src: IpAddr = "192.0.2.10".parse().unwrap();
+        let uri = SipUri::parse("sip:box.lan").unwrap();
+        let store = |u: &str| (u == "101").then(|| Ha1Pair::derive("101", "voxgate", "s3cret"));
+        let ch = srv.challenges(t0, src, false);
+        assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
+        let nonce = srv.nonce(t0, src);
+        assert!(ch[0].contains(&nonce));
+        let verify = |h: &str, now, src| {
+            srv.verify(now, src, &Method::Register, &uri, std::iter::once(h), store)
+        };
+        for alg in [Algorithm::Sha256, Algorithm::Md5] {
+            let ok = answer(&srv, &nonce, alg, "s3cret", "101");
+            assert_eq!(verify(&ok, t0, src), AuthOutcome::Ok { user: "101".into() });
+            // Expired nonce, right password: stale, not a failure.
+            let later = t0 + Duration::from_secs(61);
+            assert_eq!(
+                verify(&ok, later, src),
+                AuthOutcome::Stale { user: "101".into() }
+            );
+            // Nonce issued to another address: stale (challenge again).
+            assert!(matches!(
+                verify(&ok, t0, "192.0.2.11".parse().unwrap()),
+                AuthOutcome::Stale { .. }
+            ));
+        }
+        let wrong = answer(&srv, &nonce, Algorithm::Sha256, "guess", "101");
+        let unknown = answer(&srv, &nonce, Algorithm::Sha256, "s3cret", "999");
+        let bad = FailReason::BadCredentials;
+        assert_eq!(
+            verify(&wrong, t0, src),
+            AuthOutcome::Failed {
+                user: "101".into(),
+                reason: bad
+            }
+        );
+        assert_eq!(
+            verify(&unknown, t0, src),
+            AuthOutcome::Failed {
+                user: "999".into(),
+                reason: bad
+            }
+        );
+        assert_eq!(
+            srv.verify(t0, src, &Method::Register, &uri, std::iter::empty(), store),
+            AuthOutcome::NoCredentials
+        );
+        assert!(matches!(
+            verify("Digest garbage", t0, src),
+            AuthOutcome::Failed {
+                reason: FailReason::Malformed,
+                ..
+            }
+        ));
+        // A digest for another URI is refused.
+        let other = answer(&srv, &nonce, Algorithm::Md5, "s3cret", "101")
+            .replace("uri=\"sip:box.lan\"", "uri=\"sip:evil\"");
+        assert!(matches!(
+            verify(&other, t0, src),
+            AuthOutcome::Failed {
+                reason: FailReason::Malformed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn passwords_are_strong_and_distinct() {
+        let rng = rand::SystemRandom::new();
+        let a = generate_password(&rng).unwrap();
+        let b = generate_password(&rng).unwrap();
+        assert_eq!(a.len(), 22);
+        assert!(a.bytes().all(|c| PASSWORD_ALPHABET.contains(&c)));
+        assert_ne!(a, b);
+        assert_eq!(
+            format!("{:?}", Ha1Pair::derive("a", "b", "c")),
+            "Ha1Pair(<redacted>)"
+        );
+    }
+}
