@@ -2,6 +2,7 @@
 //! the layers and their invariants.
 
 pub mod audio;
+pub mod bridge;
 pub mod cli;
 pub mod codec;
 pub mod config;

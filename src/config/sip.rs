@@ -12,6 +12,7 @@
 //! phones = "phones.sealed"        # credentials, sealed like the device key
 //! codecs = ["opus", "g722", "pcmu", "pcma"]
 //! opus_complexity = 1             # Opus encoder effort for transcoded calls
+//! digest = ["sha-256", "md5"]     # challenges offered; ["md5"] for phones that abort on SHA-256
 //! ```
 
 use super::ConfigError;
@@ -53,6 +54,8 @@ pub(crate) struct RawSip {
     ptime_ms: u32,
     #[serde(default = "default_opus_complexity")]
     opus_complexity: u8,
+    #[serde(default = "default_digest")]
+    digest: Vec<String>,
 }
 
 impl Default for RawSip {
@@ -73,6 +76,7 @@ impl Default for RawSip {
             codecs: default_codecs(),
             ptime_ms: default_ptime(),
             opus_complexity: default_opus_complexity(),
+            digest: default_digest(),
         }
     }
 }
@@ -106,6 +110,9 @@ fn default_codecs() -> Vec<String> {
 }
 fn default_ptime() -> u32 {
     20
+}
+fn default_digest() -> Vec<String> {
+    ["sha-256", "md5"].map(String::from).to_vec()
 }
 fn default_opus_complexity() -> u8 {
     // Phone audio is 8 or 16 kHz: low complexity costs little quality and
@@ -157,6 +164,8 @@ pub struct SipConfig {
     pub ptime: Duration,
     /// Opus encoder complexity (0-10) for transcoded phone legs.
     pub opus_complexity: u8,
+    /// Digest algorithms challenged and accepted, most preferred first.
+    pub digest: Vec<crate::sip::auth::Algorithm>,
 }
 
 /// Parse an RTP port range `A-B`.
@@ -293,6 +302,20 @@ impl SipConfig {
         if codecs.is_empty() {
             return Err(bad("codecs", "name at least one codec".into()));
         }
+        let mut digest = Vec::new();
+        for a in &raw.digest {
+            let alg = match a.to_ascii_lowercase().as_str() {
+                "sha-256" => crate::sip::auth::Algorithm::Sha256,
+                "md5" => crate::sip::auth::Algorithm::Md5,
+                _ => return Err(bad("digest", format!("`{a}` is not sha-256 or md5"))),
+            };
+            if !digest.contains(&alg) {
+                digest.push(alg);
+            }
+        }
+        if digest.is_empty() {
+            return Err(bad("digest", "name at least one of sha-256, md5".into()));
+        }
         if raw.opus_complexity > 10 {
             return Err(bad("opus_complexity", "must be 0-10".into()));
         }
@@ -314,6 +337,7 @@ impl SipConfig {
             codecs,
             ptime: Duration::from_millis(raw.ptime_ms.into()),
             opus_complexity: raw.opus_complexity,
+            digest,
         }))
     }
 }
@@ -375,6 +399,8 @@ mod tests {
             ("codecs = []", "sip.codecs"),
             ("ptime_ms = 25", "sip.ptime_ms"),
             ("opus_complexity = 11", "sip.opus_complexity"),
+            ("digest = [\"sha-1\"]", "sip.digest"),
+            ("digest = []", "sip.digest"),
         ] {
             let err = parse(&format!("enabled = true\n{text}")).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

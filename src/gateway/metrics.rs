@@ -56,6 +56,18 @@ pub struct GatewayMetrics {
     pub connects: Arc<Counter>,
     /// Time from the capture callback to the datagram handed to QUIC.
     pub capture_to_send: Arc<Histogram>,
+    /// SIP requests dropped unanswered (outside the allowlist, banned, unparsable).
+    pub sip_dropped: Arc<Counter>,
+    /// Failed SIP authentications (the first, credential-less challenge is not one).
+    pub sip_auth_failures: Arc<Counter>,
+    /// Sources banned for too many failed authentications.
+    pub sip_bans: Arc<Counter>,
+    /// Extensions with at least one registered phone.
+    pub sip_registered: Arc<Gauge>,
+    /// Calls set up through the bridge (both directions).
+    pub sip_calls: Arc<Counter>,
+    /// Calls in progress.
+    pub sip_calls_active: Arc<Gauge>,
 }
 
 impl GatewayMetrics {
@@ -150,6 +162,21 @@ impl GatewayMetrics {
                 "voxgate_capture_to_send_seconds",
                 "Time from the capture callback to the datagram handed to QUIC",
             ),
+            sip_dropped: r.counter(
+                "voxgate_sip_dropped_total",
+                "SIP messages dropped unanswered (not allowed, banned, malformed)",
+            ),
+            sip_auth_failures: r.counter(
+                "voxgate_sip_auth_failures_total",
+                "Failed SIP digest authentications",
+            ),
+            sip_bans: r.counter("voxgate_sip_bans_total", "SIP sources banned"),
+            sip_registered: r.gauge(
+                "voxgate_sip_registered_extensions",
+                "Extensions with a registered phone",
+            ),
+            sip_calls: r.counter("voxgate_sip_calls_total", "Calls through the phone bridge"),
+            sip_calls_active: r.gauge("voxgate_sip_calls_active", "Bridged calls in progress"),
             registry: Arc::new(Registry::default()),
         };
         Arc::new(GatewayMetrics {

@@ -25,7 +25,7 @@ use metrics::GatewayMetrics;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use tracing::info;
+use tracing::{error, info, warn};
 
 /// Everything checked, loaded and bound before the privilege drop.
 #[derive(Debug)]
@@ -36,6 +36,7 @@ pub struct Prepared {
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
     identity: crate::identity::backend::LoadedIdentity,
+    bridge: Option<crate::bridge::PreparedBridge>,
 }
 
 impl Prepared {
@@ -99,12 +100,28 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         ),
         None => None,
     };
+    // The phone bridge's SIP sockets and RTP pool are bound now, as root if
+    // started so, before the privilege drop.
+    let bridge = match &cfg.sip {
+        Some(sip) => {
+            let material = crate::identity::backend::material(
+                &cfg.identity.machine_id,
+                cfg.identity.serial.as_deref(),
+            )?;
+            Some(
+                crate::bridge::prepare(sip, &material)
+                    .with_context(|| format!("{}: [sip]", cfg.file.display()))?,
+            )
+        }
+        None => None,
+    };
     Ok(Prepared {
         cfg,
         client,
         udp,
         metrics,
         identity,
+        bridge,
     })
 }
 
@@ -209,6 +226,30 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
           fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (calls, bridge) = match p.bridge {
+        Some(b) => {
+            let (link, ends) = crate::bridge::link();
+            let mut stop = stop_rx.clone();
+            let run = crate::bridge::run(
+                b,
+                ends,
+                slot.clone(),
+                cfg.codec,
+                metrics.clone(),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            );
+            let task = tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    error!(error = %format!("{e:#}"), "the phone bridge stopped; phones cannot call until voxgate restarts");
+                }
+            });
+            (Some(link), Some(task))
+        }
+        None => (None, None),
+    };
     crate::systemd::ready("streaming to the relay");
     let watchdog = crate::systemd::spawn_watchdog();
     client::run(
@@ -219,11 +260,21 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
             slot,
             down: down_tx,
             metrics: metrics.clone(),
-            calls: None,
+            calls,
         },
-        shutdown,
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
     )
     .await;
+    if let Some(b) = bridge
+        && tokio::time::timeout(std::time::Duration::from_secs(3), b)
+            .await
+            .is_err()
+    {
+        warn!("phone bridge did not stop within 3 s");
+    }
     crate::systemd::stopping();
     if let Some(w) = watchdog {
         w.abort();

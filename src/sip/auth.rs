@@ -227,6 +227,7 @@ pub struct DigestServer {
     cmp_key: hmac::Key,
     epoch: Instant,
     nonce_ttl: Duration,
+    algorithms: Vec<Algorithm>,
 }
 
 impl std::fmt::Debug for DigestServer {
@@ -256,7 +257,19 @@ impl DigestServer {
             cmp_key: hmac::Key::new(hmac::HMAC_SHA256, cmp.as_ref()),
             epoch,
             nonce_ttl,
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         }
+    }
+
+    /// Challenge with (and accept) only `algs`, in this order of preference
+    /// (default: SHA-256, then MD5). Some older clients (libre-based ones
+    /// such as baresip 1.x) abort on any challenge that is not MD5 even when
+    /// an MD5 one is offered too; a box serving them can be set to MD5 alone.
+    pub fn with_algorithms(mut self, algs: &[Algorithm]) -> Self {
+        if !algs.is_empty() {
+            self.algorithms = algs.to_vec();
+        }
+        self
     }
 
     /// The realm.
@@ -302,8 +315,8 @@ impl DigestServer {
         hmac::verify(&self.cmp_key, a.as_bytes(), tag.as_ref()).is_ok()
     }
 
-    /// The two `WWW-Authenticate` values to send, SHA-256 first.
-    pub fn challenges(&self, now: Instant, src: IpAddr, stale: bool) -> [String; 2] {
+    /// The `WWW-Authenticate` values to send, most preferred first.
+    pub fn challenges(&self, now: Instant, src: IpAddr, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now, src);
         let one = |alg: Algorithm| {
             let mut s = format!(
@@ -316,7 +329,7 @@ impl DigestServer {
             }
             s
         };
-        [one(Algorithm::Sha256), one(Algorithm::Md5)]
+        self.algorithms.iter().map(|&a| one(a)).collect()
     }
 
     /// Checks the Authorization header(s) of a request. `lookup` returns the
@@ -362,6 +375,9 @@ impl DigestServer {
             Some(a) if a.eq_ignore_ascii_case("SHA-256") => Algorithm::Sha256,
             Some(_) => return fail(FailReason::Malformed),
         };
+        if !self.algorithms.contains(&alg) {
+            return fail(FailReason::Malformed);
+        }
         let (Some(qop), Some(nc), Some(cnonce)) = (&c.qop, &c.nc, &c.cnonce) else {
             return fail(FailReason::Malformed);
         };
