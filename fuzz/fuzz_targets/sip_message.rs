@@ -6,7 +6,12 @@ use voxgate::sip::{Limits, Message};
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Message::parse(data) {
         // Typed accessors never panic either.
-        let _ = (msg.vias(), msg.contacts(), msg.routes("Record-Route"), msg.expires());
+        let _ = (
+            msg.vias(),
+            msg.contacts(),
+            msg.routes("Record-Route"),
+            msg.expires(),
+        );
         let bytes = msg.encode();
         // Canonical names and the added Content-Length may lengthen it (and
         // add one header value).
