@@ -6,13 +6,20 @@ use voxgate::sip::{Limits, Message};
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Message::parse(data) {
         // Typed accessors never panic either.
-        let _ = (msg.vias(), msg.contacts(), msg.routes("Record-Route"), msg.expires());
+        let _ = (
+            msg.vias(),
+            msg.contacts(),
+            msg.routes("Record-Route"),
+            msg.expires(),
+        );
         let bytes = msg.encode();
-        // Canonical names and the added Content-Length may lengthen it.
+        // Canonical names and the added Content-Length may lengthen it (and
+        // add one header value).
         let roomy = Limits {
             max_message: 1 << 20,
             max_head: 1 << 20,
             max_header_len: 1 << 16,
+            max_headers: Limits::UDP.max_headers + 1,
             ..Limits::STREAM
         };
         let again = Message::parse_limited(&bytes, &roomy).expect("encoded message parses");

@@ -151,6 +151,7 @@ fn mutated_inputs_never_panic() {
                 &super::Limits {
                     max_message: 1 << 16,
                     max_head: 1 << 16,
+                    max_headers: 65,
                     ..super::Limits::STREAM
                 },
             )
