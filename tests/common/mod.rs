@@ -4,4 +4,5 @@
 pub mod audio_env;
 pub mod lab;
 pub mod proxy;
+pub mod sip;
 pub mod swtpm;

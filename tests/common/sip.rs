@@ -1,0 +1,239 @@
+//! A phone-bridge lab: one relay, gateways with `[sip]` on loopback, phones
+//! provisioned through `voxgate phones add`, and the real peers that talk to
+//! them (baresip as a desk phone, sipp as a scripted UA). Every peer runs
+//! under a time limit.
+
+use super::lab::{Lab, Proc, bin, free_tcp, free_udp, metric, wait_for};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// An even base port with `pairs` free RTP/RTCP pairs on loopback (checked,
+/// then released: the gateway binds them right after).
+pub fn free_rtp_range(pairs: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let base = 20_000 + 2 * fastrand::u16(0..14_000);
+        let last = base + 2 * pairs - 1;
+        let socks: Vec<_> = (base..=last)
+            .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if socks.len() == usize::from(2 * pairs) {
+            return (base, last);
+        }
+    }
+    panic!("no free RTP port range on loopback");
+}
+
+/// One gateway with the phone bridge on.
+pub struct SipGateway {
+    pub id: String,
+    pub cfg: PathBuf,
+    pub sip_port: u16,
+    pub metrics: std::net::SocketAddr,
+    pub proc: Option<Proc>,
+}
+
+impl SipGateway {
+    /// Write the config (`digest` e.g. `["sha-256", "md5"]`) without starting.
+    pub fn configure(lab: &Lab, id: &str, digest: &str, extra_sip: &str) -> SipGateway {
+        let sip_port = free_udp();
+        let (a, b) = free_rtp_range(20);
+        let extra = format!(
+            "[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[sip]\nenabled = true\n\
+             listen = \"127.0.0.1:{sip_port}\"\nrtp_ports = \"{a}-{b}\"\nallow = [\"127.0.0.0/8\"]\n\
+             digest = {digest}\n{extra_sip}\n"
+        );
+        let (cfg, metrics) = lab.gateway_config(id, lab.quic_port, &extra);
+        SipGateway {
+            id: id.into(),
+            cfg,
+            sip_port,
+            metrics,
+            proc: None,
+        }
+    }
+
+    /// `voxgate phones add EXT`; returns the password it printed.
+    pub fn add_phone(&self, ext: &str) -> String {
+        let out = Command::new(bin())
+            .args(["phones", "add", ext, "-c"])
+            .arg(&self.cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "phones add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("password:")
+                    .map(|p| p.trim().to_string())
+            })
+            .expect("password line")
+    }
+
+    /// Start `voxgate run` and wait until it is connected to the relay.
+    pub fn start(&mut self, lab: &Lab) {
+        let mut p = lab.start_gateway(&self.cfg, &[]);
+        let m = self.metrics;
+        let t0 = std::time::Instant::now();
+        while metric(m, "voxgate_relay_connected") < 1.0 {
+            p.assert_running();
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "gateway did not connect"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.proc = Some(p);
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(self.metrics, name)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+    }
+
+    /// Wait until `n` extensions are registered here.
+    pub fn wait_registered(&self, n: f64) {
+        wait_for(Duration::from_secs(15), "phone registration", || {
+            self.metric("voxgate_sip_registered_extensions") >= n
+        });
+    }
+}
+
+/// A baresip desk phone: one account, audio from a WAV file (aufile), what
+/// it hears dumped to WAV (sndfile), G.711/G.722 codecs.
+pub struct Baresip {
+    pub dir: PathBuf,
+    pub dumps: PathBuf,
+}
+
+impl Baresip {
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        gw: &SipGateway,
+        ext: &str,
+        password: &str,
+        source_wav: &Path,
+    ) -> Baresip {
+        let dir = dir.join(format!("baresip-{name}"));
+        let dumps = dir.join("dumps");
+        std::fs::create_dir_all(&dumps).unwrap();
+        let port = free_udp();
+        std::fs::write(
+            dir.join("config"),
+            format!(
+                "poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_source aufile,{src}\n\
+                 audio_player aufile,{play}\naudio_alert aufile,/dev/null\n\
+                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule g722.so\n\
+                 module aufile.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\n\
+                 snd_path {dumps}\n",
+                src = source_wav.display(),
+                play = dir.join("unused.wav").display(),
+                dumps = dumps.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<sip:{ext}@127.0.0.1:{p};transport=udp>;auth_pass={password};regint=300;answermode=auto\n",
+                p = gw.sip_port
+            ),
+        )
+        .unwrap();
+        Baresip { dir, dumps }
+    }
+
+    /// Run for `secs` (baresip's own -t), executing `commands` at start.
+    pub fn spawn(&self, commands: &[&str], secs: u32) -> std::process::Child {
+        let mut c = Command::new("baresip");
+        c.arg("-f").arg(&self.dir).arg("-t").arg(secs.to_string());
+        for cmd in commands {
+            c.arg("-e").arg(cmd);
+        }
+        c.stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join("baresip.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("baresip (Debian package baresip-core; scripts/deps installs it)")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("baresip.log")).unwrap_or_default()
+    }
+
+    /// The WAV of what this phone heard (sndfile's `-dec.wav`).
+    pub fn heard(&self) -> Option<PathBuf> {
+        std::fs::read_dir(&self.dumps)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+    }
+}
+
+/// Wait for a child with a deadline (killed after it).
+pub fn wait_child(mut c: std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > limit {
+            let _ = c.kill();
+            return c.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run sipp with a scenario (XML text) against `target`, bounded by `limit`.
+pub fn sipp(
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Output {
+    let file = dir.join(format!("{name}.xml"));
+    std::fs::write(&file, scenario).unwrap();
+    let mut c = Command::new("timeout");
+    c.arg(limit.as_secs().to_string())
+        .arg("sipp")
+        .arg(target)
+        .arg("-sf")
+        .arg(&file)
+        .args(["-i", "127.0.0.1", "-p"])
+        .arg(free_udp().to_string())
+        .args([
+            "-m",
+            "1",
+            "-l",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "10s",
+            "-timeout_error",
+        ])
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join(format!("{name}-errors.log")))
+        .args(args)
+        .current_dir(dir);
+    c.output()
+        .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+}
+
+/// A free TCP port (re-exported for tests).
+pub fn tcp_port() -> u16 {
+    free_tcp()
+}
