@@ -216,7 +216,15 @@ fn sipp_registers_with_md5_digest_and_wrong_passwords_are_banned() {
     ));
     // The fourth failure is over the budget of 3: banned, no answer at all,
     // and after that not even the right password gets one.
-    assert!(!register(&lab.dir, &gw, "201", "wrong-thrice", 401, "127.0.0.3", "wrong3"));
+    assert!(!register(
+        &lab.dir,
+        &gw,
+        "201",
+        "wrong-thrice",
+        401,
+        "127.0.0.3",
+        "wrong3"
+    ));
     assert!(
         !register(&lab.dir, &gw, "201", &pw, 200, "127.0.0.3", "banned"),
         "a banned source must not be answered, even with the right password"
@@ -279,4 +287,99 @@ fn default_challenges_offer_sha256_first_and_garbage_is_dropped() {
     );
     assert!(gw.metric("voxgate_sip_dropped_total") >= 3.0);
     gw.proc.as_mut().unwrap().assert_running();
+}
+
+fn sipvicious(tool: &str) -> std::path::PathBuf {
+    let p = common::audio_env::repo_root()
+        .join(".venv/bin")
+        .join(format!("sipvicious_{tool}"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/deps (PyPI sipvicious)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn sipvicious_finds_no_extension_and_svcrack_is_banned_before_the_password() {
+    let lab = Lab::new("sip-scan", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    // MD5 only: svcrack implements nothing else (it crashes on a SHA-256
+    // challenge, which would make the test pass for the wrong reason).
+    let mut gw = SipGateway::configure(
+        &lab,
+        "gw-a",
+        "[\"md5\"]",
+        "auth_failures = 5\nban_seconds = 120",
+    );
+    let pw = gw.add_phone("201");
+    gw.add_phone("202");
+    gw.start(&lab);
+    let port = gw.sip_port.to_string();
+    // svwar: REGISTER (its default), OPTIONS and INVITE, forced past its own
+    // "every extension asks for authentication" check, over a range that
+    // holds the real extensions.
+    for (i, method) in ["REGISTER", "OPTIONS", "INVITE"].iter().enumerate() {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(sipvicious("svwar"))
+            .args(["--force", "-e150-250", "-m", method, "-b"])
+            .arg(format!("127.0.0.{}", 10 + i))
+            .args(["127.0.0.1", "-p", &port])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("found nothing"),
+            "svwar -m {method} found something:\n{text}"
+        );
+        assert!(!text.contains("| 201") && !text.contains("| 202"), "{text}");
+    }
+    // svcrack with a dictionary that holds the real password after 30 wrong ones.
+    let dict = lab.dir.join("dict.txt");
+    let mut words: Vec<String> = (0..30).map(|i| format!("guess{i}")).collect();
+    words.push(pw.clone());
+    std::fs::write(&dict, words.join("\n") + "\n").unwrap();
+    let crack = Command::new("timeout")
+        .arg("90")
+        .arg(sipvicious("svcrack"))
+        .args(["-u", "201", "-d"])
+        .arg(&dict)
+        .args(["-b", "127.0.0.20", "127.0.0.1", "-p", &port])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Meanwhile the real phone, on its own address, registers fine (svcrack
+    // sends from 127.0.0.1 whatever its -b says).
+    assert!(register(
+        &lab.dir,
+        &gw,
+        "201",
+        &pw,
+        200,
+        "127.0.0.2",
+        "during-crack"
+    ));
+    let out = crack.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(&pw), "svcrack found the password:\n{text}");
+    assert!(text.contains("found nothing"), "{text}");
+    assert_eq!(gw.metric("voxgate_sip_bans_total"), 1.0);
+    assert!(
+        gw.metric("voxgate_sip_auth_failures_total") <= 6.0,
+        "the ban came after the budget"
+    );
+    assert!(register(
+        &lab.dir,
+        &gw,
+        "201",
+        &pw,
+        200,
+        "127.0.0.2",
+        "after-crack"
+    ));
 }

@@ -477,6 +477,13 @@ impl Core {
                 }
             }
             Method::Options => {
+                // A keep-alive to the box itself is answered; one addressed to
+                // a user is challenged like REGISTER and INVITE, so a scanner
+                // sees the same answer for every extension.
+                let to_user = msg.request_uri().is_some_and(|u| u.user.is_some());
+                if to_user && self.authenticate(&key, &msg, src).is_none() {
+                    return;
+                }
                 let mut r = Message::response_to(&msg, 200);
                 r.set_to_tag(&new_tag(secure_bytes()));
                 r.headers
