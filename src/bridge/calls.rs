@@ -1,0 +1,566 @@
+//! Call handling of the bridge: INVITE in both directions, answers, the
+//! relay's call signals, media start and hang-up.
+
+use super::media::{MediaCmd, MediaTask};
+use super::{Call, Core, MAX_CALLS, Origin, to_phone_codec, to_sip_codec};
+use super::{new_tag, secure_bytes};
+use crate::config::CodecConfig;
+use crate::media::dtmf::Digit;
+use crate::media::phone::{PhoneLeg, PhoneLegConfig};
+use crate::media::ports::PortPair;
+use crate::sip::dialog::{Dialog, DialogState};
+use crate::sip::offer::{self, Codec, Direction, LocalMedia};
+use crate::sip::sdp::Session;
+use crate::sip::transaction::{TxKey, cancel_for};
+use crate::sip::{Message, Method};
+use crate::transport::calls::{CallSignal, EndReason};
+use crate::transport::client::LinkEvent;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+impl Core {
+    pub(super) fn local_media(&mut self, pair: &PortPair) -> LocalMedia {
+        let id = u64::from(self.rng.u32(..));
+        LocalMedia {
+            addr: self.advertise,
+            port: pair.port(),
+            session_id: id,
+            session_version: id,
+        }
+    }
+
+    pub(super) fn prefs(&self) -> Vec<Codec> {
+        self.cfg.codecs.iter().map(|&c| to_sip_codec(c)).collect()
+    }
+
+    pub(super) fn on_invite(
+        &mut self,
+        key: TxKey,
+        msg: Message,
+        src: SocketAddr,
+        reliable: bool,
+        user: String,
+    ) {
+        let dialled = msg.request_uri().and_then(|u| u.user.clone()).filter(|d| {
+            !d.is_empty()
+                && d.len() <= 32
+                && d.bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+        });
+        let Some(dialled) = dialled else {
+            self.respond(&key, &msg, 404);
+            return;
+        };
+        if !self.relay_up {
+            self.respond(&key, &msg, 480);
+            return;
+        }
+        if self.calls.len() >= MAX_CALLS {
+            self.respond(&key, &msg, 503);
+            return;
+        }
+        let Ok(offer_sdp) = Session::parse(&msg.body) else {
+            self.respond(&key, &msg, 488);
+            return;
+        };
+        let now = self.now();
+        let Some(pair) = self.pool.lease(now) else {
+            warn!("no free RTP port pair; refusing the call ([sip] rtp_ports)");
+            self.respond(&key, &msg, 503);
+            return;
+        };
+        let local = self.local_media(&pair);
+        let (answer, neg) = match offer::answer(&offer_sdp, &local, &self.prefs()) {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "offer refused");
+                self.pool.release(pair, now);
+                self.respond(&key, &msg, 488);
+                return;
+            }
+        };
+        let local_tag = new_tag(secure_bytes());
+        let dialog = Dialog::uas(
+            &msg,
+            &local_tag,
+            self.local_uri(Some(&user)),
+            DialogState::Early,
+        )
+        .ok();
+        self.next_call = self.next_call.wrapping_add(1) & 0x7fff_ffff;
+        let call = self.next_call;
+        let up_flow = self.next_flow;
+        self.next_flow += 1;
+        let up_ssrc = self.rng.u32(..);
+        info!(call, from = %user, to = %dialled, %src, codec = ?neg.codec, "call from a phone");
+        self.metrics.sip_calls.inc();
+        self.send_signal(CallSignal::Setup {
+            call,
+            to: dialled,
+            from: user,
+            flow: up_flow,
+            ssrc: up_ssrc,
+        });
+        self.calls.insert(
+            call,
+            Call {
+                origin: Origin::Phone,
+                relay_call: call,
+                invite: key,
+                our_invite: None,
+                their_invite: Some(msg),
+                phone: src,
+                reliable,
+                local_tag,
+                dialog,
+                negotiated: Some(neg),
+                answer_sdp: Some(answer.encode()),
+                pair: Some(pair),
+                up_flow,
+                up_ssrc,
+                relay_flow: None,
+                media: None,
+                answered: false,
+            },
+        );
+        self.metrics.sip_calls_active.set(self.calls.len() as f64);
+    }
+
+    pub(super) fn on_reinvite(&mut self, key: TxKey, msg: Message) {
+        let Some(c) = Dialog::id_of_request(&msg).and_then(|id| self.call_by_dialog(&id)) else {
+            self.respond(&key, &msg, 481);
+            return;
+        };
+        let prefs = self.prefs();
+        let call = self.calls.get_mut(&c).expect("indexed");
+        if let Some(d) = call.dialog.as_mut()
+            && d.on_request(&msg).is_err()
+        {
+            self.respond(&key, &msg, 500);
+            return;
+        }
+        let (Ok(offer_sdp), Some(pair)) = (Session::parse(&msg.body), call.pair.as_ref()) else {
+            self.respond(&key, &msg, 488);
+            return;
+        };
+        let local = LocalMedia {
+            addr: self.advertise,
+            port: pair.port(),
+            session_id: 1,
+            session_version: u64::from(self.rng.u32(..)),
+        };
+        match offer::answer(&offer_sdp, &local, &prefs) {
+            Ok((answer, neg)) => {
+                let hold = matches!(neg.direction, Direction::RecvOnly | Direction::Inactive);
+                if let Some(m) = &call.media {
+                    let _ = m.try_send(MediaCmd::Hold(hold));
+                }
+                info!(call = c, hold, "re-INVITE from the phone");
+                let mut r = Message::response_to(&msg, 200);
+                r.set_to_tag(&call.local_tag);
+                r.headers
+                    .push("Contact", format!("<{}>", self.local_uri(None)));
+                r.headers.push("Content-Type", "application/sdp");
+                r.body = answer.encode();
+                let now = self.now();
+                let _ = self.txs.send_response(now, &key, r);
+            }
+            Err(_) => self.respond(&key, &msg, 488),
+        }
+    }
+
+    /// Responses to our INVITEs (calls to a phone) and BYEs.
+    pub(super) fn on_response(&mut self, key: TxKey, msg: Message) {
+        let Some(c) = self.call_by_invite(&key) else {
+            return;
+        };
+        let code = msg.code().unwrap_or(500);
+        let Some(call) = self.calls.get(&c) else {
+            return;
+        };
+        if call.origin != Origin::Relay || call.answered {
+            return;
+        }
+        let (relay_call, reliable, phone) = (call.relay_call, call.reliable, call.phone);
+        let our = call.our_invite.clone();
+        match code {
+            180 | 183 => self.send_signal(CallSignal::Ringing { call: relay_call }),
+            100..=199 => {}
+            200..=299 => {
+                let Some(our) = our else { return };
+                let dialog = Dialog::uac(&our, &msg, self.local_uri(None)).ok();
+                let neg = Session::parse(&msg.body)
+                    .ok()
+                    .and_then(|s| offer::accept_answer(&s).ok());
+                // ACK the 2xx (outside the transaction, RFC 3261 13.2.2.4).
+                if let Some(d) = &dialog {
+                    let seq = our.cseq().map(|c| c.seq).unwrap_or(1);
+                    let ack = d.ack(seq, &self.via(reliable));
+                    self.txs.send_stateless(&ack, phone, reliable);
+                }
+                let call = self.calls.get_mut(&c).expect("indexed");
+                call.dialog = dialog;
+                match neg {
+                    Some(n) => {
+                        call.negotiated = Some(n);
+                        call.answered = true;
+                        let (up_flow, up_ssrc) = (call.up_flow, call.up_ssrc);
+                        self.start_media(c);
+                        self.send_signal(CallSignal::Answer {
+                            call: relay_call,
+                            flow: up_flow,
+                            ssrc: up_ssrc,
+                        });
+                        info!(call = c, "phone answered");
+                    }
+                    None => {
+                        warn!(call = c, "phone answered with an unusable SDP; hanging up");
+                        call.answered = true;
+                        self.end_call(c, EndReason::Error, true, true);
+                    }
+                }
+            }
+            _ => {
+                let reason = EndReason::from_sip_status(code);
+                info!(call = c, code, ?reason, "phone refused the call");
+                self.end_call(c, reason, true, false);
+            }
+        }
+    }
+
+    pub(super) fn start_media(&mut self, c: u32) {
+        let Some(call) = self.calls.get_mut(&c) else {
+            return;
+        };
+        let (Some(neg), Some(pair)) = (call.negotiated.clone(), call.pair.take()) else {
+            return;
+        };
+        let codec = to_phone_codec(neg.codec);
+        let leg = PhoneLeg::new(&PhoneLegConfig {
+            codec,
+            phone_pt: neg.pt,
+            dtmf_pt: neg.dtmf_pt,
+            ptime: self.cfg.ptime,
+            opus: CodecConfig {
+                complexity: self.cfg.opus_complexity,
+                ..self.opus
+            },
+            up_flow: call.up_flow,
+            up_ssrc: call.up_ssrc,
+            down_ssrc: self.rng.u32(..),
+            initial: (
+                self.rng.u16(..),
+                self.rng.u32(..),
+                self.rng.u16(..),
+                self.rng.u32(..),
+            ),
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        });
+        let leg = match leg {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(call = c, error = %e, "call media could not start");
+                self.pool.release(pair, self.now());
+                return;
+            }
+        };
+        let (relay_tx, relay_rx) = mpsc::channel(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        if let Some(f) = call.relay_flow {
+            self.flows.insert(f, relay_tx);
+        }
+        call.media = Some(cmd_tx);
+        let task = MediaTask {
+            call: c,
+            leg,
+            pair,
+            remote: neg.remote,
+            ptime: self.cfg.ptime,
+            slot: self.slot.clone(),
+            from_relay: relay_rx,
+            cmds: cmd_rx,
+            events: self.media_events.clone(),
+        };
+        tokio::spawn(task.run());
+    }
+
+    /// End call `c`: tell the relay unless it ended the call, and the phone
+    /// unless the phone ended it.
+    pub(super) fn end_call(
+        &mut self,
+        c: u32,
+        reason: EndReason,
+        tell_relay: bool,
+        tell_phone: bool,
+    ) {
+        let Some(mut call) = self.calls.remove(&c) else {
+            return;
+        };
+        self.metrics.sip_calls_active.set(self.calls.len() as f64);
+        if let Some(f) = call.relay_flow {
+            self.flows.remove(&f);
+        }
+        // Dropping the command sender stops the media task, which returns the ports.
+        call.media = None;
+        if let Some(p) = call.pair.take() {
+            self.pool.release(p, self.now());
+        }
+        if tell_relay {
+            self.send_signal(CallSignal::End {
+                call: call.relay_call,
+                reason,
+            });
+        }
+        info!(call = c, ?reason, "call ended");
+        if !tell_phone {
+            return;
+        }
+        let now = self.now();
+        match (call.origin, call.answered) {
+            (Origin::Phone, false) => {
+                if let Some(inv) = &call.their_invite {
+                    let mut r = Message::response_to(inv, reason.sip_status());
+                    r.set_to_tag(&call.local_tag);
+                    let _ = self.txs.send_response(now, &call.invite, r);
+                }
+            }
+            (Origin::Relay, false) => {
+                if let Some(inv) = &call.our_invite {
+                    let cancel = cancel_for(inv);
+                    let _ = self
+                        .txs
+                        .send_request(now, cancel, call.phone, call.reliable);
+                }
+            }
+            (_, true) => {
+                let via = self.via(call.reliable);
+                if let Some(d) = call.dialog.as_mut()
+                    && let Ok(bye) = d.request(Method::Bye, &via)
+                {
+                    let _ = self.txs.send_request(now, bye, call.phone, call.reliable);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up => {
+                self.relay_up = true;
+                let now = self.now();
+                let exts: Vec<String> = self
+                    .phones
+                    .iter()
+                    .filter(|(e, _)| !self.registrar.lookup(now, e).is_empty())
+                    .map(|(e, _)| e.to_string())
+                    .collect();
+                for e in exts {
+                    self.send_signal(CallSignal::ExtUp(e));
+                }
+            }
+            LinkEvent::Down => {
+                self.relay_up = false;
+                let calls: Vec<u32> = self.calls.keys().copied().collect();
+                for c in calls {
+                    self.end_call(c, EndReason::Unavailable, false, true);
+                }
+            }
+            LinkEvent::Signal(s) => self.on_signal(s),
+        }
+    }
+
+    pub(super) fn call_by_relay_id(&self, relay_call: u32) -> Option<u32> {
+        self.calls
+            .iter()
+            .find(|(_, c)| c.relay_call == relay_call)
+            .map(|(&k, _)| k)
+    }
+
+    pub(super) fn on_signal(&mut self, s: CallSignal) {
+        match s {
+            CallSignal::Ringing { call } => {
+                let Some(c) = self.call_by_relay_id(call) else {
+                    return;
+                };
+                let now = self.now();
+                let call = &self.calls[&c];
+                if let (Origin::Phone, Some(inv)) = (call.origin, &call.their_invite) {
+                    let mut r = Message::response_to(inv, 180);
+                    r.set_to_tag(&call.local_tag);
+                    r.headers
+                        .push("Contact", format!("<{}>", self.local_uri(None)));
+                    let key = call.invite.clone();
+                    let _ = self.txs.send_response(now, &key, r);
+                }
+            }
+            CallSignal::Answer { call, flow, .. } => {
+                let Some(c) = self.call_by_relay_id(call) else {
+                    return;
+                };
+                let now = self.now();
+                let contact = format!("<{}>", self.local_uri(None));
+                let Some(cl) = self.calls.get_mut(&c) else {
+                    return;
+                };
+                if cl.origin != Origin::Phone || cl.answered {
+                    return;
+                }
+                cl.answered = true;
+                cl.relay_flow = Some(flow);
+                if let Some(inv) = &cl.their_invite {
+                    let mut r = Message::response_to(inv, 200);
+                    r.set_to_tag(&cl.local_tag);
+                    r.headers.push("Contact", contact);
+                    r.headers.push("Content-Type", "application/sdp");
+                    r.body = cl.answer_sdp.clone().unwrap_or_default();
+                    if let Some(d) = cl.dialog.as_mut() {
+                        d.state = DialogState::Confirmed;
+                    }
+                    let key = cl.invite.clone();
+                    let _ = self.txs.send_response(now, &key, r);
+                }
+                self.start_media(c);
+                info!(call = c, "call answered");
+            }
+            CallSignal::End { call, reason } => {
+                if let Some(c) = self.call_by_relay_id(call) {
+                    self.end_call(c, reason, false, true);
+                }
+            }
+            CallSignal::Dtmf {
+                call,
+                digit,
+                duration_ms,
+            } => {
+                if let (Some(c), Some(d)) = (self.call_by_relay_id(call), Digit::from_char(digit))
+                    && let Some(m) = self.calls.get(&c).and_then(|c| c.media.as_ref())
+                {
+                    let _ = m.try_send(MediaCmd::Digit(d, u32::from(duration_ms)));
+                }
+            }
+            CallSignal::Setup {
+                call,
+                to,
+                from,
+                flow,
+                ..
+            } => self.call_phone(call, to, from, flow),
+            CallSignal::Error { code, message } => {
+                warn!(code, message = %message, "relay refused a call request");
+            }
+            CallSignal::ExtUp(_) | CallSignal::ExtDown(_) => {}
+        }
+    }
+
+    /// The relay calls extension `to`.
+    pub(super) fn call_phone(
+        &mut self,
+        relay_call: u32,
+        to: String,
+        from: String,
+        relay_flow: u64,
+    ) {
+        let now = self.now();
+        let refuse = |me: &Self, reason| {
+            me.send_signal(CallSignal::End {
+                call: relay_call,
+                reason,
+            })
+        };
+        let Some(binding) = self
+            .registrar
+            .lookup(now, &to)
+            .first()
+            .map(|b| (*b).clone())
+        else {
+            return refuse(
+                self,
+                if self.phones.get(&to).is_some() {
+                    EndReason::Unavailable
+                } else {
+                    EndReason::NotFound
+                },
+            );
+        };
+        if self.calls.len() >= MAX_CALLS {
+            return refuse(self, EndReason::Busy);
+        }
+        let Some(pair) = self.pool.lease(now) else {
+            return refuse(self, EndReason::Busy);
+        };
+        let reliable = binding.transport.eq_ignore_ascii_case("TCP");
+        let local = self.local_media(&pair);
+        let sdp = offer::offer(&local, Direction::SendRecv);
+        let mut inv = Message::request(Method::Invite, binding.contact.uri.clone());
+        inv.headers.push("Via", self.via(reliable).to_string());
+        inv.headers.push("Max-Forwards", "70");
+        inv.headers.push(
+            "From",
+            format!(
+                "<{}>;tag={}",
+                self.local_uri(Some(&from)),
+                new_tag(secure_bytes())
+            ),
+        );
+        inv.headers
+            .push("To", format!("<sip:{to}@{}>", self.advertise));
+        inv.headers.push(
+            "Call-ID",
+            format!(
+                "{}@{}",
+                crate::sip::auth::hex(&secure_bytes::<12>()),
+                self.advertise
+            ),
+        );
+        inv.headers.push("CSeq", "1 INVITE");
+        inv.headers
+            .push("Contact", format!("<{}>", self.local_uri(None)));
+        inv.headers
+            .push("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS");
+        inv.headers.push("Content-Type", "application/sdp");
+        inv.body = sdp.encode();
+        let key = match self
+            .txs
+            .send_request(now, inv.clone(), binding.source, reliable)
+        {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "INVITE to the phone not sent");
+                self.pool.release(pair, now);
+                return refuse(self, EndReason::Error);
+            }
+        };
+        self.next_call = self.next_call.wrapping_add(1) & 0x7fff_ffff;
+        let c = self.next_call;
+        let up_flow = self.next_flow;
+        self.next_flow += 1;
+        info!(call = c, %to, %from, phone = %binding.source, "calling a phone");
+        self.metrics.sip_calls.inc();
+        self.calls.insert(
+            c,
+            Call {
+                origin: Origin::Relay,
+                relay_call,
+                invite: key,
+                our_invite: Some(inv),
+                their_invite: None,
+                phone: binding.source,
+                reliable,
+                local_tag: String::new(),
+                dialog: None,
+                negotiated: None,
+                answer_sdp: None,
+                pair: Some(pair),
+                up_flow,
+                up_ssrc: self.rng.u32(..),
+                relay_flow: Some(relay_flow),
+                media: None,
+                answered: false,
+            },
+        );
+        self.metrics.sip_calls_active.set(self.calls.len() as f64);
+    }
+}
