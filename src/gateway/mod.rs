@@ -120,7 +120,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         quinn::EndpointConfig::default(),
         None,
         p.udp,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(crate::transport::udp::NoGroRuntime),
     )
     .context("cannot start QUIC on the bound socket")?;
     let stop = Arc::new(AtomicBool::new(false));
