@@ -47,3 +47,46 @@ pub fn promote_current_thread(thread: &str, priority: i32) -> Promotion {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caps::{CapSet, Capability};
+
+    /// (policy, real-time priority) of the calling thread (stat fields 41, 40).
+    fn own_policy() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        (f[38].parse().unwrap(), f[37].parse().unwrap())
+    }
+
+    #[test]
+    fn promotes_when_permitted_and_keeps_the_normal_policy_when_refused() {
+        assert!(nix::unistd::Uid::effective().is_root(), "tests run as root");
+        // Capabilities are per thread: each case runs on a thread of its own.
+        let granted = std::thread::spawn(|| {
+            let p = promote_current_thread("test", AUDIO_PRIORITY);
+            (p, own_policy())
+        })
+        .join()
+        .unwrap();
+        let fifo = (libc::SCHED_FIFO as u64, AUDIO_PRIORITY as u64);
+        assert_eq!(granted, (Promotion::Fifo(AUDIO_PRIORITY), fifo));
+        let refused = std::thread::spawn(|| {
+            caps::drop(None, CapSet::Effective, Capability::CAP_SYS_NICE).unwrap();
+            // Above RLIMIT_RTPRIO and without CAP_SYS_NICE: refused.
+            let limit = sys::rtprio_limit().unwrap();
+            assert!(limit < 99, "RLIMIT_RTPRIO {limit} leaves nothing to refuse");
+            let p = promote_current_thread("test", limit as i32 + 1);
+            (p, own_policy())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(refused, (Promotion::Refused, (libc::SCHED_OTHER as u64, 0)));
+    }
+}
