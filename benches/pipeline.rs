@@ -954,7 +954,13 @@ fn file_run(
     tck: f64,
     binary: Option<&Path>,
 ) -> (J, Option<PathBuf>) {
-    let lab = Lab::new("bench-file", "mode = \"none\"");
+    // Every run gets a lab of its own: a lab directory is wiped when another
+    // one of the same name is made, and PESQ reads the recording of the kept
+    // file run after the repeated and the static runs.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let kind = if binary.is_some() { "static" } else { "file" };
+    let lab = Lab::new(&format!("bench-{kind}{n}"), "mode = \"none\"");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&fx.raw), None);
     let mut relay = lab.start_relay();
     let (cfg, m) = lab.gateway_config("bench-gw", lab.quic_port, &capture_extra("voxcap", None));

@@ -436,12 +436,14 @@ fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
              server_name = \"{SERVER_NAME}\"\n[downlink]\nmode = \"none\"\n\
              [telemetry]\nlog = \"info\"\nmetrics = \"{}\"\n\
              [privilege]\nstay_root = true\n\
-             [sandbox]\nread = [\"{dir}\", \"/tmp\"]\nwrite = [\"{dir}\", \"{rec}\"]\n",
+             [sandbox]\nread = [\"{dir}\", \"/tmp\"]\nwrite = [\"{dir}\", \"{rec}\"]\n{ca}",
             lab.quic_port,
             recordings.display(),
             lab.relay_metrics,
             dir = lab.dir.display(),
             rec = recordings.display(),
+            // The lab sealed the relay's keys to a machine id of its own.
+            ca = lab.ca_section(),
         ),
     )
     .unwrap();

@@ -20,6 +20,24 @@ fn frames_in(raw: &Path) -> f64 {
     std::fs::metadata(raw).unwrap().len() as f64 / 2.0 / 960.0
 }
 
+/// (policy, real-time priority) of the first thread of `pid` named `name`,
+/// from /proc/PID/task/TID/stat (fields 41 and 40).
+fn sched_of(pid: i32, name: &str) -> Option<(u64, u64)> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        let after: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        return Some((after.get(38)?.parse().ok()?, after.get(37)?.parse().ok()?));
+    }
+    None
+}
+
 fn alsa_env(devs: &AlsaFileDevices) -> Vec<(String, String)> {
     vec![("ALSA_CONFIG_PATH".into(), devs.alsa_config_path_env())]
 }
@@ -121,6 +139,28 @@ fn echo_round_trip_plays_back_the_speech() {
         gw.assert_running();
         metric(gw_metrics, "voxgate_downlink_packets_received_total") >= want
     });
+    // Run as root (the lab's `privilege.stay_root`), the audio workers get
+    // SCHED_FIFO; the runtime keeps the normal policy.
+    let fifo = (
+        libc::SCHED_FIFO as u64,
+        voxgate::privilege::realtime::AUDIO_PRIORITY as u64,
+    );
+    assert_eq!(
+        sched_of(gw.pid(), "encoder"),
+        Some(fifo),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        sched_of(gw.pid(), "decoder"),
+        Some(fifo),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        sched_of(gw.pid(), "tokio-rt-worker"),
+        Some((libc::SCHED_OTHER as u64, 0))
+    );
     std::thread::sleep(Duration::from_millis(500));
     let m = common::lab::scrape(gw_metrics).unwrap_or_default();
     assert!(gw.stop().success(), "{}", gw.log_text());

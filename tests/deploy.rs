@@ -169,9 +169,18 @@ fn units_run_the_documented_commands_with_their_sandbox_needs() {
     ] {
         assert_set(&g, k, v, unit);
     }
-    // The binary installs its own sandbox after systemd's filter: capset to
-    // clear capabilities, Landlock, seccomp. Without them it refuses to run
-    // (or runs without Landlock).
+    // The binary installs its own sandbox after systemd's filter (Landlock,
+    // seccomp; without them it refuses to run, or runs without Landlock), and
+    // its audio threads ask for SCHED_FIFO within LimitRTPRIO. capset is not
+    // needed: the unit starts it with empty capability sets, and the binary
+    // calls capset only for a set that is not empty.
+    assert_set(&g, "RestrictRealtime", "no", unit);
+    assert_set(
+        &g,
+        "LimitRTPRIO",
+        &voxgate::privilege::realtime::AUDIO_PRIORITY.to_string(),
+        unit,
+    );
     let filters: Vec<&str> = g
         .iter()
         .filter(|(k, _)| k == "SystemCallFilter")
@@ -179,11 +188,11 @@ fn units_run_the_documented_commands_with_their_sandbox_needs() {
         .collect();
     let last_allow = filters.last().expect("SystemCallFilter=");
     for call in [
-        "capset",
         "seccomp",
         "landlock_create_ruleset",
         "landlock_add_rule",
         "landlock_restrict_self",
+        "sched_setscheduler",
     ] {
         assert!(
             last_allow.split_whitespace().any(|c| c == call),

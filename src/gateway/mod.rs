@@ -18,6 +18,7 @@ use crate::audio::ring;
 use crate::codec::{OPUS_PAYLOAD_TYPE, OpusEncoder};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::media::sender::RtpSender;
+use crate::privilege::realtime;
 use crate::transport::client::{self, ClientParams, ConnSlot, UPLINK_FLOW};
 use crate::transport::tls;
 use anyhow::{Context, Result};
@@ -136,7 +137,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         quinn::EndpointConfig::default(),
         None,
         p.udp,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(crate::transport::udp::NoGroRuntime),
     )
     .context("cannot start QUIC on the bound socket")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -171,7 +172,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     let encoder = std::thread::Builder::new()
         .name("encoder".into())
-        .spawn(move || up.run())?;
+        .spawn(move || {
+            realtime::promote_current_thread("encoder", realtime::AUDIO_PRIORITY);
+            up.run()
+        })?;
     let capture = capture::start(
         cfg.capture.device.clone(),
         cap_tx,
@@ -205,7 +209,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         };
         let decoder = std::thread::Builder::new()
             .name("decoder".into())
-            .spawn(move || dl.run())?;
+            .spawn(move || {
+                realtime::promote_current_thread("decoder", realtime::AUDIO_PRIORITY);
+                dl.run()
+            })?;
         let pb = playback::start(
             cfg.playback.device.clone(),
             pb_rx,

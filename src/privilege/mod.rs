@@ -12,7 +12,8 @@
 //! 3. check that `setuid(0)` now fails;
 //! 4. set no_new_privs and clear the effective, permitted and inheritable
 //!    capability sets (a process started unprivileged with ambient
-//!    `CAP_NET_BIND_SERVICE` loses it here);
+//!    `CAP_NET_BIND_SERVICE` loses it here; a set that is already empty is
+//!    left alone, so the gateway's unit need not allow capset);
 //! 5. Landlock ([`sandbox`]) and the seccomp allow-list ([`seccomp`]);
 //! 6. the caller starts its runtime and audio and reports READY.
 //!
@@ -22,6 +23,7 @@
 //! error at every start.
 
 pub mod accounts;
+pub mod realtime;
 pub mod sandbox;
 pub mod seccomp;
 mod sys;
@@ -293,7 +295,13 @@ pub fn apply(plan: &Plan, state: &[&Path], probe: &Path) -> Result<Report, Privi
         // process does not have (systemd's CapabilityBoundingSet covers it).
         caps::clear(None, CapSet::Ambient).map_err(caps_step("clear ambient capabilities"))?;
         for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-            caps::clear(None, set).map_err(caps_step("clear capabilities"))?;
+            // capset(2) only for a set that holds something: the systemd
+            // unit starts the gateway with empty sets and does not allow
+            // capset (capget is allowed).
+            let held = caps::read(None, set).map_err(caps_step("read capabilities"))?;
+            if !held.is_empty() {
+                caps::clear(None, set).map_err(caps_step("clear capabilities"))?;
+            }
         }
     }
     if plan.settings.sandbox {

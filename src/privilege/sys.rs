@@ -1,5 +1,6 @@
-//! The one place with `unsafe` for the sandbox: installing a seccomp BPF
-//! filter (no safe wrapper in nix or std covers it).
+//! The one place with `unsafe` for process start and thread set-up:
+//! installing a seccomp BPF filter and switching a thread to real-time
+//! scheduling (no safe wrapper in nix or std covers either).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -27,6 +28,57 @@ pub fn install_filter(prog: &[Insn]) -> io::Result<()> {
     };
     if rc == 0 {
         Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SCHED_RESET_ON_FORK` (linux/sched.h): children do not inherit the policy.
+const SCHED_RESET_ON_FORK: libc::c_int = 0x4000_0000;
+
+/// The kernel's `struct sched_param` (uapi linux/sched/types.h). musl's
+/// libc type has extra fields, glibc's does not; the syscall reads only this.
+#[repr(C)]
+struct KernelSchedParam {
+    sched_priority: libc::c_int,
+}
+
+/// Switch the calling thread (not the process) to `SCHED_FIFO` at
+/// `priority`. The raw syscall is used because musl's `sched_setscheduler`
+/// is a stub that returns ENOSYS.
+pub fn set_fifo_current_thread(priority: i32) -> io::Result<()> {
+    let param = KernelSchedParam {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` has the kernel's `struct sched_param` layout and
+    // outlives the call; pid 0 is the calling thread; the kernel only reads
+    // the struct.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_FIFO | SCHED_RESET_ON_FORK,
+            &param as *const KernelSchedParam,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The soft `RLIMIT_RTPRIO`: the highest real-time priority an unprivileged
+/// thread may ask for.
+pub fn rtprio_limit() -> io::Result<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` that outlives the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_RTPRIO, &mut lim) };
+    if rc == 0 {
+        Ok(lim.rlim_cur)
     } else {
         Err(io::Error::last_os_error())
     }

@@ -6,3 +6,4 @@ pub mod client;
 pub mod control;
 pub mod framed;
 pub mod tls;
+pub mod udp;
