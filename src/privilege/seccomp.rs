@@ -30,14 +30,32 @@ const AUDIT_ARCH: u32 = 0xc000_00b7;
 #[cfg(target_arch = "arm")]
 const AUDIT_ARCH: u32 = 0x4000_0028;
 
+/// 32-bit arm (EABI) syscall numbers the `libc` crate does not define for
+/// musl: the time64 family every 32-bit libc now uses (asm-generic numbers,
+/// linux/arch/arm/tools/syscall.tbl), rseq, and the ARM-private set_tls
+/// (`__ARM_NR_BASE` 0x0f0000 + 5).
+#[cfg(target_arch = "arm")]
+mod arm {
+    use libc::c_long;
+    pub const RSEQ: c_long = 398;
+    pub const CLOCK_GETTIME64: c_long = 403;
+    pub const CLOCK_GETRES_TIME64: c_long = 406;
+    pub const CLOCK_NANOSLEEP_TIME64: c_long = 407;
+    pub const TIMERFD_GETTIME64: c_long = 410;
+    pub const TIMERFD_SETTIME64: c_long = 411;
+    pub const PSELECT6_TIME64: c_long = 413;
+    pub const PPOLL_TIME64: c_long = 414;
+    pub const RECVMMSG_TIME64: c_long = 417;
+    pub const FUTEX_TIME64: c_long = 422;
+    pub const SET_TLS: c_long = 0x0f_0005;
+}
+
 /// Syscalls the gateway and relay use after the sandbox is applied: memory,
 /// threads and futexes, time, files (state dir, ALSA config and plugins),
 /// sockets (QUIC over UDP, metrics over TCP, the PulseAudio or systemd
 /// unix sockets), polling, and ALSA's ioctls.
 fn allowed() -> Vec<libc::c_long> {
     use libc::*;
-    // Only x86_64 and arm append their legacy syscalls below.
-    #[cfg_attr(target_arch = "aarch64", allow(unused_mut))]
     let mut v = vec![
         SYS_read,
         SYS_write,
@@ -49,7 +67,6 @@ fn allowed() -> Vec<libc::c_long> {
         SYS_openat,
         SYS_lseek,
         SYS_fstat,
-        SYS_newfstatat,
         SYS_statx,
         SYS_fcntl,
         SYS_dup,
@@ -71,7 +88,6 @@ fn allowed() -> Vec<libc::c_long> {
         SYS_statfs,
         SYS_getcwd,
         SYS_memfd_create,
-        SYS_mmap,
         SYS_munmap,
         SYS_mprotect,
         SYS_madvise,
@@ -85,7 +101,6 @@ fn allowed() -> Vec<libc::c_long> {
         SYS_clone,
         SYS_clone3,
         SYS_set_robust_list,
-        SYS_rseq,
         SYS_exit,
         SYS_exit_group,
         SYS_sched_yield,
@@ -149,6 +164,9 @@ fn allowed() -> Vec<libc::c_long> {
         SYS_wait4,
         SYS_kill,
     ];
+    // 64-bit only: 32-bit arm has fstatat64 and mmap2 instead.
+    #[cfg(not(target_arch = "arm"))]
+    v.extend([SYS_newfstatat, SYS_mmap, SYS_rseq]);
     #[cfg(target_arch = "x86_64")]
     v.extend([
         SYS_open,
@@ -185,12 +203,14 @@ fn allowed() -> Vec<libc::c_long> {
         SYS_mmap2,
         SYS__llseek,
         SYS_fcntl64,
-        SYS_clock_gettime64,
-        SYS_clock_nanosleep_time64,
-        SYS_futex_time64,
-        SYS_ppoll_time64,
-        SYS_recvmmsg_time64,
-        SYS_set_tls,
+        arm::RSEQ,
+        arm::CLOCK_GETRES_TIME64,
+        arm::CLOCK_GETTIME64,
+        arm::CLOCK_NANOSLEEP_TIME64,
+        arm::FUTEX_TIME64,
+        arm::PPOLL_TIME64,
+        arm::RECVMMSG_TIME64,
+        arm::SET_TLS,
         SYS_ugetrlimit,
         SYS_getuid32,
         SYS_geteuid32,
@@ -206,9 +226,9 @@ fn allowed() -> Vec<libc::c_long> {
         SYS_statfs64,
         SYS_fstatfs64,
         SYS_ftruncate64,
-        SYS_timerfd_settime64,
-        SYS_timerfd_gettime64,
-        SYS_pselect6_time64,
+        arm::TIMERFD_SETTIME64,
+        arm::TIMERFD_GETTIME64,
+        arm::PSELECT6_TIME64,
     ]);
     v
 }
