@@ -205,11 +205,44 @@ pub fn sipp(
     args: &[&str],
     limit: Duration,
 ) -> Output {
+    sipp_with(Path::new("sipp"), dir, name, scenario, target, args, limit)
+}
+
+/// SIPp 3.7.3 (Debian trixie's, with SHA-256 digest), installed by
+/// scripts/sipp-trixie (scripts/deps runs it) under ~/.cache/voxgate.
+pub fn sipp37() -> PathBuf {
+    let base = std::env::var_os("VOXGATE_SIPP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("voxgate/sipp-3.7.3")
+        });
+    let p = base.join("bin/sipp");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/sipp-trixie (scripts/deps runs it)",
+        p.display()
+    );
+    p
+}
+
+/// [`sipp`] with a given sipp binary.
+pub fn sipp_with(
+    sipp: &Path,
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Output {
     let file = dir.join(format!("{name}.xml"));
     std::fs::write(&file, scenario).unwrap();
     let mut c = Command::new("timeout");
     c.arg(limit.as_secs().to_string())
-        .arg("sipp")
+        .arg(sipp)
         .arg(target)
         .arg("-sf")
         .arg(&file)
