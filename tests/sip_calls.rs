@@ -8,9 +8,14 @@
 
 mod common;
 
-use common::lab::Lab;
+use common::audio_env::{score, speech_fixture};
+use common::lab::{Lab, opusdec};
+use common::rtp::{Stream, ulaw_of, write_pcap};
 use common::sip::{SipGateway, sipp_with, sipp37};
 use std::time::Duration;
+
+const TEXT: &str =
+    "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
 
 /// REGISTER answered with whatever digest the first challenge asks for;
 /// `RESPONSE` is the final status the scenario expects.
@@ -137,4 +142,245 @@ fn sipp_registers_with_sha256_digest_and_a_wrong_password_fails() {
     let (ok, _) = register(&lab.dir, &gw, "201", "not-the-password", 200, "sha-wrong2");
     assert!(!ok, "a wrong password registered");
     assert!(!gw.log().contains(&pw), "a password reached the log");
+}
+
+/// The scenario's SDP: PCMU and telephone-event, at `PTIME` ms.
+const SDP: &str = "v=0
+o=- 1 1 IN IP4 [media_ip]
+s=-
+c=IN IP4 [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=ptime:PTIME
+a=sendrecv
+";
+
+/// A phone calling `[service]`: INVITE, 401 (ACKed in its transaction: the
+/// INVITE's branch, three scenario steps back),
+/// INVITE with digest, 100, 180 (when `RINGING` is `true`), 200, ACK,
+/// RTP from `PCAP` for `PLAY_MS`, then BYE and its 200.
+const CALL_WITH_PCAP: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="call with pcap audio">
+  <send retrans="500" start_txn="inv1"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:EXT@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+SDP_BODY]]></send>
+  <recv response="100" optional="true" response_txn="inv1"/>
+  <recv response="401" auth="true" response_txn="inv1"/>
+  <send ack_txn="inv1"><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>
+Call-ID: [call_id]
+CSeq: 2 INVITE
+Contact: <sip:EXT@[local_ip]:[local_port]>
+[authentication]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+SDP_BODY]]></send>
+  <recv response="100"/>
+  RINGING_STEP
+  <recv response="200" rtd="true">
+    <action>
+      <ereg regexp="a=(sendrecv|sendonly|recvonly|inactive)" search_in="body" check_it="true" assign_to="dir_all,dir"/>
+      <ereg regexp="m=audio [0-9]+ RTP/AVP 0( 101)?" search_in="body" check_it="true" assign_to="pcmu"/>
+      <log message="answer direction [$dir] ([$dir_all]) media [$pcmu]"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <nop><action><exec play_pcap_audio="PCAP"/></action></nop>
+  <pause milliseconds="PLAY_MS"/>
+  <send retrans="500"><![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 3 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"#;
+
+/// The scenario text for a call from `ext` playing `pcap`.
+fn call_scenario(
+    ext: &str,
+    pcap: &std::path::Path,
+    play_ms: u64,
+    ptime: u32,
+    ringing: bool,
+) -> String {
+    CALL_WITH_PCAP
+        .replace("SDP_BODY", &SDP.replace("PTIME", &ptime.to_string()))
+        .replace(
+            "RINGING_STEP",
+            if ringing {
+                r#"<recv response="180"/>"#
+            } else {
+                ""
+            },
+        )
+        .replace("EXT", ext)
+        .replace("PCAP", pcap.to_str().unwrap())
+        .replace("PLAY_MS", &play_ms.to_string())
+}
+
+/// Run a call scenario as phone `ext` (SIPp 3.7.3, media on `127.0.0.1`).
+fn sipp_call(
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    name: &str,
+    scenario: &str,
+    dialled: &str,
+    ext: &str,
+    password: &str,
+) -> (std::process::Output, String) {
+    let (media, _) = common::sip::free_rtp_range(2);
+    let msgs = dir.join(format!("{name}-messages.log"));
+    let logs = dir.join(format!("{name}-logs.log"));
+    // The digest uri must be the Request-URI (SIPp's default leaves out the user).
+    let auth_uri = format!("{dialled}@127.0.0.1:{}", gw.sip_port);
+    let out = sipp_with(
+        &sipp37(),
+        dir,
+        name,
+        scenario,
+        &format!("127.0.0.1:{}", gw.sip_port),
+        &[
+            "-auth_uri",
+            &auth_uri,
+            "-s",
+            dialled,
+            "-au",
+            ext,
+            "-ap",
+            password,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media.to_string(),
+            "-trace_msg",
+            "-message_file",
+            msgs.to_str().unwrap(),
+            "-trace_logs",
+            "-log_file",
+            logs.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
+        + &std::fs::read_to_string(&logs).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join(format!("{name}-errors.log"))).unwrap_or_default();
+    (out, trace)
+}
+
+/// The relay's finished recording of a call flow (flows from 16 up are
+/// calls; 0 is the gateway's microphone), once the relay has closed it.
+fn finished_call_recording(relay: &common::lab::Proc) -> std::path::PathBuf {
+    let mut found = None;
+    common::lab::wait_for(
+        Duration::from_secs(10),
+        "the call recording to finish",
+        || {
+            found = relay.log_text().lines().find_map(|l| {
+                if !l.contains("recording finished") {
+                    return None;
+                }
+                let start = l.find("\"recording\":\"")? + 13;
+                let path = &l[start..start + l[start..].find('"')?];
+                let flow: u64 = path
+                    .rsplit_once("-f")?
+                    .1
+                    .strip_suffix(".ogg")?
+                    .parse()
+                    .ok()?;
+                (flow >= 16).then(|| std::path::PathBuf::from(path))
+            });
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+#[test]
+fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
+    let lab = Lab::new("sip-pcap", "mode = \"none\"");
+    let relay = lab.start_relay();
+    let mut gw = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let pw = gw.add_phone("201");
+    gw.start(&lab);
+    let speech = speech_fixture(&lab.dir, TEXT).with_extension("wav");
+    let ulaw = ulaw_of(&speech, &lab.dir);
+    let mut packets = Vec::new();
+    let mut s = Stream::new(0x5150_0001);
+    s.silence(200, 20, &mut packets);
+    s.pcmu(&ulaw, 20, &mut packets);
+    s.silence(200, 20, &mut packets);
+    let pcap = lab.dir.join("speech-pcmu.pcap");
+    write_pcap(&pcap, &packets);
+    let play_ms = s.at.as_millis() as u64 + 500;
+    let scenario = call_scenario("201", &pcap, play_ms, 20, false);
+    let (out, trace) = sipp_call(&lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw);
+    assert!(
+        out.status.success(),
+        "sipp call to 901: {}\n{}\n{trace}\ngateway:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert!(trace.contains("answer direction sendrecv"), "{trace}");
+    assert!(trace.contains("media m=audio"), "PCMU answered:\n{trace}");
+    let rec = finished_call_recording(&relay);
+    let wav = opusdec(&rec);
+    let sc = score(&speech, &wav);
+    println!(
+        "sipp pcap PCMU -> gateway -> Opus 8 kHz -> relay 901 recording: PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s",
+        sc.pesq_nb, sc.pesq_wb, sc.stoi, sc.overlap_s, sc.ref_duration_s
+    );
+    assert!(sc.overlap_s > sc.ref_duration_s * 0.9, "{sc:?}");
+    assert!(sc.stoi > 0.85, "{sc:?}");
+    assert!(sc.pesq_nb.unwrap_or(0.0) > 3.0, "{sc:?}");
+    let log = gw.log();
+    assert!(log.contains("\"to\":\"901\""), "{log}");
+    assert!(log.contains("call ended"), "{log}");
+    assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
 }
