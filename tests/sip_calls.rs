@@ -9,9 +9,9 @@
 mod common;
 
 use common::audio_env::{score, speech_fixture};
-use common::lab::{Lab, opusdec};
-use common::rtp::{Stream, ulaw_of, write_pcap};
-use common::sip::{SipGateway, sipp_with, sipp37};
+use common::lab::{Lab, opusdec, wait_for};
+use common::rtp::{Rtp, Stream, parse_rtp, ulaw_of, write_pcap};
+use common::sip::{SipGateway, sipp_spawn, sipp_with, sipp37, wait_child};
 use std::time::Duration;
 
 const TEXT: &str =
@@ -226,7 +226,11 @@ Content-Length: 0
 ]]></send>
   <nop><action><exec play_pcap_audio="PCAP"/></action></nop>
   <pause milliseconds="PLAY_MS"/>
-  <send retrans="500"><![CDATA[
+HANGUP</scenario>
+"#;
+
+/// The caller hangs up.
+const CALLER_BYE: &str = r#"  <send retrans="500"><![CDATA[
 BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
 From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
@@ -238,18 +242,34 @@ Content-Length: 0
 
 ]]></send>
   <recv response="200"/>
-</scenario>
 "#;
 
-/// The scenario text for a call from `ext` playing `pcap`.
+/// The other side hangs up: the caller gets a BYE and answers it.
+const CALLER_GETS_BYE: &str = r#"  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"#;
+
+/// The scenario text for a call from `ext` playing `pcap`; `hangup` is
+/// [`CALLER_BYE`] or [`CALLER_GETS_BYE`].
 fn call_scenario(
     ext: &str,
     pcap: &std::path::Path,
     play_ms: u64,
     ptime: u32,
     ringing: bool,
+    hangup: &str,
 ) -> String {
     CALL_WITH_PCAP
+        .replace("HANGUP", hangup)
         .replace("SDP_BODY", &SDP.replace("PTIME", &ptime.to_string()))
         .replace(
             "RINGING_STEP",
@@ -358,7 +378,7 @@ fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
     let pcap = lab.dir.join("speech-pcmu.pcap");
     write_pcap(&pcap, &packets);
     let play_ms = s.at.as_millis() as u64 + 500;
-    let scenario = call_scenario("201", &pcap, play_ms, 20, false);
+    let scenario = call_scenario("201", &pcap, play_ms, 20, false, CALLER_BYE);
     let (out, trace) = sipp_call(&lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw);
     assert!(
         out.status.success(),
@@ -383,4 +403,276 @@ fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
     assert!(log.contains("\"to\":\"901\""), "{log}");
     assert!(log.contains("call ended"), "{log}");
     assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
+}
+
+/// A desk phone that answers (after ringing for a moment) with its RTP
+/// going to `SINK_PORT` (the test's own socket), in the payload types the
+/// box offered, then hangs up as `CALLEE_END` says.
+const CALLEE: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="callee">
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp="a=rtpmap:([0-9]+) telephone-event/8000" search_in="body" check_it="true" assign_to="te_all,te"/>
+      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="caller"/>
+      <log message="offered telephone-event [$te] ([$te_all])"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:EXT@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="300"/>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:EXT@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 2 2 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio SINK_PORT RTP/AVP 0 [$te]
+a=rtpmap:0 PCMU/8000
+a=rtpmap:[$te] telephone-event/8000
+a=fmtp:[$te] 0-15
+a=ptime:20
+a=sendrecv
+]]></send>
+  <recv request="ACK"/>
+CALLEE_END</scenario>
+"#;
+
+/// The callee hangs up after `HOLD_MS`.
+const CALLEE_BYE: &str = r#"  <pause milliseconds="HOLD_MS"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[local_ip]>;tag=[pid]SIPpTag01[call_number]
+To:[$caller]
+Call-ID: [call_id]
+CSeq: 1 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+"#;
+
+/// REGISTER `ext` from SIP port `port` (where its callee scenario answers later).
+fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
+    let scenario = REGISTER.replace("RESPONSE", "200");
+    let port = port.to_string();
+    let out = sipp_with(
+        &sipp37(),
+        dir,
+        &format!("register-{ext}"),
+        &scenario,
+        &format!("127.0.0.1:{}", gw.sip_port),
+        &["-s", ext, "-au", ext, "-ap", password, "-p", &port],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "REGISTER {ext}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A UDP socket that keeps every datagram it gets, until dropped.
+struct Sink {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn new() -> Sink {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            // Bounded: at most a minute, whatever the test does.
+            let t0 = std::time::Instant::now();
+            while !s.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(60)
+            {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    g.lock().unwrap().push(buf[..n].to_vec());
+                }
+            }
+        });
+        Sink {
+            port,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn packets(&self) -> Vec<Rtp> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| parse_rtp(b))
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// RFC 4733 event codes of the digits.
+fn event_code(d: char) -> u8 {
+    match d {
+        '0'..='9' => d as u8 - b'0',
+        '*' => 10,
+        '#' => 11,
+        'A'..='D' => 12 + (d as u8 - b'A'),
+        _ => panic!("not a DTMF digit: {d}"),
+    }
+}
+
+/// The events in a stream of `pt` packets, one per event (its start
+/// timestamp), in order, and whether each was seen to end.
+fn events_in(packets: &[Rtp], pt: u8) -> Vec<(u8, bool)> {
+    let mut out: Vec<(u32, u8, bool)> = Vec::new();
+    for p in packets
+        .iter()
+        .filter(|p| p.pt == pt && p.payload.len() >= 4)
+    {
+        let end = p.payload[1] & 0x80 != 0;
+        match out.iter_mut().find(|(ts, _, _)| *ts == p.ts) {
+            Some(e) => e.2 |= end,
+            None => out.push((p.ts, p.payload[0], end)),
+        }
+    }
+    out.into_iter().map(|(_, e, end)| (e, end)).collect()
+}
+
+#[test]
+fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_up() {
+    let lab = Lab::new("sip-dtmf", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
+    let pa = a.add_phone("201");
+    let pb = b.add_phone("301");
+    a.start(&lab);
+    b.start(&lab);
+    // B's phone registers from the port it then answers on.
+    let callee_port = common::lab::free_udp();
+    register_at(&lab.dir, &b, "301", &pb, callee_port);
+    b.wait_registered(1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let sink = Sink::new();
+    let callee = CALLEE
+        .replace("CALLEE_END", CALLEE_BYE)
+        .replace("HOLD_MS", "5000")
+        .replace("SINK_PORT", &sink.port.to_string())
+        .replace("EXT", "301");
+    let port = callee_port.to_string();
+    let callee_run = sipp_spawn(
+        &sipp37(),
+        &lab.dir,
+        "callee-301",
+        &callee,
+        &format!("127.0.0.1:{}", b.sip_port),
+        &["-p", &port, "-timeout", "30s", "-trace_msg", "-trace_logs"],
+        Duration::from_secs(35),
+    );
+    // A's phone: silence, the digits as RFC 4733 events with silence
+    // between them, silence.
+    let digits = "15#0*9";
+    let mut packets = Vec::new();
+    let mut s = Stream::new(0x5150_0002);
+    s.silence(600, 20, &mut packets);
+    for d in digits.chars() {
+        s.event(101, event_code(d), 120, &mut packets);
+        s.silence(300, 20, &mut packets);
+    }
+    s.silence(400, 20, &mut packets);
+    let pcap = lab.dir.join("dtmf.pcap");
+    write_pcap(&pcap, &packets);
+    // The caller plays the pcap and then waits for the callee's BYE.
+    let scenario = call_scenario(
+        "201",
+        &pcap,
+        s.at.as_millis() as u64,
+        20,
+        true,
+        CALLER_GETS_BYE,
+    );
+    let (out, trace) = sipp_call(&lab.dir, &a, "dtmf-caller", &scenario, "301", "201", &pa);
+    let callee_status = wait_child(callee_run, Duration::from_secs(40));
+    let callee_trace = std::fs::read_dir(&lab.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("callee-301") && !n.ends_with(".xml")
+        })
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        out.status.success(),
+        "caller: {}\n{trace}\ncallee:\n{callee_trace}\nA:\n{}\nB:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log(),
+        b.log()
+    );
+    assert!(
+        callee_status.success(),
+        "callee:\n{callee_trace}\nB:\n{}",
+        b.log()
+    );
+    let te: u8 = callee_trace
+        .split("offered telephone-event ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no telephone-event in B's offer:\n{callee_trace}"));
+    drop(callee_trace);
+    let got = sink.packets();
+    let events = events_in(&got, te);
+    let want: Vec<(u8, bool)> = digits.chars().map(|d| (event_code(d), true)).collect();
+    println!(
+        "B's phone got {} RTP packets, RFC 4733 events {events:?} (sent {digits:?})",
+        got.len()
+    );
+    assert_eq!(events, want, "digits at B's phone, in order, each ended");
+    assert!(got.iter().any(|p| p.pt == 0), "audio reached B's phone too");
+    // The callee's BYE ended the call on both boxes.
+    for (name, gw) in [("A", &a), ("B", &b)] {
+        wait_for(Duration::from_secs(5), "calls to end", || {
+            gw.metric("voxgate_sip_calls_active") == 0.0
+        });
+        assert!(gw.log().contains("call ended"), "{name}:\n{}", gw.log());
+    }
 }

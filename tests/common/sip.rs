@@ -238,6 +238,39 @@ pub fn sipp_with(
     args: &[&str],
     limit: Duration,
 ) -> Output {
+    sipp_command(sipp, dir, name, scenario, target, args, limit)
+        .output()
+        .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+}
+
+/// [`sipp_with`] started in the background (a phone that answers while the
+/// test places the call); output goes to `NAME.out` in `dir`.
+pub fn sipp_spawn(
+    sipp: &Path,
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> std::process::Child {
+    let mut c = sipp_command(sipp, dir, name, scenario, target, args, limit);
+    c.stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp")
+}
+
+fn sipp_command(
+    sipp: &Path,
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Command {
     let file = dir.join(format!("{name}.xml"));
     std::fs::write(&file, scenario).unwrap();
     let mut c = Command::new("timeout");
@@ -246,24 +279,27 @@ pub fn sipp_with(
         .arg(target)
         .arg("-sf")
         .arg(&file)
-        .args(["-i", "127.0.0.1", "-p"])
-        .arg(free_udp().to_string())
-        .args([
-            "-m",
-            "1",
-            "-l",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "10s",
-            "-timeout_error",
-        ])
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join(format!("{name}-errors.log")))
-        .args(args)
-        .current_dir(dir);
-    c.output()
-        .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+        .args(["-i", "127.0.0.1"]);
+    // A caller that needs a known SIP port (a phone that registers and then
+    // answers there) passes its own -p.
+    if !args.contains(&"-p") {
+        c.arg("-p").arg(free_udp().to_string());
+    }
+    c.args([
+        "-m",
+        "1",
+        "-l",
+        "1",
+        "-nostdin",
+        "-timeout",
+        "10s",
+        "-timeout_error",
+    ])
+    .args(["-trace_err", "-error_file"])
+    .arg(dir.join(format!("{name}-errors.log")))
+    .args(args)
+    .current_dir(dir);
+    c
 }
 
 /// A free TCP port (re-exported for tests).
