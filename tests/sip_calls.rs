@@ -10,7 +10,7 @@ mod common;
 
 use common::audio_env::{score, speech_fixture};
 use common::lab::{Lab, opusdec, wait_for};
-use common::rtp::{Rtp, Stream, parse_rtp, ulaw_of, write_pcap};
+use common::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
 use common::sip::{SipGateway, sipp_spawn, sipp_with, sipp37, wait_child};
 use std::time::Duration;
 
@@ -306,6 +306,8 @@ fn sipp_call(
         scenario,
         &format!("127.0.0.1:{}", gw.sip_port),
         &[
+            "-timeout",
+            "30s",
             "-auth_uri",
             &auth_uri,
             "-s",
@@ -675,4 +677,308 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
         });
         assert!(gw.log().contains("call ended"), "{name}:\n{}", gw.log());
     }
+}
+
+/// A phone calls `[service]` with its RTP at the test's socket
+/// (`SINK_PORT`), puts the call on hold with a re-INVITE (`a=sendonly`),
+/// resumes it (`a=sendrecv`), holds it again with `a=inactive`, resumes
+/// again, and hangs up. Each 200 must carry the answering direction.
+const HOLD: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="hold and resume">
+  <send retrans="500" start_txn="inv1"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:EXT@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+SDP_sendrecv]]></send>
+  <recv response="100" optional="true" response_txn="inv1"/>
+  <recv response="401" auth="true" response_txn="inv1"/>
+  <send ack_txn="inv1"><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>
+Call-ID: [call_id]
+CSeq: 2 INVITE
+Contact: <sip:EXT@[local_ip]:[local_port]>
+[authentication]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+SDP_sendrecv]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="a=sendrecv" search_in="body" check_it="true" assign_to="d0"/>
+      <log message="answered [$d0]"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+STEPS  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 9 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"#;
+
+/// One re-INVITE step of [`HOLD`]: after `PAUSE` ms, offer `OFFERED`,
+/// expect `a=ANSWERED` in the 200, ACK it.
+const REINVITE: &str = r#"  <pause milliseconds="PAUSE"/>
+  <send retrans="500"><![CDATA[
+INVITE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: CSEQ INVITE
+Contact: <sip:EXT@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+SDP_OFFERED]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200">
+    <action>
+      <ereg regexp="a=ANSWERED" search_in="body" check_it="true" assign_to="dCSEQ"/>
+      <ereg regexp="o=[^\r\n]*" search_in="body" check_it="true" assign_to="oCSEQ"/>
+      <log message="re-INVITE CSEQ OFFERED answered [$dCSEQ] [$oCSEQ]"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: CSEQ ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"#;
+
+/// A phone's media played by the test itself: it waits for the box's
+/// first RTP packet (sent to the SDP address before any comes from the
+/// phone), then sends u-law speech from the same socket every 20 ms,
+/// looping, and keeps the arrival time and payload of every packet it
+/// gets.
+struct TestPhoneMedia {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Rtp)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestPhoneMedia {
+    fn new(ulaw: Vec<u8>) -> TestPhoneMedia {
+        use std::sync::atomic::Ordering;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let t0 = std::time::Instant::now();
+            let mut peer = None;
+            let mut next = std::time::Instant::now();
+            let (mut seq, mut ts, mut i) = (fastrand::u16(..), fastrand::u32(..), 0usize);
+            while !s.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    peer.get_or_insert(from);
+                    if let Some(p) = parse_rtp(&buf[..n]) {
+                        g.lock().unwrap().push((std::time::Instant::now(), p));
+                    }
+                }
+                if let Some(to) = peer
+                    && std::time::Instant::now() >= next
+                {
+                    let frame: Vec<u8> = (0..160).map(|k| ulaw[(i + k) % ulaw.len()]).collect();
+                    let _ = sock.send_to(&rtp(0, false, seq, ts, 0x5150_0003, &frame), to);
+                    i = (i + 160) % ulaw.len();
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(160);
+                    next += Duration::from_millis(20);
+                }
+            }
+        });
+        TestPhoneMedia {
+            port,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn received(&self) -> Vec<(std::time::Instant, Rtp)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestPhoneMedia {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Mean absolute deviation of u-law bytes from silence: 0 for silence.
+fn ulaw_energy(payload: &[u8]) -> f64 {
+    payload
+        .iter()
+        .map(|&b| f64::from(0x7f - (b & 0x7f)))
+        .sum::<f64>()
+        / payload.len().max(1) as f64
+}
+
+#[test]
+fn a_phone_holds_and_resumes_a_call_with_reinvites_and_audio_comes_back() {
+    let lab = Lab::new("sip-hold", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut gw = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let pw = gw.add_phone("201");
+    gw.start(&lab);
+    let speech = speech_fixture(&lab.dir, TEXT).with_extension("wav");
+    let media = TestPhoneMedia::new(ulaw_of(&speech, &lab.dir));
+    let sdp = |dir: &str| {
+        SDP.replace("PTIME", "20")
+            .replace("[media_port]", &media.port.to_string())
+            .replace("a=sendrecv", &format!("a={dir}"))
+    };
+    let steps: String = [
+        (3, 2000, "sendonly", "recvonly"),
+        (4, 2000, "sendrecv", "sendrecv"),
+        (5, 2000, "inactive", "inactive"),
+        (6, 2000, "sendrecv", "sendrecv"),
+    ]
+    .iter()
+    .map(|(cseq, pause, offered, answered)| {
+        REINVITE
+            .replace("PAUSE", &pause.to_string())
+            .replace("CSEQ", &cseq.to_string())
+            .replace("SDP_OFFERED", &sdp(offered))
+            .replace("OFFERED", offered)
+            .replace("ANSWERED", answered)
+    })
+    .collect::<String>()
+        + "  <pause milliseconds=\"2000\"/>\n";
+    let scenario = HOLD
+        .replace("STEPS", &steps)
+        .replace("SDP_sendrecv", &sdp("sendrecv"))
+        .replace("EXT", "201");
+    let (out, trace) = sipp_call(&lab.dir, &gw, "hold", &scenario, "900", "201", &pw);
+    assert!(
+        out.status.success(),
+        "hold scenario: {}\n{trace}\ngateway:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    for line in [
+        "re-INVITE 3 sendonly answered a=recvonly",
+        "re-INVITE 4 sendrecv answered a=sendrecv",
+        "re-INVITE 5 inactive answered a=inactive",
+        "re-INVITE 6 sendrecv answered a=sendrecv",
+    ] {
+        assert!(trace.contains(line), "{line}:\n{trace}");
+    }
+    // Same o= session id in every answer, a higher version each time.
+    let origins: Vec<(String, u64)> = trace
+        .lines()
+        .filter(|l| l.starts_with("re-INVITE "))
+        .filter_map(|l| {
+            let o: Vec<&str> = l.split(" o=").nth(1)?.split_whitespace().collect();
+            Some((o.get(1)?.to_string(), o.get(2)?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(origins.len(), 4, "{trace}");
+    assert!(
+        origins
+            .windows(2)
+            .all(|w| w[0].0 == w[1].0 && w[1].1 > w[0].1),
+        "{origins:?}"
+    );
+    // What the phone got: echo while the call is up, nothing while held
+    // (two gaps of about 2 s), echo again after each resume.
+    let got = media.received();
+    drop(media);
+    assert!(got.len() > 100, "the phone got {} packets", got.len());
+    let gaps: Vec<(usize, Duration)> = got
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i + 1, w[1].0 - w[0].0))
+        .filter(|(_, d)| *d > Duration::from_millis(1000))
+        .collect();
+    println!(
+        "hold test: {} packets to the phone, gaps over 1 s: {:?}",
+        got.len(),
+        gaps.iter().map(|(_, d)| d.as_millis()).collect::<Vec<_>>()
+    );
+    assert_eq!(gaps.len(), 2, "two holds, two silent stretches: {gaps:?}");
+    for &(_, d) in &gaps {
+        assert!(
+            d > Duration::from_millis(1500) && d < Duration::from_millis(3000),
+            "{gaps:?}"
+        );
+    }
+    // After each resume the echo of the phone's speech comes back.
+    for (k, &(start, _)) in gaps.iter().enumerate() {
+        let end = gaps.get(k + 1).map_or(got.len(), |g| g.0);
+        let loud = got[start..end]
+            .iter()
+            .filter(|(_, p)| p.pt == 0 && ulaw_energy(&p.payload) > 8.0)
+            .count();
+        assert!(
+            loud > 10,
+            "echo after resume {}: {loud} loud packets",
+            k + 1
+        );
+    }
+    let log = gw.log();
+    assert!(
+        log.contains("\"hold\":true") && log.contains("\"hold\":false"),
+        "{log}"
+    );
+    assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
 }
