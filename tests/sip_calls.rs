@@ -982,3 +982,192 @@ fn a_phone_holds_and_resumes_a_call_with_reinvites_and_audio_comes_back() {
     );
     assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
 }
+
+/// The caller's call is refused with `CODE` (after an optional 100 and
+/// 180), which it ACKs in the INVITE's transaction.
+const CALLER_REFUSED: &str = r#"  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="CODE"/>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-4];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"#;
+
+/// The caller gives up while the other phone rings: CANCEL, its 200, the
+/// INVITE's 487, ACK.
+const CALLER_CANCELS: &str = r#"  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <send><![CDATA[
+CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>
+Call-ID: [call_id]
+CSeq: 2 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-6];rport
+From: <sip:EXT@[remote_ip]>;tag=[pid]SIPpTag[call_number]
+To: <sip:[service]@[remote_ip]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"#;
+
+/// A caller up to its authenticated INVITE (the first five steps of
+/// [`CALL_WITH_PCAP`]), then `REST`.
+fn caller_until_invite(ext: &str, rest: &str) -> String {
+    let head = &CALL_WITH_PCAP[..CALL_WITH_PCAP
+        .find("  <recv response=\"100\"/>\n  RINGING_STEP")
+        .unwrap()];
+    format!("{head}{rest}</scenario>\n")
+        .replace("SDP_BODY", &SDP.replace("PTIME", "20"))
+        .replace("EXT", ext)
+}
+
+/// The callee's side: busy, or ringing until the caller cancels.
+const CALLEE_BUSY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="busy">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 486 Busy Here
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"#;
+
+const CALLEE_RINGS_UNTIL_CANCEL: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="rings until cancel">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <recv request="CANCEL"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <send><![CDATA[
+SIP/2.0 487 Request Terminated
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+CSeq: 1 INVITE
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"#;
+
+#[test]
+fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
+    let lab = Lab::new("sip-refuse", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
+    let pa = a.add_phone("201");
+    let pb = b.add_phone("301");
+    a.start(&lab);
+    b.start(&lab);
+    let callee_port = common::lab::free_udp();
+    register_at(&lab.dir, &b, "301", &pb, callee_port);
+    b.wait_registered(1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    // An extension nobody registered: 404 to the caller.
+    let s = caller_until_invite("201", &CALLER_REFUSED.replace("CODE", "404"));
+    let (out, trace) = sipp_call(&lab.dir, &a, "to-399", &s, "399", "201", &pa);
+    assert!(
+        out.status.success(),
+        "404 for 399:\n{trace}\nA:\n{}",
+        a.log()
+    );
+    // B's phone is busy: its 486 reaches A's phone as 486.
+    let port = callee_port.to_string();
+    for (name, callee, rest) in [
+        ("busy", CALLEE_BUSY, CALLER_REFUSED.replace("CODE", "486")),
+        (
+            "cancel",
+            CALLEE_RINGS_UNTIL_CANCEL,
+            CALLER_CANCELS.to_string(),
+        ),
+    ] {
+        let run = sipp_spawn(
+            &sipp37(),
+            &lab.dir,
+            &format!("callee-{name}"),
+            callee,
+            &format!("127.0.0.1:{}", b.sip_port),
+            &["-p", &port, "-timeout", "20s"],
+            Duration::from_secs(25),
+        );
+        let s = caller_until_invite("201", &rest);
+        let (out, trace) = sipp_call(
+            &lab.dir,
+            &a,
+            &format!("caller-{name}"),
+            &s,
+            "301",
+            "201",
+            &pa,
+        );
+        let st = wait_child(run, Duration::from_secs(25));
+        let callee_out =
+            std::fs::read_to_string(lab.dir.join(format!("callee-{name}.out"))).unwrap_or_default();
+        assert!(
+            out.status.success(),
+            "{name}: caller:\n{trace}\nA:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+        assert!(
+            st.success(),
+            "{name}: callee:\n{callee_out}\nB:\n{}",
+            b.log()
+        );
+    }
+    for gw in [&a, &b] {
+        wait_for(Duration::from_secs(5), "no call left", || {
+            gw.metric("voxgate_sip_calls_active") == 0.0
+        });
+    }
+    assert!(b.log().contains("phone refused the call"), "{}", b.log());
+}
