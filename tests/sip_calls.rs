@@ -365,6 +365,11 @@ fn finished_call_recording(relay: &common::lab::Proc) -> std::path::PathBuf {
 
 #[test]
 fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
+    pcap_speech_to_901(20);
+}
+
+/// A phone at `ptime` ms sends speech from a pcap to 901; the relay's recording is scored.
+fn pcap_speech_to_901(ptime: u32) {
     let lab = Lab::new("sip-pcap", "mode = \"none\"");
     let relay = lab.start_relay();
     let mut gw = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
@@ -374,13 +379,13 @@ fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
     let ulaw = ulaw_of(&speech, &lab.dir);
     let mut packets = Vec::new();
     let mut s = Stream::new(0x5150_0001);
-    s.silence(200, 20, &mut packets);
-    s.pcmu(&ulaw, 20, &mut packets);
-    s.silence(200, 20, &mut packets);
-    let pcap = lab.dir.join("speech-pcmu.pcap");
+    s.silence(210, ptime, &mut packets);
+    s.pcmu(&ulaw, ptime, &mut packets);
+    s.silence(210, ptime, &mut packets);
+    let pcap = lab.dir.join(format!("speech-pcmu-{ptime}.pcap"));
     write_pcap(&pcap, &packets);
     let play_ms = s.at.as_millis() as u64 + 500;
-    let scenario = call_scenario("201", &pcap, play_ms, 20, false, CALLER_BYE);
+    let scenario = call_scenario("201", &pcap, play_ms, ptime, false, CALLER_BYE);
     let (out, trace) = sipp_call(&lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw);
     assert!(
         out.status.success(),
@@ -395,7 +400,7 @@ fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
     let wav = opusdec(&rec);
     let sc = score(&speech, &wav);
     println!(
-        "sipp pcap PCMU -> gateway -> Opus 8 kHz -> relay 901 recording: PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s",
+        "sipp pcap PCMU ptime {ptime} -> gateway -> Opus 8 kHz -> relay 901 recording: PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s",
         sc.pesq_nb, sc.pesq_wb, sc.stoi, sc.overlap_s, sc.ref_duration_s
     );
     assert!(sc.overlap_s > sc.ref_duration_s * 0.9, "{sc:?}");
