@@ -118,6 +118,7 @@ impl Core {
                 negotiated: Some(neg),
                 answer_sdp: Some(answer.encode()),
                 pair: Some(pair),
+                local,
                 up_flow,
                 up_ssrc,
                 relay_flow: None,
@@ -141,23 +142,28 @@ impl Core {
             self.respond(&key, &msg, 500);
             return;
         }
-        let (Ok(offer_sdp), Some(pair)) = (Session::parse(&msg.body), call.pair.as_ref()) else {
+        // The port pair itself belongs to the media task once the call is
+        // answered; the SDP only needs what was announced for it.
+        let Ok(offer_sdp) = Session::parse(&msg.body) else {
             self.respond(&key, &msg, 488);
             return;
         };
-        let local = LocalMedia {
-            addr: self.advertise,
-            port: pair.port(),
-            session_id: 1,
-            session_version: u64::from(self.rng.u32(..)),
-        };
+        // Same session, next version (RFC 3264 8).
+        call.local.session_version += 1;
+        let local = call.local.clone();
         match offer::answer(&offer_sdp, &local, &prefs) {
             Ok((answer, neg)) => {
-                let hold = matches!(neg.direction, Direction::RecvOnly | Direction::Inactive);
+                // On hold when the phone only sends (music on hold) or sends
+                // nothing, or parks the stream on c=0.0.0.0 / port 0.
+                let hold = matches!(neg.direction, Direction::RecvOnly | Direction::Inactive)
+                    || neg.remote.is_none();
                 if let Some(m) = &call.media {
                     let _ = m.try_send(MediaCmd::Hold(hold));
+                    if let Some(to) = neg.remote {
+                        let _ = m.try_send(MediaCmd::Remote(to));
+                    }
                 }
-                info!(call = c, hold, "re-INVITE from the phone");
+                info!(call = c, hold, direction = ?neg.direction, "re-INVITE from the phone");
                 let mut r = Message::response_to(&msg, 200);
                 r.set_to_tag(&call.local_tag);
                 r.headers
@@ -554,6 +560,7 @@ impl Core {
                 negotiated: None,
                 answer_sdp: None,
                 pair: Some(pair),
+                local,
                 up_flow,
                 up_ssrc: self.rng.u32(..),
                 relay_flow: Some(relay_flow),

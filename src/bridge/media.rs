@@ -24,6 +24,9 @@ pub enum MediaCmd {
     Digit(Digit, u32),
     /// The far end is on hold (`true`) or back (`false`): stop or resume sending to the phone.
     Hold(bool),
+    /// The phone's SDP (re-INVITE) names this RTP address: send there
+    /// until its packets come from elsewhere.
+    Remote(SocketAddr),
 }
 
 /// What a media task reports to the bridge.
@@ -134,6 +137,12 @@ impl MediaTask {
                 c = self.cmds.recv() => match c {
                     Some(MediaCmd::Digit(d, ms)) => { self.leg.send_digit(d, ms); }
                     Some(MediaCmd::Hold(h)) => held = h,
+                    Some(MediaCmd::Remote(to)) => {
+                        if self.remote != Some(to) {
+                            self.remote = Some(to);
+                            latched = false;
+                        }
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {

@@ -34,7 +34,7 @@ use crate::phones::PhoneStore;
 use crate::sip::auth::{DigestServer, Ha1Pair};
 use crate::sip::dialog::{Dialog, DialogId, DialogState};
 use crate::sip::guard::{AuditEvent, Cidr, Decision, Guard, GuardConfig};
-use crate::sip::offer::{Codec, Negotiated};
+use crate::sip::offer::{Codec, LocalMedia, Negotiated};
 use crate::sip::registrar::{Registrar, RegistrarConfig};
 use crate::sip::transaction::{Timers, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::{Message, Method, SipUri, Via, new_branch, new_tag};
@@ -187,6 +187,8 @@ struct Call {
     /// Our SDP answer (phone-originated calls).
     answer_sdp: Option<Vec<u8>>,
     pair: Option<PortPair>,
+    /// What our SDP announced (port, session id and version), for re-INVITEs.
+    local: LocalMedia,
     up_flow: u64,
     up_ssrc: u32,
     /// Flow the relay sends this call's audio on.

@@ -300,7 +300,13 @@ impl PhoneLeg {
                     *s = if self.concealed_run > 3 { 0 } else { *s / 2 };
                 }
             }
-            Playout::Idle => return None,
+            Playout::Idle => {
+                // Time passes while the phone sends nothing (a stall, a
+                // silence-suppressing phone): the Opus stream's timestamps
+                // say so, and the relay's recording keeps the timeline.
+                self.up.skip(self.frame_48k);
+                return None;
+            }
         }
         let packet = enc.encode(&self.last_pcm[..n]).ok()?;
         let len = self.up.frame(packet, self.frame_48k, out)?;

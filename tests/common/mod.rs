@@ -4,5 +4,6 @@
 pub mod audio_env;
 pub mod lab;
 pub mod proxy;
+pub mod rtp;
 pub mod sip;
 pub mod swtpm;

@@ -205,32 +205,101 @@ pub fn sipp(
     args: &[&str],
     limit: Duration,
 ) -> Output {
+    sipp_with(Path::new("sipp"), dir, name, scenario, target, args, limit)
+}
+
+/// SIPp 3.7.3 (Debian trixie's, with SHA-256 digest), installed by
+/// scripts/sipp-trixie (scripts/deps runs it) under ~/.cache/voxgate.
+pub fn sipp37() -> PathBuf {
+    let base = std::env::var_os("VOXGATE_SIPP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("voxgate/sipp-3.7.3")
+        });
+    let p = base.join("bin/sipp");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/sipp-trixie (scripts/deps runs it)",
+        p.display()
+    );
+    p
+}
+
+/// [`sipp`] with a given sipp binary.
+pub fn sipp_with(
+    sipp: &Path,
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Output {
+    sipp_command(sipp, dir, name, scenario, target, args, limit)
+        .output()
+        .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+}
+
+/// [`sipp_with`] started in the background (a phone that answers while the
+/// test places the call); output goes to `NAME.out` in `dir`.
+pub fn sipp_spawn(
+    sipp: &Path,
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> std::process::Child {
+    let mut c = sipp_command(sipp, dir, name, scenario, target, args, limit);
+    c.stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp")
+}
+
+fn sipp_command(
+    sipp: &Path,
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Command {
     let file = dir.join(format!("{name}.xml"));
     std::fs::write(&file, scenario).unwrap();
     let mut c = Command::new("timeout");
     c.arg(limit.as_secs().to_string())
-        .arg("sipp")
+        .arg(sipp)
         .arg(target)
         .arg("-sf")
         .arg(&file)
-        .args(["-i", "127.0.0.1", "-p"])
-        .arg(free_udp().to_string())
-        .args([
-            "-m",
-            "1",
-            "-l",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "10s",
-            "-timeout_error",
-        ])
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join(format!("{name}-errors.log")))
-        .args(args)
-        .current_dir(dir);
-    c.output()
-        .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+        .args(["-i", "127.0.0.1"]);
+    // A caller that needs a known SIP port (a phone that registers and then
+    // answers there) passes its own -p.
+    if !args.contains(&"-p") {
+        c.arg("-p").arg(free_udp().to_string());
+    }
+    c.args([
+        "-m",
+        "1",
+        "-l",
+        "1",
+        "-nostdin",
+        "-timeout",
+        "10s",
+        "-timeout_error",
+    ])
+    .args(["-trace_err", "-error_file"])
+    .arg(dir.join(format!("{name}-errors.log")))
+    .args(args)
+    .current_dir(dir);
+    c
 }
 
 /// A free TCP port (re-exported for tests).
