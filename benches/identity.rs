@@ -1050,7 +1050,7 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
         &registry,
         &mut sources,
         ONE_ADDR_ATTEMPTS + 1,
-        usize::MAX,
+        0,
         "one",
     );
     let last = one_jobs.len() - 1;
