@@ -315,8 +315,8 @@ fn pin_self(cpu: usize) -> Result<String, String> {
 }
 
 fn fs_type(dir: &Path) -> String {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
+    Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "-T"])
         .arg(dir)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -1046,13 +1046,7 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
     // One address guessing: the limiter's failure budget cuts it off, and
     // then even a valid token from there is refused.
     let one = Ipv4Addr::new(127, 0, 0, 77);
-    let mut one_jobs = jobs(
-        &registry,
-        &mut sources,
-        ONE_ADDR_ATTEMPTS + 1,
-        0,
-        "one",
-    );
+    let mut one_jobs = jobs(&registry, &mut sources, ONE_ADDR_ATTEMPTS + 1, 0, "one");
     let last = one_jobs.len() - 1;
     one_jobs[last] = {
         let mut j = jobs(&registry, &mut sources, 1, 1, "one-valid").remove(0);
@@ -1081,7 +1075,7 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
         .set("target_per_s", TARGET_ENROLL_PER_S)
         .set(
             "met",
-            best.is_some_and(|b| b.1 >= TARGET_ENROLL_PER_S),
+            best.is_some_and(|b| b.0 >= TARGET_ENROLL_PER_S),
         )
         .set("flood", flood)
         .set("one_address_flood", single)
