@@ -81,7 +81,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// All enrollment steps together.
 const BUDGET: Duration = Duration::from_secs(150);
 /// Wrong-token flood beside valid enrollments, per second.
-const FLOOD_RATE: f64 = 800.0;
+const FLOOD_RATE: f64 = 600.0;
 const FLOOD_VALID_RATE: f64 = 100.0;
 /// Attempts of the one-address flood, per second.
 const ONE_ADDR_ATTEMPTS: usize = 60;
