@@ -961,6 +961,22 @@ async fn offer(load: &Load<'_>, jobs: Vec<Job>, rate: f64) -> (Tally, Tally, J) 
     (valid, wrong, o)
 }
 
+/// Waits (at most 30 s) until the relay is idle: under 5% of a core for
+/// half a second, so that a step does not start on the backlog of an
+/// overloaded one (clients still retransmitting, sessions draining).
+/// Returns the time waited.
+async fn relay_idle(relay_pid: &str, tck: f64) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let a = proc_ticks(relay_pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = proc_ticks(relay_pid).saturating_sub(a) as f64 / tck / 0.5;
+        if busy < 0.05 || t0.elapsed() > Duration::from_secs(30) {
+            return t0.elapsed().as_secs_f64();
+        }
+    }
+}
+
 fn audit_rows(lab: &Lab) -> usize {
     Registry::open(&lab.dir.join("relay/registry.sqlite3"))
         .and_then(|r| r.audit_events())
@@ -981,8 +997,9 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
         }
         let n = (rate * STEP.as_secs_f64()) as usize;
         let jobs = jobs(&registry, &mut sources, n, 1, &format!("s{i}"));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let waited = relay_idle(&load.relay_pid, load.tck).await;
         let (valid, _, mut o) = offer(load, jobs, rate).await;
+        o.set("waited_for_idle_relay_s", waited);
         let achieved = o.num("achieved_enrolled_per_s").unwrap_or(0.0);
         let missed = o.num("generator_missed").unwrap_or(0.0);
         let pass = valid.failed == 0
@@ -1022,7 +1039,7 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
     let every = ((FLOOD_RATE + FLOOD_VALID_RATE) / FLOOD_VALID_RATE).round() as usize;
     let n = ((FLOOD_RATE + FLOOD_VALID_RATE) * STEP.as_secs_f64()) as usize;
     let flood_jobs = jobs(&registry, &mut sources, n, every, "flood");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waited = relay_idle(&load.relay_pid, load.tck).await;
     let audit0 = audit_rows(lab);
     let (fv, fw, mut flood) = offer(load, flood_jobs, FLOOD_RATE + FLOOD_VALID_RATE).await;
     let audit1 = audit_rows(lab);
@@ -1031,7 +1048,8 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
         .set("valid_per_s", FLOOD_VALID_RATE)
         .set("valid", fv.json())
         .set("wrong", fw.json())
-        .set("audit_rows_written", audit1.saturating_sub(audit0));
+        .set("audit_rows_written", audit1.saturating_sub(audit0))
+        .set("waited_for_idle_relay_s", waited);
     println!(
         "wrong-token flood {FLOOD_RATE}/s + valid {FLOOD_VALID_RATE}/s: valid {}/{} enrolled (p90 {:.1} ms), wrong: {} refused, {} limited, {} failed; relay CPU {:.2}",
         fv.enrolled,
@@ -1057,6 +1075,7 @@ async fn enrollment(lab: &Lab, load: &Load<'_>) -> J {
         j.src = IpAddr::V4(one);
     }
     // Everything from one address: tally the wrong ones, then the valid.
+    relay_idle(&load.relay_pid, load.tck).await;
     let (ov, ow, mut single) = offer(load, one_jobs, ONE_ADDR_RATE).await;
     single
         .set("source", one.to_string())
