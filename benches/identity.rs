@@ -731,7 +731,7 @@ fn jobs(
     valid_every: usize,
     tag: &str,
 ) -> Vec<Job> {
-    let is_valid = |i: usize| valid_every != 0 && i % valid_every == 0;
+    let is_valid = |i: usize| valid_every != 0 && i.is_multiple_of(valid_every);
     let valid = (0..n).filter(|&i| is_valid(i)).count();
     let mut tokens = registry
         .atomically(|r| {
