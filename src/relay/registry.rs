@@ -112,8 +112,14 @@ impl Registry {
         // Another process (`voxgate relay token create`, `relay revoke`)
         // may hold the write lock for a moment: wait for it, bounded.
         db.busy_timeout(Duration::from_secs(2))?;
+        // temp_store = MEMORY: a large transaction (a group commit of
+        // many enrollments, each in a savepoint) spills its statement
+        // journal to a temporary file otherwise, and the relay's sandbox
+        // lets it create none (SQLITE_CANTOPEN: "unable to open database
+        // file", seen in benches/identity at 400 enrollments/s).
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
+             PRAGMA temp_store = MEMORY;
              PRAGMA foreign_keys = ON;
              CREATE TABLE IF NOT EXISTS tokens (
                  hash BLOB PRIMARY KEY,
