@@ -5,7 +5,13 @@
 //!
 //! Every refusal is audited with its real reason; the device only learns
 //! "refused", so a scanner cannot tell an unknown token from a used one.
+//!
+//! Registry writes (redeem + device + certificate + audit of one enrollment
+//! in one savepoint, and the audit lines of refusals) go through
+//! [`GroupCommit`] on the blocking pool: concurrent enrollments share one
+//! journal sync, and no async worker ever waits for the disk.
 
+use super::commit::GroupCommit;
 use super::limiter::Limiter;
 use super::registry::{Registry, now};
 use crate::transport::control::{Enrolled, ErrorMsg, Message};
@@ -23,6 +29,7 @@ pub struct Enroller {
     /// The device registry.
     pub registry: Arc<Mutex<Registry>>,
     issuer: Issuer<'static, KeyPair>,
+    writes: GroupCommit,
     limiter: Mutex<Limiter>,
     origin: Instant,
     /// Certificate lifetime.
@@ -46,6 +53,7 @@ impl Enroller {
         lifetime: Duration,
     ) -> Result<Self, rcgen::Error> {
         Ok(Enroller {
+            writes: GroupCommit::new(registry.clone()),
             registry,
             issuer: Issuer::from_ca_cert_pem(ca_pem, ca_key)?,
             limiter: Mutex::default(),
@@ -54,14 +62,25 @@ impl Enroller {
         })
     }
 
-    fn audit(&self, event: &str, source: &str, device: &str, detail: &str) {
-        if let Ok(r) = self.registry.lock() {
-            let _ = r.audit(event, source, device, detail);
-        }
+    /// Append an audit line (group-committed, off the async workers).
+    async fn audit(
+        self: &Arc<Self>,
+        event: &'static str,
+        source: &str,
+        device: &str,
+        detail: &str,
+    ) {
+        let this = self.clone();
+        let (source, device, detail) = (source.to_string(), device.to_string(), detail.to_string());
+        let _ = tokio::task::spawn_blocking(move || {
+            this.writes
+                .run(move |r| r.audit(event, &source, &device, &detail))
+        })
+        .await;
     }
 
     /// Serve one enrollment connection.
-    pub async fn handle(&self, conn: quinn::Connection) {
+    pub async fn handle(self: Arc<Self>, conn: quinn::Connection) {
         let source = conn.remote_address().ip();
         let t = self.origin.elapsed();
         let allowed = self
@@ -70,12 +89,14 @@ impl Enroller {
             .map(|mut l| l.attempt(source, t))
             .map_err(|_| ());
         if let Ok(Err(why)) = allowed {
+            // Audited before the device learns of it (as every refusal).
             self.audit(
                 "enroll_limited",
                 &source.to_string(),
                 "",
                 &format!("{why:?}"),
-            );
+            )
+            .await;
             warn!(%source, reason = ?why, "enrollment attempt refused by rate limit");
             conn.close(4u32.into(), b"too many enrollment attempts; wait and retry");
             return;
@@ -94,7 +115,11 @@ impl Enroller {
         }
     }
 
-    async fn exchange(&self, conn: &quinn::Connection, source: &str) -> Result<(), String> {
+    async fn exchange(
+        self: &Arc<Self>,
+        conn: &quinn::Connection,
+        source: &str,
+    ) -> Result<(), String> {
         let (mut send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let mut reader = FrameReader::new(recv);
         let request = reader
@@ -109,11 +134,13 @@ impl Enroller {
             .await
             .map_err(|e| e.to_string())??;
         let (token, device, csr) = request;
-        let refuse = |why: &str| {
-            self.audit("enroll_rejected", source, &device, why);
-            why.to_string()
+        let outcome = {
+            let this = self.clone();
+            let (device, source) = (device.clone(), source.to_string());
+            tokio::task::spawn_blocking(move || this.issue(&token, &device, &csr, &source))
+                .await
+                .unwrap_or_else(|e| Err(format!("enrollment task failed: {e}")))
         };
-        let outcome = self.issue(&token, &device, &csr, source);
         match outcome {
             Ok((der, not_after)) => {
                 let cert = B64.encode(&der);
@@ -131,7 +158,7 @@ impl Enroller {
                 Ok(())
             }
             Err(why) => {
-                let why = refuse(&why);
+                self.audit("enroll_rejected", source, &device, &why).await;
                 let _ = framed::send(
                     &mut send,
                     &Message::Error(ErrorMsg {
@@ -147,9 +174,10 @@ impl Enroller {
         }
     }
 
-    /// Check everything, then issue. Returns the certificate DER and expiry.
+    /// Check everything, then issue (blocking: the registry commit).
+    /// Returns the certificate DER and expiry.
     fn issue(
-        &self,
+        self: &Arc<Self>,
         token: &str,
         device: &str,
         csr_b64: &str,
@@ -159,16 +187,21 @@ impl Enroller {
             return Err("invalid device id".into());
         }
         let csr = check_csr(csr_b64)?;
-        let registry = self
-            .registry
-            .lock()
-            .map_err(|_| "registry lock".to_string())?;
-        registry
-            .redeem(token, device, now())
-            .map_err(|e| e.to_string())?
-            .map_err(|why| why.as_str().to_string())?;
-        let (der, not_after, hex) = self.sign(&registry, device, &csr)?;
-        let _ = registry.audit("enrolled", source, device, &hex);
+        let this = self.clone();
+        let token = zeroize::Zeroizing::new(token.to_string());
+        let (dev, src) = (device.to_string(), source.to_string());
+        // One savepoint: the token is spent only together with the device,
+        // its certificate and the audit line.
+        let (der, not_after, hex) = self
+            .writes
+            .run(move |tx| {
+                tx.redeem(&token, &dev, now())?
+                    .map_err(|why| Why(why.as_str().to_string()))?;
+                let (der, not_after, hex) = this.sign(tx, &dev, &csr).map_err(Why)?;
+                tx.audit("enrolled", &src, &dev, &hex)?;
+                Ok::<_, Why>((der, not_after, hex))
+            })
+            .map_err(|w| w.0)?;
         info!(%device, %source, serial = %hex, "device enrolled");
         Ok((der, not_after))
     }
@@ -195,8 +228,13 @@ impl Enroller {
         if registry.is_revoked(device).map_err(|e| e.to_string())? {
             return Err(refused("device is revoked".into()));
         }
-        let (der, not_after, hex) = self.sign(&registry, device, &csr)?;
-        let _ = registry.audit("renewed", source, device, &hex);
+        let (der, not_after, hex) = registry
+            .atomically(|tx| {
+                let (der, not_after, hex) = self.sign(tx, device, &csr).map_err(Why)?;
+                tx.audit("renewed", source, device, &hex)?;
+                Ok::<_, Why>((der, not_after, hex))
+            })
+            .map_err(|w| w.0)?;
         info!(%device, %source, serial = %hex, "device certificate renewed");
         Ok((der, not_after))
     }
@@ -228,6 +266,15 @@ impl Enroller {
             .record_certificate(device, &hex, p.not_before.unix_timestamp(), not_after)
             .map_err(|e| e.to_string())?;
         Ok((cert.der().to_vec(), not_after, hex))
+    }
+}
+
+/// Why an enrollment or renewal failed, inside a registry transaction.
+struct Why(String);
+
+impl From<super::registry::RegistryError> for Why {
+    fn from(e: super::registry::RegistryError) -> Self {
+        Why(e.to_string())
     }
 }
 

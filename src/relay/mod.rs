@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod calls;
+pub mod commit;
 pub mod enroll;
 pub mod limiter;
 pub mod metrics;

@@ -171,7 +171,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
     if alpn.as_deref() == Some(crate::transport::tls::ALPN_ENROLL) {
-        ctx.enroller.handle(conn).await;
+        ctx.enroller.clone().handle(conn).await;
         return;
     }
     let Some(device) = peer_device(&conn) else {
