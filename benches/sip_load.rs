@@ -34,7 +34,6 @@
 //! `$VOXGATE_BENCH_OUT/sip_load.json`.
 
 #[path = "../tests/common/audio_env.rs"]
-#[allow(dead_code)]
 mod audio_env;
 #[path = "../tests/common/lab.rs"]
 mod lab;
@@ -282,9 +281,7 @@ fn pcmu_pcap(dir: &Path, seconds: u64) -> PathBuf {
     let mut mu = vec![0u8; pcm8.len()];
     voxgate::codec::g711::encode(voxgate::codec::g711::Law::Mu, &pcm8, &mut mu);
     let mut f = Vec::new();
-    for v in [0xa1b2_c3d4u32] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
+    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     f.extend_from_slice(&2u16.to_le_bytes());
     f.extend_from_slice(&4u16.to_le_bytes());
     f.extend_from_slice(&0i32.to_le_bytes());
@@ -437,6 +434,7 @@ struct Sipp {
 }
 
 /// Start sipp on CPU 0: `calls` calls at `cps`, at most `limit` at once.
+#[allow(clippy::too_many_arguments)]
 fn start_sipp(
     dir: &Path,
     name: &str,
@@ -501,7 +499,7 @@ impl Sipp {
             let mut lines = text.lines().filter(|l| !l.trim().is_empty());
             if let Some(h) = lines.next() {
                 let cols: Vec<&str> = h.split(';').collect();
-                if let Some(last) = lines.last() {
+                if let Some(last) = lines.next_back() {
                     let vals: Vec<&str> = last.split(';').collect();
                     let col = |name: &str| {
                         cols.iter()
