@@ -20,10 +20,13 @@
 //!    the gateway's own counters (`voxgate_phone_*`, the
 //!    `voxgate_phone_to_send_seconds` histogram), its CPU time and RSS, and
 //!    the kernel's UDP drop counters. A step keeps up when every call was
-//!    set up, the uplink and downlink concealment (lost or late frames at
-//!    the jitter buffers) and the relay round-trip loss are each under 1%,
-//!    the phone RTP the gateway received is at least 99% of what N calls
-//!    send, the kernel dropped nothing, and the gateway core is under 95%;
+//!    set up and no call failed, the phone RTP the gateway received and the
+//!    uplink datagrams it sent are each at least 99% of what N calls at
+//!    50 packets a second make, the relay round-trip loss is under 1%, the
+//!    kernel dropped nothing on the gateway's sockets, and the gateway core
+//!    is under 95%. Concealment at the jitter buffers (frames late or
+//!    missing) is reported for both directions, not judged: it follows the
+//!    timing of sipp and the relay on the shared CPU 0;
 //! 3. call rate: sipp places calls at R per second for `RATE_SECONDS`
 //!    (each held `RATE_HOLD` with RTP); R keeps up when no call failed and
 //!    the gateway answered no request with 503.
@@ -691,20 +694,33 @@ impl Bench {
                 "kernel dropped {udp_drops} datagrams to the gateway"
             ));
         }
+        let up_share = up_sent / expected;
+        r.insert("uplink_sent_share".into(), up_share);
         if have_metrics {
             if rtp_in_share < 1.0 - MAX_LOSS {
                 why.push(format!("phone RTP received {:.1}%", rtp_in_share * 100.0));
             }
-            if up_loss >= MAX_LOSS {
-                why.push(format!("uplink concealed {:.2}%", up_loss * 100.0));
+            if up_share < 1.0 - MAX_LOSS {
+                why.push(format!("uplink datagrams sent {:.1}%", up_share * 100.0));
             }
             if rt_loss >= MAX_LOSS {
                 why.push(format!("relay round trip lost {:.2}%", rt_loss * 100.0));
             }
-            if down_loss >= MAX_LOSS {
-                why.push(format!("downlink concealed {:.2}%", down_loss * 100.0));
-            }
         }
+        // Concealment (frames late or missing at the jitter buffers) is
+        // reported, not judged: it follows the timing of sipp's RTP and of
+        // the relay's echo, both on the shared CPU 0.
+        let mut notes = Vec::new();
+        if up_loss >= MAX_LOSS {
+            notes.push(format!("uplink concealed {:.2}%", up_loss * 100.0));
+        }
+        if down_loss >= MAX_LOSS {
+            notes.push(format!("downlink concealed {:.2}%", down_loss * 100.0));
+        }
+        let _ = std::fs::write(
+            self.lab.dir.join(format!("step-{n}.notes")),
+            notes.join("; "),
+        );
         r.insert("keeps_up".into(), f64::from(u8::from(why.is_empty())));
         let _ = std::fs::write(self.lab.dir.join(format!("step-{n}.why")), why.join("; "));
         r
@@ -921,13 +937,15 @@ fn main() {
         let ok = r["keeps_up"] > 0.0;
         let why = std::fs::read_to_string(bench.lab.dir.join(format!("step-{n}.why")))
             .unwrap_or_default();
+        let notes = std::fs::read_to_string(bench.lab.dir.join(format!("step-{n}.notes")))
+            .unwrap_or_default();
         eprintln!(
             "step {n}: {} (gateway core {:.0}%, p99 {:.1} ms) {why}",
             if ok { "keeps up" } else { "falls behind" },
             r["gateway_core_pct"],
             r["phone_to_send_p99_ms"]
         );
-        steps.push((r, why));
+        steps.push((r, why, notes));
         if ok {
             best = Some(n);
         } else {
@@ -995,13 +1013,18 @@ fn main() {
         best_rate.map_or("null".into(), |b| b.to_string())
     );
     js.push_str(",\"steps\":[");
-    for (i, (r, why)) in steps.iter().enumerate() {
+    for (i, (r, why, notes)) in steps.iter().enumerate() {
         if i > 0 {
             js.push(',');
         }
         let mut s = json_map(r);
         s.pop();
-        let _ = write!(s, ",\"why\":\"{}\"}}", why.replace('"', "'"));
+        let _ = write!(
+            s,
+            ",\"why\":\"{}\",\"notes\":\"{}\"}}",
+            why.replace('"', "'"),
+            notes.replace('"', "'")
+        );
         js.push_str(&s);
     }
     js.push_str("],\"rates\":[");
@@ -1038,7 +1061,7 @@ fn main() {
         "p99 ms",
         "RSS MiB"
     );
-    for (r, why) in &steps {
+    for (r, why, _) in &steps {
         println!(
             "{:>6.0} {:>6.0} {:>7.0} {:>7.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1}  {}",
             r["calls"],
