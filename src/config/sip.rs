@@ -467,4 +467,20 @@ mod tests {
         assert_eq!(allow, ["192.168.1.0/24", "10.0.0.5/32", "fd00::/8"]);
         assert_eq!(c.codecs, vec![PhoneCodec::Pcma, PhoneCodec::Opus]);
     }
+
+    #[test]
+    fn flood_limit_and_transaction_table_size() {
+        let c = parse("enabled = true").unwrap().unwrap();
+        assert_eq!(c.packets_per_source, 200);
+        assert!((1024..=65_536).contains(&c.max_transactions));
+        assert_eq!(c.max_transactions, default_max_transactions());
+        let c = parse("enabled = true\npackets_per_source = 5000\nmax_transactions = 100")
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.packets_per_source, c.max_transactions), (5000, 100));
+        for bad in ["packets_per_source = 5", "max_transactions = 10"] {
+            let err = parse(&format!("enabled = true\n{bad}")).unwrap_err();
+            assert!(err.contains(bad.split(' ').next().unwrap()), "{err}");
+        }
+    }
 }
