@@ -289,6 +289,7 @@ impl Core {
             from_relay: relay_rx,
             cmds: cmd_rx,
             events: self.media_events.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(task.run());
     }
@@ -307,7 +308,7 @@ impl Core {
         };
         self.metrics.sip_calls_active.set(self.calls.len() as f64);
         if let Some(f) = call.relay_flow {
-            self.flows.remove(&f);
+            self.flows.remove(f);
         }
         // Dropping the command sender stops the media task, which returns the ports.
         call.media = None;

@@ -6,8 +6,10 @@
 //! SDP address until the first packet arrives), so phones behind a LAN NAT
 //! work. Packets from any other address after that are dropped.
 
+use crate::gateway::metrics::GatewayMetrics;
 use crate::media::dtmf::{Digit, KeyPress};
 use crate::media::flow;
+use crate::media::jitter::Push;
 use crate::media::phone::{FromPhone, PhoneLeg};
 use crate::media::ports::PortPair;
 use crate::transport::client::ConnSlot;
@@ -58,7 +60,13 @@ pub struct MediaTask {
     pub cmds: mpsc::Receiver<MediaCmd>,
     /// Reports.
     pub events: mpsc::Sender<MediaEvent>,
+    /// The gateway's counters (phone RTP, relay datagrams, concealment, latency).
+    pub metrics: Arc<GatewayMetrics>,
 }
+
+/// Arrival times of the last phone packets, by sequence number, for the
+/// phone-to-QUIC latency histogram.
+const ARRIVALS: usize = 64;
 
 impl std::fmt::Debug for MediaTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +105,9 @@ impl MediaTask {
         let mut held = false;
         let mut conn: Option<quinn::Connection> = None;
         let mut conn_gen = 0u64;
+        let mut arrivals = [(0u16, Duration::ZERO); ARRIVALS];
+        let mut seen = self.leg.stats();
+        let m = self.metrics.clone();
         loop {
             if let Some(c) = self.slot.current_if_changed(&mut conn_gen) {
                 conn = c;
@@ -108,10 +119,20 @@ impl MediaTask {
                         continue;
                     }
                     let now = origin.elapsed();
+                    m.phone_rtp_in.inc();
                     match self.leg.push_phone(now, &buf[..n], &mut out) {
                         Ok(FromPhone::Forward(len)) => {
-                            if let Some(c) = &conn {
-                                let _ = c.send_datagram(bytes::Bytes::copy_from_slice(&out[..len]));
+                            if let Some(c) = &conn
+                                && c.send_datagram(bytes::Bytes::copy_from_slice(&out[..len])).is_ok()
+                            {
+                                m.phone_up_sent.inc();
+                                m.phone_to_send.observe_us(origin.elapsed().saturating_sub(now).as_micros() as u64);
+                            }
+                        }
+                        Ok(FromPhone::Buffered(Push::Accepted)) => {
+                            if let Ok(p) = crate::media::rtp::Packet::new_checked(&buf[..n]) {
+                                let seq = p.sequence();
+                                arrivals[usize::from(seq) % ARRIVALS] = (seq, now);
                             }
                         }
                         Ok(FromPhone::Key(k)) => {
@@ -130,6 +151,7 @@ impl MediaTask {
                 }
                 d = self.from_relay.recv() => {
                     let Some(d) = d else { break };
+                    m.phone_relay_in.inc();
                     if let Ok((_, pkt)) = flow::decode(&d) {
                         self.leg.push_relay(origin.elapsed(), &pkt);
                     }
@@ -149,15 +171,27 @@ impl MediaTask {
                     let now = origin.elapsed();
                     if let Some(len) = self.leg.poll_uplink(now, &mut out)
                         && let Some(c) = &conn
+                        && c.send_datagram(bytes::Bytes::copy_from_slice(&out[..len])).is_ok()
                     {
-                        let _ = c.send_datagram(bytes::Bytes::copy_from_slice(&out[..len]));
+                        m.phone_up_sent.inc();
+                        if let Some(seq) = self.leg.uplink_played_seq()
+                            && let (s, at) = arrivals[usize::from(seq) % ARRIVALS]
+                            && s == seq
+                        {
+                            m.phone_to_send.observe_us(origin.elapsed().saturating_sub(at).as_micros() as u64);
+                        }
                     }
                     if let Some(len) = self.leg.poll_downlink(now, &mut out)
                         && !held
                         && let Some(to) = self.remote
+                        && sock.send_to(&out[..len], to).await.is_ok()
                     {
-                        let _ = sock.send_to(&out[..len], to).await;
+                        m.phone_rtp_out.inc();
                     }
+                    let st = self.leg.stats();
+                    m.phone_up_concealed.add(st.uplink_concealed - seen.uplink_concealed);
+                    m.phone_down_concealed.add(st.downlink_lost - seen.downlink_lost);
+                    seen = st;
                 }
             }
         }

@@ -39,7 +39,7 @@ use crate::sip::registrar::{Registrar, RegistrarConfig};
 use crate::sip::transaction::{Timers, Transactions, Transmit, TxEvent, TxKey};
 use crate::sip::{Message, Method, SipUri, Via, new_branch, new_tag};
 use crate::transport::calls::{CallSignal, EndReason};
-use crate::transport::client::{CallLink, ConnSlot, LinkEvent};
+use crate::transport::client::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
 use media::{MediaCmd, MediaEvent};
 use std::collections::HashMap;
@@ -209,8 +209,9 @@ struct Core {
     calls: HashMap<u32, Call>,
     next_call: u32,
     next_flow: u64,
-    /// Relay flow → the media task's relay input.
-    flows: HashMap<u64, mpsc::Sender<bytes::Bytes>>,
+    /// Relay flow → the media task's relay input (read by the relay
+    /// connection's datagram reader).
+    flows: Arc<FlowRoutes>,
     signals: mpsc::Sender<CallSignal>,
     relay_up: bool,
     slot: Arc<ConnSlot>,
@@ -218,6 +219,8 @@ struct Core {
     metrics: Arc<GatewayMetrics>,
     opus: CodecConfig,
     rng: fastrand::Rng,
+    /// `txs.full_refusals()` already counted in the metrics.
+    tx_full_seen: u64,
 }
 
 fn secure_bytes<const N: usize>() -> [u8; N] {
@@ -518,6 +521,24 @@ impl Core {
         }
     }
 
+    /// Export the transaction table's size and its 503 refusals.
+    fn note_transactions(&mut self) {
+        let full = self.txs.full_refusals();
+        if full > self.tx_full_seen {
+            if self.tx_full_seen == 0 {
+                warn!(
+                    capacity = self.txs.capacity(),
+                    "SIP transaction table full: new requests get 503 ([sip] max_transactions)"
+                );
+            }
+            self.metrics
+                .sip_transactions_full
+                .add(full - self.tx_full_seen);
+            self.tx_full_seen = full;
+        }
+        self.metrics.sip_transactions.set(self.txs.len() as f64);
+    }
+
     fn next_deadline(&self) -> Instant {
         let later = Instant::now() + Duration::from_secs(1);
         [self.txs.poll_timeout(), self.registrar.poll_timeout()]
@@ -569,6 +590,7 @@ pub async fn run(
             allow,
             max_failures: p.cfg.auth_failures,
             ban: p.cfg.ban,
+            max_packets: p.cfg.packets_per_source,
             ..GuardConfig::default()
         },
         digest,
@@ -583,20 +605,20 @@ pub async fn run(
     let CallLinkEnds {
         signals,
         mut events,
-        mut media,
+        media,
     } = link;
     let mut core = Core {
         advertise: p.advertise,
         port,
         guard,
         registrar,
-        txs: Transactions::new(Timers::default()),
+        txs: Transactions::with_capacity(Timers::default(), p.cfg.max_transactions),
         phones: p.phones,
         pool: p.pool,
         calls: HashMap::new(),
         next_call: 0,
         next_flow: FIRST_FLOW,
-        flows: HashMap::new(),
+        flows: media,
         signals,
         relay_up: false,
         slot,
@@ -604,6 +626,7 @@ pub async fn run(
         metrics,
         opus,
         rng: fastrand::Rng::new(),
+        tx_full_seen: 0,
         cfg: p.cfg,
     };
     info!(port, advertise = %core.advertise, "SIP bridge ready");
@@ -628,11 +651,6 @@ pub async fn run(
                 None => core.metrics.sip_dropped.inc(),
             },
             Some(ev) = events.recv() => core.on_link(ev),
-            Some((flow, d)) = media.recv() => {
-                if let Some(tx) = core.flows.get(&flow) {
-                    let _ = tx.try_send(d);
-                }
-            }
             Some(ev) = media_rx.recv() => match ev {
                 MediaEvent::Key(c, k) => {
                     if let Some(call) = core.calls.get(&c) {
@@ -650,6 +668,7 @@ pub async fn run(
         while let Some(ev) = core.txs.poll_event() {
             core.on_tx_event(ev);
         }
+        core.note_transactions();
         while let Some(Transmit {
             dest,
             reliable,
@@ -700,25 +719,25 @@ pub struct CallLinkEnds {
     pub signals: mpsc::Sender<CallSignal>,
     /// Events from the relay connection.
     pub events: mpsc::Receiver<LinkEvent>,
-    /// Call media from the relay.
-    pub media: mpsc::Receiver<(u64, bytes::Bytes)>,
+    /// Call media routes (shared with the relay connection's datagram reader).
+    pub media: Arc<FlowRoutes>,
 }
 
 /// A connected pair of link ends.
 pub fn link() -> (CallLink, CallLinkEnds) {
     let (sig_tx, sig_rx) = mpsc::channel(256);
     let (ev_tx, ev_rx) = mpsc::channel(256);
-    let (media_tx, media_rx) = mpsc::channel(1024);
+    let routes = Arc::new(FlowRoutes::default());
     (
         CallLink {
             events: ev_tx,
             signals: sig_rx,
-            media: media_tx,
+            media: routes.clone(),
         },
         CallLinkEnds {
             signals: sig_tx,
             events: ev_rx,
-            media: media_rx,
+            media: routes,
         },
     )
 }

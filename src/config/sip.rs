@@ -13,6 +13,8 @@
 //! codecs = ["opus", "g722", "pcmu", "pcma"]
 //! opus_complexity = 1             # Opus encoder effort for transcoded calls
 //! digest = ["sha-256", "md5"]     # challenges offered; ["md5"] for phones that abort on SHA-256
+//! packets_per_source = 200        # SIP packets per second from one address before the excess is dropped
+//! max_transactions = 8192         # default: from the box's memory (1/64 of it at 2 KiB each, 1024-65536)
 //! ```
 
 use super::ConfigError;
@@ -56,6 +58,9 @@ pub(crate) struct RawSip {
     opus_complexity: u8,
     #[serde(default = "default_digest")]
     digest: Vec<String>,
+    #[serde(default = "default_packets_per_source")]
+    packets_per_source: u32,
+    max_transactions: Option<usize>,
 }
 
 impl Default for RawSip {
@@ -77,8 +82,34 @@ impl Default for RawSip {
             ptime_ms: default_ptime(),
             opus_complexity: default_opus_complexity(),
             digest: default_digest(),
+            packets_per_source: default_packets_per_source(),
+            max_transactions: None,
         }
     }
+}
+
+fn default_packets_per_source() -> u32 {
+    200
+}
+
+/// Bytes a lingering SIP transaction may hold (the request's key, the last
+/// response with its SDP), for sizing the table from memory.
+const TRANSACTION_BYTES: u64 = 2048;
+
+/// The transaction table's size when `[sip] max_transactions` is not set:
+/// 1/64 of the box's memory at [`TRANSACTION_BYTES`] each, within
+/// 1024-65536 (a 1 GiB box gets 8192: at about 40 transaction-seconds a
+/// call, 200 call set-ups a second).
+pub fn default_max_transactions() -> usize {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(512 << 20, |kib| kib * 1024);
+    ((mem / 64 / TRANSACTION_BYTES) as usize).clamp(1024, 65_536)
 }
 
 fn yes() -> bool {
@@ -166,6 +197,10 @@ pub struct SipConfig {
     pub opus_complexity: u8,
     /// Digest algorithms challenged and accepted, most preferred first.
     pub digest: Vec<crate::sip::auth::Algorithm>,
+    /// SIP packets one source may send per second (flood protection).
+    pub packets_per_source: u32,
+    /// Most live SIP transactions (a full table answers 503).
+    pub max_transactions: usize,
 }
 
 /// Parse an RTP port range `A-B`.
@@ -322,6 +357,15 @@ impl SipConfig {
         if !(10..=60).contains(&raw.ptime_ms) || !raw.ptime_ms.is_multiple_of(10) {
             return Err(bad("ptime_ms", "must be 10, 20, 30, 40, 50 or 60".into()));
         }
+        if !(10..=100_000).contains(&raw.packets_per_source) {
+            return Err(bad("packets_per_source", "must be 10-100000".into()));
+        }
+        let max_transactions = raw
+            .max_transactions
+            .unwrap_or_else(default_max_transactions);
+        if !(64..=1_000_000).contains(&max_transactions) {
+            return Err(bad("max_transactions", "must be 64-1000000".into()));
+        }
         Ok(Some(SipConfig {
             listen,
             tcp: raw.tcp,
@@ -338,6 +382,8 @@ impl SipConfig {
             ptime: Duration::from_millis(raw.ptime_ms.into()),
             opus_complexity: raw.opus_complexity,
             digest,
+            packets_per_source: raw.packets_per_source,
+            max_transactions,
         }))
     }
 }
@@ -420,5 +466,21 @@ mod tests {
         let allow: Vec<String> = c.allow.unwrap().iter().map(ToString::to_string).collect();
         assert_eq!(allow, ["192.168.1.0/24", "10.0.0.5/32", "fd00::/8"]);
         assert_eq!(c.codecs, vec![PhoneCodec::Pcma, PhoneCodec::Opus]);
+    }
+
+    #[test]
+    fn flood_limit_and_transaction_table_size() {
+        let c = parse("enabled = true").unwrap().unwrap();
+        assert_eq!(c.packets_per_source, 200);
+        assert!((1024..=65_536).contains(&c.max_transactions));
+        assert_eq!(c.max_transactions, default_max_transactions());
+        let c = parse("enabled = true\npackets_per_source = 5000\nmax_transactions = 100")
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.packets_per_source, c.max_transactions), (5000, 100));
+        for bad in ["packets_per_source = 5", "max_transactions = 10"] {
+            let err = parse(&format!("enabled = true\n{bad}")).unwrap_err();
+            assert!(err.contains(bad.split(' ').next().unwrap()), "{err}");
+        }
     }
 }

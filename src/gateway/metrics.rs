@@ -68,6 +68,25 @@ pub struct GatewayMetrics {
     pub sip_calls: Arc<Counter>,
     /// Calls in progress.
     pub sip_calls_active: Arc<Gauge>,
+    /// Requests answered with a stateless 503 because the SIP transaction table was full.
+    pub sip_transactions_full: Arc<Counter>,
+    /// Live SIP transactions (including completed ones kept for retransmissions).
+    pub sip_transactions: Arc<Gauge>,
+    /// RTP packets received from phones (all calls).
+    pub phone_rtp_in: Arc<Counter>,
+    /// Call datagrams sent to the relay (all calls).
+    pub phone_up_sent: Arc<Counter>,
+    /// Phone frames concealed on the uplink (lost or late at the jitter buffer).
+    pub phone_up_concealed: Arc<Counter>,
+    /// Call datagrams received from the relay.
+    pub phone_relay_in: Arc<Counter>,
+    /// RTP packets sent to phones.
+    pub phone_rtp_out: Arc<Counter>,
+    /// Relay frames concealed towards phones (lost or late: FEC or PLC played).
+    pub phone_down_concealed: Arc<Counter>,
+    /// Time from a phone's RTP packet arriving to the datagram carrying its
+    /// audio handed to QUIC (jitter buffer and transcoding included).
+    pub phone_to_send: Arc<Histogram>,
 }
 
 impl GatewayMetrics {
@@ -177,6 +196,39 @@ impl GatewayMetrics {
             ),
             sip_calls: r.counter("voxgate_sip_calls_total", "Calls through the phone bridge"),
             sip_calls_active: r.gauge("voxgate_sip_calls_active", "Bridged calls in progress"),
+            sip_transactions_full: r.counter(
+                "voxgate_sip_transactions_full_total",
+                "SIP requests refused with 503 because the transaction table was full",
+            ),
+            sip_transactions: r.gauge(
+                "voxgate_sip_transactions",
+                "Live SIP transactions, completed ones kept for retransmissions included",
+            ),
+            phone_rtp_in: r.counter(
+                "voxgate_phone_rtp_received_total",
+                "RTP packets received from phones",
+            ),
+            phone_up_sent: r.counter(
+                "voxgate_phone_uplink_datagrams_total",
+                "Call datagrams sent to the relay",
+            ),
+            phone_up_concealed: r.counter(
+                "voxgate_phone_uplink_concealed_total",
+                "Phone frames concealed (lost or late) before transcoding",
+            ),
+            phone_relay_in: r.counter(
+                "voxgate_phone_relay_received_total",
+                "Call datagrams received from the relay",
+            ),
+            phone_rtp_out: r.counter("voxgate_phone_rtp_sent_total", "RTP packets sent to phones"),
+            phone_down_concealed: r.counter(
+                "voxgate_phone_downlink_concealed_total",
+                "Relay frames concealed (lost or late) towards phones",
+            ),
+            phone_to_send: r.histogram(
+                "voxgate_phone_to_send_seconds",
+                "Time from a phone's RTP packet arriving to its audio handed to QUIC",
+            ),
             registry: Arc::new(Registry::default()),
         };
         Arc::new(GatewayMetrics {

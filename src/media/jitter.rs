@@ -214,6 +214,8 @@ pub struct JitterBuffer {
     jitter: f64,
     target_s: f64,
     stats: JitterStats,
+    /// RTP sequence number of the packet the last `pop` returned as `Packet`.
+    played_seq: Option<u16>,
 }
 
 impl JitterBuffer {
@@ -257,6 +259,7 @@ impl JitterBuffer {
             jitter: 0.0,
             target_s: 0.0,
             stats: JitterStats::default(),
+            played_seq: None,
         };
         jb.reset();
         jb
@@ -344,8 +347,15 @@ impl JitterBuffer {
         Push::Accepted
     }
 
+    /// The RTP sequence number of the packet the last [`JitterBuffer::pop`]
+    /// returned as [`Playout::Packet`] (for latency accounting).
+    pub fn played_seq(&self) -> Option<u16> {
+        self.played_seq
+    }
+
     /// Called once per frame period by the playout clock. Returns what to play for the next slot.
     pub fn pop(&mut self, now: Duration) -> Playout<'_> {
+        self.played_seq = None;
         match self.phase {
             Phase::Empty => return Playout::Idle,
             Phase::Prebuffering(since) => {
@@ -388,6 +398,7 @@ impl JitterBuffer {
             self.count -= 1;
             self.next += 1;
             self.stall = 0;
+            self.played_seq = Some(self.meta[i].seq as u16);
             return Playout::Packet(self.payload(i));
         }
         self.stats.lost += 1;

@@ -314,6 +314,12 @@ impl PhoneLeg {
         Some(len)
     }
 
+    /// The phone's RTP sequence number whose audio the last
+    /// [`PhoneLeg::poll_uplink`] encoded (`None` after a concealed frame).
+    pub fn uplink_played_seq(&self) -> Option<u16> {
+        self.up_jitter.played_seq()
+    }
+
     /// Opus from the relay for this call (the RTP inside an uplink datagram of the far side).
     pub fn push_relay(&mut self, now: Duration, packet: &Packet<&[u8]>) -> Push {
         self.down_jitter

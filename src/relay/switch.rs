@@ -33,8 +33,11 @@ pub const ECHO: &str = "900";
 pub const RECORD: &str = "901";
 /// How long a callee may ring before the call ends with `timeout`.
 pub const RING_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most simultaneous calls with a leg on one session.
-pub const MAX_CALLS_PER_SESSION: usize = 64;
+/// Most simultaneous calls with a leg on one session (one box), so that a
+/// box cannot exhaust the relay: a call past it is refused with `busy`
+/// (486 Busy Here at the phone). A box's bridge takes at most 512 calls
+/// itself (`bridge::MAX_CALLS`, then 503 to the phone).
+pub const MAX_CALLS_PER_SESSION: usize = 512;
 /// Most extensions one box may announce.
 pub const MAX_EXTS_PER_SESSION: usize = 256;
 /// First flow id the relay uses for call audio towards a device (flow 1 is
@@ -276,7 +279,7 @@ impl Switch {
             return refuse(EndReason::NotFound);
         }
         if self.sessions[&s].calls >= MAX_CALLS_PER_SESSION {
-            return refuse(EndReason::Unavailable);
+            return refuse(EndReason::Busy);
         }
         let (flow_out, ssrc_out) = self.new_out_flow(s);
         let caller = Leg {

@@ -43,9 +43,11 @@ impl Gauge {
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 22] = [
+/// (5 ms steps from 20 to 60 ms: a phone call's jitter-buffered path lives there.)
+pub const LATENCY_BUCKETS_US: [u64; 29] = [
     25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000,
-    20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000, 55_000, 60_000, 100_000, 250_000,
+    500_000, 1_000_000,
 ];
 
 /// A latency histogram with fixed microsecond buckets (plus +Inf).

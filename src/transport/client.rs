@@ -68,8 +68,43 @@ pub struct CallLink {
     pub events: tokio::sync::mpsc::Sender<LinkEvent>,
     /// Call signals from the bridge, to send.
     pub signals: tokio::sync::mpsc::Receiver<CallSignal>,
-    /// Call audio from the relay: (flow id, whole datagram).
-    pub media: tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>,
+    /// Where call audio from the relay goes, by flow id.
+    pub media: Arc<FlowRoutes>,
+}
+
+/// Call audio from the relay: flow id → the channel of the call's media
+/// task. The bridge installs and removes routes; the datagram reader hands
+/// each datagram straight to its call (a read lock, no hop through the
+/// bridge's SIP task).
+#[derive(Debug, Default)]
+pub struct FlowRoutes(
+    std::sync::RwLock<std::collections::HashMap<u64, tokio::sync::mpsc::Sender<bytes::Bytes>>>,
+);
+
+impl FlowRoutes {
+    /// Send flow `flow`'s datagrams to `tx`.
+    pub fn insert(&self, flow: u64, tx: tokio::sync::mpsc::Sender<bytes::Bytes>) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert(flow, tx);
+        }
+    }
+
+    /// Stop routing `flow`.
+    pub fn remove(&self, flow: u64) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(&flow);
+        }
+    }
+
+    /// Hand `d` to its call; false when no call takes `flow` or it lags
+    /// (the datagram is dropped: audio never waits).
+    pub fn route(&self, flow: u64, d: bytes::Bytes) -> bool {
+        self.0
+            .read()
+            .ok()
+            .and_then(|m| m.get(&flow).map(|tx| tx.try_send(d).is_ok()))
+            .unwrap_or(false)
+    }
 }
 /// Sentinel for "no downlink flow".
 const NO_FLOW: u64 = u64::MAX;
@@ -465,7 +500,7 @@ async fn read_datagrams(
     conn: quinn::Connection,
     down_flow: Arc<AtomicU64>,
     down: SyncSender<DownEvent>,
-    calls: Option<tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>>,
+    calls: Option<Arc<FlowRoutes>>,
 ) {
     while let Ok(d) = conn.read_datagram().await {
         let Ok((flow_id, pkt)) = flow::decode(&d) else {
@@ -474,8 +509,8 @@ async fn read_datagrams(
         };
         if flow_id != down_flow.load(Relaxed) {
             // Call audio: the bridge's legs take it (dropped when it lags).
-            if let Some(tx) = calls.as_ref() {
-                let _ = tx.try_send((flow_id, d.clone()));
+            if let Some(routes) = calls.as_ref() {
+                routes.route(flow_id, d);
             }
             continue;
         }

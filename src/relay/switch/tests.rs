@@ -425,11 +425,11 @@ fn calls_per_session_are_bounded() {
         sw.setup(T0, A, i + 1, RECORD, "201", 100 + u64::from(i));
     }
     assert!(matches!(
-        sends(&sw.setup(T0, A, 999, ECHO, "201", 99))[..],
+        sends(&sw.setup(T0, A, 999_999, ECHO, "201", 99))[..],
         [(
             A,
             Signal::End {
-                reason: EndReason::Unavailable,
+                reason: EndReason::Busy,
                 ..
             }
         )]

@@ -19,17 +19,28 @@
 //! - a 2xx to an INVITE is retransmitted (T1 doubling to T2) until the ACK
 //!   with the same Call-ID, CSeq number and From tag arrives, else
 //!   [`TxEvent::AckTimeout`] after 64*T1;
-//! - at most [`MAX_TRANSACTIONS`] live transactions; a new request past that
-//!   gets a stateless 503 and no state; a non-INVITE request the transaction
+//! - at most [`Transactions::capacity`] live transactions (default
+//!   [`MAX_TRANSACTIONS`]); a new request past that gets a stateless 503
+//!   with `Retry-After`, no state, and is counted
+//!   ([`Transactions::full_refusals`]); a non-INVITE request the transaction
 //!   user never answers is forgotten after 64*T1 (an INVITE must be answered:
-//!   send a final response when ringing times out).
+//!   send a final response when ringing times out);
+//! - completed transactions linger only as long as RFC 3261 needs them to
+//!   absorb retransmissions: timer J (64*T1) and K (T4), zero on reliable
+//!   transports; a server INVITE transaction whose 2xx was acknowledged
+//!   lingers T4 (timer I's length: the client stopped retransmitting when it
+//!   got our 100 Trying, so only a stray copy can still arrive) instead of
+//!   the full RFC 6026 timer L;
+//! - timers sit in a deadline heap and the ACK for a 2xx is matched through
+//!   an index: no operation walks the whole table.
 
 mod client;
 mod server;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -41,7 +52,7 @@ use client::ClientTx;
 pub use client::cancel_for;
 use server::ServerTx;
 
-/// Most live transactions.
+/// Default most live transactions ([`Transactions::with_capacity`] sets another).
 pub const MAX_TRANSACTIONS: usize = 2048;
 
 /// The RFC 3261 timer base values.
@@ -168,13 +179,48 @@ pub(crate) struct Out {
     pub events: VecDeque<TxEvent>,
 }
 
+/// A wake-up for one transaction, ordered by time only.
+#[derive(Debug)]
+struct Deadline(Instant, TxKey);
+
+impl PartialEq for Deadline {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Deadline {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&o.0)
+    }
+}
+
 /// The transaction layer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Transactions {
     timers: Timers,
+    capacity: usize,
     clients: HashMap<TxKey, ClientTx>,
     servers: HashMap<TxKey, ServerTx>,
+    /// Wake-ups (a transaction's timer may have moved since: a stale entry
+    /// only wakes the shell early).
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+    /// Call-ID, CSeq number and From tag of each server INVITE transaction
+    /// that sent a 2xx, for the ACK that matches no transaction.
+    accepted: HashMap<(String, u32, String), TxKey>,
+    full_refusals: u64,
     out: Out,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        Transactions::new(Timers::default())
+    }
 }
 
 /// The key of a message in `role`, or `None` without a usable Via/CSeq.
@@ -207,11 +253,49 @@ pub fn key_of(msg: &Message, role: Role) -> Option<TxKey> {
 }
 
 impl Transactions {
-    /// An empty transaction layer with `timers`.
+    /// An empty transaction layer with `timers` and [`MAX_TRANSACTIONS`].
     pub fn new(timers: Timers) -> Self {
+        Transactions::with_capacity(timers, MAX_TRANSACTIONS)
+    }
+
+    /// An empty transaction layer holding at most `capacity` (at least 16)
+    /// live transactions.
+    pub fn with_capacity(timers: Timers, capacity: usize) -> Self {
         Transactions {
             timers,
-            ..Default::default()
+            capacity: capacity.max(16),
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            accepted: HashMap::new(),
+            full_refusals: 0,
+            out: Out::default(),
+        }
+    }
+
+    /// Most live transactions.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Requests answered with a stateless 503 because the table was full.
+    pub fn full_refusals(&self) -> u64 {
+        self.full_refusals
+    }
+
+    fn schedule(&mut self, key: &TxKey) {
+        let at = match key.role {
+            Role::Client => self.clients.get(key).and_then(ClientTx::next_timer),
+            Role::Server => self.servers.get(key).and_then(ServerTx::next_timer),
+        };
+        if let Some(at) = at {
+            self.deadlines.push(Reverse(Deadline(at, key.clone())));
+        }
+    }
+
+    fn remove_server(&mut self, key: &TxKey) {
+        if let Some(tx) = self.servers.remove(key) {
+            self.accepted.remove(tx.dialog_key());
         }
     }
 
@@ -245,7 +329,7 @@ impl Transactions {
         if self.clients.contains_key(&key) {
             return Err(TxError::Exists);
         }
-        if self.len() >= MAX_TRANSACTIONS {
+        if self.len() >= self.capacity {
             return Err(TxError::Full);
         }
         let tx = ClientTx::start(
@@ -258,6 +342,7 @@ impl Transactions {
             &mut self.out,
         );
         self.clients.insert(key.clone(), tx);
+        self.schedule(&key);
         Ok(key)
     }
 
@@ -274,7 +359,13 @@ impl Transactions {
         let tx = self.servers.get_mut(key).ok_or(TxError::NoTransaction)?;
         let r = tx.respond(now, resp, &self.timers, &mut self.out);
         if tx.terminated() {
-            self.servers.remove(key);
+            self.remove_server(key);
+        } else {
+            if tx.accepted() {
+                let dk = tx.dialog_key().clone();
+                self.accepted.insert(dk, key.clone());
+            }
+            self.schedule(key);
         }
         r
     }
@@ -298,6 +389,8 @@ impl Transactions {
             tx.on_response(now, msg, &self.timers, &mut self.out);
             if tx.terminated() {
                 self.clients.remove(&key);
+            } else {
+                self.schedule(&key);
             }
         }
         // A response matching nothing is dropped (RFC 3261 17.1.3).
@@ -315,13 +408,31 @@ impl Transactions {
                 tx.on_retransmission(&mut self.out);
             }
             if tx.terminated() {
-                self.servers.remove(&key);
+                self.remove_server(&key);
+            } else {
+                self.schedule(&key);
             }
             return;
         }
         if is_ack {
-            if let Some(tx) = self.servers.values_mut().find(|t| t.is_ack_for_2xx(&msg)) {
-                tx.on_ack_for_2xx();
+            let dk = (
+                msg.call_id().unwrap_or("").to_string(),
+                msg.cseq().map(|c| c.seq).unwrap_or(0),
+                msg.from()
+                    .ok()
+                    .and_then(|f| f.tag().map(str::to_string))
+                    .unwrap_or_default(),
+            );
+            if let Some(k) = self.accepted.get(&dk).cloned()
+                && let Some(tx) = self.servers.get_mut(&k)
+                && tx.is_ack_for_2xx(&msg)
+            {
+                tx.on_ack_for_2xx(now, &self.timers);
+                if tx.terminated() {
+                    self.remove_server(&k);
+                } else {
+                    self.schedule(&k);
+                }
             }
             self.out.events.push_back(TxEvent::Ack {
                 msg: Box::new(msg),
@@ -329,7 +440,8 @@ impl Transactions {
             });
             return;
         }
-        if self.len() >= MAX_TRANSACTIONS {
+        if self.len() >= self.capacity {
+            self.full_refusals += 1;
             let mut busy = Message::response_to(&msg, 503);
             busy.headers.push("Retry-After", "5");
             self.send_stateless(&busy, src, reliable);
@@ -345,6 +457,7 @@ impl Transactions {
             &mut self.out,
         );
         self.servers.insert(key.clone(), tx);
+        self.schedule(&key);
         self.out.events.push_back(TxEvent::Request {
             key,
             msg: Box::new(msg),
@@ -354,22 +467,68 @@ impl Transactions {
     }
 
     /// The earliest instant at which [`Transactions::handle_timeout`] has work.
+    /// (It may be early, never late: a timer that moved since is found then.)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let c = self.clients.values().filter_map(ClientTx::next_timer);
-        let s = self.servers.values().filter_map(ServerTx::next_timer);
-        c.chain(s).min()
+        self.deadlines.peek().map(|Reverse(Deadline(at, _))| *at)
     }
 
     /// Fires every timer due at `now` and drops terminated transactions.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for tx in self.clients.values_mut() {
-            tx.on_timeout(now, &self.timers, &mut self.out);
+        while let Some(Reverse(Deadline(at, _))) = self.deadlines.peek()
+            && *at <= now
+        {
+            let Some(Reverse(Deadline(_, key))) = self.deadlines.pop() else {
+                break;
+            };
+            let done = match key.role {
+                Role::Client => match self.clients.get_mut(&key) {
+                    Some(tx) => {
+                        tx.on_timeout(now, &self.timers, &mut self.out);
+                        tx.terminated()
+                    }
+                    None => continue,
+                },
+                Role::Server => match self.servers.get_mut(&key) {
+                    Some(tx) => {
+                        tx.on_timeout(now, &self.timers, &mut self.out);
+                        tx.terminated()
+                    }
+                    None => continue,
+                },
+            };
+            if done {
+                match key.role {
+                    Role::Client => {
+                        self.clients.remove(&key);
+                    }
+                    Role::Server => self.remove_server(&key),
+                }
+            } else {
+                // A timer that did not move past `now` waits 1 ms, so this
+                // loop always ends.
+                let next = match key.role {
+                    Role::Client => self.clients.get(&key).and_then(ClientTx::next_timer),
+                    Role::Server => self.servers.get(&key).and_then(ServerTx::next_timer),
+                };
+                if let Some(at) = next {
+                    let at = at.max(now + Duration::from_millis(1));
+                    self.deadlines.push(Reverse(Deadline(at, key)));
+                }
+            }
         }
-        for tx in self.servers.values_mut() {
-            tx.on_timeout(now, &self.timers, &mut self.out);
+        // Stale entries pile up when timers move; rebuild when they dominate.
+        if self.deadlines.len() > 4 * (self.len() + 16) {
+            self.deadlines.clear();
+            let keys: Vec<TxKey> = self
+                .clients
+                .keys()
+                .chain(self.servers.keys())
+                .cloned()
+                .collect();
+            for k in keys {
+                self.schedule(&k);
+            }
         }
-        self.clients.retain(|_, t| !t.terminated());
-        self.servers.retain(|_, t| !t.terminated());
     }
 
     /// The next datagram or stream write.

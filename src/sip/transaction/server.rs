@@ -89,6 +89,15 @@ impl ServerTx {
         tx
     }
 
+    pub(crate) fn dialog_key(&self) -> &(String, u32, String) {
+        &self.dialog_key
+    }
+
+    /// A 2xx was sent and the transaction waits for its ACK (or timer L).
+    pub(crate) fn accepted(&self) -> bool {
+        self.state == State::Accepted
+    }
+
     pub(crate) fn terminated(&self) -> bool {
         self.state == State::Terminated
     }
@@ -181,10 +190,19 @@ impl ServerTx {
                 .is_ok_and(|f| f.tag().unwrap_or("") == self.dialog_key.2)
     }
 
-    /// The ACK for our 2xx arrived: stop retransmitting it.
-    pub(crate) fn on_ack_for_2xx(&mut self) {
+    /// The ACK for our 2xx arrived: stop retransmitting it, and linger only
+    /// T4 for a stray INVITE copy (the client stopped retransmitting at our
+    /// 100 Trying), none on a reliable transport.
+    pub(crate) fn on_ack_for_2xx(&mut self, now: Instant, t: &Timers) {
         self.acked = true;
         self.retransmit_at = None;
+        if self.reliable {
+            self.state = State::Terminated;
+            self.timeout_at = None;
+        } else {
+            let linger = now + t.t4;
+            self.timeout_at = Some(self.timeout_at.map_or(linger, |at| at.min(linger)));
+        }
     }
 
     pub(crate) fn on_timeout(&mut self, now: Instant, t: &Timers, out: &mut Out) {

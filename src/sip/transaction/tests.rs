@@ -383,3 +383,69 @@ fn cancel_of_our_invite() {
     assert_ne!(ik, ck, "own transaction, same branch");
     assert_eq!(t.len(), 2);
 }
+
+#[test]
+fn a_sized_table_refuses_with_503_counts_it_and_frees_slots_by_timer_j() {
+    let t0 = Instant::now();
+    let timers = Timers::default();
+    let mut t = Transactions::with_capacity(timers, 16);
+    assert_eq!(t.capacity(), 16);
+    for i in 0..16 {
+        t.handle_message(
+            t0,
+            request("OPTIONS", &format!("z9hG4bKs{i}")),
+            addr(BOX),
+            false,
+        );
+    }
+    for ev in events(&mut t) {
+        if let TxEvent::Request { key, msg, .. } = ev {
+            t.send_response(t0, &key, Message::response_to(&msg, 200))
+                .unwrap();
+        }
+    }
+    drain(&mut t);
+    t.handle_message(t0, request("OPTIONS", "z9hG4bKx"), addr(BOX), false);
+    let sent = drain(&mut t);
+    let busy = Message::parse(&sent[0].bytes).unwrap();
+    assert_eq!(busy.code(), Some(503));
+    assert_eq!(busy.headers.get("Retry-After"), Some("5"));
+    assert_eq!(t.full_refusals(), 1);
+    assert!(events(&mut t).is_empty(), "no state, no event");
+    // Completed non-INVITE transactions stay for timer J (64*T1), no longer.
+    t.handle_timeout(t0 + 64 * timers.t1 - Duration::from_millis(1));
+    assert_eq!(t.len(), 16);
+    assert_eq!(t.poll_timeout(), Some(t0 + 64 * timers.t1));
+    t.handle_timeout(t0 + 64 * timers.t1);
+    assert!(t.is_empty());
+    assert_eq!(t.poll_timeout(), None);
+}
+
+#[test]
+fn an_acknowledged_2xx_lingers_t4_not_timer_l() {
+    let t0 = Instant::now();
+    let timers = Timers::default();
+    let mut t = Transactions::new(timers);
+    let inv = request("INVITE", "z9hG4bKi2");
+    t.handle_message(t0, inv.clone(), addr(BOX), false);
+    let [TxEvent::Request { key, .. }] = &events(&mut t)[..] else {
+        panic!("one request");
+    };
+    let mut ok = Message::response_to(&inv, 200);
+    ok.set_to_tag("ours");
+    t.send_response(t0, key, ok).unwrap();
+    drain(&mut t);
+    // The ACK for the 2xx (its own branch) is matched through the index.
+    let ack_at = t0 + Duration::from_millis(40);
+    t.handle_message(ack_at, request("ACK", "z9hG4bKack2"), addr(BOX), false);
+    assert!(matches!(&events(&mut t)[..], [TxEvent::Ack { .. }]));
+    // No 2xx retransmission after the ACK, and gone T4 later.
+    assert!(run_timers(&mut t, t0, Duration::from_secs(4)).is_empty());
+    assert_eq!(t.len(), 1);
+    t.handle_timeout(ack_at + timers.t4);
+    assert!(t.is_empty(), "timer L (64*T1) would have kept it 32 s");
+    assert!(
+        events(&mut t).is_empty(),
+        "an acknowledged 2xx is no AckTimeout"
+    );
+}
