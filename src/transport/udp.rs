@@ -123,3 +123,15 @@ mod tests {
         assert_eq!(gro_enabled(&probe).unwrap(), q.max_receive_segments() > 1);
     }
 }
+
+/// Asks for a receive buffer of `bytes` on `sock` and returns what the
+/// kernel granted (its own accounting: about twice the request).
+/// `SO_RCVBUFFORCE` (root, or `CAP_NET_ADMIN`) may exceed
+/// `net.core.rmem_max`; without the privilege the request is capped there.
+pub fn grow_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> io::Result<usize> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
+        setsockopt(sock, sockopt::RcvBuf, &bytes)?;
+    }
+    Ok(getsockopt(sock, sockopt::RcvBuf)?)
+}
