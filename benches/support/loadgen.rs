@@ -119,15 +119,9 @@ impl Generator {
                     voxgate::privilege::realtime::Promotion::Fifo(_)
                 );
                 c.fifo.store(fifo, Relaxed);
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let mut g = Gen::new(sock, relay, name, device, cfg, packets, c)
-                        .expect("generator socket");
-                    g.run(rx).await
-                });
+                let mut g = Gen::new(sock, relay, name, device, cfg, packets, c)
+                    .expect("generator socket");
+                g.run(rx);
             })?;
         Ok(Generator {
             cmd: tx,
@@ -270,38 +264,46 @@ impl Gen {
         })
     }
 
-    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let start = tokio::time::Instant::now();
+    fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let start = Instant::now();
         let mut slot_n: u64 = 0;
         let mut stopping: Option<Instant> = None;
         loop {
             // One wake-up per 1 ms slot: what arrived since the last one
-            // waits in the socket buffer (4 MiB) until then.
+            // waits in the socket buffer (4 MiB) until then. A plain
+            // `nanosleep` (no timer wheel rounding up to the next
+            // millisecond; a real-time thread has no timer slack).
             let next_slot = start + SLOT * slot_n as u32;
-            tokio::select! {
-                biased;
-                cmd = rx.recv() => match cmd {
-                    Some(Cmd::Target { n, per_s, concurrency }) => {
+            if let Some(d) = next_slot.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                match cmd {
+                    Cmd::Target { n, per_s, concurrency } => {
                         self.target = n;
                         self.per_s = per_s;
                         self.concurrency = concurrency;
                     }
-                    Some(Cmd::Shrink(n)) => self.shrink(n),
-                    Some(Cmd::Status(tx)) => { let _ = tx.send(self.status()); }
-                    Some(Cmd::Stop) | None => {
+                    Cmd::Shrink(n) => self.shrink(n),
+                    Cmd::Status(tx) => {
+                        let _ = tx.send(self.status());
+                    }
+                    Cmd::Stop => {
                         self.target = 0;
                         self.shrink(0);
                         stopping.get_or_insert(Instant::now());
                     }
-                },
-                () = tokio::time::sleep_until(next_slot) => {}
+                }
+            }
+            if rx.is_closed() {
+                stopping.get_or_insert(Instant::now());
             }
             self.receive();
             let now = Instant::now();
             // Send slots that are due (a late one is counted, then caught up).
-            while tokio::time::Instant::from_std(now) >= start + SLOT * slot_n as u32 {
+            while now >= start + SLOT * slot_n as u32 {
                 let due = start + SLOT * slot_n as u32;
-                let late = tokio::time::Instant::from_std(now).saturating_duration_since(due);
+                let late = now.saturating_duration_since(due);
                 let c = &self.counters;
                 c.ticks.fetch_add(1, Relaxed);
                 c.max_late_us.fetch_max(late.as_micros() as u64, Relaxed);
