@@ -119,8 +119,8 @@ impl Generator {
                     voxgate::privilege::realtime::Promotion::Fifo(_)
                 );
                 c.fifo.store(fifo, Relaxed);
-                let mut g = Gen::new(sock, relay, name, device, cfg, packets, c)
-                    .expect("generator socket");
+                let mut g =
+                    Gen::new(sock, relay, name, device, cfg, packets, c).expect("generator socket");
                 g.run(rx);
             })?;
         Ok(Generator {
@@ -279,7 +279,11 @@ impl Gen {
             }
             while let Ok(cmd) = rx.try_recv() {
                 match cmd {
-                    Cmd::Target { n, per_s, concurrency } => {
+                    Cmd::Target {
+                        n,
+                        per_s,
+                        concurrency,
+                    } => {
                         self.target = n;
                         self.per_s = per_s;
                         self.concurrency = concurrency;
@@ -419,7 +423,8 @@ impl Gen {
                 kept += 1;
                 continue;
             }
-            d.conn.close(now, 0u32.into(), Bytes::from_static(b"fewer streams"));
+            d.conn
+                .close(now, 0u32.into(), Bytes::from_static(b"fewer streams"));
             d.phase = Phase::Closing;
             self.dirty.push(i);
         }
@@ -453,10 +458,7 @@ impl Gen {
                 .chunks_mut(self.rx_stride)
                 .map(IoSliceMut::new)
                 .collect();
-            let n = match self
-                .state
-                .recv((&self.sock).into(), &mut slices, &mut meta)
-            {
+            let n = match self.state.recv((&self.sock).into(), &mut slices, &mut meta) {
                 Ok(n) => n,
                 Err(_) => return, // WouldBlock: read again next slot
             };
@@ -472,7 +474,10 @@ impl Gen {
                     off = end;
                     let ecn = m.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
                     self.resp.clear();
-                    match self.endpoint.handle(now, m.addr, m.dst_ip, ecn, seg, &mut self.resp) {
+                    match self
+                        .endpoint
+                        .handle(now, m.addr, m.dst_ip, ecn, seg, &mut self.resp)
+                    {
                         Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                             if let Some(Some(d)) = self.devs.get_mut(ch.0) {
                                 d.conn.handle_event(ev);
@@ -494,7 +499,9 @@ impl Gen {
     fn send_raw(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
         let tr = Transmit {
             destination: t.destination,
-            ecn: t.ecn.and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
+            ecn: t
+                .ecn
+                .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
             contents: &buf[..t.size],
             segment_size: t.segment_size,
             src_ip: t.src_ip,
@@ -538,7 +545,8 @@ impl Gen {
                 Event::Connected => {
                     let Some(id) = d.conn.streams().open(Dir::Bi) else {
                         self.fail("no control stream".into());
-                        d.conn.close(now, 1u32.into(), Bytes::from_static(b"no stream"));
+                        d.conn
+                            .close(now, 1u32.into(), Bytes::from_static(b"no stream"));
                         d.phase = Phase::Closing;
                         continue;
                     };

@@ -449,9 +449,7 @@ async fn session_loop(
 }
 
 /// The next control message, and the reader back for the one after.
-async fn next_control(
-    reader: &mut FrameReader,
-) -> (&mut FrameReader, Result<Owned, StreamError>) {
+async fn next_control(reader: &mut FrameReader) -> (&mut FrameReader, Result<Owned, StreamError>) {
     let r = reader.next(own).await;
     (reader, r)
 }
