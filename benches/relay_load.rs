@@ -55,7 +55,7 @@ const STEPS: [usize; 7] = [250, 500, 1000, 1500, 2000, 2500, 3000];
 
 /// `STEPS`, or `$VOXGATE_RELAY_LOAD_STEPS` (comma-separated counts, for a
 /// quick comparison at chosen loads).
-fn steps() -> Vec<usize> {
+fn step_counts() -> Vec<usize> {
     std::env::var("VOXGATE_RELAY_LOAD_STEPS")
         .ok()
         .map(|v| {
@@ -796,7 +796,7 @@ async fn run(
     let mut end = String::from("every step passed");
     // Step up; after the first failure, bisect (twice) between the last
     // passing and the first failing count.
-    let mut up = steps().into_iter();
+    let mut up = step_counts().into_iter();
     let (mut lo, mut hi) = (0usize, None::<usize>);
     let mut refinements = 0;
     loop {
@@ -977,7 +977,10 @@ fn main() {
             GEN_SCHED.get().cloned().unwrap_or_default(),
         )
         .set("downlink", "none (record mode)")
-        .set("steps", J::A(steps().into_iter().map(J::from).collect()))
+        .set(
+            "steps",
+            J::A(step_counts().into_iter().map(J::from).collect()),
+        )
         .set("measure_s", MEASURE.as_secs_f64())
         .set("ramp_per_s", RAMP_PER_S)
         .set("frame_ms", 20u64)
