@@ -4,11 +4,16 @@
 //! How many concurrent device streams one relay core records with under 1%
 //! loss on loopback. The release relay runs pinned to CPU 0 (`taskset -c 0`)
 //! in record mode, recordings on tmpfs. This process is the load generator,
-//! pinned to CPU 1: N QUIC connections with one development certificate,
-//! each doing the device's control handshake (hello, welcome, flow_open of
-//! up flow 0 with its own SSRC, 20 ms frames) and then sending one real
+//! pinned to CPU 1 (`support/loadgen.rs`). A stream is what one gateway
+//! sends: its own QUIC connection with mutual TLS (one development
+//! certificate for all), the device's control handshake (hello, welcome,
+//! flow_open of up flow 0 with its own SSRC, 20 ms frames), then one real
 //! Opus packet (pre-encoded speech, each stream starting at another packet)
-//! every 20 ms as an RTP-over-QUIC datagram, framed by `RtpSender`.
+//! every 20 ms as an RTP-over-QUIC datagram, framed by `RtpSender`. The
+//! relay's per-connection cost (handshake, ACKs, timers, one session task)
+//! is therefore in the figure. The generator drives all connections from
+//! one thread (quinn-proto state machines, one socket, one wake-up per
+//! 1 ms send slot) so that it can offer more than the relay takes.
 //!
 //! N steps up (connections are added at a bounded rate and kept); each step
 //! streams for `MEASURE` after the ramp. Loss = 1 - (relay
@@ -26,26 +31,42 @@
 mod audio_env;
 #[path = "../tests/common/lab.rs"]
 mod lab;
+#[path = "support/loadgen.rs"]
+mod loadgen;
 
-use bytes::Bytes;
 use lab::{Lab, Proc, scrape};
+use loadgen::Generator;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
 use voxgate::config::CodecConfig;
-use voxgate::media::sender::RtpSender;
-use voxgate::transport::control::{Direction, FlowOpen, Hello, Message};
-use voxgate::transport::framed::{self, FrameReader};
 use voxgate::transport::tls;
+
+/// The generator thread's scheduling policy, for the summary.
+static GEN_SCHED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Concurrent streams per step.
 const STEPS: [usize; 7] = [250, 500, 1000, 1500, 2000, 2500, 3000];
+
+/// `STEPS`, or `$VOXGATE_RELAY_LOAD_STEPS` (comma-separated counts, for a
+/// quick comparison at chosen loads).
+fn step_counts() -> Vec<usize> {
+    std::env::var("VOXGATE_RELAY_LOAD_STEPS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .filter(|&n| n > 0)
+                .collect::<Vec<usize>>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| STEPS.to_vec())
+}
 /// Streaming time measured per step, after the ramp and `SETTLE`.
 const MEASURE: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(1);
@@ -53,7 +74,6 @@ const SETTLE: Duration = Duration::from_secs(1);
 const RAMP_PER_S: f64 = 250.0;
 /// Handshakes in flight at once.
 const CONNECT_CONCURRENCY: usize = 32;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Load of other processes (cores) above which a window is repeated; under
 /// `QUIET` the machine counts as quiet, which each step waits for (at most
 /// `QUIET_WAIT`) before it starts.
@@ -427,6 +447,15 @@ fn packets(dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The relay under test: this build's, or `$VOXGATE_RELAY_BIN` (another
+/// build, to compare two relays under the same generator).
+fn relay_bin() -> String {
+    std::env::var("VOXGATE_RELAY_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| lab::bin().to_string())
+}
+
 fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
     let cfg = lab.dir.join("relay-load.toml");
     std::fs::write(
@@ -450,7 +479,7 @@ fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
     let log = lab.dir.join("relay-load.log");
     let child = Command::new("taskset")
         .args(["-c", "0"])
-        .arg(lab::bin())
+        .arg(relay_bin())
         .args(["relay", "run", "--config"])
         .arg(&cfg)
         .env_remove("VOXGATE_LOG")
@@ -480,215 +509,22 @@ fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
 // The generator
 // ---------------------------------------------------------------------------
 
-struct Stream {
-    conn: quinn::Connection,
-    rtp: RtpSender,
-    pos: usize,
-}
-
-#[derive(Default)]
-struct Counters {
-    handed: AtomicU64,
-    refused: AtomicU64,
-    /// Scheduler ticks (1 ms) that fired, and how late the latest one was.
-    ticks: AtomicU64,
-    max_late_us: AtomicU64,
-    /// Ticks that fired more than 2 ms late (the datagrams of the slots
-    /// missed then leave in a burst).
-    late_ticks: AtomicU64,
-}
-
-/// Sends one packet per stream per 20 ms, spread over 20 slots of 1 ms.
-async fn sender(
-    mut new: mpsc::UnboundedReceiver<Stream>,
-    packets: Arc<Vec<Vec<u8>>>,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut streams: Vec<Stream> = Vec::new();
-    let mut buf = [0u8; 1500];
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut n: u64 = 0;
-    while !stop.load(Relaxed) {
-        let due = tick.tick().await;
-        let late = tokio::time::Instant::now().saturating_duration_since(due);
-        counters
-            .max_late_us
-            .fetch_max(late.as_micros() as u64, Relaxed);
-        if late > Duration::from_millis(2) {
-            counters.late_ticks.fetch_add(1, Relaxed);
+/// Opens sessions until `n` stream (at most `RAMP_PER_S` new a second,
+/// `CONNECT_CONCURRENCY` in set-up at once) or `deadline`; returns
+/// (failures during the ramp, first error).
+async fn ramp_to(g: &Generator, n: usize, deadline: Instant) -> (usize, Option<String>) {
+    let before = g.status().await;
+    g.target(n, RAMP_PER_S, CONNECT_CONCURRENCY);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = g.status().await;
+        let failed = s.failed - before.failed;
+        if s.streaming >= n || Instant::now() > deadline {
+            // Stop opening more: a step measures what is up now.
+            g.target(s.streaming, RAMP_PER_S, CONNECT_CONCURRENCY);
+            let short = n.saturating_sub(s.streaming);
+            return (failed.max(short), s.first_error);
         }
-        counters.ticks.fetch_add(1, Relaxed);
-        while let Ok(s) = new.try_recv() {
-            streams.push(s);
-        }
-        if n.is_multiple_of(250) {
-            // Streams closed by `Gen::shrink_to` leave the rotation.
-            streams.retain(|s| s.conn.close_reason().is_none());
-        }
-        let slot = (n % 20) as usize;
-        n += 1;
-        let mut i = slot;
-        while i < streams.len() {
-            let s = &mut streams[i];
-            let p = &packets[s.pos % packets.len()];
-            s.pos += 1;
-            if let Some(len) = s.rtp.frame(p, 960, &mut buf) {
-                match s.conn.send_datagram(Bytes::copy_from_slice(&buf[..len])) {
-                    Ok(()) => counters.handed.fetch_add(1, Relaxed),
-                    Err(_) => counters.refused.fetch_add(1, Relaxed),
-                };
-            }
-            i += 20;
-        }
-    }
-}
-
-/// One device session: handshake, hello/welcome, flow_open; the control
-/// stream is then drained by its own task for the life of the connection.
-async fn connect(
-    endpoint: quinn::Endpoint,
-    cfg: quinn::ClientConfig,
-    relay: SocketAddr,
-    ssrc: u32,
-) -> Result<quinn::Connection, String> {
-    let connecting = endpoint
-        .connect_with(cfg, relay, SERVER_NAME)
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let setup = async {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let mut reader = FrameReader::new(recv);
-        let mut caps = serde_json_core::heapless::Vec::new();
-        let _ = caps.push("opus");
-        let _ = caps.push("fec");
-        framed::send(
-            &mut send,
-            &Message::Hello(Hello {
-                device: DEVICE,
-                version: env!("CARGO_PKG_VERSION"),
-                caps,
-            }),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        reader
-            .next(|m| match m {
-                Message::Welcome(_) => Ok(()),
-                Message::Error(e) => Err(format!("refused: {}: {}", e.code, e.message)),
-                other => Err(format!("expected welcome, got {other:?}")),
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-        framed::send(
-            &mut send,
-            &Message::FlowOpen(FlowOpen {
-                flow: 0,
-                dir: Direction::Up,
-                ssrc,
-                codec: "opus",
-                frame_ms: 20,
-            }),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, reader))
-    };
-    let (send, mut reader) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
-        .await
-        .map_err(|_| "control handshake timed out".to_string())??;
-    tokio::spawn(async move {
-        let _send = send; // dropping it would end the session
-        while reader.next(|_| ()).await.is_ok() {}
-    });
-    Ok(conn)
-}
-
-struct Gen {
-    endpoint: quinn::Endpoint,
-    cfg: quinn::ClientConfig,
-    relay: SocketAddr,
-    tx: mpsc::UnboundedSender<Stream>,
-    conns: Arc<Mutex<Vec<quinn::Connection>>>,
-}
-
-impl Gen {
-    /// Adds connections until `n` are up, at most `RAMP_PER_S` new per
-    /// second; returns (failures, first error).
-    async fn ramp_to(&self, n: usize, deadline: Instant) -> (usize, Option<String>) {
-        let have = self.conns.lock().unwrap().len();
-        let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-        let mut set = tokio::task::JoinSet::new();
-        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / RAMP_PER_S));
-        for _ in have..n {
-            pace.tick().await;
-            if Instant::now() > deadline {
-                break;
-            }
-            let permit = sem.clone().acquire_owned().await.unwrap();
-            let (ep, cfg, relay) = (self.endpoint.clone(), self.cfg.clone(), self.relay);
-            let (tx, conns) = (self.tx.clone(), self.conns.clone());
-            set.spawn(async move {
-                let ssrc = fastrand::u32(..);
-                let r = connect(ep, cfg, relay, ssrc).await;
-                drop(permit);
-                let conn = r?;
-                conns.lock().unwrap().push(conn.clone());
-                let _ = tx.send(Stream {
-                    conn,
-                    rtp: RtpSender::new(0, 111, ssrc, fastrand::u16(..), fastrand::u32(..)),
-                    pos: fastrand::usize(..1000),
-                });
-                Ok::<(), String>(())
-            });
-        }
-        let mut failed = 0;
-        let mut first = None;
-        let wait = deadline.saturating_duration_since(Instant::now()) + CONNECT_TIMEOUT;
-        let _ = tokio::time::timeout(wait, async {
-            while let Some(r) = set.join_next().await {
-                if let Ok(Err(e)) | Err(e) = r.map_err(|e| e.to_string()) {
-                    failed += 1;
-                    first.get_or_insert(e);
-                }
-            }
-        })
-        .await;
-        failed += set.len();
-        set.abort_all();
-        (failed, first)
-    }
-
-    /// DATAGRAM frames quinn transmitted, over every connection.
-    fn transmitted(&self) -> u64 {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.stats().frame_tx.datagram)
-            .sum()
-    }
-
-    /// Closes connections until `n` are left.
-    fn shrink_to(&self, n: usize) {
-        let mut conns = self.conns.lock().unwrap();
-        for c in conns.iter().skip(n) {
-            c.close(0u32.into(), b"fewer streams");
-        }
-        conns.truncate(n);
-    }
-
-    fn live(&self) -> usize {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c.close_reason().is_none())
-            .count()
     }
 }
 
@@ -721,7 +557,9 @@ struct Snap {
     refused: u64,
     ticks: u64,
     late_ticks: u64,
+    send_drops: u64,
     tx: u64,
+    live: usize,
     relay: BTreeMap<&'static str, f64>,
     relay_ticks: u64,
     self_ticks: u64,
@@ -736,16 +574,20 @@ struct Ports {
     generator: u16,
 }
 
-async fn snap(g: &Gen, c: &Counters, relay_pid: &str, metrics: SocketAddr, ports: &Ports) -> Snap {
+async fn snap(g: &Generator, relay_pid: &str, metrics: SocketAddr, ports: &Ports) -> Snap {
     // The generator's counters first, then the relay's: datagrams in flight
     // at the two ends of the window cancel out.
+    let c = &g.counters;
+    let st = g.status().await;
     let s = Snap {
         at: Instant::now(),
         handed: c.handed.load(Relaxed),
         refused: c.refused.load(Relaxed),
         ticks: c.ticks.load(Relaxed),
         late_ticks: c.late_ticks.load(Relaxed),
-        tx: g.transmitted(),
+        send_drops: c.send_drops.load(Relaxed),
+        tx: st.datagrams_tx,
+        live: st.streaming,
         relay_ticks: proc_ticks(relay_pid),
         self_ticks: proc_ticks("self"),
         relay_drops: socket_drops(ports.relay),
@@ -763,8 +605,7 @@ async fn snap(g: &Gen, c: &Counters, relay_pid: &str, metrics: SocketAddr, ports
 /// Streams one step at `n` connections (ramping up or closing some first)
 /// and measures it.
 async fn step(
-    g: &Gen,
-    counters: &Counters,
+    g: &Generator,
     relay: &mut Proc,
     metrics: SocketAddr,
     ports: &Ports,
@@ -772,13 +613,12 @@ async fn step(
     tck: f64,
 ) -> J {
     let t_ramp = Instant::now();
-    let have = g.conns.lock().unwrap().len();
+    let have = g.status().await.streaming;
     let (failed, first_err) = if n >= have {
         let ramp_s = (n - have) as f64 / RAMP_PER_S;
-        g.ramp_to(n, t_ramp + Duration::from_secs_f64(ramp_s * 2.0 + 10.0))
-            .await
+        ramp_to(g, n, t_ramp + Duration::from_secs_f64(ramp_s * 2.0 + 10.0)).await
     } else {
-        g.shrink_to(n);
+        g.shrink(n);
         (0, None)
     };
     let ramp_took = t_ramp.elapsed().as_secs_f64();
@@ -788,7 +628,7 @@ async fn step(
     // quieter of the two is kept.
     let mut best: Option<J> = None;
     for attempt in 1..=2u64 {
-        let mut j = window(g, counters, relay, metrics, ports, n, tck).await;
+        let mut j = window(g, relay, metrics, ports, n, tck).await;
         j.set("attempt", attempt)
             .set("connect_failures", failed)
             .set(
@@ -820,8 +660,7 @@ async fn step(
 
 /// One measured window of `MEASURE` at the current connections.
 async fn window(
-    g: &Gen,
-    counters: &Counters,
+    g: &Generator,
     relay: &mut Proc,
     metrics: SocketAddr,
     ports: &Ports,
@@ -829,17 +668,19 @@ async fn window(
     tck: f64,
 ) -> J {
     let relay_pid = relay.pid().to_string();
-    counters.max_late_us.store(0, Relaxed);
-    let a = snap(g, counters, &relay_pid, metrics, ports).await;
-    let live0 = g.live();
+    g.counters.max_late_us.store(0, Relaxed);
+    let a = snap(g, &relay_pid, metrics, ports).await;
+    let live0 = a.live;
     tokio::time::sleep(MEASURE).await;
-    let b = snap(g, counters, &relay_pid, metrics, ports).await;
-    let live1 = g.live();
+    let b = snap(g, &relay_pid, metrics, ports).await;
+    let live1 = b.live;
     relay.assert_running();
 
     let window = (b.at - a.at).as_secs_f64();
     let handed = (b.handed - a.handed) as f64;
-    let tx = (b.tx - a.tx) as f64;
+    // A UDP packet the generator's socket refused never left: not sent.
+    let send_drops = b.send_drops.saturating_sub(a.send_drops) as f64;
+    let tx = (b.tx - a.tx) as f64 - send_drops;
     let d = |k: &str| {
         b.relay.get(k).copied().unwrap_or(f64::NAN) - a.relay.get(k).copied().unwrap_or(f64::NAN)
     };
@@ -885,6 +726,7 @@ async fn window(
             b.refused.saturating_sub(a.refused) as f64,
         )
         .set("quinn_transmitted", tx)
+        .set("generator_send_drops", send_drops)
         .set("relay_received", received)
         .set("relay_recorded", d("recorded"))
         .set("relay_unknown_flow", d("unknown_flow"))
@@ -904,7 +746,7 @@ async fn window(
         )
         .set(
             "generator_max_tick_late_us",
-            counters.max_late_us.load(Relaxed) as f64,
+            g.counters.max_late_us.load(Relaxed) as f64,
         )
         .set("relay_rss_kib", status_kib(&relay_pid, "VmRSS"))
         .set(
@@ -937,32 +779,24 @@ async fn run(
     let id = tls::DevFileIdentity::load(DEVICE, &gdir.join("device.pem"), &gdir.join("device.key"))
         .expect("identity");
     let cfg = tls::client_config(&ca, &id).expect("client config");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+    let relay_addr: SocketAddr = format!("127.0.0.1:{}", lab.quic_port).parse().unwrap();
+    let g = Generator::start(relay_addr, SERVER_NAME, DEVICE, cfg, Arc::new(packets))
+        .expect("generator");
     let ports = Ports {
         relay: lab.quic_port,
-        generator: endpoint.local_addr().map(|a| a.port()).unwrap_or(0),
+        generator: g.local_port,
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender_task = tokio::spawn(sender(
-        rx,
-        Arc::new(packets),
-        counters.clone(),
-        stop.clone(),
-    ));
-    let g = Gen {
-        endpoint: endpoint.clone(),
-        cfg,
-        relay: format!("127.0.0.1:{}", lab.quic_port).parse().unwrap(),
-        tx,
-        conns: Arc::new(Mutex::new(Vec::new())),
-    };
+    let _ = g.status().await; // the thread has set its policy by now
+    let _ = GEN_SCHED.set(if g.counters.fifo.load(Relaxed) {
+        "SCHED_FIFO 10".into()
+    } else {
+        "normal (SCHED_FIFO refused)".into()
+    });
     let mut steps: Vec<J> = Vec::new();
     let mut end = String::from("every step passed");
     // Step up; after the first failure, bisect (twice) between the last
     // passing and the first failing count.
-    let mut up = STEPS.iter().copied();
+    let mut up = step_counts().into_iter();
     let (mut lo, mut hi) = (0usize, None::<usize>);
     let mut refinements = 0;
     loop {
@@ -980,7 +814,7 @@ async fn run(
         relay.assert_running();
         let (quiet, waited) = wait_quiet(&relay.pid().to_string(), tck, QUIET_WAIT).await;
         // A step takes its ramp, the settle time and one or two windows.
-        let have = g.conns.lock().unwrap().len();
+        let have = g.status().await.streaming;
         let step_s = n.saturating_sub(have) as f64 / RAMP_PER_S
             + SETTLE.as_secs_f64()
             + 2.0 * MEASURE.as_secs_f64()
@@ -993,7 +827,7 @@ async fn run(
             break;
         }
         eprintln!("relay_load: {n} streams ...");
-        let mut j = step(&g, &counters, relay, lab.relay_metrics, &ports, n, tck).await;
+        let mut j = step(&g, relay, lab.relay_metrics, &ports, n, tck).await;
         j.set("phase", if refinements > 0 { "bisect" } else { "step up" })
             .set("quiet_before_cores", quiet)
             .set("waited_for_quiet_s", waited);
@@ -1023,10 +857,8 @@ async fn run(
             }
         }
     }
-    stop.store(true, Relaxed);
-    let _ = tokio::time::timeout(Duration::from_secs(2), sender_task).await;
-    endpoint.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+    // Closes every session (bounded) and joins the generator's thread.
+    g.stop();
     (steps, end)
 }
 
@@ -1084,6 +916,19 @@ fn main() {
     };
     drop(rt);
     let relay_ok = relay.stop().success();
+    // What the kernel granted the relay's socket (its "relay ready" line).
+    let relay_rcvbuf = relay
+        .log_text()
+        .lines()
+        .find(|l| l.contains("relay ready"))
+        .and_then(|l| l.split("udp_recv_buffer").nth(1))
+        .map(|v| {
+            v.chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
     let log_tail: Vec<String> = relay
         .log_text()
         .lines()
@@ -1119,9 +964,23 @@ fn main() {
                 Err(e) => format!("not pinned: {e}"),
             },
         )
+        .set("relay_binary", relay_bin())
         .set("recordings", recordings_on)
+        .set(
+            "generator",
+            "one thread driving quinn-proto connections on one UDP socket; \
+             one QUIC connection (mutual TLS, own control stream, own SSRC) per stream",
+        )
+        .set("relay_udp_recv_buffer", relay_rcvbuf.clone())
+        .set(
+            "generator_sched",
+            GEN_SCHED.get().cloned().unwrap_or_default(),
+        )
         .set("downlink", "none (record mode)")
-        .set("steps", J::A(STEPS.iter().map(|&s| J::from(s)).collect()))
+        .set(
+            "steps",
+            J::A(step_counts().into_iter().map(J::from).collect()),
+        )
         .set("measure_s", MEASURE.as_secs_f64())
         .set("ramp_per_s", RAMP_PER_S)
         .set("frame_ms", 20u64)

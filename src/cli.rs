@@ -161,6 +161,21 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The relay's runtime: one worker per CPU the process may run on (its
+/// affinity mask and cgroup quota). On one CPU that is the current-thread
+/// scheduler: the relay's tasks wake each other on every datagram (endpoint,
+/// connection, session), and two workers sharing one CPU would hand those
+/// wake-ups between threads with futex calls and context switches.
+fn relay_runtime() -> Result<tokio::runtime::Runtime> {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime"),
+        n => runtime(n),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -211,7 +226,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             ];
             let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
             report.log();
-            runtime(2)?.block_on(crate::relay::run(prepared, shutdown_signal()))
+            relay_runtime()?.block_on(crate::relay::run(prepared, shutdown_signal()))
         }
         Command::Relay(RelayCommand::Init { config }) => {
             let cfg = RelayConfig::load(&config)?;

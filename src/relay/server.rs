@@ -311,6 +311,10 @@ async fn session_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_renewal: Option<Instant> = None;
     let mut out = [0u8; 1500];
+    // The control stream's read lives across loop turns: re-created on
+    // every turn, it would look into quinn's stream state again for every
+    // datagram (which wake the task fifty times a second per flow).
+    let mut ctrl = std::pin::pin!(next_control(reader));
     let result = loop {
         tokio::select! {
             d = conn.read_datagram() => {
@@ -348,7 +352,7 @@ async fn session_loop(
                     }
                 }
             }
-            r = reader.next(own) => match r {
+            (rd, r) = &mut ctrl => { ctrl.set(next_control(rd)); match r {
                 Ok(Owned::FlowOpen { flow, ssrc, frame_ms }) => {
                     if flows.len() >= MAX_FLOWS && !flows.contains_key(&flow) {
                         ctx.metrics.control_errors.inc();
@@ -411,7 +415,7 @@ async fn session_loop(
                     break Err(format!("bad control message: {text}"));
                 }
                 Err(e) => break Err(e.to_string()),
-            },
+            }},
             Some(sig) = inbox.recv() => {
                 let mut digit = [0u8; 4];
                 framed::send(send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
@@ -442,6 +446,12 @@ async fn session_loop(
         close_flow(device, f, &ctx.metrics);
     }
     result
+}
+
+/// The next control message, and the reader back for the one after.
+async fn next_control(reader: &mut FrameReader) -> (&mut FrameReader, Result<Owned, StreamError>) {
+    let r = reader.next(own).await;
+    (reader, r)
 }
 
 /// A control message reduced to what the relay keeps (no borrows).

@@ -195,6 +195,10 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsErr
 /// QUIC transport settings shared by both ends: datagrams on, and
 /// keep-alives so that a dead peer is noticed within [`IDLE_TIMEOUT`].
 pub fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(base_transport())
+}
+
+fn base_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
@@ -204,6 +208,17 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     t.datagram_send_buffer_size(256 * 1024);
     t.max_concurrent_uni_streams(0u32.into());
     t.max_concurrent_bidi_streams(2u32.into());
+    t
+}
+
+/// The relay's transport: the device's, without keep-alive PINGs. Devices
+/// send their own every [`KEEP_ALIVE`] (or media), and the relay's ACKs of
+/// them keep both idle timers fed; the relay's PINGs (two per second per
+/// device, each one packet to encrypt and send) only cost it CPU. A dead
+/// device is still noticed by the idle timeout.
+pub fn server_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = base_transport();
+    t.keep_alive_interval(None);
     Arc::new(t)
 }
 
@@ -327,7 +342,7 @@ pub fn server_config(
     tls.send_tls13_tickets = 0;
     let q = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(q));
-    cfg.transport_config(transport());
+    cfg.transport_config(server_transport());
     Ok(cfg)
 }
 

@@ -104,6 +104,18 @@ impl AsyncUdpSocket for NoGro {
     }
 }
 
+/// Asks for a receive buffer of `bytes` on `sock` and returns what the
+/// kernel granted (its own accounting: about twice the request).
+/// `SO_RCVBUFFORCE` (root, or `CAP_NET_ADMIN`) may exceed
+/// `net.core.rmem_max`; without the privilege the request is capped there.
+pub fn grow_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> io::Result<usize> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
+        setsockopt(sock, sockopt::RcvBuf, &bytes)?;
+    }
+    Ok(getsockopt(sock, sockopt::RcvBuf)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +133,18 @@ mod tests {
         let probe = plain.try_clone().unwrap();
         let q = TokioRuntime.wrap_udp_socket(plain).unwrap();
         assert_eq!(gro_enabled(&probe).unwrap(), q.max_receive_segments() > 1);
+    }
+
+    #[test]
+    fn receive_buffer_grows() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::RcvBuf).unwrap();
+        let got = grow_recv_buffer(&s, 4 << 20).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // SO_RCVBUFFORCE: the whole request, doubled by the kernel.
+            assert!(got >= 8 << 20, "granted {got}");
+        } else {
+            assert!(got >= before, "granted {got}, had {before}");
+        }
     }
 }
