@@ -45,7 +45,7 @@ impl PortPair {
 
 /// Why the pool could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind RTP port {addr}: {source} (choose a free [sip] rtp_ports range)")]
+#[error("cannot bind RTP port {addr} (choose a free [sip] rtp_ports range)")]
 pub struct BindError {
     /// The address that failed.
     pub addr: SocketAddr,

@@ -9,16 +9,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+/// Ranges handed out in this test binary: tests run in parallel, and a
+/// range is only probed, then released until the gateway binds it.
+static HANDED_OUT: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
+
 /// An even base port with `pairs` free RTP/RTCP pairs on loopback (checked,
-/// then released: the gateway binds them right after).
+/// then released: the gateway binds them right after). The ranges lie below
+/// Linux's ephemeral range (32768 and up), where `free_udp()`, sipp and the
+/// QUIC clients' sockets land, and never overlap within one test binary.
 pub fn free_rtp_range(pairs: u16) -> (u16, u16) {
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
-        let base = 20_000 + 2 * fastrand::u16(0..14_000);
+        let base = 10_000 + 2 * fastrand::u16(0..(11_000 - 2 * pairs));
         let last = base + 2 * pairs - 1;
+        if handed.iter().any(|&(a, b)| base <= b && a <= last) {
+            continue;
+        }
         let socks: Vec<_> = (base..=last)
             .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
             .collect();
         if socks.len() == usize::from(2 * pairs) {
+            handed.push((base, last));
             return (base, last);
         }
     }
@@ -128,10 +139,13 @@ impl Baresip {
         let dumps = dir.join("dumps");
         std::fs::create_dir_all(&dumps).unwrap();
         let port = free_udp();
+        // Its RTP ports come from the same non-overlapping ranges as the
+        // gateways' (baresip would otherwise pick anywhere in 1024-49152).
+        let (rtp_a, rtp_b) = free_rtp_range(8);
         std::fs::write(
             dir.join("config"),
             format!(
-                "poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_source aufile,{src}\n\
+                "poll_method epoll\nsip_listen 127.0.0.1:{port}\nrtp_ports {rtp_a}-{rtp_b}\naudio_source aufile,{src}\n\
                  audio_player aufile,{play}\naudio_alert aufile,/dev/null\n\
                  module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule g722.so\n\
                  module aufile.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\n\
