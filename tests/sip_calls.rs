@@ -368,9 +368,16 @@ fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
     pcap_speech_to_901(20);
 }
 
+/// A phone that packs 30 ms per packet (a=ptime:30; Opus has no 30 ms
+/// frame): the box repacketizes it into 20 ms Opus frames.
+#[test]
+fn a_phone_at_30_ms_packets_is_repacketized_into_the_recording() {
+    pcap_speech_to_901(30);
+}
+
 /// A phone at `ptime` ms sends speech from a pcap to 901; the relay's recording is scored.
 fn pcap_speech_to_901(ptime: u32) {
-    let lab = Lab::new("sip-pcap", "mode = \"none\"");
+    let lab = Lab::new(&format!("sip-pcap{ptime}"), "mode = \"none\"");
     let relay = lab.start_relay();
     let mut gw = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
     let pw = gw.add_phone("201");

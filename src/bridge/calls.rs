@@ -248,7 +248,9 @@ impl Core {
             codec,
             phone_pt: neg.pt,
             dtmf_pt: neg.dtmf_pt,
-            ptime: self.cfg.ptime,
+            // The packet time the phone asked for (its SDP); the Opus frame
+            // on the QUIC side stays the gateway's.
+            ptime: Duration::from_millis(neg.ptime.into()),
             opus: CodecConfig {
                 complexity: self.cfg.opus_complexity,
                 ..self.opus
@@ -284,7 +286,6 @@ impl Core {
             leg,
             pair,
             remote: neg.remote,
-            ptime: self.cfg.ptime,
             slot: self.slot.clone(),
             from_relay: relay_rx,
             cmds: cmd_rx,
@@ -500,7 +501,11 @@ impl Core {
         };
         let reliable = binding.transport.eq_ignore_ascii_case("TCP");
         let local = self.local_media(&pair);
-        let sdp = offer::offer(&local, Direction::SendRecv);
+        let sdp = offer::offer(
+            &local,
+            Direction::SendRecv,
+            self.cfg.ptime.as_millis() as u32,
+        );
         let mut inv = Message::request(Method::Invite, binding.contact.uri.clone());
         inv.headers.push("Via", self.via(reliable).to_string());
         inv.headers.push("Max-Forwards", "70");

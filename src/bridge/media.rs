@@ -50,8 +50,6 @@ pub struct MediaTask {
     pub pair: PortPair,
     /// Where the phone said to send (SDP); replaced by the first packet's source.
     pub remote: Option<SocketAddr>,
-    /// Packet time.
-    pub ptime: Duration,
     /// The relay connection.
     pub slot: Arc<ConnSlot>,
     /// Relay datagrams of this call's downlink flow.
@@ -97,7 +95,7 @@ impl MediaTask {
                 return;
             }
         };
-        let mut tick = tokio::time::interval(self.ptime);
+        let mut tick = tokio::time::interval(self.leg.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = [0u8; 2048];
         let mut out = [0u8; 1500];
@@ -136,6 +134,7 @@ impl MediaTask {
                             }
                         }
                         Ok(FromPhone::Key(k)) => {
+                            m.phone_keys_received.inc();
                             let _ = self.events.try_send(MediaEvent::Key(self.call, k));
                         }
                         Ok(_) => {}
@@ -181,12 +180,16 @@ impl MediaTask {
                             m.phone_to_send.observe_us(origin.elapsed().saturating_sub(at).as_micros() as u64);
                         }
                     }
+                    let dtmf_before = self.leg.stats().dtmf_packets;
                     if let Some(len) = self.leg.poll_downlink(now, &mut out)
                         && !held
                         && let Some(to) = self.remote
                         && sock.send_to(&out[..len], to).await.is_ok()
                     {
                         m.phone_rtp_out.inc();
+                        if self.leg.stats().dtmf_packets > dtmf_before {
+                            m.phone_dtmf_sent.inc();
+                        }
                     }
                     let st = self.leg.stats();
                     m.phone_up_concealed.add(st.uplink_concealed - seen.uplink_concealed);

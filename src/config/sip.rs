@@ -191,7 +191,8 @@ pub struct SipConfig {
     pub phones: PathBuf,
     /// Codecs in order of preference.
     pub codecs: Vec<PhoneCodec>,
-    /// Packet time towards phones.
+    /// Packet time the box offers when it calls a phone; a phone's own
+    /// `a=ptime` (10-60 ms) is what its call then uses, both ways.
     pub ptime: Duration,
     /// Opus encoder complexity (0-10) for transcoded phone legs.
     pub opus_complexity: u8,

@@ -84,6 +84,10 @@ pub struct GatewayMetrics {
     pub phone_rtp_out: Arc<Counter>,
     /// Relay frames concealed towards phones (lost or late: FEC or PLC played).
     pub phone_down_concealed: Arc<Counter>,
+    /// RFC 4733 event packets sent to phones (digits from the relay), counted when sent.
+    pub phone_dtmf_sent: Arc<Counter>,
+    /// Key presses received from phones (RFC 4733, each reported once).
+    pub phone_keys_received: Arc<Counter>,
     /// Time from a phone's RTP packet arriving to the datagram carrying its
     /// audio handed to QUIC (jitter buffer and transcoding included).
     pub phone_to_send: Arc<Histogram>,
@@ -224,6 +228,14 @@ impl GatewayMetrics {
             phone_down_concealed: r.counter(
                 "voxgate_phone_downlink_concealed_total",
                 "Relay frames concealed (lost or late) towards phones",
+            ),
+            phone_dtmf_sent: r.counter(
+                "voxgate_phone_dtmf_packets_sent_total",
+                "RFC 4733 event packets sent to phones",
+            ),
+            phone_keys_received: r.counter(
+                "voxgate_phone_keys_received_total",
+                "Key presses (RFC 4733) received from phones",
             ),
             phone_to_send: r.histogram(
                 "voxgate_phone_to_send_seconds",

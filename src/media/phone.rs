@@ -2,16 +2,25 @@
 //! relay's RTP-over-QUIC flows on the other.
 //!
 //! Phone → relay: the phone's packets go through a jitter buffer on the
-//! phone's RTP clock; each packet time the playout side decodes one G.711 or
-//! G.722 frame and encodes it as Opus straight from the codec's own rate (8
-//! or 16 kHz: libopus takes it without a resampler) onto the uplink flow.
+//! phone's RTP clock and packet time; each Opus frame time the playout side
+//! decodes as many G.711 or G.722 packets as it takes to fill one Opus frame
+//! and encodes it straight from the codec's own rate (8 or 16 kHz: libopus
+//! takes it without a resampler) onto the uplink flow.
 //! When the phone speaks Opus, its packets are forwarded as they arrive, only
 //! re-stamped into the flow's sequence and timestamp space. RFC 4733 events
 //! become [`KeyPress`]es for the control stream.
 //!
 //! Relay → phone: Opus from the relay goes through a second jitter buffer
-//! (48 kHz clock); each packet time it is decoded (with FEC and PLC) at the
-//! phone codec's rate, encoded, and framed as plain RTP. Digits the relay
+//! (48 kHz clock); each phone packet time as many frames as it takes are
+//! decoded (with FEC and PLC) at the phone codec's rate, and one packet time
+//! of it is encoded and framed as plain RTP.
+//!
+//! The phone's packet time (10-60 ms, what its SDP asked for) and the Opus
+//! frame on the QUIC side (10, 20, 40 or 60 ms) are independent: a phone at
+//! 30 ms is repacketized through a small PCM FIFO in each direction. The
+//! caller drives the leg with one [`PhoneLeg::poll_uplink`] and one
+//! [`PhoneLeg::poll_downlink`] per [`PhoneLeg::tick`] (the greatest common
+//! divisor of the two frame times). Digits the relay
 //! sends are played as RFC 4733 events in the same RTP stream.
 //!
 //! Every buffer is allocated in [`PhoneLeg::new`]; the per-packet calls
@@ -33,6 +42,8 @@ pub const COMFORT_NOISE_PT: u8 = 13;
 const MAX_PCM: usize = 2880;
 /// Largest phone payload: 60 ms of G.711, or an Opus packet.
 const MAX_PHONE_PAYLOAD: usize = 1500;
+/// PCM FIFO between the two frame times: a packet time plus a frame, with room.
+const FIFO: usize = 2 * MAX_PCM;
 
 /// Static settings of one call leg, from the SDP answer and the config.
 #[derive(Debug, Clone)]
@@ -43,9 +54,10 @@ pub struct PhoneLegConfig {
     pub phone_pt: u8,
     /// The telephone-event payload type, if negotiated.
     pub dtmf_pt: Option<u8>,
-    /// Packet time towards the phone (and Opus frame duration): 10-60 ms.
+    /// The phone's packet time (both directions): 10-60 ms in steps of 10.
     pub ptime: Duration,
-    /// Opus settings for the transcoded uplink (`frame` is replaced by `ptime`).
+    /// Opus settings for the transcoded uplink; `frame` (10, 20, 40 or 60
+    /// ms) is the frame on the QUIC side, independent of `ptime`.
     pub opus: CodecConfig,
     /// The RTP-over-QUIC flow id of the phone → relay direction.
     pub up_flow: u64,
@@ -67,6 +79,9 @@ pub enum PhoneLegError {
     /// Packet time outside 10-60 ms or not a multiple of 10 ms (Opus frames).
     #[error("packet time {0:?} is not 10, 20, 30, 40, 50 or 60 ms")]
     Ptime(Duration),
+    /// The Opus frame on the QUIC side is not one Opus has.
+    #[error("Opus frame {0:?} is not 10, 20, 40 or 60 ms")]
+    OpusFrame(Duration),
     /// libopus refused the settings.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -108,6 +123,8 @@ pub struct LegStats {
     pub downlink_lost: u64,
     /// Key presses from the phone.
     pub keys: u64,
+    /// RFC 4733 event packets sent to the phone (digits from the relay).
+    pub dtmf_packets: u64,
 }
 
 /// The media state of one call.
@@ -116,12 +133,26 @@ pub struct PhoneLeg {
     codec: PhoneCodec,
     phone_pt: u8,
     dtmf_pt: Option<u8>,
-    /// PCM samples per packet time at the codec's rate.
+    /// PCM samples per phone packet time at the codec's rate.
     frame_pcm: usize,
+    /// PCM samples per Opus frame at the codec's rate.
+    opus_pcm: usize,
     /// RTP units per packet time on the phone's clock.
     frame_phone_ts: u32,
-    /// 48 kHz units per packet time.
+    /// 48 kHz units per Opus frame.
     frame_48k: u32,
+    /// Milliseconds per tick, per phone packet, per Opus frame.
+    tick_ms: u32,
+    ptime_ms: u32,
+    opus_ms: u32,
+    /// Milliseconds since the last uplink frame and the last phone packet.
+    up_clock: u32,
+    down_clock: u32,
+    /// Decoded phone audio not yet encoded, and relay audio not yet sent.
+    up_fifo: Box<[i16; FIFO]>,
+    up_fill: usize,
+    down_fifo: Box<[i16; FIFO]>,
+    down_fill: usize,
     // phone → relay
     up_jitter: JitterBuffer,
     pcm_dec: Option<PcmDecoder>,
@@ -156,13 +187,18 @@ impl PhoneLeg {
             return Err(PhoneLegError::Ptime(cfg.ptime));
         }
         let codec = cfg.codec;
-        let frame_pcm = (codec.sample_rate() * ms / 1000) as usize;
-        let frame_phone_ts = codec.rtp_clock() * ms / 1000;
-        let opus_cfg = CodecConfig {
-            frame: cfg.ptime,
-            ..cfg.opus
-        };
         let transcode = codec != PhoneCodec::Opus;
+        let opus_ms = cfg.opus.frame.as_millis() as u32;
+        if ![10, 20, 40, 60].contains(&opus_ms) {
+            return Err(PhoneLegError::OpusFrame(cfg.opus.frame));
+        }
+        // An Opus phone's packets are forwarded as they are: one per packet time.
+        let opus_ms = if transcode { opus_ms } else { ms };
+        let frame_pcm = (codec.sample_rate() * ms / 1000) as usize;
+        let opus_pcm = (codec.sample_rate() * opus_ms / 1000) as usize;
+        let frame_phone_ts = codec.rtp_clock() * ms / 1000;
+        let opus_cfg = cfg.opus;
+        let tick_ms = gcd(ms, opus_ms);
         let jitter = |clock_rate: u32, frame_samples: u32| {
             JitterBuffer::new(JitterConfig {
                 frame_samples,
@@ -179,8 +215,19 @@ impl PhoneLeg {
             phone_pt: cfg.phone_pt,
             dtmf_pt: cfg.dtmf_pt,
             frame_pcm,
+            opus_pcm,
             frame_phone_ts,
-            frame_48k: 48 * ms,
+            frame_48k: 48 * opus_ms,
+            tick_ms,
+            ptime_ms: ms,
+            opus_ms,
+            // Due on the first tick.
+            up_clock: opus_ms - tick_ms,
+            down_clock: ms - tick_ms,
+            up_fifo: Box::new([0; FIFO]),
+            up_fill: 0,
+            down_fifo: Box::new([0; FIFO]),
+            down_fill: 0,
             up_jitter: jitter(codec.rtp_clock(), frame_phone_ts),
             pcm_dec: PcmDecoder::new(codec),
             opus_enc: if transcode {
@@ -194,7 +241,7 @@ impl PhoneLeg {
             keys: DtmfReceiver::new(),
             last_pcm: Box::new([0; MAX_PCM]),
             concealed_run: 0,
-            down_jitter: jitter(48_000, 48 * ms),
+            down_jitter: jitter(48_000, 48 * opus_ms),
             opus_dec: if transcode {
                 Some(OpusDecoder::with_rate(codec.sample_rate())?)
             } else {
@@ -208,6 +255,12 @@ impl PhoneLeg {
             payload: Box::new([0; MAX_PHONE_PAYLOAD]),
             stats: LegStats::default(),
         })
+    }
+
+    /// How often to call [`PhoneLeg::poll_uplink`] and
+    /// [`PhoneLeg::poll_downlink`] (each once per tick).
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms.into())
     }
 
     /// Counters so far.
@@ -276,40 +329,59 @@ impl PhoneLeg {
         )))
     }
 
-    /// Called once per packet time: the next uplink datagram (one Opus
-    /// frame transcoded from the phone), or `None` while the phone is silent
-    /// or not started, or for a forwarded Opus leg.
+    /// Called once per [`PhoneLeg::tick`]: the next uplink datagram (one
+    /// Opus frame transcoded from the phone) when one is due, or `None`
+    /// between frames, while the phone is silent or not started, or for a
+    /// forwarded Opus leg.
     pub fn poll_uplink(&mut self, now: Duration, out: &mut [u8]) -> Option<usize> {
+        self.up_clock += self.tick_ms;
+        if self.up_clock < self.opus_ms {
+            return None;
+        }
+        self.up_clock -= self.opus_ms;
         let (Some(dec), Some(enc)) = (self.pcm_dec.as_mut(), self.opus_enc.as_mut()) else {
             return None;
         };
-        let n = self.frame_pcm;
-        match self.up_jitter.pop(now) {
-            Playout::Packet(payload) => {
-                let got = dec.decode(payload, &mut self.last_pcm[..n]);
-                // A short packet: the rest of the frame is silence.
-                self.last_pcm[got..n].fill(0);
-                self.concealed_run = 0;
-            }
-            Playout::Fec(_) | Playout::Conceal => {
-                // G.711/G.722 have no FEC: repeat the last frame, halving it
-                // each time, then silence (a simple G.711 Appendix I-style PLC).
-                self.concealed_run += 1;
-                self.stats.uplink_concealed += 1;
-                for s in &mut self.last_pcm[..n] {
-                    *s = if self.concealed_run > 3 { 0 } else { *s / 2 };
+        let (n, need) = (self.frame_pcm, self.opus_pcm);
+        while self.up_fill < need {
+            match self.up_jitter.pop(now) {
+                Playout::Packet(payload) => {
+                    let got = dec.decode(payload, &mut self.last_pcm[..n]);
+                    // A short packet: the rest of the frame is silence.
+                    self.last_pcm[got..n].fill(0);
+                    self.concealed_run = 0;
+                }
+                Playout::Fec(_) | Playout::Conceal => {
+                    // G.711/G.722 have no FEC: repeat the last frame, halving it
+                    // each time, then silence (a simple G.711 Appendix I-style PLC).
+                    self.concealed_run += 1;
+                    self.stats.uplink_concealed += 1;
+                    for s in &mut self.last_pcm[..n] {
+                        *s = if self.concealed_run > 3 { 0 } else { *s / 2 };
+                    }
+                }
+                Playout::Idle if self.up_fill == 0 => {
+                    // Time passes while the phone sends nothing (a stall, a
+                    // silence-suppressing phone): the Opus stream's timestamps
+                    // say so, and the relay's recording keeps the timeline.
+                    self.up.skip(self.frame_48k);
+                    return None;
+                }
+                Playout::Idle => {
+                    // The phone stopped mid-frame: finish it with silence.
+                    self.up_fifo[self.up_fill..need].fill(0);
+                    self.up_fill = need;
+                    break;
                 }
             }
-            Playout::Idle => {
-                // Time passes while the phone sends nothing (a stall, a
-                // silence-suppressing phone): the Opus stream's timestamps
-                // say so, and the relay's recording keeps the timeline.
-                self.up.skip(self.frame_48k);
-                return None;
-            }
+            let m = n.min(FIFO - self.up_fill);
+            self.up_fifo[self.up_fill..self.up_fill + m].copy_from_slice(&self.last_pcm[..m]);
+            self.up_fill += m;
         }
-        let packet = enc.encode(&self.last_pcm[..n]).ok()?;
-        let len = self.up.frame(packet, self.frame_48k, out)?;
+        let packet = enc.encode(&self.up_fifo[..need]);
+        self.up_fifo.copy_within(need..self.up_fill, 0);
+        self.up_fill -= need;
+        let len = self.up.frame(packet.ok()?, self.frame_48k, out)?;
         self.stats.uplink_frames += 1;
         Some(len)
     }
@@ -332,12 +404,62 @@ impl PhoneLeg {
         self.dtmf_pt.is_some() && self.pending_digits.push_back((digit, duration_ms)).is_ok()
     }
 
-    /// Called once per packet time: the next plain RTP packet for the phone.
-    /// Plays silence while the relay sends nothing, so the phone's jitter
-    /// buffer and any NAT binding stay alive.
+    /// Called once per [`PhoneLeg::tick`]: the next plain RTP packet for
+    /// the phone when one is due. Plays silence while the relay sends
+    /// nothing, so the phone's jitter buffer and any NAT binding stay alive.
     pub fn poll_downlink(&mut self, now: Duration, out: &mut [u8]) -> Option<usize> {
-        // The relay's audio keeps its clock even while a digit plays.
-        let playout = self.down_jitter.pop(now);
+        self.down_clock += self.tick_ms;
+        if self.down_clock < self.ptime_ms {
+            return None;
+        }
+        self.down_clock -= self.ptime_ms;
+        let n = self.frame_pcm;
+        // The relay's audio keeps its clock even while a digit plays: one
+        // packet time of it is taken either way.
+        let forwarded = match (self.opus_dec.as_mut(), self.pcm_enc.as_mut()) {
+            (Some(dec), Some(_)) => {
+                let frame = self.opus_pcm;
+                while self.down_fill < n {
+                    let pcm = match self.down_jitter.pop(now) {
+                        Playout::Packet(p) => dec.decode(p).ok(),
+                        Playout::Fec(next) => {
+                            self.stats.downlink_lost += 1;
+                            dec.decode_fec(next, frame).ok()
+                        }
+                        Playout::Conceal => {
+                            self.stats.downlink_lost += 1;
+                            dec.conceal(frame).ok()
+                        }
+                        Playout::Idle => None,
+                    };
+                    let Some(pcm) = pcm else {
+                        // Nothing from the relay: the rest is silence.
+                        self.down_fifo[self.down_fill..n].fill(0);
+                        self.down_fill = n;
+                        break;
+                    };
+                    let m = pcm.len().min(FIFO - self.down_fill);
+                    self.down_fifo[self.down_fill..self.down_fill + m].copy_from_slice(&pcm[..m]);
+                    self.down_fill += m;
+                }
+                self.pcm[..n].copy_from_slice(&self.down_fifo[..n]);
+                self.down_fifo.copy_within(n..self.down_fill, 0);
+                self.down_fill -= n;
+                None
+            }
+            // Opus to an Opus phone: forward the relay's packet.
+            _ => Some(match self.down_jitter.pop(now) {
+                Playout::Packet(p) if p.len() <= self.payload.len() => {
+                    self.payload[..p.len()].copy_from_slice(p);
+                    Some(p.len())
+                }
+                Playout::Packet(_) | Playout::Fec(_) | Playout::Conceal => {
+                    self.stats.downlink_lost += 1;
+                    None
+                }
+                Playout::Idle => None,
+            }),
+        };
         if self.dtmf_out.is_none()
             && let Some((digit, ms)) = self.pending_digits.pop_front()
         {
@@ -356,6 +478,7 @@ impl PhoneLeg {
                     .down
                     .frame_event(pt, ev.marker, ev.timestamp, &ev.payload, out)?;
                 self.stats.downlink_packets += 1;
+                self.stats.dtmf_packets += 1;
                 return Some(n);
             }
             // The event is over: audio resumes after its duration.
@@ -363,47 +486,16 @@ impl PhoneLeg {
             self.dtmf_out = None;
             self.down.skip(d);
         }
-        let n = self.frame_pcm;
-        let len = match (self.opus_dec.as_mut(), self.pcm_enc.as_mut()) {
-            (Some(dec), Some(enc)) => {
-                let pcm = match playout {
-                    Playout::Packet(p) => dec.decode(p).ok(),
-                    Playout::Fec(next) => {
-                        self.stats.downlink_lost += 1;
-                        dec.decode_fec(next, n).ok()
-                    }
-                    Playout::Conceal => {
-                        self.stats.downlink_lost += 1;
-                        dec.conceal(n).ok()
-                    }
-                    Playout::Idle => None,
-                };
-                match pcm {
-                    Some(pcm) => {
-                        let m = pcm.len().min(n);
-                        self.pcm[..m].copy_from_slice(&pcm[..m]);
-                        self.pcm[m..n].fill(0);
-                    }
-                    None => self.pcm[..n].fill(0),
-                }
+        let len = match forwarded {
+            None => {
+                let enc = self.pcm_enc.as_mut()?;
                 enc.encode(&self.pcm[..n], &mut self.payload[..])
             }
-            // Opus to an Opus phone: forward the relay's packet.
-            _ => match playout {
-                Playout::Packet(p) if p.len() <= self.payload.len() => {
-                    self.payload[..p.len()].copy_from_slice(p);
-                    p.len()
-                }
-                Playout::Packet(_) | Playout::Fec(_) | Playout::Conceal => {
-                    self.stats.downlink_lost += 1;
-                    self.down.skip(self.frame_phone_ts);
-                    return None;
-                }
-                Playout::Idle => {
-                    self.down.skip(self.frame_phone_ts);
-                    return None;
-                }
-            },
+            Some(Some(len)) => len,
+            Some(None) => {
+                self.down.skip(self.frame_phone_ts);
+                return None;
+            }
         };
         let len = self
             .down
@@ -411,6 +503,11 @@ impl PhoneLeg {
         self.stats.downlink_packets += 1;
         Some(len)
     }
+}
+
+/// Greatest common divisor (frame times in ms).
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ pub fn answer(
         .and_then(|(f, c)| Some((f.parse::<u8>().ok()?, *c, m.fmtp(f))));
 
     let (remote, offered_dir) = remote_and_direction(offer, m);
-    let ptime = m.ptime().filter(|p| (10..=120).contains(p)).unwrap_or(20);
+    let ptime = usable_ptime(m.ptime());
     let direction = offered_dir.reverse();
 
     let mut formats = vec![pt.clone()];
@@ -322,7 +322,7 @@ pub fn answer(
 
 /// Our offer for a call towards a phone: every codec we bridge, in our
 /// order (Opus 111, G.722 9, PCMU 0, PCMA 8, telephone-event 101).
-pub fn offer(local: &LocalMedia, direction: Direction) -> Session {
+pub fn offer(local: &LocalMedia, direction: Direction, ptime_ms: u32) -> Session {
     let formats = ["111", "9", "0", "8", "101"].map(String::from).to_vec();
     let attributes = vec![
         attr("rtpmap", "111 opus/48000/2"),
@@ -332,7 +332,7 @@ pub fn offer(local: &LocalMedia, direction: Direction) -> Session {
         attr("rtpmap", "8 PCMA/8000"),
         attr("rtpmap", "101 telephone-event/8000"),
         attr("fmtp", "101 0-15"),
-        attr("ptime", "20"),
+        attr("ptime", usable_ptime(Some(ptime_ms)).to_string()),
         Attribute {
             name: direction.attr().into(),
             value: None,
@@ -373,10 +373,17 @@ pub fn accept_answer(ans: &Session) -> Result<Negotiated, OfferError> {
         codec,
         pt,
         dtmf_pt,
-        ptime: m.ptime().filter(|p| (10..=120).contains(p)).unwrap_or(20),
+        ptime: usable_ptime(m.ptime()),
         remote,
         direction: dir.reverse(),
     })
+}
+
+/// The phone's packet time when the box can carry it (10-60 ms in steps of
+/// 10: the phone leg repacketizes it into Opus frames), else 20 ms.
+fn usable_ptime(p: Option<u32>) -> u32 {
+    p.filter(|p| (10..=60).contains(p) && p % 10 == 0)
+        .unwrap_or(20)
 }
 
 #[cfg(test)]
@@ -499,7 +506,7 @@ mod tests {
             Err(OfferError::NoAudio)
         );
         // A phone answering our offer with PCMA.
-        let ours = offer(&local(), Direction::SendRecv);
+        let ours = offer(&local(), Direction::SendRecv, 20);
         let (phone_answer, _) = answer(
             &ours,
             &LocalMedia {

@@ -348,3 +348,133 @@ fn garbage_and_unknown_payload_types_are_reported_not_fatal() {
         .is_err()
     );
 }
+
+/// A phone at `ptime_ms` and a 20 ms Opus flow: each direction is
+/// repacketized, keeps its clock, and carries the tone.
+fn repacketized_both_ways(codec: PhoneCodec, pt: u8, ptime_ms: u32) {
+    let ptime = Duration::from_millis(ptime_ms.into());
+    let mut leg = PhoneLeg::new(&PhoneLegConfig {
+        ptime,
+        ..config_of(codec, pt)
+    })
+    .unwrap();
+    let tick = leg.tick();
+    assert_eq!(tick.as_millis() as u32, gcd(ptime_ms, 20));
+    let rate = codec.sample_rate();
+    let per_pkt = (rate * ptime_ms / 1000) as usize;
+    let ts_step = codec.rtp_clock() * ptime_ms / 1000;
+    let mut phone_enc = PhoneEnc::new(codec).unwrap();
+    let mut phone_dec = PcmDecoder::new(codec).unwrap();
+    let mut relay_enc = OpusEncoder::new(&opus()).unwrap();
+    let mut relay_dec = OpusDecoder::new().unwrap();
+    let (mut up_heard, mut down_heard) = (Vec::new(), Vec::new());
+    let mut up_prev: Option<(u16, u32)> = None;
+    let mut down_prev: Option<(u16, u32)> = None;
+    let mut out = [0u8; 1500];
+    let (mut sent_pkts, mut relay_frames) = (0usize, 0usize);
+    let total = Duration::from_millis(1200);
+    let mut now = Duration::ZERO;
+    let mut at_end = None;
+    while now < total + Duration::from_millis(200) {
+        if now >= total && at_end.is_none() {
+            // After this the phone is silent: the buffer conceals its tail.
+            at_end = Some(leg.stats());
+        }
+        // The phone sends one packet per packet time, the relay one frame per 20 ms.
+        if now < total && (now.as_millis() as u32).is_multiple_of(ptime_ms) {
+            let mut payload = [0u8; 1000];
+            let pcm = tone(rate, 1000.0, sent_pkts * per_pkt, per_pkt);
+            let len = phone_enc.encode(&pcm, &mut payload);
+            assert_eq!(len, codec.payload_len(per_pkt), "{codec:?} @ {ptime_ms} ms");
+            let d = rtp(
+                pt,
+                900 + sent_pkts as u16,
+                5000 + ts_step * sent_pkts as u32,
+                0xabc,
+                &payload[..len],
+            );
+            leg.push_phone(now, &d, &mut out).unwrap();
+            sent_pkts += 1;
+        }
+        if now < total && now.as_millis().is_multiple_of(20) {
+            let pkt = relay_enc
+                .encode(&tone(48_000, 600.0, relay_frames * 960, 960))
+                .unwrap()
+                .to_vec();
+            let d = rtp(
+                111,
+                relay_frames as u16,
+                960 * relay_frames as u32,
+                0x77,
+                &pkt,
+            );
+            leg.push_relay(now, &Packet::new_checked(&d[..]).unwrap());
+            relay_frames += 1;
+        }
+        let at = now + Duration::from_millis(1);
+        if let Some(len) = leg.poll_uplink(at, &mut out) {
+            let (_, p) = flow::decode(&out[..len]).unwrap();
+            if let Some((s, t)) = up_prev {
+                assert_eq!(p.sequence(), s.wrapping_add(1));
+                let step = p.timestamp().wrapping_sub(t);
+                assert!(step % 960 == 0 && step > 0, "uplink step {step}");
+            }
+            up_prev = Some((p.sequence(), p.timestamp()));
+            up_heard.extend_from_slice(relay_dec.decode(p.payload()).unwrap());
+        }
+        if let Some(len) = leg.poll_downlink(at, &mut out) {
+            let p = Packet::new_checked(&out[..len]).unwrap();
+            assert_eq!(p.payload_type(), pt);
+            assert_eq!(
+                p.payload().len(),
+                codec.payload_len(per_pkt),
+                "{codec:?} @ {ptime_ms} ms"
+            );
+            if let Some((s, t)) = down_prev {
+                assert_eq!(p.sequence(), s.wrapping_add(1));
+                assert_eq!(p.timestamp(), t.wrapping_add(ts_step), "phone clock");
+            }
+            down_prev = Some((p.sequence(), p.timestamp()));
+            let mut pcm = [0i16; 960];
+            let n = phone_dec.decode(p.payload(), &mut pcm);
+            down_heard.extend_from_slice(&pcm[..n]);
+        }
+        now += tick;
+    }
+    // Nearly all of the 1.2 s arrived each way (less the buffering delay).
+    assert!(
+        up_heard.len() >= 48 * 1000,
+        "{ptime_ms} ms: uplink {} samples",
+        up_heard.len()
+    );
+    let r = rate as usize;
+    assert!(
+        down_heard.len() >= r * 11 / 10,
+        "{ptime_ms} ms: downlink {}",
+        down_heard.len()
+    );
+    let up = tone_share(&up_heard[48 * 200..48 * 1000], 48_000, 1000.0);
+    assert!(
+        up > 0.8,
+        "{codec:?} @ {ptime_ms} ms: uplink 1 kHz is {up:.2} of the power"
+    );
+    let down = tone_share(&down_heard[r / 5..r], rate, 600.0);
+    assert!(
+        down > 0.8,
+        "{codec:?} @ {ptime_ms} ms: downlink 600 Hz is {down:.2} of the power"
+    );
+    let st = at_end.unwrap();
+    assert_eq!(
+        (st.uplink_concealed, st.downlink_lost),
+        (0, 0),
+        "{ptime_ms} ms: {st:?}"
+    );
+}
+
+#[test]
+fn phones_at_other_packet_times_are_repacketized_both_ways() {
+    for ptime in [10, 20, 30, 40, 60] {
+        repacketized_both_ways(PhoneCodec::Pcmu, 0, ptime);
+    }
+    repacketized_both_ways(PhoneCodec::G722, 9, 30);
+}
