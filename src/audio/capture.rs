@@ -15,7 +15,7 @@ use super::supervisor;
 use crate::telemetry::metrics::Counter;
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -34,6 +34,25 @@ pub struct CaptureShared {
     pub opens: Arc<Counter>,
     /// Set once a device was latched as clockless.
     pub clockless: AtomicBool,
+    /// The encoder asks to be woken once `delivered` reaches this count
+    /// (a whole frame is in the ring): the callback does not wake it for
+    /// every period of a frame. 0 wakes it after every callback.
+    pub wake_at: AtomicU64,
+}
+
+impl CaptureShared {
+    /// Fresh state that counts overruns and device openings into the
+    /// given counters.
+    pub fn new(overruns: Arc<Counter>, opens: Arc<Counter>) -> Self {
+        CaptureShared {
+            rate: AtomicU32::new(0),
+            delivered: AtomicU64::new(0),
+            overruns,
+            opens,
+            clockless: AtomicBool::new(false),
+            wake_at: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A running capture thread.
@@ -54,9 +73,11 @@ impl Drop for Capture {
 }
 
 /// Start capturing from `name` (default device when `None`) into `tx`,
-/// waking `encoder` after each callback.
+/// asking the device for callbacks every `period_ms`, and waking `encoder`
+/// when it has a whole frame ([`CaptureShared::wake_at`]).
 pub fn start(
     name: Option<String>,
+    period_ms: u32,
     tx: RingTx,
     encoder: Thread,
     new_rings: mpsc::Sender<RingRx>,
@@ -66,7 +87,7 @@ pub fn start(
     let stop2 = stop.clone();
     let thread = thread::Builder::new()
         .name("capture-ctl".into())
-        .spawn(move || supervise(name, tx, encoder, new_rings, shared, stop2))?;
+        .spawn(move || supervise(name, period_ms, tx, encoder, new_rings, shared, stop2))?;
     Ok(Capture {
         thread: Some(thread),
         stop,
@@ -75,6 +96,7 @@ pub fn start(
 
 fn supervise(
     name: Option<String>,
+    period_ms: u32,
     ring: RingTx,
     encoder: Thread,
     new_rings: mpsc::Sender<RingRx>,
@@ -98,7 +120,7 @@ fn supervise(
         Dir::Capture,
         label,
         ring,
-        10,
+        period_ms,
         move || progress_of.delivered.load(Relaxed),
         opens,
         stop,
@@ -178,12 +200,16 @@ where
             Err(_) => dropped += 1,
         });
         let end = shared_cb.delivered.load(Relaxed) + pushed;
-        shared_cb.delivered.store(end, Relaxed);
+        // SeqCst pairs with the encoder's store of `wake_at` and load of
+        // `delivered` before it parks: one of the two sides sees the other.
+        shared_cb.delivered.store(end, SeqCst);
         let _ = tx.marks.enqueue(Mark { end, at });
         if dropped > 0 {
             shared_cb.overruns.add(dropped);
         }
-        encoder.unpark();
+        if end >= shared_cb.wake_at.load(SeqCst) {
+            encoder.unpark();
+        }
         if clock.after(data.len() / channels.max(1)) {
             shared_cb.clockless.store(true, Relaxed);
         }

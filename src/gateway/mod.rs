@@ -127,6 +127,16 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
 }
 
 /// Run the gateway until `shutdown` resolves.
+/// The capture period asked of the device for Opus frames of `frame`:
+/// one callback per frame up to 20 ms, so the capture thread and the
+/// encoder each wake once per frame (a 10 ms period woke both twice per
+/// 20 ms frame for no gain in latency: the frame is only whole at its end).
+/// Longer frames keep 20 ms periods, which bound the device buffer (two
+/// periods) and so the audio lost when the capture thread is held up.
+fn capture_period_ms(frame: std::time::Duration) -> u32 {
+    (frame.as_millis() as u32).clamp(10, 20)
+}
+
 pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = p.cfg;
     let metrics = GatewayMetrics::new();
@@ -147,13 +157,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     // Uplink: capture → encoder thread.
     let (cap_tx, cap_rx) = ring::ring();
     let (cap_rings_tx, cap_rings_rx) = std::sync::mpsc::channel();
-    let cap_shared = Arc::new(CaptureShared {
-        rate: AtomicU32::new(0),
-        delivered: AtomicU64::new(0),
-        overruns: metrics.capture_overruns.clone(),
-        opens: metrics.capture_opens.clone(),
-        clockless: AtomicBool::new(false),
-    });
+    let cap_shared = Arc::new(CaptureShared::new(
+        metrics.capture_overruns.clone(),
+        metrics.capture_opens.clone(),
+    ));
     let up = uplink::Uplink {
         rx: cap_rx,
         new_rings: cap_rings_rx,
@@ -178,6 +185,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         })?;
     let capture = capture::start(
         cfg.capture.device.clone(),
+        capture_period_ms(cfg.codec.frame),
         cap_tx,
         encoder.thread().clone(),
         cap_rings_tx,

@@ -15,7 +15,7 @@ use crate::codec::OpusEncoder;
 use crate::media::sender::RtpSender;
 use crate::transport::client::ConnSlot;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 use tracing::{error, warn};
@@ -71,6 +71,9 @@ impl Uplink {
             if let Ok(rx) = self.new_rings.try_recv() {
                 self.rx = rx;
             }
+            // Everything delivered up to here is in the ring, so once it
+            // is drained, `delivered_before` samples have been consumed.
+            let delivered_before = self.capture.delivered.load(SeqCst);
             let mut any = false;
             while let Some(v) = self.rx.samples.dequeue() {
                 any = true;
@@ -118,7 +121,25 @@ impl Uplink {
                     }
                 }
             }
-            if !any {
+            // Ask to be woken when the rest of the frame has arrived, in
+            // device samples, rounded down by an eighth (early is only a
+            // spurious wake-up, late would delay the frame by a period).
+            // No device yet (rate 0): woken by every callback.
+            let need = (n - frame.len().min(n)) as u64 * u64::from(rate) / u64::from(PIPELINE_RATE);
+            let wake_at = if need == 0 {
+                0
+            } else {
+                delivered_before + need - need / 8
+            };
+            self.capture.wake_at.store(wake_at, SeqCst);
+            // Park unless the frame completed meanwhile (the callback either
+            // sees this `wake_at` and unparks us, or we see its `delivered`).
+            let ready = if wake_at == 0 {
+                any
+            } else {
+                self.capture.delivered.load(SeqCst) >= wake_at
+            };
+            if !ready {
                 thread::park_timeout(Duration::from_millis(50));
             }
         }
