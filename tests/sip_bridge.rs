@@ -14,7 +14,7 @@ mod common;
 
 use common::audio_env::{score, speech_fixture};
 use common::lab::Lab;
-use common::sip::{Baresip, SipGateway, sipp, wait_child};
+use common::sip::{Baresip, SipGateway, sipp, sipp_auth, wait_child};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
@@ -156,14 +156,16 @@ fn register(
     ip: &str,
     name: &str,
 ) -> bool {
-    let scenario = REGISTER.replace("RESPONSE", &expect.to_string());
+    let scenario = REGISTER
+        .replace("RESPONSE", &expect.to_string())
+        .replace("[authentication]", &sipp_auth(ext, password));
     let target = format!("127.0.0.1:{}", gw.sip_port);
     let out = sipp(
         dir,
         name,
         &scenario,
         &target,
-        &["-s", ext, "-au", ext, "-ap", password, "-i", ip],
+        &["-s", ext, "-i", ip],
         Duration::from_secs(20),
     );
     out.status.success()

@@ -11,7 +11,7 @@ mod common;
 use common::audio_env::{score, speech_fixture};
 use common::lab::{Lab, opusdec, wait_for};
 use common::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
-use common::sip::{SipGateway, sipp_spawn, sipp_with, sipp37, wait_child};
+use common::sip::{SipGateway, sipp_auth, sipp_spawn, sipp_with, sipp37, wait_child};
 use std::time::Duration;
 
 const TEXT: &str =
@@ -48,7 +48,7 @@ To: <sip:[service]@[remote_ip]>
 Call-ID: [call_id]
 CSeq: 2 REGISTER
 Contact: <sip:[service]@[local_ip]:[local_port]>
-[authentication]
+SIPP_AUTH
 Max-Forwards: 70
 Expires: 300
 Content-Length: 0
@@ -57,6 +57,13 @@ Content-Length: 0
   <recv response="RESPONSE"/>
 </scenario>
 "#;
+
+/// The REGISTER scenario for `ext` expecting `expect` to the authenticated request.
+fn register_scenario(ext: &str, password: &str, expect: u16) -> String {
+    REGISTER
+        .replace("RESPONSE", &expect.to_string())
+        .replace("SIPP_AUTH", &sipp_auth(ext, password))
+}
 
 /// Run the REGISTER scenario with SIPp 3.7.3; returns whether it ended as
 /// expected, and the authorization it sent (from the message trace).
@@ -68,7 +75,7 @@ fn register(
     expect: u16,
     name: &str,
 ) -> (bool, String) {
-    let scenario = REGISTER.replace("RESPONSE", &expect.to_string());
+    let scenario = register_scenario(ext, password, expect);
     let target = format!("127.0.0.1:{}", gw.sip_port);
     let msgs = dir.join(format!("{name}-messages.log"));
     let logs = dir.join(format!("{name}-logs.log"));
@@ -81,10 +88,6 @@ fn register(
         &[
             "-s",
             ext,
-            "-au",
-            ext,
-            "-ap",
-            password,
             "-trace_msg",
             "-message_file",
             msgs.to_str().unwrap(),
@@ -299,11 +302,16 @@ fn sipp_call(
     let logs = dir.join(format!("{name}-logs.log"));
     // The digest uri must be the Request-URI (SIPp's default leaves out the user).
     let auth_uri = format!("{dialled}@127.0.0.1:{}", gw.sip_port);
+    assert!(
+        scenario.contains("[authentication]"),
+        "{name}: no [authentication]"
+    );
+    let scenario = scenario.replace("[authentication]", &sipp_auth(ext, password));
     let out = sipp_with(
         &sipp37(),
         dir,
         name,
-        scenario,
+        &scenario,
         &format!("127.0.0.1:{}", gw.sip_port),
         &[
             "-timeout",
@@ -312,10 +320,6 @@ fn sipp_call(
             &auth_uri,
             "-s",
             dialled,
-            "-au",
-            ext,
-            "-ap",
-            password,
             "-mi",
             "127.0.0.1",
             "-mp",
@@ -488,15 +492,16 @@ Content-Length: 0
 
 /// REGISTER `ext` from SIP port `port` (where its callee scenario answers later).
 fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
-    let scenario = REGISTER.replace("RESPONSE", "200");
+    let scenario = register_scenario(ext, password, 200);
     let port = port.to_string();
+    let name = format!("register-{ext}");
     let out = sipp_with(
         &sipp37(),
         dir,
-        &format!("register-{ext}"),
+        &name,
         &scenario,
         &format!("127.0.0.1:{}", gw.sip_port),
-        &["-s", ext, "-au", ext, "-ap", password, "-p", &port],
+        &["-s", ext, "-p", &port],
         Duration::from_secs(20),
     );
     assert!(

@@ -242,6 +242,16 @@ pub fn sipp37() -> PathBuf {
     p
 }
 
+/// The `[authentication]` keyword of a sipp scenario with the phone's
+/// digest credentials written into it, so that the password never appears
+/// in sipp's argv (`-au`/`-ap`), where any local user could read it in
+/// /proc. The scenario file is written mode 0600 ([`sipp_with`]).
+/// (SIPp 3.6 and 3.7 do not expand injection fields inside this keyword,
+/// so an `-inf` file cannot carry them.)
+pub fn sipp_auth(user: &str, password: &str) -> String {
+    format!("[authentication username={user} password={password}]")
+}
+
 /// [`sipp`] with a given sipp binary.
 pub fn sipp_with(
     sipp: &Path,
@@ -285,8 +295,24 @@ fn sipp_command(
     args: &[&str],
     limit: Duration,
 ) -> Command {
+    assert!(
+        !args.contains(&"-ap"),
+        "{name}: a password in sipp's argv; put it in the scenario with sipp_auth"
+    );
     let file = dir.join(format!("{name}.xml"));
-    std::fs::write(&file, scenario).unwrap();
+    // Owner-only: a scenario may hold a test phone's credentials (sipp_auth).
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(scenario.as_bytes()))
+            .unwrap();
+    }
     let mut c = Command::new("timeout");
     c.arg(limit.as_secs().to_string())
         .arg(sipp)
