@@ -1272,11 +1272,20 @@ fn run_peer(
     fx: &Fixture,
     scratch: &Path,
 ) -> Result<(PeerRuns, Vec<String>), String> {
+    run_peer_reps(build, fx, scratch, PEER_REPS)
+}
+
+fn run_peer_reps(
+    build: &dyn Fn(&Path, u16) -> Vec<String>,
+    fx: &Fixture,
+    scratch: &Path,
+    reps: usize,
+) -> Result<(PeerRuns, Vec<String>), String> {
     let sink = UdpSink::new();
     let mut long = Vec::new();
     let mut short = Vec::new();
     let before = sink.count();
-    for _ in 0..PEER_REPS {
+    for _ in 0..reps {
         long.push(timed(
             &build(&fx.wav, sink.port),
             scratch,
@@ -1284,8 +1293,8 @@ fn run_peer(
         )?);
     }
     std::thread::sleep(Duration::from_millis(200));
-    let sent = (sink.count() - before) as f64 / PEER_REPS as f64;
-    for _ in 0..PEER_REPS {
+    let sent = (sink.count() - before) as f64 / reps as f64;
+    for _ in 0..reps {
         short.push(timed(
             &build(&fx.short_wav, sink.port),
             scratch,
@@ -1685,6 +1694,38 @@ fn main() {
             list.push(pj);
         }
         j.set("peers", J::A(list));
+        // The same peers paced to real time (GStreamer's udpsink clock,
+        // ffmpeg -re), as the gateway is: once each, whole file and short
+        // clip. Their ratio to the flat-out opusenc shows what pacing alone
+        // costs on this machine (caches and CPU state lost between frames).
+        let paced: [(&str, Build); 2] = [
+            (
+                "gst-launch (sync=true)",
+                Box::new(move |w: &Path, p: u16| gst_cmd(&c, w, p, true)),
+            ),
+            (
+                "ffmpeg -re",
+                Box::new(move |w: &Path, p: u16| ffmpeg_cmd(&c, w, p, true)),
+            ),
+        ];
+        let mut list = Vec::new();
+        for (name, b) in paced.iter() {
+            let mut pj = match run_peer_reps(b.as_ref(), &fx, &scratch, 1) {
+                Ok((r, cmd)) => peer_json(name, &deb_opus, &cmd, &r, &fx),
+                Err(e) => {
+                    let mut o = J::obj();
+                    o.set("name", *name).set("error", e);
+                    o
+                }
+            };
+            for k in ["per_audio_s_total", "per_audio_s_marginal"] {
+                if let (Some(p), Some(b)) = (pj.num(k), base_j.num(k)) {
+                    pj.set(&k.replace("per_audio_s", "ratio"), p / b);
+                }
+            }
+            list.push(pj);
+        }
+        j.set("real_time", J::A(list));
         j
     });
 
