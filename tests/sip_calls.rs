@@ -75,6 +75,19 @@ fn register(
     expect: u16,
     name: &str,
 ) -> (bool, String) {
+    register_over("u1", dir, gw, ext, password, expect, name)
+}
+
+/// [`register`] with SIPp's transport mode (`u1` or `t1`).
+fn register_over(
+    transport: &str,
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    ext: &str,
+    password: &str,
+    expect: u16,
+    name: &str,
+) -> (bool, String) {
     let scenario = register_scenario(ext, password, expect);
     let target = format!("127.0.0.1:{}", gw.sip_port);
     let msgs = dir.join(format!("{name}-messages.log"));
@@ -86,6 +99,8 @@ fn register(
         &scenario,
         &target,
         &[
+            "-t",
+            transport,
             "-s",
             ext,
             "-trace_msg",
@@ -297,6 +312,22 @@ fn sipp_call(
     ext: &str,
     password: &str,
 ) -> (std::process::Output, String) {
+    sipp_call_over("u1", dir, gw, name, scenario, dialled, ext, password)
+}
+
+/// [`sipp_call`] with SIPp's transport mode (`u1`: UDP, `t1`: one TCP
+/// connection).
+#[allow(clippy::too_many_arguments)]
+fn sipp_call_over(
+    transport: &str,
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    name: &str,
+    scenario: &str,
+    dialled: &str,
+    ext: &str,
+    password: &str,
+) -> (std::process::Output, String) {
     let (media, _) = common::sip::free_rtp_range(2);
     let msgs = dir.join(format!("{name}-messages.log"));
     let logs = dir.join(format!("{name}-logs.log"));
@@ -314,6 +345,8 @@ fn sipp_call(
         &scenario,
         &format!("127.0.0.1:{}", gw.sip_port),
         &[
+            "-t",
+            transport,
             "-timeout",
             "30s",
             "-auth_uri",
@@ -375,17 +408,39 @@ fn sipp_plays_pcmu_speech_from_a_pcap_into_the_recording_service() {
 /// A phone that packs 30 ms per packet (a=ptime:30; Opus has no 30 ms
 /// frame): the box repacketizes it into 20 ms Opus frames.
 #[test]
+fn a_tcp_phone_registers_and_calls_with_its_signalling_over_tcp() {
+    pcap_speech_to_901_over("t1", 20);
+}
+
+#[test]
 fn a_phone_at_30_ms_packets_is_repacketized_into_the_recording() {
     pcap_speech_to_901(30);
 }
 
 /// A phone at `ptime` ms sends speech from a pcap to 901; the relay's recording is scored.
 fn pcap_speech_to_901(ptime: u32) {
-    let lab = Lab::new(&format!("sip-pcap{ptime}"), "mode = \"none\"");
+    pcap_speech_to_901_over("u1", ptime)
+}
+
+/// The phone's signalling goes over `transport` (SIPp's `u1` or `t1`);
+/// RTP is UDP either way.
+fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
+    let lab = Lab::new(&format!("sip-pcap{ptime}-{transport}"), "mode = \"none\"");
     let relay = lab.start_relay();
     let mut gw = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
     let pw = gw.add_phone("201");
     gw.start(&lab);
+    if transport != "u1" {
+        // Registered over the same transport first, as a TCP desk phone does.
+        let (ok, trace) = register_over(transport, &lab.dir, &gw, "201", &pw, 200, "reg-tcp");
+        assert!(
+            ok,
+            "REGISTER over {transport}:\n{trace}\ngateway:\n{}",
+            gw.log()
+        );
+        assert!(trace.contains("SIP/2.0/TCP"), "not over TCP:\n{trace}");
+        gw.wait_registered(1.0);
+    }
     let speech = speech_fixture(&lab.dir, TEXT).with_extension("wav");
     let ulaw = ulaw_of(&speech, &lab.dir);
     let mut packets = Vec::new();
@@ -397,10 +452,12 @@ fn pcap_speech_to_901(ptime: u32) {
     write_pcap(&pcap, &packets);
     let play_ms = s.at.as_millis() as u64 + 500;
     let scenario = call_scenario("201", &pcap, play_ms, ptime, false, CALLER_BYE);
-    let (out, trace) = sipp_call(&lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw);
+    let (out, trace) = sipp_call_over(
+        transport, &lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw,
+    );
     assert!(
         out.status.success(),
-        "sipp call to 901: {}\n{}\n{trace}\ngateway:\n{}",
+        "sipp call to 901 over {transport}: {}\n{}\n{trace}\ngateway:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
         gw.log()
@@ -411,7 +468,7 @@ fn pcap_speech_to_901(ptime: u32) {
     let wav = opusdec(&rec);
     let sc = score(&speech, &wav);
     println!(
-        "sipp pcap PCMU ptime {ptime} -> gateway -> Opus 8 kHz -> relay 901 recording: PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s",
+        "sipp ({transport}) pcap PCMU ptime {ptime} -> gateway -> Opus 8 kHz -> relay 901 recording: PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s",
         sc.pesq_nb, sc.pesq_wb, sc.stoi, sc.overlap_s, sc.ref_duration_s
     );
     assert!(sc.overlap_s > sc.ref_duration_s * 0.9, "{sc:?}");
