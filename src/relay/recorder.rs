@@ -24,11 +24,15 @@
 //!   spliced directly after the written audio without filling ("resync").
 //!   Remainders of a gap shorter than 2.5 ms cannot be expressed in Opus and
 //!   are dropped.
-//! - The recorder ends a page after 50 packets or 1 s of audio and flushes
-//!   the writer right after, so a crash loses about a second. (Pages that
-//!   the `ogg` crate splits on its own at 255 lacing values are flushed
-//!   with the next page the recorder ends.) The newest packet
-//!   is always held back so that `finish` can put it on the end-of-stream page.
+//! - The recorder ends a page after 50 packets or 1 s of audio (or earlier
+//!   when the next packet would not fit the page's 255 lacing values) and
+//!   writes it in one `write_all`, then flushes the writer, so a crash
+//!   loses about a second. Packets are never split across pages
+//!   ([`page::PageWriter`]). The newest packet is always held back so that
+//!   `finish` can put it on the end-of-stream page.
+//! - Cost per packet: one copy into a reused buffer of the reorder window
+//!   and one into the page; no allocation in the steady state (buffers of
+//!   written packets are reused), one checksum pass per page.
 //! - Memory is bounded (window, one held packet, one page of data), there is
 //!   no `unsafe`, and no input makes it panic. After an I/O error the stream
 //!   state is unknown and every later call returns [`RecordError::Poisoned`].
@@ -36,7 +40,8 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
-use ogg::{PacketWriteEndInfo, PacketWriter};
+pub mod page;
+use page::PageWriter;
 
 use crate::codec::opus_packet::{
     MAX_PACKET_BYTES, frame_samples, lost_frame_packet, lost_frame_packet_of, packet_samples,
@@ -59,6 +64,8 @@ const CONFIRM_SEQ_DISTANCE: u16 = 16;
 const PAGE_MAX_PACKETS: u32 = 50;
 const PAGE_MAX_SAMPLES: u64 = 48_000;
 const RECENT_WRITTEN: usize = 64;
+/// Packet buffers kept for reuse (window, held packet, headroom).
+const SPARE_BUFFERS: usize = REORDER_PACKETS + 4;
 /// CELT fullband 20 ms, used for the single lost frame of an empty recording.
 const EMPTY_STREAM_TOC: u8 = 31 << 3;
 
@@ -139,8 +146,9 @@ struct Candidate {
 /// the held-back packet and the unfinished page; the pages already written
 /// stay playable, without an end-of-stream flag (as after a crash).
 pub struct OggOpusRecorder<W: Write> {
-    ogg: PacketWriter<'static, W>,
-    serial: u32,
+    ogg: PageWriter<W>,
+    /// Buffers of written packets, reused for new ones.
+    spare: Vec<Vec<u8>>,
     window: VecDeque<Pending>,
     /// RTP timestamp and extended timeline position of the newest packet.
     /// Extended positions move by at most ~5 minutes per push, so `i64`
@@ -152,7 +160,6 @@ pub struct OggOpusRecorder<W: Write> {
     recent: VecDeque<i64>,
     held: Option<(Vec<u8>, u32)>,
     granule: u64,
-    page_packets: u32,
     page_samples: u64,
     last_toc: Option<u8>,
     stats: RecordStats,
@@ -179,13 +186,15 @@ impl<W: Write> OggOpusRecorder<W> {
         tags.extend(1u32.to_le_bytes());
         tags.extend((comment.len() as u32).to_le_bytes());
         tags.extend(comment);
-        let mut ogg = PacketWriter::new(writer);
-        ogg.write_packet(head, serial, PacketWriteEndInfo::EndPage, 0)?;
-        ogg.write_packet(tags, serial, PacketWriteEndInfo::EndPage, 0)?;
-        ogg.inner_mut().flush()?;
+        let mut ogg = PageWriter::new(writer, serial);
+        ogg.packet(&head, 0)?;
+        ogg.end_page(false)?;
+        ogg.packet(&tags, 0)?;
+        ogg.end_page(false)?;
+        ogg.flush()?;
         Ok(Self {
             ogg,
-            serial,
+            spare: Vec::with_capacity(SPARE_BUFFERS),
             window: VecDeque::with_capacity(REORDER_PACKETS + 1),
             anchor: None,
             candidate: None,
@@ -193,7 +202,6 @@ impl<W: Write> OggOpusRecorder<W> {
             recent: VecDeque::with_capacity(RECENT_WRITTEN),
             held: None,
             granule: 0,
-            page_packets: 0,
             page_samples: 0,
             last_toc: None,
             stats: RecordStats::default(),
@@ -247,11 +255,10 @@ impl<W: Write> OggOpusRecorder<W> {
         match self.held.take() {
             Some((packet, samples)) => self.write_packet(packet, samples, true)?,
             None => {
-                let end = PacketWriteEndInfo::EndStream;
-                let packet = lost_frame_packet(EMPTY_STREAM_TOC).to_vec();
-                self.ogg
-                    .write_packet(packet, self.serial, end, u64::from(PRE_SKIP))?;
-                self.ogg.inner_mut().flush()?;
+                let packet = lost_frame_packet(EMPTY_STREAM_TOC);
+                self.ogg.packet(&packet, u64::from(PRE_SKIP))?;
+                self.ogg.end_page(true)?;
+                self.ogg.flush()?;
             }
         }
         Ok(self.stats)
@@ -339,7 +346,7 @@ impl<W: Write> OggOpusRecorder<W> {
             self.stats.duplicates += 1;
             return Ok(PushOutcome::Duplicate);
         }
-        let payload = payload.to_vec();
+        let payload = self.buffer(payload);
         self.window.insert(
             pos,
             Pending {
@@ -395,13 +402,17 @@ impl<W: Write> OggOpusRecorder<W> {
     /// Writes lost frames covering `gap` samples: frames of the template's
     /// size first, then smaller or larger sizes for any remainder.
     fn fill(&mut self, mut gap: u64, template: u8) -> Result<(), RecordError> {
+        if gap == 0 {
+            return Ok(()); // the common case: no packet missing
+        }
         let sizes = [frame_samples(template), 2880, 1920, 960, 480, 240, 120];
         for size in sizes {
             let Some(packet) = lost_frame_packet_of(template, size) else {
                 continue;
             };
             while gap >= u64::from(size) {
-                self.write_audio(packet.to_vec(), size)?;
+                let packet = self.buffer(&packet);
+                self.write_audio(packet, size)?;
                 self.stats.gap_frames_filled += 1;
                 gap -= u64::from(size);
             }
@@ -425,23 +436,36 @@ impl<W: Write> OggOpusRecorder<W> {
         last: bool,
     ) -> Result<(), RecordError> {
         self.granule += u64::from(samples);
-        self.page_packets += 1;
+        self.ogg.packet(&packet, self.granule)?;
+        self.recycle(packet);
+        if self.ogg.page_packets() == 1 {
+            self.page_samples = 0; // a new page (possibly started by the writer when full)
+        }
         self.page_samples += u64::from(samples);
-        let end = if last {
-            PacketWriteEndInfo::EndStream
-        } else if self.page_packets >= PAGE_MAX_PACKETS || self.page_samples >= PAGE_MAX_SAMPLES {
-            PacketWriteEndInfo::EndPage
-        } else {
-            PacketWriteEndInfo::NormalPacket
-        };
-        self.ogg
-            .write_packet(packet, self.serial, end, self.granule)?;
-        if end != PacketWriteEndInfo::NormalPacket {
-            self.page_packets = 0;
+        if last
+            || self.ogg.page_packets() >= PAGE_MAX_PACKETS
+            || self.page_samples >= PAGE_MAX_SAMPLES
+        {
+            self.ogg.end_page(last)?;
             self.page_samples = 0;
-            self.ogg.inner_mut().flush()?;
+            self.ogg.flush()?;
         }
         Ok(())
+    }
+
+    /// `bytes` in a reused buffer.
+    fn buffer(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(bytes);
+        b
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        // Large buffers (rare big packets) are not kept.
+        if self.spare.len() < SPARE_BUFFERS && b.capacity() <= 4096 {
+            self.spare.push(b);
+        }
     }
 }
 

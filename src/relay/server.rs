@@ -2,10 +2,17 @@
 //! every uplink flow to Ogg Opus, sends audio down (echo or a file), and
 //! carries calls between phones through the call plane ([`super::calls`]).
 //!
-//! One task per device connection. Datagrams and control frames are handled
-//! in the same task, so a flow's state needs no lock. Bad datagrams and bad
-//! control messages are counted and logged at debug level; a bad control
-//! message is answered with an error and ends that session only.
+//! Two tasks per device connection: the datagram path ([`media`]: read a
+//! datagram, record, forward or echo it) and the control path (control
+//! stream, call signals, once-a-second stats). Each waits on its own
+//! sources only: a datagram wakes the media task alone, which polls nothing
+//! but the connection's datagram queue (a task waiting on all of them in
+//! one `select!` polled the control stream, the call inbox and the stats
+//! timer again for every datagram). The flows they share sit behind a
+//! mutex that neither holds across an `.await` (so on one thread it is
+//! never contended). Bad datagrams and bad control messages are counted and
+//! logged at debug level; a bad control message is answered with an error
+//! and ends that session only.
 
 use super::calls::Forwarded;
 use super::metrics::RelayMetrics;
@@ -27,8 +34,8 @@ use std::fs::File;
 use std::future::Future;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -156,6 +163,114 @@ fn record_call(
     }
 }
 
+/// What the two tasks of a session share: its uplink flows and the
+/// recordings of its calls to the recording service.
+#[derive(Default)]
+struct Flows {
+    up: UpFlows,
+    calls: HashMap<u64, UpFlow>,
+    /// Whether the downlink flow was announced (echo starts after it).
+    down_open: bool,
+}
+
+/// A session's uplink flows (at most [`MAX_FLOWS`]), looked up by a scan:
+/// cheaper than hashing the flow id for every datagram.
+#[derive(Default)]
+struct UpFlows(Vec<(u64, UpFlow)>);
+
+impl UpFlows {
+    fn get_mut(&mut self, flow: u64) -> Option<&mut UpFlow> {
+        self.0.iter_mut().find(|(id, _)| *id == flow).map(|(_, f)| f)
+    }
+    fn contains(&self, flow: u64) -> bool {
+        self.0.iter().any(|(id, _)| *id == flow)
+    }
+    /// Adds or replaces `flow`; returns the replaced one.
+    fn insert(&mut self, flow: u64, f: UpFlow) -> Option<UpFlow> {
+        match self.get_mut(flow) {
+            Some(old) => Some(std::mem::replace(old, f)),
+            None => {
+                self.0.push((flow, f));
+                None
+            }
+        }
+    }
+    fn remove(&mut self, flow: u64) -> Option<UpFlow> {
+        let i = self.0.iter().position(|(id, _)| *id == flow)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+/// The flows, locked (a poisoned lock is taken over: the flows are plain
+/// data, still consistent after a panic elsewhere).
+fn lock(flows: &Mutex<Flows>) -> std::sync::MutexGuard<'_, Flows> {
+    flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The datagram path of one session, until the connection ends.
+async fn media(
+    conn: quinn::Connection,
+    ctx: Arc<RelayCtx>,
+    device: Arc<str>,
+    session: u64,
+    flows: Arc<Mutex<Flows>>,
+    down_ssrc: u32,
+) {
+    let origin = Instant::now();
+    let echo = matches!(ctx.downlink, Downlink::Echo);
+    let mut out = [0u8; 1500];
+    while let Ok(d) = conn.read_datagram().await {
+        ctx.metrics.datagrams.inc();
+        let Ok((flow_id, pkt)) = flow::decode(&d) else {
+            ctx.metrics.malformed.inc();
+            debug!(device = %device, len = d.len(), "malformed datagram dropped");
+            continue;
+        };
+        let mut guard = lock(&flows);
+        let fl = &mut *guard;
+        let Some(f) = fl.up.get_mut(flow_id).filter(|f| f.ssrc == pkt.ssrc()) else {
+            match ctx.calls.forward(session, flow_id, &pkt, &mut out) {
+                Forwarded::Sent | Forwarded::Dropped => {}
+                Forwarded::Record => record_call(
+                    &ctx.recordings,
+                    &device,
+                    session,
+                    flow_id,
+                    &pkt,
+                    &mut fl.calls,
+                    &ctx.metrics,
+                ),
+                Forwarded::NoRoute => ctx.metrics.unknown_flow.inc(),
+            }
+            continue;
+        };
+        f.stats
+            .update(origin.elapsed(), pkt.sequence(), pkt.timestamp());
+        if let Some(rec) = f.recorder.as_mut() {
+            match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
+                Ok(_) => ctx.metrics.recorded.inc(),
+                Err(e) => {
+                    warn!(device = %device, path = %f.path.display(), error = %e, "recording stopped");
+                    f.recorder = None;
+                }
+            }
+        }
+        if echo && fl.down_open {
+            let repr = Repr {
+                ssrc: down_ssrc,
+                ..Repr::parse(&pkt)
+            };
+            if let Some(n) = flow::encode(DOWNLINK_FLOW, &repr, pkt.payload(), &mut out)
+                && conn
+                    .send_datagram(bytes::Bytes::copy_from_slice(&out[..n]))
+                    .is_ok()
+            {
+                ctx.metrics.sent_down.inc();
+            }
+        }
+    }
+}
+
 async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -217,7 +332,7 @@ fn peer_device(conn: &quinn::Connection) -> Option<String> {
 
 async fn run_session(
     conn: &quinn::Connection,
-    ctx: &RelayCtx,
+    ctx: &Arc<RelayCtx>,
     device: &str,
     session: u64,
 ) -> Result<(), String> {
@@ -284,23 +399,19 @@ async fn run_session(
 #[allow(clippy::too_many_arguments)]
 async fn session_loop(
     conn: &quinn::Connection,
-    ctx: &RelayCtx,
+    ctx: &Arc<RelayCtx>,
     device: &str,
     session: u64,
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
     inbox: &mut tokio::sync::mpsc::Receiver<super::switch::Signal>,
 ) -> Result<(), String> {
-    let mut call_recs: HashMap<u64, UpFlow> = HashMap::new();
-
-    let origin = Instant::now();
+    let flows = Arc::new(Mutex::new(Flows::default()));
     let down_ssrc = fastrand::u32(..);
-    let mut flows: HashMap<u64, UpFlow> = HashMap::new();
-    let mut down_open = false;
     let mut player = None;
     if let Downlink::Packets(p) = &ctx.downlink {
         open_down(send, down_ssrc, 20).await?;
-        down_open = true;
+        lock(&flows).down_open = true;
         player = Some(tokio::spawn(play(
             conn.clone(),
             p.clone(),
@@ -308,78 +419,115 @@ async fn session_loop(
             ctx.metrics.clone(),
         )));
     }
+    let mut datagrams = Some(tokio::spawn(media(
+        conn.clone(),
+        ctx.clone(),
+        Arc::from(device),
+        session,
+        flows.clone(),
+        down_ssrc,
+    )));
+    let result = control_loop(
+        conn,
+        ctx,
+        device,
+        session,
+        send,
+        reader,
+        inbox,
+        &flows,
+        down_ssrc,
+        &mut datagrams,
+    )
+    .await;
+    if let Some(p) = player {
+        p.abort();
+    }
+    // The media task ends with the connection; after a protocol error the
+    // connection is still up, so it is stopped here (it holds the flows'
+    // lock only between awaits, so they are whole).
+    if let Some(d) = datagrams {
+        d.abort();
+        let _ = d.await;
+    }
+    let mut fl = lock(&flows);
+    let fl = &mut *fl;
+    for (_, f) in fl.up.0.drain(..).chain(fl.calls.drain()) {
+        close_flow(device, f, &ctx.metrics);
+    }
+    result
+}
+
+/// Closes the call recordings whose routes are gone.
+fn close_unrouted_calls(ctx: &RelayCtx, device: &str, session: u64, flows: &Mutex<Flows>) {
+    lock(flows).calls.retain(|&flow, f| {
+        let keep = ctx.calls.routed(session, flow);
+        if !keep {
+            close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx.metrics);
+        }
+        keep
+    });
+}
+
+/// The control path: control messages, call signals and stats, until the
+/// connection ends (`Ok`) or the device breaks the protocol (`Err`).
+#[allow(clippy::too_many_arguments)]
+async fn control_loop(
+    conn: &quinn::Connection,
+    ctx: &RelayCtx,
+    device: &str,
+    session: u64,
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader,
+    inbox: &mut tokio::sync::mpsc::Receiver<super::switch::Signal>,
+    flows: &Mutex<Flows>,
+    down_ssrc: u32,
+    datagrams: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), String> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_renewal: Option<Instant> = None;
-    let mut out = [0u8; 1500];
-    // The control stream's read lives across loop turns: re-created on
-    // every turn, it would look into quinn's stream state again for every
-    // datagram (which wake the task fifty times a second per flow).
+    // The control stream's read lives across loop turns (re-created on
+    // every turn, it would look into quinn's stream state again each time).
     let mut ctrl = std::pin::pin!(next_control(reader));
-    let result = loop {
+    loop {
         tokio::select! {
-            d = conn.read_datagram() => {
-                let Ok(d) = d else { break Ok(()) };
-                ctx.metrics.datagrams.inc();
-                let Ok((flow_id, pkt)) = flow::decode(&d) else {
-                    ctx.metrics.malformed.inc();
-                    debug!(%device, len = d.len(), "malformed datagram dropped");
-                    continue;
-                };
-                let Some(f) = flows.get_mut(&flow_id).filter(|f| f.ssrc == pkt.ssrc()) else {
-                    match ctx.calls.forward(session, flow_id, &pkt, &mut out) {
-                        Forwarded::Sent | Forwarded::Dropped => {}
-                        Forwarded::Record => record_call(&ctx.recordings, device, session, flow_id, &pkt, &mut call_recs, &ctx.metrics),
-                        Forwarded::NoRoute => ctx.metrics.unknown_flow.inc(),
-                    }
-                    continue;
-                };
-                f.stats.update(origin.elapsed(), pkt.sequence(), pkt.timestamp());
-                if let Some(rec) = f.recorder.as_mut() {
-                    match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
-                        Ok(_) => ctx.metrics.recorded.inc(),
-                        Err(e) => {
-                            warn!(%device, path = %f.path.display(), error = %e, "recording stopped");
-                            f.recorder = None;
-                        }
-                    }
-                }
-                if matches!(ctx.downlink, Downlink::Echo) && down_open {
-                    let repr = Repr { ssrc: down_ssrc, ..Repr::parse(&pkt) };
-                    if let Some(n) = flow::encode(DOWNLINK_FLOW, &repr, pkt.payload(), &mut out)
-                        && conn.send_datagram(bytes::Bytes::copy_from_slice(&out[..n])).is_ok()
-                    {
-                        ctx.metrics.sent_down.inc();
-                    }
+            // The media task ends when the connection does.
+            _ = async { datagrams.as_mut().expect("guarded").await }, if datagrams.is_some() => {
+                *datagrams = None;
+                if conn.close_reason().is_some() {
+                    return Ok(());
                 }
             }
             (rd, r) = &mut ctrl => { ctrl.set(next_control(rd)); match r {
                 Ok(Owned::FlowOpen { flow, ssrc, frame_ms }) => {
-                    if flows.len() >= MAX_FLOWS && !flows.contains_key(&flow) {
+                    let full = {
+                        let fl = lock(flows);
+                        fl.up.0.len() >= MAX_FLOWS && !fl.up.contains(flow)
+                    };
+                    if full {
                         ctx.metrics.control_errors.inc();
                         let _ = refuse(send, "too_many_flows", "flow limit reached").await;
                         continue;
                     }
                     let path = recording_path(&ctx.recordings, device, session, flow);
                     let recorder = open_recorder(&path, ssrc);
-                    if let Some(old) = flows.insert(flow, UpFlow { ssrc, stats: ReceiveStats::default(), recorder, path: path.clone() }) {
+                    let old = lock(flows).up.insert(flow, UpFlow { ssrc, stats: ReceiveStats::default(), recorder, path: path.clone() });
+                    if let Some(old) = old {
                         close_flow(device, old, &ctx.metrics);
                     }
                     info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
-                    if matches!(ctx.downlink, Downlink::Echo) && !down_open {
+                    if matches!(ctx.downlink, Downlink::Echo) && !lock(flows).down_open {
                         open_down(send, down_ssrc, frame_ms).await?;
-                        down_open = true;
+                        lock(flows).down_open = true;
                     }
                 }
                 Ok(Owned::FlowClose(flow)) => {
-                    if let Some(f) = flows.remove(&flow) { close_flow(device, f, &ctx.metrics); }
+                    let f = lock(flows).up.remove(flow);
+                    if let Some(f) = f { close_flow(device, f, &ctx.metrics); }
                 }
                 Ok(Owned::Call(m)) => {
                     ctx.calls.handle(session, m);
-                    call_recs.retain(|&flow, f| {
-                        let keep = ctx.calls.routed(session, flow);
-                        if !keep { close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx.metrics); }
-                        keep
-                    });
+                    close_unrouted_calls(ctx, device, session, flows);
                 }
                 Ok(Owned::Ping(id)) => {
                     framed::send(send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
@@ -412,40 +560,34 @@ async fn session_loop(
                     ctx.metrics.control_errors.inc();
                     let text = e.to_string();
                     refuse_last(send, "bad_message", &text).await;
-                    break Err(format!("bad control message: {text}"));
+                    return Err(format!("bad control message: {text}"));
                 }
-                Err(e) => break Err(e.to_string()),
+                // The connection ended (the device left, timed out or was
+                // revoked): a normal end of the session.
+                Err(_) if conn.close_reason().is_some() => return Ok(()),
+                Err(e) => return Err(e.to_string()),
             }},
             Some(sig) = inbox.recv() => {
                 let mut digit = [0u8; 4];
                 framed::send(send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
                 // A call that ended elsewhere closes its recording here.
                 if matches!(sig, super::switch::Signal::End { .. }) {
-                    call_recs.retain(|&flow, f| {
-                        let keep = ctx.calls.routed(session, flow);
-                        if !keep { close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx.metrics); }
-                        keep
-                    });
+                    close_unrouted_calls(ctx, device, session, flows);
                 }
             }
             _ = tick.tick() => {
-                for (&flow, f) in &flows {
+                let stats: Vec<Stats> = lock(flows).up.0.iter().map(|&(flow, ref f)| {
                     let late = f.recorder.as_ref().map_or(0, |r| r.stats().too_late);
-                    let s = Stats { flow, received: f.stats.received(), lost: f.stats.lost(), late, jitter_us: f.stats.jitter_us() };
+                    Stats { flow, received: f.stats.received(), lost: f.stats.lost(), late, jitter_us: f.stats.jitter_us() }
+                }).collect();
+                for s in stats {
                     if let Err(e) = framed::send(send, &Message::Stats(s)).await {
                         debug!(error = %e, "stats not sent");
                     }
                 }
             }
         }
-    };
-    if let Some(p) = player {
-        p.abort();
     }
-    for (_, f) in flows.drain().chain(call_recs.drain()) {
-        close_flow(device, f, &ctx.metrics);
-    }
-    result
 }
 
 /// The next control message, and the reader back for the one after.
