@@ -180,7 +180,10 @@ struct UpFlows(Vec<(u64, UpFlow)>);
 
 impl UpFlows {
     fn get_mut(&mut self, flow: u64) -> Option<&mut UpFlow> {
-        self.0.iter_mut().find(|(id, _)| *id == flow).map(|(_, f)| f)
+        self.0
+            .iter_mut()
+            .find(|(id, _)| *id == flow)
+            .map(|(_, f)| f)
     }
     fn contains(&self, flow: u64) -> bool {
         self.0.iter().any(|(id, _)| *id == flow)
@@ -204,7 +207,9 @@ impl UpFlows {
 /// The flows, locked (a poisoned lock is taken over: the flows are plain
 /// data, still consistent after a panic elsewhere).
 fn lock(flows: &Mutex<Flows>) -> std::sync::MutexGuard<'_, Flows> {
-    flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    flows
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The datagram path of one session, until the connection ends.

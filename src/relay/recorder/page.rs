@@ -256,7 +256,10 @@ mod tests {
         let p = r.read_packet().unwrap().unwrap();
         assert_eq!((&p.data[..], p.first_in_stream()), (&b"first"[..], true));
         let p = r.read_packet().unwrap().unwrap();
-        assert_eq!((p.data.len(), p.last_in_page(), p.absgp_page()), (big.len(), true, 960));
+        assert_eq!(
+            (p.data.len(), p.last_in_page(), p.absgp_page()),
+            (big.len(), true, 960)
+        );
         let p = r.read_packet().unwrap().unwrap();
         assert_eq!((p.data.len(), p.last_in_page()), (big.len(), false));
         let p = r.read_packet().unwrap().unwrap();
