@@ -32,9 +32,15 @@ pub(crate) fn rng(seed: u64) -> impl FnMut() -> u64 {
 
 /// `seconds` of 440 Hz + 1 kHz, Opus VoIP, 20 ms frames, 24 kb/s.
 fn encode(seconds: usize) -> Vec<Vec<u8>> {
+    encode_at(seconds, 24_000, false)
+}
+
+/// Like [`encode`], at `bitrate` (constant when `cbr`).
+fn encode_at(seconds: usize, bitrate: i32, cbr: bool) -> Vec<Vec<u8>> {
     use opus::{Application, Bitrate, Channels, Encoder};
     let mut enc = Encoder::new(48_000, Channels::Mono, Application::Voip).unwrap();
-    enc.set_bitrate(Bitrate::Bits(24_000)).unwrap();
+    enc.set_bitrate(Bitrate::Bits(bitrate)).unwrap();
+    enc.set_vbr(!cbr).unwrap();
     let tau = std::f64::consts::TAU;
     let pcm: Vec<i16> = (0..48_000 * seconds)
         .map(|i| {
@@ -175,6 +181,36 @@ fn in_order_and_shuffled_streams_play() {
     let mut shuffled = input.clone();
     shuffle(&mut shuffled);
     let (path, stats) = record("shuffled", &shuffled);
+    check(path, stats, expect(150, 0, 150 * 960));
+}
+
+/// Packets of 1275 bytes (510 kb/s CBR) take 6 lacing values each: 42 fill
+/// a page's 255, so pages end after 42 packets instead of 50 (the writer
+/// starts the next page; no packet is split across pages), and the file
+/// still plays with the right length and granule positions.
+#[test]
+fn large_packets_end_pages_early_without_splitting() {
+    let packets = encode_at(3, 510_000, true);
+    assert!(
+        packets.iter().all(|p| p.len() == 1275),
+        "CBR at the maximum size"
+    );
+    let input = rtp(&packets, 7, 99);
+    let (path, stats) = record("large-packets", &input);
+    let mut reader = ogg::PacketReader::new(File::open(&path).unwrap());
+    let mut per_page = Vec::new();
+    let mut n = 0;
+    while let Some(p) = reader.read_packet().unwrap() {
+        if p.data.starts_with(b"Opus") {
+            continue; // OpusHead, OpusTags
+        }
+        n += 1;
+        if p.last_in_page() {
+            per_page.push(n);
+            n = 0;
+        }
+    }
+    assert_eq!(per_page, [42, 42, 42, 24]);
     check(path, stats, expect(150, 0, 150 * 960));
 }
 
