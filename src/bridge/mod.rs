@@ -41,7 +41,7 @@ use crate::sip::{Message, Method, SipUri, Via, new_branch, new_tag};
 use crate::transport::calls::{CallSignal, EndReason};
 use crate::transport::client::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
-use media::{MediaCmd, MediaEvent};
+use media::{EngineCmd, MediaEvent};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -193,7 +193,8 @@ struct Call {
     up_ssrc: u32,
     /// Flow the relay sends this call's audio on.
     relay_flow: Option<u64>,
-    media: Option<mpsc::Sender<MediaCmd>>,
+    /// The media engine runs this call's media.
+    media: bool,
     answered: bool,
 }
 
@@ -212,10 +213,12 @@ struct Core {
     /// Relay flow → the media task's relay input (read by the relay
     /// connection's datagram reader).
     flows: Arc<FlowRoutes>,
+    /// The media engine's relay input (every call's flow routes to it).
+    relay_tx: mpsc::Sender<(Instant, bytes::Bytes)>,
+    /// The media engine.
+    engine: mpsc::UnboundedSender<EngineCmd>,
     signals: mpsc::Sender<CallSignal>,
     relay_up: bool,
-    slot: Arc<ConnSlot>,
-    media_events: mpsc::Sender<MediaEvent>,
     metrics: Arc<GatewayMetrics>,
     opus: CodecConfig,
     rng: fastrand::Rng,
@@ -602,6 +605,15 @@ pub async fn run(
         ..RegistrarConfig::default()
     });
     let (media_tx, mut media_rx) = mpsc::channel::<MediaEvent>(256);
+    let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+    let (relay_tx, relay_rx) = mpsc::channel(media::RELAY_QUEUE);
+    let engine = media::Engine {
+        cmds: engine_rx,
+        events: media_tx,
+        slot,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(engine.run(relay_rx));
     let CallLinkEnds {
         signals,
         mut events,
@@ -619,10 +631,10 @@ pub async fn run(
         next_call: 0,
         next_flow: FIRST_FLOW,
         flows: media,
+        relay_tx,
+        engine: engine_tx,
         signals,
         relay_up: false,
-        slot,
-        media_events: media_tx,
         metrics,
         opus,
         rng: fastrand::Rng::new(),
