@@ -997,7 +997,7 @@ fn main() {
     );
     let _ = write!(
         js,
-        ",\"ramp_cps\":{RAMP_CPS},\"measure_s\":{},\"rate_seconds\":{RATE_SECONDS},\"rate_hold_s\":{},\"target_calls\":{TARGET_CALLS},\"max_loss\":{MAX_LOSS},\"max_core_pct\":{MAX_CORE}",
+        ",\"ramp_cps\":{RAMP_CPS},\"rtp_threadtasks\":{RTP_THREADTASKS},\"measure_s\":{},\"rate_seconds\":{RATE_SECONDS},\"rate_hold_s\":{},\"target_calls\":{TARGET_CALLS},\"max_loss\":{MAX_LOSS},\"max_core_pct\":{MAX_CORE}",
         MEASURE.as_secs(),
         RATE_HOLD.as_secs()
     );

@@ -10,7 +10,8 @@
 //! 1. drains the leg's RTP socket (non-blocking `recvmsg`; the kernel's
 //!    receive timestamp, `SO_TIMESTAMPNS`, is the packet's arrival time for
 //!    the jitter buffer and the latency histogram, so reading late does not
-//!    change what the jitter buffer sees);
+//!    change what the jitter buffer sees; an Opus phone's packets, forwarded
+//!    without transcoding, are read on every 10 ms tick);
 //! 2. polls the uplink (one Opus frame → `send_datagram`) and the downlink
 //!    (one phone packet → `send_to`).
 //!
@@ -111,6 +112,8 @@ struct Leg {
     /// `(tick + phase) % every == 0`.
     every: u64,
     phase: u64,
+    /// The leg forwards the phone's Opus (read on every engine tick).
+    forwards: bool,
     arrivals: Box<[(u16, Duration); ARRIVALS]>,
     seen: LegStats,
 }
@@ -307,6 +310,7 @@ impl Engine {
                     st.by_flow.insert(f, m.call);
                 }
                 let seen = m.leg.stats();
+                let forwards = m.leg.forwards();
                 let call = m.call;
                 let old = st.legs.insert(
                     call,
@@ -316,6 +320,7 @@ impl Engine {
                         held: false,
                         every,
                         phase,
+                        forwards,
                         arrivals: Box::new([(0, Duration::ZERO); ARRIVALS]),
                         seen,
                     },
@@ -384,7 +389,9 @@ impl Engine {
             }
         }
         for l in legs.values_mut() {
-            if !(tick + l.phase).is_multiple_of(l.every) {
+            let due = (tick + l.phase).is_multiple_of(l.every);
+            // Forwarded Opus is read every engine tick: it waits for no clock.
+            if !due && !l.forwards {
                 continue;
             }
             // The phone's packets since the last tick, at their arrival times.
@@ -431,6 +438,9 @@ impl Engine {
                     l.latched = true;
                     l.m.remote = Some(r.src);
                 }
+            }
+            if !due {
+                continue;
             }
             if let Some(len) = l.m.leg.poll_uplink(now, &mut out[..])
                 && let Some(c) = conn.as_ref()
