@@ -474,3 +474,40 @@ impl Engine {
         tally.flush(m);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::ports::PortPool;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn pair() -> PortPair {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for _ in 0..50 {
+            let first = 20_000 + 2 * fastrand::u16(0..6_000);
+            if let Ok(mut p) = PortPool::bind(lo, first, first + 1) {
+                return p.lease(std::time::Instant::now()).unwrap();
+            }
+        }
+        panic!("no free port pair on loopback");
+    }
+
+    #[test]
+    fn a_packet_read_late_keeps_its_kernel_arrival_time() {
+        let p = pair();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(b"rtp", ("127.0.0.1", p.port())).unwrap();
+        let sent = SystemTime::now();
+        std::thread::sleep(Duration::from_millis(40));
+        let (mut buf, mut cmsg) = ([0u8; 64], nix::cmsg_space!(nix::sys::time::TimeSpec));
+        let r = recv(&p.rtp, &mut buf, &mut cmsg).expect("the datagram");
+        assert_eq!(&buf[..r.len], b"rtp");
+        assert_eq!(r.src, peer.local_addr().unwrap());
+        let at = r.at.expect("SO_TIMESTAMPNS set by the pool");
+        // Read 40 ms late, but stamped when it arrived.
+        let age = SystemTime::now().duration_since(at).unwrap();
+        assert!(age >= Duration::from_millis(35), "age {age:?}");
+        assert!(at.duration_since(sent).unwrap_or_default() < Duration::from_millis(20));
+        assert!(recv(&p.rtp, &mut buf, &mut cmsg).is_none(), "drained");
+    }
+}
