@@ -142,7 +142,7 @@ impl Core {
             self.respond(&key, &msg, 500);
             return;
         }
-        // The port pair itself belongs to the media task once the call is
+        // The port pair itself belongs to the media engine once the call is
         // answered; the SDP only needs what was announced for it.
         let Ok(offer_sdp) = Session::parse(&msg.body) else {
             self.respond(&key, &msg, 488);

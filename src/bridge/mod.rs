@@ -3,20 +3,21 @@
 //!
 //! One task owns every piece of SIP state (guard, registrar, transactions,
 //! calls) and is the only one that touches it; sockets and timers feed it
-//! through `select!`. Each answered call has a media task ([`media`]).
+//! through `select!`. The media of every answered call runs in one media
+//! engine task ([`media`]).
 //!
 //! Call flow, phone → relay: an INVITE is admitted by the guard (allowlist,
 //! bans), authenticated by digest against the sealed phone store, answered
 //! with 100 Trying by its transaction, and becomes `call_setup` to the relay
 //! with the dialled number; `call_ringing` becomes 180, `call_answer` a 200
-//! with our SDP answer, and the media task starts; `call_end` before answer
+//! with our SDP answer, and the call's media starts; `call_end` before answer
 //! becomes the mapped error response (busy 486, not found 404, timeout 408,
 //! ...), after answer a BYE. BYE or CANCEL from the phone becomes `call_end`.
 //!
 //! Relay → phone: `call_setup` for a registered extension becomes an INVITE
 //! with our offer to the phone's registered contact (sent to the address the
 //! REGISTER came from: NAT-safe); 180 becomes `call_ringing`, 2xx an ACK, the
-//! media task and `call_answer`, an error response the mapped `call_end`.
+//! call's media and `call_answer`, an error response the mapped `call_end`.
 //!
 //! Registrations: the first binding of an extension announces it to the
 //! relay (`ext_up`), the last one gone withdraws it (`ext_down`); on every
@@ -210,7 +211,7 @@ struct Core {
     calls: HashMap<u32, Call>,
     next_call: u32,
     next_flow: u64,
-    /// Relay flow → the media task's relay input (read by the relay
+    /// Relay flow → the media engine's relay input (read by the relay
     /// connection's datagram reader).
     flows: Arc<FlowRoutes>,
     /// The media engine's relay input (every call's flow routes to it).
