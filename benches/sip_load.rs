@@ -2,10 +2,12 @@
 //! `scripts/bench-sip` runs it and writes the `sip` block of
 //! docs/BENCHMARKS.md from its JSON summary).
 //!
-//! sipp (Debian's sip-tester 3.6.1) plays the desk phones: each call is an
-//! INVITE to the echo service 900 with PCMU only, answered after an MD5
-//! digest challenge, then 20 ms PCMU RTP from a pcap of speech
-//! (`play_pcap_audio`) until the BYE. The gateway transcodes PCMU → Opus
+//! sipp (SIPp 3.7.3, Debian trixie's, from scripts/sipp-trixie) plays the
+//! desk phones: each call is an INVITE to the echo service 900 with PCMU
+//! only, answered after an MD5 digest challenge, then 20 ms PCMU RTP of
+//! speech (`rtp_stream`: sipp's RTP threads each stream
+//! `RTP_THREADTASKS` calls from their own sockets, reading what the gateway
+//! sends back) until the BYE. The gateway transcodes PCMU → Opus
 //! towards the relay, the relay echoes the call flow back, and the gateway
 //! transcodes Opus → PCMU towards sipp: both directions of every call go
 //! through the transcoder.
@@ -48,10 +50,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Calls one sipp RTP thread streams (`-rtp_threadtasks`).
+const RTP_THREADTASKS: usize = 128;
 /// Concurrent calls per ramp step (the bridge takes at most 512).
 const STEPS: [usize; 7] = [100, 200, 250, 300, 350, 400, 500];
 /// Call set-up rate while ramping.
-const RAMP_CPS: usize = 20;
+const RAMP_CPS: usize = 40;
 /// Settling after the last call of a step is up, and the measured window.
 const SETTLE: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(8);
@@ -254,82 +258,55 @@ fn quantile(a: &Metrics, b: &Metrics, q: f64) -> Option<f64> {
 }
 
 // ---------------------------------------------------------------------------
-// Fixtures: a PCMU pcap of speech, the sipp scenario, the credentials file
+// Fixtures: raw PCMU speech, the sipp scenario, the credentials file
 // ---------------------------------------------------------------------------
 
-fn ip_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// `seconds` of 20 ms PCMU RTP packets (speech, looped) as an Ethernet pcap.
-fn pcmu_pcap(dir: &Path, seconds: u64) -> PathBuf {
+/// 8 kHz mu-law speech as a raw file (sipp loops it) for sipp's
+/// `rtp_stream` (payload bytes only: 160 a packet at 20 ms).
+fn pcmu_raw(dir: &Path) -> PathBuf {
     let raw = audio_env::speech_fixture(dir, TEXT);
     let pcm48: Vec<i16> = std::fs::read(raw)
         .unwrap()
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect();
-    // 48 kHz → 8 kHz: a 6-tap average, then every sixth sample.
     let pcm8: Vec<i16> = pcm48
         .chunks_exact(6)
         .map(|c| (c.iter().map(|&s| i32::from(s)).sum::<i32>() / 6) as i16)
         .collect();
-    let mut mu = vec![0u8; pcm8.len()];
-    voxgate::codec::g711::encode(voxgate::codec::g711::Law::Mu, &pcm8, &mut mu);
-    let mut f = Vec::new();
-    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    f.extend_from_slice(&2u16.to_le_bytes());
-    f.extend_from_slice(&4u16.to_le_bytes());
-    f.extend_from_slice(&0i32.to_le_bytes());
-    f.extend_from_slice(&0u32.to_le_bytes());
-    f.extend_from_slice(&65_535u32.to_le_bytes());
-    f.extend_from_slice(&1u32.to_le_bytes()); // Ethernet
-    let packets = seconds * 1000 / PTIME_MS;
-    let frames = mu.len() / 160;
-    for i in 0..packets {
-        let k = (i as usize) % frames;
-        let payload = &mu[k * 160..k * 160 + 160];
-        let mut rtp = vec![0x80, 0x00];
-        rtp.extend_from_slice(&(i as u16).to_be_bytes());
-        rtp.extend_from_slice(&((i as u32) * 160).to_be_bytes());
-        rtp.extend_from_slice(&0x5151_0000u32.to_be_bytes());
-        rtp.extend_from_slice(payload);
-        let udp_len = 8 + rtp.len();
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
-        let c = ip_checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut pkt = vec![0u8; 12];
-        pkt.extend_from_slice(&[0x08, 0x00]);
-        pkt.extend_from_slice(&ip);
-        pkt.extend_from_slice(&6000u16.to_be_bytes());
-        pkt.extend_from_slice(&6000u16.to_be_bytes());
-        pkt.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        pkt.extend_from_slice(&[0, 0]);
-        pkt.extend_from_slice(&rtp);
-        let us = i * PTIME_MS * 1000;
-        f.extend_from_slice(&((us / 1_000_000) as u32).to_le_bytes());
-        f.extend_from_slice(&((us % 1_000_000) as u32).to_le_bytes());
-        f.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
-        f.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
-        f.extend_from_slice(&pkt);
-    }
-    let path = dir.join(format!("pcmu-{seconds}s.pcap"));
-    std::fs::write(&path, f).unwrap();
+    let mut mu = vec![0u8; pcm8.len() / 160 * 160];
+    voxgate::codec::g711::encode(voxgate::codec::g711::Law::Mu, &pcm8[..mu.len()], &mut mu);
+    let path = dir.join("speech.pcmu");
+    std::fs::write(&path, mu).unwrap();
     path
 }
 
+/// SIPp 3.7.3 from scripts/sipp-trixie (its `rtp_stream` gives each call its
+/// own RTP socket; bookworm's 3.6.1 streams every call from one port).
+fn sipp_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VOXGATE_SIPP").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("VOXGATE_SIPP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("voxgate/sipp-3.7.3")
+        });
+    let p = base.join("bin/sipp");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/sipp-trixie (scripts/deps runs it)",
+        p.display()
+    );
+    p
+}
+
 /// The UAC scenario: INVITE 900, MD5 challenge, INVITE with credentials,
-/// 200, ACK, RTP from `pcap` for `hold`, BYE.
-fn scenario(pcap: &Path, hold: Duration) -> String {
+/// 200, ACK, RTP streamed from the raw PCMU file `audio` for `hold`, BYE.
+fn scenario(audio: &Path, hold: Duration) -> String {
     format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="voxgate sip_load">
@@ -350,7 +327,7 @@ o=- [call_number] 1 IN IP[local_ip_type] [local_ip]
 s=-
 c=IN IP[media_ip_type] [media_ip]
 t=0 0
-m=audio [media_port] RTP/AVP 0
+m=audio [rtpstream_audio_port] RTP/AVP 0
 a=rtpmap:0 PCMU/8000
 a=ptime:20
 ]]></send>
@@ -385,7 +362,7 @@ o=- [call_number] 2 IN IP[local_ip_type] [local_ip]
 s=-
 c=IN IP[media_ip_type] [media_ip]
 t=0 0
-m=audio [media_port] RTP/AVP 0
+m=audio [rtpstream_audio_port] RTP/AVP 0
 a=rtpmap:0 PCMU/8000
 a=ptime:20
 ]]></send>
@@ -405,7 +382,7 @@ Max-Forwards: 70
 Content-Length: 0
 
 ]]></send>
-  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
+  <nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>
   <pause milliseconds="{hold}"/>
   <send retrans="500"><![CDATA[
 BYE sip:900@[remote_ip]:[remote_port] SIP/2.0
@@ -421,7 +398,7 @@ Content-Length: 0
   <recv response="200"/>
 </scenario>
 "#,
-        pcap = pcap.display(),
+        audio = audio.display(),
         hold = hold.as_millis()
     )
 }
@@ -434,6 +411,19 @@ struct Sipp {
     child: Child,
     stat: PathBuf,
     name: String,
+}
+
+/// The port range sipp's `rtp_stream` binds its calls' sockets in.
+static SIPP_RTP: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+
+fn rtp_port_args() -> [String; 4] {
+    let (lo, hi) = *SIPP_RTP.get().expect("sipp RTP range chosen in main");
+    [
+        "-min_rtp_port".into(),
+        lo.to_string(),
+        "-max_rtp_port".into(),
+        hi.to_string(),
+    ]
 }
 
 /// Start sipp on CPU 0: `calls` calls at `cps`, at most `limit` at once.
@@ -455,7 +445,8 @@ fn start_sipp(
     let child = Command::new("taskset")
         .args(["-c", "0", "timeout", "-s", "INT", "-k", "5"])
         .arg(bound.as_secs().to_string())
-        .args(["sipp", target, "-sf"])
+        .arg(sipp_bin())
+        .args([target, "-sf"])
         .arg(scenario_file)
         .arg("-inf")
         .arg(inf)
@@ -464,7 +455,8 @@ fn start_sipp(
         .args(["-auth_uri", &format!("900@{target}")])
         .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p"])
         .arg(free_udp().to_string())
-        .args(["-mp", &free_udp().to_string()])
+        .args(rtp_port_args())
+        .args(["-rtp_threadtasks", &RTP_THREADTASKS.to_string()])
         .args(["-m", &calls.to_string(), "-l", &limit.to_string()])
         .args(["-r", &cps.to_string(), "-rp", "1000"])
         .args(["-nostdin", "-max_socket", "4096", "-timeout_error"])
@@ -516,7 +508,11 @@ impl Sipp {
                 }
             }
         }
-        let ok = status.is_some_and(|s| s.success());
+        // Exit 253 is SIPp's RTP echo check (`rtp_stream` compares what
+        // comes back with what it sent, byte for byte): transcoded audio never
+        // matches, so it is not a failure here. Calls are judged by sipp's
+        // counters, RTP by the gateway's.
+        let ok = status.is_some_and(|s| s.success() || s.code() == Some(253));
         if !ok {
             let err = std::fs::read_to_string(dir.join(format!("{}.stderr", self.name)))
                 .unwrap_or_default();
@@ -597,12 +593,12 @@ impl Bench {
         }
     }
 
-    fn step(&self, n: usize, pcap: &Path) -> BTreeMap<String, f64> {
+    fn step(&self, n: usize, audio: &Path) -> BTreeMap<String, f64> {
         let ramp = Duration::from_secs_f64(n as f64 / RAMP_CPS as f64);
         // Every call holds until the window after the last one is up is over.
         let hold = ramp + SETTLE + MEASURE + Duration::from_secs(3);
         let file = self.lab.dir.join(format!("step-{n}.xml"));
-        std::fs::write(&file, scenario(pcap, hold)).unwrap();
+        std::fs::write(&file, scenario(audio, hold)).unwrap();
         let bound = ramp + hold + Duration::from_secs(25);
         let sipp = start_sipp(
             &self.lab.dir,
@@ -726,10 +722,10 @@ impl Bench {
         r
     }
 
-    fn rate(&self, cps: usize, pcap: &Path) -> BTreeMap<String, f64> {
+    fn rate(&self, cps: usize, audio: &Path) -> BTreeMap<String, f64> {
         let calls = cps * RATE_SECONDS;
         let file = self.lab.dir.join("rate.xml");
-        std::fs::write(&file, scenario(pcap, RATE_HOLD)).unwrap();
+        std::fs::write(&file, scenario(audio, RATE_HOLD)).unwrap();
         let a = self.snap();
         let bound = Duration::from_secs((RATE_SECONDS + 30) as u64);
         let sipp = start_sipp(
@@ -825,11 +821,14 @@ fn add_phone(cfg: &Path, ext: &str) -> String {
         .expect("password line")
 }
 
-/// `pairs` free RTP/RTCP pairs on loopback.
-fn rtp_range(pairs: u16) -> (u16, u16) {
+/// `pairs` free RTP/RTCP pairs on loopback, outside `avoid`.
+fn rtp_range(pairs: u16, avoid: (u16, u16)) -> (u16, u16) {
     for _ in 0..200 {
         let base = 20_000 + 2 * fastrand::u16(0..(20_000 - 2 * pairs) / 2);
         let last = base + 2 * pairs - 1;
+        if base <= avoid.1 && avoid.0 <= last {
+            continue;
+        }
         let socks: Vec<_> = (base..=last)
             .map_while(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).ok())
             .collect();
@@ -856,7 +855,9 @@ fn main() {
     let relay_pid = relay.pid();
     let relay_pin = taskset_all(relay_pid, 0);
     let sip_port = free_udp();
-    let (a, b) = rtp_range(1024);
+    let (a, b) = rtp_range(1024, (0, 0));
+    // sipp's own RTP sockets (one pair a call), away from the gateway's.
+    let _ = SIPP_RTP.set(rtp_range(640, (a, b)));
     let extra_keys = if legacy() {
         String::new()
     } else {
@@ -904,8 +905,7 @@ fn main() {
     let idle_rss = status_kib(gw_pid, "VmRSS:").unwrap_or(f64::NAN);
     let step_list = list("VOXGATE_SIP_STEPS", &STEPS);
     let rate_list = list("VOXGATE_SIP_RATES", &RATES);
-    let hold_max = *step_list.iter().max().unwrap_or(&100) as u64 / RAMP_CPS as u64 + 20;
-    let pcap = pcmu_pcap(&lab.dir, hold_max);
+    let audio = pcmu_raw(&lab.dir);
     let bench = Bench {
         lab,
         metrics_addr,
@@ -933,7 +933,7 @@ fn main() {
             break;
         }
         eprintln!("step {n}: ramping at {RAMP_CPS} calls/s");
-        let r = bench.step(n, &pcap);
+        let r = bench.step(n, &audio);
         let ok = r["keeps_up"] > 0.0;
         let why = std::fs::read_to_string(bench.lab.dir.join(format!("step-{n}.why")))
             .unwrap_or_default();
@@ -956,13 +956,12 @@ fn main() {
     // Call rate.
     let mut rates = Vec::new();
     let mut best_rate: Option<usize> = None;
-    let rate_pcap = pcmu_pcap(&bench.lab.dir, RATE_HOLD.as_secs() + 2);
     for &cps in &rate_list {
         if bench.left() < Duration::from_secs((RATE_SECONDS + 40) as u64) {
             eprintln!("rate {cps}: skipped (time budget)");
             break;
         }
-        let r = bench.rate(cps, &rate_pcap);
+        let r = bench.rate(cps, &audio);
         let ok = r["keeps_up"] > 0.0;
         eprintln!(
             "rate {cps}/s: {} ({} ok, {} failed, {} x 503)",
@@ -1002,7 +1001,7 @@ fn main() {
     );
     let _ = write!(
         js,
-        ",\"ramp_cps\":{RAMP_CPS},\"measure_s\":{},\"rate_seconds\":{RATE_SECONDS},\"rate_hold_s\":{},\"target_calls\":{TARGET_CALLS},\"max_loss\":{MAX_LOSS},\"max_core_pct\":{MAX_CORE}",
+        ",\"ramp_cps\":{RAMP_CPS},\"rtp_threadtasks\":{RTP_THREADTASKS},\"measure_s\":{},\"rate_seconds\":{RATE_SECONDS},\"rate_hold_s\":{},\"target_calls\":{TARGET_CALLS},\"max_loss\":{MAX_LOSS},\"max_core_pct\":{MAX_CORE}",
         MEASURE.as_secs(),
         RATE_HOLD.as_secs()
     );

@@ -1,7 +1,7 @@
 //! Call handling of the bridge: INVITE in both directions, answers, the
 //! relay's call signals, media start and hang-up.
 
-use super::media::{MediaCmd, MediaTask};
+use super::media::{CallMedia, EngineCmd, MediaCmd};
 use super::{Call, Core, MAX_CALLS, Origin, to_phone_codec, to_sip_codec};
 use super::{new_tag, secure_bytes};
 use crate::config::CodecConfig;
@@ -122,7 +122,7 @@ impl Core {
                 up_flow,
                 up_ssrc,
                 relay_flow: None,
-                media: None,
+                media: false,
                 answered: false,
             },
         );
@@ -142,7 +142,7 @@ impl Core {
             self.respond(&key, &msg, 500);
             return;
         }
-        // The port pair itself belongs to the media task once the call is
+        // The port pair itself belongs to the media engine once the call is
         // answered; the SDP only needs what was announced for it.
         let Ok(offer_sdp) = Session::parse(&msg.body) else {
             self.respond(&key, &msg, 488);
@@ -157,10 +157,10 @@ impl Core {
                 // nothing, or parks the stream on c=0.0.0.0 / port 0.
                 let hold = matches!(neg.direction, Direction::RecvOnly | Direction::Inactive)
                     || neg.remote.is_none();
-                if let Some(m) = &call.media {
-                    let _ = m.try_send(MediaCmd::Hold(hold));
+                if call.media {
+                    let _ = self.engine.send(EngineCmd::Call(c, MediaCmd::Hold(hold)));
                     if let Some(to) = neg.remote {
-                        let _ = m.try_send(MediaCmd::Remote(to));
+                        let _ = self.engine.send(EngineCmd::Call(c, MediaCmd::Remote(to)));
                     }
                 }
                 info!(call = c, hold, direction = ?neg.direction, "re-INVITE from the phone");
@@ -275,24 +275,22 @@ impl Core {
                 return;
             }
         };
-        let (relay_tx, relay_rx) = mpsc::channel(64);
-        let (cmd_tx, cmd_rx) = mpsc::channel(16);
         if let Some(f) = call.relay_flow {
-            self.flows.insert(f, relay_tx);
+            self.flows.insert(f, self.relay_tx.clone());
         }
-        call.media = Some(cmd_tx);
-        let task = MediaTask {
+        call.media = true;
+        let start = EngineCmd::Start(Box::new(CallMedia {
             call: c,
             leg,
             pair,
             remote: neg.remote,
-            slot: self.slot.clone(),
-            from_relay: relay_rx,
-            cmds: cmd_rx,
-            events: self.media_events.clone(),
-            metrics: self.metrics.clone(),
-        };
-        tokio::spawn(task.run());
+            relay_flow: call.relay_flow,
+        }));
+        if let Err(mpsc::error::SendError(EngineCmd::Start(m))) = self.engine.send(start) {
+            // The engine only stops with the bridge.
+            call.media = false;
+            self.pool.release(m.pair, self.now());
+        }
     }
 
     /// End call `c`: tell the relay unless it ended the call, and the phone
@@ -311,8 +309,10 @@ impl Core {
         if let Some(f) = call.relay_flow {
             self.flows.remove(f);
         }
-        // Dropping the command sender stops the media task, which returns the ports.
-        call.media = None;
+        // The engine stops the call's media and returns the ports.
+        if call.media {
+            let _ = self.engine.send(EngineCmd::Stop(c));
+        }
         if let Some(p) = call.pair.take() {
             self.pool.release(p, self.now());
         }
@@ -444,9 +444,12 @@ impl Core {
                 duration_ms,
             } => {
                 if let (Some(c), Some(d)) = (self.call_by_relay_id(call), Digit::from_char(digit))
-                    && let Some(m) = self.calls.get(&c).and_then(|c| c.media.as_ref())
+                    && self.calls.get(&c).is_some_and(|c| c.media)
                 {
-                    let _ = m.try_send(MediaCmd::Digit(d, u32::from(duration_ms)));
+                    let _ = self.engine.send(EngineCmd::Call(
+                        c,
+                        MediaCmd::Digit(d, u32::from(duration_ms)),
+                    ));
                 }
             }
             CallSignal::Setup {
@@ -570,7 +573,7 @@ impl Core {
                 up_flow,
                 up_ssrc: self.rng.u32(..),
                 relay_flow: Some(relay_flow),
-                media: None,
+                media: false,
                 answered: false,
             },
         );

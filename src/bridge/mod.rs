@@ -3,20 +3,21 @@
 //!
 //! One task owns every piece of SIP state (guard, registrar, transactions,
 //! calls) and is the only one that touches it; sockets and timers feed it
-//! through `select!`. Each answered call has a media task ([`media`]).
+//! through `select!`. The media of every answered call runs in one media
+//! engine task ([`media`]).
 //!
 //! Call flow, phone → relay: an INVITE is admitted by the guard (allowlist,
 //! bans), authenticated by digest against the sealed phone store, answered
 //! with 100 Trying by its transaction, and becomes `call_setup` to the relay
 //! with the dialled number; `call_ringing` becomes 180, `call_answer` a 200
-//! with our SDP answer, and the media task starts; `call_end` before answer
+//! with our SDP answer, and the call's media starts; `call_end` before answer
 //! becomes the mapped error response (busy 486, not found 404, timeout 408,
 //! ...), after answer a BYE. BYE or CANCEL from the phone becomes `call_end`.
 //!
 //! Relay → phone: `call_setup` for a registered extension becomes an INVITE
 //! with our offer to the phone's registered contact (sent to the address the
 //! REGISTER came from: NAT-safe); 180 becomes `call_ringing`, 2xx an ACK, the
-//! media task and `call_answer`, an error response the mapped `call_end`.
+//! call's media and `call_answer`, an error response the mapped `call_end`.
 //!
 //! Registrations: the first binding of an extension announces it to the
 //! relay (`ext_up`), the last one gone withdraws it (`ext_down`); on every
@@ -41,7 +42,7 @@ use crate::sip::{Message, Method, SipUri, Via, new_branch, new_tag};
 use crate::transport::calls::{CallSignal, EndReason};
 use crate::transport::client::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
-use media::{MediaCmd, MediaEvent};
+use media::{EngineCmd, MediaEvent};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -193,7 +194,8 @@ struct Call {
     up_ssrc: u32,
     /// Flow the relay sends this call's audio on.
     relay_flow: Option<u64>,
-    media: Option<mpsc::Sender<MediaCmd>>,
+    /// The media engine runs this call's media.
+    media: bool,
     answered: bool,
 }
 
@@ -209,13 +211,15 @@ struct Core {
     calls: HashMap<u32, Call>,
     next_call: u32,
     next_flow: u64,
-    /// Relay flow → the media task's relay input (read by the relay
+    /// Relay flow → the media engine's relay input (read by the relay
     /// connection's datagram reader).
     flows: Arc<FlowRoutes>,
+    /// The media engine's relay input (every call's flow routes to it).
+    relay_tx: mpsc::Sender<(Instant, bytes::Bytes)>,
+    /// The media engine.
+    engine: mpsc::UnboundedSender<EngineCmd>,
     signals: mpsc::Sender<CallSignal>,
     relay_up: bool,
-    slot: Arc<ConnSlot>,
-    media_events: mpsc::Sender<MediaEvent>,
     metrics: Arc<GatewayMetrics>,
     opus: CodecConfig,
     rng: fastrand::Rng,
@@ -602,6 +606,15 @@ pub async fn run(
         ..RegistrarConfig::default()
     });
     let (media_tx, mut media_rx) = mpsc::channel::<MediaEvent>(256);
+    let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+    let (relay_tx, relay_rx) = mpsc::channel(media::RELAY_QUEUE);
+    let engine = media::Engine {
+        cmds: engine_rx,
+        events: media_tx,
+        slot,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(engine.run(relay_rx));
     let CallLinkEnds {
         signals,
         mut events,
@@ -619,10 +632,10 @@ pub async fn run(
         next_call: 0,
         next_flow: FIRST_FLOW,
         flows: media,
+        relay_tx,
+        engine: engine_tx,
         signals,
         relay_up: false,
-        slot,
-        media_events: media_tx,
         metrics,
         opus,
         rng: fastrand::Rng::new(),

@@ -263,6 +263,11 @@ impl PhoneLeg {
         Duration::from_millis(self.tick_ms.into())
     }
 
+    /// True when the phone's Opus is forwarded as it arrives (no transcoding).
+    pub fn forwards(&self) -> bool {
+        self.codec == PhoneCodec::Opus
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> LegStats {
         self.stats

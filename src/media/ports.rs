@@ -5,7 +5,9 @@
 //! port range that is taken fails the start, not a call). A call leases a
 //! pair; when it ends the pair is drained of queued datagrams and rests in
 //! quarantine for [`QUARANTINE`], so late packets of the old call never reach
-//! the next one.
+//! the next one. RTP sockets carry the kernel's receive time of each
+//! datagram (`SO_TIMESTAMPNS`): the media engine reads them on its clock
+//! and still knows when each packet arrived.
 
 use std::collections::VecDeque;
 use std::io;
@@ -74,8 +76,15 @@ impl PortPool {
                     .and_then(|s| s.set_nonblocking(true).map(|()| s))
                     .map_err(|source| BindError { addr, source })
             };
+            let rtp = bind(port)?;
+            // Without receive timestamps the engine takes its tick's time.
+            let _ = nix::sys::socket::setsockopt(
+                &rtp,
+                nix::sys::socket::sockopt::ReceiveTimestampns,
+                &true,
+            );
             free.push_back(PortPair {
-                rtp: bind(port)?,
+                rtp,
                 rtcp: bind(port + 1)?,
             });
             match port.checked_add(2) {

@@ -72,18 +72,27 @@ pub struct CallLink {
     pub media: Arc<FlowRoutes>,
 }
 
-/// Call audio from the relay: flow id → the channel of the call's media
-/// task. The bridge installs and removes routes; the datagram reader hands
-/// each datagram straight to its call (a read lock, no hop through the
-/// bridge's SIP task).
+/// Call audio from the relay: flow id → the channel of the bridge's media
+/// engine. The bridge installs and removes routes; the datagram reader hands
+/// each datagram of a routed flow, stamped with its arrival time, straight
+/// to the engine (a read lock, no hop through the bridge's SIP task).
 #[derive(Debug, Default)]
 pub struct FlowRoutes(
-    std::sync::RwLock<std::collections::HashMap<u64, tokio::sync::mpsc::Sender<bytes::Bytes>>>,
+    std::sync::RwLock<
+        std::collections::HashMap<
+            u64,
+            tokio::sync::mpsc::Sender<(std::time::Instant, bytes::Bytes)>,
+        >,
+    >,
 );
 
 impl FlowRoutes {
     /// Send flow `flow`'s datagrams to `tx`.
-    pub fn insert(&self, flow: u64, tx: tokio::sync::mpsc::Sender<bytes::Bytes>) {
+    pub fn insert(
+        &self,
+        flow: u64,
+        tx: tokio::sync::mpsc::Sender<(std::time::Instant, bytes::Bytes)>,
+    ) {
         if let Ok(mut m) = self.0.write() {
             m.insert(flow, tx);
         }
@@ -102,7 +111,10 @@ impl FlowRoutes {
         self.0
             .read()
             .ok()
-            .and_then(|m| m.get(&flow).map(|tx| tx.try_send(d).is_ok()))
+            .and_then(|m| {
+                m.get(&flow)
+                    .map(|tx| tx.try_send((std::time::Instant::now(), d)).is_ok())
+            })
             .unwrap_or(false)
     }
 }
