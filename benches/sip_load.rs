@@ -426,6 +426,27 @@ fn rtp_port_args() -> [String; 4] {
     ]
 }
 
+/// Writes a scenario (mode 0600) with the phone's digest credentials in its
+/// `[authentication]` keyword, so that the password is not in sipp's argv
+/// (SIPp does not expand injection fields inside that keyword).
+fn write_scenario(file: &Path, scenario: &str, password: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    assert!(scenario.contains("[authentication]"));
+    let text = scenario.replace(
+        "[authentication]",
+        &format!("[authentication username=201 password={password}]"),
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap();
+}
+
 /// Start sipp on CPU 0: `calls` calls at `cps`, at most `limit` at once.
 #[allow(clippy::too_many_arguments)]
 fn start_sipp(
@@ -434,7 +455,6 @@ fn start_sipp(
     target: &str,
     scenario_file: &Path,
     inf: &Path,
-    password: &str,
     calls: usize,
     cps: usize,
     limit: usize,
@@ -450,7 +470,6 @@ fn start_sipp(
         .arg(scenario_file)
         .arg("-inf")
         .arg(inf)
-        .args(["-au", "201", "-ap", password])
         // The digest uri must be the Request-URI (sipp's default drops the user).
         .args(["-auth_uri", &format!("900@{target}")])
         .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p"])
@@ -598,7 +617,7 @@ impl Bench {
         // Every call holds until the window after the last one is up is over.
         let hold = ramp + SETTLE + MEASURE + Duration::from_secs(3);
         let file = self.lab.dir.join(format!("step-{n}.xml"));
-        std::fs::write(&file, scenario(audio, hold)).unwrap();
+        write_scenario(&file, &scenario(audio, hold), &self.password);
         let bound = ramp + hold + Duration::from_secs(25);
         let sipp = start_sipp(
             &self.lab.dir,
@@ -606,7 +625,6 @@ impl Bench {
             &self.target,
             &file,
             &self.inf,
-            &self.password,
             n,
             RAMP_CPS,
             n,
@@ -725,7 +743,7 @@ impl Bench {
     fn rate(&self, cps: usize, audio: &Path) -> BTreeMap<String, f64> {
         let calls = cps * RATE_SECONDS;
         let file = self.lab.dir.join("rate.xml");
-        std::fs::write(&file, scenario(audio, RATE_HOLD)).unwrap();
+        write_scenario(&file, &scenario(audio, RATE_HOLD), &self.password);
         let a = self.snap();
         let bound = Duration::from_secs((RATE_SECONDS + 30) as u64);
         let sipp = start_sipp(
@@ -734,7 +752,6 @@ impl Bench {
             &self.target,
             &file,
             &self.inf,
-            &self.password,
             calls,
             cps,
             calls,
@@ -871,10 +888,9 @@ fn main() {
     );
     let (cfg, metrics_addr) = lab.gateway_config("gw-load", lab.quic_port, &extra);
     let password = add_phone(&cfg, "201");
-    // sipp 3.6.1 does not expand injection fields inside `[authentication]`
-    // (it emits them outside the keyword), so the digest credentials go in
-    // `-au`/`-ap` as in tests/sip_bridge.rs: a throwaway phone of this run,
-    // on loopback, gone with the lab.
+    // SIPp does not expand injection fields inside `[authentication]` (it
+    // emits them outside the keyword), so the credentials go into the
+    // scenario files themselves (write_scenario), never into sipp's argv.
     let inf = lab.dir.join("phones.csv");
     std::fs::write(&inf, "SEQUENTIAL\n201;\n").unwrap();
     let gw_bin = gateway_bin();
