@@ -1676,28 +1676,32 @@ fn main() {
                 Box::new(move |w: &Path, p: u16| ffmpeg_cmd(&c, w, p, false)),
             ),
         ];
-        let mut list = Vec::new();
-        for (name, b) in builders.iter() {
-            let mut pj = match run_peer(b.as_ref(), &fx, &scratch) {
-                Ok((r, cmd)) => peer_json(name, &deb_opus, &cmd, &r, &fx),
-                Err(e) => {
-                    let mut o = J::obj();
-                    o.set("name", *name).set("error", e);
-                    o
+        // Each peer's runs against the opusenc baseline.
+        let measure = |peers: &[(&str, Build)], reps: usize| {
+            let mut list = Vec::new();
+            for (name, b) in peers {
+                let mut pj = match run_peer_reps(b.as_ref(), &fx, &scratch, reps) {
+                    Ok((r, cmd)) => peer_json(name, &deb_opus, &cmd, &r, &fx),
+                    Err(e) => {
+                        let mut o = J::obj();
+                        o.set("name", *name).set("error", e);
+                        o
+                    }
+                };
+                for k in ["per_audio_s_total", "per_audio_s_marginal"] {
+                    if let (Some(p), Some(b)) = (pj.num(k), base_j.num(k)) {
+                        pj.set(&k.replace("per_audio_s", "ratio"), p / b);
+                    }
                 }
-            };
-            for k in ["per_audio_s_total", "per_audio_s_marginal"] {
-                if let (Some(p), Some(b)) = (pj.num(k), base_j.num(k)) {
-                    pj.set(&k.replace("per_audio_s", "ratio"), p / b);
-                }
+                list.push(pj);
             }
-            list.push(pj);
-        }
-        j.set("peers", J::A(list));
+            J::A(list)
+        };
+        j.set("peers", measure(&builders, PEER_REPS));
         // The same peers paced to real time (GStreamer's udpsink clock,
         // ffmpeg -re), as the gateway is: once each, whole file and short
         // clip. Their ratio to the flat-out opusenc shows what pacing alone
-        // costs on this machine (caches and CPU state lost between frames).
+        // costs on this machine.
         let paced: [(&str, Build); 2] = [
             (
                 "gst-launch (sync=true)",
@@ -1708,24 +1712,7 @@ fn main() {
                 Box::new(move |w: &Path, p: u16| ffmpeg_cmd(&c, w, p, true)),
             ),
         ];
-        let mut list = Vec::new();
-        for (name, b) in paced.iter() {
-            let mut pj = match run_peer_reps(b.as_ref(), &fx, &scratch, 1) {
-                Ok((r, cmd)) => peer_json(name, &deb_opus, &cmd, &r, &fx),
-                Err(e) => {
-                    let mut o = J::obj();
-                    o.set("name", *name).set("error", e);
-                    o
-                }
-            };
-            for k in ["per_audio_s_total", "per_audio_s_marginal"] {
-                if let (Some(p), Some(b)) = (pj.num(k), base_j.num(k)) {
-                    pj.set(&k.replace("per_audio_s", "ratio"), p / b);
-                }
-            }
-            list.push(pj);
-        }
-        j.set("real_time", J::A(list));
+        j.set("real_time", measure(&paced, 1));
         j
     });
 
