@@ -496,18 +496,29 @@ mod tests {
     fn a_packet_read_late_keeps_its_kernel_arrival_time() {
         let p = pair();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        peer.send_to(b"rtp", ("127.0.0.1", p.port())).unwrap();
-        let sent = SystemTime::now();
-        std::thread::sleep(Duration::from_millis(40));
         let (mut buf, mut cmsg) = ([0u8; 64], nix::cmsg_space!(nix::sys::time::TimeSpec));
-        let r = recv(&p.rtp, &mut buf, &mut cmsg).expect("the datagram");
-        assert_eq!(&buf[..r.len], b"rtp");
-        assert_eq!(r.src, peer.local_addr().unwrap());
-        let at = r.at.expect("SO_TIMESTAMPNS set by the pool");
-        // Read 40 ms late, but stamped when it arrived.
-        let age = SystemTime::now().duration_since(at).unwrap();
-        assert!(age >= Duration::from_millis(35), "age {age:?}");
-        assert!(at.duration_since(sent).unwrap_or_default() < Duration::from_millis(20));
-        assert!(recv(&p.rtp, &mut buf, &mut cmsg).is_none(), "drained");
+        // The first SO_TIMESTAMPNS socket on a machine turns the kernel's
+        // receive timestamps on from a work queue, a moment later; until
+        // then a datagram is stamped when it is read. (The gateway binds its
+        // pool at start-up, long before a call.) So allow a few rounds.
+        let mut ages = Vec::new();
+        for _ in 0..10 {
+            peer.send_to(b"rtp", ("127.0.0.1", p.port())).unwrap();
+            let sent = SystemTime::now();
+            std::thread::sleep(Duration::from_millis(40));
+            let r = recv(&p.rtp, &mut buf, &mut cmsg).expect("the datagram");
+            assert_eq!(&buf[..r.len], b"rtp");
+            assert_eq!(r.src, peer.local_addr().unwrap());
+            let at = r.at.expect("SO_TIMESTAMPNS set by the pool");
+            assert!(recv(&p.rtp, &mut buf, &mut cmsg).is_none(), "drained");
+            // Read 40 ms late, but stamped when it arrived.
+            let age = SystemTime::now().duration_since(at).unwrap();
+            if age >= Duration::from_millis(35) {
+                assert!(at.duration_since(sent).unwrap_or_default() < Duration::from_millis(20));
+                return;
+            }
+            ages.push(age);
+        }
+        panic!("datagrams stamped when read, not when they arrived: ages {ages:?}");
     }
 }
