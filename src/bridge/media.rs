@@ -48,6 +48,10 @@ pub const BASE_TICK: Duration = Duration::from_millis(10);
 /// A clock that fell further behind than this skips the missed ticks
 /// instead of running them back to back.
 const MAX_LAG: Duration = Duration::from_millis(100);
+/// A receive timestamp older than this is taken for a step of the wall
+/// clock (NTP setting the time at boot on a board without a real-time
+/// clock), not a late read: the packet counts as arriving now.
+const MAX_ARRIVAL_AGE: Duration = Duration::from_millis(500);
 /// Datagrams read from one phone socket per leg tick (more wait for the next).
 const MAX_READS: usize = 32;
 /// Relay datagrams waiting for the engine (all calls).
@@ -404,6 +408,7 @@ impl Engine {
                 }
                 let age =
                     r.at.and_then(|t| wall.duration_since(t).ok())
+                        .filter(|a| *a <= MAX_ARRIVAL_AGE)
                         .unwrap_or(Duration::ZERO);
                 let arrived = now.saturating_sub(age);
                 tally.rtp_in += 1;
