@@ -42,6 +42,9 @@
 mod audio_env;
 #[path = "../tests/common/lab.rs"]
 mod lab;
+#[path = "../tests/common/sip.rs"]
+#[allow(dead_code)]
+mod sip;
 
 use lab::{Lab, Proc, free_udp, scrape};
 use std::collections::BTreeMap;
@@ -287,21 +290,7 @@ fn sipp_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VOXGATE_SIPP").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    let base = std::env::var_os("VOXGATE_SIPP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-            cache.join("voxgate/sipp-3.7.3")
-        });
-    let p = base.join("bin/sipp");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/sipp-trixie (scripts/deps runs it)",
-        p.display()
-    );
-    p
+    sip::sipp37()
 }
 
 /// The UAC scenario: INVITE 900, MD5 challenge, INVITE with credentials,
@@ -433,10 +422,7 @@ fn write_scenario(file: &Path, scenario: &str, password: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     assert!(scenario.contains("[authentication]"));
-    let text = scenario.replace(
-        "[authentication]",
-        &format!("[authentication username=201 password={password}]"),
-    );
+    let text = scenario.replace("[authentication]", &sip::sipp_auth("201", password));
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
