@@ -1159,11 +1159,8 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
     use voxgate::transport::client::{self, ClientParams, ConnSlot, UPLINK_FLOW, Wiring};
     let lab = Lab::new("bench-quic", "mode = \"none\"");
     let mut relay = lab.start_relay();
-    let (cfg_path, _) = lab.gateway_config(
-        "bench-quic",
-        lab.quic_port,
-        &capture_extra("voxcap", None),
-    );
+    let (cfg_path, _) =
+        lab.gateway_config("bench-quic", lab.quic_port, &capture_extra("voxcap", None));
     let cfg = GatewayConfig::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
     let identity =
         voxgate::identity::backend::load(&cfg.device_id, &cfg.identity).expect("device identity");
@@ -1204,9 +1201,15 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
         metrics: voxgate::gateway::metrics::GatewayMetrics::new(),
         calls: None,
     };
-    let task = rt.spawn(client::run(endpoint, client_cfg, params, wiring, async move {
-        let _ = stop_rx.await;
-    }));
+    let task = rt.spawn(client::run(
+        endpoint,
+        client_cfg,
+        params,
+        wiring,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     let conn = loop {

@@ -126,7 +126,6 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
     })
 }
 
-/// Run the gateway until `shutdown` resolves.
 /// The capture period asked of the device for Opus frames of `frame`:
 /// one callback per frame up to 20 ms, so the capture thread and the
 /// encoder each wake once per frame (a 10 ms period woke both twice per
@@ -137,6 +136,7 @@ fn capture_period_ms(frame: std::time::Duration) -> u32 {
     (frame.as_millis() as u32).clamp(10, 20)
 }
 
+/// Run the gateway until `shutdown` resolves.
 pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = p.cfg;
     let metrics = GatewayMetrics::new();

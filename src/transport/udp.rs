@@ -26,7 +26,6 @@
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
-use tokio::time::Sleep;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -34,6 +33,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tokio::time::Sleep;
 
 /// [`TokioRuntime`] whose sockets receive one datagram per buffer and
 /// whose timers are [`ExactTimer`]s.
@@ -204,14 +204,18 @@ mod tests {
         let blocked = rt.block_on(async move {
             let now = Instant::now();
             let mut timer = runtime.new_timer(now + std::time::Duration::from_secs(60));
-            timer.as_mut().reset(now + std::time::Duration::from_millis(30));
+            timer
+                .as_mut()
+                .reset(now + std::time::Duration::from_millis(30));
             // Registered, as quinn's driver does after every reset.
             std::future::poll_fn(|cx| {
                 assert!(timer.as_mut().poll(cx).is_pending());
                 Poll::Ready(())
             })
             .await;
-            timer.as_mut().reset(now + std::time::Duration::from_millis(400));
+            timer
+                .as_mut()
+                .reset(now + std::time::Duration::from_millis(400));
             std::future::poll_fn(|cx| {
                 assert!(timer.as_mut().poll(cx).is_pending());
                 Poll::Ready(())
@@ -220,7 +224,12 @@ mod tests {
             let before = voluntary_switches();
             rx.await.unwrap();
             let blocked = voluntary_switches() - before;
-            assert!(timer.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop())).is_pending());
+            assert!(
+                timer
+                    .as_mut()
+                    .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                    .is_pending()
+            );
             blocked
         });
         waker.join().unwrap();
