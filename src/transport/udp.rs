@@ -204,23 +204,17 @@ mod tests {
         let blocked = rt.block_on(async move {
             let now = Instant::now();
             let mut timer = runtime.new_timer(now + std::time::Duration::from_secs(60));
-            timer
-                .as_mut()
-                .reset(now + std::time::Duration::from_millis(30));
-            // Registered, as quinn's driver does after every reset.
-            std::future::poll_fn(|cx| {
-                assert!(timer.as_mut().poll(cx).is_pending());
-                Poll::Ready(())
-            })
-            .await;
-            timer
-                .as_mut()
-                .reset(now + std::time::Duration::from_millis(400));
-            std::future::poll_fn(|cx| {
-                assert!(timer.as_mut().poll(cx).is_pending());
-                Poll::Ready(())
-            })
-            .await;
+            for ms in [30, 400] {
+                timer
+                    .as_mut()
+                    .reset(now + std::time::Duration::from_millis(ms));
+                // Registered, as quinn's driver does after every reset.
+                std::future::poll_fn(|cx| {
+                    assert!(timer.as_mut().poll(cx).is_pending());
+                    Poll::Ready(())
+                })
+                .await;
+            }
             let before = voluntary_switches();
             rx.await.unwrap();
             let blocked = voluntary_switches() - before;
