@@ -1037,8 +1037,9 @@ fn file_run(
 }
 
 /// Run 2: playback on (echo relay, `voxplay`): memory, and CPU with both directions.
-fn echo_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> J {
-    let lab = Lab::new("bench-echo", "mode = \"echo\"");
+fn echo_run(fx: &Fixture, codec: &CodecConfig, tck: f64, binary: Option<&Path>) -> J {
+    let kind = if binary.is_some() { "static" } else { "dyn" };
+    let lab = Lab::new(&format!("bench-echo-{kind}"), "mode = \"echo\"");
     let out = lab.dir.join("speaker.raw");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&fx.raw), Some(&out));
     let mut relay = lab.start_relay();
@@ -1048,7 +1049,10 @@ fn echo_run(fx: &Fixture, codec: &CodecConfig, tck: f64) -> J {
         &capture_extra("voxcap", Some("voxplay")),
     );
     check_codec(&cfg, codec);
-    let mut gw = lab.start_gateway(&cfg, &gateway_env(devs.env()));
+    let mut gw = match binary {
+        Some(b) => lab.start_gateway_with(b, &cfg, &gateway_env(devs.env())),
+        None => lab.start_gateway(&cfg, &gateway_env(devs.env())),
+    };
     let pid = gw.pid();
     wait_metric(
         &mut gw,
@@ -1936,7 +1940,7 @@ fn main() {
 
     // 4. Playback on.
     let echo = section("gateway with playback (echo relay, voxplay)", || {
-        echo_run(&fx, &codec, tck)
+        echo_run(&fx, &codec, tck, None)
     });
 
     // 4b. The static release binary as shipped (musl, libasound and libopus
@@ -1954,6 +1958,9 @@ fn main() {
                 j.set("cpu", cpu);
             }
             j.set("binary", b.display().to_string());
+            // The same binary with playback on: the memory of a box that
+            // also plays the relay's audio.
+            j.set("echo", echo_run(&fx, &codec, tck, Some(b)));
             j
         }),
         Some(b) => {
