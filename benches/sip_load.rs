@@ -488,6 +488,9 @@ struct SippResult {
     ok: bool,
     successful: f64,
     failed: f64,
+    /// The signal that killed sipp, if one did (SIPp 3.7.3 sometimes
+    /// segfaults as a step's last calls end).
+    signal: Option<i32>,
 }
 
 impl Sipp {
@@ -534,6 +537,7 @@ impl Sipp {
             ok,
             successful,
             failed,
+            signal: status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
         }
     }
 }
@@ -671,6 +675,7 @@ impl Bench {
         r.insert("rss_kib".into(), b.rss_kib);
         r.insert("sipp_successful".into(), res.successful);
         r.insert("sipp_failed".into(), res.failed);
+        r.insert("sipp_signal".into(), res.signal.map_or(f64::NAN, f64::from));
         r.insert("sipp_ok".into(), f64::from(u8::from(res.ok)));
         for (q, k) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")] {
             r.insert(
@@ -963,7 +968,20 @@ fn main() {
             eprintln!("rate {cps}: skipped (time budget)");
             break;
         }
-        let r = bench.rate(cps, &audio);
+        let mut r = bench.rate(cps, &audio);
+        // A crash of the load tool says nothing of the gateway: the step is
+        // measured once more, and the crash is kept in the record.
+        if r["sipp_signal"].is_finite()
+            && bench.left() > Duration::from_secs((RATE_SECONDS + 40) as u64)
+        {
+            eprintln!(
+                "rate {cps}/s: sipp was killed by signal {} ({} calls ended, {} failed); measuring the step once more",
+                r["sipp_signal"], r["sipp_successful"], r["sipp_failed"]
+            );
+            let crashed = r["sipp_signal"];
+            r = bench.rate(cps, &audio);
+            r.insert("sipp_crashed_before".into(), crashed);
+        }
         let ok = r["keeps_up"] > 0.0;
         eprintln!(
             "rate {cps}/s: {} ({} ok, {} failed, {} x 503)",
