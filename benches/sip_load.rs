@@ -764,6 +764,7 @@ impl Bench {
         r.insert("calls".into(), calls as f64);
         r.insert("sipp_successful".into(), res.successful);
         r.insert("sipp_failed".into(), res.failed);
+        r.insert("sipp_signal".into(), res.signal.map_or(f64::NAN, f64::from));
         r.insert("transactions_full".into(), full);
         r.insert(
             "max_transactions_live".into(),
