@@ -1183,7 +1183,7 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
             quinn::EndpointConfig::default(),
             None,
             UdpSocket::bind("127.0.0.1:0").expect("UDP socket"),
-            Arc::new(voxgate::transport::udp::NoGroRuntime),
+            Arc::new(voxgate::transport::udp::GatewayRuntime),
         )
         .expect("QUIC endpoint")
     };
@@ -1229,18 +1229,18 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
     };
     let pid = std::process::id() as i32;
     // On-CPU ns and times scheduled in of the runtime's threads.
-    let workers = || {
-        thread_ns(pid)
-            .values()
-            .filter(|(name, _)| name.starts_with("quic-alone"))
-            .fold((0u64, 0u64), |a, (_, v)| (a.0 + v[0], a.1 + v[2]))
-    };
-    let worker_tids = || -> Vec<i32> {
+    // The runtime's threads: tid, and schedstat (on-CPU ns, wait ns, runs).
+    let runtime_threads = || {
         thread_ns(pid)
             .into_iter()
             .filter(|(_, (name, _))| name.starts_with("quic-alone"))
-            .map(|(tid, _)| tid)
-            .collect()
+            .map(|(tid, (_, v))| (tid, v))
+            .collect::<Vec<_>>()
+    };
+    let workers = || {
+        runtime_threads()
+            .iter()
+            .fold((0u64, 0u64), |a, (_, v)| (a.0 + v[0], a.1 + v[2]))
     };
     let received = || metric(lab.relay_metrics, "voxgate_relay_datagrams_total");
     let n = codec.frame_samples() as u32;
@@ -1260,7 +1260,7 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
         // Let the previous run's acknowledgements settle first.
         std::thread::sleep(Duration::from_millis(300));
         if !paced {
-            for tid in worker_tids() {
+            for (tid, _) in runtime_threads() {
                 pin(tid, cpu);
             }
         }

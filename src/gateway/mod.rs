@@ -147,7 +147,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         quinn::EndpointConfig::default(),
         None,
         p.udp,
-        Arc::new(crate::transport::udp::NoGroRuntime),
+        Arc::new(crate::transport::udp::GatewayRuntime),
     )
     .context("cannot start QUIC on the bound socket")?;
     let stop = Arc::new(AtomicBool::new(false));

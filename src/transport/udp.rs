@@ -7,7 +7,7 @@
 //! once for the endpoint's lifetime. A gateway receives some fifty small
 //! datagrams a second from one peer and gains nothing from GRO, while the
 //! static musl build keeps that whole buffer resident (its `calloc` writes
-//! every byte). [`NoGroRuntime`] turns GRO off on the socket again after
+//! every byte). [`GatewayRuntime`] turns GRO off on the socket again after
 //! quinn has turned it on, and tells quinn that each buffer holds one
 //! datagram: the buffer shrinks to about 46 KiB. The relay, which receives
 //! from thousands of peers, keeps quinn's default.
@@ -38,9 +38,9 @@ use tokio::time::Sleep;
 /// [`TokioRuntime`] whose sockets receive one datagram per buffer and
 /// whose timers are [`ExactTimer`]s.
 #[derive(Debug)]
-pub struct NoGroRuntime;
+pub struct GatewayRuntime;
 
-impl Runtime for NoGroRuntime {
+impl Runtime for GatewayRuntime {
     fn new_timer(&self, t: Instant) -> Pin<Box<dyn AsyncTimer>> {
         Box::pin(ExactTimer::new(t))
     }
@@ -167,7 +167,7 @@ mod tests {
     async fn wrapped_socket_has_gro_off_and_one_segment_per_buffer() {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let probe = sock.try_clone().unwrap();
-        let wrapped = NoGroRuntime.wrap_udp_socket(sock).unwrap();
+        let wrapped = GatewayRuntime.wrap_udp_socket(sock).unwrap();
         assert_eq!(wrapped.max_receive_segments(), 1);
         assert!(!gro_enabled(&probe).unwrap());
         // What quinn's own wrapper does, for contrast: GRO on where the
@@ -236,7 +236,7 @@ mod tests {
         // deadline still wakes the thread (the control for this test).
         let lazy = blocks_while_moved_later(&TokioRuntime);
         assert!(lazy >= 2, "tokio's Sleep blocked {lazy} times");
-        let exact = blocks_while_moved_later(&NoGroRuntime);
+        let exact = blocks_while_moved_later(&GatewayRuntime);
         assert_eq!(exact, 1, "the runtime thread woke up for a moved deadline");
     }
 
