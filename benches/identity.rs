@@ -59,8 +59,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voxgate::config::GatewayConfig;
 use voxgate::identity::backend::{self, LoadedIdentity};
+use voxgate::proto::control::{Enroll, Hello, Message, Renew};
 use voxgate::relay::registry::Registry;
-use voxgate::transport::control::{Enroll, Hello, Message, Renew};
 use voxgate::transport::framed::{self, FrameReader};
 use voxgate::transport::tls;
 
@@ -373,8 +373,8 @@ fn start_relay(lab: &Lab) -> Proc {
 }
 
 fn fingerprint(lab: &Lab) -> String {
-    let ca = tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    voxgate::relay::ca::fingerprint(&ca[0])
+    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    voxgate::pki::name::fingerprint(&ca[0])
 }
 
 /// `voxgate relay token create` then `voxgate setup` with `backend`;
@@ -435,7 +435,7 @@ fn device(name: &'static str, cfg_path: &Path) -> Device {
     let cfg = GatewayConfig::load(cfg_path).expect("the written config loads");
     let loaded = backend::load(&cfg.device_id, &cfg.identity).expect("identity loads");
     loaded.verify().expect("the backend holds the key");
-    let ca = tls::read_certs(&cfg.relay.ca).unwrap();
+    let ca = voxgate::pki::files::read_certs(&cfg.relay.ca).unwrap();
     let client = tls::client_config(&ca, loaded.identity.as_ref()).unwrap();
     Device {
         name,
@@ -602,7 +602,8 @@ async fn renew_once(
     let r = renewer.clone();
     let pending = tokio::task::spawn_blocking(move || r.prepare())
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let prepare = ms(t0.elapsed());
     let t1 = Instant::now();
     framed::send(&mut send, &Message::Renew(Renew { csr: &pending.csr }))
@@ -628,11 +629,12 @@ async fn renew_once(
     let r = renewer.clone();
     let serial = tokio::task::spawn_blocking(move || r.commit(pending, &cert))
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let renew = ms(t1.elapsed());
     conn.close(0u32.into(), b"bench");
     // Stored: the certificate file carries the new serial.
-    let stored = tls::read_certs(&d.cert).map_err(|e| e.to_string())?;
+    let stored = voxgate::pki::files::read_certs(&d.cert).map_err(|e| e.to_string())?;
     let (_, x) = x509_parser::parse_x509_certificate(&stored[0]).map_err(|e| e.to_string())?;
     let on_disk: String = x
         .tbs_certificate
@@ -825,7 +827,7 @@ async fn enroll_once(cfg: quinn::ClientConfig, relay: SocketAddr, job: Arc<Job>)
                 if x.public_key().subject_public_key.data.as_ref() != job.public.as_slice() {
                     return Err("certificate for another key".to_string());
                 }
-                let named = voxgate::relay::ca::common_name(&der.clone().into());
+                let named = voxgate::pki::name::common_name(&der.clone().into());
                 if named.as_deref() != Some(job.device.as_str()) {
                     return Err(format!("certificate names {named:?}"));
                 }

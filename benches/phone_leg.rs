@@ -13,9 +13,9 @@
 //! Output: a table, and `$VOXGATE_BENCH_OUT/phone_leg.json` when set.
 
 use std::time::{Duration, Instant};
+use voxgate::codec::CodecConfig;
 use voxgate::codec::phone::{PcmEncoder, PhoneCodec};
 use voxgate::codec::{OpusDecoder, OpusEncoder};
-use voxgate::config::CodecConfig;
 use voxgate::media::phone::{PhoneLeg, PhoneLegConfig};
 use voxgate::media::rtp::{Packet, Repr};
 

@@ -38,7 +38,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use voxgate::config::{CodecConfig, GatewayConfig};
+use voxgate::codec::CodecConfig;
+use voxgate::config::GatewayConfig;
 
 /// About 30 s of espeak-ng speech (the issue asks for ~30 s).
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. Voice gateways carry speech \
@@ -1152,7 +1153,7 @@ fn paced_run(fx: &Fixture, codec: &CodecConfig) -> J {
 }
 
 /// Diagnostic: the gateway's QUIC client on its own. The same code the
-/// gateway runs (`voxgate::transport::client`: quinn, mutual TLS, the
+/// gateway runs (`voxgate::gateway::session`: quinn, mutual TLS, the
 /// control handshake) on a one-worker tokio runtime like the gateway's,
 /// connected to a release relay, sends the baseline's Opus packets as
 /// RTP-over-QUIC datagrams from a plain thread, as the encoder thread hands
@@ -1160,7 +1161,8 @@ fn paced_run(fx: &Fixture, codec: &CodecConfig) -> J {
 /// as fast as quinn takes them. No audio device and no codec: what the
 /// transport alone costs on this machine, paced and flat out.
 fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
-    use voxgate::transport::client::{self, ClientParams, ConnSlot, UPLINK_FLOW, Wiring};
+    use voxgate::gateway::session::{self, ClientParams, UPLINK_FLOW, Wiring};
+    use voxgate::transport::link::ConnSlot;
     let lab = Lab::new("bench-quic", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let (cfg_path, _) =
@@ -1168,7 +1170,7 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
     let cfg = GatewayConfig::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
     let identity =
         voxgate::identity::backend::load(&cfg.device_id, &cfg.identity).expect("device identity");
-    let ca = voxgate::transport::tls::read_certs(&cfg.relay.ca).expect("relay CA");
+    let ca = voxgate::pki::files::read_certs(&cfg.relay.ca).expect("relay CA");
     let client_cfg = voxgate::transport::tls::client_config(&ca, identity.identity.as_ref())
         .expect("QUIC client config");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1183,7 +1185,7 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
             quinn::EndpointConfig::default(),
             None,
             UdpSocket::bind("127.0.0.1:0").expect("UDP socket"),
-            Arc::new(voxgate::transport::udp::GatewayRuntime),
+            Arc::new(voxgate::gateway::runtime::GatewayRuntime),
         )
         .expect("QUIC endpoint")
     };
@@ -1205,7 +1207,7 @@ fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) -> J {
         metrics: voxgate::gateway::metrics::GatewayMetrics::new(),
         calls: None,
     };
-    let task = rt.spawn(client::run(
+    let task = rt.spawn(session::run(
         endpoint,
         client_cfg,
         params,

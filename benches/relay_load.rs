@@ -44,7 +44,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use voxgate::config::CodecConfig;
+use voxgate::codec::CodecConfig;
 use voxgate::transport::tls;
 
 /// The generator thread's scheduling policy, for the summary.
@@ -775,7 +775,7 @@ async fn run(
     tck: f64,
 ) -> (Vec<J>, String) {
     let gdir = lab.dir.join(DEVICE);
-    let ca = tls::read_certs(&gdir.join("ca.pem")).expect("ca");
+    let ca = voxgate::pki::files::read_certs(&gdir.join("ca.pem")).expect("ca");
     let id = tls::DevFileIdentity::load(DEVICE, &gdir.join("device.pem"), &gdir.join("device.key"))
         .expect("identity");
     let cfg = tls::client_config(&ca, &id).expect("client config");

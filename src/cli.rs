@@ -317,7 +317,11 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Keys(KeysCommand::Status { config }) => {
             crate::telemetry::init("error");
-            crate::identity::status::run(&config)
+            if !config.exists() {
+                anyhow::bail!(crate::identity::status::not_enrolled(&config));
+            }
+            let cfg = GatewayConfig::load(&config)?;
+            crate::identity::status::run(&config, &cfg.device_id, &cfg.identity)
         }
         Command::Setup(args) => {
             crate::telemetry::init("warn");

@@ -243,7 +243,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
         .collect();
     std::fs::write(dir.join("machine-id"), format!("{mid}\n"))?;
-    let binding = crate::relay::ca::CaBinding {
+    let binding = crate::pki::sealed::MachineBinding {
         machine_id: dir.join("machine-id"),
         serial: None,
     };

@@ -16,7 +16,7 @@
 //! <ext> <ha1-sha256 hex> <ha1-md5 hex> <created unix seconds>
 //! ```
 
-use crate::identity::sealed::{self, Material, SealError};
+use crate::pki::sealed::{self, Material, SealError};
 use ring::digest;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -142,7 +142,7 @@ pub struct PhoneStore {
 
 /// Whether `ext` may be a phone's extension (as the relay's numbering plan allows).
 pub fn valid_extension(ext: &str) -> bool {
-    crate::relay::switch::valid_extension(ext)
+    crate::proto::signal::valid_extension(ext)
 }
 
 const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
@@ -392,10 +392,8 @@ fn open(config: &Path) -> anyhow::Result<(crate::config::SipConfig, Material)> {
             config.display()
         )
     })?;
-    let material = crate::identity::backend::material(
-        &cfg.identity.machine_id,
-        cfg.identity.serial.as_deref(),
-    )?;
+    let material =
+        crate::pki::sealed::material(&cfg.identity.machine_id, cfg.identity.serial.as_deref())?;
     Ok((sip, material))
 }
 

@@ -8,7 +8,7 @@ use common::lab::{Lab, bin, metric, test_dir};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use voxgate::transport::control::{self, Hello, Message};
+use voxgate::proto::control::{self, Hello, Message};
 use voxgate::transport::tls;
 
 fn run_with(cfg_text: &str, name: &str) -> (bool, String) {
@@ -119,7 +119,7 @@ async fn connect(lab: &Lab, id: &str) -> quinn::Connection {
     let gdir = lab.dir.join(id);
     let identity =
         tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key")).unwrap();
-    let ca = tls::read_certs(&gdir.join("ca.pem")).unwrap();
+    let ca = voxgate::pki::files::read_certs(&gdir.join("ca.pem")).unwrap();
     let cfg = tls::client_config(&ca, &identity).unwrap();
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.connect_with(
@@ -251,7 +251,7 @@ async fn relay_survives_malformed_datagrams_and_control() {
     expect_refusal(&mut recv3, "identity", "certificate names `gw-liar`").await;
 
     // 5. A client without a certificate never gets in.
-    let ca = tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca[0].clone()).unwrap();
     let mut anon = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -9,10 +9,10 @@ use common::lab::{Lab, metric};
 use std::time::Duration;
 use voxgate::media::flow;
 use voxgate::media::rtp::Repr;
-use voxgate::transport::calls::CallSignal as CallMsg;
-use voxgate::transport::control::{
+use voxgate::proto::control::{
     self, CallAnswer, CallEnd, CallRinging, CallSetup, Dtmf, EndReason, ExtUp, Hello, Message,
 };
+use voxgate::proto::signal::CallSignal as CallMsg;
 use voxgate::transport::framed::FrameReader;
 use voxgate::transport::tls;
 
@@ -32,7 +32,7 @@ impl Dev {
         let identity =
             tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key"))
                 .unwrap();
-        let ca = tls::read_certs(&gdir.join("ca.pem")).unwrap();
+        let ca = voxgate::pki::files::read_certs(&gdir.join("ca.pem")).unwrap();
         let cfg = tls::client_config(&ca, &identity).unwrap();
         let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = ep
@@ -112,7 +112,7 @@ impl Dev {
 
     /// Round trip a ping: every message sent before it has been handled.
     async fn sync(&mut self) {
-        self.tx(&Message::Ping(voxgate::transport::control::Ping { id: 77 }))
+        self.tx(&Message::Ping(voxgate::proto::control::Ping { id: 77 }))
             .await;
         loop {
             let pong = tokio::time::timeout(
@@ -418,7 +418,7 @@ async fn echo_and_recording_services() {
     }))
     .await;
     assert!(matches!(a.rx().await, CallMsg::Answer { call: 2, .. }));
-    let mut enc = voxgate::codec::OpusEncoder::new(&voxgate::config::CodecConfig {
+    let mut enc = voxgate::codec::OpusEncoder::new(&voxgate::codec::CodecConfig {
         frame: Duration::from_millis(20),
         bitrate: 24_000,
         fec: true,

@@ -16,8 +16,8 @@ use std::time::Duration;
 use voxgate::relay::registry::Registry;
 
 fn fingerprint(lab: &Lab) -> String {
-    let ca = voxgate::transport::tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    voxgate::relay::ca::fingerprint(&ca[0])
+    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    voxgate::pki::name::fingerprint(&ca[0])
 }
 
 fn token(lab: &Lab, ttl_s: u64) -> String {

@@ -18,8 +18,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn fingerprint(lab: &Lab) -> String {
-    let ca = voxgate::transport::tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    voxgate::relay::ca::fingerprint(&ca[0])
+    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    voxgate::pki::name::fingerprint(&ca[0])
 }
 
 /// A fresh single-use token in a 0600 file.

@@ -71,12 +71,10 @@ fn fleet_ca_key_is_sealed_refused_elsewhere_and_legacy_keys_are_sealed_on_reques
     std::fs::write(&rc, &original).unwrap();
 
     // An older release's plaintext ca.key: refused with the command.
-    let material = voxgate::identity::sealed::Material::new(
-        std::fs::read_to_string(&mid).unwrap().trim(),
-        None,
-    )
-    .unwrap();
-    let pkcs8 = voxgate::identity::sealed::unseal(&material, &sealed).unwrap();
+    let material =
+        voxgate::pki::sealed::Material::new(std::fs::read_to_string(&mid).unwrap().trim(), None)
+            .unwrap();
+    let pkcs8 = voxgate::pki::sealed::unseal(&material, &sealed).unwrap();
     let key =
         rcgen::KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..])).unwrap();
     std::fs::remove_file(&sealed_path).unwrap();
@@ -85,7 +83,7 @@ fn fleet_ca_key_is_sealed_refused_elsewhere_and_legacy_keys_are_sealed_on_reques
     std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
     // And the relay key the same way.
     let relay_sealed = std::fs::read(state.join("relay.key.sealed")).unwrap();
-    let relay_pkcs8 = voxgate::identity::sealed::unseal(&material, &relay_sealed).unwrap();
+    let relay_pkcs8 = voxgate::pki::sealed::unseal(&material, &relay_sealed).unwrap();
     let relay_key = rcgen::KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(
         &relay_pkcs8[..],
     ))

@@ -25,8 +25,8 @@ fn lab(name: &str) -> Lab {
 }
 
 fn enroll(lab: &Lab, id: &str, extra: &[&str]) -> PathBuf {
-    let ca = voxgate::transport::tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    let fp = voxgate::relay::ca::fingerprint(&ca[0]);
+    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    let fp = voxgate::pki::name::fingerprint(&ca[0]);
     let out = Command::new(bin())
         .args(["relay", "token", "create", "--config"])
         .arg(lab.dir.join("relay.toml"))
@@ -63,7 +63,7 @@ fn enroll(lab: &Lab, id: &str, extra: &[&str]) -> PathBuf {
 }
 
 fn serial(cert: &Path) -> String {
-    let c = voxgate::transport::tls::read_certs(cert).unwrap();
+    let c = voxgate::pki::files::read_certs(cert).unwrap();
     let (_, x) = x509_parser::parse_x509_certificate(&c[0]).unwrap();
     x.tbs_certificate
         .raw_serial()

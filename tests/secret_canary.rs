@@ -38,8 +38,8 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         .replace("log = \"debug\"", "log = \"trace\"");
     std::fs::write(&rc, text).unwrap();
     let mut relay = lab.start_relay();
-    let ca = voxgate::transport::tls::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    let fp = voxgate::relay::ca::fingerprint(&ca[0]);
+    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
+    let fp = voxgate::pki::name::fingerprint(&ca[0]);
     let out = Command::new(bin())
         .args(["relay", "token", "create", "--config"])
         .arg(&rc)
@@ -115,10 +115,10 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let renewed_key = std::fs::read(lab.dir.join("gw/device.key.sealed")).unwrap();
     assert_ne!(renewed_key, enrolled_key, "renewal made no fresh key");
     let material =
-        voxgate::identity::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
+        voxgate::pki::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
     let mut needles = vec![token.clone()];
     for sealed in [&enrolled_key, &renewed_key] {
-        let pkcs8 = voxgate::identity::sealed::unseal(&material, sealed).unwrap();
+        let pkcs8 = voxgate::pki::sealed::unseal(&material, sealed).unwrap();
         // The P-256 scalar sits after the fixed PKCS#8/ECPrivateKey prefix.
         needles.extend(forms(&pkcs8[36..68]));
         needles.extend(forms(&pkcs8));

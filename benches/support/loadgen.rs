@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use voxgate::media::sender::RtpSender;
-use voxgate::transport::control::{self, Direction, FlowOpen, Hello, Message};
+use voxgate::proto::control::{self, Direction, FlowOpen, Hello, Message};
 
 /// Send slots per 20 ms frame.
 const SLOTS: u64 = 20;

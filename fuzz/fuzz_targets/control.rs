@@ -1,7 +1,7 @@
 #![no_main]
 //! Control-stream frames: any bytes, decoded frame by frame.
 use libfuzzer_sys::fuzz_target;
-use voxgate::transport::control;
+use voxgate::proto::control;
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;

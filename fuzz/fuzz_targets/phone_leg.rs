@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use voxgate::codec::phone::PhoneCodec;
-use voxgate::config::CodecConfig;
+use voxgate::codec::CodecConfig;
 use voxgate::media::phone::{PhoneLeg, PhoneLegConfig};
 use voxgate::media::rtp::Packet;
 

@@ -1,7 +1,7 @@
 #![no_main]
 //! Sealed key files: header parsing and opening arbitrary bytes.
 use libfuzzer_sys::fuzz_target;
-use voxgate::identity::sealed::{Material, parse_header, unseal};
+use voxgate::pki::sealed::{Material, parse_header, unseal};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_header(data);

@@ -32,7 +32,7 @@ use crate::media::flow;
 use crate::media::jitter::Push;
 use crate::media::phone::{FromPhone, LegStats, PhoneLeg};
 use crate::media::ports::PortPair;
-use crate::transport::client::ConnSlot;
+use crate::transport::link::ConnSlot;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::IoSliceMut;

@@ -28,11 +28,13 @@ pub mod media;
 mod requests;
 pub mod tcp;
 
+use crate::codec::CodecConfig;
 use crate::codec::phone::PhoneCodec;
-use crate::config::{CodecConfig, SipConfig};
+use crate::config::SipConfig;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::media::ports::{PortPair, PortPool};
 use crate::phones::PhoneStore;
+use crate::proto::signal::{CallSignal, EndReason};
 use crate::sip::auth::DigestServer;
 use crate::sip::dialog::Dialog;
 use crate::sip::guard::{AuditEvent, Cidr, Guard, GuardConfig};
@@ -40,8 +42,7 @@ use crate::sip::offer::{Codec, LocalMedia, Negotiated};
 use crate::sip::registrar::{Registrar, RegistrarConfig};
 use crate::sip::transaction::{Timers, Transactions, Transmit, TxKey};
 use crate::sip::{Message, SipUri, Via, new_branch, new_tag};
-use crate::transport::calls::{CallSignal, EndReason};
-use crate::transport::client::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
+use crate::transport::link::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
 use media::{EngineCmd, MediaEvent};
 use std::collections::HashMap;
@@ -118,10 +119,7 @@ fn advertise_addr(cfg: &SipConfig) -> IpAddr {
 
 /// Bind the SIP sockets and the RTP pool and open the phone store (before
 /// the privilege drop). `material` seals the store.
-pub fn prepare(
-    cfg: &SipConfig,
-    material: &crate::identity::sealed::Material,
-) -> Result<PreparedBridge> {
+pub fn prepare(cfg: &SipConfig, material: &crate::pki::sealed::Material) -> Result<PreparedBridge> {
     let udp = std::net::UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind SIP UDP {} ([sip] listen)", cfg.listen))?;
     udp.set_nonblocking(true)?;

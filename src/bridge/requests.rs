@@ -4,12 +4,12 @@
 
 use super::Core;
 use super::secure_bytes;
+use crate::proto::signal::{CallSignal, EndReason};
 use crate::sip::auth::Ha1Pair;
 use crate::sip::dialog::{Dialog, DialogId, DialogState};
 use crate::sip::guard::Decision;
 use crate::sip::transaction::{TxEvent, TxKey};
 use crate::sip::{Message, Method, new_tag};
-use crate::transport::calls::{CallSignal, EndReason};
 use std::net::SocketAddr;
 use tracing::info;
 

@@ -5,9 +5,33 @@
 //! offers the three things a jitter buffer asks of it: decode, recover a lost
 //! frame from the next packet's FEC, and conceal.
 
-use crate::config::CodecConfig;
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+use std::time::Duration;
 use thiserror::Error;
+
+/// Opus encoder settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CodecConfig {
+    /// Frame duration: 10, 20, 40 or 60 ms.
+    pub frame: Duration,
+    /// Target bitrate, bits per second (6000..=128000).
+    pub bitrate: u32,
+    /// In-band forward error correction.
+    pub fec: bool,
+    /// Discontinuous transmission during silence.
+    pub dtx: bool,
+    /// Loss the encoder plans FEC for, percent.
+    pub expected_loss_percent: u8,
+    /// Encoder complexity 0..=10.
+    pub complexity: u8,
+}
+
+impl CodecConfig {
+    /// Samples per frame at 48 kHz.
+    pub fn frame_samples(&self) -> usize {
+        (self.frame.as_millis() as usize) * 48
+    }
+}
 
 /// Largest Opus packet (RFC 6716 §3.4 R2: 1275 bytes per frame; we send one frame).
 pub const MAX_PACKET: usize = 1275;

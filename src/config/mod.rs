@@ -10,10 +10,8 @@ mod relay;
 mod sip;
 
 pub use gateway::{
-    BoardDefaults, CaptureConfig, CodecConfig, GatewayConfig, IdentityBackend, IdentityConfig,
-    JitterSettings, PlaybackConfig, RelayTarget,
+    BoardDefaults, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig, RelayTarget,
 };
-pub use gateway::{DEFAULT_CREDENTIAL, split_host_port, valid_device_id};
 pub use relay::{DownlinkMode, RelayConfig};
 pub use sip::{SipConfig, valid_realm};
 

@@ -127,7 +127,7 @@ pub struct RelayConfig {
     /// Privilege drop and sandbox.
     pub privilege: crate::privilege::PrivilegeSettings,
     /// What the fleet CA key is sealed to (`[ca]`).
-    pub ca_binding: crate::relay::ca::CaBinding,
+    pub ca_binding: crate::pki::sealed::MachineBinding,
 }
 
 impl RelayConfig {
@@ -192,7 +192,7 @@ impl RelayConfig {
             certificate_lifetime: std::time::Duration::from_secs(life),
             telemetry: raw.telemetry,
             privilege,
-            ca_binding: crate::relay::ca::CaBinding {
+            ca_binding: crate::pki::sealed::MachineBinding {
                 machine_id: resolve(&base, &raw.ca.machine_id),
                 serial: raw
                     .ca

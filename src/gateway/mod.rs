@@ -9,6 +9,8 @@
 
 pub mod downlink;
 pub mod metrics;
+pub mod runtime;
+pub mod session;
 pub mod uplink;
 
 use crate::audio::capture::{self, CaptureShared};
@@ -19,10 +21,11 @@ use crate::codec::{OPUS_PAYLOAD_TYPE, OpusEncoder};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::media::sender::RtpSender;
 use crate::privilege::realtime;
-use crate::transport::client::{self, ClientParams, ConnSlot, UPLINK_FLOW};
+use crate::transport::link::ConnSlot;
 use crate::transport::tls;
 use anyhow::{Context, Result};
 use metrics::GatewayMetrics;
+use session::{ClientParams, UPLINK_FLOW};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -77,7 +80,7 @@ impl Prepared {
 pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
     let identity = crate::identity::backend::load(&cfg.device_id, &cfg.identity)
         .with_context(|| format!("{}: [identity]", cfg.file.display()))?;
-    let ca = tls::read_certs(&cfg.relay.ca)
+    let ca = crate::pki::files::read_certs(&cfg.relay.ca)
         .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
     let client = tls::client_config(&ca, identity.identity.as_ref())?;
     device::find(cfg.capture.device.as_deref(), Dir::Capture)
@@ -105,7 +108,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
     // started so, before the privilege drop.
     let bridge = match &cfg.sip {
         Some(sip) => {
-            let material = crate::identity::backend::material(
+            let material = crate::pki::sealed::material(
                 &cfg.identity.machine_id,
                 cfg.identity.serial.as_deref(),
             )?;
@@ -147,7 +150,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         quinn::EndpointConfig::default(),
         None,
         p.udp,
-        Arc::new(crate::transport::udp::GatewayRuntime),
+        Arc::new(runtime::GatewayRuntime),
     )
     .context("cannot start QUIC on the bound socket")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -267,11 +270,11 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     crate::systemd::ready("streaming to the relay");
     let watchdog = crate::systemd::spawn_watchdog();
-    client::run(
+    session::run(
         endpoint,
         p.client,
         params,
-        client::Wiring {
+        session::Wiring {
             slot,
             down: down_tx,
             metrics: metrics.clone(),

@@ -13,7 +13,7 @@ use crate::audio::device::PIPELINE_RATE;
 use crate::audio::ring::RingRx;
 use crate::codec::OpusEncoder;
 use crate::media::sender::RtpSender;
-use crate::transport::client::ConnSlot;
+use crate::transport::link::ConnSlot;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::thread;

@@ -10,9 +10,11 @@
 //! sandbox, since Landlock and seccomp apply per thread).
 
 use super::renew::{CertHolder, Renewer, pending_cert_path};
-use super::sealed::{self, Material};
 use super::tpm::{KeyBlob, Tpm, TpmError, TpmKey};
-use crate::config::{IdentityBackend, IdentityConfig};
+use super::{IdentityBackend, IdentityConfig};
+use crate::pki::files::{self, FileError};
+use crate::pki::name::common_name;
+use crate::pki::sealed::{self, BindingError};
 use crate::transport::tls::{self, DeviceIdentity, TlsError};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -34,14 +36,12 @@ pub enum IdentityError {
         /// Why.
         source: sealed::SealError,
     },
-    /// A binding input could not be read.
-    #[error("cannot read {path} (a sealing input): {source}")]
-    Binding {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// A sealing input could not be read.
+    #[error(transparent)]
+    Binding(#[from] BindingError),
+    /// A certificate or key file is not usable.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The unsealed key is not a P-256 PKCS#8 key.
     #[error("{0}: the sealed key is not an ECDSA P-256 key")]
     KeyType(String),
@@ -93,21 +93,6 @@ pub enum IdentityError {
 }
 
 const TPM_RECOVERY: &str = "if the TPM was cleared or replaced, re-enroll this device (`voxgate setup --backend tpm` with a new token)";
-
-/// Read the sealing inputs: the machine id, and the SoC serial if the board
-/// has one.
-pub fn material(machine_id: &Path, serial: Option<&Path>) -> Result<Material, IdentityError> {
-    let id = std::fs::read_to_string(machine_id).map_err(|source| IdentityError::Binding {
-        path: machine_id.display().to_string(),
-        source,
-    })?;
-    let serial = serial.and_then(|p| std::fs::read(p).ok());
-    let serial = serial.map(|s| String::from_utf8_lossy(&s).into_owned());
-    Material::new(&id, serial.as_deref()).map_err(|source| IdentityError::Sealed {
-        path: machine_id.display().to_string(),
-        source,
-    })
-}
 
 /// An identity whose key was unsealed into memory (zeroized by ring/rustls
 /// on drop of the signer) or is held by the TPM; renewal swaps it.
@@ -169,14 +154,15 @@ pub fn verify_tpm_key(k: &TpmKey) -> Result<(), IdentityError> {
 }
 
 fn read_key_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, IdentityError> {
-    tls::check_key_mode(path)?;
+    files::check_key_mode(path)?;
     std::fs::read(path)
         .map(zeroize::Zeroizing::new)
         .map_err(|source| {
-            IdentityError::Tls(TlsError::Read {
+            FileError::Read {
                 path: path.into(),
                 source,
-            })
+            }
+            .into()
         })
 }
 
@@ -193,14 +179,14 @@ fn chain_for(
             .map(|(_, x)| x.public_key().raw == spki)
             .unwrap_or(false)
     };
-    let mut chain = tls::read_certs(cert)?;
+    let mut chain = files::read_certs(cert)?;
     if !for_key(&chain) {
         // A renewal that stopped between replacing the key and moving the
         // new certificate into place: finish it.
         let pending = pending_cert_path(cert);
-        match tls::read_certs(&pending) {
+        match files::read_certs(&pending) {
             Ok(new) if for_key(&new) => {
-                std::fs::rename(&pending, cert).map_err(|source| TlsError::Read {
+                std::fs::rename(&pending, cert).map_err(|source| FileError::Write {
                     path: pending.clone(),
                     source,
                 })?;
@@ -215,7 +201,7 @@ fn chain_for(
             }
         }
     }
-    let named = crate::relay::ca::common_name(&chain[0]).unwrap_or_default();
+    let named = common_name(&chain[0]).unwrap_or_default();
     if named != device_id {
         return Err(TlsError::Pem {
             path: cert.into(),
@@ -260,7 +246,7 @@ fn sealed_file(
     file: &[u8],
     backend: IdentityBackend,
 ) -> Result<LoadedIdentity, IdentityError> {
-    let m = material(&cfg.machine_id, cfg.serial.as_deref())?;
+    let m = sealed::material(&cfg.machine_id, cfg.serial.as_deref())?;
     let pkcs8 = sealed::unseal(&m, file).map_err(|source| IdentityError::Sealed {
         path: cfg.key.display().to_string(),
         source,
@@ -340,8 +326,8 @@ fn credential_key(name: &str) -> Result<(PathBuf, zeroize::Zeroizing<Vec<u8>>), 
     }
     let raw = read_key_file(&path)?;
     if raw.starts_with(b"-----") {
-        return match rustls_pemfile::private_key(&mut &raw[..]) {
-            Ok(Some(PrivateKeyDer::Pkcs8(k))) => {
+        return match files::parse_key(&raw) {
+            Some(PrivateKeyDer::Pkcs8(k)) => {
                 Ok((path, zeroize::Zeroizing::new(k.secret_pkcs8_der().to_vec())))
             }
             _ => Err(IdentityError::KeyType(path.display().to_string())),

@@ -14,9 +14,12 @@
 //! certificate. A crash between the two renames leaves the new key and
 //! `<cert>.new`, which [`super::backend::load`] finishes on the next start.
 
-use super::setup::{NewKey, pem, write, write_renewal_record};
-use super::tpm::TpmKey;
-use crate::config::IdentityBackend;
+use super::IdentityBackend;
+use super::keys::{KeyError, NewKey, write_renewal_record};
+use super::tpm::{TpmError, TpmKey};
+use crate::pki::files::{FileError, pem, write_file};
+use crate::pki::name::{common_name, hex};
+use crate::pki::sealed::{self, SealError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -24,6 +27,7 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
 use zeroize::Zeroizing;
 
 /// The certificate and signer the TLS client presents; swapped on renewal.
@@ -58,7 +62,7 @@ impl rustls::client::ResolvesClientCert for CertHolder {
 /// How the next key is made.
 enum KeySource {
     /// A fresh software key, sealed to this box.
-    Sealed(super::sealed::Material),
+    Sealed(sealed::Material),
     /// A fresh key in this TPM.
     Tpm(Arc<super::tpm::Tpm>),
     /// The same software key (systemd credential).
@@ -119,7 +123,7 @@ pub fn due_at(issued: i64, not_after: i64) -> i64 {
 pub fn issued_at(cert: &Path, not_before: i64, not_after: i64) -> i64 {
     let record = cert
         .parent()
-        .map(|d| d.join(super::setup::RENEWAL_FILE))
+        .map(|d| d.join(super::keys::RENEWAL_FILE))
         .and_then(|p| std::fs::read_to_string(p).ok());
     let field = |text: &str, name: &str| {
         text.lines()
@@ -144,14 +148,53 @@ fn validity(der: &[u8]) -> Option<(i64, i64)> {
 }
 
 /// Why a renewal step failed (no secrets in the text).
-pub type RenewError = String;
+#[derive(Debug, Error)]
+pub enum RenewError {
+    /// The next key could not be made or stored.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The TPM could not create the next key.
+    #[error("cannot create the next key in the TPM: {0}")]
+    Tpm(#[source] TpmError),
+    /// The new key could not be sealed.
+    #[error("cannot seal the new key: {0}")]
+    Seal(#[source] SealError),
+    /// A file could not be written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A file could not be moved into place.
+    #[error("cannot move {} to {}: {source}", from.display(), to.display())]
+    Rename {
+        /// The file moved.
+        from: PathBuf,
+        /// Where to.
+        to: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The relay's answer does not parse as a certificate.
+    #[error("the relay returned an unreadable certificate")]
+    Unreadable,
+    /// The relay's certificate is for another key.
+    #[error("the relay returned a certificate for another key; not saving it")]
+    OtherKey,
+    /// The relay's certificate names another device.
+    #[error("the relay returned a certificate for `{0}`")]
+    OtherDevice(String),
+    /// The blocking task that made or stored the key failed.
+    #[error("renewal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The new key is not usable by rustls.
+    #[error("the new key is not an ECDSA P-256 key")]
+    KeyType,
+}
 
 impl Renewer {
     /// A renewer for the loaded identity; `None` for backends that are not
     /// renewed.
     pub(crate) fn new(
         device_id: &str,
-        cfg: &crate::config::IdentityConfig,
+        cfg: &super::IdentityConfig,
         backend: IdentityBackend,
         holder: Arc<CertHolder>,
         tpm: Option<&TpmKey>,
@@ -159,9 +202,9 @@ impl Renewer {
     ) -> Option<Arc<Renewer>> {
         let source = match (backend, tpm, pkcs8) {
             (IdentityBackend::Tpm, Some(k), _) => KeySource::Tpm(k.tpm().clone()),
-            (IdentityBackend::SealedFile, _, _) => KeySource::Sealed(
-                super::backend::material(&cfg.machine_id, cfg.serial.as_deref()).ok()?,
-            ),
+            (IdentityBackend::SealedFile, _, _) => {
+                KeySource::Sealed(sealed::material(&cfg.machine_id, cfg.serial.as_deref()).ok()?)
+            }
             (IdentityBackend::SystemdCreds, _, Some(p)) => {
                 KeySource::Same(Zeroizing::new(p.to_vec()))
             }
@@ -203,17 +246,15 @@ impl Renewer {
     /// Make the next key and its CSR (blocking: the TPM creates a key).
     pub fn prepare(&self) -> Result<Pending, RenewError> {
         let key = match &self.source {
-            KeySource::Sealed(_) => NewKey::software().map_err(|e| e.to_string())?,
+            KeySource::Sealed(_) => NewKey::software()?,
             KeySource::Tpm(tpm) => {
-                let blob = tpm
-                    .create_device_key()
-                    .map_err(|e| format!("cannot create the next key in the TPM: {e}"))?;
+                let blob = tpm.create_device_key().map_err(RenewError::Tpm)?;
                 NewKey::Tpm(Box::new(TpmKey::new(tpm.clone(), blob)))
             }
             KeySource::Same(pkcs8) => NewKey::Software(Zeroizing::new(pkcs8.to_vec())),
         };
-        let public = key.public().map_err(|e| e.to_string())?;
-        let csr = key.csr(&self.device_id).map_err(|e| format!("{e:#}"))?;
+        let public = key.public()?;
+        let csr = key.csr(&self.device_id)?;
         Ok(Pending {
             key,
             public,
@@ -225,32 +266,23 @@ impl Renewer {
     /// from the next handshake on (blocking: file IO, sealing). Returns the
     /// new certificate's serial (hex).
     pub fn commit(&self, pending: Pending, cert_b64: &str) -> Result<String, RenewError> {
-        let der = B64
-            .decode(cert_b64)
-            .map_err(|_| "the relay returned an unreadable certificate".to_string())?;
-        let (_, x) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|_| "the relay returned an unreadable certificate".to_string())?;
+        let der = B64.decode(cert_b64).map_err(|_| RenewError::Unreadable)?;
+        let (_, x) =
+            x509_parser::parse_x509_certificate(&der).map_err(|_| RenewError::Unreadable)?;
         if x.public_key().subject_public_key.data.as_ref() != pending.public.as_slice() {
-            return Err("the relay returned a certificate for another key; not saving it".into());
+            return Err(RenewError::OtherKey);
         }
-        let named =
-            crate::relay::ca::common_name(&CertificateDer::from(der.clone())).unwrap_or_default();
+        let named = common_name(&CertificateDer::from(der.clone())).unwrap_or_default();
         if named != self.device_id {
-            return Err(format!("the relay returned a certificate for `{named}`"));
+            return Err(RenewError::OtherDevice(named));
         }
-        let serial = x
-            .tbs_certificate
-            .raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let serial = hex(x.tbs_certificate.raw_serial());
         let not_after = x.validity().not_after.timestamp();
         let chain = vec![CertificateDer::from(der.clone())];
 
         // 1. The certificate beside the old one.
         let cert_new = pending_cert_path(&self.cert);
-        write(&cert_new, pem(&der, "CERTIFICATE").as_bytes(), 0o644)
-            .map_err(|e| format!("{e:#}"))?;
+        write_file(&cert_new, pem(&der, "CERTIFICATE").as_bytes(), 0o644)?;
         // 2. The key (replaced by rename), and the signer to present.
         let certified = match (&pending.key, &self.source) {
             (NewKey::Tpm(k), _) => {
@@ -258,7 +290,7 @@ impl Renewer {
                 k.certified_key(chain)
             }
             (NewKey::Software(pkcs8), KeySource::Sealed(m)) => {
-                let sealed = super::sealed::seal(m, pkcs8).map_err(|e| e.to_string())?;
+                let sealed = sealed::seal(m, pkcs8).map_err(RenewError::Seal)?;
                 replace(&self.key, &sealed, 0o600)?;
                 software_key(pkcs8, chain)?
             }
@@ -267,7 +299,7 @@ impl Renewer {
         // 3. The certificate into place.
         rename(&cert_new, &self.cert)?;
         if let Some(dir) = self.cert.parent() {
-            write_renewal_record(dir, "renewed", not_after).map_err(|e| format!("{e:#}"))?;
+            write_renewal_record(dir, "renewed", not_after)?;
         }
         self.holder.set(Arc::new(certified));
         *self.due.lock().unwrap_or_else(|p| p.into_inner()) = due_at(now(), not_after);
@@ -280,8 +312,8 @@ fn software_key(
     chain: Vec<CertificateDer<'static>>,
 ) -> Result<CertifiedKey, RenewError> {
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-    let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der)
-        .map_err(|_| "the new key is not an ECDSA P-256 key".to_string())?;
+    let signer =
+        rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|_| RenewError::KeyType)?;
     Ok(CertifiedKey::new(chain, signer))
 }
 
@@ -295,8 +327,11 @@ pub fn pending_cert_path(cert: &Path) -> PathBuf {
 /// rename(2): atomic within the state directory (the seccomp allow-list
 /// has rename, renameat and renameat2, whichever the libc uses).
 fn rename(from: &Path, to: &Path) -> Result<(), RenewError> {
-    std::fs::rename(from, to)
-        .map_err(|e| format!("cannot move {} to {}: {e}", from.display(), to.display()))
+    std::fs::rename(from, to).map_err(|source| RenewError::Rename {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })
 }
 
 /// Replace `path` atomically with `data`.
@@ -306,7 +341,7 @@ fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), RenewError> {
         s.push(".tmp");
         PathBuf::from(s)
     };
-    write(&tmp, data, mode).map_err(|e| format!("{e:#}"))?;
+    write_file(&tmp, data, mode)?;
     rename(&tmp, path)
 }
 

@@ -15,19 +15,19 @@
 //!    TPM-held key); store the returned certificate, the CA and the renewal
 //!    record; write a config that holds no secret.
 
-use super::backend::material;
-use super::sealed;
+use super::IdentityBackend;
+use super::keys::{NewKey, write_renewal_record};
 use super::tpm::{Tpm, TpmError, TpmKey, TpmOptions, TpmSpec};
-use crate::config::IdentityBackend;
+use crate::pki::files::{pem, write_file};
+use crate::pki::sealed::{self, material};
+use crate::proto::control::{Enroll, Message};
 use crate::telemetry::Secret;
-use crate::transport::control::{Enroll, Message};
 use crate::transport::framed::{self, FrameReader};
 use crate::transport::tls::{self, PinnedCaVerifier};
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,7 +73,7 @@ pub struct SetupArgs {
     pub tpm: TpmSpec,
     /// systemd-creds: the credential's name (the unit's
     /// `LoadCredentialEncrypted=` name).
-    #[arg(long, default_value = crate::config::DEFAULT_CREDENTIAL)]
+    #[arg(long, default_value = super::DEFAULT_CREDENTIAL)]
     pub credential: String,
     /// systemd-creds: the encrypted credential file to write.
     #[arg(long, default_value = "/etc/credstore.encrypted/voxgate-device-key")]
@@ -116,7 +116,7 @@ fn read_token(path: &PathBuf) -> Result<Secret<String>> {
             .read_to_string(&mut raw)
             .context("cannot read the token from stdin")?;
     } else {
-        tls::check_key_mode(path).context("the token file")?;
+        crate::pki::files::check_key_mode(path).context("the token file")?;
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_string(&mut raw))
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
@@ -126,61 +126,6 @@ fn read_token(path: &PathBuf) -> Result<Secret<String>> {
         bail!("the token must be the 32 letters and digits `voxgate relay token create` printed");
     }
     Ok(Secret::new(token))
-}
-
-/// The device key being enrolled.
-pub(crate) enum NewKey {
-    /// PKCS#8, in memory only until sealed or handed to systemd-creds.
-    Software(Zeroizing<Vec<u8>>),
-    /// Created in the TPM; only its wrapped blob exists outside it.
-    Tpm(Box<TpmKey>),
-}
-
-impl NewKey {
-    pub(crate) fn software() -> Result<NewKey> {
-        let rng = ring::rand::SystemRandom::new();
-        Ok(NewKey::Software(Zeroizing::new(
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-                .map_err(|_| anyhow::anyhow!("key generation failed"))?
-                .as_ref()
-                .to_vec(),
-        )))
-    }
-
-    /// The public point `04 || X || Y`.
-    pub(crate) fn public(&self) -> Result<Vec<u8>> {
-        Ok(match self {
-            NewKey::Software(pkcs8) => {
-                let rng = ring::rand::SystemRandom::new();
-                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
-                    .map_err(|_| anyhow::anyhow!("key generation failed"))?
-                    .public_key()
-                    .as_ref()
-                    .to_vec()
-            }
-            NewKey::Tpm(k) => k.public_key().to_vec(),
-        })
-    }
-
-    pub(crate) fn csr(&self, device_id: &str) -> Result<Vec<u8>> {
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, device_id);
-        Ok(match self {
-            NewKey::Software(pkcs8) => {
-                let kp = rcgen::KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(
-                    pkcs8.as_slice(),
-                ))
-                .context("key generation failed")?;
-                p.serialize_request(&kp).context("CSR")?.der().to_vec()
-            }
-            NewKey::Tpm(k) => p
-                .serialize_request(k.as_ref())
-                .context("the TPM could not sign the certificate request")?
-                .der()
-                .to_vec(),
-        })
-    }
 }
 
 /// Resolve `auto` and open what the backend needs, before any key exists.
@@ -271,29 +216,15 @@ fn store_credential(a: &SetupArgs, pkcs8: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The renewal record in the state directory: when the current certificate
-/// was obtained and how. `voxgate keys status` shows it; renewal will
-/// rewrite it.
-pub const RENEWAL_FILE: &str = "renewal.state";
-
-/// Write the renewal record (no secret in it).
-pub fn write_renewal_record(dir: &std::path::Path, event: &str, not_after: i64) -> Result<()> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let text = format!(
-        "# voxgate identity: when the current certificate was obtained\nlast = {now}\nevent = \"{event}\"\nnot_after = {not_after}\n"
-    );
-    write(&dir.join(RENEWAL_FILE), text.as_bytes(), 0o644)
-}
-
 /// Run the enrollment.
 pub fn run(a: SetupArgs) -> Result<()> {
-    if !crate::config::valid_device_id(&a.device_id) {
+    if !crate::pki::name::valid_device_id(&a.device_id) {
         bail!(
             "device id `{}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'",
             a.device_id
         );
     }
-    crate::config::split_host_port(&a.relay)
+    crate::transport::split_host_port(&a.relay)
         .with_context(|| format!("--relay `{}` is not HOST:PORT", a.relay))?;
     if a.config_out.exists() {
         bail!(
@@ -339,7 +270,7 @@ pub fn run(a: SetupArgs) -> Result<()> {
         bail!("the relay returned a certificate for another key; not saving it");
     }
     let cert_pem = pem(&cert_der, "CERTIFICATE");
-    let named = crate::relay::ca::common_name(&cert_der.clone().into()).unwrap_or_default();
+    let named = crate::pki::name::common_name(&cert_der.clone().into()).unwrap_or_default();
     if named != a.device_id {
         bail!(
             "the relay returned a certificate for `{named}`, not `{}`",
@@ -352,7 +283,7 @@ pub fn run(a: SetupArgs) -> Result<()> {
     let (key_lines, key_where) = match (&key, &m) {
         (NewKey::Tpm(k), _) => {
             let path = a.dir.join("device.key.tpm");
-            write(&path, &k.blob().to_bytes(), 0o600)?;
+            write_file(&path, &k.blob().to_bytes(), 0o600)?;
             (
                 format!("key = \"{}\"\ntpm = \"{}\"\n", path.display(), a.tpm),
                 format!(
@@ -364,7 +295,7 @@ pub fn run(a: SetupArgs) -> Result<()> {
         }
         (NewKey::Software(pkcs8), Some(m)) => {
             let path = a.dir.join("device.key.sealed");
-            write(&path, &sealed::seal(m, pkcs8)?, 0o600)?;
+            write_file(&path, &sealed::seal(m, pkcs8)?, 0o600)?;
             let serial_line = match serial {
                 Some(s) => format!("serial = \"{}\"\n", s.display()),
                 None => String::new(),
@@ -390,8 +321,8 @@ pub fn run(a: SetupArgs) -> Result<()> {
             )
         }
     };
-    write(&a.dir.join("device.pem"), cert_pem.as_bytes(), 0o644)?;
-    write(
+    write_file(&a.dir.join("device.pem"), cert_pem.as_bytes(), 0o644)?;
+    write_file(
         &a.dir.join("ca.pem"),
         pem(&ca, "CERTIFICATE").as_bytes(),
         0o644,
@@ -408,7 +339,7 @@ pub fn run(a: SetupArgs) -> Result<()> {
         sn = a.server_name,
         dir = a.dir.display(),
     );
-    write(&a.config_out, config.as_bytes(), 0o640)?;
+    write_file(&a.config_out, config.as_bytes(), 0o640)?;
     let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
         .map(|t| t.to_string())
         .unwrap_or_default();
@@ -449,7 +380,7 @@ async fn enroll(
             anyhow::anyhow!(
                 "the relay at {addr} could not prove it holds the fleet CA {} ({}); nothing was sent. Check --ca-fingerprint and --server-name",
                 a.ca_fingerprint,
-                crate::transport::client::describe(&e)
+                crate::transport::link::describe(&e)
             )
         })?;
     let (mut send, recv) = conn.open_bi().await?;
@@ -479,7 +410,7 @@ async fn enroll(
         Err(e) => match conn.close_reason() {
             Some(r) => bail!(
                 "enrollment refused: {}",
-                crate::transport::client::describe(&r)
+                crate::transport::link::describe(&r)
             ),
             None => return Err(e.into()),
         },
@@ -490,30 +421,4 @@ async fn enroll(
         B64.decode(cert_b64).context("certificate encoding")?,
         not_after,
     ))
-}
-
-pub(crate) fn pem(der: &[u8], label: &str) -> String {
-    let b64 = B64.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-pub(crate) fn write(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    Ok(())
 }

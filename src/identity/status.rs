@@ -8,23 +8,25 @@
 //! expired, or its key cannot be used.
 
 use super::backend::{self, KeyFileKind};
-use super::setup::{PROBE_TIMEOUT, RENEWAL_FILE};
+use super::keys::RENEWAL_FILE;
+use super::setup::PROBE_TIMEOUT;
 use super::tpm::{KeyBlob, Tpm, TpmKey, TpmOptions, TpmSpec};
-use crate::config::{GatewayConfig, IdentityBackend};
+use super::{IdentityBackend, IdentityConfig};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Print the status for the config at `config`.
-pub fn run(config: &Path) -> Result<()> {
-    if !config.exists() {
-        bail!(
-            "not enrolled: {} does not exist; enroll this device with `voxgate setup --relay HOST:PORT --ca-fingerprint SHA256:... --device-id ID --token-file FILE`",
-            config.display()
-        );
-    }
-    let cfg = GatewayConfig::load(config)?;
-    let id = &cfg.identity;
+/// The message for a box whose config file is missing.
+pub fn not_enrolled(config: &Path) -> String {
+    format!(
+        "not enrolled: {} does not exist; enroll this device with `voxgate setup --relay HOST:PORT --ca-fingerprint SHA256:... --device-id ID --token-file FILE`",
+        config.display()
+    )
+}
+
+/// Print the status of `device_id`'s identity `id`, read from the config
+/// file `config`.
+pub fn run(config: &Path, device_id: &str, id: &IdentityConfig) -> Result<()> {
     if !id.cert.exists() {
         bail!(
             "not enrolled: no device certificate at {} (key `identity.cert` of {}); enroll this device with `voxgate setup`",
@@ -33,7 +35,7 @@ pub fn run(config: &Path) -> Result<()> {
         );
     }
     let mut problems = Vec::new();
-    println!("device:        {}", cfg.device_id);
+    println!("device:        {}", device_id);
 
     // Which backend holds the key, and where.
     let file_kind = match id.backend {
@@ -83,7 +85,7 @@ pub fn run(config: &Path) -> Result<()> {
         _ => false,
     };
     if software {
-        match backend::load(&cfg.device_id, id) {
+        match backend::load(device_id, id) {
             Ok(_) => println!("key usable:    yes (opens here and matches the certificate)"),
             Err(e) => {
                 println!("key usable:    NO");
@@ -93,7 +95,7 @@ pub fn run(config: &Path) -> Result<()> {
     }
 
     // The certificate.
-    let chain = crate::transport::tls::read_certs(&id.cert)?;
+    let chain = crate::pki::files::read_certs(&id.cert)?;
     let (_, x) = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|_| anyhow::anyhow!("{}: not a readable certificate", id.cert.display()))?;
     let serial = x

@@ -30,9 +30,9 @@ use super::dtmf::{Digit, DtmfError, DtmfReceiver, DtmfSender, KeyPress};
 use super::jitter::{JitterBuffer, JitterConfig, Playout, Push};
 use super::rtp::{Packet, RtpError};
 use super::sender::RtpSender;
+use crate::codec::CodecConfig;
 use crate::codec::phone::{PcmDecoder, PcmEncoder, PhoneCodec};
 use crate::codec::{CodecError, OPUS_PAYLOAD_TYPE, OpusDecoder, OpusEncoder};
-use crate::config::CodecConfig;
 use std::time::Duration;
 use thiserror::Error;
 

@@ -2,7 +2,7 @@
 //! sockets and read their keys, then become an unprivileged user with no way
 //! back, and sandbox themselves.
 //!
-//! Order (DESIGN.md, "Process start"), all before any thread exists, because
+//! Order (ARCHITECTURE.md, "Process start"), all before any thread exists, because
 //! no_new_privs, Landlock and seccomp apply per thread:
 //!
 //! 1. the caller binds every socket and loads its keys;

@@ -5,19 +5,21 @@
 //! Key files are written 0600 and created exclusively, so an existing CA is
 //! never overwritten. The CA key and the relay's TLS key are sealed to the
 //! relay's machine like a device key (`ca.key.sealed`, the sealed-file format of
-//! [`crate::identity::sealed`]: PKCS#8 under AES-256-GCM, key derived with
+//! [`crate::pki::sealed`]: PKCS#8 under AES-256-GCM, key derived with
 //! HKDF from `[ca] machine_id` and the SoC serial); it is unsealed into
 //! zeroizing memory when loaded. A plaintext `ca.key` or `relay.key` from
 //! an older release is refused with the command that seals it (`voxgate
 //! relay seal-ca`).
 
+use super::registry::{Registry, RegistryError};
+use crate::pki::files::{self, FileError, write_new};
+use crate::pki::issue::{self, IssueError};
+use crate::pki::name::{fingerprint, valid_device_id};
+use crate::pki::sealed::{self, BindingError, MachineBinding, SealError};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
-use rustls::pki_types::CertificateDer;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -25,43 +27,18 @@ use time::{Duration, OffsetDateTime};
 /// CA certificate file name in the state directory.
 pub const CA_CERT: &str = "ca.pem";
 /// Plaintext CA key file name of older releases (refused; see
-/// [`seal_legacy_key`]).
+/// [`seal_legacy_keys`]).
 pub const CA_KEY: &str = "ca.key";
 /// Sealed CA key file name in the state directory.
 pub const CA_KEY_SEALED: &str = "ca.key.sealed";
-
-/// What the CA key is sealed to: the machine id and, where the board has
-/// one, the SoC serial.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaBinding {
-    /// The machine id file.
-    pub machine_id: PathBuf,
-    /// The SoC serial file, when it exists.
-    pub serial: Option<PathBuf>,
-}
-
-impl Default for CaBinding {
-    fn default() -> Self {
-        let serial = PathBuf::from("/sys/firmware/devicetree/base/serial-number");
-        CaBinding {
-            machine_id: PathBuf::from("/etc/machine-id"),
-            serial: serial.exists().then_some(serial),
-        }
-    }
-}
-
-impl CaBinding {
-    fn material(&self) -> Result<crate::identity::sealed::Material, CaError> {
-        crate::identity::backend::material(&self.machine_id, self.serial.as_deref())
-            .map_err(|e| CaError::Binding(e.to_string()))
-    }
-}
 /// Relay certificate file name.
 pub const RELAY_CERT: &str = "relay.pem";
 /// Plaintext relay TLS key file name of older releases (refused).
 pub const RELAY_KEY: &str = "relay.key";
 /// Sealed relay TLS key file name.
 pub const RELAY_KEY_SEALED: &str = "relay.key.sealed";
+/// Registry database file name in the state directory.
+pub const REGISTRY: &str = "registry.sqlite3";
 
 /// A CA operation failed.
 #[derive(Debug, Error)]
@@ -69,7 +46,13 @@ pub enum CaError {
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A device certificate could not be issued.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
     /// A file could not be written or read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -86,11 +69,14 @@ pub enum CaError {
     #[error("no fleet CA in {0}; run `voxgate relay init --config FILE` first")]
     Missing(PathBuf),
     /// The registry could not record the certificate.
-    #[error("device registry: {0}")]
-    Registry(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// The sealing inputs could not be read.
     #[error("fleet CA key: {0}")]
-    Binding(String),
+    Binding(#[from] BindingError),
+    /// A key could not be sealed.
+    #[error("fleet CA key: {0}")]
+    Seal(#[source] SealError),
     /// The sealed CA key does not open here.
     #[error(
         "{path}: {what}. The relay's keys open only on the machine that sealed them (its machine-id, `[ca] machine_id`); restore that machine's identity, or start a new fleet with `voxgate relay init` in an empty state directory (every device then re-enrolls with `voxgate setup`)"
@@ -126,30 +112,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     }
 }
 
-/// Write `data` to a new file with `mode`; fails if it exists.
-pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                CaError::Exists(path.to_path_buf())
-            } else {
-                CaError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
-    f.write_all(data).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+/// [`write_new`], with an existing file reported as the CA's own refusal.
+fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+    write_new(path, data, mode).map_err(|e| match e {
+        FileError::Exists(p) => CaError::Exists(p),
+        e => e.into(),
+    })
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
+    params.not_before = now - issue::BACKDATE;
     params.not_after = now + Duration::days(days);
 }
 
@@ -165,7 +138,11 @@ fn ca_params() -> CertificateParams {
 
 /// Create the CA and the relay certificate in `state_dir`. Returns the CA
 /// fingerprint (`SHA256:` + hex of the DER).
-pub fn init(state_dir: &Path, server_name: &str, binding: &CaBinding) -> Result<String, CaError> {
+pub fn init(
+    state_dir: &Path,
+    server_name: &str,
+    binding: &MachineBinding,
+) -> Result<String, CaError> {
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let ca_cert_path = state_dir.join(CA_CERT);
     if ca_cert_path.exists() {
@@ -187,17 +164,15 @@ pub fn init(state_dir: &Path, server_name: &str, binding: &CaBinding) -> Result<
 
     for (key, name) in [(&ca_key, CA_KEY_SEALED), (&relay_key, RELAY_KEY_SEALED)] {
         let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
-        let sealed = crate::identity::sealed::seal(&material, &pkcs8)
-            .map_err(|e| CaError::Binding(e.to_string()))?;
-        write_new(&state_dir.join(name), &sealed, 0o600)?;
+        let sealed = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
+        create(&state_dir.join(name), &sealed, 0o600)?;
     }
     // The relay presents its chain with the CA, so that a device enrolling
     // with only the CA fingerprint can find and pin it.
     let chain = format!("{}{}", relay.pem(), ca.pem());
-    write_new(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
-    write_new(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
-    super::registry::Registry::open(&state_dir.join(REGISTRY))
-        .map_err(|e| CaError::Registry(e.to_string()))?;
+    create(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
+    create(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
+    Registry::open(&state_dir.join(REGISTRY))?;
     Ok(fingerprint(ca.der()))
 }
 
@@ -214,7 +189,7 @@ const KEYS: [(&str, &str, &str); 2] = [
 fn load_sealed(
     state_dir: &Path,
     (plain, sealed, what): (&str, &str, &'static str),
-    binding: &CaBinding,
+    binding: &MachineBinding,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, CaError> {
     let sealed_path = state_dir.join(sealed);
     let plain_path = state_dir.join(plain);
@@ -227,14 +202,10 @@ fn load_sealed(
         }
         return Err(CaError::Missing(state_dir.to_path_buf()));
     }
-    crate::transport::tls::check_key_mode(&sealed_path).map_err(|e| CaError::Io {
-        path: sealed_path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    files::check_key_mode(&sealed_path)?;
     let file = std::fs::read(&sealed_path).map_err(io(&sealed_path))?;
     let material = binding.material()?;
-    crate::identity::sealed::unseal(&material, &file).map_err(|e| {
-        use crate::identity::sealed::SealError;
+    sealed::unseal(&material, &file).map_err(|e| {
         let what = match e {
             SealError::Open(binding) => {
                 format!("does not open: it was modified, or sealed on another machine ({binding})")
@@ -252,7 +223,7 @@ fn load_sealed(
 }
 
 /// Unseal the fleet CA key in `state_dir`.
-pub fn load_ca_key(state_dir: &Path, binding: &CaBinding) -> Result<KeyPair, CaError> {
+pub fn load_ca_key(state_dir: &Path, binding: &MachineBinding) -> Result<KeyPair, CaError> {
     let pkcs8 = load_sealed(state_dir, KEYS[0], binding)?;
     KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
         .map_err(|_| CaError::KeyFormat(state_dir.join(CA_KEY_SEALED)))
@@ -261,7 +232,7 @@ pub fn load_ca_key(state_dir: &Path, binding: &CaBinding) -> Result<KeyPair, CaE
 /// Unseal the relay's TLS key in `state_dir`.
 pub fn load_relay_key(
     state_dir: &Path,
-    binding: &CaBinding,
+    binding: &MachineBinding,
 ) -> Result<rustls::pki_types::PrivateKeyDer<'static>, CaError> {
     let pkcs8 = load_sealed(state_dir, KEYS[1], binding)?;
     Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(
@@ -272,11 +243,14 @@ pub fn load_relay_key(
 /// Seal the plaintext `ca.key` and `relay.key` of an older release to this
 /// machine: write each `.sealed` file, check that it opens, then overwrite
 /// and remove the plaintext. Returns the sealed files written.
-pub fn seal_legacy_keys(state_dir: &Path, binding: &CaBinding) -> Result<Vec<PathBuf>, CaError> {
+pub fn seal_legacy_keys(
+    state_dir: &Path,
+    binding: &MachineBinding,
+) -> Result<Vec<PathBuf>, CaError> {
     let mut done = Vec::new();
-    for k @ (plain, sealed, _) in KEYS {
+    for k @ (plain, sealed_name, _) in KEYS {
         let plain_path = state_dir.join(plain);
-        let sealed_path = state_dir.join(sealed);
+        let sealed_path = state_dir.join(sealed_name);
         if !plain_path.exists() {
             continue;
         }
@@ -285,9 +259,8 @@ pub fn seal_legacy_keys(state_dir: &Path, binding: &CaBinding) -> Result<Vec<Pat
         let key = KeyPair::from_pem(&pem).map_err(|_| CaError::KeyFormat(plain_path.clone()))?;
         let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
         let material = binding.material()?;
-        let sealed = crate::identity::sealed::seal(&material, &pkcs8)
-            .map_err(|e| CaError::Binding(e.to_string()))?;
-        write_new(&sealed_path, &sealed, 0o600)?;
+        let sealed = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
+        create(&sealed_path, &sealed, 0o600)?;
         // The sealed copy opens: only now drop the plaintext (overwritten
         // first, as far as the file system lets an overwrite reach).
         load_sealed(state_dir, k, binding).inspect_err(|_| {
@@ -308,23 +281,16 @@ pub fn seal_legacy_keys(state_dir: &Path, binding: &CaBinding) -> Result<Vec<Pat
     Ok(done)
 }
 
-/// `SHA256:` and the lowercase hex SHA-256 of a certificate's DER.
-pub fn fingerprint(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("SHA256:{hex}")
-}
-
 /// Issue a development device certificate for `device_id`, valid `days`,
 /// writing `device.pem`, `device.key` (0600) and `ca.pem` into `out`.
 pub fn issue_dev_cert(
     state_dir: &Path,
-    binding: &CaBinding,
+    binding: &MachineBinding,
     device_id: &str,
     days: i64,
     out: &Path,
 ) -> Result<(), CaError> {
-    if !crate::config::valid_device_id(device_id) {
+    if !valid_device_id(device_id) {
         return Err(CaError::BadId(device_id.into()));
     }
     let ca_cert_path = state_dir.join(CA_CERT);
@@ -336,71 +302,31 @@ pub fn issue_dev_cert(
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut p = CertificateParams::default();
-    let serial = random_serial();
-    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    p.distinguished_name.push(DnType::CommonName, device_id);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    validity(&mut p, days);
-    let cert = p.signed_by(&key, &issuer)?;
-    let registry = super::registry::Registry::open(&state_dir.join(REGISTRY))
-        .map_err(|e| CaError::Registry(e.to_string()))?;
-    registry
-        .record_certificate(
-            device_id,
-            &hex(&serial),
-            p.not_before.unix_timestamp(),
-            p.not_after.unix_timestamp(),
-        )
-        .map_err(|e| CaError::Registry(e.to_string()))?;
-    let _ = registry.audit("dev_cert_issued", "", device_id, &hex(&serial));
+    let issued = issue::device_certificate(&issuer, &key, device_id, Duration::days(days))?;
+    let serial = issued.serial.hex();
+    let registry = Registry::open(&state_dir.join(REGISTRY))?;
+    registry.record_certificate(device_id, &serial, issued.not_before, issued.not_after)?;
+    let _ = registry.audit("dev_cert_issued", "", device_id, &serial);
 
     std::fs::create_dir_all(out).map_err(io(out))?;
-    write_new(
+    create(
         &out.join("device.key"),
         key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_new(&out.join("device.pem"), cert.pem().as_bytes(), 0o644)?;
-    write_new(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
+    create(&out.join("device.pem"), issued.cert.pem().as_bytes(), 0o644)?;
+    create(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
     Ok(())
-}
-
-/// Registry database file name in the state directory.
-pub const REGISTRY: &str = "registry.sqlite3";
-
-/// 16 random bytes with the top bit clear (a positive DER integer).
-fn random_serial() -> [u8; 16] {
-    let mut s = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
-        .expect("system random generator");
-    s[0] &= 0x7f;
-    s[0] |= 0x01;
-    s
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The subject common name of a certificate.
-pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, x) = x509_parser::parse_x509_certificate(cert).ok()?;
-    x.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn binding(dir: &Path, name: &str, id: &str) -> CaBinding {
+    fn binding(dir: &Path, name: &str, id: &str) -> MachineBinding {
         let p = dir.join(name);
         std::fs::write(&p, format!("{id}\n")).unwrap();
-        CaBinding {
+        MachineBinding {
             machine_id: p,
             serial: None,
         }
@@ -423,15 +349,18 @@ mod tests {
         assert!(!dir.join(CA_KEY).exists(), "no plaintext CA key");
         assert!(!dir.join(RELAY_KEY).exists(), "no plaintext relay key");
         let sealed = std::fs::read(dir.join(CA_KEY_SEALED)).unwrap();
-        assert!(sealed.starts_with(crate::identity::sealed::MAGIC));
+        assert!(sealed.starts_with(sealed::MAGIC));
         assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
         assert!(matches!(
             init(&dir, "relay.test", &b),
             Err(CaError::Exists(_))
         ));
         issue_dev_cert(&dir, &b, "gw-7", 30, &dir.join("dev")).unwrap();
-        let certs = crate::transport::tls::read_certs(&dir.join("dev/device.pem")).unwrap();
-        assert_eq!(common_name(&certs[0]).as_deref(), Some("gw-7"));
+        let certs = files::read_certs(&dir.join("dev/device.pem")).unwrap();
+        assert_eq!(
+            crate::pki::name::common_name(&certs[0]).as_deref(),
+            Some("gw-7")
+        );
         assert!(matches!(
             issue_dev_cert(&dir, &b, "Bad Id", 30, &dir.join("x")),
             Err(CaError::BadId(_))

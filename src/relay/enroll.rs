@@ -13,16 +13,78 @@
 
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
-use super::registry::{Registry, now};
-use crate::transport::control::{Enrolled, ErrorMsg, Message};
-use crate::transport::framed::{self, FrameReader};
+use super::registry::{Registry, RegistryError, TokenRejection, now};
+use crate::pki::issue::{self, IssueError};
+use crate::pki::name::valid_device_id;
+use crate::proto::control::{Enrolled, ErrorMsg, Message};
+use crate::transport::framed::{self, FrameReader, StreamError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SerialNumber};
+use rcgen::{Issuer, KeyPair};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 use tracing::{info, warn};
 use x509_parser::prelude::FromDer as _;
+
+/// Why an enrollment or a renewal was refused: the audit log's wording (the
+/// device learns only that it was refused).
+#[derive(Debug, Error)]
+pub enum EnrollError {
+    /// The device id is not usable in a certificate.
+    #[error("invalid device id")]
+    BadDeviceId,
+    /// The CSR is not usable.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The token was not accepted.
+    #[error("{}", .0.as_str())]
+    Token(TokenRejection),
+    /// A renewal for a revoked device.
+    #[error("device is revoked")]
+    Revoked,
+    /// The certificate could not be issued.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The blocking task that writes the registry failed.
+    #[error("enrollment task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why a CSR was not accepted.
+#[derive(Debug, Error)]
+pub enum CsrError {
+    /// Not base64.
+    #[error("CSR is not base64")]
+    Base64,
+    /// Not a PKCS#10 request.
+    #[error("CSR does not parse")]
+    Parse,
+    /// Its self-signature is wrong.
+    #[error("CSR signature does not verify")]
+    Signature,
+    /// rcgen cannot use its key.
+    #[error("CSR not usable: {0}")]
+    Unusable(rcgen::Error),
+}
+
+/// Why an enrollment connection ended without a certificate (logged).
+#[derive(Debug, Error)]
+enum ExchangeError {
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("expected an enroll message")]
+    Unexpected,
+    #[error("refused: {0}")]
+    Refused(EnrollError),
+    #[error("timed out")]
+    TimedOut,
+}
 
 /// What enrollment needs: the registry, the CA, the limiter, the lifetime.
 pub struct Enroller {
@@ -110,7 +172,7 @@ impl Enroller {
         if failed && let Ok(mut l) = self.limiter.lock() {
             l.failed(source, self.origin.elapsed());
         }
-        if let Ok(Err(e)) | Err(e) = result.map_err(|_| "timed out".to_string()) {
+        if let Ok(Err(e)) | Err(e) = result.map_err(|_| ExchangeError::TimedOut) {
             info!(%source, error = %e, "enrollment failed");
         }
     }
@@ -119,8 +181,8 @@ impl Enroller {
         self: &Arc<Self>,
         conn: &quinn::Connection,
         source: &str,
-    ) -> Result<(), String> {
-        let (mut send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    ) -> Result<(), ExchangeError> {
+        let (mut send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv);
         let request = reader
             .next(|m| match m {
@@ -129,17 +191,16 @@ impl Enroller {
                     e.device.to_string(),
                     e.csr.to_string(),
                 )),
-                _ => Err("expected an enroll message".to_string()),
+                _ => Err(ExchangeError::Unexpected),
             })
-            .await
-            .map_err(|e| e.to_string())??;
+            .await??;
         let (token, device, csr) = request;
         let outcome = {
             let this = self.clone();
             let (device, source) = (device.clone(), source.to_string());
             tokio::task::spawn_blocking(move || this.issue(&token, &device, &csr, &source))
                 .await
-                .unwrap_or_else(|e| Err(format!("enrollment task failed: {e}")))
+                .unwrap_or_else(|e| Err(e.into()))
         };
         match outcome {
             Ok((der, not_after)) => {
@@ -151,14 +212,14 @@ impl Enroller {
                         not_after,
                     }),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
                 Ok(())
             }
             Err(why) => {
-                self.audit("enroll_rejected", source, &device, &why).await;
+                self.audit("enroll_rejected", source, &device, &why.to_string())
+                    .await;
                 let _ = framed::send(
                     &mut send,
                     &Message::Error(ErrorMsg {
@@ -169,7 +230,7 @@ impl Enroller {
                 .await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-                Err(why)
+                Err(ExchangeError::Refused(why))
             }
         }
     }
@@ -182,9 +243,9 @@ impl Enroller {
         device: &str,
         csr_b64: &str,
         source: &str,
-    ) -> Result<(Vec<u8>, i64), String> {
-        if !crate::config::valid_device_id(device) {
-            return Err("invalid device id".into());
+    ) -> Result<(Vec<u8>, i64), EnrollError> {
+        if !valid_device_id(device) {
+            return Err(EnrollError::BadDeviceId);
         }
         let csr = check_csr(csr_b64)?;
         let this = self.clone();
@@ -192,16 +253,13 @@ impl Enroller {
         let (dev, src) = (device.to_string(), source.to_string());
         // One savepoint: the token is spent only together with the device,
         // its certificate and the audit line.
-        let (der, not_after, hex) = self
-            .writes
-            .run(move |tx| {
-                tx.redeem(&token, &dev, now())?
-                    .map_err(|why| Why(why.as_str().to_string()))?;
-                let (der, not_after, hex) = this.sign(tx, &dev, &csr).map_err(Why)?;
-                tx.audit("enrolled", &src, &dev, &hex)?;
-                Ok::<_, Why>((der, not_after, hex))
-            })
-            .map_err(|w| w.0)?;
+        let (der, not_after, hex) = self.writes.run(move |tx| {
+            tx.redeem(&token, &dev, now())?
+                .map_err(EnrollError::Token)?;
+            let (der, not_after, hex) = this.sign(tx, &dev, &csr)?;
+            tx.audit("enrolled", &src, &dev, &hex)?;
+            Ok::<_, EnrollError>((der, not_after, hex))
+        })?;
         info!(%device, %source, serial = %hex, "device enrolled");
         Ok((der, not_after))
     }
@@ -214,27 +272,24 @@ impl Enroller {
         device: &str,
         csr_b64: &str,
         source: &str,
-    ) -> Result<(Vec<u8>, i64), String> {
+    ) -> Result<(Vec<u8>, i64), EnrollError> {
         let csr = check_csr(csr_b64);
-        let registry = self
-            .registry
-            .lock()
-            .map_err(|_| "registry lock".to_string())?;
-        let refused = |why: String| {
-            let _ = registry.audit("renew_rejected", source, device, &why);
+        // A panic while holding the lock leaves the registry usable: SQLite
+        // rolled back whatever was not committed.
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = |why: EnrollError| {
+            let _ = registry.audit("renew_rejected", source, device, &why.to_string());
             why
         };
-        let csr = csr.map_err(refused)?;
-        if registry.is_revoked(device).map_err(|e| e.to_string())? {
-            return Err(refused("device is revoked".into()));
+        let csr = csr.map_err(|e| refused(e.into()))?;
+        if registry.is_revoked(device)? {
+            return Err(refused(EnrollError::Revoked));
         }
-        let (der, not_after, hex) = registry
-            .atomically(|tx| {
-                let (der, not_after, hex) = self.sign(tx, device, &csr).map_err(Why)?;
-                tx.audit("renewed", source, device, &hex)?;
-                Ok::<_, Why>((der, not_after, hex))
-            })
-            .map_err(|w| w.0)?;
+        let (der, not_after, hex) = registry.atomically(|tx| {
+            let (der, not_after, hex) = self.sign(tx, device, &csr)?;
+            tx.audit("renewed", source, device, &hex)?;
+            Ok::<_, EnrollError>((der, not_after, hex))
+        })?;
         info!(%device, %source, serial = %hex, "device certificate renewed");
         Ok((der, not_after))
     }
@@ -245,48 +300,21 @@ impl Enroller {
         registry: &Registry,
         device: &str,
         csr: &rcgen::CertificateSigningRequestParams,
-    ) -> Result<(Vec<u8>, i64, String), String> {
-        let mut p = CertificateParams::default();
-        let mut serial = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
-            .map_err(|_| "random".to_string())?;
-        serial[0] = (serial[0] & 0x7f) | 0x01;
-        p.serial_number = Some(SerialNumber::from_slice(&serial));
-        p.distinguished_name.push(DnType::CommonName, device);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let start = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
-        p.not_before = start;
-        p.not_after = start + time::Duration::seconds(self.lifetime.as_secs() as i64 + 300);
-        let cert = p
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(|e| format!("signing failed: {e}"))?;
-        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
-        let not_after = p.not_after.unix_timestamp();
-        registry
-            .record_certificate(device, &hex, p.not_before.unix_timestamp(), not_after)
-            .map_err(|e| e.to_string())?;
-        Ok((cert.der().to_vec(), not_after, hex))
-    }
-}
-
-/// Why an enrollment or renewal failed, inside a registry transaction.
-struct Why(String);
-
-impl From<super::registry::RegistryError> for Why {
-    fn from(e: super::registry::RegistryError) -> Self {
-        Why(e.to_string())
+    ) -> Result<(Vec<u8>, i64, String), EnrollError> {
+        let lifetime = time::Duration::seconds(self.lifetime.as_secs() as i64);
+        let issued = issue::device_certificate(&self.issuer, &csr.public_key, device, lifetime)?;
+        let hex = issued.serial.hex();
+        registry.record_certificate(device, &hex, issued.not_before, issued.not_after)?;
+        Ok((issued.cert.der().to_vec(), issued.not_after, hex))
     }
 }
 
 /// Decode a CSR and verify its self-signature.
-fn check_csr(csr_b64: &str) -> Result<rcgen::CertificateSigningRequestParams, String> {
-    let csr_der = B64
-        .decode(csr_b64)
-        .map_err(|_| "CSR is not base64".to_string())?;
+fn check_csr(csr_b64: &str) -> Result<rcgen::CertificateSigningRequestParams, CsrError> {
+    let csr_der = B64.decode(csr_b64).map_err(|_| CsrError::Base64)?;
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
-        .map_err(|_| "CSR does not parse".to_string())?;
-    req.verify_signature()
-        .map_err(|_| "CSR signature does not verify".to_string())?;
+        .map_err(|_| CsrError::Parse)?;
+    req.verify_signature().map_err(|_| CsrError::Signature)?;
     rcgen::CertificateSigningRequestParams::from_der(&csr_der.clone().into())
-        .map_err(|e| format!("CSR not usable: {e}"))
+        .map_err(CsrError::Unusable)
 }

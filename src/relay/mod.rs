@@ -13,8 +13,9 @@ pub mod server;
 pub mod source;
 pub mod switch;
 
+use crate::codec::CodecConfig;
 use crate::codec::OpusEncoder;
-use crate::config::{CodecConfig, DownlinkMode, RelayConfig};
+use crate::config::{DownlinkMode, RelayConfig};
 use anyhow::{Context, Result};
 use server::{Downlink, RelayCtx};
 use std::future::Future;
@@ -152,8 +153,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
             cfg.file.display()
         );
     }
-    let ca = crate::transport::tls::read_certs(&ca_path)?;
-    let chain = crate::transport::tls::read_certs(&state.join(ca::RELAY_CERT))?;
+    let ca = crate::pki::files::read_certs(&ca_path)?;
+    let chain = crate::pki::files::read_certs(&state.join(ca::RELAY_CERT))?;
     let key = ca::load_relay_key(state, &cfg.ca_binding)
         .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
     let registry = registry::Registry::open(&state.join(ca::REGISTRY))
@@ -175,7 +176,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
     let udp = std::net::UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind UDP {}", cfg.listen))?;
-    let udp_recv_buffer = crate::transport::udp::grow_recv_buffer(&udp, UDP_RECV_BUFFER).ok();
+    let udp_recv_buffer = grow_recv_buffer(&udp, UDP_RECV_BUFFER).ok();
     let metrics = match cfg.telemetry.metrics {
         Some(addr) => Some(
             crate::telemetry::http::bind(addr)
@@ -244,4 +245,34 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     }
     info!("relay stopped");
     Ok(())
+}
+
+/// Asks for a receive buffer of `bytes` on `sock` and returns what the
+/// kernel granted (its own accounting: about twice the request).
+/// `SO_RCVBUFFORCE` (root, or `CAP_NET_ADMIN`) may exceed
+/// `net.core.rmem_max`; without the privilege the request is capped there.
+pub fn grow_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> std::io::Result<usize> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
+        setsockopt(sock, sockopt::RcvBuf, &bytes)?;
+    }
+    Ok(getsockopt(sock, sockopt::RcvBuf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_buffer_grows() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::RcvBuf).unwrap();
+        let got = grow_recv_buffer(&s, 4 << 20).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // SO_RCVBUFFORCE: the whole request, doubled by the kernel.
+            assert!(got >= 8 << 20, "granted {got}");
+        } else {
+            assert!(got >= before, "granted {got}, had {before}");
+        }
+    }
 }

@@ -18,10 +18,10 @@ mod media;
 
 use super::metrics::RelayMetrics;
 use crate::media::stats::ReceiveStats;
-use crate::transport::calls::CallSignal;
-use crate::transport::control::{
+use crate::proto::control::{
     Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome,
 };
+use crate::proto::signal::CallSignal;
 use crate::transport::framed::{self, FrameReader, StreamError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -161,7 +161,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
 fn peer_device(conn: &quinn::Connection) -> Option<String> {
     let any = conn.peer_identity()?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    super::ca::common_name(certs.first()?)
+    crate::pki::name::common_name(certs.first()?)
 }
 
 async fn run_session(

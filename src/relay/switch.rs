@@ -21,7 +21,7 @@
 //! another device's call; memory is bounded ([`MAX_CALLS_PER_SESSION`],
 //! [`MAX_EXTS_PER_SESSION`]).
 
-use crate::transport::calls::{EndReason, MAX_NUMBER, RELAY_CALL_BIT};
+use crate::proto::signal::{EndReason, RELAY_CALL_BIT, valid_extension, valid_number};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ pub const MAX_EXTS_PER_SESSION: usize = 256;
 pub const FIRST_CALL_FLOW: u64 = 16;
 
 /// An outgoing control message, owned.
-pub use crate::transport::calls::CallSignal as Signal;
+pub use crate::proto::signal::CallSignal as Signal;
 
 /// Where datagrams arriving on one (session, flow) go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,18 +123,6 @@ pub struct Switch {
     legs: HashMap<(SessionId, u32), u64>,
     next_key: u64,
     rng: fastrand::Rng,
-}
-
-/// Whether `ext` is a valid extension to register.
-pub fn valid_extension(ext: &str) -> bool {
-    (2..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_digit()) && !ext.starts_with('9')
-}
-
-fn valid_number(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= MAX_NUMBER
-        && n.bytes()
-            .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
 }
 
 impl Switch {

@@ -1,6 +1,6 @@
-//! Control frames over a QUIC stream: the IO shell around [`super::control`].
+//! Control frames over a QUIC stream: the IO shell around [`crate::proto::control`].
 
-use super::control::{self, ControlError, MAX_MESSAGE, Message, PREFIX};
+use crate::proto::control::{self, ControlError, MAX_MESSAGE, Message, PREFIX};
 use quinn::{RecvStream, SendStream};
 use thiserror::Error;
 

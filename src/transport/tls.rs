@@ -5,6 +5,8 @@
 //! ships [`DevFileIdentity`] (development certificates issued by
 //! `voxgate relay dev-cert`); sealed and TPM backends plug in here.
 
+use crate::pki::files::{FileError, read_certs, read_key};
+use crate::pki::name::{common_name, fingerprint};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -21,31 +23,16 @@ pub const ALPN: &[u8] = b"voxgate/1";
 /// A TLS set-up problem.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    /// A PEM file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The IO error.
-        source: std::io::Error,
-    },
-    /// A PEM file holds nothing usable.
+    /// A certificate or key file is not usable.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A certificate or key does not fit the device.
     #[error("{path}: {what}")]
     Pem {
         /// The file.
         path: PathBuf,
-        /// What is missing or wrong.
+        /// What is wrong.
         what: String,
-    },
-    /// A private key file others can read (as ssh, such a key is refused).
-    #[error(
-        "{path} is readable by others (mode {mode:04o}); a private key must be 0600: run `chmod 600 {path}`"
-    )]
-    KeyExposed {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
     },
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
@@ -55,7 +42,7 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     /// quinn refused the TLS configuration.
     #[error("QUIC crypto: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// A device's credentials as the TLS layer sees them.
@@ -64,61 +51,6 @@ pub trait DeviceIdentity: Send + Sync + std::fmt::Debug {
     fn device_id(&self) -> &str;
     /// The resolver rustls asks for the client certificate and signer.
     fn resolver(&self) -> Arc<dyn ResolvesClientCert>;
-}
-
-/// Read every certificate in a PEM file.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.into(),
-            what: format!("not a PEM certificate file: {e}"),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.into(),
-            what: "holds no certificate".into(),
-        });
-    }
-    Ok(certs)
-}
-
-/// Refuse key files that the group or others can read or write.
-pub fn check_key_mode(path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::KeyExposed {
-            path: path.into(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-/// Read a PKCS#8 private key from a PEM file, refusing files others can
-/// read. The error never includes the file's contents.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    check_key_mode(path)?;
-    let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })?);
-    rustls_pemfile::private_key(&mut &pem[..])
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::Pem {
-            path: path.into(),
-            what: "holds no PEM private key".into(),
-        })
 }
 
 #[derive(Debug)]
@@ -155,7 +87,7 @@ impl DevFileIdentity {
                 path: key.into(),
                 what: "is not an ECDSA P-256 PKCS#8 key".into(),
             })?;
-        let named = crate::relay::ca::common_name(&chain[0]).unwrap_or_default();
+        let named = common_name(&chain[0]).unwrap_or_default();
         if named != device_id {
             return Err(TlsError::Pem {
                 path: cert.into(),
@@ -237,7 +169,7 @@ pub fn client_config(
         .with_root_certificates(roots(ca)?)
         .with_client_cert_resolver(identity.resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let q = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(q));
     cfg.transport_config(transport());
     Ok(cfg)
@@ -277,7 +209,7 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let device = crate::relay::ca::common_name(end_entity).unwrap_or_default();
+        let device = common_name(end_entity).unwrap_or_default();
         let revoked = self
             .revoked
             .read()
@@ -340,7 +272,7 @@ pub fn server_config(
     // which would let a revoked device back in. Every handshake is full.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
-    let q = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(q));
     cfg.transport_config(server_transport());
     Ok(cfg)
@@ -395,7 +327,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|c| crate::relay::ca::fingerprint(c).eq_ignore_ascii_case(&self.fingerprint))
+            .find(|c| fingerprint(c).eq_ignore_ascii_case(&self.fingerprint))
             .ok_or(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
             ))?;
@@ -459,7 +391,7 @@ pub fn enroll_client_config(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
-    let q = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(q));
     cfg.transport_config(transport());
     Ok(cfg)

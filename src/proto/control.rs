@@ -1,5 +1,5 @@
 //! The control-stream codec: each message is a big-endian `u16` length and
-//! then a JSON object with a `"type"` field (DESIGN.md, wire protocol v1).
+//! then a JSON object with a `"type"` field (wire protocol v1, ARCHITECTURE.md).
 //!
 //! Sans-IO: [`encode`] writes into a caller-owned buffer, [`decode_frame`]
 //! reads from whatever bytes the stream has delivered so far and says how many
@@ -10,7 +10,7 @@
 //! prefix alone, before its body is buffered; unknown message types and
 //! malformed JSON are errors, never panics.
 
-pub use super::calls::{CallAnswer, CallEnd, CallRinging, CallSetup, Dtmf, EndReason, ExtUp};
+pub use super::signal::{CallAnswer, CallEnd, CallRinging, CallSetup, Dtmf, EndReason, ExtUp};
 use serde::{Deserialize, Serialize};
 use serde_json_core::heapless::Vec as HVec;
 use thiserror::Error;

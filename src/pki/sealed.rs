@@ -22,6 +22,7 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -106,6 +107,76 @@ impl Material {
             .expect("AES-256 key length is a valid HKDF output length");
         LessSafeKey::new(UnboundKey::from(okm))
     }
+}
+
+/// The files a box's sealing material is read from: the machine id and,
+/// where the board has one, the SoC serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineBinding {
+    /// The machine id file.
+    pub machine_id: PathBuf,
+    /// The SoC serial file; used when it exists.
+    pub serial: Option<PathBuf>,
+}
+
+/// The machine id file of a systemd system.
+pub const MACHINE_ID: &str = "/etc/machine-id";
+/// The SoC serial of Raspberry Pi and other device-tree boards (readable
+/// under `ProcSubset=pid`).
+pub const SOC_SERIAL: &str = "/sys/firmware/devicetree/base/serial-number";
+
+impl Default for MachineBinding {
+    /// `/etc/machine-id`, and the device-tree serial when the board has one.
+    fn default() -> Self {
+        let serial = PathBuf::from(SOC_SERIAL);
+        MachineBinding {
+            machine_id: PathBuf::from(MACHINE_ID),
+            serial: serial.exists().then_some(serial),
+        }
+    }
+}
+
+impl MachineBinding {
+    /// Read the sealing inputs.
+    pub fn material(&self) -> Result<Material, BindingError> {
+        material(&self.machine_id, self.serial.as_deref())
+    }
+}
+
+/// The sealing inputs could not be read.
+#[derive(Debug, Error)]
+pub enum BindingError {
+    /// A file could not be read.
+    #[error("cannot read {path} (a sealing input): {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The machine id is not usable.
+    #[error("{path}: {source}")]
+    Unusable {
+        /// The machine id file.
+        path: PathBuf,
+        /// Why.
+        source: SealError,
+    },
+}
+
+/// Read the sealing inputs: the machine id, and the SoC serial if the file
+/// exists and reads (a board without one binds to the machine id alone).
+pub fn material(machine_id: &Path, serial: Option<&Path>) -> Result<Material, BindingError> {
+    let id = std::fs::read_to_string(machine_id).map_err(|source| BindingError::Read {
+        path: machine_id.to_path_buf(),
+        source,
+    })?;
+    let serial = serial.and_then(|p| std::fs::read(p).ok());
+    let serial = serial.map(|s| String::from_utf8_lossy(&s).into_owned());
+    Material::new(&id, serial.as_deref()).map_err(|source| BindingError::Unusable {
+        path: machine_id.to_path_buf(),
+        source,
+    })
 }
 
 /// Why a sealed file could not be written or opened.

@@ -11,6 +11,7 @@
 //! relay's downlink flow for that call), with `ssrc` its RTP source.
 
 use super::control::{ErrorMsg, Message};
+use crate::media::dtmf::Digit;
 use serde::{Deserialize, Serialize};
 
 /// Set in every call id the relay assigns.
@@ -216,7 +217,7 @@ impl CallSignal {
                 if chars.next().is_some() {
                     return None;
                 }
-                let digit = crate::media::dtmf::Digit::from_char(c)?.as_char();
+                let digit = Digit::from_char(c)?.as_char();
                 CallSignal::Dtmf {
                     call: d.call,
                     digit,
@@ -268,6 +269,19 @@ impl CallSignal {
             CallSignal::Error { code, message } => Message::Error(ErrorMsg { code, message }),
         }
     }
+}
+
+/// Whether `ext` is a valid extension to register: 2-8 digits, not
+/// starting with 9 (the relay's own services: 900 echo, 901 record).
+pub fn valid_extension(ext: &str) -> bool {
+    (2..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_digit()) && !ext.starts_with('9')
+}
+
+pub fn valid_number(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= MAX_NUMBER
+        && n.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
 }
 
 #[cfg(test)]

@@ -5,119 +5,26 @@
 //! A dead relay is noticed by QUIC's idle timeout (keep-alives every
 //! 500 ms, timeout 3 s), not by a timer of our own.
 
-use super::calls::CallSignal;
-use super::control::{Direction, FlowOpen, Hello, Message, Ping, Renew};
-use super::framed::{self, FrameReader, StreamError};
-use crate::gateway::downlink::DownEvent;
-use crate::gateway::metrics::GatewayMetrics;
-use crate::identity::renew::Pending;
+use super::downlink::DownEvent;
+use super::metrics::GatewayMetrics;
+use crate::identity::renew::{Pending, Renewer};
 use crate::media::flow;
+use crate::proto::control::{Direction, FlowOpen, Hello, Message, Ping, Renew};
+use crate::proto::signal::CallSignal;
+use crate::transport::framed::{self, FrameReader, StreamError};
+use crate::transport::link::{CallLink, ConnSlot, FlowRoutes, LinkEvent, describe};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 use tracing::{debug, info, warn};
-
-/// The current relay connection, read by the encoder thread each frame.
-#[derive(Debug, Default)]
-pub struct ConnSlot {
-    generation: AtomicU64,
-    conn: Mutex<Option<quinn::Connection>>,
-}
-
-impl ConnSlot {
-    /// Replace the connection.
-    pub fn set(&self, c: Option<quinn::Connection>) {
-        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = c;
-        self.generation.fetch_add(1, Relaxed);
-    }
-
-    /// The connection, if it changed since generation `seen` (updated).
-    pub fn current_if_changed(&self, seen: &mut u64) -> Option<Option<quinn::Connection>> {
-        let g = self.generation.load(Relaxed);
-        if g == *seen {
-            return None;
-        }
-        *seen = g;
-        Some(self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone())
-    }
-}
 
 /// Uplink flow id chosen by the device.
 pub const UPLINK_FLOW: u64 = 0;
 
-/// What the connection tells the phone bridge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkEvent {
-    /// A session with the relay is up: (re-)announce extensions.
-    Up,
-    /// The session ended: calls in progress are over.
-    Down,
-    /// A call message from the relay.
-    Signal(CallSignal),
-}
-
-/// The phone bridge's side of the relay connection. Signals queued while
-/// the relay is unreachable are dropped when the next session starts (the
-/// bridge re-announces its state on [`LinkEvent::Up`]).
-#[derive(Debug)]
-pub struct CallLink {
-    /// Events for the bridge.
-    pub events: tokio::sync::mpsc::Sender<LinkEvent>,
-    /// Call signals from the bridge, to send.
-    pub signals: tokio::sync::mpsc::Receiver<CallSignal>,
-    /// Where call audio from the relay goes, by flow id.
-    pub media: Arc<FlowRoutes>,
-}
-
-/// Call audio from the relay: flow id → the channel of the bridge's media
-/// engine. The bridge installs and removes routes; the datagram reader hands
-/// each datagram of a routed flow, stamped with its arrival time, straight
-/// to the engine (a read lock, no hop through the bridge's SIP task).
-#[derive(Debug, Default)]
-pub struct FlowRoutes(
-    std::sync::RwLock<
-        std::collections::HashMap<
-            u64,
-            tokio::sync::mpsc::Sender<(std::time::Instant, bytes::Bytes)>,
-        >,
-    >,
-);
-
-impl FlowRoutes {
-    /// Send flow `flow`'s datagrams to `tx`.
-    pub fn insert(
-        &self,
-        flow: u64,
-        tx: tokio::sync::mpsc::Sender<(std::time::Instant, bytes::Bytes)>,
-    ) {
-        if let Ok(mut m) = self.0.write() {
-            m.insert(flow, tx);
-        }
-    }
-
-    /// Stop routing `flow`.
-    pub fn remove(&self, flow: u64) {
-        if let Ok(mut m) = self.0.write() {
-            m.remove(&flow);
-        }
-    }
-
-    /// Hand `d` to its call; false when no call takes `flow` or it lags
-    /// (the datagram is dropped: audio never waits).
-    pub fn route(&self, flow: u64, d: bytes::Bytes) -> bool {
-        self.0
-            .read()
-            .ok()
-            .and_then(|m| {
-                m.get(&flow)
-                    .map(|tx| tx.try_send((std::time::Instant::now(), d)).is_ok())
-            })
-            .unwrap_or(false)
-    }
-}
 /// Sentinel for "no downlink flow".
 const NO_FLOW: u64 = u64::MAX;
 
@@ -135,7 +42,7 @@ pub struct ClientParams {
     /// Uplink frame duration.
     pub frame_ms: u16,
     /// Certificate renewal over the session, for backends that renew.
-    pub renewal: Option<Arc<crate::identity::renew::Renewer>>,
+    pub renewal: Option<Arc<Renewer>>,
 }
 
 /// Where the connection delivers what it receives.
@@ -149,6 +56,52 @@ pub struct Wiring {
     pub metrics: Arc<GatewayMetrics>,
     /// The phone bridge, when SIP is on.
     pub calls: Option<CallLink>,
+}
+
+/// Why a connection attempt or a session failed (logged; the client
+/// reconnects).
+#[derive(Debug, Error)]
+enum SessionError {
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("no answer from {0} within {CONNECT_TIMEOUT:?}")]
+    NoAnswer(SocketAddr),
+    #[error("handshake with {addr} failed: {}", describe(source))]
+    Handshake {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Stream(StreamError),
+    #[error("bad control message from relay: {0}")]
+    BadMessage(crate::proto::control::ControlError),
+    #[error("relay refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("expected welcome, got {0}")]
+    NotWelcome(String),
+    #[error("no welcome from relay")]
+    NoWelcome,
+}
+
+impl From<StreamError> for SessionError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::Control(e) => SessionError::BadMessage(e),
+            e => SessionError::Stream(e),
+        }
+    }
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -179,12 +132,14 @@ pub async fn run(
             let addr = resolve(&params.address).await?;
             let connecting = endpoint
                 .connect_with(cfg.clone(), addr, &params.server_name)
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                .map_err(|source| SessionError::Connect { addr, source })?;
             let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
                 .await
-                .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|e| format!("handshake with {addr} failed: {}", describe(&e)))?;
-            Ok::<_, String>(session(conn, &params, &slot, &down, &metrics, calls.as_mut()).await)
+                .map_err(|_| SessionError::NoAnswer(addr))?
+                .map_err(|source| SessionError::Handshake { addr, source })?;
+            Ok::<_, SessionError>(
+                session(conn, &params, &slot, &down, &metrics, calls.as_mut()).await,
+            )
         };
         let outcome = tokio::select! {
             o = attempt => o,
@@ -221,12 +176,15 @@ pub async fn run(
     endpoint.close(0u32.into(), b"shutdown");
 }
 
-async fn resolve(address: &str) -> Result<SocketAddr, String> {
+async fn resolve(address: &str) -> Result<SocketAddr, SessionError> {
     tokio::net::lookup_host(address)
         .await
-        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .map_err(|source| SessionError::Resolve {
+            address: address.into(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{address} resolves to no address"))
+        .ok_or_else(|| SessionError::NoAddress(address.into()))
 }
 
 /// One connected session; returns why it ended. The connection's own close
@@ -247,35 +205,8 @@ async fn session(
         Ok(()) => "closed".into(),
         Err(e) => {
             conn.close(1u32.into(), b"control error");
-            e
+            e.to_string()
         }
-    }
-}
-
-/// TLS alert `certificate_revoked` (RFC 8446 §6), as a QUIC crypto error.
-const CRYPTO_CERT_REVOKED: u64 = 0x100 + 44;
-
-/// A connection error in words a technician can act on.
-pub fn describe(e: &quinn::ConnectionError) -> String {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            let why = String::from_utf8_lossy(&c.reason);
-            if why.contains("revoked") {
-                "the relay revoked this device; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
-            } else {
-                format!("the relay closed the connection: {why}")
-            }
-        }
-        quinn::ConnectionError::TransportError(t) if u64::from(t.code) == CRYPTO_CERT_REVOKED => {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
-        }
-        quinn::ConnectionError::ConnectionClosed(c)
-            if u64::from(c.error_code) == CRYPTO_CERT_REVOKED =>
-        {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
-        }
-        quinn::ConnectionError::TimedOut => "no answer from the relay for 3 s (keep-alive timeout)".into(),
-        other => other.to_string(),
     }
 }
 
@@ -286,8 +217,8 @@ async fn session_inner(
     down: &SyncSender<DownEvent>,
     metrics: &GatewayMetrics,
     mut calls: Option<&mut CallLink>,
-) -> Result<(), String> {
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+) -> Result<(), SessionError> {
+    let (mut send, recv) = conn.open_bi().await?;
     let mut reader = FrameReader::new(recv);
     let mut caps = serde_json_core::heapless::Vec::new();
     let _ = caps.push("opus");
@@ -300,19 +231,20 @@ async fn session_inner(
             caps,
         }),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let welcome = tokio::time::timeout(
         CONNECT_TIMEOUT,
         reader.next(|m| match m {
             Message::Welcome(w) => Ok(w.session),
-            Message::Error(e) => Err(format!("relay refused: {}: {}", e.code, e.message)),
-            other => Err(format!("expected welcome, got {other:?}")),
+            Message::Error(e) => Err(SessionError::Refused {
+                code: e.code.into(),
+                message: e.message.into(),
+            }),
+            other => Err(SessionError::NotWelcome(format!("{other:?}"))),
         }),
     )
     .await
-    .map_err(|_| "no welcome from relay".to_string())?
-    .map_err(|e| e.to_string())??;
+    .map_err(|_| SessionError::NoWelcome)???;
     framed::send(
         &mut send,
         &Message::FlowOpen(FlowOpen {
@@ -323,8 +255,7 @@ async fn session_inner(
             frame_ms: p.frame_ms,
         }),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     slot.set(Some(conn.clone()));
     metrics.connected.set(1.0);
     metrics.connects.inc();
@@ -355,11 +286,11 @@ async fn session_inner(
                 }
             } => {
                 let mut digit = [0u8; 4];
-                framed::send(&mut send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
+                framed::send(&mut send, &sig.to_message(&mut digit)).await?;
             }
             r = reader.next(|m| handle(m, &down_flow, down, metrics, events.as_ref())) => match r {
                 Ok(Action::Pong(id)) => {
-                    framed::send(&mut send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
+                    framed::send(&mut send, &Message::Pong(Ping { id })).await?;
                 }
                 Ok(Action::Renewed(cert)) => {
                     if let (Some(r), Some((pending, _))) = (&p.renewal, renewing.take()) {
@@ -373,14 +304,13 @@ async fn session_inner(
                     }
                 }
                 Ok(Action::None) => {}
-                Err(StreamError::Control(e)) => break Err(format!("bad control message from relay: {e}")),
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err(e.into()),
             },
             _ = tick.tick() => {
                 metrics.rtt.set(conn.rtt().as_secs_f64());
                 ping_id += 1;
                 if let Err(e) = framed::send(&mut send, &Message::Ping(Ping { id: ping_id })).await {
-                    break Err(e.to_string());
+                    break Err(e.into());
                 }
                 if let Some(r) = &p.renewal {
                     if renewing.as_ref().is_some_and(|(_, t)| t.elapsed() > RENEW_ANSWER_TIMEOUT) {
@@ -392,14 +322,14 @@ async fn session_inner(
                         && let Some(pending) = prepare_renewal(r.clone()).await
                     {
                         if let Err(e) = framed::send(&mut send, &Message::Renew(Renew { csr: &pending.csr })).await {
-                            break Err(e.to_string());
+                            break Err(e.into());
                         }
                         info!(backend = %r.backend(), "certificate renewal requested");
                         renewing = Some((pending, Instant::now()));
                     }
                 }
             }
-            e = conn.closed() => break Err(e.to_string()),
+            e = conn.closed() => break Err(e.into()),
         }
     };
     datagrams.abort();
@@ -408,11 +338,11 @@ async fn session_inner(
 
 /// Make the next key and CSR off the async workers (a TPM creates keys
 /// slowly). `None` after a failure, which is logged and retried later.
-async fn prepare_renewal(r: Arc<crate::identity::renew::Renewer>) -> Option<Pending> {
+async fn prepare_renewal(r: Arc<Renewer>) -> Option<Pending> {
     let rr = r.clone();
     let result = tokio::task::spawn_blocking(move || rr.prepare())
         .await
-        .unwrap_or_else(|e| Err(format!("renewal task failed: {e}")));
+        .unwrap_or_else(|e| Err(e.into()));
     match result {
         Ok(p) => Some(p),
         Err(e) => {
@@ -425,11 +355,11 @@ async fn prepare_renewal(r: Arc<crate::identity::renew::Renewer>) -> Option<Pend
 }
 
 /// Store the renewed certificate and key (blocking IO off the workers).
-async fn commit_renewal(r: Arc<crate::identity::renew::Renewer>, pending: Pending, cert: String) {
+async fn commit_renewal(r: Arc<Renewer>, pending: Pending, cert: String) {
     let rr = r.clone();
     let result = tokio::task::spawn_blocking(move || rr.commit(pending, &cert))
         .await
-        .unwrap_or_else(|e| Err(format!("renewal task failed: {e}")));
+        .unwrap_or_else(|e| Err(e.into()));
     match result {
         Ok(serial) => info!(%serial, backend = %r.backend(),
             "certificate renewed; stored, and used from the next connection on"),

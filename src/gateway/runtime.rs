@@ -147,18 +147,6 @@ impl AsyncUdpSocket for NoGro {
     }
 }
 
-/// Asks for a receive buffer of `bytes` on `sock` and returns what the
-/// kernel granted (its own accounting: about twice the request).
-/// `SO_RCVBUFFORCE` (root, or `CAP_NET_ADMIN`) may exceed
-/// `net.core.rmem_max`; without the privilege the request is capped there.
-pub fn grow_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> io::Result<usize> {
-    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
-        setsockopt(sock, sockopt::RcvBuf, &bytes)?;
-    }
-    Ok(getsockopt(sock, sockopt::RcvBuf)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,18 +226,5 @@ mod tests {
         assert!(lazy >= 2, "tokio's Sleep blocked {lazy} times");
         let exact = blocks_while_moved_later(&GatewayRuntime);
         assert_eq!(exact, 1, "the runtime thread woke up for a moved deadline");
-    }
-
-    #[test]
-    fn receive_buffer_grows() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::RcvBuf).unwrap();
-        let got = grow_recv_buffer(&s, 4 << 20).unwrap();
-        if nix::unistd::geteuid().is_root() {
-            // SO_RCVBUFFORCE: the whole request, doubled by the kernel.
-            assert!(got >= 8 << 20, "granted {got}");
-        } else {
-            assert!(got >= before, "granted {got}, had {before}");
-        }
     }
 }
