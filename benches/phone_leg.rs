@@ -1,5 +1,5 @@
 //! Transcoding cost of one phone call leg: G.711 (or G.722) ↔ Opus in both
-//! directions through `voxgate::media::phone::PhoneLeg`, against libopus
+//! directions through `voxgate::media::leg::PhoneLeg`, against libopus
 //! alone doing the same encode and decode, in the same run.
 //!
 //!   cargo bench --bench phone_leg
@@ -14,9 +14,9 @@
 
 use std::time::{Duration, Instant};
 use voxgate::codec::CodecConfig;
-use voxgate::codec::phone::{PcmEncoder, PhoneCodec};
+use voxgate::codec::telephony::{PcmEncoder, PhoneCodec};
 use voxgate::codec::{OpusDecoder, OpusEncoder};
-use voxgate::media::phone::{PhoneLeg, PhoneLegConfig};
+use voxgate::media::leg::{PhoneLeg, PhoneLegConfig};
 use voxgate::media::rtp::{Packet, Repr};
 
 const SECONDS: u32 = 30;

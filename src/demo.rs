@@ -88,7 +88,7 @@ fn synth_signal(secs: f32) -> Vec<i16> {
 }
 
 fn wav_to_raw48k(wav: &Path, raw: &Path) -> Result<f32> {
-    let pcm = crate::relay::source::read_wav_mono_48k(wav)?;
+    let pcm = crate::relay::audio_file::read_wav_mono_48k(wav)?;
     write_raw(raw, &pcm)?;
     Ok(pcm.len() as f32 / 48_000.0)
 }

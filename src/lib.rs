@@ -10,7 +10,6 @@ pub mod demo;
 pub mod gateway;
 pub mod identity;
 pub mod media;
-pub mod phones;
 pub mod pki;
 pub mod privilege;
 pub mod proto;

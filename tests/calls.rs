@@ -447,7 +447,7 @@ async fn echo_and_recording_services() {
         let recs = lab.recordings();
         if let Some(r) = recs.iter().find(|p| {
             std::fs::read(p).is_ok_and(|b| {
-                voxgate::relay::source::OggOpusReader::open(&b[..]).is_ok_and(|mut rd| {
+                voxgate::relay::audio_file::OggOpusReader::open(&b[..]).is_ok_and(|mut rd| {
                     std::iter::from_fn(|| rd.next_packet().ok().flatten()).count() == 50
                 })
             })

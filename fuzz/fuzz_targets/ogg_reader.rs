@@ -1,7 +1,7 @@
 #![no_main]
 //! Ogg Opus files given to the relay as downlink sources.
 use libfuzzer_sys::fuzz_target;
-use voxgate::relay::source::OggOpusReader;
+use voxgate::relay::audio_file::OggOpusReader;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(mut r) = OggOpusReader::open(data) {

@@ -5,9 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
-use voxgate::codec::phone::PhoneCodec;
+use voxgate::codec::telephony::PhoneCodec;
 use voxgate::codec::CodecConfig;
-use voxgate::media::phone::{PhoneLeg, PhoneLegConfig};
+use voxgate::media::leg::{PhoneLeg, PhoneLegConfig};
 use voxgate::media::rtp::Packet;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use voxgate::phones::PhoneStore;
+use voxgate::bridge::phone_store::PhoneStore;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(store) = PhoneStore::parse(data) {

@@ -6,7 +6,7 @@ use super::{Call, Core, MAX_CALLS, Origin, to_phone_codec, to_sip_codec};
 use super::{new_tag, secure_bytes};
 use crate::codec::CodecConfig;
 use crate::media::dtmf::Digit;
-use crate::media::phone::{PhoneLeg, PhoneLegConfig};
+use crate::media::leg::{PhoneLeg, PhoneLegConfig};
 use crate::media::ports::PortPair;
 use crate::proto::signal::{CallSignal, EndReason};
 use crate::sip::dialog::{Dialog, DialogState};

@@ -26,11 +26,11 @@
 //! SDP address until the first packet arrives), so phones behind a LAN NAT
 //! work. Packets from any other address after that are dropped.
 
-use crate::gateway::metrics::GatewayMetrics;
+use super::metrics::BridgeMetrics;
 use crate::media::dtmf::{Digit, KeyPress};
 use crate::media::flow;
 use crate::media::jitter::Push;
-use crate::media::phone::{FromPhone, LegStats, PhoneLeg};
+use crate::media::leg::{FromPhone, LegStats, PhoneLeg};
 use crate::media::ports::PortPair;
 use crate::transport::link::ConnSlot;
 use bytes::{Bytes, BytesMut};
@@ -136,7 +136,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn flush(&mut self, m: &GatewayMetrics) {
+    fn flush(&mut self, m: &BridgeMetrics) {
         for (n, c) in [
             (self.rtp_in, &m.phone_rtp_in),
             (self.up_sent, &m.phone_up_sent),
@@ -221,7 +221,7 @@ pub struct Engine {
     /// The relay connection.
     pub slot: Arc<ConnSlot>,
     /// The gateway's counters (phone RTP, relay datagrams, concealment, latency).
-    pub metrics: Arc<GatewayMetrics>,
+    pub metrics: Arc<BridgeMetrics>,
 }
 
 impl std::fmt::Debug for Engine {

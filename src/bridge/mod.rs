@@ -25,15 +25,15 @@
 
 mod calls;
 pub mod media;
+pub mod metrics;
+pub mod phone_store;
 mod requests;
 pub mod tcp;
 
 use crate::codec::CodecConfig;
-use crate::codec::phone::PhoneCodec;
+use crate::codec::telephony::PhoneCodec;
 use crate::config::SipConfig;
-use crate::gateway::metrics::GatewayMetrics;
 use crate::media::ports::{PortPair, PortPool};
-use crate::phones::PhoneStore;
 use crate::proto::signal::{CallSignal, EndReason};
 use crate::sip::auth::DigestServer;
 use crate::sip::dialog::Dialog;
@@ -45,6 +45,8 @@ use crate::sip::{Message, SipUri, Via, new_branch, new_tag};
 use crate::transport::link::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
 use media::{EngineCmd, MediaEvent};
+use metrics::BridgeMetrics;
+use phone_store::PhoneStore;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -219,7 +221,7 @@ struct Core {
     engine: mpsc::UnboundedSender<EngineCmd>,
     signals: mpsc::Sender<CallSignal>,
     relay_up: bool,
-    metrics: Arc<GatewayMetrics>,
+    metrics: Arc<BridgeMetrics>,
     opus: CodecConfig,
     rng: fastrand::Rng,
     /// `txs.full_refusals()` already counted in the metrics.
@@ -378,7 +380,7 @@ pub async fn run(
     link: CallLinkEnds,
     slot: Arc<ConnSlot>,
     opus: CodecConfig,
-    metrics: Arc<GatewayMetrics>,
+    metrics: Arc<BridgeMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let udp = tokio::net::UdpSocket::from_std(p.udp)?;

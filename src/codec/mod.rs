@@ -43,7 +43,7 @@ pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 pub mod g711;
 pub mod g722;
 pub mod opus_packet;
-pub mod phone;
+pub mod telephony;
 
 /// A libopus failure, with the operation that failed.
 #[derive(Debug, Error)]

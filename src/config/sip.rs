@@ -18,7 +18,7 @@
 //! ```
 
 use super::ConfigError;
-use crate::codec::phone::PhoneCodec;
+use crate::codec::telephony::PhoneCodec;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};

@@ -254,7 +254,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
                 ends,
                 slot.clone(),
                 cfg.codec,
-                metrics.clone(),
+                metrics.bridge.clone(),
                 async move {
                     let _ = stop.changed().await;
                 },

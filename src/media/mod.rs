@@ -6,7 +6,7 @@
 pub mod dtmf;
 pub mod flow;
 pub mod jitter;
-pub mod phone;
+pub mod leg;
 pub mod ports;
 pub mod rtp;
 pub mod sender;

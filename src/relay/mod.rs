@@ -1,8 +1,9 @@
 //! The cloud side: the fleet CA, the QUIC server, recordings and downlink
 //! audio. `voxgate relay run` is [`run`].
 
+pub mod audio_file;
 pub mod ca;
-pub mod calls;
+pub mod call_plane;
 pub mod commit;
 pub mod enroll;
 pub mod limiter;
@@ -10,7 +11,6 @@ pub mod metrics;
 pub mod recorder;
 pub mod registry;
 pub mod server;
-pub mod source;
 pub mod switch;
 
 use crate::codec::CodecConfig;
@@ -39,7 +39,7 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
     if is_wav {
-        let pcm = source::read_wav_mono_48k(path)?;
+        let pcm = audio_file::read_wav_mono_48k(path)?;
         let cfg = CodecConfig {
             frame: Duration::from_millis(20),
             bitrate: 24_000,
@@ -55,7 +55,7 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
             .collect());
     }
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut reader = source::OggOpusReader::open(std::io::BufReader::new(file))
+    let mut reader = audio_file::OggOpusReader::open(std::io::BufReader::new(file))
         .with_context(|| format!("{}", path.display()))?;
     let mut packets = Vec::new();
     while let Some(p) = reader
@@ -218,7 +218,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let ctx = Arc::new(RelayCtx {
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
-        calls: calls::CallPlane::new(metrics.clone()),
+        calls: call_plane::CallPlane::new(metrics.clone()),
         metrics,
         next_session: AtomicU64::new(1),
         revoked: p.revoked.clone(),

@@ -1,6 +1,6 @@
 //! The relay's QUIC server: authenticates devices by certificate, records
 //! every uplink flow to Ogg Opus, sends audio down (echo or a file), and
-//! carries calls between phones through the call plane ([`super::calls`]).
+//! carries calls between phones through the call plane ([`super::call_plane`]).
 //!
 //! Two tasks per device connection: the datagram path ([`media`]: read a
 //! datagram, record, forward or echo it) and the control path (control
@@ -74,7 +74,7 @@ pub struct RelayCtx {
     /// Live sessions by number: device id and connection (for revocation).
     pub live: std::sync::Mutex<HashMap<u64, (String, quinn::Connection)>>,
     /// Calls between phones.
-    pub calls: super::calls::CallPlane,
+    pub calls: super::call_plane::CallPlane,
 }
 
 /// Accept devices until `shutdown` resolves, then close every session

@@ -7,7 +7,7 @@ use crate::codec::OPUS_PAYLOAD_TYPE;
 use crate::media::flow;
 use crate::media::rtp::Repr;
 use crate::media::stats::ReceiveStats;
-use crate::relay::calls::Forwarded;
+use crate::relay::call_plane::Forwarded;
 use crate::relay::metrics::RelayMetrics;
 use crate::relay::recorder::OggOpusRecorder;
 use std::collections::HashMap;

@@ -31,7 +31,7 @@ use super::jitter::{JitterBuffer, JitterConfig, Playout, Push};
 use super::rtp::{Packet, RtpError};
 use super::sender::RtpSender;
 use crate::codec::CodecConfig;
-use crate::codec::phone::{PcmDecoder, PcmEncoder, PhoneCodec};
+use crate::codec::telephony::{PcmDecoder, PcmEncoder, PhoneCodec};
 use crate::codec::{CodecError, OPUS_PAYLOAD_TYPE, OpusDecoder, OpusEncoder};
 use std::time::Duration;
 use thiserror::Error;
@@ -516,5 +516,5 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 #[cfg(test)]
-#[path = "phone/tests.rs"]
+#[path = "leg/tests.rs"]
 mod tests;

@@ -1,7 +1,7 @@
 //! Phone leg tests in simulated time, with real codecs on both sides.
 
 use super::*;
-use crate::codec::phone::PcmEncoder as PhoneEnc;
+use crate::codec::telephony::PcmEncoder as PhoneEnc;
 use crate::media::dtmf::Event;
 use crate::media::flow;
 use crate::media::rtp::Repr;

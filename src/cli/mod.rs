@@ -1,5 +1,7 @@
 //! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert}`, `demo`.
 
+mod phones;
+
 use crate::config::{GatewayConfig, RelayConfig};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -27,7 +29,7 @@ enum Command {
     Setup(Box<crate::identity::setup::SetupArgs>),
     /// Desk phones allowed to register at this box.
     #[command(subcommand)]
-    Phones(crate::phones::PhonesCommand),
+    Phones(phones::PhonesCommand),
     /// The device key and certificate.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -313,7 +315,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::demo::run(args),
         Command::Phones(cmd) => {
             crate::telemetry::init("warn");
-            crate::phones::run(cmd)
+            phones::run(cmd)
         }
         Command::Keys(KeysCommand::Status { config }) => {
             crate::telemetry::init("error");

@@ -1,0 +1,101 @@
+//! `voxgate phones {add,list,remove}`: the desk phones allowed to register
+//! at this box, in the sealed store the bridge reads
+//! ([`crate::bridge::phone_store`]).
+
+use crate::bridge::phone_store::PhoneStore;
+use crate::config::{GatewayConfig, SipConfig};
+use crate::pki::sealed::Material;
+use std::path::{Path, PathBuf};
+
+/// `voxgate phones ...`: the desk phones allowed to register at this box.
+#[derive(Debug, clap::Subcommand)]
+pub enum PhonesCommand {
+    /// Give extension EXT a new strong password (printed once, never stored).
+    Add {
+        /// Extension: 2-8 digits, not starting with 9.
+        ext: String,
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+        config: PathBuf,
+    },
+    /// List the extensions (no secrets).
+    List {
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+        config: PathBuf,
+    },
+    /// Remove extension EXT; its phone can no longer register.
+    Remove {
+        /// Extension.
+        ext: String,
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+        config: PathBuf,
+    },
+}
+
+fn open(config: &Path) -> anyhow::Result<(SipConfig, Material)> {
+    let cfg = GatewayConfig::load(config)?;
+    let sip = cfg.sip.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the phone bridge is off; set `[sip] enabled = true` first",
+            config.display()
+        )
+    })?;
+    let material =
+        crate::pki::sealed::material(&cfg.identity.machine_id, cfg.identity.serial.as_deref())?;
+    Ok((sip, material))
+}
+
+/// Run a `phones` command; output is for a technician at a terminal.
+pub fn run(cmd: PhonesCommand) -> anyhow::Result<()> {
+    match cmd {
+        PhonesCommand::Add { ext, config } => {
+            let (sip, m) = open(&config)?;
+            let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let password = store.add(&ext, now)?;
+            store.save(&sip.phones, &m)?;
+            println!("extension {ext} added; configure the phone with:");
+            println!(
+                "  registrar:  {} (UDP or TCP)",
+                sip.advertise.map_or_else(
+                    || sip.listen.to_string(),
+                    |a| format!("{a}:{}", sip.listen.port())
+                )
+            );
+            println!("  user:       {ext}");
+            println!("  password:   {}", password.as_str());
+            println!("  realm:      {}", sip.realm);
+            println!("The password is shown only now; it is not stored (only its digests are).");
+            Ok(())
+        }
+        PhonesCommand::List { config } => {
+            let (sip, m) = open(&config)?;
+            let store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
+            if store.is_empty() {
+                println!("no phones; add one with `voxgate phones add EXT`");
+            }
+            for (ext, e) in store.iter() {
+                let added = time::OffsetDateTime::from_unix_timestamp(e.created as i64)
+                    .map(|x| format!("{} {} UTC", x.date(), &x.time().to_string()[..8]))
+                    .unwrap_or_default();
+                println!("{ext}\tadded {added}");
+            }
+            Ok(())
+        }
+        PhonesCommand::Remove { ext, config } => {
+            let (sip, m) = open(&config)?;
+            let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
+            store.remove(&ext)?;
+            store.save(&sip.phones, &m)?;
+            println!(
+                "extension {ext} removed (a running box drops its registrations within a minute)"
+            );
+            Ok(())
+        }
+    }
+}
