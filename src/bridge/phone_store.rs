@@ -62,12 +62,12 @@ pub enum PhonesError {
         reason: String,
     },
     /// The content is not a phone store.
-    #[error("{path} is not a voxgate phone store: {what}")]
+    #[error("{path} is not a voxgate phone store: {source}")]
     Format {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        what: String,
+        source: StoreFormatError,
     },
     /// The store was made for another digest realm.
     #[error(
@@ -167,6 +167,37 @@ pub fn generate_password() -> Result<Zeroizing<String>, PhonesError> {
     Ok(out)
 }
 
+/// Why a decrypted payload is not a phone store.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StoreFormatError {
+    /// Not text.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// The first line is wrong.
+    #[error("missing VXPHONES1 header")]
+    Header,
+    /// The realm line is missing or wrong.
+    #[error("missing or invalid realm line")]
+    Realm,
+    /// Over [`MAX_PHONES`] entries.
+    #[error("more than {MAX_PHONES} phones")]
+    TooMany,
+    /// An entry line is malformed (its line number).
+    #[error("line {0}: not `ext sha256 md5 time`")]
+    Entry(usize),
+    /// An entry's time is not a number.
+    #[error("line {0}: bad time")]
+    Time(usize),
+    /// An extension appears twice.
+    #[error("line {line}: extension {ext} twice")]
+    Duplicate {
+        /// The line.
+        line: usize,
+        /// The extension.
+        ext: String,
+    },
+}
+
 impl PhoneStore {
     /// An empty store for `realm`.
     pub fn new(realm: &str) -> Self {
@@ -177,22 +208,22 @@ impl PhoneStore {
     }
 
     /// Parse a decrypted payload.
-    pub fn parse(payload: &[u8]) -> Result<PhoneStore, String> {
-        let text = std::str::from_utf8(payload).map_err(|_| "not UTF-8".to_string())?;
+    pub fn parse(payload: &[u8]) -> Result<PhoneStore, StoreFormatError> {
+        let text = std::str::from_utf8(payload).map_err(|_| StoreFormatError::NotUtf8)?;
         // Exactly what render() writes: '\n' line ends, nothing else.
         let mut lines = text.split_terminator('\n');
         if lines.next() != Some(MAGIC) {
-            return Err("missing VXPHONES1 header".into());
+            return Err(StoreFormatError::Header);
         }
         let realm = lines
             .next()
             .and_then(|l| l.strip_prefix("realm "))
             .filter(|r| crate::config::valid_realm(r))
-            .ok_or("missing or invalid realm line")?;
+            .ok_or(StoreFormatError::Realm)?;
         let mut store = PhoneStore::new(realm);
         for (i, line) in lines.enumerate() {
             if store.entries.len() >= MAX_PHONES {
-                return Err(format!("more than {MAX_PHONES} phones"));
+                return Err(StoreFormatError::TooMany);
             }
             let f: Vec<&str> = line.split(' ').collect();
             let ok = |s: &str, n| {
@@ -202,9 +233,7 @@ impl PhoneStore {
             };
             match f[..] {
                 [ext, sha, md, created] if valid_extension(ext) && ok(sha, 64) && ok(md, 32) => {
-                    let created = created
-                        .parse()
-                        .map_err(|_| format!("line {}: bad time", i + 3))?;
+                    let created = created.parse().map_err(|_| StoreFormatError::Time(i + 3))?;
                     if store
                         .entries
                         .insert(
@@ -217,10 +246,13 @@ impl PhoneStore {
                         )
                         .is_some()
                     {
-                        return Err(format!("line {}: extension {ext} twice", i + 3));
+                        return Err(StoreFormatError::Duplicate {
+                            line: i + 3,
+                            ext: ext.into(),
+                        });
                     }
                 }
-                _ => return Err(format!("line {}: not `ext sha256 md5 time`", i + 3)),
+                _ => return Err(StoreFormatError::Entry(i + 3)),
             }
         }
         Ok(store)
@@ -270,9 +302,9 @@ impl PhoneStore {
                 other => other.to_string(),
             },
         })?;
-        let store = PhoneStore::parse(&plain).map_err(|what| PhonesError::Format {
+        let store = PhoneStore::parse(&plain).map_err(|source| PhonesError::Format {
             path: path.into(),
-            what,
+            source,
         })?;
         if store.realm != realm {
             return Err(PhonesError::Realm {

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -148,7 +149,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
             let reason = format!("protocol error: {e}");
             let end = reason.floor_char_boundary(120);
             conn.close(1u32.into(), &reason.as_bytes()[..end]);
-            e
+            e.to_string()
         }
     };
     ctx.metrics.active.set(ctx.metrics.active.get() - 1.0);
@@ -164,27 +165,57 @@ fn peer_device(conn: &quinn::Connection) -> Option<String> {
     crate::pki::name::common_name(certs.first()?)
 }
 
+/// Why a device session ended with an error (logged, and the start of it
+/// sent to the device as the connection's close reason).
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The device opened no control stream in time.
+    #[error("no control stream")]
+    NoControlStream,
+    /// The device sent no hello in time.
+    #[error("no hello")]
+    NoHello,
+    /// The first message was not a hello.
+    #[error("expected hello, got {0}")]
+    NotHello(String),
+    /// The hello names another device than the certificate.
+    #[error("hello claims `{claimed}`, certificate names `{device}`")]
+    WrongDevice {
+        /// The device the hello names.
+        claimed: String,
+        /// The device the certificate names.
+        device: String,
+    },
+    /// The device sent an invalid control message.
+    #[error("bad control message: {0}")]
+    BadMessage(crate::proto::control::ControlError),
+    /// The control stream failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The connection failed.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+}
+
 async fn run_session(
     conn: &quinn::Connection,
     ctx: &Arc<RelayCtx>,
     device: &str,
     session: u64,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let (mut send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
-        .map_err(|_| "no control stream".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SessionError::NoControlStream)??;
     let mut reader = FrameReader::new(recv);
     let hello = tokio::time::timeout(
         HELLO_TIMEOUT,
         reader.next(|m| match m {
             Message::Hello(h) => Ok(h.device.to_string()),
-            other => Err(format!("expected hello, got {other:?}")),
+            other => Err(SessionError::NotHello(format!("{other:?}"))),
         }),
     )
     .await
-    .map_err(|_| "no hello".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| SessionError::NoHello)??;
     let claimed = match hello {
         Ok(c) => c,
         Err(e) => {
@@ -201,9 +232,10 @@ async fn run_session(
             "hello names another device than the certificate",
         )
         .await;
-        return Err(format!(
-            "hello claims `{claimed}`, certificate names `{device}`"
-        ));
+        return Err(SessionError::WrongDevice {
+            claimed,
+            device: device.into(),
+        });
     }
     framed::send(
         &mut send,
@@ -212,8 +244,7 @@ async fn run_session(
             session,
         }),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     info!(%device, session, remote = %conn.remote_address(), "device connected");
     let mut inbox = ctx.calls.join(session, conn.clone());
     let result = session_loop(
@@ -239,7 +270,7 @@ async fn session_loop(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
     inbox: &mut tokio::sync::mpsc::Receiver<super::switch::Signal>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let flows = Arc::new(Mutex::new(Flows::default()));
     let down_ssrc = fastrand::u32(..);
     let mut player = None;
@@ -317,7 +348,7 @@ async fn control_loop(
     flows: &Mutex<Flows>,
     down_ssrc: u32,
     datagrams: &mut Option<tokio::task::JoinHandle<()>>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_renewal: Option<Instant> = None;
     // The control stream's read lives across loop turns (re-created on
@@ -364,12 +395,12 @@ async fn control_loop(
                     close_unrouted_calls(ctx, device, session, flows);
                 }
                 Ok(Owned::Ping(id)) => {
-                    framed::send(send, &Message::Pong(Ping { id })).await.map_err(|e| e.to_string())?;
+                    framed::send(send, &Message::Pong(Ping { id })).await?;
                 }
                 Ok(Owned::Renew(csr)) => {
                     if last_renewal.is_some_and(|t: Instant| t.elapsed() < RENEW_MIN_INTERVAL) {
                         ctx.metrics.control_errors.inc();
-                        refuse(send, "renew_refused", "renewal requested too soon after the last one").await.map_err(|e| e.to_string())?;
+                        refuse(send, "renew_refused", "renewal requested too soon after the last one").await?;
                         continue;
                     }
                     last_renewal = Some(Instant::now());
@@ -377,33 +408,32 @@ async fn control_loop(
                     match ctx.enroller.renew(device, &csr, &source) {
                         Ok((der, not_after)) => {
                             let cert = B64.encode(&der);
-                            framed::send(send, &Message::Renewed(Enrolled { cert: &cert, not_after })).await.map_err(|e| e.to_string())?;
+                            framed::send(send, &Message::Renewed(Enrolled { cert: &cert, not_after })).await?;
                         }
                         Err(why) => {
                             warn!(%device, session, reason = %why, "certificate renewal refused");
-                            refuse(send, "renew_refused", "certificate renewal refused; see the relay's audit log").await.map_err(|e| e.to_string())?;
+                            refuse(send, "renew_refused", "certificate renewal refused; see the relay's audit log").await?;
                         }
                     }
                 }
                 Ok(Owned::Ignore) => {}
                 Ok(Owned::Unexpected) => {
                     ctx.metrics.control_errors.inc();
-                    refuse(send, "unexpected", "message not valid from a device").await.map_err(|e| e.to_string())?;
+                    refuse(send, "unexpected", "message not valid from a device").await?;
                 }
                 Err(StreamError::Control(e)) => {
                     ctx.metrics.control_errors.inc();
-                    let text = e.to_string();
-                    refuse_last(send, "bad_message", &text).await;
-                    return Err(format!("bad control message: {text}"));
+                    refuse_last(send, "bad_message", &e.to_string()).await;
+                    return Err(SessionError::BadMessage(e));
                 }
                 // The connection ended (the device left, timed out or was
                 // revoked): a normal end of the session.
                 Err(_) if conn.close_reason().is_some() => return Ok(()),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }},
             Some(sig) = inbox.recv() => {
                 let mut digit = [0u8; 4];
-                framed::send(send, &sig.to_message(&mut digit)).await.map_err(|e| e.to_string())?;
+                framed::send(send, &sig.to_message(&mut digit)).await?;
                 // A call that ended elsewhere closes its recording here.
                 if matches!(sig, super::switch::Signal::End { .. }) {
                     close_unrouted_calls(ctx, device, session, flows);
@@ -482,7 +512,11 @@ async fn refuse_last(send: &mut quinn::SendStream, code: &str, message: &str) {
     }
 }
 
-async fn open_down(send: &mut quinn::SendStream, ssrc: u32, frame_ms: u16) -> Result<(), String> {
+async fn open_down(
+    send: &mut quinn::SendStream,
+    ssrc: u32,
+    frame_ms: u16,
+) -> Result<(), SessionError> {
     framed::send(
         send,
         &Message::FlowOpen(FlowOpen {
@@ -493,6 +527,6 @@ async fn open_down(send: &mut quinn::SendStream, ssrc: u32, frame_ms: u16) -> Re
             frame_ms,
         }),
     )
-    .await
-    .map_err(|e| e.to_string())
+    .await?;
+    Ok(())
 }

@@ -195,13 +195,16 @@ pub(super) fn recording_path(dir: &Path, device: &str, session: u64, flow: u64) 
 }
 
 pub(super) fn open_recorder(path: &Path, ssrc: u32) -> Option<OggOpusRecorder<BufWriter<File>>> {
-    let open = || -> Result<_, String> {
+    let open = || -> Result<_, Box<dyn std::error::Error>> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir)?;
         }
-        let file = File::create(path).map_err(|e| e.to_string())?;
-        OggOpusRecorder::new(BufWriter::with_capacity(16 * 1024, file), ssrc, "voxgate")
-            .map_err(|e| e.to_string())
+        let file = File::create(path)?;
+        Ok(OggOpusRecorder::new(
+            BufWriter::with_capacity(16 * 1024, file),
+            ssrc,
+            "voxgate",
+        )?)
     };
     match open() {
         Ok(r) => Some(r),
