@@ -18,6 +18,7 @@
 //! ```
 
 use crate::pki::sealed::{self, Material, SealError};
+use crate::proto::signal::valid_extension;
 use ring::digest;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -139,11 +140,6 @@ pub struct PhoneStore {
     /// The digest realm every entry was derived for.
     pub realm: String,
     entries: BTreeMap<String, PhoneEntry>,
-}
-
-/// Whether `ext` may be a phone's extension (as the relay's numbering plan allows).
-pub fn valid_extension(ext: &str) -> bool {
-    crate::proto::signal::valid_extension(ext)
 }
 
 const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";

@@ -117,13 +117,24 @@ pub fn parse_key(pem: &[u8]) -> Option<PrivateKeyDer<'static>> {
 /// Write `data` to a new file with `mode` and sync it; an existing file is
 /// never replaced ([`FileError::Exists`]).
 pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
+    write(path, data, mode, true)
+}
+
+/// Write `data` to `path` with `mode` (created or truncated) and sync it.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
+    write(path, data, mode, false)
+}
+
+fn write(path: &Path, data: &[u8], mode: u32, exclusive: bool) -> Result<(), FileError> {
     let write = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create_new(exclusive)
+        .create(!exclusive)
+        .truncate(!exclusive)
         .mode(mode)
         .open(path)
         .map_err(|e| {
@@ -133,23 +144,6 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
                 write(e)
             }
         })?;
-    f.write_all(data).map_err(write)?;
-    f.sync_all().map_err(write)
-}
-
-/// Write `data` to `path` with `mode` (created or truncated) and sync it.
-pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
-    let write = |source| FileError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(write)?;
     f.write_all(data).map_err(write)?;
     f.sync_all().map_err(write)
 }
