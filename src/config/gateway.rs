@@ -56,9 +56,9 @@ struct RawIdentity {
     tpm: String,
     #[serde(default = "default_credential")]
     credential: String,
-    #[serde(default = "default_machine_id")]
+    #[serde(default = "super::default_machine_id")]
     machine_id: PathBuf,
-    #[serde(default = "default_serial")]
+    #[serde(default = "super::default_serial")]
     serial: Option<PathBuf>,
 }
 
@@ -68,15 +68,6 @@ fn default_tpm() -> String {
 
 fn default_credential() -> String {
     DEFAULT_CREDENTIAL.into()
-}
-
-fn default_machine_id() -> PathBuf {
-    PathBuf::from("/etc/machine-id")
-}
-
-fn default_serial() -> Option<PathBuf> {
-    // Raspberry Pi and other device-tree boards; readable under ProcSubset=pid.
-    Some(PathBuf::from("/sys/firmware/devicetree/base/serial-number"))
 }
 
 #[derive(Debug, Default, Deserialize)]

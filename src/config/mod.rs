@@ -189,6 +189,16 @@ pub(crate) fn privilege_settings(
     })
 }
 
+/// The sealing input every role binds its keys to by default.
+fn default_machine_id() -> PathBuf {
+    PathBuf::from(crate::pki::sealed::MACHINE_ID)
+}
+
+/// The SoC serial of device-tree boards, used when the file exists.
+fn default_serial() -> Option<PathBuf> {
+    Some(PathBuf::from(crate::pki::sealed::SOC_SERIAL))
+}
+
 /// Telemetry settings shared by both roles.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

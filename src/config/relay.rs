@@ -54,27 +54,19 @@ impl Default for RawEnrollment {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCa {
-    #[serde(default = "default_machine_id")]
+    #[serde(default = "super::default_machine_id")]
     machine_id: PathBuf,
-    #[serde(default = "default_serial")]
+    #[serde(default = "super::default_serial")]
     serial: Option<PathBuf>,
 }
 
 impl Default for RawCa {
     fn default() -> Self {
         RawCa {
-            machine_id: default_machine_id(),
-            serial: default_serial(),
+            machine_id: super::default_machine_id(),
+            serial: super::default_serial(),
         }
     }
-}
-
-fn default_machine_id() -> PathBuf {
-    PathBuf::from("/etc/machine-id")
-}
-
-fn default_serial() -> Option<PathBuf> {
-    Some(PathBuf::from("/sys/firmware/devicetree/base/serial-number"))
 }
 
 fn default_lifetime() -> u64 {
