@@ -13,13 +13,12 @@ use super::device::{self, DeviceError, Dir};
 use super::ring::{Mark, Returning, RingRx, RingTx};
 use super::supervisor;
 use crate::telemetry::metrics::Counter;
-use cpal::traits::{DeviceTrait, StreamTrait};
+use cpal::traits::DeviceTrait;
 use cpal::{FromSample, SampleFormat, SizedSample};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
-use tracing::info;
 
 /// State the capture thread shares with the encoder and with metrics.
 #[derive(Debug)]
@@ -142,36 +141,18 @@ fn open(
     errors: mpsc::Sender<cpal::Error>,
     period_ms: Option<u32>,
 ) -> Result<cpal::Stream, DeviceError> {
-    let dev = device::find(name, Dir::Capture)?;
-    let cfg = device::choose_config(&dev, Dir::Capture)?;
-    let dev_name = dev.to_string();
-    let backend = |source| DeviceError::Backend {
-        dir: Dir::Capture,
-        name: dev_name.clone(),
-        source,
-    };
-    shared.rate.store(cfg.sample_rate(), Relaxed);
-    let stream = match cfg.sample_format() {
-        SampleFormat::F32 => build::<f32>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        SampleFormat::I16 => build::<i16>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        SampleFormat::I32 => build::<i32>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        SampleFormat::F64 => build::<f64>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        SampleFormat::U16 => build::<u16>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        SampleFormat::I8 => build::<i8>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        SampleFormat::U8 => build::<u8>(&dev, &cfg, ring, encoder, shared, errors, period_ms),
-        other => {
-            return Err(DeviceError::NoConfig {
-                dir: Dir::Capture,
-                name: dev_name,
-                reason: format!("sample format {other} is not supported"),
-            });
-        }
-    }
-    .map_err(backend)?;
-    stream.play().map_err(backend)?;
-    info!(device = %dev_name, rate = cfg.sample_rate(), channels = cfg.channels(),
-          format = %cfg.sample_format(), "capture device open");
-    Ok(stream)
+    device::open_stream(name, Dir::Capture, &shared.rate, |dev, cfg| {
+        Some(match cfg.sample_format() {
+            SampleFormat::F32 => build::<f32>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            SampleFormat::I16 => build::<i16>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            SampleFormat::I32 => build::<i32>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            SampleFormat::F64 => build::<f64>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            SampleFormat::U16 => build::<u16>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            SampleFormat::I8 => build::<i8>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            SampleFormat::U8 => build::<u8>(dev, cfg, ring, encoder, shared, errors, period_ms),
+            _ => return None,
+        })
+    })
 }
 
 fn build<T>(

@@ -25,6 +25,49 @@ impl std::fmt::Display for Dir {
     }
 }
 
+/// Open device `name` for `dir`: find it, choose its configuration,
+/// publish its rate in `rate`, build the stream for the device's sample
+/// format with `build` (`None`: a format `build` does not handle), and
+/// start it.
+pub fn open_stream(
+    name: Option<&str>,
+    dir: Dir,
+    rate: &std::sync::atomic::AtomicU32,
+    build: impl FnOnce(
+        &cpal::Device,
+        &SupportedStreamConfig,
+    ) -> Option<Result<cpal::Stream, cpal::Error>>,
+) -> Result<cpal::Stream, DeviceError> {
+    use cpal::traits::StreamTrait as _;
+    let dev = find(name, dir)?;
+    let cfg = choose_config(&dev, dir)?;
+    let dev_name = dev.to_string();
+    let backend = |source| DeviceError::Backend {
+        dir,
+        name: dev_name.clone(),
+        source,
+    };
+    rate.store(cfg.sample_rate(), std::sync::atomic::Ordering::Relaxed);
+    let stream = build(&dev, &cfg)
+        .ok_or_else(|| DeviceError::NoConfig {
+            dir,
+            name: dev_name.clone(),
+            reason: format!("sample format {} is not supported", cfg.sample_format()),
+        })?
+        .map_err(backend)?;
+    stream.play().map_err(backend)?;
+    let (rate, channels, format) = (cfg.sample_rate(), cfg.channels(), cfg.sample_format());
+    match dir {
+        Dir::Capture => {
+            tracing::info!(device = %dev_name, rate, channels, %format, "capture device open")
+        }
+        Dir::Playback => {
+            tracing::info!(device = %dev_name, rate, channels, %format, "playback device open")
+        }
+    }
+    Ok(stream)
+}
+
 /// Why a device could not be opened.
 #[derive(Debug, Error)]
 pub enum DeviceError {

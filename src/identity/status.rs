@@ -9,12 +9,11 @@
 
 use super::backend::{self, KeyFileKind};
 use super::keys::RENEWAL_FILE;
-use super::setup::PROBE_TIMEOUT;
-use super::tpm::{KeyBlob, Tpm, TpmKey, TpmOptions, TpmSpec};
+use super::setup::probe_tpm;
+use super::tpm::{KeyBlob, TpmKey};
 use super::{IdentityBackend, IdentityConfig};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
-use std::sync::Arc;
 
 /// The message for a box whose config file is missing.
 pub fn not_enrolled(config: &Path) -> String {
@@ -152,7 +151,7 @@ pub fn run(config: &Path, device_id: &str, id: &IdentityConfig) -> Result<()> {
         (id.backend, &file_kind),
         (IdentityBackend::Tpm, _) | (IdentityBackend::Auto, Some((KeyFileKind::TpmBlob, _)))
     );
-    let tpm_line = match open(&id.tpm) {
+    let tpm_line = match probe_tpm(&id.tpm) {
         Err(e) if uses_tpm => {
             problems.push(format!(
                 "the TPM at {} does not answer, so the key cannot sign: {e}",
@@ -189,16 +188,6 @@ pub fn run(config: &Path, device_id: &str, id: &IdentityConfig) -> Result<()> {
         eprintln!("problem: {p}");
     }
     Err(anyhow::anyhow!("{}", problems.join("; "))).context("the device identity is not usable")
-}
-
-fn open(spec: &TpmSpec) -> Result<Arc<Tpm>, super::tpm::TpmError> {
-    let options = TpmOptions {
-        timeout: PROBE_TIMEOUT,
-        ..TpmOptions::recommended(spec)
-    };
-    let tpm = Tpm::open_with(spec.clone(), options)?;
-    tpm.get_random(8)?;
-    Ok(Arc::new(tpm))
 }
 
 fn parse_record(text: &str) -> Option<(i64, String)> {
