@@ -32,9 +32,9 @@ pub mod tcp;
 
 use crate::codec::CodecConfig;
 use crate::codec::telephony::PhoneCodec;
-use crate::config::SipConfig;
 use crate::media::ports::{PortPair, PortPool};
 use crate::proto::signal::{CallSignal, EndReason};
+use crate::sip::SipConfig;
 use crate::sip::auth::DigestServer;
 use crate::sip::dialog::Dialog;
 use crate::sip::guard::{AuditEvent, Cidr, Guard, GuardConfig};

@@ -214,7 +214,7 @@ impl PhoneStore {
         let realm = lines
             .next()
             .and_then(|l| l.strip_prefix("realm "))
-            .filter(|r| crate::config::valid_realm(r))
+            .filter(|r| crate::sip::settings::valid_realm(r))
             .ok_or(StoreFormatError::Realm)?;
         let mut store = PhoneStore::new(realm);
         for (i, line) in lines.enumerate() {

@@ -3,8 +3,9 @@
 //! ([`crate::bridge::phone_store`]).
 
 use crate::bridge::phone_store::PhoneStore;
-use crate::config::{GatewayConfig, SipConfig};
+use crate::config::GatewayConfig;
 use crate::pki::sealed::Material;
+use crate::sip::SipConfig;
 use std::path::{Path, PathBuf};
 
 /// `voxgate phones ...`: the desk phones allowed to register at this box.

@@ -197,7 +197,7 @@ pub struct GatewayConfig {
     /// Privilege drop and sandbox.
     pub privilege: crate::privilege::PrivilegeSettings,
     /// The phone bridge, when `[sip] enabled = true`.
-    pub sip: Option<super::sip::SipConfig>,
+    pub sip: Option<crate::sip::SipConfig>,
 }
 
 impl GatewayConfig {
@@ -313,7 +313,7 @@ impl GatewayConfig {
         };
         let board_capture = board.as_ref().and_then(|b| b.capture.clone());
         let board_playback = board.as_ref().and_then(|b| b.playback.clone());
-        let sip = super::sip::SipConfig::validate(file, &base, &raw.device_id, raw.sip)?;
+        let sip = crate::sip::SipConfig::validate(file, &base, &raw.device_id, raw.sip)?;
         Ok(GatewayConfig {
             sip,
             file: file.to_path_buf(),

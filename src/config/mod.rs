@@ -13,7 +13,6 @@ pub use gateway::{
     BoardDefaults, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig, RelayTarget,
 };
 pub use relay::{DownlinkMode, RelayConfig};
-pub use sip::{SipConfig, valid_realm};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

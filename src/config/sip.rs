@@ -19,6 +19,7 @@
 
 use super::ConfigError;
 use crate::codec::telephony::PhoneCodec;
+use crate::sip::settings::{MAX_RTP_PORTS, SipConfig, valid_realm};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -149,59 +150,6 @@ fn default_opus_complexity() -> u8 {
     // Phone audio is 8 or 16 kHz: low complexity costs little quality and
     // keeps a transcoded call at about 35 µs per 20 ms (benches/phone_leg.rs).
     1
-}
-
-/// Whether `realm` can be a digest realm: 1-64 printable ASCII characters
-/// without quotes or backslashes (it is quoted in challenges).
-pub fn valid_realm(realm: &str) -> bool {
-    (1..=64).contains(&realm.len())
-        && realm
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-}
-
-/// Most RTP ports one box binds (two per call: RTP and RTCP).
-pub const MAX_RTP_PORTS: u32 = 2048;
-
-/// The validated `[sip]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SipConfig {
-    /// SIP address (UDP; TCP too when `tcp`).
-    pub listen: SocketAddr,
-    /// Also listen on TCP.
-    pub tcp: bool,
-    /// Address written into Via, Contact and SDP; `None`: the listen
-    /// address, or the interface's address when listening on any.
-    pub advertise: Option<IpAddr>,
-    /// RTP port range, inclusive; starts even, even length (RTP + RTCP pairs).
-    pub rtp_ports: (u16, u16),
-    /// Digest realm (default: the device id).
-    pub realm: String,
-    /// Sources allowed to talk to us; `None`: the listening interface's subnets.
-    pub allow: Option<Vec<IpNet>>,
-    /// Failed authentications a source may make before it is banned.
-    pub auth_failures: u32,
-    /// How long a ban lasts.
-    pub ban: Duration,
-    /// Shortest registration accepted (423 Interval Too Brief below it).
-    pub min_expires: Duration,
-    /// Longest registration granted.
-    pub max_expires: Duration,
-    /// The sealed phone credential file.
-    pub phones: PathBuf,
-    /// Codecs in order of preference.
-    pub codecs: Vec<PhoneCodec>,
-    /// Packet time the box offers when it calls a phone; a phone's own
-    /// `a=ptime` (10-60 ms) is what its call then uses, both ways.
-    pub ptime: Duration,
-    /// Opus encoder complexity (0-10) for transcoded phone legs.
-    pub opus_complexity: u8,
-    /// Digest algorithms challenged and accepted, most preferred first.
-    pub digest: Vec<crate::sip::auth::Algorithm>,
-    /// SIP packets one source may send per second (flood protection).
-    pub packets_per_source: u32,
-    /// Most live SIP transactions (a full table answers 503).
-    pub max_transactions: usize,
 }
 
 /// Parse an RTP port range `A-B`.

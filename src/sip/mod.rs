@@ -23,6 +23,7 @@ pub mod message;
 pub mod offer;
 pub mod registrar;
 pub mod sdp;
+pub mod settings;
 pub mod transaction;
 pub mod uri;
 
@@ -32,6 +33,7 @@ mod flow_tests;
 mod torture;
 
 pub use message::{Contact, Limits, Message, ParseError, StartLine};
+pub use settings::SipConfig;
 pub use uri::{CSeq, Method, NameAddr, SipUri, Via};
 
 /// A new RFC 3261 branch (`z9hG4bK` + 96 random bits as hex).
