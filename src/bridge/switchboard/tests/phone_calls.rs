@@ -392,3 +392,29 @@ fn digits_go_both_ways_while_media_runs() {
         }]
     );
 }
+
+#[test]
+fn a_call_whose_media_cannot_start_goes_on_without_media_commands() {
+    let mut lab = Lab::new();
+    let (call, invite, _) = lab.dial("900", SDP_PCMU);
+    let mut out = lab.relay(CallSignal::Answer {
+        call,
+        flow: 77,
+        ssrc: 1,
+    });
+    let (_, _, pair) = out.started();
+    lab.sb.media_failed(lab.now, call, pair);
+    assert!(lab.sb.ports().leased.is_empty(), "the pair is back");
+    let ok = out.one();
+    lab.recv(phone_201(), &ack(&invite, &ok, Some("z9hG4bK-201-ack2")));
+    let hold = in_dialog_from_201("INVITE", &invite, &ok, 3, "z9hG4bK-201-hold", SDP_HOLD);
+    let out = lab.recv(phone_201(), &hold);
+    assert_eq!(out.codes(), [100, 200]);
+    assert!(out.media().is_empty(), "{:?}", out.0);
+    let out = lab.relay(CallSignal::End {
+        call,
+        reason: EndReason::Normal,
+    });
+    assert_eq!(out.methods(), ["BYE"]);
+    assert_eq!(out.media(), ["unroute 77"], "no media to stop");
+}

@@ -157,3 +157,41 @@ fn shutdown_hangs_up_every_call_and_tells_the_relay() {
     );
     assert!(lab.sb.ports().leased.is_empty());
 }
+
+#[test]
+fn a_full_transaction_table_refuses_with_503_and_is_counted() {
+    let mut lab = Lab::with(
+        SipConfig {
+            max_transactions: 16,
+            ..sip_config()
+        },
+        FakePorts::new(1),
+    );
+    let options = |i: u32| {
+        wire(
+            &format!(
+                "OPTIONS sip:192.168.1.2:5060 SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-opt-{i};rport
+From: <sip:201@192.168.1.2>;tag=ka{i}
+To: <sip:192.168.1.2>
+Call-ID: keepalive-{i}
+CSeq: 1 OPTIONS
+Max-Forwards: 70"
+            ),
+            "",
+        )
+    };
+    for i in 0..16 {
+        assert_eq!(lab.recv(phone_201(), &options(i)).codes(), [200]);
+    }
+    assert_eq!(lab.sb.stats().transactions, 16, "each lingers for timer J");
+    let out = lab.recv(phone_201(), &options(16));
+    let busy = out.one();
+    assert_eq!(busy.code(), Some(503));
+    assert_eq!(busy.headers.get("Retry-After"), Some("5"));
+    assert_eq!(lab.sb.stats().transactions_full, 1);
+    // Timer J (64*T1) frees the table.
+    lab.wait(Duration::from_secs(33));
+    assert_eq!(lab.sb.stats().transactions, 0);
+    assert_eq!(lab.recv(phone_201(), &options(17)).codes(), [200]);
+}
