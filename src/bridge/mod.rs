@@ -248,31 +248,35 @@ impl Shell {
 
     /// Copy the switchboard's counters and gauges into the metrics.
     fn export(&mut self, s: Stats) {
-        let m = &self.metrics;
-        let old = self.exported;
-        for (now, before, c) in [
-            (s.dropped, old.dropped, &m.sip_dropped),
-            (s.auth_failures, old.auth_failures, &m.sip_auth_failures),
-            (s.bans, old.bans, &m.sip_bans),
-            (
-                s.transactions_full,
-                old.transactions_full,
-                &m.sip_transactions_full,
-            ),
-            (s.calls, old.calls, &m.sip_calls),
-        ] {
-            if now > before {
-                c.add(now - before);
-            }
-        }
-        m.sip_transactions.set(s.transactions as f64);
-        if s.calls_active != old.calls_active {
-            m.sip_calls_active.set(s.calls_active as f64);
-        }
-        if s.registered != old.registered {
-            m.sip_registered.set(s.registered as f64);
-        }
+        export(&self.metrics, self.exported, s);
         self.exported = s;
+    }
+}
+
+/// Add what the counters of `s` gained since `old` and set the gauges that
+/// changed (the transaction count every time, as it always was).
+fn export(m: &GatewayMetrics, old: Stats, s: Stats) {
+    for (now, before, c) in [
+        (s.dropped, old.dropped, &m.sip_dropped),
+        (s.auth_failures, old.auth_failures, &m.sip_auth_failures),
+        (s.bans, old.bans, &m.sip_bans),
+        (
+            s.transactions_full,
+            old.transactions_full,
+            &m.sip_transactions_full,
+        ),
+        (s.calls, old.calls, &m.sip_calls),
+    ] {
+        if now > before {
+            c.add(now - before);
+        }
+    }
+    m.sip_transactions.set(s.transactions as f64);
+    if s.calls_active != old.calls_active {
+        m.sip_calls_active.set(s.calls_active as f64);
+    }
+    if s.registered != old.registered {
+        m.sip_registered.set(s.registered as f64);
     }
 }
 
@@ -409,4 +413,41 @@ pub fn link() -> (CallLink, CallLinkEnds) {
             media: routes,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switchboard_stats_reach_the_gateway_metrics() {
+        let m = GatewayMetrics::new();
+        let a = Stats {
+            dropped: 2,
+            auth_failures: 1,
+            calls: 1,
+            transactions: 3,
+            calls_active: 1,
+            registered: 2,
+            ..Stats::default()
+        };
+        export(&m, Stats::default(), a);
+        let b = Stats {
+            dropped: 5,
+            bans: 1,
+            transactions_full: 4,
+            transactions: 0,
+            calls_active: 0,
+            ..a
+        };
+        export(&m, a, b);
+        assert_eq!(m.sip_dropped.get(), 5);
+        assert_eq!(m.sip_auth_failures.get(), 1);
+        assert_eq!(m.sip_bans.get(), 1);
+        assert_eq!(m.sip_transactions_full.get(), 4);
+        assert_eq!(m.sip_calls.get(), 1);
+        assert_eq!(m.sip_transactions.get(), 0.0);
+        assert_eq!(m.sip_calls_active.get(), 0.0);
+        assert_eq!(m.sip_registered.get(), 2.0);
+    }
 }
