@@ -418,3 +418,17 @@ fn a_call_whose_media_cannot_start_goes_on_without_media_commands() {
     assert_eq!(out.methods(), ["BYE"]);
     assert_eq!(out.media(), ["unroute 77"], "no media to stop");
 }
+
+#[test]
+fn dialling_something_that_is_not_a_number_gets_404() {
+    let mut lab = Lab::new();
+    let src = phone_201();
+    let first = invite_from_201("alice", 1, "z9hG4bK-n1", None, SDP_PCMU);
+    let challenge = lab.recv(src, &first).sip()[1].1.clone();
+    let auth = authorization(&challenge, "201", "INVITE", "sip:alice@192.168.1.2");
+    let inv = invite_from_201("alice", 2, "z9hG4bK-n2", Some(&auth), SDP_PCMU);
+    let out = lab.recv(src, &inv);
+    assert_eq!(out.codes(), [100, 404]);
+    assert!(out.signals().is_empty());
+    assert!(lab.sb.ports().leased.is_empty());
+}

@@ -67,6 +67,18 @@ fn the_relay_calls_a_registered_phone_that_rings_answers_and_hangs_up() {
     let mut out = lab.recv(phone_202(), &ok);
     let ok = Message::parse(&ok).unwrap();
     let local = lab.sb.calls.keys().copied().next().unwrap();
+    let start = out
+        .0
+        .iter()
+        .position(|a| matches!(a, Action::StartMedia { .. }));
+    let answer = out
+        .0
+        .iter()
+        .position(|a| matches!(a, Action::Signal(CallSignal::Answer { .. })));
+    assert!(
+        start < answer,
+        "media runs before the relay hears the answer"
+    );
     assert_eq!(
         out.media(),
         [format!(
@@ -271,4 +283,26 @@ fn a_phone_registered_over_tcp_is_called_over_tcp() {
             reason: EndReason::Timeout
         }]
     );
+}
+
+#[test]
+fn an_answer_without_usable_sdp_is_hung_up() {
+    let mut lab = Lab::new();
+    let invite = ring_202(&mut lab);
+    let out = lab.recv(
+        phone_202(),
+        &response_from_202(&invite, 200, "OK", SDP_VIDEO),
+    );
+    assert_eq!(
+        out.signals(),
+        [CallSignal::End {
+            call: R,
+            reason: EndReason::Error
+        }]
+    );
+    let mut methods = out.methods();
+    methods.sort();
+    assert_eq!(methods, ["ACK", "BYE"], "acknowledged, then hung up");
+    assert_eq!(out.media(), ["unroute 40"]);
+    assert!(lab.sb.ports().leased.is_empty());
 }
