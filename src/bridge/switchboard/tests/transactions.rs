@@ -176,3 +176,29 @@ fn our_bye_is_retransmitted_on_timer_e_until_answered() {
     assert!(lab.wait(Duration::from_secs(60)).0.is_empty());
     assert_eq!(lab.sb.stats().transactions, 0);
 }
+
+#[test]
+fn our_bye_never_answered_gives_up_on_timer_f_quietly() {
+    let mut lab = Lab::new();
+    let invite = ring_202(&mut lab);
+    lab.recv(
+        phone_202(),
+        &response_from_202(&invite, 200, "OK", SDP_202_G722),
+    );
+    lab.relay(CallSignal::End {
+        call: R,
+        reason: EndReason::Normal,
+    });
+    let sent = lab.wait_timed(Duration::from_millis(31_900));
+    let times: Vec<f64> = sent.iter().map(|(t, _)| t.as_secs_f64()).collect();
+    // Timer E: T1 doubling to T2, until timer F (64*T1) ends the transaction.
+    assert_eq!(
+        times,
+        [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    );
+    assert!(sent.iter().all(|(_, m)| m.method() == Some(&Method::Bye)));
+    let out = lab.wait(Duration::from_secs(10));
+    assert!(out.0.is_empty(), "the 408 of timer F: {:?}", out.0);
+    assert_eq!(lab.sb.stats().transactions, 0);
+    assert_eq!(lab.sb.stats().calls_active, 0);
+}
