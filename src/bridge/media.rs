@@ -26,8 +26,8 @@
 //! SDP address until the first packet arrives), so phones behind a LAN NAT
 //! work. Packets from any other address after that are dropped.
 
-use super::metrics::BridgeMetrics;
-use crate::media::dtmf::{Digit, KeyPress};
+use crate::bridge::metrics::BridgeMetrics;
+use crate::media::dtmf::KeyPress;
 use crate::media::flow;
 use crate::media::jitter::Push;
 use crate::media::leg::{FromPhone, LegStats, PhoneLeg};
@@ -57,17 +57,7 @@ const MAX_READS: usize = 32;
 /// Relay datagrams waiting for the engine (all calls).
 pub const RELAY_QUEUE: usize = 64 * super::MAX_CALLS;
 
-/// Commands from the bridge for one call.
-#[derive(Debug)]
-pub enum MediaCmd {
-    /// Play a digit to the phone.
-    Digit(Digit, u32),
-    /// The far end is on hold (`true`) or back (`false`): stop or resume sending to the phone.
-    Hold(bool),
-    /// The phone's SDP (re-INVITE) names this RTP address: send there
-    /// until its packets come from elsewhere.
-    Remote(SocketAddr),
-}
+pub use super::switchboard::MediaCmd;
 
 /// What the bridge tells the engine.
 #[derive(Debug)]

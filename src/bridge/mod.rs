@@ -1,65 +1,43 @@
-//! The phone bridge: the IO shell around the sans-IO SIP core (`sip::*`),
-//! connecting the LAN's desk phones to calls on the relay connection.
+//! The phone bridge: the IO shell around [`switchboard`] (the sans-IO call
+//! logic over the sans-IO SIP core, `sip::*`), connecting the LAN's desk
+//! phones to calls on the relay connection.
 //!
-//! One task owns every piece of SIP state (guard, registrar, transactions,
-//! calls) and is the only one that touches it; sockets and timers feed it
-//! through `select!`. The media of every answered call runs in one media
-//! engine task ([`media`]).
-//!
-//! Call flow, phone → relay: an INVITE is admitted by the guard (allowlist,
-//! bans), authenticated by digest against the sealed phone store, answered
-//! with 100 Trying by its transaction, and becomes `call_setup` to the relay
-//! with the dialled number; `call_ringing` becomes 180, `call_answer` a 200
-//! with our SDP answer, and the call's media starts; `call_end` before answer
-//! becomes the mapped error response (busy 486, not found 404, timeout 408,
-//! ...), after answer a BYE. BYE or CANCEL from the phone becomes `call_end`.
-//!
-//! Relay → phone: `call_setup` for a registered extension becomes an INVITE
-//! with our offer to the phone's registered contact (sent to the address the
-//! REGISTER came from: NAT-safe); 180 becomes `call_ringing`, 2xx an ACK, the
-//! call's media and `call_answer`, an error response the mapped `call_end`.
-//!
-//! Registrations: the first binding of an extension announces it to the
-//! relay (`ext_up`), the last one gone withdraws it (`ext_down`); on every
-//! new relay session all registered extensions are announced again.
+//! One task owns the [`switchboard::Switchboard`] and is the only one that
+//! touches it: UDP and TCP sockets, the relay link, the media engine and a
+//! timer feed it through `select!`, and the task carries out the actions it
+//! returns (SIP bytes to the sockets, signals to the relay, commands to the
+//! media engine, relay flow routes) and copies its counters into its metrics
+//! ([`metrics`], which the gateway registers). The media of every answered call runs in one media
+//! engine task ([`media`]). What the bridge does with calls and
+//! registrations is described in [`switchboard`].
 
-mod calls;
 pub mod media;
 pub mod metrics;
 pub mod phone_store;
-mod requests;
+pub mod switchboard;
 pub mod tcp;
 
 use crate::codec::CodecConfig;
-use crate::codec::telephony::PhoneCodec;
+use crate::media::leg::PhoneLeg;
 use crate::media::ports::{PortPair, PortPool};
-use crate::proto::signal::{CallSignal, EndReason};
+use crate::proto::signal::CallSignal;
 use crate::sip::SipConfig;
-use crate::sip::auth::DigestServer;
-use crate::sip::dialog::Dialog;
-use crate::sip::guard::{AuditEvent, Cidr, Guard, GuardConfig};
-use crate::sip::offer::{Codec, LocalMedia, Negotiated};
-use crate::sip::registrar::{Registrar, RegistrarConfig};
-use crate::sip::transaction::{Timers, Transactions, Transmit, TxKey};
-use crate::sip::{Message, SipUri, Via, new_branch, new_tag};
+use crate::sip::guard::Cidr;
+use crate::sip::transaction::Transmit;
 use crate::transport::link::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
-use media::{EngineCmd, MediaEvent};
+use media::{CallMedia, EngineCmd, MediaEvent};
 use metrics::BridgeMetrics;
 use phone_store::PhoneStore;
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchboard::{Action, Setup, Stats, Switchboard, SystemEntropy, Transport};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-/// First flow id the bridge uses for call audio towards the relay (0 is the
-/// microphone's uplink).
-pub const FIRST_FLOW: u64 = 16;
-/// Most calls in progress at once.
-pub const MAX_CALLS: usize = 512;
+pub use switchboard::{FIRST_FLOW, MAX_CALLS};
 
 /// What `voxgate run` binds for the bridge before the privilege drop.
 #[derive(Debug)]
@@ -158,60 +136,27 @@ pub fn prepare(cfg: &SipConfig, material: &crate::pki::sealed::Material) -> Resu
     })
 }
 
-/// Which side started the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// The phone dialled.
-    Phone,
-    /// The relay called the phone.
-    Relay,
+impl switchboard::Ports for PortPool {
+    type Pair = PortPair;
+
+    fn lease(&mut self, now: Instant) -> Option<PortPair> {
+        PortPool::lease(self, now)
+    }
+
+    fn port(pair: &PortPair) -> u16 {
+        pair.port()
+    }
+
+    fn release(&mut self, pair: PortPair, now: Instant) {
+        PortPool::release(self, pair, now);
+    }
 }
 
-#[derive(Debug)]
-struct Call {
-    origin: Origin,
-    /// Our call id towards the relay (ours for phone-originated calls, the
-    /// relay's for calls to a phone).
-    relay_call: u32,
-    /// The INVITE's transaction (server for phone-originated, client otherwise).
-    invite: TxKey,
-    /// Our INVITE (relay-originated calls: for CANCEL and ACK).
-    our_invite: Option<Message>,
-    /// The phone's INVITE (phone-originated calls: to answer it).
-    their_invite: Option<Message>,
-    /// The phone's signalling address and transport.
-    phone: SocketAddr,
-    reliable: bool,
-    /// Our To tag (phone-originated calls).
-    local_tag: String,
-    dialog: Option<Dialog>,
-    negotiated: Option<Negotiated>,
-    /// Our SDP answer (phone-originated calls).
-    answer_sdp: Option<Vec<u8>>,
-    pair: Option<PortPair>,
-    /// What our SDP announced (port, session id and version), for re-INVITEs.
-    local: LocalMedia,
-    up_flow: u64,
-    up_ssrc: u32,
-    /// Flow the relay sends this call's audio on.
-    relay_flow: Option<u64>,
-    /// The media engine runs this call's media.
-    media: bool,
-    answered: bool,
-}
-
-struct Core {
-    cfg: SipConfig,
-    advertise: IpAddr,
-    port: u16,
-    guard: Guard,
-    registrar: Registrar,
-    txs: Transactions,
-    phones: PhoneStore,
-    pool: PortPool,
-    calls: HashMap<u32, Call>,
-    next_call: u32,
-    next_flow: u64,
+/// What carries out the switchboard's actions.
+struct Shell {
+    udp: tokio::net::UdpSocket,
+    writers: tcp::Writers,
+    tcp_tx: mpsc::Sender<tcp::Inbound>,
     /// Relay flow → the media engine's relay input (read by the relay
     /// connection's datagram reader).
     flows: Arc<FlowRoutes>,
@@ -220,157 +165,118 @@ struct Core {
     /// The media engine.
     engine: mpsc::UnboundedSender<EngineCmd>,
     signals: mpsc::Sender<CallSignal>,
-    relay_up: bool,
     metrics: Arc<BridgeMetrics>,
-    opus: CodecConfig,
-    rng: fastrand::Rng,
-    /// `txs.full_refusals()` already counted in the metrics.
-    tx_full_seen: u64,
+    /// The switchboard's counters already in the metrics.
+    exported: Stats,
 }
 
-fn secure_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    // A failing system RNG leaves zeros; tags and branches then still
-    // differ by the counter mixed in by the caller's use.
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b
-}
-
-fn to_phone_codec(c: Codec) -> PhoneCodec {
-    match c {
-        Codec::Opus => PhoneCodec::Opus,
-        Codec::G722 => PhoneCodec::G722,
-        Codec::Pcmu => PhoneCodec::Pcmu,
-        Codec::Pcma => PhoneCodec::Pcma,
-    }
-}
-
-fn to_sip_codec(c: PhoneCodec) -> Codec {
-    match c {
-        PhoneCodec::Opus => Codec::Opus,
-        PhoneCodec::G722 => Codec::G722,
-        PhoneCodec::Pcmu => Codec::Pcmu,
-        PhoneCodec::Pcma => Codec::Pcma,
-    }
-}
-
-impl Core {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn local_uri(&self, user: Option<&str>) -> SipUri {
-        SipUri {
-            secure: false,
-            user: user.map(str::to_string),
-            host: self.advertise.to_string(),
-            port: Some(self.port),
-            params: Default::default(),
-            headers: None,
-        }
-    }
-
-    fn via(&self, reliable: bool) -> Via {
-        let text = format!(
-            "SIP/2.0/{} {}:{};branch={};rport",
-            if reliable { "TCP" } else { "UDP" },
-            self.advertise,
-            self.port,
-            new_branch(secure_bytes())
-        );
-        Via::parse(&text).expect("our Via is well-formed")
-    }
-
-    fn respond(&mut self, key: &TxKey, req: &Message, code: u16) {
-        let mut r = Message::response_to(req, code);
-        if code > 100 {
-            r.set_to_tag(&new_tag(secure_bytes()));
-        }
-        if code == 405 {
-            r.headers
-                .push("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER");
-        }
-        let now = self.now();
-        if let Err(e) = self.txs.send_response(now, key, r) {
-            debug!(error = %e, code, "response not sent");
-        }
-    }
-
-    fn send_signal(&self, s: CallSignal) {
-        if self.signals.try_send(s).is_err() {
-            warn!("relay connection is not keeping up; call signal dropped");
-        }
-    }
-
-    fn audit(&self, events: Vec<AuditEvent>) {
-        for e in events {
-            match e {
-                AuditEvent::NotAllowed { src } => {
-                    self.metrics.sip_dropped.inc();
-                    debug!(target: "audit", %src, "SIP from outside the allowed subnets dropped");
+impl Shell {
+    /// Carry out every pending action; `closing`: the bridge stops (no new
+    /// TCP connection, send errors ignored).
+    fn carry_out(&mut self, sb: &mut Switchboard<PortPool>, closing: bool) {
+        while let Some(a) = sb.poll_action() {
+            match a {
+                Action::SendSip(t) => self.send_sip(t, closing),
+                Action::Signal(s) => {
+                    if self.signals.try_send(s).is_err() {
+                        warn!("relay connection is not keeping up; call signal dropped");
+                    }
                 }
-                AuditEvent::AuthFailed {
-                    src,
-                    user,
-                    failures,
-                    ..
+                Action::StartMedia {
+                    call,
+                    leg,
+                    pair,
+                    remote,
+                    relay_flow,
                 } => {
-                    self.metrics.sip_auth_failures.inc();
-                    warn!(target: "audit", %src, user = %user.escape_debug(), failures, "SIP authentication failed");
+                    let leg = match PhoneLeg::new(&leg) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(call, error = %e, "call media could not start");
+                            sb.media_failed(Instant::now(), call, pair);
+                            continue;
+                        }
+                    };
+                    if let Some(f) = relay_flow {
+                        self.flows.insert(f, self.relay_tx.clone());
+                    }
+                    let start = EngineCmd::Start(Box::new(CallMedia {
+                        call,
+                        leg,
+                        pair,
+                        remote,
+                        relay_flow,
+                    }));
+                    if let Err(mpsc::error::SendError(EngineCmd::Start(m))) =
+                        self.engine.send(start)
+                    {
+                        // The engine only stops with the bridge.
+                        sb.media_failed(Instant::now(), m.call, m.pair);
+                    }
                 }
-                AuditEvent::Flood { src } => {
-                    self.metrics.sip_dropped.inc();
-                    warn!(target: "audit", %src, "SIP flood: excess packets dropped");
+                Action::Media(c, cmd) => {
+                    let _ = self.engine.send(EngineCmd::Call(c, cmd));
                 }
-                AuditEvent::Banned { src, ban } => {
-                    self.metrics.sip_bans.inc();
-                    warn!(target: "audit", %src, ban_s = ban.as_secs(), "SIP source banned after repeated authentication failures");
+                Action::StopMedia(c) => {
+                    let _ = self.engine.send(EngineCmd::Stop(c));
                 }
-                AuditEvent::Authenticated { src, user } => {
-                    debug!(target: "audit", %src, %user, "SIP authenticated");
-                }
+                Action::Unroute(f) => self.flows.remove(f),
             }
         }
+        self.export(sb.stats());
     }
 
-    fn on_timeout(&mut self) {
-        let now = self.now();
-        self.txs.handle_timeout(now);
-        let gone = self.registrar.expire(now);
-        for ext in gone {
-            info!(%ext, "phone registration expired");
-            self.send_signal(CallSignal::ExtDown(ext));
-            self.update_registered_gauge();
-        }
-    }
-
-    /// Export the transaction table's size and its 503 refusals.
-    fn note_transactions(&mut self) {
-        let full = self.txs.full_refusals();
-        if full > self.tx_full_seen {
-            if self.tx_full_seen == 0 {
-                warn!(
-                    capacity = self.txs.capacity(),
-                    "SIP transaction table full: new requests get 503 ([sip] max_transactions)"
-                );
+    fn send_sip(&self, t: Transmit, closing: bool) {
+        let Transmit {
+            dest,
+            reliable,
+            bytes,
+        } = t;
+        if reliable {
+            if !self.writers.send(dest, bytes.clone()) && !closing {
+                tokio::spawn(tcp::connect_and_send(
+                    dest,
+                    bytes,
+                    self.writers.clone(),
+                    self.tcp_tx.clone(),
+                ));
             }
-            self.metrics
-                .sip_transactions_full
-                .add(full - self.tx_full_seen);
-            self.tx_full_seen = full;
+        } else if let Err(e) = self.udp.try_send_to(&bytes, dest) {
+            debug!(%dest, error = %e, "SIP datagram not sent");
         }
-        self.metrics.sip_transactions.set(self.txs.len() as f64);
     }
 
-    fn next_deadline(&self) -> Instant {
-        let later = Instant::now() + Duration::from_secs(1);
-        [self.txs.poll_timeout(), self.registrar.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .chain(std::iter::once(later))
-            .min()
-            .unwrap_or(later)
+    /// Copy the switchboard's counters and gauges into the metrics.
+    fn export(&mut self, s: Stats) {
+        export(&self.metrics, self.exported, s);
+        self.exported = s;
+    }
+}
+
+/// Add what the counters of `s` gained since `old` and set the gauges that
+/// changed (the transaction count every time, as it always was).
+fn export(m: &BridgeMetrics, old: Stats, s: Stats) {
+    for (now, before, c) in [
+        (s.dropped, old.dropped, &m.sip_dropped),
+        (s.auth_failures, old.auth_failures, &m.sip_auth_failures),
+        (s.bans, old.bans, &m.sip_bans),
+        (
+            s.transactions_full,
+            old.transactions_full,
+            &m.sip_transactions_full,
+        ),
+        (s.calls, old.calls, &m.sip_calls),
+    ] {
+        if now > before {
+            c.add(now - before);
+        }
+    }
+    m.sip_transactions.set(s.transactions as f64);
+    if s.calls_active != old.calls_active {
+        m.sip_calls_active.set(s.calls_active as f64);
+    }
+    if s.registered != old.registered {
+        m.sip_registered.set(s.registered as f64);
     }
 }
 
@@ -400,31 +306,8 @@ pub async fn run(
         .iter()
         .filter_map(|n| Cidr::parse(&n.to_string()).ok())
         .collect();
-    let secret = crate::sip::auth::random_secret()
+    let digest_secret = crate::sip::auth::random_secret()
         .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-    let digest = DigestServer::new(
-        &p.cfg.realm,
-        &secret,
-        Instant::now(),
-        Duration::from_secs(300),
-    )
-    .with_algorithms(&p.cfg.digest);
-    let guard = Guard::new(
-        GuardConfig {
-            allow,
-            max_failures: p.cfg.auth_failures,
-            ban: p.cfg.ban,
-            max_packets: p.cfg.packets_per_source,
-            ..GuardConfig::default()
-        },
-        digest,
-    );
-    let registrar = Registrar::new(RegistrarConfig {
-        min_expires: p.cfg.min_expires.as_secs() as u32,
-        max_expires: p.cfg.max_expires.as_secs() as u32,
-        default_expires: p.cfg.max_expires.as_secs() as u32,
-        ..RegistrarConfig::default()
-    });
     let (media_tx, mut media_rx) = mpsc::channel::<MediaEvent>(256);
     let (engine_tx, engine_rx) = mpsc::unbounded_channel();
     let (relay_tx, relay_rx) = mpsc::channel(media::RELAY_QUEUE);
@@ -440,105 +323,62 @@ pub async fn run(
         mut events,
         media,
     } = link;
-    let mut core = Core {
-        advertise: p.advertise,
-        port,
-        guard,
-        registrar,
-        txs: Transactions::with_capacity(Timers::default(), p.cfg.max_transactions),
-        phones: p.phones,
-        pool: p.pool,
-        calls: HashMap::new(),
-        next_call: 0,
-        next_flow: FIRST_FLOW,
+    let advertise = p.advertise;
+    let mut sb = Switchboard::new(
+        Instant::now(),
+        Setup {
+            cfg: p.cfg,
+            opus,
+            advertise,
+            port,
+            allow,
+            phones: p.phones,
+            ports: p.pool,
+            digest_secret,
+            entropy: Box::new(SystemEntropy::default()),
+        },
+    );
+    let mut shell = Shell {
+        udp,
+        writers,
+        tcp_tx,
         flows: media,
         relay_tx,
         engine: engine_tx,
         signals,
-        relay_up: false,
         metrics,
-        opus,
-        rng: fastrand::Rng::new(),
-        tx_full_seen: 0,
-        cfg: p.cfg,
+        exported: Stats::default(),
     };
-    info!(port, advertise = %core.advertise, "SIP bridge ready");
+    info!(port, %advertise, "SIP bridge ready");
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; 65_536];
     loop {
-        let deadline = tokio::time::Instant::from_std(core.next_deadline());
+        let later = Instant::now() + Duration::from_secs(1);
+        let deadline = sb.poll_timeout().map_or(later, |t| t.min(later));
+        let deadline = tokio::time::Instant::from_std(deadline);
         tokio::select! {
-            r = udp.recv_from(&mut buf) => {
+            r = shell.udp.recv_from(&mut buf) => {
                 if let Ok((n, src)) = r {
-                    match Message::parse(&buf[..n]) {
-                        Ok(m) => core.on_message(m, src, false),
-                        Err(e) => {
-                            core.metrics.sip_dropped.inc();
-                            debug!(%src, error = %e, "malformed SIP datagram dropped");
-                        }
-                    }
+                    sb.handle_datagram(Instant::now(), &buf[..n], src);
                 }
             }
             Some((src, m)) = tcp_rx.recv() => match m {
-                Some(m) => core.on_message(*m, src, true),
-                None => core.metrics.sip_dropped.inc(),
+                Some(m) => sb.handle_message(Instant::now(), *m, src, Transport::Tcp),
+                None => sb.handle_stream_error(),
             },
-            Some(ev) = events.recv() => core.on_link(ev),
+            Some(ev) = events.recv() => sb.handle_link(Instant::now(), ev),
             Some(ev) = media_rx.recv() => match ev {
-                MediaEvent::Key(c, k) => {
-                    if let Some(call) = core.calls.get(&c) {
-                        core.send_signal(CallSignal::Dtmf { call: call.relay_call, digit: k.digit.as_char(), duration_ms: 100 });
-                    }
-                }
-                MediaEvent::Done(_, pair) => {
-                    let now = core.now();
-                    core.pool.release(pair, now);
-                }
+                MediaEvent::Key(c, k) => sb.handle_key(Instant::now(), c, k),
+                MediaEvent::Done(_, pair) => sb.media_done(Instant::now(), pair),
             },
-            _ = tokio::time::sleep_until(deadline) => core.on_timeout(),
+            _ = tokio::time::sleep_until(deadline) => sb.handle_timeout(Instant::now()),
             () = &mut shutdown => break,
         }
-        while let Some(ev) = core.txs.poll_event() {
-            core.on_tx_event(ev);
-        }
-        core.note_transactions();
-        while let Some(Transmit {
-            dest,
-            reliable,
-            bytes,
-        }) = core.txs.poll_transmit()
-        {
-            if reliable {
-                if !writers.send(dest, bytes.clone()) {
-                    tokio::spawn(tcp::connect_and_send(
-                        dest,
-                        bytes,
-                        writers.clone(),
-                        tcp_tx.clone(),
-                    ));
-                }
-            } else if let Err(e) = udp.try_send_to(&bytes, dest) {
-                debug!(%dest, error = %e, "SIP datagram not sent");
-            }
-        }
+        shell.carry_out(&mut sb, false);
     }
     // Hang up every call so phones do not keep talking to nobody.
-    let calls: Vec<u32> = core.calls.keys().copied().collect();
-    for c in calls {
-        core.end_call(c, EndReason::Unavailable, true, true);
-    }
-    while let Some(Transmit {
-        dest,
-        reliable,
-        bytes,
-    }) = core.txs.poll_transmit()
-    {
-        if reliable {
-            writers.send(dest, bytes);
-        } else {
-            let _ = udp.try_send_to(&bytes, dest);
-        }
-    }
+    sb.shutdown(Instant::now());
+    shell.carry_out(&mut sb, true);
     if let Some(t) = tcp_task {
         t.abort();
     }
@@ -573,4 +413,41 @@ pub fn link() -> (CallLink, CallLinkEnds) {
             media: routes,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switchboard_stats_reach_the_bridge_metrics() {
+        let m = BridgeMetrics::register(&mut crate::telemetry::metrics::Registry::default());
+        let a = Stats {
+            dropped: 2,
+            auth_failures: 1,
+            calls: 1,
+            transactions: 3,
+            calls_active: 1,
+            registered: 2,
+            ..Stats::default()
+        };
+        export(&m, Stats::default(), a);
+        let b = Stats {
+            dropped: 5,
+            bans: 1,
+            transactions_full: 4,
+            transactions: 0,
+            calls_active: 0,
+            ..a
+        };
+        export(&m, a, b);
+        assert_eq!(m.sip_dropped.get(), 5);
+        assert_eq!(m.sip_auth_failures.get(), 1);
+        assert_eq!(m.sip_bans.get(), 1);
+        assert_eq!(m.sip_transactions_full.get(), 4);
+        assert_eq!(m.sip_calls.get(), 1);
+        assert_eq!(m.sip_transactions.get(), 0.0);
+        assert_eq!(m.sip_calls_active.get(), 0.0);
+        assert_eq!(m.sip_registered.get(), 2.0);
+    }
 }

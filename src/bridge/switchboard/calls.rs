@@ -1,13 +1,11 @@
 //! Call handling of the bridge: INVITE in both directions, answers, the
 //! relay's call signals, media start and hang-up.
 
-use super::media::{CallMedia, EngineCmd, MediaCmd};
-use super::{Call, Core, MAX_CALLS, Origin, to_phone_codec, to_sip_codec};
-use super::{new_tag, secure_bytes};
+use super::{Action, Call, MAX_CALLS, MediaCmd, Origin, Ports, Switchboard};
+use super::{to_phone_codec, to_sip_codec};
 use crate::codec::CodecConfig;
 use crate::media::dtmf::Digit;
-use crate::media::leg::{PhoneLeg, PhoneLegConfig};
-use crate::media::ports::PortPair;
+use crate::media::leg::PhoneLegConfig;
 use crate::proto::signal::{CallSignal, EndReason};
 use crate::sip::dialog::{Dialog, DialogState};
 use crate::sip::offer::{self, Codec, Direction, LocalMedia};
@@ -16,16 +14,15 @@ use crate::sip::transaction::{TxKey, cancel_for};
 use crate::sip::{Message, Method};
 use crate::transport::link::LinkEvent;
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-impl Core {
-    pub(super) fn local_media(&mut self, pair: &PortPair) -> LocalMedia {
-        let id = u64::from(self.rng.u32(..));
+impl<P: Ports> Switchboard<P> {
+    pub(super) fn local_media(&mut self, port: u16) -> LocalMedia {
+        let id = u64::from(self.entropy.u32());
         LocalMedia {
             addr: self.advertise,
-            port: pair.port(),
+            port,
             session_id: id,
             session_version: id,
         }
@@ -35,8 +32,16 @@ impl Core {
         self.cfg.codecs.iter().map(|&c| to_sip_codec(c)).collect()
     }
 
+    fn next_call_id(&mut self) -> (u32, u64) {
+        self.next_call = self.next_call.wrapping_add(1) & 0x7fff_ffff;
+        let up_flow = self.next_flow;
+        self.next_flow += 1;
+        (self.next_call, up_flow)
+    }
+
     pub(super) fn on_invite(
         &mut self,
+        now: Instant,
         key: TxKey,
         msg: Message,
         src: SocketAddr,
@@ -50,38 +55,37 @@ impl Core {
                     .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
         });
         let Some(dialled) = dialled else {
-            self.respond(&key, &msg, 404);
+            self.respond(now, &key, &msg, 404);
             return;
         };
         if !self.relay_up {
-            self.respond(&key, &msg, 480);
+            self.respond(now, &key, &msg, 480);
             return;
         }
         if self.calls.len() >= MAX_CALLS {
-            self.respond(&key, &msg, 503);
+            self.respond(now, &key, &msg, 503);
             return;
         }
         let Ok(offer_sdp) = Session::parse(&msg.body) else {
-            self.respond(&key, &msg, 488);
+            self.respond(now, &key, &msg, 488);
             return;
         };
-        let now = self.now();
-        let Some(pair) = self.pool.lease(now) else {
+        let Some(pair) = self.ports.lease(now) else {
             warn!("no free RTP port pair; refusing the call ([sip] rtp_ports)");
-            self.respond(&key, &msg, 503);
+            self.respond(now, &key, &msg, 503);
             return;
         };
-        let local = self.local_media(&pair);
+        let local = self.local_media(P::port(&pair));
         let (answer, neg) = match offer::answer(&offer_sdp, &local, &self.prefs()) {
             Ok(x) => x,
             Err(e) => {
                 debug!(error = %e, "offer refused");
-                self.pool.release(pair, now);
-                self.respond(&key, &msg, 488);
+                self.ports.release(pair, now);
+                self.respond(now, &key, &msg, 488);
                 return;
             }
         };
-        let local_tag = new_tag(secure_bytes());
+        let local_tag = self.new_tag();
         let dialog = Dialog::uas(
             &msg,
             &local_tag,
@@ -89,14 +93,11 @@ impl Core {
             DialogState::Early,
         )
         .ok();
-        self.next_call = self.next_call.wrapping_add(1) & 0x7fff_ffff;
-        let call = self.next_call;
-        let up_flow = self.next_flow;
-        self.next_flow += 1;
-        let up_ssrc = self.rng.u32(..);
+        let (call, up_flow) = self.next_call_id();
+        let up_ssrc = self.entropy.u32();
         info!(call, from = %user, to = %dialled, %src, codec = ?neg.codec, "call from a phone");
-        self.metrics.sip_calls.inc();
-        self.send_signal(CallSignal::Setup {
+        self.stats.calls += 1;
+        self.signal(CallSignal::Setup {
             call,
             to: dialled,
             from: user,
@@ -126,12 +127,12 @@ impl Core {
                 answered: false,
             },
         );
-        self.metrics.sip_calls_active.set(self.calls.len() as f64);
+        self.update_active();
     }
 
-    pub(super) fn on_reinvite(&mut self, key: TxKey, msg: Message) {
+    pub(super) fn on_reinvite(&mut self, now: Instant, key: TxKey, msg: Message) {
         let Some(c) = Dialog::id_of_request(&msg).and_then(|id| self.call_by_dialog(&id)) else {
-            self.respond(&key, &msg, 481);
+            self.respond(now, &key, &msg, 481);
             return;
         };
         let prefs = self.prefs();
@@ -139,13 +140,13 @@ impl Core {
         if let Some(d) = call.dialog.as_mut()
             && d.on_request(&msg).is_err()
         {
-            self.respond(&key, &msg, 500);
+            self.respond(now, &key, &msg, 500);
             return;
         }
         // The port pair itself belongs to the media engine once the call is
         // answered; the SDP only needs what was announced for it.
         let Ok(offer_sdp) = Session::parse(&msg.body) else {
-            self.respond(&key, &msg, 488);
+            self.respond(now, &key, &msg, 488);
             return;
         };
         // Same session, next version (RFC 3264 8).
@@ -157,28 +158,30 @@ impl Core {
                 // nothing, or parks the stream on c=0.0.0.0 / port 0.
                 let hold = matches!(neg.direction, Direction::RecvOnly | Direction::Inactive)
                     || neg.remote.is_none();
+                let local_tag = call.local_tag.clone();
                 if call.media {
-                    let _ = self.engine.send(EngineCmd::Call(c, MediaCmd::Hold(hold)));
+                    self.actions
+                        .push_back(Action::Media(c, MediaCmd::Hold(hold)));
                     if let Some(to) = neg.remote {
-                        let _ = self.engine.send(EngineCmd::Call(c, MediaCmd::Remote(to)));
+                        self.actions
+                            .push_back(Action::Media(c, MediaCmd::Remote(to)));
                     }
                 }
                 info!(call = c, hold, direction = ?neg.direction, "re-INVITE from the phone");
                 let mut r = Message::response_to(&msg, 200);
-                r.set_to_tag(&call.local_tag);
+                r.set_to_tag(&local_tag);
                 r.headers
                     .push("Contact", format!("<{}>", self.local_uri(None)));
                 r.headers.push("Content-Type", "application/sdp");
                 r.body = answer.encode();
-                let now = self.now();
                 let _ = self.txs.send_response(now, &key, r);
             }
-            Err(_) => self.respond(&key, &msg, 488),
+            Err(_) => self.respond(now, &key, &msg, 488),
         }
     }
 
     /// Responses to our INVITEs (calls to a phone) and BYEs.
-    pub(super) fn on_response(&mut self, key: TxKey, msg: Message) {
+    pub(super) fn on_response(&mut self, now: Instant, key: TxKey, msg: Message) {
         let Some(c) = self.call_by_invite(&key) else {
             return;
         };
@@ -192,7 +195,7 @@ impl Core {
         let (relay_call, reliable, phone) = (call.relay_call, call.reliable, call.phone);
         let our = call.our_invite.clone();
         match code {
-            180 | 183 => self.send_signal(CallSignal::Ringing { call: relay_call }),
+            180 | 183 => self.signal(CallSignal::Ringing { call: relay_call }),
             100..=199 => {}
             200..=299 => {
                 let Some(our) = our else { return };
@@ -214,7 +217,7 @@ impl Core {
                         call.answered = true;
                         let (up_flow, up_ssrc) = (call.up_flow, call.up_ssrc);
                         self.start_media(c);
-                        self.send_signal(CallSignal::Answer {
+                        self.signal(CallSignal::Answer {
                             call: relay_call,
                             flow: up_flow,
                             ssrc: up_ssrc,
@@ -224,28 +227,35 @@ impl Core {
                     None => {
                         warn!(call = c, "phone answered with an unusable SDP; hanging up");
                         call.answered = true;
-                        self.end_call(c, EndReason::Error, true, true);
+                        self.end_call(now, c, EndReason::Error, true, true);
                     }
                 }
             }
             _ => {
                 let reason = EndReason::from_sip_status(code);
                 info!(call = c, code, ?reason, "phone refused the call");
-                self.end_call(c, reason, true, false);
+                self.end_call(now, c, reason, true, false);
             }
         }
     }
 
+    /// Hand the call's leg and ports to the media engine.
     pub(super) fn start_media(&mut self, c: u32) {
+        let down_ssrc = self.entropy.u32();
+        let initial = (
+            self.entropy.u16(),
+            self.entropy.u32(),
+            self.entropy.u16(),
+            self.entropy.u32(),
+        );
         let Some(call) = self.calls.get_mut(&c) else {
             return;
         };
         let (Some(neg), Some(pair)) = (call.negotiated.clone(), call.pair.take()) else {
             return;
         };
-        let codec = to_phone_codec(neg.codec);
-        let leg = PhoneLeg::new(&PhoneLegConfig {
-            codec,
+        let leg = PhoneLegConfig {
+            codec: to_phone_codec(neg.codec),
             phone_pt: neg.pt,
             dtmf_pt: neg.dtmf_pt,
             // The packet time the phone asked for (its SDP); the Opus frame
@@ -257,46 +267,26 @@ impl Core {
             },
             up_flow: call.up_flow,
             up_ssrc: call.up_ssrc,
-            down_ssrc: self.rng.u32(..),
-            initial: (
-                self.rng.u16(..),
-                self.rng.u32(..),
-                self.rng.u16(..),
-                self.rng.u32(..),
-            ),
+            down_ssrc,
+            initial,
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
-        });
-        let leg = match leg {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(call = c, error = %e, "call media could not start");
-                self.pool.release(pair, self.now());
-                return;
-            }
         };
-        if let Some(f) = call.relay_flow {
-            self.flows.insert(f, self.relay_tx.clone());
-        }
         call.media = true;
-        let start = EngineCmd::Start(Box::new(CallMedia {
+        self.actions.push_back(Action::StartMedia {
             call: c,
-            leg,
+            leg: Box::new(leg),
             pair,
             remote: neg.remote,
             relay_flow: call.relay_flow,
-        }));
-        if let Err(mpsc::error::SendError(EngineCmd::Start(m))) = self.engine.send(start) {
-            // The engine only stops with the bridge.
-            call.media = false;
-            self.pool.release(m.pair, self.now());
-        }
+        });
     }
 
     /// End call `c`: tell the relay unless it ended the call, and the phone
     /// unless the phone ended it.
     pub(super) fn end_call(
         &mut self,
+        now: Instant,
         c: u32,
         reason: EndReason,
         tell_relay: bool,
@@ -305,19 +295,19 @@ impl Core {
         let Some(mut call) = self.calls.remove(&c) else {
             return;
         };
-        self.metrics.sip_calls_active.set(self.calls.len() as f64);
+        self.update_active();
         if let Some(f) = call.relay_flow {
-            self.flows.remove(f);
+            self.actions.push_back(Action::Unroute(f));
         }
         // The engine stops the call's media and returns the ports.
         if call.media {
-            let _ = self.engine.send(EngineCmd::Stop(c));
+            self.actions.push_back(Action::StopMedia(c));
         }
         if let Some(p) = call.pair.take() {
-            self.pool.release(p, self.now());
+            self.ports.release(p, now);
         }
         if tell_relay {
-            self.send_signal(CallSignal::End {
+            self.signal(CallSignal::End {
                 call: call.relay_call,
                 reason,
             });
@@ -326,7 +316,6 @@ impl Core {
         if !tell_phone {
             return;
         }
-        let now = self.now();
         match (call.origin, call.answered) {
             (Origin::Phone, false) => {
                 if let Some(inv) = &call.their_invite {
@@ -354,11 +343,10 @@ impl Core {
         }
     }
 
-    pub(super) fn on_link(&mut self, ev: LinkEvent) {
+    pub(super) fn on_link(&mut self, now: Instant, ev: LinkEvent) {
         match ev {
             LinkEvent::Up => {
                 self.relay_up = true;
-                let now = self.now();
                 let exts: Vec<String> = self
                     .phones
                     .iter()
@@ -366,17 +354,17 @@ impl Core {
                     .map(|(e, _)| e.to_string())
                     .collect();
                 for e in exts {
-                    self.send_signal(CallSignal::ExtUp(e));
+                    self.signal(CallSignal::ExtUp(e));
                 }
             }
             LinkEvent::Down => {
                 self.relay_up = false;
                 let calls: Vec<u32> = self.calls.keys().copied().collect();
                 for c in calls {
-                    self.end_call(c, EndReason::Unavailable, false, true);
+                    self.end_call(now, c, EndReason::Unavailable, false, true);
                 }
             }
-            LinkEvent::Signal(s) => self.on_signal(s),
+            LinkEvent::Signal(s) => self.on_signal(now, s),
         }
     }
 
@@ -387,19 +375,18 @@ impl Core {
             .map(|(&k, _)| k)
     }
 
-    pub(super) fn on_signal(&mut self, s: CallSignal) {
+    pub(super) fn on_signal(&mut self, now: Instant, s: CallSignal) {
         match s {
             CallSignal::Ringing { call } => {
                 let Some(c) = self.call_by_relay_id(call) else {
                     return;
                 };
-                let now = self.now();
+                let contact = format!("<{}>", self.local_uri(None));
                 let call = &self.calls[&c];
                 if let (Origin::Phone, Some(inv)) = (call.origin, &call.their_invite) {
                     let mut r = Message::response_to(inv, 180);
                     r.set_to_tag(&call.local_tag);
-                    r.headers
-                        .push("Contact", format!("<{}>", self.local_uri(None)));
+                    r.headers.push("Contact", contact);
                     let key = call.invite.clone();
                     let _ = self.txs.send_response(now, &key, r);
                 }
@@ -408,7 +395,6 @@ impl Core {
                 let Some(c) = self.call_by_relay_id(call) else {
                     return;
                 };
-                let now = self.now();
                 let contact = format!("<{}>", self.local_uri(None));
                 let Some(cl) = self.calls.get_mut(&c) else {
                     return;
@@ -435,7 +421,7 @@ impl Core {
             }
             CallSignal::End { call, reason } => {
                 if let Some(c) = self.call_by_relay_id(call) {
-                    self.end_call(c, reason, false, true);
+                    self.end_call(now, c, reason, false, true);
                 }
             }
             CallSignal::Dtmf {
@@ -446,10 +432,8 @@ impl Core {
                 if let (Some(c), Some(d)) = (self.call_by_relay_id(call), Digit::from_char(digit))
                     && self.calls.get(&c).is_some_and(|c| c.media)
                 {
-                    let _ = self.engine.send(EngineCmd::Call(
-                        c,
-                        MediaCmd::Digit(d, u32::from(duration_ms)),
-                    ));
+                    self.actions
+                        .push_back(Action::Media(c, MediaCmd::Digit(d, u32::from(duration_ms))));
                 }
             }
             CallSignal::Setup {
@@ -458,7 +442,7 @@ impl Core {
                 from,
                 flow,
                 ..
-            } => self.call_phone(call, to, from, flow),
+            } => self.call_phone(now, call, to, from, flow),
             CallSignal::Error { code, message } => {
                 warn!(code, message = %message, "relay refused a call request");
             }
@@ -469,14 +453,14 @@ impl Core {
     /// The relay calls extension `to`.
     pub(super) fn call_phone(
         &mut self,
+        now: Instant,
         relay_call: u32,
         to: String,
         from: String,
         relay_flow: u64,
     ) {
-        let now = self.now();
-        let refuse = |me: &Self, reason| {
-            me.send_signal(CallSignal::End {
+        let refuse = |me: &mut Self, reason| {
+            me.signal(CallSignal::End {
                 call: relay_call,
                 reason,
             })
@@ -487,49 +471,40 @@ impl Core {
             .first()
             .map(|b| (*b).clone())
         else {
-            return refuse(
-                self,
-                if self.phones.get(&to).is_some() {
-                    EndReason::Unavailable
-                } else {
-                    EndReason::NotFound
-                },
-            );
+            let reason = if self.phones.get(&to).is_some() {
+                EndReason::Unavailable
+            } else {
+                EndReason::NotFound
+            };
+            return refuse(self, reason);
         };
         if self.calls.len() >= MAX_CALLS {
             return refuse(self, EndReason::Busy);
         }
-        let Some(pair) = self.pool.lease(now) else {
+        let Some(pair) = self.ports.lease(now) else {
             return refuse(self, EndReason::Busy);
         };
         let reliable = binding.transport.eq_ignore_ascii_case("TCP");
-        let local = self.local_media(&pair);
+        let local = self.local_media(P::port(&pair));
         let sdp = offer::offer(
             &local,
             Direction::SendRecv,
             self.cfg.ptime.as_millis() as u32,
         );
         let mut inv = Message::request(Method::Invite, binding.contact.uri.clone());
-        inv.headers.push("Via", self.via(reliable).to_string());
+        let via = self.via(reliable);
+        inv.headers.push("Via", via.to_string());
         inv.headers.push("Max-Forwards", "70");
+        let from_tag = self.new_tag();
         inv.headers.push(
             "From",
-            format!(
-                "<{}>;tag={}",
-                self.local_uri(Some(&from)),
-                new_tag(secure_bytes())
-            ),
+            format!("<{}>;tag={}", self.local_uri(Some(&from)), from_tag),
         );
         inv.headers
             .push("To", format!("<sip:{to}@{}>", self.advertise));
-        inv.headers.push(
-            "Call-ID",
-            format!(
-                "{}@{}",
-                crate::sip::auth::hex(&secure_bytes::<12>()),
-                self.advertise
-            ),
-        );
+        let call_id = crate::sip::auth::hex(&self.secure::<12>());
+        inv.headers
+            .push("Call-ID", format!("{call_id}@{}", self.advertise));
         inv.headers.push("CSeq", "1 INVITE");
         inv.headers
             .push("Contact", format!("<{}>", self.local_uri(None)));
@@ -544,16 +519,14 @@ impl Core {
             Ok(k) => k,
             Err(e) => {
                 warn!(error = %e, "INVITE to the phone not sent");
-                self.pool.release(pair, now);
+                self.ports.release(pair, now);
                 return refuse(self, EndReason::Error);
             }
         };
-        self.next_call = self.next_call.wrapping_add(1) & 0x7fff_ffff;
-        let c = self.next_call;
-        let up_flow = self.next_flow;
-        self.next_flow += 1;
+        let (c, up_flow) = self.next_call_id();
         info!(call = c, %to, %from, phone = %binding.source, "calling a phone");
-        self.metrics.sip_calls.inc();
+        self.stats.calls += 1;
+        let up_ssrc = self.entropy.u32();
         self.calls.insert(
             c,
             Call {
@@ -571,12 +544,12 @@ impl Core {
                 pair: Some(pair),
                 local,
                 up_flow,
-                up_ssrc: self.rng.u32(..),
+                up_ssrc,
                 relay_flow: Some(relay_flow),
                 media: false,
                 answered: false,
             },
         );
-        self.metrics.sip_calls_active.set(self.calls.len() as f64);
+        self.update_active();
     }
 }

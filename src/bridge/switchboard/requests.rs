@@ -2,25 +2,30 @@
 //! authentication, REGISTER, INVITE (new and re-INVITE), BYE, CANCEL and
 //! OPTIONS, and the transaction layer's events.
 
-use super::Core;
-use super::secure_bytes;
+use super::{Ports, Switchboard};
 use crate::proto::signal::{CallSignal, EndReason};
 use crate::sip::auth::Ha1Pair;
 use crate::sip::dialog::{Dialog, DialogId, DialogState};
 use crate::sip::guard::Decision;
 use crate::sip::transaction::{TxEvent, TxKey};
-use crate::sip::{Message, Method, new_tag};
+use crate::sip::{Message, Method};
 use std::net::SocketAddr;
+use std::time::Instant;
 use tracing::info;
 
-impl Core {
+impl<P: Ports> Switchboard<P> {
     /// A datagram or stream message from `src`.
-    pub(super) fn on_message(&mut self, mut msg: Message, src: SocketAddr, reliable: bool) {
-        let now = self.now();
+    pub(super) fn on_message(
+        &mut self,
+        now: Instant,
+        mut msg: Message,
+        src: SocketAddr,
+        reliable: bool,
+    ) {
         let (ok, ev) = self.guard.admit(now, src.ip());
-        self.audit(ev.into_iter().collect());
+        self.audit(ev);
         if !ok {
-            self.metrics.sip_dropped.inc();
+            self.stats.dropped += 1;
             return;
         }
         if msg.is_request() {
@@ -34,13 +39,13 @@ impl Core {
     }
 
     /// Authenticate a request; `Some(user)` when it may proceed.
-    pub(super) fn authenticate(
+    fn authenticate(
         &mut self,
+        now: Instant,
         key: &TxKey,
         msg: &Message,
         src: SocketAddr,
     ) -> Option<String> {
-        let now = self.now();
         let phones = &self.phones;
         let (d, events) = self.guard.authenticate(now, src, msg, |u| {
             phones.get(u).map(|e| Ha1Pair {
@@ -51,7 +56,7 @@ impl Core {
         self.audit(events);
         match d {
             Decision::Drop => {
-                self.metrics.sip_dropped.inc();
+                self.stats.dropped += 1;
                 None
             }
             Decision::Respond(r) => {
@@ -62,14 +67,14 @@ impl Core {
         }
     }
 
-    pub(super) fn on_tx_event(&mut self, ev: TxEvent) {
+    pub(super) fn on_tx_event(&mut self, now: Instant, ev: TxEvent) {
         match ev {
             TxEvent::Request {
                 key,
                 msg,
                 src,
                 reliable,
-            } => self.on_request(key, *msg, src, reliable),
+            } => self.on_request(now, key, *msg, src, reliable),
             TxEvent::Ack { msg, .. } => {
                 if let Some(id) = Dialog::id_of_request(&msg)
                     && let Some(c) = self.call_by_dialog(&id)
@@ -78,14 +83,14 @@ impl Core {
                     d.state = DialogState::Confirmed;
                 }
             }
-            TxEvent::Response { key, msg } => self.on_response(key, *msg),
+            TxEvent::Response { key, msg } => self.on_response(now, key, *msg),
             TxEvent::AckTimeout { key } => {
                 if let Some(c) = self.call_by_invite(&key) {
                     info!(
                         call = c,
                         "the phone never acknowledged the answer; hanging up"
                     );
-                    self.end_call(c, EndReason::Error, true, true);
+                    self.end_call(now, c, EndReason::Error, true, true);
                 }
             }
         }
@@ -105,7 +110,14 @@ impl Core {
             .map(|(&k, _)| k)
     }
 
-    pub(super) fn on_request(&mut self, key: TxKey, msg: Message, src: SocketAddr, reliable: bool) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        msg: Message,
+        src: SocketAddr,
+        reliable: bool,
+    ) {
         let Some(method) = msg.method().cloned() else {
             return;
         };
@@ -116,57 +128,56 @@ impl Core {
             .is_some();
         match method {
             Method::Register => {
-                let Some(user) = self.authenticate(&key, &msg, src) else {
+                let Some(user) = self.authenticate(now, &key, &msg, src) else {
                     return;
                 };
                 // A phone registers only its own extension.
                 let to_user = msg.to().ok().and_then(|t| t.uri.user.clone());
                 if to_user.as_deref() != Some(user.as_str()) {
-                    self.respond(&key, &msg, 403);
+                    self.respond(now, &key, &msg, 403);
                     return;
                 }
-                let before = !self.registrar.lookup(self.now(), &user).is_empty();
-                let now = self.now();
+                let before = !self.registrar.lookup(now, &user).is_empty();
                 let (resp, _) = self.registrar.register(now, &user, &msg, src);
                 let _ = self.txs.send_response(now, &key, resp);
                 let after = !self.registrar.lookup(now, &user).is_empty();
                 if before != after {
                     info!(ext = %user, %src, registered = after, "phone registration changed");
-                    self.send_signal(if after {
+                    self.signal(if after {
                         CallSignal::ExtUp(user)
                     } else {
                         CallSignal::ExtDown(user)
                     });
-                    self.update_registered_gauge();
+                    self.update_registered(now);
                 }
             }
-            Method::Invite if in_dialog => self.on_reinvite(key, msg),
+            Method::Invite if in_dialog => self.on_reinvite(now, key, msg),
             Method::Invite => {
-                let Some(user) = self.authenticate(&key, &msg, src) else {
+                let Some(user) = self.authenticate(now, &key, &msg, src) else {
                     return;
                 };
-                self.on_invite(key, msg, src, reliable, user);
+                self.on_invite(now, key, msg, src, reliable, user);
             }
             Method::Bye => {
                 match Dialog::id_of_request(&msg).and_then(|id| self.call_by_dialog(&id)) {
                     Some(c) => {
-                        self.respond(&key, &msg, 200);
-                        self.end_call(c, EndReason::Normal, true, false);
+                        self.respond(now, &key, &msg, 200);
+                        self.end_call(now, c, EndReason::Normal, true, false);
                     }
-                    None => self.respond(&key, &msg, 481),
+                    None => self.respond(now, &key, &msg, 481),
                 }
             }
             Method::Cancel => {
                 let invite = self.txs.invite_for_cancel(&key);
                 match invite.and_then(|k| self.call_by_invite(&k).map(|c| (k, c))) {
                     Some((ik, c)) if !self.calls[&c].answered => {
-                        self.respond(&key, &msg, 200);
+                        self.respond(now, &key, &msg, 200);
                         if let Some(inv) = self.calls.get(&c).and_then(|c| c.their_invite.clone()) {
-                            self.respond(&ik, &inv, 487);
+                            self.respond(now, &ik, &inv, 487);
                         }
-                        self.end_call(c, EndReason::Normal, true, false);
+                        self.end_call(now, c, EndReason::Normal, true, false);
                     }
-                    _ => self.respond(&key, &msg, 481),
+                    _ => self.respond(now, &key, &msg, 481),
                 }
             }
             Method::Options => {
@@ -174,29 +185,18 @@ impl Core {
                 // a user is challenged like REGISTER and INVITE, so a scanner
                 // sees the same answer for every extension.
                 let to_user = msg.request_uri().is_some_and(|u| u.user.is_some());
-                if to_user && self.authenticate(&key, &msg, src).is_none() {
+                if to_user && self.authenticate(now, &key, &msg, src).is_none() {
                     return;
                 }
                 let mut r = Message::response_to(&msg, 200);
-                r.set_to_tag(&new_tag(secure_bytes()));
+                r.set_to_tag(&self.new_tag());
                 r.headers
                     .push("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER");
                 r.headers.push("Accept", "application/sdp");
-                let now = self.now();
                 let _ = self.txs.send_response(now, &key, r);
             }
             Method::Ack => {}
-            _ => self.respond(&key, &msg, 405),
+            _ => self.respond(now, &key, &msg, 405),
         }
-    }
-
-    pub(super) fn update_registered_gauge(&self) {
-        let now = self.now();
-        let n = self
-            .phones
-            .iter()
-            .filter(|(e, _)| !self.registrar.lookup(now, e).is_empty())
-            .count();
-        self.metrics.sip_registered.set(n as f64);
     }
 }

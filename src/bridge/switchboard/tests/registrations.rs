@@ -1,0 +1,197 @@
+//! Registrations and what the relay hears of them; the relay link going
+//! down and up; keep-alives, garbage and strangers; shutdown.
+
+use super::*;
+
+#[test]
+fn registering_announces_the_extension_and_unregistering_withdraws_it() {
+    let mut lab = Lab::new();
+    let out = lab.register("201", phone_201(), 300);
+    assert_eq!(out.signals(), [CallSignal::ExtUp("201".into())]);
+    let ok = out.one();
+    assert!(
+        ok.headers.get("Contact").unwrap().contains("expires=300"),
+        "{ok:?}"
+    );
+    assert_eq!(lab.sb.stats().registered, 1);
+
+    // A refresh changes nothing the relay needs to know.
+    let out = lab.register_at("201", phone_201(), 300, 3);
+    assert!(out.signals().is_empty(), "{:?}", out.0);
+
+    let out = lab.register_at("201", phone_201(), 0, 5);
+    assert_eq!(out.signals(), [CallSignal::ExtDown("201".into())]);
+    assert_eq!(lab.sb.stats().registered, 0);
+}
+
+#[test]
+fn a_registration_that_lapses_is_withdrawn() {
+    let mut lab = Lab::new();
+    lab.register("201", phone_201(), 60);
+    assert!(lab.wait(Duration::from_secs(59)).signals().is_empty());
+    let out = lab.wait(Duration::from_secs(2));
+    assert_eq!(out.signals(), [CallSignal::ExtDown("201".into())]);
+    assert_eq!(lab.sb.stats().registered, 0);
+}
+
+#[test]
+fn a_new_relay_session_announces_every_registered_extension() {
+    let mut lab = Lab::new();
+    lab.register("202", phone_202(), 300);
+    lab.register("201", phone_201(), 300);
+    assert!(lab.link(LinkEvent::Down).0.is_empty());
+    assert_eq!(
+        lab.link(LinkEvent::Up).signals(),
+        [
+            CallSignal::ExtUp("201".into()),
+            CallSignal::ExtUp("202".into())
+        ]
+    );
+}
+
+#[test]
+fn a_phone_registers_only_its_own_extension() {
+    let mut lab = Lab::new();
+    let src = phone_201();
+    let challenge = lab.recv(src, &register("202", src, 1, None, 300)).one();
+    // 201's credentials for 202's address of record.
+    let auth = authorization(&challenge, "201", "REGISTER", "sip:192.168.1.2:5060");
+    let out = lab.recv(src, &register("202", src, 2, Some(&auth), 300));
+    assert_eq!(out.codes(), [403]);
+    assert!(out.signals().is_empty());
+}
+
+#[test]
+fn the_relay_going_away_ends_every_call_at_the_phones_only() {
+    let mut lab = Lab::new();
+    let (ringing, _, _) = lab.dial("301", SDP_PCMU);
+    let invite = super::relay_calls::ring_202(&mut lab);
+    lab.recv(
+        phone_202(),
+        &response_from_202(&invite, 200, "OK", SDP_202_G722),
+    );
+    let out = lab.link(LinkEvent::Down);
+    assert!(out.signals().is_empty(), "nobody to tell");
+    let mut sent: Vec<(SocketAddr, String)> = out
+        .sip()
+        .into_iter()
+        .map(|(d, m)| {
+            let what = m.code().map_or_else(
+                || m.method().unwrap().as_str().to_string(),
+                |c| c.to_string(),
+            );
+            (d, what)
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [(phone_201(), "480".into()), (phone_202(), "BYE".into())]
+    );
+    assert_eq!(lab.sb.stats().calls_active, 0);
+    // A call for the old session's id finds nothing.
+    assert!(
+        lab.relay(CallSignal::Ringing { call: ringing })
+            .0
+            .is_empty()
+    );
+}
+
+#[test]
+fn keep_alives_are_answered_and_garbage_and_strangers_dropped() {
+    let mut lab = Lab::new();
+    let options = wire(
+        "OPTIONS sip:192.168.1.2:5060 SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-opt-1;rport
+From: <sip:201@192.168.1.2>;tag=ka1
+To: <sip:192.168.1.2>
+Call-ID: keepalive-1
+CSeq: 1 OPTIONS
+Max-Forwards: 70",
+        "",
+    );
+    let ok = lab.recv(phone_201(), &options).one();
+    assert_eq!(ok.code(), Some(200));
+    assert_eq!(
+        ok.headers.get_all("Allow").collect::<Vec<_>>(),
+        ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER"]
+    );
+    assert!(ok.to().unwrap().tag().is_some());
+
+    // OPTIONS to a user is challenged like INVITE.
+    let to_user = String::from_utf8(options.clone())
+        .unwrap()
+        .replace("OPTIONS sip:192", "OPTIONS sip:202@192")
+        .replace("opt-1", "opt-2");
+    assert_eq!(lab.recv(phone_201(), to_user.as_bytes()).codes(), [401]);
+
+    assert!(lab.recv(phone_201(), b"hello\r\n\r\n").0.is_empty());
+    assert_eq!(lab.sb.stats().dropped, 1);
+    let stranger: SocketAddr = "10.9.9.9:5060".parse().unwrap();
+    assert!(lab.recv(stranger, &options).0.is_empty());
+    // Counted twice, as before the switchboard: the guard's audit event
+    // and the refused admission.
+    assert_eq!(lab.sb.stats().dropped, 3);
+    // An unsupported method gets 405 with Allow.
+    let sub = String::from_utf8(options)
+        .unwrap()
+        .replace("OPTIONS", "SUBSCRIBE")
+        .replace("opt-1", "sub-1");
+    let out = lab.recv(phone_201(), sub.as_bytes());
+    assert_eq!(out.codes(), [405]);
+}
+
+#[test]
+fn shutdown_hangs_up_every_call_and_tells_the_relay() {
+    let mut lab = Lab::new();
+    let (call, _, _) = lab.dial("900", SDP_PCMU);
+    lab.sb.shutdown(lab.now);
+    let out = lab.drain();
+    assert_eq!(out.codes(), [480]);
+    assert_eq!(
+        out.signals(),
+        [CallSignal::End {
+            call,
+            reason: EndReason::Unavailable
+        }]
+    );
+    assert!(lab.sb.ports().leased.is_empty());
+}
+
+#[test]
+fn a_full_transaction_table_refuses_with_503_and_is_counted() {
+    let mut lab = Lab::with(
+        SipConfig {
+            max_transactions: 16,
+            ..sip_config()
+        },
+        FakePorts::new(1),
+    );
+    let options = |i: u32| {
+        wire(
+            &format!(
+                "OPTIONS sip:192.168.1.2:5060 SIP/2.0
+Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-opt-{i};rport
+From: <sip:201@192.168.1.2>;tag=ka{i}
+To: <sip:192.168.1.2>
+Call-ID: keepalive-{i}
+CSeq: 1 OPTIONS
+Max-Forwards: 70"
+            ),
+            "",
+        )
+    };
+    for i in 0..16 {
+        assert_eq!(lab.recv(phone_201(), &options(i)).codes(), [200]);
+    }
+    assert_eq!(lab.sb.stats().transactions, 16, "each lingers for timer J");
+    let out = lab.recv(phone_201(), &options(16));
+    let busy = out.one();
+    assert_eq!(busy.code(), Some(503));
+    assert_eq!(busy.headers.get("Retry-After"), Some("5"));
+    assert_eq!(lab.sb.stats().transactions_full, 1);
+    // Timer J (64*T1) frees the table.
+    lab.wait(Duration::from_secs(33));
+    assert_eq!(lab.sb.stats().transactions, 0);
+    assert_eq!(lab.recv(phone_201(), &options(17)).codes(), [200]);
+}
