@@ -41,15 +41,9 @@
 //! Bounded: every network wait has a deadline, the steps a time budget;
 //! the relay and swtpm are stopped by guards, also on panic.
 
-#[path = "../tests/common/lab.rs"]
-mod lab;
 #[allow(dead_code)]
-#[path = "../tests/common/swtpm.rs"]
-mod swtpm;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use lab::{Lab, Proc, scrape};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -63,6 +57,7 @@ use voxgate::relay::registry::Registry;
 use voxgate::transport::control::{Enroll, Hello, Message, Renew};
 use voxgate::transport::framed::{self, FrameReader};
 use voxgate::transport::tls;
+use voxgate_testkit::lab::{Lab, Proc, scrape};
 
 /// Handshakes per backend.
 const HANDSHAKES: usize = 200;
@@ -338,7 +333,7 @@ fn start_relay(lab: &Lab) -> Proc {
              [telemetry]\nlog = \"info\"\nmetrics = \"{}\"\n{}{}",
             lab.quic_port,
             lab.relay_metrics,
-            lab::dev_privilege(&lab.dir),
+            voxgate_testkit::lab::dev_privilege(&lab.dir),
             lab.ca_section(),
         ),
     )
@@ -346,7 +341,7 @@ fn start_relay(lab: &Lab) -> Proc {
     let log = lab.dir.join("relay-identity.log");
     let child = Command::new("taskset")
         .args(["-c", "0"])
-        .arg(lab::bin())
+        .arg(voxgate_testkit::lab::bin())
         .args(["relay", "run", "--config"])
         .arg(&cfg)
         .env_remove("VOXGATE_LOG")
@@ -380,7 +375,7 @@ fn fingerprint(lab: &Lab) -> String {
 /// `voxgate relay token create` then `voxgate setup` with `backend`;
 /// returns the config setup wrote.
 fn setup(lab: &Lab, id: &str, backend: &[&str]) -> PathBuf {
-    let out = Command::new(lab::bin())
+    let out = Command::new(voxgate_testkit::lab::bin())
         .args(["relay", "token", "create", "--config"])
         .arg(lab.dir.join("relay.toml"))
         .output()
@@ -396,7 +391,7 @@ fn setup(lab: &Lab, id: &str, backend: &[&str]) -> PathBuf {
     let mid = lab.dir.join("machine-id");
     std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
     let cfg = lab.dir.join(format!("{id}.toml"));
-    let out = Command::new(lab::bin())
+    let out = Command::new(voxgate_testkit::lab::bin())
         .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
         .args(["--ca-fingerprint", &fingerprint(lab), "--device-id", id])
         .args(["--server-name", SERVER_NAME, "--token-file"])
@@ -1144,7 +1139,7 @@ fn renewal_json(d: &Device, r: &RenewResult) -> J {
     o
 }
 
-async fn run(lab: &Lab, relay: &Proc, tpm: &swtpm::Swtpm, tck: f64) -> J {
+async fn run(lab: &Lab, relay: &Proc, tpm: &voxgate_testkit::swtpm::Swtpm, tck: f64) -> J {
     let relay_addr: SocketAddr = format!("127.0.0.1:{}", lab.quic_port).parse().unwrap();
     let relay_pid = relay.pid().to_string();
     let tpm_pid = tpm_pid(tpm);
@@ -1237,7 +1232,7 @@ async fn run(lab: &Lab, relay: &Proc, tpm: &swtpm::Swtpm, tck: f64) -> J {
     root
 }
 
-fn tpm_pid(tpm: &swtpm::Swtpm) -> Option<String> {
+fn tpm_pid(tpm: &voxgate_testkit::swtpm::Swtpm) -> Option<String> {
     // swtpm is this process's child, listening on its port.
     let out = Command::new("pgrep")
         .args(["-P", &std::process::id().to_string(), "swtpm"])
@@ -1270,7 +1265,7 @@ fn main() {
             .join("relay")
             .join(voxgate::relay::ca::CA_KEY)
             .exists();
-    let tpm = swtpm::Swtpm::start_in(lab.dir.join("swtpm"));
+    let tpm = voxgate_testkit::swtpm::Swtpm::start_in(lab.dir.join("swtpm"));
     let mut relay = start_relay(&lab);
     let relay_cpus = status_field(&relay.pid().to_string(), "Cpus_allowed_list");
     // One worker, as `voxgate run` has: the TPM signs under block_in_place.

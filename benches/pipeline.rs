@@ -22,13 +22,6 @@
 //! (default `<target>/bench-results/`). Every wait is bounded; every child
 //! process is stopped by a guard, also when a section panics.
 
-#[path = "../tests/common/audio_env.rs"]
-mod audio_env;
-#[path = "../tests/common/lab.rs"]
-mod lab;
-
-use audio_env::{AlsaFileDevices, PulseEnv, speech_fixture, try_score, wait_timeout};
-use lab::{Lab, Proc, metric, scrape};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -39,6 +32,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use voxgate::config::{CodecConfig, GatewayConfig};
+use voxgate_testkit::audio_env::{
+    AlsaFileDevices, PulseEnv, speech_fixture, try_score, wait_timeout,
+};
+use voxgate_testkit::lab::{Lab, Proc, metric, scrape};
 
 /// About 30 s of espeak-ng speech (the issue asks for ~30 s).
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. Voice gateways carry speech \
@@ -504,7 +501,7 @@ struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        audio_env::terminate(&mut self.0, Duration::from_secs(3));
+        voxgate_testkit::audio_env::terminate(&mut self.0, Duration::from_secs(3));
     }
 }
 
@@ -1728,7 +1725,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 fn main() {
     let started = Instant::now();
     let tck = clk_tck();
-    let codec_dir = audio_env::scratch_dir("bench-pipeline");
+    let codec_dir = voxgate_testkit::audio_env::scratch_dir("bench-pipeline");
     // The codec settings, as the gateway reads them from its config; every
     // gateway run checks that its config yields the same (`check_codec`).
     let probe = format!(
@@ -2090,7 +2087,7 @@ fn main() {
 
     // 8. Binary size.
     let binary = section("binary size", || {
-        let bin = Path::new(lab::bin());
+        let bin = Path::new(voxgate_testkit::lab::bin());
         let copy = codec_dir.join("voxgate-stripped");
         std::fs::copy(bin, &copy).unwrap();
         let ok = Command::new("strip")

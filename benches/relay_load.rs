@@ -27,15 +27,6 @@
 //! Bounded: every wait has a deadline and the whole run a time budget; the
 //! relay is stopped by a guard, also on panic.
 
-#[path = "../tests/common/audio_env.rs"]
-mod audio_env;
-#[path = "../tests/common/lab.rs"]
-mod lab;
-#[path = "support/loadgen.rs"]
-mod loadgen;
-
-use lab::{Lab, Proc, scrape};
-use loadgen::Generator;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -46,6 +37,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use voxgate::config::CodecConfig;
 use voxgate::transport::tls;
+use voxgate_testkit::lab::{Lab, Proc, scrape};
+use voxgate_testkit::loadgen::Generator;
 
 /// The generator thread's scheduling policy, for the summary.
 static GEN_SCHED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -427,7 +420,7 @@ fn tmpfs_dir() -> Option<PathBuf> {
 
 /// Pre-encoded Opus packets of speech, with the gateway's codec settings.
 fn packets(dir: &Path) -> Vec<Vec<u8>> {
-    let raw = audio_env::speech_fixture(dir, TEXT);
+    let raw = voxgate_testkit::audio_env::speech_fixture(dir, TEXT);
     let pcm: Vec<i16> = std::fs::read(raw)
         .unwrap()
         .chunks_exact(2)
@@ -453,7 +446,7 @@ fn relay_bin() -> String {
     std::env::var("VOXGATE_RELAY_BIN")
         .ok()
         .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| lab::bin().to_string())
+        .unwrap_or_else(|| voxgate_testkit::lab::bin().to_string())
 }
 
 fn start_relay(lab: &Lab, recordings: &Path) -> Proc {

@@ -38,20 +38,12 @@
 //! `[sip]` keys older builds do not know. Results: a table on stdout and
 //! `$VOXGATE_BENCH_OUT/sip_load.json`.
 
-#[path = "../tests/common/audio_env.rs"]
-mod audio_env;
-#[path = "../tests/common/lab.rs"]
-mod lab;
-#[path = "../tests/common/sip.rs"]
-#[allow(dead_code)]
-mod sip;
-
-use lab::{Lab, Proc, free_udp, scrape};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use voxgate_testkit::lab::{Lab, Proc, free_udp, scrape};
 
 /// Calls one sipp RTP thread streams (`-rtp_threadtasks`).
 const RTP_THREADTASKS: usize = 128;
@@ -79,7 +71,7 @@ const TEXT: &str = "Desk phones call through the relay. Six spoons of fresh snow
 fn gateway_bin() -> PathBuf {
     std::env::var_os("VOXGATE_SIP_GATEWAY_BIN")
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(lab::bin()), PathBuf::from)
+        .map_or_else(|| PathBuf::from(voxgate_testkit::lab::bin()), PathBuf::from)
 }
 
 /// A comma-separated list from `var` (quick runs of the harness), else `default`.
@@ -267,7 +259,7 @@ fn quantile(a: &Metrics, b: &Metrics, q: f64) -> Option<f64> {
 /// 8 kHz mu-law speech as a raw file (sipp loops it) for sipp's
 /// `rtp_stream` (payload bytes only: 160 a packet at 20 ms).
 fn pcmu_raw(dir: &Path) -> PathBuf {
-    let raw = audio_env::speech_fixture(dir, TEXT);
+    let raw = voxgate_testkit::audio_env::speech_fixture(dir, TEXT);
     let pcm48: Vec<i16> = std::fs::read(raw)
         .unwrap()
         .chunks_exact(2)
@@ -290,7 +282,7 @@ fn sipp_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VOXGATE_SIPP").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    sip::sipp37()
+    voxgate_testkit::sip::sipp37()
 }
 
 /// The UAC scenario: INVITE 900, MD5 challenge, INVITE with credentials,
@@ -422,7 +414,10 @@ fn write_scenario(file: &Path, scenario: &str, password: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     assert!(scenario.contains("[authentication]"));
-    let text = scenario.replace("[authentication]", &sip::sipp_auth("201", password));
+    let text = scenario.replace(
+        "[authentication]",
+        &voxgate_testkit::sip::sipp_auth("201", password),
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)

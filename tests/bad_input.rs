@@ -2,14 +2,12 @@
 //! real binary, and malformed datagrams and control messages sent at a real
 //! relay by a real QUIC client holding a valid certificate.
 
-mod common;
-
-use common::lab::{Lab, bin, metric, test_dir};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use voxgate::transport::control::{self, Hello, Message};
 use voxgate::transport::tls;
+use voxgate_testkit::lab::{Lab, bin, metric, test_dir};
 
 fn run_with(cfg_text: &str, name: &str) -> (bool, String) {
     let dir = test_dir(name);

@@ -3,9 +3,6 @@
 //! as a gateway's SIP bridge does) register extensions, call each other, the
 //! echo and recording services, exchange media and DTMF, and hang up.
 
-mod common;
-
-use common::lab::{Lab, metric};
 use std::time::Duration;
 use voxgate::media::flow;
 use voxgate::media::rtp::Repr;
@@ -15,6 +12,7 @@ use voxgate::transport::control::{
 };
 use voxgate::transport::framed::FrameReader;
 use voxgate::transport::tls;
+use voxgate_testkit::lab::{Lab, metric};
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -5,13 +5,11 @@
 //! root file system, run twice. CI runs as root, as on the box; nothing is
 //! skipped: a missing tool fails with the Debian package to install.
 
-mod common;
-
-use common::lab::test_dir;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use voxgate_testkit::lab::test_dir;
 
 /// Required by the issue: the gateway unit's overall exposure.
 const GATEWAY_MAX_EXPOSURE: f64 = 1.5;
@@ -711,7 +709,7 @@ fn install_into_a_scratch_root_then_rerun_changes_nothing() {
     // A copy, so that a concurrent rebuild cannot change the binary between runs.
     let work = test_dir("deploy-install-bin");
     let binary = work.join("voxgate");
-    std::fs::copy(common::lab::bin(), &binary).unwrap();
+    std::fs::copy(voxgate_testkit::lab::bin(), &binary).unwrap();
     let root = scratch_root("deploy-install");
     let r = root.to_str().unwrap();
     let args = [
@@ -904,7 +902,7 @@ fn install_both_roles_with_a_tpm_and_a_narrowed_lan() {
         "--board",
         "rpi-zero2w",
         "--binary",
-        common::lab::bin(),
+        voxgate_testkit::lab::bin(),
         "--role",
         "both",
         "--tpm",
@@ -958,7 +956,7 @@ fn install_refuses_clearly() {
     let root = scratch_root("deploy-install-refuse");
     let r = root.to_str().unwrap();
     let missing = root.join("no-such-dir");
-    let bin = common::lab::bin();
+    let bin = voxgate_testkit::lab::bin();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -1199,7 +1197,7 @@ fn units_start_and_stream_under_systemd() {
     ] {
         std::fs::write(vg.join(name), text).unwrap();
     }
-    std::fs::copy(common::lab::bin(), vg.join("voxgate")).unwrap();
+    std::fs::copy(voxgate_testkit::lab::bin(), vg.join("voxgate")).unwrap();
 
     let sys = repo().join("systemd");
     let binds = [

@@ -10,14 +10,12 @@
 //! `digest = ["md5"]`. SHA-256 digest is covered by `sip::auth`'s RFC 7616
 //! vectors and the default challenge test below.
 
-mod common;
-
-use common::audio_env::{score, speech_fixture};
-use common::lab::Lab;
-use common::sip::{Baresip, SipGateway, sipp, sipp_auth, wait_child};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
+use voxgate_testkit::audio_env::{score, speech_fixture};
+use voxgate_testkit::lab::Lab;
+use voxgate_testkit::sip::{Baresip, SipGateway, sipp, sipp_auth, wait_child};
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
@@ -292,7 +290,7 @@ fn default_challenges_offer_sha256_first_and_garbage_is_dropped() {
 }
 
 fn sipvicious(tool: &str) -> std::path::PathBuf {
-    let p = common::audio_env::repo_root()
+    let p = voxgate_testkit::audio_env::repo_root()
         .join(".venv/bin")
         .join(format!("sipvicious_{tool}"));
     assert!(

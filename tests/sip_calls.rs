@@ -6,13 +6,11 @@
 //! libraries (scripts/sipp-trixie, which scripts/deps runs): bookworm's
 //! 3.6.1 only answers MD5 challenges.
 
-mod common;
-
-use common::audio_env::{score, speech_fixture};
-use common::lab::{Lab, opusdec, wait_for};
-use common::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
-use common::sip::{SipGateway, sipp_auth, sipp_spawn, sipp_with, sipp37, wait_child};
 use std::time::Duration;
+use voxgate_testkit::audio_env::{score, speech_fixture};
+use voxgate_testkit::lab::{Lab, opusdec, wait_for};
+use voxgate_testkit::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
+use voxgate_testkit::sip::{SipGateway, sipp_auth, sipp_spawn, sipp_with, sipp37, wait_child};
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
@@ -328,7 +326,7 @@ fn sipp_call_over(
     ext: &str,
     password: &str,
 ) -> (std::process::Output, String) {
-    let (media, _) = common::sip::free_rtp_range(2);
+    let (media, _) = voxgate_testkit::sip::free_rtp_range(2);
     let msgs = dir.join(format!("{name}-messages.log"));
     let logs = dir.join(format!("{name}-logs.log"));
     // The digest uri must be the Request-URI (SIPp's default leaves out the user).
@@ -374,9 +372,9 @@ fn sipp_call_over(
 
 /// The relay's finished recording of a call flow (flows from 16 up are
 /// calls; 0 is the gateway's microphone), once the relay has closed it.
-fn finished_call_recording(relay: &common::lab::Proc) -> std::path::PathBuf {
+fn finished_call_recording(relay: &voxgate_testkit::lab::Proc) -> std::path::PathBuf {
     let mut found = None;
-    common::lab::wait_for(
+    voxgate_testkit::lab::wait_for(
         Duration::from_secs(10),
         "the call recording to finish",
         || {
@@ -776,7 +774,7 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
     a.start(&lab);
     b.start(&lab);
     // B's phone registers from the port it then answers on.
-    let callee_port = common::lab::free_udp();
+    let callee_port = voxgate_testkit::lab::free_udp();
     register_at(&lab.dir, &b, "301", &pb, callee_port);
     b.wait_registered(1.0);
     std::thread::sleep(Duration::from_millis(300));
@@ -1295,7 +1293,7 @@ fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
     let pb = b.add_phone("301");
     a.start(&lab);
     b.start(&lab);
-    let callee_port = common::lab::free_udp();
+    let callee_port = voxgate_testkit::lab::free_udp();
     register_at(&lab.dir, &b, "301", &pb, callee_port);
     b.wait_registered(1.0);
     std::thread::sleep(Duration::from_millis(300));

@@ -11,6 +11,9 @@ pub struct Swtpm {
     child: Child,
     pub dir: PathBuf,
     pub port: u16,
+    /// A scratch state directory ([`Swtpm::start`]), removed on drop
+    /// unless the test failed.
+    scratch: bool,
 }
 
 fn free_port() -> u16 {
@@ -22,6 +25,16 @@ fn free_port() -> u16 {
 }
 
 impl Swtpm {
+    /// Start a fresh TPM with its state in a new directory under the
+    /// target's tmp, removed when dropped (kept when the test failed).
+    pub fn start(name: &str) -> Swtpm {
+        let dir = crate::lab::target_tmpdir().join(format!("tpm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sw = Swtpm::start_in(dir);
+        sw.scratch = true;
+        sw
+    }
+
     /// Start swtpm on `dir` (a fresh TPM if the directory is empty).
     pub fn start_in(dir: PathBuf) -> Swtpm {
         std::fs::create_dir_all(&dir).unwrap();
@@ -49,7 +62,12 @@ impl Swtpm {
                 }
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Swtpm { child, dir, port };
+                    return Swtpm {
+                        child,
+                        dir,
+                        port,
+                        scratch: false,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -64,11 +82,23 @@ impl Swtpm {
         format!("swtpm:127.0.0.1:{}", self.port)
     }
 
+    /// The TPM spec voxgate's TPM backend opens.
+    pub fn tpm_spec(&self) -> voxgate::identity::tpm::TpmSpec {
+        self.spec().parse().unwrap()
+    }
+
+    /// voxgate's TPM client on this swtpm.
+    pub fn open(&self) -> voxgate::identity::tpm::Tpm {
+        voxgate::identity::tpm::Tpm::open_with(self.tpm_spec(), Default::default()).unwrap()
+    }
+
     /// Stop swtpm and start it again on the same state (new ports).
     pub fn restart(mut self) -> Swtpm {
         self.stop();
         let dir = std::mem::take(&mut self.dir);
-        Swtpm::start_in(dir)
+        let mut sw = Swtpm::start_in(dir);
+        sw.scratch = self.scratch;
+        sw
     }
 
     pub fn stop(&mut self) {
@@ -80,5 +110,8 @@ impl Swtpm {
 impl Drop for Swtpm {
     fn drop(&mut self) {
         self.stop();
+        if self.scratch && !std::thread::panicking() && !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! them (baresip as a desk phone, sipp as a scripted UA). Every peer runs
 //! under a time limit.
 
-use super::lab::{Lab, Proc, bin, free_tcp, free_udp, metric, wait_for};
+use crate::lab::{Lab, Proc, bin, free_tcp, free_udp, metric, wait_for};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -557,7 +557,7 @@ impl Gen {
                     }
                     let hello = Message::Hello(Hello {
                         device: self.device,
-                        version: env!("CARGO_PKG_VERSION"),
+                        version: crate::VERSION,
                         caps,
                     });
                     if let Err(e) = write_msg(&mut d.conn, id, &hello) {

@@ -2,16 +2,56 @@
 //! binary, each in a fresh directory with its own CA, certificates, configs
 //! and free loopback ports.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The target directory of the running test or bench executable
+/// (`<target>/<profile>/deps/NAME-HASH`): cargo builds the `voxgate`
+/// binary beside `deps/` for every integration test and bench.
+fn profile_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let deps = exe.parent().expect("deps dir");
+        let dir = if deps.ends_with("deps") {
+            deps.parent().unwrap()
+        } else {
+            deps
+        };
+        dir.to_path_buf()
+    })
+}
+
+/// The `voxgate` binary of this build (what `CARGO_BIN_EXE_voxgate` names
+/// in a test or bench); `VOXGATE_BIN` overrides it.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_voxgate")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(b) = std::env::var_os("VOXGATE_BIN").filter(|b| !b.is_empty()) {
+            return b.into_string().expect("VOXGATE_BIN is not UTF-8");
+        }
+        let b = profile_dir().join("voxgate");
+        assert!(
+            b.is_file(),
+            "{} missing (built by cargo test/bench)",
+            b.display()
+        );
+        b.into_os_string()
+            .into_string()
+            .expect("target path is not UTF-8")
+    })
+}
+
+/// `<target>/tmp`: what `CARGO_TARGET_TMPDIR` names in a test or bench.
+pub fn target_tmpdir() -> PathBuf {
+    let target = profile_dir().parent().expect("target dir");
+    let d = target.join("tmp");
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 pub fn free_udp() -> u16 {
@@ -30,9 +70,16 @@ pub fn free_tcp() -> u16 {
         .port()
 }
 
+/// The repository (the kit's parent directory).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the kit lives in the repository")
+}
+
 /// A fresh directory under target/ for one test.
 pub fn test_dir(name: &str) -> PathBuf {
-    test_dir_in(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
+    test_dir_in(&target_tmpdir(), name)
 }
 
 /// A fresh directory under `base`.

@@ -1,6 +1,5 @@
 //! Audio test environment for voxgate integration tests, on machines with no
-//! audio hardware (Debian 12, run as root). Standard library only; include it
-//! from an integration test with `mod common;` / `#[path = "common/audio_env.rs"] mod audio_env;`.
+//! audio hardware (Debian 12, run as root). Standard library (and nix) only.
 //!
 //! Everything here shells out to Debian tools installed by `scripts/deps`
 //! (espeak-ng, sox, alsa-utils, libasound2-plugins, pulseaudio, pulseaudio-utils)
@@ -66,8 +65,6 @@
 //!   `default` PCM a pulse PCM; PulseEnv sets the default sink to `spk` and the
 //!   default source to `mic.monitor`, so `default` behaves like a desk headset.
 
-#![allow(dead_code)]
-
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -99,17 +96,14 @@ fn send_signal(pid: u32, sig: i32) -> bool {
 pub fn repo_root() -> PathBuf {
     match std::env::var_os("VOXGATE_REPO") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        _ => crate::lab::repo().to_path_buf(),
     }
 }
 
-/// A fresh, empty directory for one test: `<CARGO_TARGET_TMPDIR or $TMPDIR>/voxgate-audio/<name>-<pid>-<n>`.
+/// A fresh, empty directory for one test: `<target>/tmp/voxgate-audio/<name>-<pid>-<n>`.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let base = option_env!("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("voxgate-audio");
+    let base = crate::lab::target_tmpdir().join("voxgate-audio");
     let d = base.join(format!(
         "{name}-{}-{}",
         std::process::id(),
