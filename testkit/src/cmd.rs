@@ -51,3 +51,14 @@ pub fn assert_root() {
         "this test needs root, as CI has (scripts/install sets owners; nft needs a network namespace)"
     );
 }
+
+/// `nft -c` in a throwaway network namespace: it talks to the kernel, but
+/// the host's ruleset is never touched.
+pub fn nft_check(file: &Path) -> Output {
+    run(
+        Command::new("unshare")
+            .args(["--net", "nft", "-c", "-f"])
+            .arg(file),
+        "nftables and util-linux",
+    )
+}
