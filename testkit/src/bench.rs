@@ -14,6 +14,8 @@ pub trait JsonExt {
     fn set(&mut self, k: &str, v: impl Into<Value>) -> &mut Value;
     /// A finite number at `k`.
     fn num(&self, k: &str) -> Option<f64>;
+    /// A string at `k`.
+    fn str(&self, k: &str) -> Option<&str>;
     /// Pretty JSON with a final newline; whole numbers are written as
     /// integers (`3`, not `3.0`), non-finite ones as `null`.
     fn render(&self) -> String;
@@ -34,6 +36,10 @@ impl JsonExt for Value {
 
     fn num(&self, k: &str) -> Option<f64> {
         self.get(k)?.as_f64().filter(|n| n.is_finite())
+    }
+
+    fn str(&self, k: &str) -> Option<&str> {
+        self.get(k)?.as_str()
     }
 
     fn render(&self) -> String {
