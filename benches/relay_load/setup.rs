@@ -112,30 +112,5 @@ pub(crate) fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
     )
     .unwrap();
     let log = lab.dir.join("relay-load.log");
-    let child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(relay_bin())
-        .args(["relay", "run", "--config"])
-        .arg(&cfg)
-        .env_remove("VOXGATE_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn taskset (util-linux)");
-    let mut p = Proc {
-        child,
-        name: "relay".into(),
-        log,
-    };
-    let t0 = Instant::now();
-    while scrape(lab.relay_metrics).is_none() {
-        p.assert_running();
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "relay did not start"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    p
+    lab.start_relay_pinned(&relay_bin(), &cfg, &log, 0)
 }

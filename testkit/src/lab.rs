@@ -251,6 +251,12 @@ impl Lab {
             name: "relay".into(),
             log,
         };
+        self.wait_relay_up(&mut p);
+        p
+    }
+
+    /// Waits (15 s at most) until the relay's metrics endpoint answers.
+    pub fn wait_relay_up(&self, p: &mut Proc) {
         let t0 = Instant::now();
         while scrape(self.relay_metrics).is_none() {
             p.assert_running();
@@ -260,6 +266,29 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The relay as production runs it (the log level its config says, no
+    /// `VOXGATE_LOG`), `binary` with config `cfg` pinned to `cpu` with
+    /// taskset, stderr to `log`; waits until it is up.
+    pub fn start_relay_pinned(&self, binary: &str, cfg: &Path, log: &Path, cpu: usize) -> Proc {
+        let child = Command::new("taskset")
+            .args(["-c", &cpu.to_string()])
+            .arg(binary)
+            .args(["relay", "run", "--config"])
+            .arg(cfg)
+            .env_remove("VOXGATE_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn taskset (util-linux)");
+        let mut p = Proc {
+            child,
+            name: "relay".into(),
+            log: log.to_path_buf(),
+        };
+        self.wait_relay_up(&mut p);
         p
     }
 

@@ -112,6 +112,11 @@ pub fn cpu_ticks() -> Vec<u64> {
         .collect()
 }
 
+/// [`cpu_ticks`] of all CPUs together.
+pub fn cpu_ticks_total() -> u64 {
+    cpu_ticks().iter().sum()
+}
+
 /// Busy ticks of every CPU with interrupts (user + nice + system + irq +
 /// softirq).
 pub fn cpu_busy_with_irq() -> Vec<u64> {
