@@ -39,11 +39,15 @@
 //! `$VOXGATE_BENCH_OUT/sip_load.json`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use voxgate_testkit::bench::{self, JsonExt, Value, json};
 use voxgate_testkit::lab::{Lab, Proc, free_udp, scrape};
+use voxgate_testkit::procfs::{
+    clk_tck, cpu_busy_with_irq, proc_ticks, status_field, status_kib, taskset_all, udp_drops,
+};
+use voxgate_testkit::sip::add_phone;
 
 /// Calls one sipp RTP thread streams (`-rtp_threadtasks`).
 const RTP_THREADTASKS: usize = 128;
@@ -89,89 +93,6 @@ fn list(var: &str, default: &[usize]) -> Vec<usize> {
 
 fn legacy() -> bool {
     std::env::var("VOXGATE_SIP_LEGACY").is_ok_and(|v| v == "1")
-}
-
-// ---------------------------------------------------------------------------
-// /proc readers
-// ---------------------------------------------------------------------------
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process (all threads), in ticks.
-fn proc_ticks(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let g = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    g(11) + g(12)
-}
-
-fn status_kib(pid: i32, key: &str) -> Option<f64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn status_field(pid: i32, key: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
-
-/// Busy ticks of every CPU (user + nice + system + irq + softirq).
-fn cpu_busy() -> Vec<u64> {
-    std::fs::read_to_string("/proc/stat")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-        .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            [0usize, 1, 2, 5, 6].iter().filter_map(|&i| v.get(i)).sum()
-        })
-        .collect()
-}
-
-/// Datagrams the kernel dropped on the gateway's sockets (SIP and RTP
-/// ports: the `drops` column of /proc/net/udp).
-fn udp_drops(ports: (u16, u16), sip: u16) -> u64 {
-    let s = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    s.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
-            ((ports.0..=ports.1).contains(&port) || port == sip)
-                .then(|| f.last()?.parse::<u64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
-fn taskset_all(pid: i32, cpu: usize) -> Result<(), String> {
-    let out = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
-        .output()
-        .map_err(|e| format!("taskset: {e} (util-linux)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -572,9 +493,11 @@ impl Bench {
             m: metrics(self.metrics_addr),
             gw_ticks: proc_ticks(self.gw_pid),
             relay_ticks: proc_ticks(self.relay_pid),
-            cpus: cpu_busy(),
-            udp_err: udp_drops(self.rtp_ports, self.sip_port),
-            rss_kib: status_kib(self.gw_pid, "VmRSS:").unwrap_or(f64::NAN),
+            cpus: cpu_busy_with_irq(),
+            udp_err: udp_drops(|p| {
+                (self.rtp_ports.0..=self.rtp_ports.1).contains(&p) || p == self.sip_port
+            }),
+            rss_kib: status_kib(self.gw_pid, "VmRSS").unwrap_or(f64::NAN),
         }
     }
 
@@ -780,51 +703,6 @@ impl Bench {
     }
 }
 
-fn json_map(m: &BTreeMap<String, f64>) -> String {
-    let body: Vec<String> = m
-        .iter()
-        .map(|(k, v)| {
-            if v.is_finite() {
-                format!("\"{k}\":{v}")
-            } else {
-                format!("\"{k}\":null")
-            }
-        })
-        .collect();
-    format!("{{{}}}", body.join(","))
-}
-
-fn out_dir() -> PathBuf {
-    match std::env::var_os("VOXGATE_BENCH_OUT") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .unwrap()
-            .join("bench-results"),
-    }
-}
-
-fn add_phone(cfg: &Path, ext: &str) -> String {
-    let out = Command::new(gateway_bin())
-        .args(["phones", "add", ext, "-c"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "phones add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("password:")
-                .map(|p| p.trim().to_string())
-        })
-        .expect("password line")
-}
-
 /// `pairs` free RTP/RTCP pairs on loopback, outside `avoid`.
 fn rtp_range(pairs: u16, avoid: (u16, u16)) -> (u16, u16) {
     for _ in 0..200 {
@@ -874,7 +752,7 @@ fn main() {
          digest = [\"md5\"]\ncodecs = [\"pcmu\"]\n{extra_keys}"
     );
     let (cfg, metrics_addr) = lab.gateway_config("gw-load", lab.quic_port, &extra);
-    let password = add_phone(&cfg, "201");
+    let password = add_phone(&gateway_bin(), &cfg, "201");
     // SIPp does not expand injection fields inside `[authentication]` (it
     // emits them outside the keyword), so the credentials go into the
     // scenario files themselves (write_scenario), never into sipp's argv.
@@ -905,7 +783,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let idle_rss = status_kib(gw_pid, "VmRSS:").unwrap_or(f64::NAN);
+    let idle_rss = status_kib(gw_pid, "VmRSS").unwrap_or(f64::NAN);
     let step_list = list("VOXGATE_SIP_STEPS", &STEPS);
     let rate_list = list("VOXGATE_SIP_RATES", &RATES);
     let audio = pcmu_raw(&lab.dir);
@@ -994,8 +872,8 @@ fn main() {
         }
     }
 
-    let gw_threads = status_field(gw_pid, "Threads:");
-    let gw_cpus = status_field(gw_pid, "Cpus_allowed_list:");
+    let gw_threads = status_field(gw_pid, "Threads").unwrap_or_default();
+    let gw_cpus = status_field(gw_pid, "Cpus_allowed_list").unwrap_or_default();
     let gw_ok = gw.stop();
     let relay_ok = relay.stop();
     let warnings: Vec<String> = gw
@@ -1006,61 +884,53 @@ fn main() {
         .map(str::to_string)
         .collect();
 
-    let mut js = String::from("{\"bench\":\"sip_load\"");
-    let _ = write!(
-        js,
-        ",\"gateway_bin\":\"{}\",\"legacy_config\":{},\"gateway_cpus\":\"{gw_cpus}\",\"gateway_threads\":\"{gw_threads}\",\"gateway_pin\":\"{}\",\"relay_pin\":\"{}\"",
-        gw_bin.display(),
-        legacy(),
-        gw_pin.err().unwrap_or_else(|| "CPU 1".into()),
-        relay_pin.err().unwrap_or_else(|| "CPU 0".into()),
-    );
-    let _ = write!(
-        js,
-        ",\"ramp_cps\":{RAMP_CPS},\"rtp_threadtasks\":{RTP_THREADTASKS},\"measure_s\":{},\"rate_seconds\":{RATE_SECONDS},\"rate_hold_s\":{},\"target_calls\":{TARGET_CALLS},\"max_loss\":{MAX_LOSS},\"max_core_pct\":{MAX_CORE}",
-        MEASURE.as_secs(),
-        RATE_HOLD.as_secs()
-    );
-    let _ = write!(
-        js,
-        ",\"idle_rss_kib\":{idle_rss},\"max_calls_ok\":{},\"max_cps_ok\":{}",
-        best.map_or("null".into(), |b| b.to_string()),
-        best_rate.map_or("null".into(), |b| b.to_string())
-    );
-    js.push_str(",\"steps\":[");
-    for (i, (r, why, notes)) in steps.iter().enumerate() {
-        if i > 0 {
-            js.push(',');
-        }
-        let mut s = json_map(r);
-        s.pop();
-        let _ = write!(
-            s,
-            ",\"why\":\"{}\",\"notes\":\"{}\"}}",
-            why.replace('"', "'"),
-            notes.replace('"', "'")
-        );
-        js.push_str(&s);
-    }
-    js.push_str("],\"rates\":[");
-    js.push_str(&rates.iter().map(json_map).collect::<Vec<_>>().join(","));
-    let _ = write!(
-        js,
-        "],\"gateway_exit_ok\":{},\"relay_exit_ok\":{},\"gateway_warnings\":[{}],\"elapsed_s\":{}}}",
-        gw_ok.success(),
-        relay_ok.success(),
-        warnings
+    let map = |m: &BTreeMap<String, f64>| {
+        Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::from(*v)))
+                .collect(),
+        )
+    };
+    let steps_json: Vec<Value> = steps
+        .iter()
+        .map(|(r, why, notes)| {
+            let mut s = map(r);
+            s.set("why", why.replace('"', "'"))
+                .set("notes", notes.replace('"', "'"));
+            s
+        })
+        .collect();
+    let root = json!({
+        "bench": "sip_load",
+        "gateway_bin": gw_bin.display().to_string(),
+        "legacy_config": legacy(),
+        "gateway_cpus": gw_cpus,
+        "gateway_threads": gw_threads,
+        "gateway_pin": gw_pin.err().unwrap_or_else(|| "CPU 1".into()),
+        "relay_pin": relay_pin.err().unwrap_or_else(|| "CPU 0".into()),
+        "ramp_cps": RAMP_CPS,
+        "rtp_threadtasks": RTP_THREADTASKS,
+        "measure_s": MEASURE.as_secs(),
+        "rate_seconds": RATE_SECONDS,
+        "rate_hold_s": RATE_HOLD.as_secs(),
+        "target_calls": TARGET_CALLS,
+        "max_loss": MAX_LOSS,
+        "max_core_pct": MAX_CORE,
+        "idle_rss_kib": idle_rss,
+        "max_calls_ok": best,
+        "max_cps_ok": best_rate,
+        "steps": steps_json,
+        "rates": rates.iter().map(map).collect::<Vec<_>>(),
+        "gateway_exit_ok": gw_ok.success(),
+        "relay_exit_ok": relay_ok.success(),
+        "gateway_warnings": warnings
             .iter()
-            .map(|w| format!("\"{}\"", w.replace('\\', "\\\\").replace('"', "'")))
-            .collect::<Vec<_>>()
-            .join(","),
-        started.elapsed().as_secs_f64()
-    );
-    let dir = out_dir();
-    std::fs::create_dir_all(&dir).unwrap();
+            .map(|w| w.replace('"', "'"))
+            .collect::<Vec<_>>(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
     let name = std::env::var("VOXGATE_SIP_OUT_NAME").unwrap_or_else(|_| "sip_load.json".into());
-    let path = dir.join(name);
-    std::fs::write(&path, &js).unwrap();
+    let path = bench::write_result(&name, &root);
 
     println!("\nvoxgate phone bridge load: gateway on CPU 1; relay, sipp on CPU 0");
     println!(

@@ -67,24 +67,7 @@ impl SipGateway {
 
     /// `voxgate phones add EXT`; returns the password it printed.
     pub fn add_phone(&self, ext: &str) -> String {
-        let out = Command::new(bin())
-            .args(["phones", "add", ext, "-c"])
-            .arg(&self.cfg)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "phones add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("password:")
-                    .map(|p| p.trim().to_string())
-            })
-            .expect("password line")
+        add_phone(Path::new(bin()), &self.cfg, ext)
     }
 
     /// Start `voxgate run` and wait until it is connected to the relay.
@@ -117,6 +100,28 @@ impl SipGateway {
             self.metric("voxgate_sip_registered_extensions") >= n
         });
     }
+}
+
+/// `BINARY phones add EXT -c CFG`; returns the password it printed.
+pub fn add_phone(binary: &Path, cfg: &Path, ext: &str) -> String {
+    let out = Command::new(binary)
+        .args(["phones", "add", ext, "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "phones add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("password:")
+                .map(|p| p.trim().to_string())
+        })
+        .expect("password line")
 }
 
 /// A baresip desk phone: one account, audio from a WAV file (aufile), what
