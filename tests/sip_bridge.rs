@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::Lab;
-use voxgate_testkit::sip::{Baresip, SipGateway, sipp, sipp_auth, wait_child};
+use voxgate_testkit::sip::{Baresip, SipGateway, register_scenario, sipp, wait_child};
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
@@ -111,40 +111,6 @@ fn a_phone_on_one_box_calls_a_phone_on_another_both_ways_audio() {
     }
 }
 
-const REGISTER: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="register with digest">
-  <send retrans="500"><![CDATA[
-REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:[service]@[remote_ip]>;tag=[pid]SIPpTag[call_number]
-To: <sip:[service]@[remote_ip]>
-Call-ID: [call_id]
-CSeq: 1 REGISTER
-Contact: <sip:[service]@[local_ip]:[local_port]>
-Max-Forwards: 70
-Expires: 300
-Content-Length: 0
-
-]]></send>
-  <recv response="401" auth="true"/>
-  <send retrans="500"><![CDATA[
-REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:[service]@[remote_ip]>;tag=[pid]SIPpTag[call_number]
-To: <sip:[service]@[remote_ip]>
-Call-ID: [call_id]
-CSeq: 2 REGISTER
-Contact: <sip:[service]@[local_ip]:[local_port]>
-[authentication]
-Max-Forwards: 70
-Expires: 300
-Content-Length: 0
-
-]]></send>
-  <recv response="RESPONSE"/>
-</scenario>
-"#;
-
 fn register(
     dir: &std::path::Path,
     gw: &SipGateway,
@@ -154,9 +120,7 @@ fn register(
     ip: &str,
     name: &str,
 ) -> bool {
-    let scenario = REGISTER
-        .replace("RESPONSE", &expect.to_string())
-        .replace("[authentication]", &sipp_auth(ext, password));
+    let scenario = register_scenario(ext, password, expect, false);
     let target = format!("127.0.0.1:{}", gw.sip_port);
     let out = sipp(
         dir,

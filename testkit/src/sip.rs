@@ -200,6 +200,53 @@ impl Baresip {
     }
 }
 
+/// A SIPp scenario, or a fragment of one, from `tests/sipp/` as written:
+/// its `{{NAME}}` placeholders are filled with [`fill`].
+pub fn sipp_file(name: &str) -> String {
+    let p = crate::lab::repo().join("tests/sipp").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `text` with every `{{KEY}}` replaced by its value, in order (a value
+/// may bring placeholders of its own for later pairs to fill).
+pub fn fill(text: &str, vars: &[(&str, &str)]) -> String {
+    let mut t = text.to_string();
+    for (k, v) in vars {
+        t = t.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    t
+}
+
+/// The REGISTER scenario (tests/sipp/register.xml) for phone `ext`,
+/// answering the digest challenge and expecting status `expect`; with
+/// `log_algorithm`, the challenge's algorithm must be named and is logged
+/// (`challenge algorithm ...`, in sipp's `-trace_logs`).
+pub fn register_scenario(ext: &str, password: &str, expect: u16, log_algorithm: bool) -> String {
+    let on_challenge = if log_algorithm {
+        sipp_file("register-challenge-algorithm.xml")
+    } else {
+        String::new()
+    };
+    fill(
+        &sipp_file("register.xml"),
+        &[
+            ("ON_CHALLENGE", &on_challenge),
+            ("RESPONSE", &expect.to_string()),
+            ("AUTH", &sipp_auth(ext, password)),
+        ],
+    )
+}
+
+/// Panics if a scenario still holds a `{{NAME}}` placeholder.
+pub fn assert_filled(scenario: &str) {
+    if let Some(i) = scenario.find("{{") {
+        let end = scenario[i..]
+            .find("}}")
+            .map_or(scenario.len(), |e| i + e + 2);
+        panic!("scenario placeholder {} not filled", &scenario[i..end]);
+    }
+}
+
 /// Wait for a child with a deadline (killed after it).
 pub fn wait_child(mut c: std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let t0 = std::time::Instant::now();
@@ -304,6 +351,7 @@ fn sipp_command(
         !args.contains(&"-ap"),
         "{name}: a password in sipp's argv; put it in the scenario with sipp_auth"
     );
+    assert_filled(scenario);
     let file = dir.join(format!("{name}.xml"));
     // Owner-only: a scenario may hold a test phone's credentials (sipp_auth).
     {
