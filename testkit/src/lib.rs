@@ -13,6 +13,7 @@ pub mod lab;
 pub mod loadgen;
 pub mod procfs;
 pub mod proxy;
+pub mod report;
 pub mod rtp;
 pub mod sip;
 pub mod swtpm;
