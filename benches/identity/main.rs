@@ -332,16 +332,7 @@ fn main() {
         Err("one CPU only".into())
     };
     let lab = Lab::new("bench-identity", "mode = \"none\"");
-    let sealed_ca = lab
-        .dir
-        .join("relay")
-        .join(voxgate::relay::ca::CA_KEY_SEALED)
-        .exists()
-        && !lab
-            .dir
-            .join("relay")
-            .join(voxgate::relay::ca::CA_KEY)
-            .exists();
+    let sealed_ca = lab.ca_key_sealed();
     let tpm = voxgate_testkit::swtpm::Swtpm::start_in(lab.dir.join("swtpm"));
     let mut relay = start_relay(&lab);
     let relay_cpus = status_field(relay.pid(), "Cpus_allowed_list");

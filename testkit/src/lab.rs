@@ -236,6 +236,14 @@ impl Lab {
         )
     }
 
+    /// Whether the relay keeps its fleet CA key sealed (`ca.key.sealed`,
+    /// as `relay init` writes it) and no plaintext copy.
+    pub fn ca_key_sealed(&self) -> bool {
+        let relay = self.dir.join("relay");
+        relay.join(voxgate::relay::ca::CA_KEY_SEALED).exists()
+            && !relay.join(voxgate::relay::ca::CA_KEY).exists()
+    }
+
     /// Start the relay and wait until its metrics endpoint answers.
     pub fn start_relay(&self) -> Proc {
         let log = self.dir.join(format!("relay-{}.log", fastrand::u32(..)));
