@@ -296,3 +296,31 @@ pub fn blocks(doc: &str) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_read_as_written() {
+        assert_eq!(float_text(30.0), "30.0");
+        assert_eq!(float_text(1.05), "1.05");
+        assert_eq!(float_text(0.00001), "1e-05");
+        assert_eq!(float_text(2e16), "2e+16");
+        assert_eq!(V::new(&serde_json::json!(3)).text(), "3");
+        assert_eq!(V::Missing.or("?"), "?");
+        assert_eq!(V::new(&Value::Null).or("?"), "None");
+        assert_eq!(f(Some(2.5), 0), "2");
+        assert_eq!(f(None, 2), "n/a");
+    }
+
+    #[test]
+    fn blocks_are_kept_and_replaced() {
+        let doc = "# t\n\n<!-- a:begin x -->\nA\n<!-- a:end -->\n\n## Method and limits\n";
+        assert_eq!(blocks(doc), vec!["<!-- a:begin x -->\nA\n<!-- a:end -->"]);
+        let d = replace_block(doc, "a", "<!-- a:begin -->\nB\n<!-- a:end -->");
+        assert!(d.contains("\nB\n") && !d.contains("\nA\n"));
+        let d = replace_block(doc, "b", "<!-- b:begin -->\nC\n<!-- b:end -->");
+        assert!(d.contains("<!-- b:end -->\n\n## Method and limits"));
+    }
+}
