@@ -18,7 +18,7 @@ use voxgate::codec::{OpusDecoder, OpusEncoder};
 use voxgate::config::CodecConfig;
 use voxgate::media::phone::{PhoneLeg, PhoneLegConfig};
 use voxgate::media::rtp::{Packet, Repr};
-use voxgate_testkit::bench::{self, json};
+use voxgate_testkit::bench::{self, PhoneLegResults, PhoneLegRow};
 
 const SECONDS: u32 = 30;
 const PTIME: Duration = Duration::from_millis(20);
@@ -191,14 +191,14 @@ fn main() {
                 leg / base,
                 1.0 / leg
             ));
-            json_rows.push(json!({
-                "codec": name,
-                "opus_complexity": complexity,
-                "leg_cpu_s_per_call_s": leg,
-                "libopus_cpu_s_per_call_s": base,
-                "ratio": leg / base,
-                "calls_per_core": 1.0 / leg,
-            }));
+            json_rows.push(PhoneLegRow {
+                codec: name.to_string(),
+                opus_complexity: complexity,
+                leg_cpu_s_per_call_s: leg,
+                libopus_cpu_s_per_call_s: base,
+                ratio: leg / base,
+                calls_per_core: 1.0 / leg,
+            });
         }
     }
     println!(
@@ -213,7 +213,10 @@ fn main() {
     }
     println!("\n{:.1} s", started.elapsed().as_secs_f64());
     if std::env::var_os("VOXGATE_BENCH_OUT").is_some() {
-        let root = json!({ "seconds_per_run": 30, "rows": json_rows });
-        bench::write_result("phone_leg.json", &root);
+        let results = PhoneLegResults {
+            seconds_per_run: 30,
+            rows: json_rows,
+        };
+        bench::write_result("phone_leg.json", &bench::to_value(&results));
     }
 }

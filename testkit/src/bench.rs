@@ -2,6 +2,7 @@
 //! section by section, written to `$VOXGATE_BENCH_OUT/NAME.json`), the
 //! sections that `VOXGATE_BENCH_ONLY` selects, and small statistics.
 
+use serde::{Deserialize, Serialize};
 pub use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -67,6 +68,11 @@ fn integers(v: &mut Value) {
         Value::Object(m) => m.values_mut().for_each(integers),
         _ => {}
     }
+}
+
+/// A typed result as JSON.
+pub fn to_value(v: &impl Serialize) -> Value {
+    serde_json::to_value(v).expect("results are JSON")
 }
 
 /// An array of numbers (non-finite ones as `null`).
@@ -153,4 +159,37 @@ pub fn median(v: &[f64]) -> f64 {
 /// A path's display form, for a result field.
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// `phone_leg.json`: the phone leg's transcoding cost (benches/phone_leg
+/// writes it, the report reads it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhoneLegResults {
+    pub seconds_per_run: u32,
+    pub rows: Vec<PhoneLegRow>,
+}
+
+/// One codec and Opus complexity: CPU seconds per call second of the leg
+/// (both directions) and of libopus alone doing the same Opus work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhoneLegRow {
+    pub codec: String,
+    pub opus_complexity: u8,
+    pub leg_cpu_s_per_call_s: f64,
+    pub libopus_cpu_s_per_call_s: f64,
+    pub ratio: f64,
+    pub calls_per_core: f64,
+}
+
+impl PhoneLegResults {
+    /// Reads `phone_leg.json`; the error names the file.
+    pub fn read(path: &Path) -> Result<PhoneLegResults, String> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{name}: {}", crate::report::py::io_error_text(&e, path)))?;
+        serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))
+    }
 }

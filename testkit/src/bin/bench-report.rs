@@ -11,6 +11,7 @@
 //!                                JSON, systemd-analyze output) and the binaries
 
 use std::path::{Path, PathBuf};
+use voxgate_testkit::bench::PhoneLegResults;
 use voxgate_testkit::report::{self, appliance, identity, pipeline, py::load_json, sip};
 
 fn dir(var: &str) -> PathBuf {
@@ -30,7 +31,7 @@ fn main() {
             let res = pipeline::Results {
                 pipeline: load_json(&out.join("pipeline.json")),
                 relay_load: load_json(&out.join("relay_load.json")),
-                phone_leg: load_json(&out.join("phone_leg.json")),
+                phone_leg: PhoneLegResults::read(&out.join("phone_leg.json")),
             };
             report::write_document(doc, &res, &pipeline::Env::from_env());
             println!("wrote {}", doc.display());
@@ -43,11 +44,9 @@ fn main() {
                     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
             };
-            let block = sip::render(
-                &read("sip_load.json"),
-                &read("phone_leg.json"),
-                &sip::Env::from_env(),
-            );
+            let pl = PhoneLegResults::read(&work.join("phone_leg.json"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let block = sip::render(&read("sip_load.json"), &pl, &sip::Env::from_env());
             report::write_block(doc, "sip", &block);
             println!("{block}");
         }

@@ -45,14 +45,15 @@ impl Env {
 pub struct Results {
     pub pipeline: Value,
     pub relay_load: Value,
-    pub phone_leg: Value,
+    /// benches/phone_leg's results, or why there are none.
+    pub phone_leg: Result<crate::bench::PhoneLegResults, String>,
 }
 
 /// What the sections share.
 pub(crate) struct Ctx<'a> {
     pub p: V<'a>,
     pub r: V<'a>,
-    pub pl: V<'a>,
+    pub pl: &'a Result<crate::bench::PhoneLegResults, String>,
     pub t: V<'a>,
     pub cpu: V<'a>,
     pub base: V<'a>,
@@ -84,7 +85,7 @@ pub fn render(res: &Results, env: &Env) -> Vec<String> {
     let c = Ctx {
         p,
         r: V::new(&res.relay_load),
-        pl: V::new(&res.phone_leg),
+        pl: &res.phone_leg,
         t: p.get("targets"),
         cpu: file_run.get("cpu"),
         base: p.get("baseline"),

@@ -248,11 +248,26 @@ pub fn load_json(path: &std::path::Path) -> Value {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     match std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
+        .map_err(|e| io_error_text(&e, path))
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
     {
         Ok(v) => v,
         Err(e) => serde_json::json!({ "error": format!("{name}: {e}") }),
+    }
+}
+
+/// An I/O error as the report has always shown it:
+/// `[Errno 2] No such file or directory: 'PATH'`.
+pub fn io_error_text(e: &std::io::Error, path: &std::path::Path) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let text = e.to_string();
+            let msg = text
+                .strip_suffix(&format!(" (os error {code})"))
+                .unwrap_or(&text);
+            format!("[Errno {code}] {msg}: '{}'", path.display())
+        }
+        None => e.to_string(),
     }
 }
 

@@ -204,24 +204,24 @@ pub(crate) fn phone_leg_size_method(c: &Ctx, l: &mut Vec<String>) {
     );
     w("The bridge uses `[sip] opus_complexity` (default 1) for phone legs.");
     w("");
-    if c.pl.has("error") {
-        w(&format!("Not measured: {}", c.pl.get("error").text()));
-    } else {
-        w(
-            "| leg | Opus complexity | PhoneLeg CPU per packet time | libopus alone | ratio | calls per core (transcoding only) |",
-        );
-        w("| --- | ---: | ---: | ---: | ---: | ---: |");
-        for r in c.pl.get("rows").list() {
-            let per = |k: &str| r.get(k).num().map(|x| x * 1e6 / 50.0);
-            w(&format!(
-                "| {} ↔ Opus | {} | {} µs | {} µs | {}× | {} |",
-                r.get("codec").text(),
-                r.get("opus_complexity").text(),
-                f(per("leg_cpu_s_per_call_s"), 1),
-                f(per("libopus_cpu_s_per_call_s"), 1),
-                f(r.get("ratio").num(), 2),
-                f(r.get("calls_per_core").num(), 0)
-            ));
+    match c.pl {
+        Err(e) => w(&format!("Not measured: {e}")),
+        Ok(pl) => {
+            w(
+                "| leg | Opus complexity | PhoneLeg CPU per packet time | libopus alone | ratio | calls per core (transcoding only) |",
+            );
+            w("| --- | ---: | ---: | ---: | ---: | ---: |");
+            for r in &pl.rows {
+                w(&format!(
+                    "| {} ↔ Opus | {} | {} µs | {} µs | {}× | {} |",
+                    r.codec,
+                    r.opus_complexity,
+                    f(Some(r.leg_cpu_s_per_call_s * 1e6 / 50.0), 1),
+                    f(Some(r.libopus_cpu_s_per_call_s * 1e6 / 50.0), 1),
+                    f(Some(r.ratio), 2),
+                    f(Some(r.calls_per_core), 0)
+                ));
+            }
         }
     }
     w("");

@@ -2,6 +2,7 @@
 //! `sip_load.json` and `phone_leg.json`.
 
 use super::py::{V, float_text};
+use crate::bench::PhoneLegResults;
 use serde_json::Value;
 
 /// What the script measures around the benches (`BS_*` variables).
@@ -50,16 +51,12 @@ fn first_word(s: &str) -> &str {
 }
 
 /// The block, markers included.
-pub fn render(sip: &Value, phone_leg: &Value, env: &Env) -> String {
+pub fn render(sip: &Value, phone_leg: &PhoneLegResults, env: &Env) -> String {
     let s = V::new(sip);
-    let pl = V::new(phone_leg);
-    let base = pl
-        .get("rows")
-        .list()
-        .into_iter()
-        .find(|r| {
-            r.get("codec").str() == Some("PCMU") && r.get("opus_complexity").num() == Some(1.0)
-        })
+    let base = phone_leg
+        .rows
+        .iter()
+        .find(|r| r.codec == "PCMU" && r.opus_complexity == 1)
         .expect("phone_leg.json: no PCMU row at Opus complexity 1");
     let mut l: Vec<String> = Vec::new();
     let mut w = |x: String| l.push(x);
@@ -139,7 +136,7 @@ pub fn render(sip: &Value, phone_leg: &Value, env: &Env) -> String {
     w("".into());
     w("| figure | result | baseline / target |".into());
     w("| --- | ---: | --- |".into());
-    let leg = n(base.get("leg_cpu_s_per_call_s"));
+    let leg = base.leg_cpu_s_per_call_s;
     w(format!(
         "| concurrent transcoded calls on one gateway core | **{}** {} | target ≥ {}; transcoding alone (benches/phone_leg, \
          PCMU ↔ Opus at complexity 1, this run): {:.1} µs per 20 ms = **{:.0}** calls/core |",
@@ -155,7 +152,7 @@ pub fn render(sip: &Value, phone_leg: &Value, env: &Env) -> String {
         },
         s.get("target_calls").text(),
         leg * 1e6 / 50.0,
-        n(base.get("calls_per_core"))
+        base.calls_per_core
     ));
     if let Some(limit) = steps.iter().find(|x| !x.get("keeps_up").truthy()) {
         let gw = n(limit.get("gateway_core_pct"));
