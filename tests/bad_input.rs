@@ -115,10 +115,7 @@ fn relay_config_errors_are_named() {
 async fn connect(lab: &Lab, id: &str) -> quinn::Connection {
     lab.gateway_config(id, lab.quic_port, "");
     let gdir = lab.dir.join(id);
-    let identity =
-        tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key")).unwrap();
-    let ca = tls::read_certs(&gdir.join("ca.pem")).unwrap();
-    let cfg = tls::client_config(&ca, &identity).unwrap();
+    let cfg = voxgate_testkit::lab::device_client_config(&gdir, id);
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.connect_with(
         cfg,

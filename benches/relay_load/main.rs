@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use voxgate::config::CodecConfig;
-use voxgate::transport::tls;
 use voxgate_testkit::bench::{self, JsonExt, Value};
 use voxgate_testkit::lab::{Lab, Proc, scrape};
 use voxgate_testkit::loadgen::Generator;

@@ -274,10 +274,7 @@ pub(crate) async fn run(
     tck: f64,
 ) -> (Vec<Value>, String) {
     let gdir = lab.dir.join(DEVICE);
-    let ca = tls::read_certs(&gdir.join("ca.pem")).expect("ca");
-    let id = tls::DevFileIdentity::load(DEVICE, &gdir.join("device.pem"), &gdir.join("device.key"))
-        .expect("identity");
-    let cfg = tls::client_config(&ca, &id).expect("client config");
+    let cfg = voxgate_testkit::lab::device_client_config(&gdir, DEVICE);
     let relay_addr: SocketAddr = format!("127.0.0.1:{}", lab.quic_port).parse().unwrap();
     let g = Generator::start(relay_addr, SERVER_NAME, DEVICE, cfg, Arc::new(packets))
         .expect("generator");

@@ -370,6 +370,17 @@ impl Lab {
     }
 }
 
+/// A QUIC client config for device `id` from its directory (as
+/// [`Lab::gateway_config`] writes it): its certificate and key, the lab CA.
+pub fn device_client_config(gdir: &Path, id: &str) -> quinn::ClientConfig {
+    use voxgate::transport::tls;
+    let identity =
+        tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key"))
+            .expect("device identity");
+    let ca = tls::read_certs(&gdir.join("ca.pem")).expect("lab CA");
+    tls::client_config(&ca, &identity).expect("client config")
+}
+
 /// Development privilege settings for processes the tests start as root:
 /// stay root (explicitly), keep the sandbox on, and let it see the lab.
 /// The privilege tests configure a real drop instead.
