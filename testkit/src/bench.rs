@@ -189,7 +189,7 @@ impl PhoneLegResults {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{name}: {}", crate::report::py::io_error_text(&e, path)))?;
+            .map_err(|e| format!("{name}: {}", crate::report::value::io_error_text(&e, path)))?;
         serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))
     }
 }

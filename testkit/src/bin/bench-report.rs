@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use voxgate_testkit::bench::PhoneLegResults;
-use voxgate_testkit::report::{self, appliance, identity, pipeline, py::load_json, sip};
+use voxgate_testkit::report::{self, appliance, identity, pipeline, sip, value::load_json};
 
 fn dir(var: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set")))

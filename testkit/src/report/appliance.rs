@@ -3,7 +3,7 @@
 //! (`startup-*.json` of `scripts/bench-startup.py`) and the units' exposure
 //! (`security-*.txt` of `systemd-analyze security`).
 
-use super::py::V;
+use super::value::V;
 use std::path::{Path, PathBuf};
 
 /// What the script gathers (`BA_*` variables).
@@ -124,7 +124,7 @@ pub fn render(env: &Env) -> String {
         mib(size(&env.gnu))
     ));
     w("".into());
-    let startup = |name: &str| super::py::load_json(&env.work.join(name));
+    let startup = |name: &str| super::value::load_json(&env.work.join(name));
     let (m, g) = (startup("startup-musl.json"), startup("startup-gnu.json"));
     w(format!(
         "**Start-up time, exec to READY=1** ({} runs each; `scripts/bench-startup.py`: a",

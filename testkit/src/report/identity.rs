@@ -1,7 +1,7 @@
 //! The `identity` block of docs/BENCHMARKS.md (§8,
 //! `scripts/bench-identity`), from `identity.json`.
 
-use super::py::V;
+use super::value::V;
 use serde_json::Value;
 
 /// What the script gathers (`BI_*` variables).

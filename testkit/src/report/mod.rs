@@ -8,9 +8,9 @@ pub mod appliance;
 pub mod identity;
 pub mod pipeline;
 mod pipeline_more;
-pub mod py;
 mod relay;
 pub mod sip;
+pub mod value;
 
 use std::path::Path;
 
@@ -19,7 +19,7 @@ use std::path::Path;
 pub fn write_document(doc: &Path, res: &pipeline::Results, env: &pipeline::Env) {
     let mut l = pipeline::render(res, env);
     let kept = std::fs::read_to_string(doc)
-        .map(|t| py::blocks(&t))
+        .map(|t| value::blocks(&t))
         .unwrap_or_default();
     let i = l
         .iter()
@@ -35,5 +35,5 @@ pub fn write_document(doc: &Path, res: &pipeline::Results, env: &pipeline::Env) 
 /// Replaces (or adds) one block of the document.
 pub fn write_block(doc: &Path, name: &str, block: &str) {
     let old = std::fs::read_to_string(doc).unwrap_or_else(|_| "# voxgate benchmarks\n".to_string());
-    std::fs::write(doc, py::replace_block(&old, name, block)).unwrap();
+    std::fs::write(doc, value::replace_block(&old, name, block)).unwrap();
 }

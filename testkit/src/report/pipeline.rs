@@ -2,7 +2,7 @@
 //! summary and §1 (CPU per stream) from `pipeline.json`, `relay_load.json`
 //! and `phone_leg.json`; the other sections are in [`super::pipeline_more`].
 
-use super::py::{V, err, f, le, load, lt, max_or, mib, us, verdict};
+use super::value::{V, err, f, le, load, lt, max_or, mib, us, verdict};
 use serde_json::Value;
 
 /// Machine and run facts the script gathers (`BENCH_*` variables).

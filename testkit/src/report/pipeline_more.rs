@@ -3,7 +3,7 @@
 //! relay (§4), speech quality (§5), the phone leg (§5b), size (§6), method.
 
 use super::pipeline::{Ctx, parts, parts_sums};
-use super::py::{V, err, f, fu, load, mib, us};
+use super::value::{V, err, f, fu, load, mib, us};
 
 pub(crate) fn parts_table(c: &Ctx, l: &mut Vec<String>) {
     let (qa, q_paced, q_flat, op_paced, cap) = parts(c);
@@ -289,7 +289,7 @@ pub(crate) fn int_text(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {
         format!("{}", n as i64)
     } else {
-        super::py::float_text(n)
+        super::value::float_text(n)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::pipeline::Ctx;
 use super::pipeline_more::int_text;
-use super::py::{V, f, mib};
+use super::value::{V, f, mib};
 
 /// `100 * x` when present.
 fn pct(v: V) -> Option<f64> {

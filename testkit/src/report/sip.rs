@@ -1,7 +1,7 @@
 //! The `sip` block of docs/BENCHMARKS.md (§9, `scripts/bench-sip`), from
 //! `sip_load.json` and `phone_leg.json`.
 
-use super::py::{V, float_text};
+use super::value::{V, float_text};
 use crate::bench::PhoneLegResults;
 use serde_json::Value;
 
