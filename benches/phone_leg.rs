@@ -18,6 +18,7 @@ use voxgate::codec::telephony::{PcmEncoder, PhoneCodec};
 use voxgate::codec::{OpusDecoder, OpusEncoder};
 use voxgate::media::leg::{PhoneLeg, PhoneLegConfig};
 use voxgate::media::rtp::{Packet, Repr};
+use voxgate_testkit::bench::{self, PhoneLegResults, PhoneLegRow};
 
 const SECONDS: u32 = 30;
 const PTIME: Duration = Duration::from_millis(20);
@@ -170,7 +171,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
-    let mut json = String::from("{\"seconds_per_run\":30,\"rows\":[");
+    let mut json_rows = Vec::new();
     for (codec, pt, name) in [
         (PhoneCodec::Pcmu, 0u8, "PCMU"),
         (PhoneCodec::G722, 9, "G.722"),
@@ -190,17 +191,16 @@ fn main() {
                 leg / base,
                 1.0 / leg
             ));
-            if json.ends_with('}') {
-                json.push(',');
-            }
-            json.push_str(&format!(
-                "{{\"codec\":\"{name}\",\"opus_complexity\":{complexity},\"leg_cpu_s_per_call_s\":{leg},\"libopus_cpu_s_per_call_s\":{base},\"ratio\":{},\"calls_per_core\":{}}}",
-                leg / base,
-                1.0 / leg
-            ));
+            json_rows.push(PhoneLegRow {
+                codec: name.to_string(),
+                opus_complexity: complexity,
+                leg_cpu_s_per_call_s: leg,
+                libopus_cpu_s_per_call_s: base,
+                ratio: leg / base,
+                calls_per_core: 1.0 / leg,
+            });
         }
     }
-    json.push_str("]}");
     println!(
         "Phone leg transcoding, per 20 ms packet time (median of 5 runs of {SECONDS} s of audio each):\n"
     );
@@ -212,7 +212,11 @@ fn main() {
         println!("{r}");
     }
     println!("\n{:.1} s", started.elapsed().as_secs_f64());
-    if let Some(dir) = std::env::var_os("VOXGATE_BENCH_OUT") {
-        let _ = std::fs::write(std::path::Path::new(&dir).join("phone_leg.json"), json);
+    if std::env::var_os("VOXGATE_BENCH_OUT").is_some() {
+        let results = PhoneLegResults {
+            seconds_per_run: 30,
+            rows: json_rows,
+        };
+        bench::write_result("phone_leg.json", &bench::to_value(&results));
     }
 }

@@ -3,13 +3,11 @@
 //! source. The devices are ALSA's `file` plugin (no clock) and, for the paced
 //! case, a PulseAudio null sink, which behaves like a sound card.
 
-mod common;
-
-use common::audio_env::{AlsaFileDevices, PulseEnv, score, speech_fixture};
-use common::lab::{Lab, metric, opusdec, wait_for};
-use common::proxy::LossyProxy;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use voxgate_testkit::audio_env::{AlsaFileDevices, PulseEnv, score, speech_fixture};
+use voxgate_testkit::lab::{Lab, metric, opusdec, wait_for};
+use voxgate_testkit::proxy::LossyProxy;
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. \
     Voice gateways carry speech from the microphone to the relay. \
@@ -162,7 +160,7 @@ fn echo_round_trip_plays_back_the_speech() {
         Some((libc::SCHED_OTHER as u64, 0))
     );
     std::thread::sleep(Duration::from_millis(500));
-    let m = common::lab::scrape(gw_metrics).unwrap_or_default();
+    let m = voxgate_testkit::lab::scrape(gw_metrics).unwrap_or_default();
     assert!(gw.stop().success(), "{}", gw.log_text());
     relay.stop();
     let metric = |_: std::net::SocketAddr, k: &str| {
@@ -371,7 +369,7 @@ fn capture_device_loss_is_survived() {
 #[test]
 fn relay_file_downlink_plays_on_the_device() {
     for kind in ["ogg", "wav"] {
-        let lab0 = common::lab::test_dir(&format!("e2e-down-src-{kind}"));
+        let lab0 = voxgate_testkit::lab::test_dir(&format!("e2e-down-src-{kind}"));
         let speech = speech_fixture(&lab0, TEXT);
         let wav = speech.with_extension("wav");
         let source = if kind == "ogg" {

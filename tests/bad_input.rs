@@ -2,14 +2,12 @@
 //! real binary, and malformed datagrams and control messages sent at a real
 //! relay by a real QUIC client holding a valid certificate.
 
-mod common;
-
-use common::lab::{Lab, bin, metric, test_dir};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use voxgate::proto::control::{self, Hello, Message};
 use voxgate::transport::tls;
+use voxgate_testkit::lab::{Lab, bin, metric, test_dir};
 
 fn run_with(cfg_text: &str, name: &str) -> (bool, String) {
     let dir = test_dir(name);
@@ -117,10 +115,7 @@ fn relay_config_errors_are_named() {
 async fn connect(lab: &Lab, id: &str) -> quinn::Connection {
     lab.gateway_config(id, lab.quic_port, "");
     let gdir = lab.dir.join(id);
-    let identity =
-        tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key")).unwrap();
-    let ca = voxgate::pki::files::read_certs(&gdir.join("ca.pem")).unwrap();
-    let cfg = tls::client_config(&ca, &identity).unwrap();
+    let cfg = voxgate_testkit::lab::device_client_config(&gdir, id);
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.connect_with(
         cfg,

@@ -3,9 +3,6 @@
 //! as a gateway's SIP bridge does) register extensions, call each other, the
 //! echo and recording services, exchange media and DTMF, and hang up.
 
-mod common;
-
-use common::lab::{Lab, metric};
 use std::time::Duration;
 use voxgate::media::flow;
 use voxgate::media::rtp::Repr;
@@ -14,7 +11,7 @@ use voxgate::proto::control::{
 };
 use voxgate::proto::signal::CallSignal as CallMsg;
 use voxgate::transport::framed::FrameReader;
-use voxgate::transport::tls;
+use voxgate_testkit::lab::{Lab, metric};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -29,11 +26,7 @@ impl Dev {
     async fn connect(lab: &Lab, id: &str) -> Dev {
         lab.gateway_config(id, lab.quic_port, "");
         let gdir = lab.dir.join(id);
-        let identity =
-            tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key"))
-                .unwrap();
-        let ca = voxgate::pki::files::read_certs(&gdir.join("ca.pem")).unwrap();
-        let cfg = tls::client_config(&ca, &identity).unwrap();
+        let cfg = voxgate_testkit::lab::device_client_config(&gdir, id);
         let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = ep
             .connect_with(

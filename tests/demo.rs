@@ -1,10 +1,8 @@
 //! README's main job: `voxgate demo` streams on loopback, shows figures and
 //! leaves a playable recording.
 
-mod common;
-
-use common::lab::{bin, opusdec, test_dir};
 use std::process::Command;
+use voxgate_testkit::lab::{bin, opusdec, test_dir};
 
 #[test]
 fn demo_streams_and_leaves_a_recording() {

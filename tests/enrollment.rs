@@ -5,85 +5,24 @@
 //! leaves the box. Sealed keys refuse tampering, another machine, and loose
 //! file modes.
 
-mod common;
-
-use common::audio_env::{AlsaFileDevices, speech_fixture};
-use common::lab::{Lab, bin, dev_privilege, metric, wait_for};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use voxgate::relay::registry::Registry;
+use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::cmd::stderr;
+use voxgate_testkit::enroll::{Setup, audit, fingerprint, machine_id, secret_file, token};
+use voxgate_testkit::lab::{Lab, bin, dev_privilege, metric, wait_for};
 
-fn fingerprint(lab: &Lab) -> String {
-    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    voxgate::pki::name::fingerprint(&ca[0])
-}
-
-fn token(lab: &Lab, ttl_s: u64) -> String {
-    let out = Command::new(bin())
-        .args([
-            "relay",
-            "token",
-            "create",
-            "--ttl-s",
-            &ttl_s.to_string(),
-            "--config",
-        ])
-        .arg(lab.dir.join("relay.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, token).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
-fn machine_id(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{value}\n")).unwrap();
-    p
-}
-
+/// `voxgate setup --backend sealed-file` with the given fingerprint, token
+/// file and machine id.
 fn setup(lab: &Lab, id: &str, fp: &str, tok: &Path, mid: &Path) -> (Output, PathBuf) {
-    let cfg = lab.dir.join(format!("{id}.toml"));
-    let out = Command::new(bin())
-        .args(["setup", "--backend", "sealed-file"])
-        .args(["--relay", &format!("127.0.0.1:{}", lab.quic_port)])
-        .args(["--ca-fingerprint", fp, "--device-id", id])
-        .args(["--server-name", "relay.voxgate.test", "--token-file"])
-        .arg(tok)
-        .arg("--dir")
-        .arg(lab.dir.join(id))
-        .arg("--config-out")
-        .arg(&cfg)
-        .arg("--machine-id")
-        .arg(mid)
-        .arg("--serial")
-        .arg(lab.dir.join("no-serial"))
+    Setup::new(lab, id)
+        .fingerprint(fp)
+        .token_file(tok)
+        .machine_id(mid)
+        .args(["--backend", "sealed-file"])
         .output()
-        .unwrap();
-    (out, cfg)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn audit(lab: &Lab) -> Vec<(String, String, String, String)> {
-    Registry::open(&lab.dir.join("relay/registry.sqlite3"))
-        .unwrap()
-        .audit_events()
-        .unwrap()
 }
 
 #[test]
@@ -91,13 +30,13 @@ fn enroll_then_stream_with_the_sealed_key() {
     let lab = Lab::new("enroll-ok", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let fp = fingerprint(&lab);
-    let tok = token(&lab, 3600);
+    let tok = token(&lab, Some(3600));
     let mid = machine_id(&lab.dir, "machine-id", "5f3c0a1e9b8d4c7e8a6b2d1f0e9c8b7a");
     let (out, cfg) = setup(
         &lab,
         "gw-enr",
         &fp,
-        &token_file(&lab.dir, "tok", &tok),
+        &secret_file(&lab.dir, "tok", &tok),
         &mid,
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -118,7 +57,7 @@ fn enroll_then_stream_with_the_sealed_key() {
     // The written config, plus the lab's audio and development sections.
     let speech = speech_fixture(&lab.dir, "Enrolled with a sealed key.");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), None);
-    let metrics = format!("127.0.0.1:{}", common::lab::free_tcp());
+    let metrics = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp());
     std::fs::write(
         &cfg,
         format!(
@@ -152,8 +91,8 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
     let fp = fingerprint(&lab);
     let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
 
-    let tok = token(&lab, 3600);
-    let f = token_file(&lab.dir, "t1", &tok);
+    let tok = token(&lab, Some(3600));
+    let f = secret_file(&lab.dir, "t1", &tok);
     assert!(setup(&lab, "gw-a", &fp, &f, &mid).0.status.success());
     let (again, _) = setup(&lab, "gw-b", &fp, &f, &mid);
     assert!(!again.status.success());
@@ -163,16 +102,22 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
         stderr(&again)
     );
 
-    let short = token(&lab, 1);
+    let short = token(&lab, Some(1));
     std::thread::sleep(Duration::from_millis(2_100));
-    let (late, _) = setup(&lab, "gw-c", &fp, &token_file(&lab.dir, "t2", &short), &mid);
+    let (late, _) = setup(
+        &lab,
+        "gw-c",
+        &fp,
+        &secret_file(&lab.dir, "t2", &short),
+        &mid,
+    );
     assert!(!late.status.success());
 
     let (wrong, _) = setup(
         &lab,
         "gw-d",
         &fp,
-        &token_file(&lab.dir, "t3", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        &secret_file(&lab.dir, "t3", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
         &mid,
     );
     assert!(!wrong.status.success());
@@ -192,7 +137,7 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
     );
 
     // A flood of guesses from one address is cut off.
-    let bad = token_file(&lab.dir, "t4", "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB");
+    let bad = secret_file(&lab.dir, "t4", "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB");
     let mut limited = false;
     for i in 0..8 {
         let (o, _) = setup(&lab, &format!("gw-f{i}"), &fp, &bad, &mid);
@@ -205,8 +150,8 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
     assert!(limited, "no rate limit after repeated failures");
     assert!(audit(&lab).iter().any(|e| e.0 == "enroll_limited"));
     // Still limited even with a good token: the address is locked out.
-    let good = token(&lab, 3600);
-    let (o, _) = setup(&lab, "gw-g", &fp, &token_file(&lab.dir, "t5", &good), &mid);
+    let good = token(&lab, Some(3600));
+    let (o, _) = setup(&lab, "gw-g", &fp, &secret_file(&lab.dir, "t5", &good), &mid);
     assert!(
         stderr(&o).contains("too many enrollment attempts"),
         "{}",
@@ -220,10 +165,16 @@ fn a_wrong_ca_fingerprint_aborts_before_anything_is_sent() {
     let lab = Lab::new("enroll-fp", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
-    let tok = token(&lab, 3600);
+    let tok = token(&lab, Some(3600));
     let before = audit(&lab).len();
     let wrong = format!("SHA256:{}", "ab".repeat(32));
-    let (o, cfg) = setup(&lab, "gw-x", &wrong, &token_file(&lab.dir, "t", &tok), &mid);
+    let (o, cfg) = setup(
+        &lab,
+        "gw-x",
+        &wrong,
+        &secret_file(&lab.dir, "t", &tok),
+        &mid,
+    );
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
@@ -241,7 +192,7 @@ fn a_wrong_ca_fingerprint_aborts_before_anything_is_sent() {
         &lab,
         "gw-x",
         &fingerprint(&lab),
-        &token_file(&lab.dir, "t", &tok),
+        &secret_file(&lab.dir, "t", &tok),
         &mid,
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
@@ -253,12 +204,12 @@ fn sealed_keys_refuse_tampering_other_machines_and_loose_modes() {
     let lab = Lab::new("enroll-sealed", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
-    let tok = token(&lab, 3600);
+    let tok = token(&lab, Some(3600));
     let (o, cfg) = setup(
         &lab,
         "gw-s",
         &fingerprint(&lab),
-        &token_file(&lab.dir, "t", &tok),
+        &secret_file(&lab.dir, "t", &tok),
         &mid,
     );
     assert!(o.status.success(), "{}", stderr(&o));

@@ -7,67 +7,24 @@
 //! run` reads from a CREDENTIALS_DIRECTORY; `voxgate keys status` reports
 //! and fails when not enrolled.
 
-mod common;
-
-use common::audio_env::{AlsaFileDevices, speech_fixture};
-use common::lab::{Lab, bin, dev_privilege, free_tcp, metric, opusdec, wait_for};
-use common::swtpm::Swtpm;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn fingerprint(lab: &Lab) -> String {
-    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    voxgate::pki::name::fingerprint(&ca[0])
-}
-
-/// A fresh single-use token in a 0600 file.
-fn token_file(lab: &Lab, name: &str) -> PathBuf {
-    let out = Command::new(bin())
-        .args(["relay", "token", "create", "--config"])
-        .arg(lab.dir.join("relay.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let p = lab.dir.join(name);
-    std::fs::write(&p, String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::cmd::{stderr, stdout};
+use voxgate_testkit::enroll::Setup;
+use voxgate_testkit::lab::{Lab, bin, dev_privilege, free_tcp, metric, opusdec, wait_for};
+use voxgate_testkit::swtpm::Swtpm;
 
 /// `voxgate setup` for `id` with extra arguments; returns its output and
 /// the config it writes.
 fn setup(lab: &Lab, id: &str, extra: &[&str], env: &[(&str, &str)]) -> (Output, PathBuf) {
-    let cfg = lab.dir.join(format!("{id}.toml"));
-    let mid = lab.dir.join("machine-id");
-    std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
-    let mut c = Command::new(bin());
-    c.args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
-        .args(["--ca-fingerprint", &fingerprint(lab), "--device-id", id])
-        .args(["--server-name", "relay.voxgate.test", "--token-file"])
-        .arg(token_file(lab, &format!("{id}.token")))
-        .arg("--dir")
-        .arg(lab.dir.join(id))
-        .arg("--config-out")
-        .arg(&cfg)
-        .arg("--machine-id")
-        .arg(&mid)
-        .arg("--serial")
-        .arg(lab.dir.join("no-serial"))
-        .args(extra);
+    let mut s = Setup::new(lab, id).args(extra);
     for (k, v) in env {
-        c.env(k, v);
+        s = s.env(k, v);
     }
-    (c.output().unwrap(), cfg)
+    s.output()
 }
 
 /// The config `setup` wrote, plus the lab's audio, metrics and development
@@ -99,7 +56,7 @@ fn stream(
     m: std::net::SocketAddr,
     env: &[(String, String)],
     frames: f64,
-) -> common::lab::Proc {
+) -> voxgate_testkit::lab::Proc {
     let mut gw = lab.start_gateway(cfg, env);
     wait_for(Duration::from_secs(20), "streaming", || {
         gw.assert_running();
@@ -423,7 +380,7 @@ fn systemd_creds_backend_reads_the_credentials_directory() {
 
 #[test]
 fn keys_status_fails_clearly_when_not_enrolled() {
-    let dir = common::lab::test_dir("id-status");
+    let dir = voxgate_testkit::lab::test_dir("id-status");
     let cfg = dir.join("voxgate.toml");
     let st = Command::new(bin())
         .args(["keys", "status", "--config"])

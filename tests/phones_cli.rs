@@ -2,10 +2,8 @@
 //! is printed once by `add`, never stored, and the store is sealed to the
 //! box's machine id.
 
-mod common;
-
-use common::lab::{bin, test_dir};
 use std::process::Command;
+use voxgate_testkit::lab::{bin, test_dir};
 
 fn voxgate(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin()).args(args).output().unwrap();

@@ -3,12 +3,10 @@
 //! streams. Misconfigurations stop it before it does anything as root.
 //! CI runs as root, as on the box; the tests skip nothing.
 
-mod common;
-
-use common::audio_env::{AlsaFileDevices, speech_fixture};
-use common::lab::{Lab, bin, metric, wait_for};
 use std::process::Command;
 use std::time::Duration;
+use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::lab::{Lab, bin, metric, wait_for};
 
 fn status_field(pid: i32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -106,7 +104,7 @@ fn refused(name: &str, privilege: &str, expect: &str) {
     assert!(!out.status.success(), "{name}: it ran:\n{err}");
     assert!(err.contains(expect), "{name}: {err}");
     // It stopped before binding anything.
-    assert!(common::lab::scrape(metrics).is_none());
+    assert!(voxgate_testkit::lab::scrape(metrics).is_none());
 }
 
 #[test]
@@ -171,7 +169,7 @@ fn ambient_bind_capability_is_dropped_after_binding() {
         .status()
         .unwrap();
     let port = 400 + (std::process::id() % 100) as u16; // privileged, per-run
-    let metrics = format!("127.0.0.1:{}", common::lab::free_tcp());
+    let metrics = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp());
     let cfg = lab.dir.join("relay-ambient.toml");
     let d = lab.dir.display();
     std::fs::write(
@@ -196,7 +194,7 @@ fn ambient_bind_capability_is_dropped_after_binding() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("setpriv (util-linux)");
-    let mut p = common::lab::Proc {
+    let mut p = voxgate_testkit::lab::Proc {
         child,
         name: "relay (ambient)".into(),
         log,
@@ -204,7 +202,7 @@ fn ambient_bind_capability_is_dropped_after_binding() {
     let addr = metrics.parse().unwrap();
     wait_for(Duration::from_secs(10), "the relay to start", || {
         p.assert_running();
-        common::lab::scrape(addr).is_some()
+        voxgate_testkit::lab::scrape(addr).is_some()
     });
     let pid = p.pid();
     assert_eq!(status_field(pid, "CapAmb"), "0000000000000000");

@@ -4,10 +4,8 @@
 //! machine does not open, and plaintext `ca.key` / `relay.key` files of an
 //! older release are refused until `voxgate relay seal-ca` seals them.
 
-mod common;
-
-use common::lab::{Lab, bin};
 use std::process::Command;
+use voxgate_testkit::lab::{Lab, bin};
 
 fn relay_run_fails(lab: &Lab) -> String {
     let out = Command::new(bin())

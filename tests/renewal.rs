@@ -4,16 +4,14 @@
 //! fresh key, stores it, keeps its connection (no reconnect, nothing
 //! unsent), and a restarted gateway connects with the renewed pair.
 
-mod common;
-
-use common::audio_env::{AlsaFileDevices, speech_fixture};
-use common::lab::{Lab, bin, dev_privilege, free_tcp, metric, wait_for};
-use common::swtpm::Swtpm;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use voxgate::relay::registry::Registry;
+use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::enroll::{Setup, audit, cert_serial};
+use voxgate_testkit::lab::{Lab, bin, dev_privilege, free_tcp, metric, wait_for};
+use voxgate_testkit::swtpm::Swtpm;
 
 const LIFETIME_S: u64 = 15;
 
@@ -25,51 +23,7 @@ fn lab(name: &str) -> Lab {
 }
 
 fn enroll(lab: &Lab, id: &str, extra: &[&str]) -> PathBuf {
-    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    let fp = voxgate::pki::name::fingerprint(&ca[0]);
-    let out = Command::new(bin())
-        .args(["relay", "token", "create", "--config"])
-        .arg(lab.dir.join("relay.toml"))
-        .output()
-        .unwrap();
-    let tok = lab.dir.join(format!("{id}.token"));
-    std::fs::write(&tok, String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mid = lab.dir.join("machine-id");
-    std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
-    let cfg = lab.dir.join(format!("{id}.toml"));
-    let out = Command::new(bin())
-        .args(["setup", "--relay", &format!("127.0.0.1:{}", lab.quic_port)])
-        .args(["--ca-fingerprint", &fp, "--device-id", id])
-        .args(["--server-name", "relay.voxgate.test", "--token-file"])
-        .arg(&tok)
-        .arg("--dir")
-        .arg(lab.dir.join(id))
-        .arg("--config-out")
-        .arg(&cfg)
-        .arg("--machine-id")
-        .arg(&mid)
-        .arg("--serial")
-        .arg(lab.dir.join("no-serial"))
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cfg
-}
-
-fn serial(cert: &Path) -> String {
-    let c = voxgate::pki::files::read_certs(cert).unwrap();
-    let (_, x) = x509_parser::parse_x509_certificate(&c[0]).unwrap();
-    x.tbs_certificate
-        .raw_serial()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Setup::new(lab, id).args(extra).run()
 }
 
 /// Enrolled device `id` renews while streaming, then reconnects after a
@@ -78,7 +32,7 @@ fn renews_while_streaming(lab: &Lab, id: &str, cfg: &Path, key_file: &str) {
     let mut relay = lab.start_relay();
     let dir = lab.dir.join(id);
     let cert = dir.join("device.pem");
-    let serial0 = serial(&cert);
+    let serial0 = cert_serial(&cert);
     let cert0 = std::fs::read(&cert).unwrap();
     let key0 = std::fs::read(dir.join(key_file)).unwrap();
 
@@ -129,7 +83,7 @@ fn renews_while_streaming(lab: &Lab, id: &str, cfg: &Path, key_file: &str) {
     );
     gw.stop();
 
-    let serial1 = serial(&cert);
+    let serial1 = cert_serial(&cert);
     assert_ne!(serial0, serial1, "certificate not replaced");
     assert_ne!(
         std::fs::read(dir.join(key_file)).unwrap(),
@@ -147,10 +101,7 @@ fn renews_while_streaming(lab: &Lab, id: &str, cfg: &Path, key_file: &str) {
     assert!(!dir.join("device.pem.new").exists());
     let record = std::fs::read_to_string(dir.join("renewal.state")).unwrap();
     assert!(record.contains("event = \"renewed\""), "{record}");
-    let audit = Registry::open(&lab.dir.join("relay/registry.sqlite3"))
-        .unwrap()
-        .audit_events()
-        .unwrap();
+    let audit = audit(lab);
     assert!(
         audit.iter().any(|e| e.0 == "renewed" && e.2 == id),
         "{audit:?}"

@@ -1,12 +1,10 @@
 //! Revocation cuts a streaming device within a second and refuses its
 //! reconnects in the TLS handshake; `voxgate relay devices` shows it.
 
-mod common;
-
-use common::audio_env::{AlsaFileDevices, speech_fixture};
-use common::lab::{Lab, bin, metric, wait_for};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::lab::{Lab, bin, metric, wait_for};
 
 #[test]
 fn revocation_cuts_a_streaming_device_and_blocks_reconnects() {

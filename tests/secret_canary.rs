@@ -5,14 +5,11 @@
 //! certificate renewal with a fresh key (15-second certificates): the
 //! enrolled key and the renewed key are both checked.
 
-mod common;
-
 use base64::Engine as _;
-use common::audio_env::{AlsaFileDevices, speech_fixture};
-use common::lab::{Lab, bin, dev_privilege, metric, wait_for};
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
+use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::enroll::{Setup, create_token, secret_file};
+use voxgate_testkit::lab::{Lab, dev_privilege, metric, wait_for};
 
 fn forms(bytes: &[u8]) -> Vec<String> {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -38,36 +35,19 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         .replace("log = \"debug\"", "log = \"trace\"");
     std::fs::write(&rc, text).unwrap();
     let mut relay = lab.start_relay();
-    let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-    let fp = voxgate::pki::name::fingerprint(&ca[0]);
-    let out = Command::new(bin())
-        .args(["relay", "token", "create", "--config"])
-        .arg(&rc)
-        .output()
-        .unwrap();
+    let out = create_token(&lab, None);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let token_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let tok = lab.dir.join("token");
-    std::fs::write(&tok, &token).unwrap();
-    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mid = lab.dir.join("machine-id");
-    std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let tok = secret_file(&lab.dir, "token", &token);
     let cfg = lab.dir.join("gw.toml");
-    let setup = Command::new(bin())
-        .args(["setup", "--backend", "sealed-file"])
-        .args(["--relay", &format!("127.0.0.1:{}", lab.quic_port)])
-        .args(["--ca-fingerprint", &fp, "--device-id", "gw-canary"])
-        .args(["--server-name", "relay.voxgate.test", "--token-file"])
-        .arg(&tok)
-        .arg("--dir")
-        .arg(lab.dir.join("gw"))
-        .arg("--config-out")
-        .arg(&cfg)
-        .arg("--machine-id")
-        .arg(&mid)
+    let (setup, _) = Setup::new(&lab, "gw-canary")
+        .token_file(&tok)
+        .dir(&lab.dir.join("gw"))
+        .config_out(&cfg)
+        .no_serial()
+        .args(["--backend", "sealed-file"])
         .env("VOXGATE_LOG", "trace")
-        .output()
-        .unwrap();
+        .output();
     assert!(
         setup.status.success(),
         "{}",
@@ -76,7 +56,7 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
 
     let speech = speech_fixture(&lab.dir, "Nothing secret should be written down.");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), Some(&lab.dir.join("spk.raw")));
-    let metrics = format!("127.0.0.1:{}", common::lab::free_tcp());
+    let metrics = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp());
     let written = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,

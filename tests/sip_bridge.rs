@@ -10,14 +10,12 @@
 //! `digest = ["md5"]`. SHA-256 digest is covered by `sip::auth`'s RFC 7616
 //! vectors and the default challenge test below.
 
-mod common;
-
-use common::audio_env::{score, speech_fixture};
-use common::lab::Lab;
-use common::sip::{Baresip, SipGateway, sipp, sipp_auth, wait_child};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
+use voxgate_testkit::audio_env::{score, speech_fixture};
+use voxgate_testkit::lab::Lab;
+use voxgate_testkit::sip::{Baresip, SipGateway, register_scenario, sipp, wait_child};
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
@@ -113,40 +111,6 @@ fn a_phone_on_one_box_calls_a_phone_on_another_both_ways_audio() {
     }
 }
 
-const REGISTER: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="register with digest">
-  <send retrans="500"><![CDATA[
-REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:[service]@[remote_ip]>;tag=[pid]SIPpTag[call_number]
-To: <sip:[service]@[remote_ip]>
-Call-ID: [call_id]
-CSeq: 1 REGISTER
-Contact: <sip:[service]@[local_ip]:[local_port]>
-Max-Forwards: 70
-Expires: 300
-Content-Length: 0
-
-]]></send>
-  <recv response="401" auth="true"/>
-  <send retrans="500"><![CDATA[
-REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:[service]@[remote_ip]>;tag=[pid]SIPpTag[call_number]
-To: <sip:[service]@[remote_ip]>
-Call-ID: [call_id]
-CSeq: 2 REGISTER
-Contact: <sip:[service]@[local_ip]:[local_port]>
-[authentication]
-Max-Forwards: 70
-Expires: 300
-Content-Length: 0
-
-]]></send>
-  <recv response="RESPONSE"/>
-</scenario>
-"#;
-
 fn register(
     dir: &std::path::Path,
     gw: &SipGateway,
@@ -156,9 +120,7 @@ fn register(
     ip: &str,
     name: &str,
 ) -> bool {
-    let scenario = REGISTER
-        .replace("RESPONSE", &expect.to_string())
-        .replace("[authentication]", &sipp_auth(ext, password));
+    let scenario = register_scenario(ext, password, expect, false);
     let target = format!("127.0.0.1:{}", gw.sip_port);
     let out = sipp(
         dir,
@@ -292,7 +254,7 @@ fn default_challenges_offer_sha256_first_and_garbage_is_dropped() {
 }
 
 fn sipvicious(tool: &str) -> std::path::PathBuf {
-    let p = common::audio_env::repo_root()
+    let p = voxgate_testkit::audio_env::repo_root()
         .join(".venv/bin")
         .join(format!("sipvicious_{tool}"));
     assert!(

@@ -1,12 +1,10 @@
 //! Type=notify: both daemons report READY=1 and ping the watchdog over a
 //! real `$NOTIFY_SOCKET`, after the privilege drop and sandbox.
 
-mod common;
-
-use common::audio_env::AlsaFileDevices;
-use common::lab::Lab;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
+use voxgate_testkit::audio_env::AlsaFileDevices;
+use voxgate_testkit::lab::Lab;
 
 fn messages(sock: &UnixDatagram, until: Duration) -> Vec<String> {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -36,14 +34,14 @@ fn both_roles_report_ready_and_ping_the_watchdog() {
     // The relay (its own start path) ...
     let mut relay = {
         let log = lab.dir.join("relay-notify.log");
-        let mut c = std::process::Command::new(common::lab::bin());
+        let mut c = std::process::Command::new(voxgate_testkit::lab::bin());
         c.args(["relay", "run", "--config"])
             .arg(lab.dir.join("relay.toml"))
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env() {
             c.env(k, v);
         }
-        common::lab::Proc {
+        voxgate_testkit::lab::Proc {
             child: c.spawn().unwrap(),
             name: "relay".into(),
             log,
@@ -84,7 +82,7 @@ fn both_roles_report_ready_and_ping_the_watchdog() {
     // The relay's socket was left unread since: its queue is full, and the
     // relay must not have stalled on it.
     assert!(
-        common::lab::scrape(lab.relay_metrics).is_some(),
+        voxgate_testkit::lab::scrape(lab.relay_metrics).is_some(),
         "relay stalled"
     );
     assert!(gw.stop().success());

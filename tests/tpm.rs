@@ -1,107 +1,15 @@
 //! The TPM key backend against a real software TPM (swtpm, Debian packages
 //! `swtpm swtpm-tools`): one swtpm per test on free loopback ports, with its
-//! state under CARGO_TARGET_TMPDIR, killed on drop.
+//! state under the target's tmp, killed on drop (`voxgate_testkit::swtpm`).
 
 use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voxgate::identity::tpm::{
     KeyBlob, RcKind, SealedBlob, Tpm, TpmError, TpmKey, TpmOptions, TpmSpec, TpmaObject,
 };
-
-struct Swtpm {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn state_dir(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tpm-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-impl Swtpm {
-    fn start(name: &str) -> Swtpm {
-        Swtpm::start_in(state_dir(name))
-    }
-
-    /// Start swtpm on `dir` (a fresh TPM if the directory is empty).
-    fn start_in(dir: PathBuf) -> Swtpm {
-        for _ in 0..5 {
-            let (port, ctrl) = (free_port(), free_port());
-            let log = std::fs::File::create(dir.join("swtpm.log")).unwrap();
-            let mut child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--server"])
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-                .arg("--tpmstate")
-                .arg(format!("dir={}", dir.display()))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("swtpm not installed: apt-get install swtpm swtpm-tools");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken between probe and bind: try others
-                }
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Swtpm { child, dir, port };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("swtpm did not start; see {}/swtpm.log", dir.display());
-    }
-
-    fn spec(&self) -> TpmSpec {
-        format!("swtpm:127.0.0.1:{}", self.port).parse().unwrap()
-    }
-
-    fn open(&self) -> Tpm {
-        Tpm::open_with(self.spec(), TpmOptions::default()).unwrap()
-    }
-
-    /// Stop swtpm and start it again on the same state.
-    fn restart(mut self) -> Swtpm {
-        self.stop();
-        let dir = std::mem::take(&mut self.dir);
-        Swtpm::start_in(dir)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        self.stop();
-        if !std::thread::panicking() && !self.dir.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+use voxgate_testkit::swtpm::Swtpm;
 
 /// Forwards simulator frames to swtpm, except that the first connection
 /// goes silent at its command number `hang_at` (0-based): it drops its
@@ -307,7 +215,7 @@ fn many_signatures_do_not_exhaust_object_memory() {
             cache_primary,
             ..TpmOptions::default()
         };
-        let tpm = Tpm::open_with(sw.spec(), options).unwrap();
+        let tpm = Tpm::open_with(sw.tpm_spec(), options).unwrap();
         let t = Instant::now();
         for i in 0..200u32 {
             tpm.sign(&blob, &i.to_be_bytes())
@@ -359,7 +267,7 @@ fn unresponsive_tpm_fails_within_the_timeout() {
     assert!(t.elapsed() < timeout + Duration::from_secs(1));
     // Nobody listening: a clear error at once.
     drop(sw);
-    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = SocketAddr::from(([127, 0, 0, 1], voxgate_testkit::lab::free_tcp()));
     let e = Tpm::open_with(TpmSpec::Simulator(closed), options).unwrap_err();
     assert!(e.to_string().contains("is swtpm running"), "{e}");
     let e = Tpm::open("device:/nonexistent/tpmrm0").unwrap_err();

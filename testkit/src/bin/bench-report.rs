@@ -1,0 +1,71 @@
+//! Renders docs/BENCHMARKS.md from the benches' JSON results; the bench
+//! scripts run it after their benches, with the machine facts in the
+//! environment (see each script).
+//!
+//!   bench-report pipeline DOC    the whole document from
+//!                                $BENCH_OUT/{pipeline,relay_load,phone_leg}.json
+//!                                (keeps the other scripts' blocks)
+//!   bench-report sip DOC         the `sip` block from $BS_WORK/{sip_load,phone_leg}.json
+//!   bench-report identity DOC    the `identity` block from $BI_OUT/identity.json
+//!   bench-report appliance DOC   the `appliance` block from $BA_WORK (start-up
+//!                                JSON, systemd-analyze output) and the binaries
+
+use std::path::{Path, PathBuf};
+use voxgate_testkit::bench::PhoneLegResults;
+use voxgate_testkit::report::{self, appliance, identity, pipeline, sip, value::load_json};
+
+fn dir(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set")))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(what), Some(doc)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: bench-report pipeline|sip|identity|appliance DOC");
+        std::process::exit(2);
+    };
+    let doc = Path::new(doc);
+    match what.as_str() {
+        "pipeline" => {
+            let out = dir("BENCH_OUT");
+            let res = pipeline::Results {
+                pipeline: load_json(&out.join("pipeline.json")),
+                relay_load: load_json(&out.join("relay_load.json")),
+                phone_leg: PhoneLegResults::read(&out.join("phone_leg.json")),
+            };
+            report::write_document(doc, &res, &pipeline::Env::from_env());
+            println!("wrote {}", doc.display());
+        }
+        "sip" => {
+            let work = dir("BS_WORK");
+            let read = |n: &str| {
+                let p = work.join(n);
+                let t =
+                    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            };
+            let pl = PhoneLegResults::read(&work.join("phone_leg.json"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let block = sip::render(&read("sip_load.json"), &pl, &sip::Env::from_env());
+            report::write_block(doc, "sip", &block);
+            println!("{block}");
+        }
+        "identity" => {
+            let p = dir("BI_OUT").join("identity.json");
+            let t = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let d = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let block = identity::render(&d, &identity::Env::from_env());
+            report::write_block(doc, "identity", &block);
+            println!("{block}");
+        }
+        "appliance" => {
+            let block = appliance::render(&appliance::Env::from_env());
+            report::write_block(doc, "appliance", &block);
+            println!("{block}");
+        }
+        other => {
+            eprintln!("bench-report: unknown report {other:?}");
+            std::process::exit(2);
+        }
+    }
+}

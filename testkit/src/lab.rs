@@ -1,0 +1,419 @@
+//! A lab: one relay and gateways as real child processes of the `voxgate`
+//! binary, each in a fresh directory with its own CA, certificates, configs
+//! and free loopback ports.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The target directory of the running test or bench executable
+/// (`<target>/<profile>/deps/NAME-HASH`): cargo builds the `voxgate`
+/// binary beside `deps/` for every integration test and bench.
+fn profile_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let deps = exe.parent().expect("deps dir");
+        let dir = if deps.ends_with("deps") {
+            deps.parent().unwrap()
+        } else {
+            deps
+        };
+        dir.to_path_buf()
+    })
+}
+
+/// The `voxgate` binary of this build (what `CARGO_BIN_EXE_voxgate` names
+/// in a test or bench); `VOXGATE_BIN` overrides it.
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(b) = std::env::var_os("VOXGATE_BIN").filter(|b| !b.is_empty()) {
+            return b.into_string().expect("VOXGATE_BIN is not UTF-8");
+        }
+        let b = profile_dir().join("voxgate");
+        assert!(
+            b.is_file(),
+            "{} missing (built by cargo test/bench)",
+            b.display()
+        );
+        b.into_os_string()
+            .into_string()
+            .expect("target path is not UTF-8")
+    })
+}
+
+/// `<target>/tmp`: what `CARGO_TARGET_TMPDIR` names in a test or bench.
+pub fn target_tmpdir() -> PathBuf {
+    let target = profile_dir().parent().expect("target dir");
+    let d = target.join("tmp");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The repository (the kit's parent directory).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the kit lives in the repository")
+}
+
+/// A fresh directory under target/ for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    test_dir_in(&target_tmpdir(), name)
+}
+
+/// A fresh directory under `base`.
+pub fn test_dir_in(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// GET /metrics from a loopback endpoint.
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    scrape(addr)
+        .and_then(|t| voxgate::telemetry::metrics::scrape_value(&t, name))
+        .unwrap_or(0.0)
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return s;
+        }
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: a crash, as far as the peer can tell.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            panic!("{} exited ({s}); log:\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Relay settings for a lab.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub quic_port: u16,
+    pub relay_metrics: SocketAddr,
+    pub downlink: String,
+}
+
+impl Lab {
+    /// A relay config (and CA) in a new directory; `downlink` is the
+    /// `[downlink]` section body, e.g. `mode = "echo"`.
+    pub fn new(name: &str, downlink: &str) -> Lab {
+        Self::new_at(test_dir(name), downlink)
+    }
+
+    /// A lab under /tmp, which every user can traverse: for processes that
+    /// drop to `nobody` (the target dir may sit under /root, mode 0700).
+    pub fn new_public(name: &str, downlink: &str) -> Lab {
+        let dir = test_dir_in(&std::env::temp_dir(), &format!("voxgate-{name}"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self::new_at(dir, downlink)
+    }
+
+    fn new_at(dir: PathBuf, downlink: &str) -> Lab {
+        let lab = Lab {
+            quic_port: free_udp(),
+            relay_metrics: format!("127.0.0.1:{}", free_tcp()).parse().unwrap(),
+            downlink: downlink.to_string(),
+            dir,
+        };
+        lab.write_relay_config();
+        let out = Command::new(bin())
+            .args(["relay", "init", "--config"])
+            .arg(lab.dir.join("relay.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    fn write_relay_config(&self) {
+        // The fleet CA key is sealed to a machine id of the lab's own, so
+        // that no test depends on (or touches) /etc/machine-id.
+        let ca_mid = self.dir.join("ca-machine-id");
+        let id: String = (0..32)
+            .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
+            .collect();
+        std::fs::write(&ca_mid, format!("{id}\n")).unwrap();
+        std::fs::write(
+            self.dir.join("relay.toml"),
+            format!(
+                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n{}{}",
+                self.quic_port,
+                self.downlink,
+                self.relay_metrics,
+                dev_privilege(&self.dir),
+                self.ca_section()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The `[ca]` section that opens this lab's sealed fleet CA key, for
+    /// tests that write relay configs of their own.
+    pub fn ca_section(&self) -> String {
+        format!(
+            "[ca]\nmachine_id = \"{}\"\n",
+            self.dir.join("ca-machine-id").display()
+        )
+    }
+
+    /// Whether the relay keeps its fleet CA key sealed (`ca.key.sealed`,
+    /// as `relay init` writes it) and no plaintext copy.
+    pub fn ca_key_sealed(&self) -> bool {
+        let relay = self.dir.join("relay");
+        relay.join(voxgate::relay::ca::CA_KEY_SEALED).exists()
+            && !relay.join(voxgate::relay::ca::CA_KEY).exists()
+    }
+
+    /// Start the relay and wait until its metrics endpoint answers.
+    pub fn start_relay(&self) -> Proc {
+        let log = self.dir.join(format!("relay-{}.log", fastrand::u32(..)));
+        let child = Command::new(bin())
+            .args(["relay", "run", "--config"])
+            .arg(self.dir.join("relay.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = Proc {
+            child,
+            name: "relay".into(),
+            log,
+        };
+        self.wait_relay_up(&mut p);
+        p
+    }
+
+    /// Waits (15 s at most) until the relay's metrics endpoint answers.
+    pub fn wait_relay_up(&self, p: &mut Proc) {
+        let t0 = Instant::now();
+        while scrape(self.relay_metrics).is_none() {
+            p.assert_running();
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "relay did not start"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The relay as production runs it (the log level its config says, no
+    /// `VOXGATE_LOG`), `binary` with config `cfg` pinned to `cpu` with
+    /// taskset, stderr to `log`; waits until it is up.
+    pub fn start_relay_pinned(&self, binary: &str, cfg: &Path, log: &Path, cpu: usize) -> Proc {
+        let child = Command::new("taskset")
+            .args(["-c", &cpu.to_string()])
+            .arg(binary)
+            .args(["relay", "run", "--config"])
+            .arg(cfg)
+            .env_remove("VOXGATE_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn taskset (util-linux)");
+        let mut p = Proc {
+            child,
+            name: "relay".into(),
+            log: log.to_path_buf(),
+        };
+        self.wait_relay_up(&mut p);
+        p
+    }
+
+    /// Issue a dev certificate and write a gateway config; returns its path
+    /// and metrics address. `extra` is appended (e.g. `[capture]` sections).
+    pub fn gateway_config(&self, id: &str, relay_port: u16, extra: &str) -> (PathBuf, SocketAddr) {
+        let gdir = self.dir.join(id);
+        if !gdir.join("device.pem").exists() {
+            let out = Command::new(bin())
+                .args(["relay", "dev-cert", "--config"])
+                .arg(self.dir.join("relay.toml"))
+                .args(["--device-id", id, "--out"])
+                .arg(&gdir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "dev-cert: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
+        let cfg = gdir.join("gateway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "device_id = \"{id}\"\n[relay]\naddress = \"127.0.0.1:{relay_port}\"\nserver_name = \"relay.voxgate.test\"\nca = \"ca.pem\"\n[identity]\ncert = \"device.pem\"\nkey = \"device.key\"\n[telemetry]\nlog = \"debug\"\nmetrics = \"{metrics}\"\n{extra}\n{}",
+                dev_privilege(&self.dir)
+            ),
+        )
+        .unwrap();
+        (cfg, metrics)
+    }
+
+    /// Start `voxgate run` with the given environment.
+    pub fn start_gateway(&self, cfg: &Path, env: &[(String, String)]) -> Proc {
+        self.start_gateway_with(Path::new(bin()), cfg, env)
+    }
+
+    /// Start `voxgate run` from another build of the binary (the benchmarks
+    /// compare the static release binary with this one).
+    pub fn start_gateway_with(&self, binary: &Path, cfg: &Path, env: &[(String, String)]) -> Proc {
+        let log = cfg.with_file_name(format!("gateway-{}.log", fastrand::u32(..)));
+        let mut c = Command::new(binary);
+        c.args(["run", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc {
+            child: c.spawn().unwrap(),
+            name: "gateway".into(),
+            log,
+        }
+    }
+
+    /// Every recording the relay made, sorted by name (time, session).
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if let Ok(devs) = std::fs::read_dir(self.dir.join("recordings")) {
+            for d in devs.flatten() {
+                for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                    v.push(f.path());
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+}
+
+/// A QUIC client config for device `id` from its directory (as
+/// [`Lab::gateway_config`] writes it): its certificate and key, the lab CA.
+pub fn device_client_config(gdir: &Path, id: &str) -> quinn::ClientConfig {
+    use voxgate::transport::tls;
+    let identity =
+        tls::DevFileIdentity::load(id, &gdir.join("device.pem"), &gdir.join("device.key"))
+            .expect("device identity");
+    let ca = voxgate::pki::files::read_certs(&gdir.join("ca.pem")).expect("lab CA");
+    tls::client_config(&ca, &identity).expect("client config")
+}
+
+/// Development privilege settings for processes the tests start as root:
+/// stay root (explicitly), keep the sandbox on, and let it see the lab.
+/// The privilege tests configure a real drop instead.
+pub fn dev_privilege(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "[privilege]\nstay_root = true\n[sandbox]\nread = [\"{d}\", \"/tmp\"]\nwrite = [\"{d}\"]\n"
+    )
+}
+
+/// Wait until `f` holds, polling; panics with `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Decode an Ogg Opus file to a 48 kHz mono WAV with opusdec.
+pub fn opusdec(ogg: &Path) -> PathBuf {
+    let wav = ogg.with_extension("wav");
+    let out = Command::new("opusdec")
+        .args(["--quiet", "--rate", "48000"])
+        .arg(ogg)
+        .arg(&wav)
+        .output()
+        .expect("opusdec missing: run scripts/deps");
+    assert!(
+        out.status.success(),
+        "opusdec {}: {}",
+        ogg.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wav
+}

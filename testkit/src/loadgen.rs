@@ -1,0 +1,679 @@
+//! The relay_load bench's load generator: many device sessions, driven by
+//! one thread without a task or timer per connection.
+//!
+//! Each stream is what a gateway sends: its own QUIC connection (mutual TLS
+//! with the device certificate, ALPN `voxgate/1`), the control handshake
+//! (hello, welcome, `flow_open` of up flow 0 with its own SSRC) on one
+//! bidirectional stream, then one RTP-over-QUIC datagram (flow id + RTP +
+//! one real Opus packet) every 20 ms, for the life of the connection.
+//! Only the machinery differs from `quinn`'s: the connections are
+//! `quinn_proto` state machines owned by one loop, all on one UDP socket,
+//! so a datagram costs no task wake-up, no lock and no channel hop. The
+//! loop wakes every 1 ms slot (a timer; the socket is polled, not
+//! registered), sends the datagrams of the streams in that
+//! slot (each stream sits in one of 20 slots, so that the streams' packets
+//! spread over the 20 ms like those of independent devices), reads what
+//! the relay sent (ACKs, PINGs, stats), and fires connection timers that
+//! are due, found by scanning one vector of deadlines.
+
+use bytes::{Bytes, BytesMut};
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_proto::{
+    ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint,
+    EndpointConfig, Event, StreamEvent, StreamId,
+};
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use voxgate::media::sender::RtpSender;
+use voxgate::proto::control::{self, Direction, FlowOpen, Hello, Message};
+
+/// Send slots per 20 ms frame.
+const SLOTS: u64 = 20;
+const SLOT: Duration = Duration::from_millis(1);
+/// A slot that fires later than this is counted as late.
+const LATE: Duration = Duration::from_millis(2);
+const RX_BATCH: usize = 32;
+const RX_SLOT: usize = 1500;
+const DEVICE_CAPS: [&str; 2] = ["opus", "fec"];
+
+/// Counters the bench reads at any time.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams handed to quinn-proto without error.
+    pub handed: AtomicU64,
+    /// Datagrams quinn-proto refused.
+    pub refused: AtomicU64,
+    /// Slots run, slots run more than 2 ms late, and the worst lateness (µs).
+    pub ticks: AtomicU64,
+    pub late_ticks: AtomicU64,
+    pub max_late_us: AtomicU64,
+    /// UDP packets the socket would not take (dropped by the generator).
+    pub send_drops: AtomicU64,
+    /// Whether the generator thread runs at SCHED_FIFO.
+    pub fifo: std::sync::atomic::AtomicBool,
+}
+
+/// What the generator knows about its connections.
+#[derive(Debug, Default, Clone)]
+pub struct Status {
+    /// Sessions streaming (welcome received, flow opened, not closed).
+    pub streaming: usize,
+    /// Sessions still in the handshake.
+    pub setting_up: usize,
+    /// Sessions that failed or closed before streaming, and the first reason.
+    pub failed: usize,
+    pub first_error: Option<String>,
+    /// DATAGRAM frames transmitted, over every live connection.
+    pub datagrams_tx: u64,
+}
+
+enum Cmd {
+    /// Open sessions until `n` are streaming or setting up.
+    Target {
+        n: usize,
+        per_s: f64,
+        concurrency: usize,
+    },
+    /// Close streaming sessions until `n` are left.
+    Shrink(usize),
+    Status(oneshot::Sender<Status>),
+    Stop,
+}
+
+/// Handle of the generator thread.
+pub struct Generator {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    pub counters: Arc<Counters>,
+    pub local_port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Generator {
+    /// Starts the generator thread (it inherits this thread's CPU affinity).
+    pub fn start(
+        relay: SocketAddr,
+        server_name: &str,
+        device: &'static str,
+        cfg: ClientConfig,
+        packets: Arc<Vec<Vec<u8>>>,
+    ) -> std::io::Result<Generator> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let local_port = sock.local_addr()?.port();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let name = server_name.to_string();
+        let thread = std::thread::Builder::new()
+            .name("loadgen".into())
+            .spawn(move || {
+                // A load generator must not be the one that runs late:
+                // SCHED_FIFO (root) keeps other processes on its CPU from
+                // delaying its 1 ms slots by a time slice. Refused, it runs
+                // at the normal policy and its late slots are counted.
+                let fifo = matches!(
+                    voxgate::privilege::realtime::promote_current_thread("loadgen", 10),
+                    voxgate::privilege::realtime::Promotion::Fifo(_)
+                );
+                c.fifo.store(fifo, Relaxed);
+                let mut g =
+                    Gen::new(sock, relay, name, device, cfg, packets, c).expect("generator socket");
+                g.run(rx);
+            })?;
+        Ok(Generator {
+            cmd: tx,
+            counters,
+            local_port,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn target(&self, n: usize, per_s: f64, concurrency: usize) {
+        let _ = self.cmd.send(Cmd::Target {
+            n,
+            per_s,
+            concurrency,
+        });
+    }
+
+    pub fn shrink(&self, n: usize) {
+        let _ = self.cmd.send(Cmd::Shrink(n));
+    }
+
+    pub async fn status(&self) -> Status {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Status(tx)).is_err() {
+            return Status::default();
+        }
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+
+    /// Closes every session and stops the thread (bounded).
+    pub fn stop(mut self) {
+        let _ = self.cmd.send(Cmd::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Handshake,
+    AwaitWelcome,
+    Streaming,
+    Closing,
+}
+
+struct Dev {
+    conn: Connection,
+    phase: Phase,
+    ctrl: Option<StreamId>,
+    rx: Vec<u8>,
+    rtp: RtpSender,
+    ssrc: u32,
+    pos: usize,
+}
+
+struct Gen {
+    /// Non-blocking and registered with no poller: the relay's packets are
+    /// read once a slot, and their arrival wakes nobody (a registered socket
+    /// would have the kernel wake this thread, from the relay's CPU, for
+    /// every ACK on loopback).
+    sock: std::net::UdpSocket,
+    state: UdpSocketState,
+    endpoint: Endpoint,
+    relay: SocketAddr,
+    server_name: String,
+    device: &'static str,
+    cfg: ClientConfig,
+    packets: Arc<Vec<Vec<u8>>>,
+    counters: Arc<Counters>,
+    /// Connections by `ConnectionHandle.0`.
+    devs: Vec<Option<Dev>>,
+    /// Each connection's next timer, by the same index.
+    deadlines: Vec<Option<Instant>>,
+    /// Streaming sessions per send slot.
+    slots: Vec<Vec<usize>>,
+    dirty: Vec<usize>,
+    target: usize,
+    per_s: f64,
+    concurrency: usize,
+    failed: usize,
+    first_error: Option<String>,
+    /// Datagram frames sent by connections that are gone.
+    tx_closed: u64,
+    tx_buf: Vec<u8>,
+    /// Receive buffers: `RX_BATCH` slots of `rx_stride` bytes (GRO batches).
+    rx_bufs: Vec<u8>,
+    rx_stride: usize,
+    resp: Vec<u8>,
+    frame: [u8; 1500],
+    last_connect: Instant,
+}
+
+impl Gen {
+    fn new(
+        sock: std::net::UdpSocket,
+        relay: SocketAddr,
+        server_name: String,
+        device: &'static str,
+        cfg: ClientConfig,
+        packets: Arc<Vec<Vec<u8>>>,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<Gen> {
+        sock.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&sock).into())?;
+        // Room for the relay's ACKs of a few thousand connections.
+        let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
+        let _ = state.set_send_buffer_size((&sock).into(), 4 << 20);
+        let gro = state.gro_segments();
+        Ok(Gen {
+            sock,
+            state,
+            endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None),
+            relay,
+            server_name,
+            device,
+            cfg,
+            packets,
+            counters,
+            devs: Vec::new(),
+            deadlines: Vec::new(),
+            rx_bufs: vec![0; RX_BATCH * RX_SLOT * gro],
+            rx_stride: RX_SLOT * gro,
+            resp: Vec::new(),
+            slots: vec![Vec::new(); SLOTS as usize],
+            dirty: Vec::new(),
+            target: 0,
+            per_s: 1.0,
+            concurrency: 1,
+            failed: 0,
+            first_error: None,
+            tx_closed: 0,
+            tx_buf: Vec::with_capacity(1500),
+            frame: [0; 1500],
+            last_connect: Instant::now(),
+        })
+    }
+
+    fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let start = Instant::now();
+        let mut slot_n: u64 = 0;
+        let mut stopping: Option<Instant> = None;
+        loop {
+            // One wake-up per 1 ms slot: what arrived since the last one
+            // waits in the socket buffer (4 MiB) until then. A plain
+            // `nanosleep` (no timer wheel rounding up to the next
+            // millisecond; a real-time thread has no timer slack).
+            let next_slot = start + SLOT * slot_n as u32;
+            if let Some(d) = next_slot.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                match cmd {
+                    Cmd::Target {
+                        n,
+                        per_s,
+                        concurrency,
+                    } => {
+                        self.target = n;
+                        self.per_s = per_s;
+                        self.concurrency = concurrency;
+                    }
+                    Cmd::Shrink(n) => self.shrink(n),
+                    Cmd::Status(tx) => {
+                        let _ = tx.send(self.status());
+                    }
+                    Cmd::Stop => {
+                        self.target = 0;
+                        self.shrink(0);
+                        stopping.get_or_insert(Instant::now());
+                    }
+                }
+            }
+            if rx.is_closed() {
+                stopping.get_or_insert(Instant::now());
+            }
+            self.receive();
+            let now = Instant::now();
+            // Send slots that are due (a late one is counted, then caught up).
+            while now >= start + SLOT * slot_n as u32 {
+                let due = start + SLOT * slot_n as u32;
+                let late = now.saturating_duration_since(due);
+                let c = &self.counters;
+                c.ticks.fetch_add(1, Relaxed);
+                c.max_late_us.fetch_max(late.as_micros() as u64, Relaxed);
+                if late > LATE {
+                    c.late_ticks.fetch_add(1, Relaxed);
+                }
+                self.send_slot((slot_n % SLOTS) as usize);
+                slot_n += 1;
+            }
+            // Timers that are due (one dense vector, scanned once a slot).
+            for (i, t) in self.deadlines.iter().enumerate() {
+                if t.is_some_and(|t| t <= now)
+                    && let Some(Some(d)) = self.devs.get_mut(i)
+                {
+                    d.conn.handle_timeout(now);
+                    self.dirty.push(i);
+                }
+            }
+            self.connect_more(now);
+            self.flush(now);
+            if let Some(t) = stopping
+                && (self.devs.iter().all(Option::is_none) || t.elapsed() > Duration::from_secs(3))
+            {
+                return;
+            }
+        }
+    }
+
+    fn send_slot(&mut self, slot: usize) {
+        let mut list = std::mem::take(&mut self.slots[slot]);
+        list.retain(|&i| {
+            let Some(d) = self.devs.get_mut(i).and_then(Option::as_mut) else {
+                return false;
+            };
+            if d.phase != Phase::Streaming {
+                return false;
+            }
+            let p = &self.packets[d.pos % self.packets.len()];
+            d.pos += 1;
+            if let Some(len) = d.rtp.frame(p, 960, &mut self.frame) {
+                match d
+                    .conn
+                    .datagrams()
+                    .send(Bytes::copy_from_slice(&self.frame[..len]), true)
+                {
+                    Ok(()) => self.counters.handed.fetch_add(1, Relaxed),
+                    Err(_) => self.counters.refused.fetch_add(1, Relaxed),
+                };
+                self.dirty.push(i);
+            }
+            true
+        });
+        self.slots[slot] = list;
+    }
+
+    fn connect_more(&mut self, now: Instant) {
+        let (mut live, mut setting_up) = (0, 0);
+        for d in self.devs.iter().flatten() {
+            match d.phase {
+                Phase::Handshake | Phase::AwaitWelcome => setting_up += 1,
+                Phase::Streaming => {}
+                Phase::Closing => continue,
+            }
+            live += 1;
+        }
+        let gap = Duration::from_secs_f64(1.0 / self.per_s.max(1.0));
+        if live >= self.target
+            || setting_up >= self.concurrency
+            || now.duration_since(self.last_connect) < gap
+        {
+            return;
+        }
+        self.last_connect = now;
+        match self
+            .endpoint
+            .connect(now, self.cfg.clone(), self.relay, &self.server_name)
+        {
+            Ok((ch, conn)) => {
+                let ssrc = fastrand::u32(..);
+                if self.devs.len() <= ch.0 {
+                    self.devs.resize_with(ch.0 + 1, || None);
+                    self.deadlines.resize(ch.0 + 1, None);
+                }
+                self.devs[ch.0] = Some(Dev {
+                    conn,
+                    phase: Phase::Handshake,
+                    ctrl: None,
+                    rx: Vec::new(),
+                    rtp: RtpSender::new(0, 111, ssrc, fastrand::u16(..), fastrand::u32(..)),
+                    ssrc,
+                    pos: fastrand::usize(..1000),
+                });
+                self.dirty.push(ch.0);
+            }
+            Err(e) => self.fail(format!("connect: {e}")),
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed += 1;
+        self.first_error.get_or_insert(why);
+    }
+
+    fn shrink(&mut self, n: usize) {
+        let now = Instant::now();
+        let mut kept = 0;
+        for i in 0..self.devs.len() {
+            let Some(d) = &mut self.devs[i] else { continue };
+            if d.phase == Phase::Closing {
+                continue;
+            }
+            if kept < n && d.phase == Phase::Streaming {
+                kept += 1;
+                continue;
+            }
+            d.conn
+                .close(now, 0u32.into(), Bytes::from_static(b"fewer streams"));
+            d.phase = Phase::Closing;
+            self.dirty.push(i);
+        }
+        self.target = self.target.min(n);
+    }
+
+    fn status(&self) -> Status {
+        let mut s = Status {
+            failed: self.failed,
+            first_error: self.first_error.clone(),
+            datagrams_tx: self.tx_closed,
+            ..Status::default()
+        };
+        for d in self.devs.iter().flatten() {
+            match d.phase {
+                Phase::Streaming => s.streaming += 1,
+                Phase::Handshake | Phase::AwaitWelcome => s.setting_up += 1,
+                Phase::Closing => {}
+            }
+            s.datagrams_tx += d.conn.stats().frame_tx.datagram;
+        }
+        s
+    }
+
+    /// Reads every datagram waiting on the socket into the endpoint.
+    fn receive(&mut self) {
+        let mut meta = [RecvMeta::default(); RX_BATCH];
+        loop {
+            let mut slices: Vec<IoSliceMut<'_>> = self
+                .rx_bufs
+                .chunks_mut(self.rx_stride)
+                .map(IoSliceMut::new)
+                .collect();
+            let n = match self.state.recv((&self.sock).into(), &mut slices, &mut meta) {
+                Ok(n) => n,
+                Err(_) => return, // WouldBlock: read again next slot
+            };
+            drop(slices);
+            let now = Instant::now();
+            for (k, m) in meta.iter().enumerate().take(n) {
+                let at = k * self.rx_stride;
+                let stride = m.stride.max(1);
+                let mut off = 0;
+                while off < m.len {
+                    let end = (off + stride).min(m.len);
+                    let seg = BytesMut::from(&self.rx_bufs[at + off..at + end]);
+                    off = end;
+                    let ecn = m.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+                    self.resp.clear();
+                    match self
+                        .endpoint
+                        .handle(now, m.addr, m.dst_ip, ecn, seg, &mut self.resp)
+                    {
+                        Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                            if let Some(Some(d)) = self.devs.get_mut(ch.0) {
+                                d.conn.handle_event(ev);
+                                self.dirty.push(ch.0);
+                            }
+                        }
+                        Some(DatagramEvent::Response(t)) => {
+                            let buf = std::mem::take(&mut self.resp);
+                            self.send_raw(&t, &buf);
+                            self.resp = buf;
+                        }
+                        Some(DatagramEvent::NewConnection(_)) | None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_raw(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        let tr = Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
+            contents: &buf[..t.size],
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        // Loopback takes a packet at once unless the send buffer is full;
+        // a packet it refuses is dropped and counted.
+        if self.state.try_send((&self.sock).into(), &tr).is_err() {
+            self.counters.send_drops.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Drives every connection touched since the last flush: endpoint
+    /// events, application events, transmits, next deadline.
+    fn flush(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &i in &dirty {
+            self.drive(i, now);
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn drive(&mut self, i: usize, now: Instant) {
+        let max_segments = self.state.max_gso_segments();
+        let Some(mut d) = self.devs.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        let ch = ConnectionHandle(i);
+        while let Some(ev) = d.conn.poll_endpoint_events() {
+            if let Some(back) = self.endpoint.handle_event(ch, ev) {
+                d.conn.handle_event(back);
+            }
+        }
+        let mut streaming_now = false;
+        while let Some(ev) = d.conn.poll() {
+            match ev {
+                Event::Connected => {
+                    let Some(id) = d.conn.streams().open(Dir::Bi) else {
+                        self.fail("no control stream".into());
+                        d.conn
+                            .close(now, 1u32.into(), Bytes::from_static(b"no stream"));
+                        d.phase = Phase::Closing;
+                        continue;
+                    };
+                    d.ctrl = Some(id);
+                    let mut caps = serde_json_core::heapless::Vec::new();
+                    for c in DEVICE_CAPS {
+                        let _ = caps.push(c);
+                    }
+                    let hello = Message::Hello(Hello {
+                        device: self.device,
+                        version: crate::VERSION,
+                        caps,
+                    });
+                    if let Err(e) = write_msg(&mut d.conn, id, &hello) {
+                        self.fail(e);
+                        d.phase = Phase::Closing;
+                        continue;
+                    }
+                    d.phase = Phase::AwaitWelcome;
+                }
+                Event::Stream(StreamEvent::Readable { id }) if Some(id) == d.ctrl => {
+                    match read_control(&mut d, id) {
+                        Ok(true) if d.phase == Phase::AwaitWelcome => {
+                            let open = Message::FlowOpen(FlowOpen {
+                                flow: 0,
+                                dir: Direction::Up,
+                                ssrc: d.ssrc,
+                                codec: "opus",
+                                frame_ms: 20,
+                            });
+                            match write_msg(&mut d.conn, id, &open) {
+                                Ok(()) => {
+                                    d.phase = Phase::Streaming;
+                                    streaming_now = true;
+                                }
+                                Err(e) => {
+                                    self.fail(e);
+                                    d.conn.close(now, 1u32.into(), Bytes::new());
+                                    d.phase = Phase::Closing;
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if d.phase != Phase::Streaming {
+                                self.fail(e);
+                            }
+                            d.conn.close(now, 1u32.into(), Bytes::new());
+                            d.phase = Phase::Closing;
+                        }
+                    }
+                }
+                Event::ConnectionLost { reason } => {
+                    if matches!(d.phase, Phase::Handshake | Phase::AwaitWelcome) {
+                        self.fail(format!("connection lost: {reason}"));
+                    }
+                    d.phase = Phase::Closing;
+                }
+                _ => {}
+            }
+        }
+        if streaming_now {
+            self.slots[i % SLOTS as usize].push(i);
+        }
+        loop {
+            self.tx_buf.clear();
+            let Some(t) = d.conn.poll_transmit(now, max_segments, &mut self.tx_buf) else {
+                break;
+            };
+            self.send_raw(&t, &self.tx_buf);
+        }
+        self.deadlines[i] = d.conn.poll_timeout();
+        if d.conn.is_drained() {
+            self.deadlines[i] = None;
+            self.tx_closed += d.conn.stats().frame_tx.datagram;
+            while let Some(ev) = d.conn.poll_endpoint_events() {
+                let _ = self.endpoint.handle_event(ch, ev);
+            }
+            return; // dropped: the slot lists skip it
+        }
+        self.devs[i] = Some(d);
+    }
+}
+
+fn write_msg(conn: &mut Connection, id: StreamId, msg: &Message<'_>) -> Result<(), String> {
+    let mut buf = [0u8; control::MAX_MESSAGE + control::PREFIX];
+    let n = control::encode(msg, &mut buf).map_err(|e| e.to_string())?;
+    let w = conn
+        .send_stream(id)
+        .write(&buf[..n])
+        .map_err(|e| e.to_string())?;
+    if w != n {
+        return Err(format!("control stream took {w} of {n} bytes"));
+    }
+    Ok(())
+}
+
+/// Reads the control stream; true when a welcome arrived. The relay's later
+/// messages (stats) are read and dropped, as the gateway does with them.
+fn read_control(d: &mut Dev, id: StreamId) -> Result<bool, String> {
+    let mut welcome = false;
+    let mut rs = d.conn.recv_stream(id);
+    let mut chunks = rs.read(true).map_err(|e| e.to_string())?;
+    loop {
+        match chunks.next(usize::MAX) {
+            Ok(Some(c)) => d.rx.extend_from_slice(&c.bytes),
+            Ok(None) => {
+                let _ = chunks.finalize();
+                return Err("relay closed the control stream".into());
+            }
+            Err(quinn_proto::ReadError::Blocked) => break,
+            Err(e) => {
+                let _ = chunks.finalize();
+                return Err(e.to_string());
+            }
+        }
+    }
+    let _ = chunks.finalize();
+    let mut used = 0;
+    while let Some((m, n)) = control::decode_frame(&d.rx[used..]).map_err(|e| e.to_string())? {
+        match m {
+            Message::Welcome(_) => welcome = true,
+            Message::Error(e) => return Err(format!("refused: {}: {}", e.code, e.message)),
+            _ => {}
+        }
+        used += n;
+    }
+    d.rx.drain(..used);
+    Ok(welcome)
+}

@@ -1,0 +1,192 @@
+//! DTMF from a phone on one box to a phone on another; the callee hangs up.
+
+use super::*;
+
+/// A UDP socket that keeps every datagram it gets, until dropped.
+pub(crate) struct Sink {
+    pub(crate) port: u16,
+    pub(crate) got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    pub(crate) fn new() -> Sink {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            // Bounded: at most a minute, whatever the test does.
+            let t0 = std::time::Instant::now();
+            while !s.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(60)
+            {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    g.lock().unwrap().push(buf[..n].to_vec());
+                }
+            }
+        });
+        Sink {
+            port,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub(crate) fn packets(&self) -> Vec<Rtp> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| parse_rtp(b))
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// RFC 4733 event codes of the digits.
+pub(crate) fn event_code(d: char) -> u8 {
+    match d {
+        '0'..='9' => d as u8 - b'0',
+        '*' => 10,
+        '#' => 11,
+        'A'..='D' => 12 + (d as u8 - b'A'),
+        _ => panic!("not a DTMF digit: {d}"),
+    }
+}
+
+/// The events in a stream of `pt` packets, one per event (its start
+/// timestamp), in order, and whether each was seen to end.
+pub(crate) fn events_in(packets: &[Rtp], pt: u8) -> Vec<(u8, bool)> {
+    let mut out: Vec<(u32, u8, bool)> = Vec::new();
+    for p in packets
+        .iter()
+        .filter(|p| p.pt == pt && p.payload.len() >= 4)
+    {
+        let end = p.payload[1] & 0x80 != 0;
+        match out.iter_mut().find(|(ts, _, _)| *ts == p.ts) {
+            Some(e) => e.2 |= end,
+            None => out.push((p.ts, p.payload[0], end)),
+        }
+    }
+    out.into_iter().map(|(_, e, end)| (e, end)).collect()
+}
+
+#[test]
+fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_up() {
+    let lab = Lab::new("sip-dtmf", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
+    let pa = a.add_phone("201");
+    let pb = b.add_phone("301");
+    a.start(&lab);
+    b.start(&lab);
+    // B's phone registers from the port it then answers on.
+    let callee_port = voxgate_testkit::lab::free_udp();
+    register_at(&lab.dir, &b, "301", &pb, callee_port);
+    b.wait_registered(1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let sink = Sink::new();
+    let callee = fill(
+        &sipp_file("callee.xml"),
+        &[
+            ("CALLEE_END", &sipp_file("callee-bye.xml")),
+            ("HOLD_MS", "5000"),
+            ("SINK_PORT", &sink.port.to_string()),
+            ("EXT", "301"),
+        ],
+    );
+    let port = callee_port.to_string();
+    let callee_run = sipp_spawn(
+        &sipp37(),
+        &lab.dir,
+        "callee-301",
+        &callee,
+        &format!("127.0.0.1:{}", b.sip_port),
+        &["-p", &port, "-timeout", "30s", "-trace_msg", "-trace_logs"],
+        Duration::from_secs(35),
+    );
+    // A's phone: silence, the digits as RFC 4733 events with silence
+    // between them, silence.
+    let digits = "15#0*9";
+    let mut packets = Vec::new();
+    let mut s = Stream::new(0x5150_0002);
+    s.silence(600, 20, &mut packets);
+    for d in digits.chars() {
+        s.event(101, event_code(d), 120, &mut packets);
+        s.silence(300, 20, &mut packets);
+    }
+    s.silence(400, 20, &mut packets);
+    let pcap = lab.dir.join("dtmf.pcap");
+    write_pcap(&pcap, &packets);
+    // The caller plays the pcap and then waits for the callee's BYE.
+    let scenario = call_scenario(
+        "201",
+        &pcap,
+        s.at.as_millis() as u64,
+        20,
+        true,
+        &sipp_file("caller-gets-bye.xml"),
+    );
+    let (out, trace) = sipp_call(&lab.dir, &a, "dtmf-caller", &scenario, "301", "201", &pa);
+    let callee_status = wait_child(callee_run, Duration::from_secs(40));
+    let callee_trace = std::fs::read_dir(&lab.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("callee-301") && !n.ends_with(".xml")
+        })
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        out.status.success(),
+        "caller: {}\n{trace}\ncallee:\n{callee_trace}\nA:\n{}\nB:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log(),
+        b.log()
+    );
+    assert!(
+        callee_status.success(),
+        "callee:\n{callee_trace}\nB:\n{}",
+        b.log()
+    );
+    let te: u8 = callee_trace
+        .split("offered telephone-event ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no telephone-event in B's offer:\n{callee_trace}"));
+    drop(callee_trace);
+    let got = sink.packets();
+    let events = events_in(&got, te);
+    let want: Vec<(u8, bool)> = digits.chars().map(|d| (event_code(d), true)).collect();
+    println!(
+        "B's phone got {} RTP packets, RFC 4733 events {events:?} (sent {digits:?})",
+        got.len()
+    );
+    assert_eq!(events, want, "digits at B's phone, in order, each ended");
+    assert!(got.iter().any(|p| p.pt == 0), "audio reached B's phone too");
+    // The callee's BYE ended the call on both boxes.
+    for (name, gw) in [("A", &a), ("B", &b)] {
+        wait_for(Duration::from_secs(5), "calls to end", || {
+            gw.metric("voxgate_sip_calls_active") == 0.0
+        });
+        assert!(gw.log().contains("call ended"), "{name}:\n{}", gw.log());
+    }
+}

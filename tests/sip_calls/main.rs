@@ -1,0 +1,253 @@
+//! Calls through the phone bridge with scripted peers: SIPp 3.7.3 (SHA-256
+//! digest, RTP played from a pcap, RFC 4733 events, re-INVITE for hold) and
+//! baresip, through real gateways and a real relay, on loopback.
+//!
+//! SIPp 3.7.3 is Debian trixie's sip-tester run on trixie's own loader and
+//! libraries (scripts/sipp-trixie, which scripts/deps runs): bookworm's
+//! 3.6.1 only answers MD5 challenges.
+
+use std::time::Duration;
+use voxgate_testkit::audio_env::{score, speech_fixture};
+use voxgate_testkit::lab::{Lab, opusdec, wait_for};
+use voxgate_testkit::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
+use voxgate_testkit::sip::{
+    SipGateway, fill, register_scenario, sipp_auth, sipp_file, sipp_spawn, sipp_with, sipp37,
+    wait_child,
+};
+
+mod dtmf;
+mod hold;
+mod media;
+mod refusals;
+mod register;
+
+const TEXT: &str =
+    "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
+
+/// Run the REGISTER scenario with SIPp 3.7.3; returns whether it ended as
+/// expected, and the authorization it sent (from the message trace).
+fn register(
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    ext: &str,
+    password: &str,
+    expect: u16,
+    name: &str,
+) -> (bool, String) {
+    register_over("u1", dir, gw, ext, password, expect, name)
+}
+
+/// [`register`] with SIPp's transport mode (`u1` or `t1`).
+fn register_over(
+    transport: &str,
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    ext: &str,
+    password: &str,
+    expect: u16,
+    name: &str,
+) -> (bool, String) {
+    let scenario = register_scenario(ext, password, expect, true);
+    let target = format!("127.0.0.1:{}", gw.sip_port);
+    let msgs = dir.join(format!("{name}-messages.log"));
+    let logs = dir.join(format!("{name}-logs.log"));
+    let out = sipp_with(
+        &sipp37(),
+        dir,
+        name,
+        &scenario,
+        &target,
+        &[
+            "-t",
+            transport,
+            "-s",
+            ext,
+            "-trace_msg",
+            "-message_file",
+            msgs.to_str().unwrap(),
+            "-trace_logs",
+            "-log_file",
+            logs.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
+        + &std::fs::read_to_string(&logs).unwrap_or_default();
+    if !out.status.success() {
+        eprintln!(
+            "sipp {name}: {}\n{}\n{trace}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), trace)
+}
+
+/// The scenario's SDP (tests/sipp/sdp.txt): PCMU and telephone-event, at
+/// `ptime` ms.
+fn sdp(ptime: u32) -> String {
+    fill(&sipp_file("sdp.txt"), &[("PTIME", &ptime.to_string())])
+}
+
+/// The scenario text for a call from `ext` playing `pcap`
+/// (tests/sipp/call-with-pcap.xml); `hangup` is tests/sipp/caller-bye.xml
+/// or caller-gets-bye.xml.
+fn call_scenario(
+    ext: &str,
+    pcap: &std::path::Path,
+    play_ms: u64,
+    ptime: u32,
+    ringing: bool,
+    hangup: &str,
+) -> String {
+    fill(
+        &sipp_file("call-with-pcap.xml"),
+        &[
+            ("HANGUP", hangup),
+            ("SDP_BODY", &sdp(ptime)),
+            (
+                "RINGING_STEP",
+                if ringing {
+                    r#"<recv response="180"/>"#
+                } else {
+                    ""
+                },
+            ),
+            ("EXT", ext),
+            ("PCAP", pcap.to_str().unwrap()),
+            ("PLAY_MS", &play_ms.to_string()),
+        ],
+    )
+}
+
+/// Run a call scenario as phone `ext` (SIPp 3.7.3, media on `127.0.0.1`).
+fn sipp_call(
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    name: &str,
+    scenario: &str,
+    dialled: &str,
+    ext: &str,
+    password: &str,
+) -> (std::process::Output, String) {
+    sipp_call_over("u1", dir, gw, name, scenario, dialled, ext, password)
+}
+
+/// [`sipp_call`] with SIPp's transport mode (`u1`: UDP, `t1`: one TCP
+/// connection).
+#[allow(clippy::too_many_arguments)]
+fn sipp_call_over(
+    transport: &str,
+    dir: &std::path::Path,
+    gw: &SipGateway,
+    name: &str,
+    scenario: &str,
+    dialled: &str,
+    ext: &str,
+    password: &str,
+) -> (std::process::Output, String) {
+    let (media, _) = voxgate_testkit::sip::free_rtp_range(2);
+    let msgs = dir.join(format!("{name}-messages.log"));
+    let logs = dir.join(format!("{name}-logs.log"));
+    // The digest uri must be the Request-URI (SIPp's default leaves out the user).
+    let auth_uri = format!("{dialled}@127.0.0.1:{}", gw.sip_port);
+    assert!(
+        scenario.contains("[authentication]"),
+        "{name}: no [authentication]"
+    );
+    let scenario = scenario.replace("[authentication]", &sipp_auth(ext, password));
+    let out = sipp_with(
+        &sipp37(),
+        dir,
+        name,
+        &scenario,
+        &format!("127.0.0.1:{}", gw.sip_port),
+        &[
+            "-t",
+            transport,
+            "-timeout",
+            "30s",
+            "-auth_uri",
+            &auth_uri,
+            "-s",
+            dialled,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media.to_string(),
+            "-trace_msg",
+            "-message_file",
+            msgs.to_str().unwrap(),
+            "-trace_logs",
+            "-log_file",
+            logs.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
+        + &std::fs::read_to_string(&logs).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join(format!("{name}-errors.log"))).unwrap_or_default();
+    (out, trace)
+}
+
+/// The relay's finished recording of a call flow (flows from 16 up are
+/// calls; 0 is the gateway's microphone), once the relay has closed it.
+fn finished_call_recording(relay: &voxgate_testkit::lab::Proc) -> std::path::PathBuf {
+    let mut found = None;
+    voxgate_testkit::lab::wait_for(
+        Duration::from_secs(10),
+        "the call recording to finish",
+        || {
+            found = relay.log_text().lines().find_map(|l| {
+                if !l.contains("recording finished") {
+                    return None;
+                }
+                let start = l.find("\"recording\":\"")? + 13;
+                let path = &l[start..start + l[start..].find('"')?];
+                let flow: u64 = path
+                    .rsplit_once("-f")?
+                    .1
+                    .strip_suffix(".ogg")?
+                    .parse()
+                    .ok()?;
+                (flow >= 16).then(|| std::path::PathBuf::from(path))
+            });
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+/// REGISTER `ext` from SIP port `port` (where its callee scenario answers later).
+fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
+    let scenario = register_scenario(ext, password, 200, true);
+    let port = port.to_string();
+    let name = format!("register-{ext}");
+    let out = sipp_with(
+        &sipp37(),
+        dir,
+        &name,
+        &scenario,
+        &format!("127.0.0.1:{}", gw.sip_port),
+        &["-s", ext, "-p", &port],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "REGISTER {ext}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A caller up to its authenticated INVITE (the first five steps of
+/// tests/sipp/call-with-pcap.xml), then `rest`.
+fn caller_until_invite(ext: &str, rest: &str) -> String {
+    let call = sipp_file("call-with-pcap.xml");
+    let head = &call[..call
+        .find("  <recv response=\"100\"/>\n  {{RINGING_STEP}}")
+        .unwrap()];
+    fill(
+        &format!("{head}{rest}</scenario>\n"),
+        &[("SDP_BODY", &sdp(20)), ("EXT", ext)],
+    )
+}
