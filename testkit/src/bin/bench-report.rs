@@ -9,30 +9,39 @@
 //!   bench-report identity DOC    the `identity` block from $BI_OUT/identity.json
 //!   bench-report appliance DOC   the `appliance` block from $BA_WORK (start-up
 //!                                JSON, systemd-analyze output) and the binaries
+//!   bench-report compare DOC     the `compare` block from $BENCH_BEFORE and
+//!                                $BENCH_AFTER (each as $BENCH_OUT above, with
+//!                                `commit` and, optionally, `aarch64-COMMIT.bytes`)
 
 use std::path::{Path, PathBuf};
 use voxgate_testkit::bench::PhoneLegResults;
-use voxgate_testkit::report::{self, appliance, identity, pipeline, sip, value::load_json};
+use voxgate_testkit::report::{
+    self, appliance, compare, identity, pipeline, sip, value::load_json,
+};
 
 fn dir(var: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set")))
 }
 
+/// The three results files of one `scripts/bench` run in `out`.
+fn results(out: &Path) -> pipeline::Results {
+    pipeline::Results {
+        pipeline: load_json(&out.join("pipeline.json")),
+        relay_load: load_json(&out.join("relay_load.json")),
+        phone_leg: PhoneLegResults::read(&out.join("phone_leg.json")),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(what), Some(doc)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bench-report pipeline|sip|identity|appliance DOC");
+        eprintln!("usage: bench-report pipeline|sip|identity|appliance|compare DOC");
         std::process::exit(2);
     };
     let doc = Path::new(doc);
     match what.as_str() {
         "pipeline" => {
-            let out = dir("BENCH_OUT");
-            let res = pipeline::Results {
-                pipeline: load_json(&out.join("pipeline.json")),
-                relay_load: load_json(&out.join("relay_load.json")),
-                phone_leg: PhoneLegResults::read(&out.join("phone_leg.json")),
-            };
+            let res = results(&dir("BENCH_OUT"));
             report::write_document(doc, &res, &pipeline::Env::from_env());
             println!("wrote {}", doc.display());
         }
@@ -61,6 +70,30 @@ fn main() {
         "appliance" => {
             let block = appliance::render(&appliance::Env::from_env());
             report::write_block(doc, "appliance", &block);
+            println!("{block}");
+        }
+        "compare" => {
+            let side = |var: &str| {
+                let out = dir(var);
+                let text = |n: &str| {
+                    std::fs::read_to_string(out.join(n))
+                        .map(|t| t.trim().to_string())
+                        .ok()
+                };
+                let commit = text("commit").unwrap_or_else(|| "?".into());
+                compare::Side {
+                    aarch64_bytes: text(&format!("aarch64-{commit}.bytes"))
+                        .and_then(|t| t.parse().ok()),
+                    commit,
+                    results: results(&out),
+                }
+            };
+            let block = compare::render(
+                &side("BENCH_BEFORE"),
+                &side("BENCH_AFTER"),
+                &pipeline::Env::from_env(),
+            );
+            report::write_block(doc, "compare", &block);
             println!("{block}");
         }
         other => {

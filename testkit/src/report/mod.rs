@@ -1,10 +1,11 @@
 //! docs/BENCHMARKS.md from the benches' JSON results (the `bench-report`
 //! binary, which the bench scripts run): the whole document from
 //! `pipeline.json`, `relay_load.json` and `phone_leg.json`, and the blocks
-//! of the other scripts (`sip`, `identity`, `appliance`), each between its
+//! of the other scripts (`sip`, `identity`, `appliance`, `compare`), each between its
 //! `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.
 
 pub mod appliance;
+pub mod compare;
 pub mod identity;
 pub mod pipeline;
 mod pipeline_more;
