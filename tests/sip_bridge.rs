@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::Lab;
-use voxgate_testkit::sip::{Baresip, SipGateway, register_scenario, sipp, wait_child};
+use voxgate_testkit::sip::{Baresip, SipGateway, Sipp, register_scenario, wait_child};
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
@@ -122,14 +122,16 @@ fn register(
 ) -> bool {
     let scenario = register_scenario(ext, password, expect, false);
     let target = format!("127.0.0.1:{}", gw.sip_port);
-    let out = sipp(
+    let out = Sipp {
+        bin: std::path::Path::new("sipp"),
         dir,
         name,
-        &scenario,
-        &target,
-        &["-s", ext, "-i", ip],
-        Duration::from_secs(20),
-    );
+        scenario: &scenario,
+        target: &target,
+        args: &["-s", ext, "-i", ip],
+        limit: Duration::from_secs(20),
+    }
+    .output();
     out.status.success()
 }
 

@@ -112,15 +112,16 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
         ],
     );
     let port = callee_port.to_string();
-    let callee_run = sipp_spawn(
-        &sipp37(),
-        &lab.dir,
-        "callee-301",
-        &callee,
-        &format!("127.0.0.1:{}", b.sip_port),
-        &["-p", &port, "-timeout", "30s", "-trace_msg", "-trace_logs"],
-        Duration::from_secs(35),
-    );
+    let callee_run = Sipp {
+        bin: &sipp37(),
+        dir: &lab.dir,
+        name: "callee-301",
+        scenario: &callee,
+        target: &format!("127.0.0.1:{}", b.sip_port),
+        args: &["-p", &port, "-timeout", "30s", "-trace_msg", "-trace_logs"],
+        limit: Duration::from_secs(35),
+    }
+    .spawn();
     // A's phone: silence, the digits as RFC 4733 events with silence
     // between them, silence.
     let digits = "15#0*9";

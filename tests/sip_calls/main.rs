@@ -11,8 +11,7 @@ use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, opusdec, wait_for};
 use voxgate_testkit::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
 use voxgate_testkit::sip::{
-    SipGateway, fill, register_scenario, sipp_auth, sipp_file, sipp_spawn, sipp_with, sipp37,
-    wait_child,
+    SipGateway, Sipp, fill, register_scenario, sipp_auth, sipp_file, sipp37, wait_child,
 };
 
 mod dtmf;
@@ -51,13 +50,13 @@ fn register_over(
     let target = format!("127.0.0.1:{}", gw.sip_port);
     let msgs = dir.join(format!("{name}-messages.log"));
     let logs = dir.join(format!("{name}-logs.log"));
-    let out = sipp_with(
-        &sipp37(),
+    let out = Sipp {
+        bin: &sipp37(),
         dir,
         name,
-        &scenario,
-        &target,
-        &[
+        scenario: &scenario,
+        target: &target,
+        args: &[
             "-t",
             transport,
             "-s",
@@ -69,8 +68,9 @@ fn register_over(
             "-log_file",
             logs.to_str().unwrap(),
         ],
-        Duration::from_secs(20),
-    );
+        limit: Duration::from_secs(20),
+    }
+    .output();
     let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
         + &std::fs::read_to_string(&logs).unwrap_or_default();
     if !out.status.success() {
@@ -156,13 +156,13 @@ fn sipp_call_over(
         "{name}: no [authentication]"
     );
     let scenario = scenario.replace("[authentication]", &sipp_auth(ext, password));
-    let out = sipp_with(
-        &sipp37(),
+    let out = Sipp {
+        bin: &sipp37(),
         dir,
         name,
-        &scenario,
-        &format!("127.0.0.1:{}", gw.sip_port),
-        &[
+        scenario: &scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &[
             "-t",
             transport,
             "-timeout",
@@ -182,8 +182,9 @@ fn sipp_call_over(
             "-log_file",
             logs.to_str().unwrap(),
         ],
-        Duration::from_secs(40),
-    );
+        limit: Duration::from_secs(40),
+    }
+    .output();
     let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
         + &std::fs::read_to_string(&logs).unwrap_or_default()
         + &std::fs::read_to_string(dir.join(format!("{name}-errors.log"))).unwrap_or_default();
@@ -223,15 +224,16 @@ fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str
     let scenario = register_scenario(ext, password, 200, true);
     let port = port.to_string();
     let name = format!("register-{ext}");
-    let out = sipp_with(
-        &sipp37(),
+    let out = Sipp {
+        bin: &sipp37(),
         dir,
-        &name,
-        &scenario,
-        &format!("127.0.0.1:{}", gw.sip_port),
-        &["-s", ext, "-p", &port],
-        Duration::from_secs(20),
-    );
+        name: &name,
+        scenario: &scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &["-s", ext, "-p", &port],
+        limit: Duration::from_secs(20),
+    }
+    .output();
     assert!(
         out.status.success(),
         "REGISTER {ext}: {}",

@@ -41,15 +41,16 @@ fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
             sipp_file("caller-cancels.xml"),
         ),
     ] {
-        let run = sipp_spawn(
-            &sipp37(),
-            &lab.dir,
-            &format!("callee-{name}"),
-            &callee,
-            &format!("127.0.0.1:{}", b.sip_port),
-            &["-p", &port, "-timeout", "20s"],
-            Duration::from_secs(25),
-        );
+        let run = Sipp {
+            bin: &sipp37(),
+            dir: &lab.dir,
+            name: &format!("callee-{name}"),
+            scenario: &callee,
+            target: &format!("127.0.0.1:{}", b.sip_port),
+            args: &["-p", &port, "-timeout", "20s"],
+            limit: Duration::from_secs(25),
+        }
+        .spawn();
         let s = caller_until_invite("201", &rest);
         let (out, trace) = sipp_call(
             &lab.dir,
