@@ -383,6 +383,40 @@ impl Sipp<'_> {
     }
 }
 
+/// SIPp's message and log traces of run `name` in `dir`
+/// (`NAME-messages.log`, `NAME-logs.log`).
+pub struct SippTrace {
+    msgs: PathBuf,
+    logs: PathBuf,
+}
+
+impl SippTrace {
+    pub fn new(dir: &Path, name: &str) -> SippTrace {
+        SippTrace {
+            msgs: dir.join(format!("{name}-messages.log")),
+            logs: dir.join(format!("{name}-logs.log")),
+        }
+    }
+
+    /// The sipp arguments that write them.
+    pub fn args(&self) -> [&str; 6] {
+        [
+            "-trace_msg",
+            "-message_file",
+            self.msgs.to_str().unwrap(),
+            "-trace_logs",
+            "-log_file",
+            self.logs.to_str().unwrap(),
+        ]
+    }
+
+    /// Both, messages first (empty where sipp wrote nothing).
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.msgs).unwrap_or_default()
+            + &std::fs::read_to_string(&self.logs).unwrap_or_default()
+    }
+}
+
 /// A free TCP port (re-exported for tests).
 pub fn tcp_port() -> u16 {
     free_tcp()

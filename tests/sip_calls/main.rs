@@ -11,7 +11,7 @@ use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, opusdec, wait_for};
 use voxgate_testkit::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
 use voxgate_testkit::sip::{
-    SipGateway, Sipp, fill, register_scenario, sipp_auth, sipp_file, sipp37, wait_child,
+    SipGateway, Sipp, SippTrace, fill, register_scenario, sipp_auth, sipp_file, sipp37, wait_child,
 };
 
 mod dtmf;
@@ -48,31 +48,18 @@ fn register_over(
 ) -> (bool, String) {
     let scenario = register_scenario(ext, password, expect, true);
     let target = format!("127.0.0.1:{}", gw.sip_port);
-    let msgs = dir.join(format!("{name}-messages.log"));
-    let logs = dir.join(format!("{name}-logs.log"));
+    let trace = SippTrace::new(dir, name);
     let out = Sipp {
         bin: &sipp37(),
         dir,
         name,
         scenario: &scenario,
         target: &target,
-        args: &[
-            "-t",
-            transport,
-            "-s",
-            ext,
-            "-trace_msg",
-            "-message_file",
-            msgs.to_str().unwrap(),
-            "-trace_logs",
-            "-log_file",
-            logs.to_str().unwrap(),
-        ],
+        args: &[&["-t", transport, "-s", ext][..], &trace.args()].concat(),
         limit: Duration::from_secs(20),
     }
     .output();
-    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
-        + &std::fs::read_to_string(&logs).unwrap_or_default();
+    let trace = trace.text();
     if !out.status.success() {
         eprintln!(
             "sipp {name}: {}\n{}\n{trace}",
@@ -147,8 +134,7 @@ fn sipp_call_over(
     password: &str,
 ) -> (std::process::Output, String) {
     let (media, _) = voxgate_testkit::sip::free_rtp_range(2);
-    let msgs = dir.join(format!("{name}-messages.log"));
-    let logs = dir.join(format!("{name}-logs.log"));
+    let trace = SippTrace::new(dir, name);
     // The digest uri must be the Request-URI (SIPp's default leaves out the user).
     let auth_uri = format!("{dialled}@127.0.0.1:{}", gw.sip_port);
     assert!(
@@ -156,6 +142,7 @@ fn sipp_call_over(
         "{name}: no [authentication]"
     );
     let scenario = scenario.replace("[authentication]", &sipp_auth(ext, password));
+    let media = media.to_string();
     let out = Sipp {
         bin: &sipp37(),
         dir,
@@ -163,32 +150,41 @@ fn sipp_call_over(
         scenario: &scenario,
         target: &format!("127.0.0.1:{}", gw.sip_port),
         args: &[
-            "-t",
-            transport,
-            "-timeout",
-            "30s",
-            "-auth_uri",
-            &auth_uri,
-            "-s",
-            dialled,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media.to_string(),
-            "-trace_msg",
-            "-message_file",
-            msgs.to_str().unwrap(),
-            "-trace_logs",
-            "-log_file",
-            logs.to_str().unwrap(),
-        ],
+            &[
+                "-t",
+                transport,
+                "-timeout",
+                "30s",
+                "-auth_uri",
+                &auth_uri,
+                "-s",
+                dialled,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &media,
+            ][..],
+            &trace.args(),
+        ]
+        .concat(),
         limit: Duration::from_secs(40),
     }
     .output();
-    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
-        + &std::fs::read_to_string(&logs).unwrap_or_default()
+    let trace = trace.text()
         + &std::fs::read_to_string(dir.join(format!("{name}-errors.log"))).unwrap_or_default();
     (out, trace)
+}
+
+/// Asserts that a call's sipp ended well; the message names `what` and
+/// holds sipp's status, stderr and trace, and the gateway's log.
+fn assert_call_ok(what: &str, out: &std::process::Output, trace: &str, gw: &SipGateway) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}\n{trace}\ngateway:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
 }
 
 /// The relay's finished recording of a call flow (flows from 16 up are

@@ -79,13 +79,7 @@ fn an_opus_phone_is_forwarded_into_the_recording_without_transcoding() {
     .replace("RTP/AVP 0( 101)?", "RTP/AVP 96( 101)?");
     assert!(scenario.contains("opus/48000/2"));
     let (out, trace) = sipp_call(&lab.dir, &gw, "opus-901", &scenario, "901", "201", &pw);
-    assert!(
-        out.status.success(),
-        "Opus call to 901: {}\n{}\n{trace}\ngateway:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
-    );
+    assert_call_ok("Opus call to 901", &out, &trace, &gw);
     assert!(trace.contains("media m=audio"), "Opus answered:\n{trace}");
     let rec = finished_call_recording(&relay);
     // Forwarded, not transcoded: the recording holds the phone's own
@@ -171,12 +165,11 @@ pub(crate) fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
     let (out, trace) = sipp_call_over(
         transport, &lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw,
     );
-    assert!(
-        out.status.success(),
-        "sipp call to 901 over {transport}: {}\n{}\n{trace}\ngateway:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
+    assert_call_ok(
+        &format!("sipp call to 901 over {transport}"),
+        &out,
+        &trace,
+        &gw,
     );
     assert!(trace.contains("answer direction sendrecv"), "{trace}");
     assert!(trace.contains("media m=audio"), "PCMU answered:\n{trace}");
