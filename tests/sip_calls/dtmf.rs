@@ -88,19 +88,14 @@ pub(crate) fn events_in(packets: &[Rtp], pt: u8) -> Vec<(u8, bool)> {
 
 #[test]
 fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_up() {
-    let lab = Lab::new("sip-dtmf", "mode = \"none\"");
-    let _relay = lab.start_relay();
-    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
-    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
-    let pa = a.add_phone("201");
-    let pb = b.add_phone("301");
-    a.start(&lab);
-    b.start(&lab);
-    // B's phone registers from the port it then answers on.
-    let callee_port = voxgate_testkit::lab::free_udp();
-    register_at(&lab.dir, &b, "301", &pb, callee_port);
-    b.wait_registered(1.0);
-    std::thread::sleep(Duration::from_millis(300));
+    let TwoBoxes {
+        lab,
+        a,
+        b,
+        pa,
+        callee_port,
+        ..
+    } = &two_boxes("sip-dtmf");
     let sink = Sink::new();
     let callee = fill(
         &sipp_file("callee.xml"),
@@ -144,7 +139,7 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
         true,
         &sipp_file("caller-gets-bye.xml"),
     );
-    let (out, trace) = sipp_call(&lab.dir, &a, "dtmf-caller", &scenario, "301", "201", &pa);
+    let (out, trace) = sipp_call(&lab.dir, a, "dtmf-caller", &scenario, "301", "201", pa);
     let callee_status = wait_child(callee_run, Duration::from_secs(40));
     let callee_trace = std::fs::read_dir(&lab.dir)
         .unwrap()

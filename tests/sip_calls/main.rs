@@ -237,6 +237,43 @@ fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str
     );
 }
 
+/// Two boxes on one relay: gateway A with phone 201 and gateway B with
+/// phone 301, registered from `callee_port`, where its callee scenario
+/// answers later. The fields drop in order: the gateways, then the relay,
+/// then the lab directory.
+struct TwoBoxes {
+    pa: String,
+    callee_port: u16,
+    b: SipGateway,
+    a: SipGateway,
+    _relay: voxgate_testkit::lab::Proc,
+    lab: Lab,
+}
+
+fn two_boxes(name: &str) -> TwoBoxes {
+    let lab = Lab::new(name, "mode = \"none\"");
+    let relay = lab.start_relay();
+    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
+    let pa = a.add_phone("201");
+    let pb = b.add_phone("301");
+    a.start(&lab);
+    b.start(&lab);
+    // B's phone registers from the port it then answers on.
+    let callee_port = voxgate_testkit::lab::free_udp();
+    register_at(&lab.dir, &b, "301", &pb, callee_port);
+    b.wait_registered(1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    TwoBoxes {
+        pa,
+        callee_port,
+        b,
+        a,
+        _relay: relay,
+        lab,
+    }
+}
+
 /// A caller up to its authenticated INVITE (the first five steps of
 /// tests/sipp/call-with-pcap.xml), then `rest`.
 fn caller_until_invite(ext: &str, rest: &str) -> String {
