@@ -3,58 +3,27 @@
 use super::*;
 
 /// A UDP socket that keeps every datagram it gets, until dropped.
-pub(crate) struct Sink {
-    pub(crate) port: u16,
-    pub(crate) got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
-}
+pub(crate) struct Sink(UdpThread<Vec<u8>>);
 
 impl Sink {
     pub(crate) fn new() -> Sink {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let port = sock.local_addr().unwrap().port();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            // Bounded: at most a minute, whatever the test does.
-            let t0 = std::time::Instant::now();
-            while !s.load(std::sync::atomic::Ordering::Relaxed)
-                && t0.elapsed() < Duration::from_secs(60)
-            {
+        let mut buf = [0u8; 2048];
+        Sink(UdpThread::spawn(
+            Duration::from_millis(100),
+            move |sock, got| {
                 if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    g.lock().unwrap().push(buf[..n].to_vec());
+                    got.lock().unwrap().push(buf[..n].to_vec());
                 }
-            }
-        });
-        Sink {
-            port,
-            got,
-            stop,
-            thread: Some(thread),
-        }
+            },
+        ))
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub(crate) fn packets(&self) -> Vec<Rtp> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|b| parse_rtp(b))
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.kept().iter().filter_map(|b| parse_rtp(b)).collect()
     }
 }
 
@@ -102,7 +71,7 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
         &[
             ("CALLEE_END", &sipp_file("callee-bye.xml")),
             ("HOLD_MS", "5000"),
-            ("SINK_PORT", &sink.port.to_string()),
+            ("SINK_PORT", &sink.port().to_string()),
             ("EXT", "301"),
         ],
     );

@@ -9,7 +9,7 @@
 use std::time::Duration;
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, opusdec, wait_for};
-use voxgate_testkit::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
+use voxgate_testkit::rtp::{Rtp, Stream, UdpThread, parse_rtp, rtp, ulaw_of, write_pcap};
 use voxgate_testkit::sip::{
     SipGateway, Sipp, SippTrace, fill, register_scenario, sipp_auth, sipp_file, sipp37, wait_child,
 };
