@@ -417,6 +417,28 @@ impl SippTrace {
     }
 }
 
+/// Two started boxes on `lab`'s relay: gateway `gw-a` with phone 201 and
+/// gateway `gw-b` with phone 301 (`digest`: their `[sip]` digest list), and
+/// the phones' passwords. B's gateway drops first, as two locals would.
+pub struct TwoBoxes {
+    pub b: SipGateway,
+    pub a: SipGateway,
+    pub pa: String,
+    pub pb: String,
+}
+
+impl TwoBoxes {
+    pub fn start(lab: &Lab, digest: &str) -> TwoBoxes {
+        let mut a = SipGateway::configure(lab, "gw-a", digest, "");
+        let mut b = SipGateway::configure(lab, "gw-b", digest, "");
+        let pa = a.add_phone("201");
+        let pb = b.add_phone("301");
+        a.start(lab);
+        b.start(lab);
+        TwoBoxes { b, a, pa, pb }
+    }
+}
+
 /// A free TCP port (re-exported for tests).
 pub fn tcp_port() -> u16 {
     free_tcp()

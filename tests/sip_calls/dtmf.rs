@@ -57,12 +57,10 @@ pub(crate) fn events_in(packets: &[Rtp], pt: u8) -> Vec<(u8, bool)> {
 
 #[test]
 fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_up() {
-    let TwoBoxes {
-        lab,
-        a,
-        b,
-        pa,
+    let TwoBoxLab {
+        boxes: TwoBoxes { a, b, pa, .. },
         callee_port,
+        lab,
         ..
     } = &two_boxes("sip-dtmf");
     let sink = Sink::new();
@@ -108,7 +106,16 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
         true,
         &sipp_file("caller-gets-bye.xml"),
     );
-    let (out, trace) = sipp_call(&lab.dir, a, "dtmf-caller", &scenario, "301", "201", pa);
+    let (out, trace) = sipp_call(
+        "u1",
+        &lab.dir,
+        a,
+        "dtmf-caller",
+        &scenario,
+        "301",
+        "201",
+        pa,
+    );
     let callee_status = wait_child(callee_run, Duration::from_secs(40));
     let callee_trace = std::fs::read_dir(&lab.dir)
         .unwrap()

@@ -99,7 +99,7 @@ fn a_phone_holds_and_resumes_a_call_with_reinvites_and_audio_comes_back() {
             ("EXT", "201"),
         ],
     );
-    let (out, trace) = sipp_call(&lab.dir, &gw, "hold", &scenario, "900", "201", &pw);
+    let (out, trace) = sipp_call("u1", &lab.dir, &gw, "hold", &scenario, "900", "201", &pw);
     assert!(
         out.status.success(),
         "hold scenario: {}\n{trace}\ngateway:\n{}",

@@ -11,7 +11,8 @@ use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, opusdec, wait_for};
 use voxgate_testkit::rtp::{Rtp, Stream, UdpThread, parse_rtp, rtp, ulaw_of, write_pcap};
 use voxgate_testkit::sip::{
-    SipGateway, Sipp, SippTrace, fill, register_scenario, sipp_auth, sipp_file, sipp37, wait_child,
+    SipGateway, Sipp, SippTrace, TwoBoxes, fill, register_scenario, sipp_auth, sipp_file, sipp37,
+    wait_child,
 };
 
 mod dtmf;
@@ -23,21 +24,10 @@ mod register;
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
 
-/// Run the REGISTER scenario with SIPp 3.7.3; returns whether it ended as
-/// expected, and the authorization it sent (from the message trace).
+/// Run the REGISTER scenario with SIPp 3.7.3 over `transport` (SIPp's
+/// mode, `u1` or `t1`); returns whether it ended as expected, and the
+/// authorization it sent (from the message trace).
 fn register(
-    dir: &std::path::Path,
-    gw: &SipGateway,
-    ext: &str,
-    password: &str,
-    expect: u16,
-    name: &str,
-) -> (bool, String) {
-    register_over("u1", dir, gw, ext, password, expect, name)
-}
-
-/// [`register`] with SIPp's transport mode (`u1` or `t1`).
-fn register_over(
     transport: &str,
     dir: &std::path::Path,
     gw: &SipGateway,
@@ -107,23 +97,10 @@ fn call_scenario(
     )
 }
 
-/// Run a call scenario as phone `ext` (SIPp 3.7.3, media on `127.0.0.1`).
-fn sipp_call(
-    dir: &std::path::Path,
-    gw: &SipGateway,
-    name: &str,
-    scenario: &str,
-    dialled: &str,
-    ext: &str,
-    password: &str,
-) -> (std::process::Output, String) {
-    sipp_call_over("u1", dir, gw, name, scenario, dialled, ext, password)
-}
-
-/// [`sipp_call`] with SIPp's transport mode (`u1`: UDP, `t1`: one TCP
-/// connection).
+/// Run a call scenario as phone `ext` (SIPp 3.7.3, media on `127.0.0.1`)
+/// over `transport` (SIPp's mode, `u1`: UDP, `t1`: one TCP connection).
 #[allow(clippy::too_many_arguments)]
-fn sipp_call_over(
+fn sipp_call(
     transport: &str,
     dir: &std::path::Path,
     gw: &SipGateway,
@@ -237,38 +214,28 @@ fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str
     );
 }
 
-/// Two boxes on one relay: gateway A with phone 201 and gateway B with
-/// phone 301, registered from `callee_port`, where its callee scenario
-/// answers later. The fields drop in order: the gateways, then the relay,
-/// then the lab directory.
-struct TwoBoxes {
-    pa: String,
+/// Two boxes on one relay ([`TwoBoxes`]), B's phone 301 registered from
+/// `callee_port`, where its callee scenario answers later. The fields drop
+/// in order: the gateways, then the relay, then the lab directory.
+struct TwoBoxLab {
+    boxes: TwoBoxes,
     callee_port: u16,
-    b: SipGateway,
-    a: SipGateway,
     _relay: voxgate_testkit::lab::Proc,
     lab: Lab,
 }
 
-fn two_boxes(name: &str) -> TwoBoxes {
+fn two_boxes(name: &str) -> TwoBoxLab {
     let lab = Lab::new(name, "mode = \"none\"");
     let relay = lab.start_relay();
-    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
-    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
-    let pa = a.add_phone("201");
-    let pb = b.add_phone("301");
-    a.start(&lab);
-    b.start(&lab);
+    let boxes = TwoBoxes::start(&lab, "[\"sha-256\", \"md5\"]");
     // B's phone registers from the port it then answers on.
     let callee_port = voxgate_testkit::lab::free_udp();
-    register_at(&lab.dir, &b, "301", &pb, callee_port);
-    b.wait_registered(1.0);
+    register_at(&lab.dir, &boxes.b, "301", &boxes.pb, callee_port);
+    boxes.b.wait_registered(1.0);
     std::thread::sleep(Duration::from_millis(300));
-    TwoBoxes {
-        pa,
+    TwoBoxLab {
+        boxes,
         callee_port,
-        b,
-        a,
         _relay: relay,
         lab,
     }

@@ -78,7 +78,9 @@ fn an_opus_phone_is_forwarded_into_the_recording_without_transcoding() {
     .replace(&sdp(20), &sipp_file("opus-sdp.txt"))
     .replace("RTP/AVP 0( 101)?", "RTP/AVP 96( 101)?");
     assert!(scenario.contains("opus/48000/2"));
-    let (out, trace) = sipp_call(&lab.dir, &gw, "opus-901", &scenario, "901", "201", &pw);
+    let (out, trace) = sipp_call(
+        "u1", &lab.dir, &gw, "opus-901", &scenario, "901", "201", &pw,
+    );
     assert_call_ok("Opus call to 901", &out, &trace, &gw);
     assert!(trace.contains("media m=audio"), "Opus answered:\n{trace}");
     let rec = finished_call_recording(&relay);
@@ -135,7 +137,7 @@ pub(crate) fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
     gw.start(&lab);
     if transport != "u1" {
         // Registered over the same transport first, as a TCP desk phone does.
-        let (ok, trace) = register_over(transport, &lab.dir, &gw, "201", &pw, 200, "reg-tcp");
+        let (ok, trace) = register(transport, &lab.dir, &gw, "201", &pw, 200, "reg-tcp");
         assert!(
             ok,
             "REGISTER over {transport}:\n{trace}\ngateway:\n{}",
@@ -162,7 +164,7 @@ pub(crate) fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
         false,
         &sipp_file("caller-bye.xml"),
     );
-    let (out, trace) = sipp_call_over(
+    let (out, trace) = sipp_call(
         transport, &lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw,
     );
     assert_call_ok(

@@ -4,12 +4,10 @@ use super::*;
 
 #[test]
 fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
-    let TwoBoxes {
-        lab,
-        a,
-        b,
-        pa,
+    let TwoBoxLab {
+        boxes: TwoBoxes { a, b, pa, .. },
         callee_port,
+        lab,
         ..
     } = &two_boxes("sip-refuse");
     // An extension nobody registered: 404 to the caller.
@@ -17,7 +15,7 @@ fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
         "201",
         &fill(&sipp_file("caller-refused.xml"), &[("CODE", "404")]),
     );
-    let (out, trace) = sipp_call(&lab.dir, a, "to-399", &s, "399", "201", pa);
+    let (out, trace) = sipp_call("u1", &lab.dir, a, "to-399", &s, "399", "201", pa);
     assert!(
         out.status.success(),
         "404 for 399:\n{trace}\nA:\n{}",
@@ -48,7 +46,16 @@ fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
         }
         .spawn();
         let s = caller_until_invite("201", &rest);
-        let (out, trace) = sipp_call(&lab.dir, a, &format!("caller-{name}"), &s, "301", "201", pa);
+        let (out, trace) = sipp_call(
+            "u1",
+            &lab.dir,
+            a,
+            &format!("caller-{name}"),
+            &s,
+            "301",
+            "201",
+            pa,
+        );
         let st = wait_child(run, Duration::from_secs(25));
         let callee_out =
             std::fs::read_to_string(lab.dir.join(format!("callee-{name}.out"))).unwrap_or_default();
