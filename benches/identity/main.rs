@@ -335,15 +335,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(run(&lab, &relay, &tpm, tck))
-    }));
+    let result = bench::catch(|| rt.block_on(run(&lab, &relay, &tpm, tck)));
     drop(rt);
     let relay_ok = relay.stop().success();
     let warnings: Vec<Value> = relay.warnings().into_iter().map(Value::String).collect();
     let (mut root, error) = match result {
         Ok(r) => (r, None),
-        Err(e) => (Value::obj(), Some(bench::panic_message(e.as_ref()))),
+        Err(msg) => (Value::obj(), Some(msg)),
     };
     let mut setup = Value::obj();
     setup

@@ -124,16 +124,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(run(&lab, &mut relay, packets, started, tck))
-    }));
-    let (steps, end) = match result {
-        Ok(r) => r,
-        Err(e) => (
-            Vec::new(),
-            format!("error: {}", bench::panic_message(e.as_ref())),
-        ),
-    };
+    let (steps, end) = bench::catch(|| rt.block_on(run(&lab, &mut relay, packets, started, tck)))
+        .unwrap_or_else(|msg| (Vec::new(), format!("error: {msg}")));
     drop(rt);
     let relay_ok = relay.stop().success();
     // What the kernel granted the relay's socket (its "relay ready" line).

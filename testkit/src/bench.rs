@@ -120,20 +120,22 @@ pub fn section(bench: &str, name: &str, f: impl FnOnce() -> Value) -> Value {
     }
     let t0 = Instant::now();
     eprintln!("{bench}: {name} ...");
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let r = catch(f);
     eprintln!(
         "{bench}: {name} done in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    r.unwrap_or_else(|e| json!({ "error": panic_message(e.as_ref()) }))
+    r.unwrap_or_else(|msg| json!({ "error": msg }))
 }
 
-/// A panic's message (`panic` when it carries no text).
-pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
-    e.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
+/// Runs `f`; a panic becomes its message (`panic` when it carries no text).
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())
+    })
 }
 
 /// Pins this process to CPU 1 when the machine has two or more; call it
