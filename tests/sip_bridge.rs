@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::Lab;
-use voxgate_testkit::sip::{Baresip, SipGateway, register_scenario, sipp, wait_child};
+use voxgate_testkit::sip::{Baresip, SipGateway, Sipp, TwoBoxes, register_scenario, wait_child};
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
@@ -70,19 +70,14 @@ fn baresip_calls_the_echo_service_and_hears_itself() {
 fn a_phone_on_one_box_calls_a_phone_on_another_both_ways_audio() {
     let lab = Lab::new("sip-d2d", "mode = \"none\"");
     let _relay = lab.start_relay();
-    let mut a = SipGateway::configure(&lab, "gw-a", "[\"md5\"]", "");
-    let mut b = SipGateway::configure(&lab, "gw-b", "[\"md5\"]", "");
-    let pa = a.add_phone("201");
-    let pb = b.add_phone("301");
-    a.start(&lab);
-    b.start(&lab);
+    let TwoBoxes { a, b, pa, pb } = &TwoBoxes::start(&lab, "[\"md5\"]");
     let src = speech_16k(&lab.dir);
-    let callee = Baresip::new(&lab.dir, "301", &b, "301", &pb, &src);
+    let callee = Baresip::new(&lab.dir, "301", b, "301", pb, &src);
     let callee_run = callee.spawn(&[], 14);
     b.wait_registered(1.0);
     // The relay learns the extension from gateway B.
     std::thread::sleep(Duration::from_millis(300));
-    let caller = Baresip::new(&lab.dir, "201", &a, "201", &pa, &src);
+    let caller = Baresip::new(&lab.dir, "201", a, "201", pa, &src);
     let st = wait_child(caller.spawn(&["/dial 301"], 9), Duration::from_secs(20));
     assert!(st.success(), "caller: {}", caller.log());
     // The caller quit (BYE from A); B's phone must have been told.
@@ -122,14 +117,16 @@ fn register(
 ) -> bool {
     let scenario = register_scenario(ext, password, expect, false);
     let target = format!("127.0.0.1:{}", gw.sip_port);
-    let out = sipp(
+    let out = Sipp {
+        bin: std::path::Path::new("sipp"),
         dir,
         name,
-        &scenario,
-        &target,
-        &["-s", ext, "-i", ip],
-        Duration::from_secs(20),
-    );
+        scenario: &scenario,
+        target: &target,
+        args: &["-s", ext, "-i", ip],
+        limit: Duration::from_secs(20),
+    }
+    .output();
     out.status.success()
 }
 

@@ -57,9 +57,7 @@ use voxgate::transport::tls;
 use voxgate_testkit::bench::{self, JsonExt, Value};
 use voxgate_testkit::enroll::{SERVER_NAME, Setup, fingerprint, token_file};
 use voxgate_testkit::lab::{Lab, Proc};
-use voxgate_testkit::procfs::{
-    clk_tck, cpu_ticks_total, fs_type, pin_self, proc_ticks, status_field,
-};
+use voxgate_testkit::procfs::{clk_tck, cpu_ticks_total, fs_type, proc_ticks, status_field};
 
 mod enroll_load;
 mod sessions;
@@ -325,12 +323,7 @@ fn tpm_pid(tpm: &voxgate_testkit::swtpm::Swtpm) -> Option<String> {
 fn main() {
     let started = Instant::now();
     let tck = clk_tck();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pinned = if cpus >= 2 {
-        pin_self(1)
-    } else {
-        Err("one CPU only".into())
-    };
+    let pinned = bench::pin_to_cpu1();
     let lab = Lab::new("bench-identity", "mode = \"none\"");
     let sealed_ca = lab.ca_key_sealed();
     let tpm = voxgate_testkit::swtpm::Swtpm::start_in(lab.dir.join("swtpm"));
@@ -342,39 +335,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(run(&lab, &relay, &tpm, tck))
-    }));
+    let result = bench::catch(|| rt.block_on(run(&lab, &relay, &tpm, tck)));
     drop(rt);
     let relay_ok = relay.stop().success();
-    let warnings: Vec<Value> = relay
-        .log_text()
-        .lines()
-        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("stay_root"))
-        .take(5)
-        .map(|l| Value::String(l.to_string()))
-        .collect();
+    let warnings: Vec<Value> = relay.warnings().into_iter().map(Value::String).collect();
     let (mut root, error) = match result {
         Ok(r) => (r, None),
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            (Value::obj(), Some(msg))
-        }
+        Err(msg) => (Value::obj(), Some(msg)),
     };
     let mut setup = Value::obj();
     setup
         .set("relay_cpus", relay_cpus.unwrap_or_default())
-        .set(
-            "device_and_generator_cpus",
-            match &pinned {
-                Ok(c) => c.clone(),
-                Err(e) => format!("not pinned: {e}"),
-            },
-        )
+        .set("device_and_generator_cpus", bench::pinned_text(&pinned))
         .set("ca_key_sealed", sealed_ca)
         .set("registry_filesystem", fs_type(&lab.dir))
         .set("relay_log", "info");

@@ -40,8 +40,7 @@ use voxgate_testkit::bench::{self, JsonExt, Value};
 use voxgate_testkit::lab::{Lab, Proc, scrape};
 use voxgate_testkit::loadgen::Generator;
 use voxgate_testkit::procfs::{
-    clk_tck, cpu_ticks, pin_self, proc_ticks, status_field, status_kib, sysctl, udp_counters,
-    udp_drops,
+    clk_tck, cpu_ticks, proc_ticks, status_field, status_kib, sysctl, udp_counters, udp_drops,
 };
 
 mod setup;
@@ -105,13 +104,8 @@ const TEXT: &str = "Voice gateways carry speech from the microphone to the relay
 fn main() {
     let started = Instant::now();
     let tck = clk_tck();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Before any other thread exists: the runtime's threads inherit it.
-    let pinned = if cpus >= 2 {
-        pin_self(1)
-    } else {
-        Err("one CPU only".into())
-    };
+    let pinned = bench::pin_to_cpu1();
     let lab = Lab::new("bench-relay-load", "mode = \"none\"");
     lab.gateway_config(DEVICE, lab.quic_port, ""); // the dev certificate
     let packets = packets(&lab.dir);
@@ -130,20 +124,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(run(&lab, &mut relay, packets, started, tck))
-    }));
-    let (steps, end) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            (Vec::new(), format!("error: {msg}"))
-        }
-    };
+    let (steps, end) = bench::catch(|| rt.block_on(run(&lab, &mut relay, packets, started, tck)))
+        .unwrap_or_else(|msg| (Vec::new(), format!("error: {msg}")));
     drop(rt);
     let relay_ok = relay.stop().success();
     // What the kernel granted the relay's socket (its "relay ready" line).
@@ -159,15 +141,7 @@ fn main() {
                 .collect::<String>()
         })
         .unwrap_or_default();
-    let log_tail: Vec<String> = relay
-        .log_text()
-        .lines()
-        // Warnings and errors, except the one this bench asks for by
-        // running the relay as root with `stay_root`.
-        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("stay_root"))
-        .take(5)
-        .map(str::to_string)
-        .collect();
+    let log_tail = relay.warnings();
     drop(relay);
     drop(rec);
 
@@ -187,13 +161,7 @@ fn main() {
     setup
         .set("relay_cpus", relay_cpus.unwrap_or_default())
         .set("relay_threads_at_start", relay_threads.unwrap_or_default())
-        .set(
-            "generator_cpus",
-            match &pinned {
-                Ok(c) => c.clone(),
-                Err(e) => format!("not pinned: {e}"),
-            },
-        )
+        .set("generator_cpus", bench::pinned_text(&pinned))
         .set("relay_binary", relay_bin())
         .set("recordings", recordings_on)
         .set(

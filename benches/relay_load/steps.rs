@@ -101,16 +101,20 @@ pub(crate) async fn snap(
     }
 }
 
+/// What a step streams and measures with: the generator, the relay and its
+/// metrics address, both ends' UDP ports, and clock ticks per second.
+pub(crate) struct Rig<'a> {
+    pub(crate) g: &'a Generator,
+    pub(crate) relay: &'a mut Proc,
+    pub(crate) metrics: SocketAddr,
+    pub(crate) ports: &'a Ports,
+    pub(crate) tck: f64,
+}
+
 /// Streams one step at `n` connections (ramping up or closing some first)
 /// and measures it.
-pub(crate) async fn step(
-    g: &Generator,
-    relay: &mut Proc,
-    metrics: SocketAddr,
-    ports: &Ports,
-    n: usize,
-    tck: f64,
-) -> Value {
+pub(crate) async fn step(rig: &mut Rig<'_>, n: usize) -> Value {
+    let g = rig.g;
     let t_ramp = Instant::now();
     let have = g.status().await.streaming;
     let (failed, first_err) = if n >= have {
@@ -127,7 +131,7 @@ pub(crate) async fn step(
     // quieter of the two is kept.
     let mut best: Option<Value> = None;
     for attempt in 1..=2u64 {
-        let mut j = window(g, relay, metrics, ports, n, tck).await;
+        let mut j = window(rig, n).await;
         j.set("attempt", attempt)
             .set("connect_failures", failed)
             .set(
@@ -158,22 +162,22 @@ pub(crate) async fn step(
 }
 
 /// One measured window of `MEASURE` at the current connections.
-pub(crate) async fn window(
-    g: &Generator,
-    relay: &mut Proc,
-    metrics: SocketAddr,
-    ports: &Ports,
-    n: usize,
-    tck: f64,
-) -> Value {
-    let relay_pid = relay.pid().to_string();
+pub(crate) async fn window(rig: &mut Rig<'_>, n: usize) -> Value {
+    let Rig {
+        g,
+        metrics,
+        ports,
+        tck,
+        ..
+    } = *rig;
+    let relay_pid = rig.relay.pid().to_string();
     g.counters.max_late_us.store(0, Relaxed);
     let a = snap(g, &relay_pid, metrics, ports).await;
     let live0 = a.live;
     tokio::time::sleep(MEASURE).await;
     let b = snap(g, &relay_pid, metrics, ports).await;
     let live1 = b.live;
-    relay.assert_running();
+    rig.relay.assert_running();
 
     let window = (b.at - a.at).as_secs_f64();
     let handed = (b.handed - a.handed) as f64;
@@ -288,6 +292,13 @@ pub(crate) async fn run(
     } else {
         "normal (SCHED_FIFO refused)".into()
     });
+    let mut rig = Rig {
+        g: &g,
+        relay,
+        metrics: lab.relay_metrics,
+        ports: &ports,
+        tck,
+    };
     let mut steps: Vec<Value> = Vec::new();
     let mut end = String::from("every step passed");
     // Step up; after the first failure, bisect (twice) between the last
@@ -307,8 +318,8 @@ pub(crate) async fn run(
             }
             Some(_) => break,
         };
-        relay.assert_running();
-        let (quiet, waited) = wait_quiet(&relay.pid().to_string(), tck, QUIET_WAIT).await;
+        rig.relay.assert_running();
+        let (quiet, waited) = wait_quiet(&rig.relay.pid().to_string(), tck, QUIET_WAIT).await;
         // A step takes its ramp, the settle time and one or two windows.
         let have = g.status().await.streaming;
         let step_s = n.saturating_sub(have) as f64 / RAMP_PER_S
@@ -323,7 +334,7 @@ pub(crate) async fn run(
             break;
         }
         eprintln!("relay_load: {n} streams ...");
-        let mut j = step(&g, relay, lab.relay_metrics, &ports, n, tck).await;
+        let mut j = step(&mut rig, n).await;
         j.set("phase", if refinements > 0 { "bisect" } else { "step up" })
             .set("quiet_before_cores", quiet)
             .set("waited_for_quiet_s", waited);

@@ -276,13 +276,7 @@ fn main() {
     let gw_cpus = status_field(gw_pid, "Cpus_allowed_list").unwrap_or_default();
     let gw_ok = gw.stop();
     let relay_ok = relay.stop();
-    let warnings: Vec<String> = gw
-        .log_text()
-        .lines()
-        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("stay_root"))
-        .take(5)
-        .map(str::to_string)
-        .collect();
+    let warnings = gw.warnings();
 
     let map = |m: &BTreeMap<String, f64>| {
         Value::Object(

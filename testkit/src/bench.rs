@@ -120,19 +120,42 @@ pub fn section(bench: &str, name: &str, f: impl FnOnce() -> Value) -> Value {
     }
     let t0 = Instant::now();
     eprintln!("{bench}: {name} ...");
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let r = catch(f);
     eprintln!(
         "{bench}: {name} done in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    r.unwrap_or_else(|e| {
-        let msg = e
-            .downcast_ref::<String>()
+    r.unwrap_or_else(|msg| json!({ "error": msg }))
+}
+
+/// Runs `f`; a panic becomes its message (`panic` when it carries no text).
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        e.downcast_ref::<String>()
             .cloned()
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into());
-        json!({ "error": msg })
+            .unwrap_or_else(|| "panic".into())
     })
+}
+
+/// Pins this process to CPU 1 when the machine has two or more; call it
+/// before any other thread exists (they inherit it). The CPUs it may run
+/// on, or why it is not pinned.
+pub fn pin_to_cpu1() -> Result<String, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        crate::procfs::pin_self(1)
+    } else {
+        Err("one CPU only".into())
+    }
+}
+
+/// [`pin_to_cpu1`]'s result as a result field.
+pub fn pinned_text(pinned: &Result<String, String>) -> String {
+    match pinned {
+        Ok(c) => c.clone(),
+        Err(e) => format!("not pinned: {e}"),
+    }
 }
 
 /// `v` with `digits` decimals, or `n/a`.

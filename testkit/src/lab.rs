@@ -147,6 +147,17 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The first five warnings and errors in its log, except the one a
+    /// bench asks for by running it as root with `stay_root`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("stay_root"))
+            .take(5)
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn assert_running(&mut self) {
         if let Ok(Some(s)) = self.child.try_wait() {
             panic!("{} exited ({s}); log:\n{}", self.name, self.log_text());

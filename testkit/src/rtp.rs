@@ -4,9 +4,12 @@
 //! own UDP sink receives.
 
 use std::io::Write;
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// One RTP packet: version 2, no padding, extension or CSRC.
 pub fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
@@ -190,4 +193,54 @@ pub fn write_pcap(path: &Path, packets: &Timed) {
         f.write_all(&frame).unwrap();
     }
     f.flush().unwrap();
+}
+
+/// A UDP socket on 127.0.0.1 served by a thread until dropped (and at most
+/// a minute, whatever the test does): `serve` runs again and again with the
+/// socket (its read timeout `poll`) and the list of what it keeps.
+pub struct UdpThread<T> {
+    pub port: u16,
+    kept: Arc<Mutex<Vec<T>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> UdpThread<T> {
+    pub fn spawn(
+        poll: Duration,
+        mut serve: impl FnMut(&UdpSocket, &Mutex<Vec<T>>) + Send + 'static,
+    ) -> UdpThread<T> {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(poll)).unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (k, s) = (kept.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !s.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                serve(&sock, &k);
+            }
+        });
+        UdpThread {
+            port,
+            kept,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// What it has kept so far.
+    pub fn kept(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.kept.lock().unwrap()
+    }
+}
+
+impl<T> Drop for UdpThread<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -262,18 +262,6 @@ pub fn wait_child(mut c: std::process::Child, limit: Duration) -> std::process::
     }
 }
 
-/// Run sipp with a scenario (XML text) against `target`, bounded by `limit`.
-pub fn sipp(
-    dir: &Path,
-    name: &str,
-    scenario: &str,
-    target: &str,
-    args: &[&str],
-    limit: Duration,
-) -> Output {
-    sipp_with(Path::new("sipp"), dir, name, scenario, target, args, limit)
-}
-
 /// SIPp 3.7.3 (Debian trixie's, with SHA-256 digest), installed by
 /// scripts/sipp-trixie (scripts/deps runs it) under ~/.cache/voxgate.
 pub fn sipp37() -> PathBuf {
@@ -297,102 +285,158 @@ pub fn sipp37() -> PathBuf {
 /// The `[authentication]` keyword of a sipp scenario with the phone's
 /// digest credentials written into it, so that the password never appears
 /// in sipp's argv (`-au`/`-ap`), where any local user could read it in
-/// /proc. The scenario file is written mode 0600 ([`sipp_with`]).
+/// /proc. The scenario file is written mode 0600 ([`Sipp`]).
 /// (SIPp 3.6 and 3.7 do not expand injection fields inside this keyword,
 /// so an `-inf` file cannot carry them.)
 pub fn sipp_auth(user: &str, password: &str) -> String {
     format!("[authentication username={user} password={password}]")
 }
 
-/// [`sipp`] with a given sipp binary.
-pub fn sipp_with(
-    sipp: &Path,
-    dir: &Path,
-    name: &str,
-    scenario: &str,
-    target: &str,
-    args: &[&str],
-    limit: Duration,
-) -> Output {
-    sipp_command(sipp, dir, name, scenario, target, args, limit)
-        .output()
-        .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+/// One sipp run: a scenario (XML text) against `target`, bounded by
+/// `limit`, its files (`NAME.xml`, `NAME-errors.log`) in `dir`.
+pub struct Sipp<'a> {
+    /// The sipp binary: `Path::new("sipp")` (Debian's) or [`sipp37`].
+    pub bin: &'a Path,
+    pub dir: &'a Path,
+    pub name: &'a str,
+    pub scenario: &'a str,
+    pub target: &'a str,
+    pub args: &'a [&'a str],
+    pub limit: Duration,
 }
 
-/// [`sipp_with`] started in the background (a phone that answers while the
-/// test places the call); output goes to `NAME.out` in `dir`.
-pub fn sipp_spawn(
-    sipp: &Path,
-    dir: &Path,
-    name: &str,
-    scenario: &str,
-    target: &str,
-    args: &[&str],
-    limit: Duration,
-) -> std::process::Child {
-    let mut c = sipp_command(sipp, dir, name, scenario, target, args, limit);
-    c.stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sipp")
+impl Sipp<'_> {
+    /// Runs it to the end.
+    pub fn output(&self) -> Output {
+        self.command()
+            .output()
+            .expect("sipp (Debian package sip-tester; scripts/deps installs it)")
+    }
+
+    /// Starts it in the background (a phone that answers while the test
+    /// places the call); output goes to `NAME.out` in `dir`.
+    pub fn spawn(&self) -> std::process::Child {
+        let mut c = self.command();
+        c.stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join(format!("{}.out", self.name))).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp")
+    }
+
+    fn command(&self) -> Command {
+        let Sipp {
+            bin,
+            dir,
+            name,
+            scenario,
+            target,
+            args,
+            limit,
+        } = *self;
+        assert!(
+            !args.contains(&"-ap"),
+            "{name}: a password in sipp's argv; put it in the scenario with sipp_auth"
+        );
+        assert_filled(scenario);
+        let file = dir.join(format!("{name}.xml"));
+        // Owner-only: a scenario may hold a test phone's credentials (sipp_auth).
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)
+                .and_then(|mut f| f.write_all(scenario.as_bytes()))
+                .unwrap();
+        }
+        let mut c = Command::new("timeout");
+        c.arg(limit.as_secs().to_string())
+            .arg(bin)
+            .arg(target)
+            .arg("-sf")
+            .arg(&file)
+            .args(["-i", "127.0.0.1"]);
+        // A caller that needs a known SIP port (a phone that registers and then
+        // answers there) passes its own -p.
+        if !args.contains(&"-p") {
+            c.arg("-p").arg(free_udp().to_string());
+        }
+        c.args([
+            "-m",
+            "1",
+            "-l",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "10s",
+            "-timeout_error",
+        ])
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join(format!("{name}-errors.log")))
+        .args(args)
+        .current_dir(dir);
+        c
+    }
 }
 
-fn sipp_command(
-    sipp: &Path,
-    dir: &Path,
-    name: &str,
-    scenario: &str,
-    target: &str,
-    args: &[&str],
-    limit: Duration,
-) -> Command {
-    assert!(
-        !args.contains(&"-ap"),
-        "{name}: a password in sipp's argv; put it in the scenario with sipp_auth"
-    );
-    assert_filled(scenario);
-    let file = dir.join(format!("{name}.xml"));
-    // Owner-only: a scenario may hold a test phone's credentials (sipp_auth).
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&file)
-            .and_then(|mut f| f.write_all(scenario.as_bytes()))
-            .unwrap();
+/// SIPp's message and log traces of run `name` in `dir`
+/// (`NAME-messages.log`, `NAME-logs.log`).
+pub struct SippTrace {
+    msgs: PathBuf,
+    logs: PathBuf,
+}
+
+impl SippTrace {
+    pub fn new(dir: &Path, name: &str) -> SippTrace {
+        SippTrace {
+            msgs: dir.join(format!("{name}-messages.log")),
+            logs: dir.join(format!("{name}-logs.log")),
+        }
     }
-    let mut c = Command::new("timeout");
-    c.arg(limit.as_secs().to_string())
-        .arg(sipp)
-        .arg(target)
-        .arg("-sf")
-        .arg(&file)
-        .args(["-i", "127.0.0.1"]);
-    // A caller that needs a known SIP port (a phone that registers and then
-    // answers there) passes its own -p.
-    if !args.contains(&"-p") {
-        c.arg("-p").arg(free_udp().to_string());
+
+    /// The sipp arguments that write them.
+    pub fn args(&self) -> [&str; 6] {
+        [
+            "-trace_msg",
+            "-message_file",
+            self.msgs.to_str().unwrap(),
+            "-trace_logs",
+            "-log_file",
+            self.logs.to_str().unwrap(),
+        ]
     }
-    c.args([
-        "-m",
-        "1",
-        "-l",
-        "1",
-        "-nostdin",
-        "-timeout",
-        "10s",
-        "-timeout_error",
-    ])
-    .args(["-trace_err", "-error_file"])
-    .arg(dir.join(format!("{name}-errors.log")))
-    .args(args)
-    .current_dir(dir);
-    c
+
+    /// Both, messages first (empty where sipp wrote nothing).
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.msgs).unwrap_or_default()
+            + &std::fs::read_to_string(&self.logs).unwrap_or_default()
+    }
+}
+
+/// Two started boxes on `lab`'s relay: gateway `gw-a` with phone 201 and
+/// gateway `gw-b` with phone 301 (`digest`: their `[sip]` digest list), and
+/// the phones' passwords. B's gateway drops first, as two locals would.
+pub struct TwoBoxes {
+    pub b: SipGateway,
+    pub a: SipGateway,
+    pub pa: String,
+    pub pb: String,
+}
+
+impl TwoBoxes {
+    pub fn start(lab: &Lab, digest: &str) -> TwoBoxes {
+        let mut a = SipGateway::configure(lab, "gw-a", digest, "");
+        let mut b = SipGateway::configure(lab, "gw-b", digest, "");
+        let pa = a.add_phone("201");
+        let pb = b.add_phone("301");
+        a.start(lab);
+        b.start(lab);
+        TwoBoxes { b, a, pa, pb }
+    }
 }
 
 /// A free TCP port (re-exported for tests).

@@ -3,58 +3,27 @@
 use super::*;
 
 /// A UDP socket that keeps every datagram it gets, until dropped.
-pub(crate) struct Sink {
-    pub(crate) port: u16,
-    pub(crate) got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
-}
+pub(crate) struct Sink(UdpThread<Vec<u8>>);
 
 impl Sink {
     pub(crate) fn new() -> Sink {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let port = sock.local_addr().unwrap().port();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            // Bounded: at most a minute, whatever the test does.
-            let t0 = std::time::Instant::now();
-            while !s.load(std::sync::atomic::Ordering::Relaxed)
-                && t0.elapsed() < Duration::from_secs(60)
-            {
+        let mut buf = [0u8; 2048];
+        Sink(UdpThread::spawn(
+            Duration::from_millis(100),
+            move |sock, got| {
                 if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    g.lock().unwrap().push(buf[..n].to_vec());
+                    got.lock().unwrap().push(buf[..n].to_vec());
                 }
-            }
-        });
-        Sink {
-            port,
-            got,
-            stop,
-            thread: Some(thread),
-        }
+            },
+        ))
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub(crate) fn packets(&self) -> Vec<Rtp> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|b| parse_rtp(b))
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.kept().iter().filter_map(|b| parse_rtp(b)).collect()
     }
 }
 
@@ -88,39 +57,33 @@ pub(crate) fn events_in(packets: &[Rtp], pt: u8) -> Vec<(u8, bool)> {
 
 #[test]
 fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_up() {
-    let lab = Lab::new("sip-dtmf", "mode = \"none\"");
-    let _relay = lab.start_relay();
-    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
-    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
-    let pa = a.add_phone("201");
-    let pb = b.add_phone("301");
-    a.start(&lab);
-    b.start(&lab);
-    // B's phone registers from the port it then answers on.
-    let callee_port = voxgate_testkit::lab::free_udp();
-    register_at(&lab.dir, &b, "301", &pb, callee_port);
-    b.wait_registered(1.0);
-    std::thread::sleep(Duration::from_millis(300));
+    let TwoBoxLab {
+        boxes: TwoBoxes { a, b, pa, .. },
+        callee_port,
+        lab,
+        ..
+    } = &two_boxes("sip-dtmf");
     let sink = Sink::new();
     let callee = fill(
         &sipp_file("callee.xml"),
         &[
             ("CALLEE_END", &sipp_file("callee-bye.xml")),
             ("HOLD_MS", "5000"),
-            ("SINK_PORT", &sink.port.to_string()),
+            ("SINK_PORT", &sink.port().to_string()),
             ("EXT", "301"),
         ],
     );
     let port = callee_port.to_string();
-    let callee_run = sipp_spawn(
-        &sipp37(),
-        &lab.dir,
-        "callee-301",
-        &callee,
-        &format!("127.0.0.1:{}", b.sip_port),
-        &["-p", &port, "-timeout", "30s", "-trace_msg", "-trace_logs"],
-        Duration::from_secs(35),
-    );
+    let callee_run = Sipp {
+        bin: &sipp37(),
+        dir: &lab.dir,
+        name: "callee-301",
+        scenario: &callee,
+        target: &format!("127.0.0.1:{}", b.sip_port),
+        args: &["-p", &port, "-timeout", "30s", "-trace_msg", "-trace_logs"],
+        limit: Duration::from_secs(35),
+    }
+    .spawn();
     // A's phone: silence, the digits as RFC 4733 events with silence
     // between them, silence.
     let digits = "15#0*9";
@@ -143,7 +106,16 @@ fn dtmf_from_a_phone_on_one_box_reaches_a_phone_on_another_and_the_callee_hangs_
         true,
         &sipp_file("caller-gets-bye.xml"),
     );
-    let (out, trace) = sipp_call(&lab.dir, &a, "dtmf-caller", &scenario, "301", "201", &pa);
+    let (out, trace) = sipp_call(
+        "u1",
+        &lab.dir,
+        a,
+        "dtmf-caller",
+        &scenario,
+        "301",
+        "201",
+        pa,
+    );
     let callee_status = wait_child(callee_run, Duration::from_secs(40));
     let callee_trace = std::fs::read_dir(&lab.dir)
         .unwrap()

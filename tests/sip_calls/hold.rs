@@ -7,34 +7,21 @@ use super::*;
 /// phone), then sends u-law speech from the same socket every 20 ms,
 /// looping, and keeps the arrival time and payload of every packet it
 /// gets.
-pub(crate) struct TestPhoneMedia {
-    pub(crate) port: u16,
-    pub(crate) got: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Rtp)>>>,
-    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
-}
+pub(crate) struct TestPhoneMedia(UdpThread<(std::time::Instant, Rtp)>);
 
 impl TestPhoneMedia {
     pub(crate) fn new(ulaw: Vec<u8>) -> TestPhoneMedia {
-        use std::sync::atomic::Ordering;
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
-        let port = sock.local_addr().unwrap().port();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            let t0 = std::time::Instant::now();
-            let mut peer = None;
-            let mut next = std::time::Instant::now();
-            let (mut seq, mut ts, mut i) = (fastrand::u16(..), fastrand::u32(..), 0usize);
-            while !s.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+        let mut buf = [0u8; 2048];
+        let mut peer = None;
+        let mut next = std::time::Instant::now();
+        let (mut seq, mut ts, mut i) = (fastrand::u16(..), fastrand::u32(..), 0usize);
+        TestPhoneMedia(UdpThread::spawn(
+            Duration::from_millis(5),
+            move |sock, got| {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
                     peer.get_or_insert(from);
                     if let Some(p) = parse_rtp(&buf[..n]) {
-                        g.lock().unwrap().push((std::time::Instant::now(), p));
+                        got.lock().unwrap().push((std::time::Instant::now(), p));
                     }
                 }
                 if let Some(to) = peer
@@ -47,27 +34,16 @@ impl TestPhoneMedia {
                     ts = ts.wrapping_add(160);
                     next += Duration::from_millis(20);
                 }
-            }
-        });
-        TestPhoneMedia {
-            port,
-            got,
-            stop,
-            thread: Some(thread),
-        }
+            },
+        ))
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub(crate) fn received(&self) -> Vec<(std::time::Instant, Rtp)> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-impl Drop for TestPhoneMedia {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.kept().clone()
     }
 }
 
@@ -91,7 +67,7 @@ fn a_phone_holds_and_resumes_a_call_with_reinvites_and_audio_comes_back() {
     let media = TestPhoneMedia::new(ulaw_of(&speech, &lab.dir));
     let sdp_dir = |dir: &str| {
         sdp(20)
-            .replace("[media_port]", &media.port.to_string())
+            .replace("[media_port]", &media.port().to_string())
             .replace("a=sendrecv", &format!("a={dir}"))
     };
     let steps: String = [
@@ -123,7 +99,7 @@ fn a_phone_holds_and_resumes_a_call_with_reinvites_and_audio_comes_back() {
             ("EXT", "201"),
         ],
     );
-    let (out, trace) = sipp_call(&lab.dir, &gw, "hold", &scenario, "900", "201", &pw);
+    let (out, trace) = sipp_call("u1", &lab.dir, &gw, "hold", &scenario, "900", "201", &pw);
     assert!(
         out.status.success(),
         "hold scenario: {}\n{trace}\ngateway:\n{}",

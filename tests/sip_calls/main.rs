@@ -9,9 +9,9 @@
 use std::time::Duration;
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, opusdec, wait_for};
-use voxgate_testkit::rtp::{Rtp, Stream, parse_rtp, rtp, ulaw_of, write_pcap};
+use voxgate_testkit::rtp::{Rtp, Stream, UdpThread, parse_rtp, rtp, ulaw_of, write_pcap};
 use voxgate_testkit::sip::{
-    SipGateway, fill, register_scenario, sipp_auth, sipp_file, sipp_spawn, sipp_with, sipp37,
+    SipGateway, Sipp, SippTrace, TwoBoxes, fill, register_scenario, sipp_auth, sipp_file, sipp37,
     wait_child,
 };
 
@@ -24,21 +24,10 @@ mod register;
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";
 
-/// Run the REGISTER scenario with SIPp 3.7.3; returns whether it ended as
-/// expected, and the authorization it sent (from the message trace).
+/// Run the REGISTER scenario with SIPp 3.7.3 over `transport` (SIPp's
+/// mode, `u1` or `t1`); returns whether it ended as expected, and the
+/// authorization it sent (from the message trace).
 fn register(
-    dir: &std::path::Path,
-    gw: &SipGateway,
-    ext: &str,
-    password: &str,
-    expect: u16,
-    name: &str,
-) -> (bool, String) {
-    register_over("u1", dir, gw, ext, password, expect, name)
-}
-
-/// [`register`] with SIPp's transport mode (`u1` or `t1`).
-fn register_over(
     transport: &str,
     dir: &std::path::Path,
     gw: &SipGateway,
@@ -49,30 +38,18 @@ fn register_over(
 ) -> (bool, String) {
     let scenario = register_scenario(ext, password, expect, true);
     let target = format!("127.0.0.1:{}", gw.sip_port);
-    let msgs = dir.join(format!("{name}-messages.log"));
-    let logs = dir.join(format!("{name}-logs.log"));
-    let out = sipp_with(
-        &sipp37(),
+    let trace = SippTrace::new(dir, name);
+    let out = Sipp {
+        bin: &sipp37(),
         dir,
         name,
-        &scenario,
-        &target,
-        &[
-            "-t",
-            transport,
-            "-s",
-            ext,
-            "-trace_msg",
-            "-message_file",
-            msgs.to_str().unwrap(),
-            "-trace_logs",
-            "-log_file",
-            logs.to_str().unwrap(),
-        ],
-        Duration::from_secs(20),
-    );
-    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
-        + &std::fs::read_to_string(&logs).unwrap_or_default();
+        scenario: &scenario,
+        target: &target,
+        args: &[&["-t", transport, "-s", ext][..], &trace.args()].concat(),
+        limit: Duration::from_secs(20),
+    }
+    .output();
+    let trace = trace.text();
     if !out.status.success() {
         eprintln!(
             "sipp {name}: {}\n{}\n{trace}",
@@ -120,23 +97,10 @@ fn call_scenario(
     )
 }
 
-/// Run a call scenario as phone `ext` (SIPp 3.7.3, media on `127.0.0.1`).
-fn sipp_call(
-    dir: &std::path::Path,
-    gw: &SipGateway,
-    name: &str,
-    scenario: &str,
-    dialled: &str,
-    ext: &str,
-    password: &str,
-) -> (std::process::Output, String) {
-    sipp_call_over("u1", dir, gw, name, scenario, dialled, ext, password)
-}
-
-/// [`sipp_call`] with SIPp's transport mode (`u1`: UDP, `t1`: one TCP
-/// connection).
+/// Run a call scenario as phone `ext` (SIPp 3.7.3, media on `127.0.0.1`)
+/// over `transport` (SIPp's mode, `u1`: UDP, `t1`: one TCP connection).
 #[allow(clippy::too_many_arguments)]
-fn sipp_call_over(
+fn sipp_call(
     transport: &str,
     dir: &std::path::Path,
     gw: &SipGateway,
@@ -147,8 +111,7 @@ fn sipp_call_over(
     password: &str,
 ) -> (std::process::Output, String) {
     let (media, _) = voxgate_testkit::sip::free_rtp_range(2);
-    let msgs = dir.join(format!("{name}-messages.log"));
-    let logs = dir.join(format!("{name}-logs.log"));
+    let trace = SippTrace::new(dir, name);
     // The digest uri must be the Request-URI (SIPp's default leaves out the user).
     let auth_uri = format!("{dialled}@127.0.0.1:{}", gw.sip_port);
     assert!(
@@ -156,38 +119,49 @@ fn sipp_call_over(
         "{name}: no [authentication]"
     );
     let scenario = scenario.replace("[authentication]", &sipp_auth(ext, password));
-    let out = sipp_with(
-        &sipp37(),
+    let media = media.to_string();
+    let out = Sipp {
+        bin: &sipp37(),
         dir,
         name,
-        &scenario,
-        &format!("127.0.0.1:{}", gw.sip_port),
-        &[
-            "-t",
-            transport,
-            "-timeout",
-            "30s",
-            "-auth_uri",
-            &auth_uri,
-            "-s",
-            dialled,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media.to_string(),
-            "-trace_msg",
-            "-message_file",
-            msgs.to_str().unwrap(),
-            "-trace_logs",
-            "-log_file",
-            logs.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
-    );
-    let trace = std::fs::read_to_string(&msgs).unwrap_or_default()
-        + &std::fs::read_to_string(&logs).unwrap_or_default()
+        scenario: &scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &[
+            &[
+                "-t",
+                transport,
+                "-timeout",
+                "30s",
+                "-auth_uri",
+                &auth_uri,
+                "-s",
+                dialled,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &media,
+            ][..],
+            &trace.args(),
+        ]
+        .concat(),
+        limit: Duration::from_secs(40),
+    }
+    .output();
+    let trace = trace.text()
         + &std::fs::read_to_string(dir.join(format!("{name}-errors.log"))).unwrap_or_default();
     (out, trace)
+}
+
+/// Asserts that a call's sipp ended well; the message names `what` and
+/// holds sipp's status, stderr and trace, and the gateway's log.
+fn assert_call_ok(what: &str, out: &std::process::Output, trace: &str, gw: &SipGateway) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}\n{trace}\ngateway:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
 }
 
 /// The relay's finished recording of a call flow (flows from 16 up are
@@ -223,20 +197,48 @@ fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str
     let scenario = register_scenario(ext, password, 200, true);
     let port = port.to_string();
     let name = format!("register-{ext}");
-    let out = sipp_with(
-        &sipp37(),
+    let out = Sipp {
+        bin: &sipp37(),
         dir,
-        &name,
-        &scenario,
-        &format!("127.0.0.1:{}", gw.sip_port),
-        &["-s", ext, "-p", &port],
-        Duration::from_secs(20),
-    );
+        name: &name,
+        scenario: &scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &["-s", ext, "-p", &port],
+        limit: Duration::from_secs(20),
+    }
+    .output();
     assert!(
         out.status.success(),
         "REGISTER {ext}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Two boxes on one relay ([`TwoBoxes`]), B's phone 301 registered from
+/// `callee_port`, where its callee scenario answers later. The fields drop
+/// in order: the gateways, then the relay, then the lab directory.
+struct TwoBoxLab {
+    boxes: TwoBoxes,
+    callee_port: u16,
+    _relay: voxgate_testkit::lab::Proc,
+    lab: Lab,
+}
+
+fn two_boxes(name: &str) -> TwoBoxLab {
+    let lab = Lab::new(name, "mode = \"none\"");
+    let relay = lab.start_relay();
+    let boxes = TwoBoxes::start(&lab, "[\"sha-256\", \"md5\"]");
+    // B's phone registers from the port it then answers on.
+    let callee_port = voxgate_testkit::lab::free_udp();
+    register_at(&lab.dir, &boxes.b, "301", &boxes.pb, callee_port);
+    boxes.b.wait_registered(1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    TwoBoxLab {
+        boxes,
+        callee_port,
+        _relay: relay,
+        lab,
+    }
 }
 
 /// A caller up to its authenticated INVITE (the first five steps of

@@ -64,28 +64,14 @@ fn an_opus_phone_is_forwarded_into_the_recording_without_transcoding() {
         s.ts = s.ts.wrapping_add(960);
         s.at += Duration::from_millis(20);
     }
-    let pcap = lab.dir.join("speech-opus.pcap");
-    write_pcap(&pcap, &packets);
-    let play_ms = s.at.as_millis() as u64 + 500;
-    let scenario = call_scenario(
-        "201",
-        &pcap,
-        play_ms,
-        20,
-        false,
-        &sipp_file("caller-bye.xml"),
-    )
-    .replace(&sdp(20), &sipp_file("opus-sdp.txt"))
-    .replace("RTP/AVP 0( 101)?", "RTP/AVP 96( 101)?");
+    let scenario = call_playing(&lab.dir.join("speech-opus.pcap"), &packets, s.at, 20)
+        .replace(&sdp(20), &sipp_file("opus-sdp.txt"))
+        .replace("RTP/AVP 0( 101)?", "RTP/AVP 96( 101)?");
     assert!(scenario.contains("opus/48000/2"));
-    let (out, trace) = sipp_call(&lab.dir, &gw, "opus-901", &scenario, "901", "201", &pw);
-    assert!(
-        out.status.success(),
-        "Opus call to 901: {}\n{}\n{trace}\ngateway:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
+    let (out, trace) = sipp_call(
+        "u1", &lab.dir, &gw, "opus-901", &scenario, "901", "201", &pw,
     );
+    assert_call_ok("Opus call to 901", &out, &trace, &gw);
     assert!(trace.contains("media m=audio"), "Opus answered:\n{trace}");
     let rec = finished_call_recording(&relay);
     // Forwarded, not transcoded: the recording holds the phone's own
@@ -141,7 +127,7 @@ pub(crate) fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
     gw.start(&lab);
     if transport != "u1" {
         // Registered over the same transport first, as a TCP desk phone does.
-        let (ok, trace) = register_over(transport, &lab.dir, &gw, "201", &pw, 200, "reg-tcp");
+        let (ok, trace) = register(transport, &lab.dir, &gw, "201", &pw, 200, "reg-tcp");
         assert!(
             ok,
             "REGISTER over {transport}:\n{trace}\ngateway:\n{}",
@@ -157,26 +143,20 @@ pub(crate) fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
     s.silence(210, ptime, &mut packets);
     s.pcmu(&ulaw, ptime, &mut packets);
     s.silence(210, ptime, &mut packets);
-    let pcap = lab.dir.join(format!("speech-pcmu-{ptime}.pcap"));
-    write_pcap(&pcap, &packets);
-    let play_ms = s.at.as_millis() as u64 + 500;
-    let scenario = call_scenario(
-        "201",
-        &pcap,
-        play_ms,
+    let scenario = call_playing(
+        &lab.dir.join(format!("speech-pcmu-{ptime}.pcap")),
+        &packets,
+        s.at,
         ptime,
-        false,
-        &sipp_file("caller-bye.xml"),
     );
-    let (out, trace) = sipp_call_over(
+    let (out, trace) = sipp_call(
         transport, &lab.dir, &gw, "pcap-901", &scenario, "901", "201", &pw,
     );
-    assert!(
-        out.status.success(),
-        "sipp call to 901 over {transport}: {}\n{}\n{trace}\ngateway:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
+    assert_call_ok(
+        &format!("sipp call to 901 over {transport}"),
+        &out,
+        &trace,
+        &gw,
     );
     assert!(trace.contains("answer direction sendrecv"), "{trace}");
     assert!(trace.contains("media m=audio"), "PCMU answered:\n{trace}");
@@ -194,4 +174,23 @@ pub(crate) fn pcap_speech_to_901_over(transport: &str, ptime: u32) {
     assert!(log.contains("\"to\":\"901\""), "{log}");
     assert!(log.contains("call ended"), "{log}");
     assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
+}
+
+/// Phone 201's call that plays `packets` (written to `pcap`, `ptime` ms
+/// apart), waits half a second after `end` and hangs up.
+fn call_playing(
+    pcap: &std::path::Path,
+    packets: &voxgate_testkit::rtp::Timed,
+    end: Duration,
+    ptime: u32,
+) -> String {
+    write_pcap(pcap, packets);
+    call_scenario(
+        "201",
+        pcap,
+        end.as_millis() as u64 + 500,
+        ptime,
+        false,
+        &sipp_file("caller-bye.xml"),
+    )
 }

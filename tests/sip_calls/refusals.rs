@@ -4,24 +4,18 @@ use super::*;
 
 #[test]
 fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
-    let lab = Lab::new("sip-refuse", "mode = \"none\"");
-    let _relay = lab.start_relay();
-    let mut a = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
-    let mut b = SipGateway::configure(&lab, "gw-b", "[\"sha-256\", \"md5\"]", "");
-    let pa = a.add_phone("201");
-    let pb = b.add_phone("301");
-    a.start(&lab);
-    b.start(&lab);
-    let callee_port = voxgate_testkit::lab::free_udp();
-    register_at(&lab.dir, &b, "301", &pb, callee_port);
-    b.wait_registered(1.0);
-    std::thread::sleep(Duration::from_millis(300));
+    let TwoBoxLab {
+        boxes: TwoBoxes { a, b, pa, .. },
+        callee_port,
+        lab,
+        ..
+    } = &two_boxes("sip-refuse");
     // An extension nobody registered: 404 to the caller.
     let s = caller_until_invite(
         "201",
         &fill(&sipp_file("caller-refused.xml"), &[("CODE", "404")]),
     );
-    let (out, trace) = sipp_call(&lab.dir, &a, "to-399", &s, "399", "201", &pa);
+    let (out, trace) = sipp_call("u1", &lab.dir, a, "to-399", &s, "399", "201", pa);
     assert!(
         out.status.success(),
         "404 for 399:\n{trace}\nA:\n{}",
@@ -41,24 +35,26 @@ fn refusals_and_cancel_between_two_boxes_reach_the_other_phone() {
             sipp_file("caller-cancels.xml"),
         ),
     ] {
-        let run = sipp_spawn(
-            &sipp37(),
-            &lab.dir,
-            &format!("callee-{name}"),
-            &callee,
-            &format!("127.0.0.1:{}", b.sip_port),
-            &["-p", &port, "-timeout", "20s"],
-            Duration::from_secs(25),
-        );
+        let run = Sipp {
+            bin: &sipp37(),
+            dir: &lab.dir,
+            name: &format!("callee-{name}"),
+            scenario: &callee,
+            target: &format!("127.0.0.1:{}", b.sip_port),
+            args: &["-p", &port, "-timeout", "20s"],
+            limit: Duration::from_secs(25),
+        }
+        .spawn();
         let s = caller_until_invite("201", &rest);
         let (out, trace) = sipp_call(
+            "u1",
             &lab.dir,
-            &a,
+            a,
             &format!("caller-{name}"),
             &s,
             "301",
             "201",
-            &pa,
+            pa,
         );
         let st = wait_child(run, Duration::from_secs(25));
         let callee_out =

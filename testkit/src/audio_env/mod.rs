@@ -86,6 +86,20 @@ pub use score::*;
 /// Sample rate of all fixtures and file devices.
 pub const RATE: u32 = 48_000;
 
+/// sox's description of the raw fixtures: `RATE` Hz mono S16.
+const RAW_48K_S16: [&str; 10] = [
+    "-t",
+    "raw",
+    "-r",
+    "48000",
+    "-c",
+    "1",
+    "-b",
+    "16",
+    "-e",
+    "signed-integer",
+];
+
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
 
@@ -282,18 +296,7 @@ pub fn speech_fixture(dir: &Path, text: &str) -> PathBuf {
             Command::new(&sox)
                 .args(["-R", "-D"])
                 .arg(&spoken)
-                .args([
-                    "-t",
-                    "raw",
-                    "-r",
-                    "48000",
-                    "-c",
-                    "1",
-                    "-b",
-                    "16",
-                    "-e",
-                    "signed-integer",
-                ])
+                .args(RAW_48K_S16)
                 .arg(&raw_tmp)
                 .args(["gain", "-3"]),
             Duration::from_secs(30),
@@ -304,18 +307,7 @@ pub fn speech_fixture(dir: &Path, text: &str) -> PathBuf {
         run_with_timeout(
             Command::new(&sox)
                 .arg("-R")
-                .args([
-                    "-t",
-                    "raw",
-                    "-r",
-                    "48000",
-                    "-c",
-                    "1",
-                    "-b",
-                    "16",
-                    "-e",
-                    "signed-integer",
-                ])
+                .args(RAW_48K_S16)
                 .arg(&raw_tmp)
                 .arg("-t")
                 .arg("wav")

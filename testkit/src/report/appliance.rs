@@ -3,16 +3,14 @@
 //! (`startup-*.json` of `scripts/bench-startup.py`) and the units' exposure
 //! (`security-*.txt` of `systemd-analyze security`).
 
+use super::Run;
 use super::value::V;
 use std::path::{Path, PathBuf};
 
 /// What the script gathers (`BA_*` variables).
 #[derive(Debug, Default)]
 pub struct Env {
-    pub seconds: String,
-    pub date: String,
-    pub commit: String,
-    pub machine: String,
+    pub run: Run,
     pub rustc: String,
     pub runs: String,
     pub arches: String,
@@ -25,10 +23,7 @@ impl Env {
     pub fn from_env() -> Env {
         let v = |k: &str| std::env::var(k).unwrap_or_default();
         Env {
-            seconds: v("BA_SECONDS"),
-            date: v("BA_DATE"),
-            commit: v("BA_COMMIT"),
-            machine: v("BA_MACHINE"),
+            run: Run::from_env("BA"),
             rustc: v("BA_RUSTC"),
             runs: v("BA_RUNS"),
             arches: v("BA_ARCHES"),
@@ -71,8 +66,9 @@ pub fn render(env: &Env) -> String {
     w("## 7. The appliance: binary size, start-up, exposure".into());
     w("".into());
     w(format!(
-        "Reproduce with `scripts/bench-appliance` ({} s here). {}, commit `{}`, {}; {}.",
-        env.seconds, env.date, env.commit, env.machine, env.rustc
+        "{}; {}.",
+        env.run.reproduce("scripts/bench-appliance", ""),
+        env.rustc
     ));
     w("".into());
     w("**Binary size.** `scripts/build-release all`: fully static musl binaries (libasound, libopus and the".into());

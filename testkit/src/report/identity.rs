@@ -1,16 +1,14 @@
 //! The `identity` block of docs/BENCHMARKS.md (§8,
 //! `scripts/bench-identity`), from `identity.json`.
 
+use super::Run;
 use super::value::V;
 use serde_json::Value;
 
 /// What the script gathers (`BI_*` variables).
 #[derive(Debug, Default)]
 pub struct Env {
-    pub seconds: String,
-    pub date: String,
-    pub commit: String,
-    pub machine: String,
+    pub run: Run,
     pub rustc: String,
     pub swtpm: String,
 }
@@ -19,10 +17,7 @@ impl Env {
     pub fn from_env() -> Env {
         let v = |k: &str| std::env::var(k).unwrap_or_default();
         Env {
-            seconds: v("BI_SECONDS"),
-            date: v("BI_DATE"),
-            commit: v("BI_COMMIT"),
-            machine: v("BI_MACHINE"),
+            run: Run::from_env("BI"),
             rustc: v("BI_RUSTC"),
             swtpm: v("BI_SWTPM"),
         }
@@ -51,8 +46,11 @@ pub fn render(doc: &Value, env: &Env) -> String {
     w("".into());
     let s = d.get("setup");
     w(format!(
-        "Reproduce with `scripts/bench-identity` ({} s here; `cargo bench --bench identity`). {}, commit `{}`, {}; {}; {}.",
-        env.seconds, env.date, env.commit, env.machine, env.rustc, env.swtpm
+        "{}; {}; {}.",
+        env.run
+            .reproduce("scripts/bench-identity", "; `cargo bench --bench identity`"),
+        env.rustc,
+        env.swtpm
     ));
     w(format!(
         "The release relay (`voxgate relay run`, log level info) runs pinned to CPU {}; the device side and the load generator \

@@ -15,6 +15,37 @@ pub mod value;
 
 use std::path::Path;
 
+/// When, at which commit and on what a script measured (its `PREFIX_SECONDS`,
+/// `PREFIX_DATE`, `PREFIX_COMMIT` and `PREFIX_MACHINE` variables).
+#[derive(Debug, Default)]
+pub struct Run {
+    pub seconds: String,
+    pub date: String,
+    pub commit: String,
+    pub machine: String,
+}
+
+impl Run {
+    pub fn from_env(prefix: &str) -> Run {
+        let v = |k: &str| std::env::var(format!("{prefix}_{k}")).unwrap_or_default();
+        Run {
+            seconds: v("SECONDS"),
+            date: v("DATE"),
+            commit: v("COMMIT"),
+            machine: v("MACHINE"),
+        }
+    }
+
+    /// A block's opening: how to reproduce it (`script`, its time here
+    /// and `how`, e.g. `; cargo bench ...`), date, commit and machine.
+    pub fn reproduce(&self, script: &str, how: &str) -> String {
+        format!(
+            "Reproduce with `{script}` ({} s here{how}). {}, commit `{}`, {}",
+            self.seconds, self.date, self.commit, self.machine
+        )
+    }
+}
+
 /// The whole document, keeping the blocks other scripts wrote into the old
 /// one (in their order, before "## Method and limits").
 pub fn write_document(doc: &Path, res: &pipeline::Results, env: &pipeline::Env) {

@@ -1,6 +1,7 @@
 //! The `sip` block of docs/BENCHMARKS.md (§9, `scripts/bench-sip`), from
 //! `sip_load.json` and `phone_leg.json`.
 
+use super::Run;
 use super::value::{V, float_text};
 use crate::bench::PhoneLegResults;
 use serde_json::Value;
@@ -8,10 +9,7 @@ use serde_json::Value;
 /// What the script measures around the benches (`BS_*` variables).
 #[derive(Debug, Default)]
 pub struct Env {
-    pub seconds: String,
-    pub date: String,
-    pub commit: String,
-    pub machine: String,
+    pub run: Run,
     pub sipp: String,
     pub load_before: String,
     pub load_after: String,
@@ -22,10 +20,7 @@ impl Env {
     pub fn from_env() -> Env {
         let v = |k: &str| std::env::var(k).unwrap_or_default();
         Env {
-            seconds: v("BS_SECONDS"),
-            date: v("BS_DATE"),
-            commit: v("BS_COMMIT"),
-            machine: v("BS_MACHINE"),
+            run: Run::from_env("BS"),
             sipp: v("BS_SIPP"),
             load_before: v("BS_LOAD_BEFORE"),
             load_after: v("BS_LOAD_AFTER"),
@@ -82,8 +77,9 @@ pub fn render(sip: &Value, phone_leg: &PhoneLegResults, env: &Env) -> String {
     w("## 9. Phone bridge under call load (sipp)".into());
     w("".into());
     w(format!(
-        "Reproduce with `scripts/bench-sip` ({} s here). {}, commit `{}`, {}, {}.",
-        env.seconds, env.date, env.commit, env.machine, env.sipp
+        "{}, {}.",
+        env.run.reproduce("scripts/bench-sip", ""),
+        env.sipp
     ));
     let cpu0_peak = steps
         .iter()
