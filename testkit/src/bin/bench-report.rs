@@ -81,11 +81,23 @@ fn main() {
                         .ok()
                 };
                 let commit = text("commit").unwrap_or_else(|| "?".into());
+                let results = results(&out);
+                // The full run's ratio, then round2, round3, ... as far as they go.
+                let mut cpu_ratios: Vec<f64> =
+                    compare::cpu_ratio(&results.pipeline).into_iter().collect();
+                for r in 2.. {
+                    let p = out.join(format!("round{r}/pipeline.json"));
+                    if !p.exists() {
+                        break;
+                    }
+                    cpu_ratios.extend(compare::cpu_ratio(&load_json(&p)));
+                }
                 compare::Side {
                     aarch64_bytes: text(&format!("aarch64-{commit}.bytes"))
                         .and_then(|t| t.parse().ok()),
                     commit,
-                    results: results(&out),
+                    results,
+                    cpu_ratios,
                 }
             };
             let block = compare::render(

@@ -14,15 +14,25 @@ pub struct Side {
     pub results: Results,
     /// Its static aarch64 binary, bytes (stripped), when built.
     pub aarch64_bytes: Option<u64>,
+    /// The gateway's CPU ratio (file device, to libopus alone) of every
+    /// round, the full run's first.
+    pub cpu_ratios: Vec<f64>,
 }
 
-/// The "## Summary" table of one run, without its heading.
+/// `pipeline.json`'s gateway CPU ratio (file device, `/proc/[pid]/stat`).
+pub fn cpu_ratio(pipeline: &serde_json::Value) -> Option<f64> {
+    pipeline.pointer("/file_run/cpu/ratio_stat")?.as_f64()
+}
+
+/// The rows of the "## Summary" table of one run (its notes are the
+/// document's own, above).
 fn summary(results: &Results, env: &Env) -> Vec<String> {
     let doc = pipeline::render(results, env);
     doc.iter()
         .skip_while(|l| *l != "## Summary")
         .skip(1)
         .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with('|'))
         .cloned()
         .collect()
 }
@@ -39,7 +49,8 @@ pub fn render(before: &Side, after: &Side, env: &Env) -> String {
              `phone_leg` benches, built with the release profile, run alternately (before, after) \
              in one session on this machine ({}, {} CPUs, {}). Each table is that run's Summary; \
              ratios are against the same run's own baselines, which is what makes two runs on a \
-             noisy machine comparable.",
+             noisy machine comparable. *Other load* is the CPU (in cores) other processes used \
+             during the measurement, as in the Summary above.",
             before.commit, after.commit, env.date, env.cpu, env.nproc, env.kernel
         ),
         String::new(),
@@ -56,15 +67,66 @@ pub fn render(before: &Side, after: &Side, env: &Env) -> String {
         ));
         l.push(String::new());
     }
+    let rounds = |s: &Side| {
+        let mean = s.cpu_ratios.iter().sum::<f64>() / s.cpu_ratios.len().max(1) as f64;
+        let each: Vec<String> = s.cpu_ratios.iter().map(|r| format!("{r:.2}")).collect();
+        format!("{} (mean {mean:.2})", each.join(", "))
+    };
+    if !before.cpu_ratios.is_empty() && !after.cpu_ratios.is_empty() {
+        l.push(format!(
+            "Gateway CPU / libopus alone, ALSA file device, every round (before, after, \
+             alternately): before {}; after {}.",
+            rounds(before),
+            rounds(after)
+        ));
+        l.push(String::new());
+    }
     for (what, side) in [("Before", before), ("After", after)] {
         l.push(format!("### {what}: {}", side.commit));
         l.push(String::new());
         l.extend(summary(&side.results, env));
-        while l.last().is_some_and(|x| x.is_empty()) {
-            l.pop();
-        }
         l.push(String::new());
     }
     l.push("<!-- compare:end -->".to_string());
     l.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(commit: &str, bytes: Option<u64>) -> Side {
+        Side {
+            commit: commit.into(),
+            results: Results {
+                pipeline: serde_json::json!({}),
+                relay_load: serde_json::json!({}),
+                phone_leg: Err("no results".into()),
+            },
+            aarch64_bytes: bytes,
+            cpu_ratios: vec![2.5, 2.7],
+        }
+    }
+
+    #[test]
+    fn block_has_both_summaries_and_the_size_change() {
+        let env = Env::from_env();
+        let b = render(
+            &side("aaaa", Some(1_000_000)),
+            &side("bbbb", Some(1_010_000)),
+            &env,
+        );
+        assert!(b.starts_with("<!-- compare:begin"));
+        assert!(b.ends_with("<!-- compare:end -->"));
+        assert!(b.contains("### Before: aaaa") && b.contains("### After: bbbb"));
+        assert!(b.contains("(+1.00%, +10000 bytes)"), "{b}");
+        assert!(b.contains("before 2.50, 2.70 (mean 2.60)"), "{b}");
+        let rows = b
+            .lines()
+            .filter(|l| l.starts_with("| CPU per stream"))
+            .count();
+        assert_eq!(rows, 2, "{b}");
+        let without = render(&side("aaaa", None), &side("bbbb", None), &env);
+        assert!(!without.contains("Static aarch64"));
+    }
 }
