@@ -378,6 +378,20 @@ pub struct BoardDefaults {
     pub playback: Option<String>,
 }
 
+/// Why a board profile's `[audio]` defaults are not usable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BoardError {
+    /// Not TOML (the parser's message).
+    #[error("{0}")]
+    Syntax(String),
+    /// `audio` is not a table.
+    #[error("[audio] must be a table")]
+    AudioNotATable,
+    /// A PCM name that is not a string.
+    #[error("audio.{0} must be a string (an ALSA PCM name)")]
+    NotAString(&'static str),
+}
+
 impl BoardDefaults {
     /// Read the `[audio]` defaults of a profile; other sections are for the
     /// installer and the firewall, and are ignored here.
@@ -393,17 +407,18 @@ impl BoardDefaults {
     }
 
     /// Parse profile text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    pub fn parse(text: &str) -> Result<Self, BoardError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| BoardError::Syntax(e.message().to_string()))?;
         let audio = match table.get("audio") {
             Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err("[audio] must be a table".into()),
+            Some(_) => return Err(BoardError::AudioNotATable),
             None => return Ok(BoardDefaults::default()),
         };
-        let get = |k: &str| match audio.get(k) {
+        let get = |k: &'static str| match audio.get(k) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("audio.{k} must be a string (an ALSA PCM name)")),
+            Some(_) => Err(BoardError::NotAString(k)),
         };
         Ok(BoardDefaults {
             capture: get("capture")?,
@@ -503,6 +518,7 @@ key = "/abs/device.key"
         assert!(
             BoardDefaults::parse("[audio]\ncapture = 3\n")
                 .unwrap_err()
+                .to_string()
                 .contains("audio.capture")
         );
         assert_eq!(BoardDefaults::parse("").unwrap(), BoardDefaults::default());

@@ -10,7 +10,8 @@ mod relay;
 mod sip;
 
 pub use gateway::{
-    BoardDefaults, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig, RelayTarget,
+    BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
+    RelayTarget,
 };
 pub use relay::{DownlinkMode, RelayConfig};
 

@@ -152,25 +152,38 @@ fn default_opus_complexity() -> u8 {
     1
 }
 
+/// Why an RTP port range is not usable (the text the config error shows).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum PortRangeError {
+    #[error("`{0}` is not a range like 10000-10199")]
+    NotARange(String),
+    #[error("`{0}` is not a range of port numbers")]
+    NotPorts(String),
+    #[error("`{0}` must be ascending and above 1023")]
+    Order(String),
+    #[error("`{0}` must start on an even port and hold whole RTP/RTCP pairs (e.g. 10000-10199)")]
+    Pairs(String),
+    #[error("`{0}` holds more than {MAX_RTP_PORTS} ports")]
+    TooMany(String),
+}
+
 /// Parse an RTP port range `A-B`.
-fn port_range(s: &str) -> Result<(u16, u16), String> {
+fn port_range(s: &str) -> Result<(u16, u16), PortRangeError> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("`{s}` is not a range like 10000-10199"))?;
+        .ok_or_else(|| PortRangeError::NotARange(s.into()))?;
     let (a, b): (u16, u16) = match (a.trim().parse(), b.trim().parse()) {
         (Ok(a), Ok(b)) => (a, b),
-        _ => return Err(format!("`{s}` is not a range of port numbers")),
+        _ => return Err(PortRangeError::NotPorts(s.into())),
     };
     if a < 1024 || b < a {
-        return Err(format!("`{s}` must be ascending and above 1023"));
+        return Err(PortRangeError::Order(s.into()));
     }
     if a % 2 != 0 || (u32::from(b) - u32::from(a) + 1) % 2 != 0 {
-        return Err(format!(
-            "`{s}` must start on an even port and hold whole RTP/RTCP pairs (e.g. 10000-10199)"
-        ));
+        return Err(PortRangeError::Pairs(s.into()));
     }
     if u32::from(b) - u32::from(a) + 1 > MAX_RTP_PORTS {
-        return Err(format!("`{s}` holds more than {MAX_RTP_PORTS} ports"));
+        return Err(PortRangeError::TooMany(s.into()));
     }
     Ok((a, b))
 }
@@ -213,7 +226,7 @@ impl SipConfig {
                     .ok_or_else(|| bad("advertise", format!("`{a}` is not a unicast IP address")))
             })
             .transpose()?;
-        let rtp_ports = port_range(&raw.rtp_ports).map_err(|m| bad("rtp_ports", m))?;
+        let rtp_ports = port_range(&raw.rtp_ports).map_err(|e| bad("rtp_ports", e.to_string()))?;
         if (rtp_ports.0..=rtp_ports.1).contains(&listen.port()) {
             return Err(bad(
                 "rtp_ports",
