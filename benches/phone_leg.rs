@@ -49,11 +49,8 @@ fn speechlike(rate: u32, start: usize, n: usize) -> Vec<i16> {
 fn opus_cfg(complexity: u8) -> CodecConfig {
     CodecConfig {
         frame: PTIME,
-        bitrate: 24_000,
-        fec: true,
-        dtx: false,
-        expected_loss_percent: 5,
         complexity,
+        ..CodecConfig::default()
     }
 }
 

@@ -412,12 +412,8 @@ async fn echo_and_recording_services() {
     .await;
     assert!(matches!(a.rx().await, CallMsg::Answer { call: 2, .. }));
     let mut enc = voxgate::codec::OpusEncoder::new(&voxgate::codec::CodecConfig {
-        frame: Duration::from_millis(20),
-        bitrate: 24_000,
-        fec: true,
-        dtx: false,
-        expected_loss_percent: 5,
         complexity: 5,
+        ..Default::default()
     })
     .unwrap();
     for i in 0..50u16 {

@@ -68,14 +68,7 @@ pub(crate) fn packets(dir: &Path) -> Vec<Vec<u8>> {
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect();
-    let codec = CodecConfig {
-        frame: Duration::from_millis(20),
-        bitrate: 24_000,
-        fec: true,
-        dtx: false,
-        expected_loss_percent: 5,
-        complexity: 9,
-    };
+    let codec = CodecConfig::default();
     let mut enc = voxgate::codec::OpusEncoder::new(&codec).expect("encoder");
     pcm.chunks_exact(codec.frame_samples())
         .map(|f| enc.encode(f).expect("encode").to_vec())

@@ -26,6 +26,21 @@ pub struct CodecConfig {
     pub complexity: u8,
 }
 
+impl Default for CodecConfig {
+    /// Speech over a lossy network, what `[codec]` defaults to: 20 ms
+    /// frames, 24 kb/s, in-band FEC planned for 5% loss, no DTX, complexity 9.
+    fn default() -> Self {
+        CodecConfig {
+            frame: Duration::from_millis(20),
+            bitrate: 24_000,
+            fec: true,
+            dtx: false,
+            expected_loss_percent: 5,
+            complexity: 9,
+        }
+    }
+}
+
 impl CodecConfig {
     /// Samples per frame at 48 kHz.
     pub fn frame_samples(&self) -> usize {
@@ -168,11 +183,7 @@ mod tests {
     fn cfg(frame_ms: u64) -> CodecConfig {
         CodecConfig {
             frame: Duration::from_millis(frame_ms),
-            bitrate: 24_000,
-            fec: true,
-            dtx: false,
-            expected_loss_percent: 5,
-            complexity: 9,
+            ..CodecConfig::default()
         }
     }
 

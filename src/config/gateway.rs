@@ -105,14 +105,16 @@ struct RawCodec {
 }
 
 impl Default for RawCodec {
+    /// The codec's own defaults.
     fn default() -> Self {
+        let d = CodecConfig::default();
         RawCodec {
-            frame_ms: 20,
-            bitrate: 24_000,
-            fec: true,
-            dtx: false,
-            expected_loss_percent: 5,
-            complexity: 9,
+            frame_ms: d.frame.as_millis() as u32,
+            bitrate: d.bitrate,
+            fec: d.fec,
+            dtx: d.dtx,
+            expected_loss_percent: u32::from(d.expected_loss_percent),
+            complexity: u32::from(d.complexity),
         }
     }
 }

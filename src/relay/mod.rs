@@ -22,7 +22,6 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 use tracing::info;
 
 /// Load the downlink file into Opus packets once, at start-up.
@@ -40,14 +39,7 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
     if is_wav {
         let pcm = audio_file::read_wav_mono_48k(path)?;
-        let cfg = CodecConfig {
-            frame: Duration::from_millis(20),
-            bitrate: 24_000,
-            fec: true,
-            dtx: false,
-            expected_loss_percent: 5,
-            complexity: 9,
-        };
+        let cfg = CodecConfig::default();
         let mut enc = OpusEncoder::new(&cfg)?;
         return Ok(pcm
             .chunks_exact(960)

@@ -11,11 +11,8 @@ const PTIME: Duration = Duration::from_millis(20);
 fn opus() -> CodecConfig {
     CodecConfig {
         frame: PTIME,
-        bitrate: 24_000,
-        fec: true,
-        dtx: false,
-        expected_loss_percent: 5,
         complexity: 5,
+        ..CodecConfig::default()
     }
 }
 

@@ -116,12 +116,8 @@ pub(super) fn sip_config() -> SipConfig {
 
 pub(super) fn opus() -> CodecConfig {
     CodecConfig {
-        frame: Duration::from_millis(20),
-        bitrate: 24_000,
-        fec: true,
-        dtx: false,
-        expected_loss_percent: 5,
         complexity: 5,
+        ..CodecConfig::default()
     }
 }
 
