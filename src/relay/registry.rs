@@ -15,7 +15,7 @@
 use crate::telemetry::Secret;
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -35,6 +35,63 @@ pub enum RegistryError {
     /// The transaction a write belonged to did not commit.
     #[error("device registry: the write was not committed: {0}")]
     Commit(String),
+    /// The registry was written by a newer release.
+    #[error(
+        "device registry: its schema is version {found}, newer than this voxgate knows ({known}); run the release that upgraded it, or restore the state directory's backup"
+    )]
+    Newer {
+        /// The registry's schema version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+}
+
+/// The registry's schema, one step per change: a registry records in
+/// `PRAGMA user_version` how many steps it has taken, and [`Registry::open`]
+/// takes the rest, in one transaction, before anything else reads it. Steps
+/// are only ever appended. Step 1 is the schema of the releases before
+/// versioning (`IF NOT EXISTS`: a registry they wrote is at version 0 and
+/// already has it).
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS tokens (
+         hash BLOB PRIMARY KEY,
+         created INTEGER NOT NULL,
+         expires INTEGER NOT NULL,
+         used_at INTEGER,
+         used_by TEXT,
+         note TEXT NOT NULL DEFAULT '');
+     CREATE TABLE IF NOT EXISTS devices (
+         id TEXT PRIMARY KEY,
+         enrolled INTEGER NOT NULL,
+         revoked INTEGER);
+     CREATE TABLE IF NOT EXISTS certificates (
+         serial TEXT PRIMARY KEY,
+         device TEXT NOT NULL REFERENCES devices(id),
+         not_before INTEGER NOT NULL,
+         not_after INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS audit (
+         ts INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         source TEXT NOT NULL DEFAULT '',
+         device TEXT NOT NULL DEFAULT '',
+         detail TEXT NOT NULL DEFAULT '');"];
+
+/// Bring `db` to the newest schema. Concurrent openers (the relay and a
+/// `relay token create`) serialize on the write lock and the second finds
+/// nothing left to do.
+fn migrate(db: &mut Connection) -> Result<i64, RegistryError> {
+    let known = MIGRATIONS.len() as i64;
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(RegistryError::Newer { found, known });
+    }
+    for (step, sql) in (1..).zip(MIGRATIONS).skip(found.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", step)?;
+    }
+    tx.commit()?;
+    Ok(known)
 }
 
 /// Why a token was not accepted. The device is told only "rejected"; the
@@ -108,7 +165,7 @@ impl Registry {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(db: Connection) -> Result<Self, RegistryError> {
+    fn init(mut db: Connection) -> Result<Self, RegistryError> {
         // Another process (`voxgate relay token create`, `relay revoke`)
         // may hold the write lock for a moment: wait for it, bounded.
         db.busy_timeout(Duration::from_secs(2))?;
@@ -120,30 +177,9 @@ impl Registry {
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA temp_store = MEMORY;
-             PRAGMA foreign_keys = ON;
-             CREATE TABLE IF NOT EXISTS tokens (
-                 hash BLOB PRIMARY KEY,
-                 created INTEGER NOT NULL,
-                 expires INTEGER NOT NULL,
-                 used_at INTEGER,
-                 used_by TEXT,
-                 note TEXT NOT NULL DEFAULT '');
-             CREATE TABLE IF NOT EXISTS devices (
-                 id TEXT PRIMARY KEY,
-                 enrolled INTEGER NOT NULL,
-                 revoked INTEGER);
-             CREATE TABLE IF NOT EXISTS certificates (
-                 serial TEXT PRIMARY KEY,
-                 device TEXT NOT NULL REFERENCES devices(id),
-                 not_before INTEGER NOT NULL,
-                 not_after INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS audit (
-                 ts INTEGER NOT NULL,
-                 event TEXT NOT NULL,
-                 source TEXT NOT NULL DEFAULT '',
-                 device TEXT NOT NULL DEFAULT '',
-                 detail TEXT NOT NULL DEFAULT '');",
+             PRAGMA foreign_keys = ON;",
         )?;
+        migrate(&mut db)?;
         Ok(Registry { db })
     }
 
@@ -368,6 +404,56 @@ fn base32(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn version(r: &Registry) -> i64 {
+        r.db.pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn schema_is_versioned_and_old_registries_upgrade_in_place() {
+        let known = MIGRATIONS.len() as i64;
+        assert_eq!(version(&Registry::in_memory().unwrap()), known);
+
+        let dir = std::env::temp_dir().join(format!("vg-reg-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A registry as releases before versioning left it: the tables,
+        // user_version 0, a device and a token in it.
+        let path = dir.join("registry.sqlite3");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(MIGRATIONS[0]).unwrap();
+            old.execute(
+                "INSERT INTO devices (id, enrolled) VALUES ('shop-5', 7)",
+                [],
+            )
+            .unwrap();
+            let v: i64 = old
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 0);
+        }
+        let r = Registry::open(&path).unwrap();
+        assert_eq!(version(&r), known);
+        assert_eq!(r.devices().unwrap()[0].id, "shop-5", "data kept");
+        drop(r);
+        // Opening again (the relay, then `relay token create`) is a no-op.
+        assert_eq!(version(&Registry::open(&path).unwrap()), known);
+
+        // A registry from a newer release is refused, not half-read.
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", known + 1)
+            .unwrap();
+        let e = Registry::open(&path).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Newer { found, .. } if found == known + 1),
+            "{e}"
+        );
+        assert!(e.to_string().contains("newer than this voxgate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn tokens_are_single_use_expiring_and_stored_hashed() {
