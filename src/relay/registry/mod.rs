@@ -1,0 +1,140 @@
+//! The relay's device registry: an embedded SQLite database holding
+//! enrollment tokens (as SHA-256 hashes only, with expiry and single use),
+//! devices, their certificate serials, revocations, and an audit trail.
+//!
+//! A token is shown once, at creation, and never stored: the database holds
+//! its hash. Redeeming is one conditional UPDATE, so two devices racing with
+//! the same token cannot both win.
+//!
+//! Writes that belong together run in one transaction
+//! ([`Registry::atomically`]): an enrollment consumes its token, records the
+//! device and its certificate and audits it in one commit, so no token is
+//! ever spent without the device it enrolled (and each enrollment costs one
+//! journal sync, not four).
+
+mod audit;
+mod devices;
+mod schema;
+mod tokens;
+
+pub use devices::DeviceRow;
+pub use tokens::TokenRejection;
+
+use rusqlite::Connection;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Registry failures.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// The database failed.
+    #[error("device registry: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The random generator failed.
+    #[error("system random generator failed")]
+    Random,
+    /// No such device.
+    #[error("no device `{0}` in the registry (see `voxgate relay devices`)")]
+    UnknownDevice(String),
+    /// The transaction a write belonged to did not commit.
+    #[error("device registry: the write was not committed: {0}")]
+    Commit(String),
+    /// The registry was written by a newer release.
+    #[error(
+        "device registry: its schema is version {found}, newer than this voxgate knows ({known}); run the release that upgraded it, or restore the state directory's backup"
+    )]
+    Newer {
+        /// The registry's schema version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The registry.
+#[derive(Debug)]
+pub struct Registry {
+    db: Connection,
+}
+
+impl Registry {
+    /// Open (creating if needed) the registry at `path`, mode 0600.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let existed = path.exists();
+        let db = Connection::open(path)?;
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Self::init(db)
+    }
+
+    /// An in-memory registry (tests, benchmarks).
+    pub fn in_memory() -> Result<Self, RegistryError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut db: Connection) -> Result<Self, RegistryError> {
+        // Another process (`voxgate relay token create`, `relay revoke`)
+        // may hold the write lock for a moment: wait for it, bounded.
+        db.busy_timeout(Duration::from_secs(2))?;
+        // temp_store = MEMORY: a large transaction (a group commit of
+        // many enrollments, each in a savepoint) spills its statement
+        // journal to a temporary file otherwise, and the relay's sandbox
+        // lets it create none (SQLITE_CANTOPEN: "unable to open database
+        // file", seen in benches/identity at 400 enrollments/s).
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA foreign_keys = ON;",
+        )?;
+        schema::migrate(&mut db)?;
+        Ok(Registry { db })
+    }
+
+    /// Run `f` in one transaction: every registry write it makes is
+    /// committed together when it returns `Ok`, and none when it returns
+    /// `Err` (rolled back). Inside another `atomically` it is a savepoint:
+    /// its writes are undone alone on `Err`, and on `Ok` they commit with
+    /// the enclosing transaction.
+    pub fn atomically<T, E>(&self, f: impl FnOnce(&Registry) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<RegistryError>,
+    {
+        let outer = self.db.is_autocommit();
+        // IMMEDIATE: take the write lock now, so that a concurrent writer
+        // (`voxgate relay revoke` in another process) makes this wait at
+        // the start rather than fail at the first write.
+        let (begin, commit, rollback) = if outer {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            ("SAVEPOINT w", "RELEASE w", "ROLLBACK TO w; RELEASE w")
+        };
+        self.db.execute_batch(begin).map_err(RegistryError::from)?;
+        match f(self) {
+            Ok(v) => {
+                if let Err(e) = self.db.execute_batch(commit) {
+                    let _ = self.db.execute_batch(rollback);
+                    return Err(RegistryError::from(e).into());
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.db.execute_batch(rollback);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
