@@ -30,7 +30,7 @@ fn enroll_then_stream_with_the_sealed_key() {
     let lab = Lab::new("enroll-ok", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let fp = fingerprint(&lab);
-    let tok = token(&lab, Some(3600));
+    let tok = token(&lab, "gw-enr", Some(3600));
     let mid = machine_id(&lab.dir, "machine-id", "5f3c0a1e9b8d4c7e8a6b2d1f0e9c8b7a");
     let (out, cfg) = setup(
         &lab,
@@ -91,7 +91,7 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
     let fp = fingerprint(&lab);
     let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
 
-    let tok = token(&lab, Some(3600));
+    let tok = token(&lab, "gw-a", Some(3600));
     let f = secret_file(&lab.dir, "t1", &tok);
     assert!(setup(&lab, "gw-a", &fp, &f, &mid).0.status.success());
     let (again, _) = setup(&lab, "gw-b", &fp, &f, &mid);
@@ -102,7 +102,7 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
         stderr(&again)
     );
 
-    let short = token(&lab, Some(1));
+    let short = token(&lab, "gw-c", Some(1));
     std::thread::sleep(Duration::from_millis(2_100));
     let (late, _) = setup(
         &lab,
@@ -150,7 +150,7 @@ fn tokens_are_single_use_expire_and_failures_are_audited_and_limited() {
     assert!(limited, "no rate limit after repeated failures");
     assert!(audit(&lab).iter().any(|e| e.0 == "enroll_limited"));
     // Still limited even with a good token: the address is locked out.
-    let good = token(&lab, Some(3600));
+    let good = token(&lab, "gw-g", Some(3600));
     let (o, _) = setup(&lab, "gw-g", &fp, &secret_file(&lab.dir, "t5", &good), &mid);
     assert!(
         stderr(&o).contains("too many enrollment attempts"),
@@ -165,7 +165,7 @@ fn a_wrong_ca_fingerprint_aborts_before_anything_is_sent() {
     let lab = Lab::new("enroll-fp", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
-    let tok = token(&lab, Some(3600));
+    let tok = token(&lab, "gw-x", Some(3600));
     let before = audit(&lab).len();
     let wrong = format!("SHA256:{}", "ab".repeat(32));
     let (o, cfg) = setup(
@@ -204,7 +204,7 @@ fn sealed_keys_refuse_tampering_other_machines_and_loose_modes() {
     let lab = Lab::new("enroll-sealed", "mode = \"none\"");
     let mut relay = lab.start_relay();
     let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
-    let tok = token(&lab, Some(3600));
+    let tok = token(&lab, "gw-s", Some(3600));
     let (o, cfg) = setup(
         &lab,
         "gw-s",

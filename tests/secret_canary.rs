@@ -35,7 +35,7 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         .replace("log = \"debug\"", "log = \"trace\"");
     std::fs::write(&rc, text).unwrap();
     let mut relay = lab.start_relay();
-    let out = create_token(&lab, None);
+    let out = create_token(&lab, "gw-canary", None);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let token_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let tok = secret_file(&lab.dir, "token", &token);

@@ -368,11 +368,20 @@ async fn quic_mutual_tls_with_a_tpm_held_client_key() {
     );
 
     let ca = vec![CertificateDer::from(ca_cert.der().to_vec())];
+    // The relay's trust table knows this certificate and its TPM key.
+    let trust = voxgate::relay::trust::TrustTable::new(Duration::from_secs(300));
+    let facts = voxgate::pki::name::cert_facts(dev_cert.der()).unwrap();
+    trust.accept(
+        "dev-tpm-1",
+        &facts.serial,
+        facts.spki,
+        voxgate::relay::registry::Replace::AtOnce,
+    );
     let server = tls::server_config(
         &ca,
         vec![relay_cert.der().clone()],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(relay_key.serialize_der())),
-        Default::default(),
+        Arc::new(trust),
     )
     .unwrap();
     let identity = TpmIdentity {

@@ -52,11 +52,15 @@ pub(crate) fn jobs(
     tag: &str,
 ) -> Vec<Job> {
     let is_valid = |i: usize| valid_every != 0 && i.is_multiple_of(valid_every);
-    let valid = (0..n).filter(|&i| is_valid(i)).count();
     let mut tokens = registry
         .atomically(|r| {
-            (0..valid)
-                .map(|_| r.create_token(Duration::from_secs(3600), "identity bench"))
+            (0..n)
+                .filter(|&i| is_valid(i))
+                .map(|i| {
+                    let device = format!("bench-{tag}-{i}");
+                    r.create_token(&device, false, Duration::from_secs(3600), "identity bench")
+                        .map(|t| t.secret)
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .expect("tokens")

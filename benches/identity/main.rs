@@ -156,7 +156,7 @@ fn start_relay(lab: &Lab) -> Proc {
 /// `voxgate relay token create` then `voxgate setup` with `backend`;
 /// returns the config setup wrote.
 fn setup(lab: &Lab, id: &str, backend: &[&str]) -> PathBuf {
-    let tok = token_file(lab, &format!("{id}.token"));
+    let tok = token_file(lab, id, &format!("{id}.token"));
     let (out, cfg) = Setup::new(lab, id).token_file(&tok).args(backend).output();
     let _ = std::fs::remove_file(&tok);
     assert!(

@@ -1,6 +1,9 @@
 //! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert}`, `demo`.
 
 mod phones;
+mod tokens;
+
+use tokens::TokenCommand;
 
 use crate::config::{GatewayConfig, RelayConfig};
 use anyhow::{Context, Result};
@@ -111,23 +114,6 @@ enum RelayCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 30)]
         days: i64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// Create a single-use enrollment token; it is printed once and only
-    /// its hash is kept.
-    Create {
-        /// Relay config file.
-        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
-        config: PathBuf,
-        /// Validity in seconds.
-        #[arg(long, default_value_t = 86_400)]
-        ttl_s: u64,
-        /// A note for the audit log (where the token is going).
-        #[arg(long, default_value = "")]
-        note: String,
     },
 }
 
@@ -291,6 +277,10 @@ fn dispatch(cli: Cli) -> Result<()> {
                     Some(t) => format!("REVOKED {}", when(t)),
                     None => "active".into(),
                 };
+                let status = format!(
+                    "{status} (certificate {})",
+                    d.serial.as_deref().unwrap_or("-")
+                );
                 println!(
                     "{:<24} {:<22} {:<22} {status}",
                     d.id,
@@ -329,23 +319,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::telemetry::init("warn");
             crate::identity::setup::run(*args)
         }
-        Command::Relay(RelayCommand::Token(TokenCommand::Create {
-            config,
-            ttl_s,
-            note,
-        })) => {
-            let cfg = RelayConfig::load(&config)?;
-            let reg = open_registry(&cfg)?;
-            if !(1..=30 * 86_400).contains(&ttl_s) {
-                anyhow::bail!("--ttl-s must be between 1 s and 30 days");
-            }
-            let token = reg.create_token(std::time::Duration::from_secs(ttl_s), &note)?;
-            // The only place a token is ever shown.
-            println!("{}", token.expose());
-            eprintln!(
-                "single-use enrollment token, valid {ttl_s} s; give it to the technician (stdin or a 0600 file for `voxgate setup`); it is not stored"
-            );
-            Ok(())
-        }
+        Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
     }
 }

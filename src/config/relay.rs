@@ -40,14 +40,24 @@ struct RawDownlink {
 struct RawEnrollment {
     #[serde(default = "default_lifetime")]
     certificate_lifetime_s: u64,
+    #[serde(default = "default_grace")]
+    superseded_grace_s: u64,
 }
 
 impl Default for RawEnrollment {
     fn default() -> Self {
         RawEnrollment {
             certificate_lifetime_s: default_lifetime(),
+            superseded_grace_s: default_grace(),
         }
     }
+}
+
+/// How long a certificate a renewal superseded is still accepted: a
+/// renewal in flight (the box got the new certificate, the answer was
+/// lost, its next handshake still uses the old one) reconnects.
+fn default_grace() -> u64 {
+    300
 }
 
 /// `[ca]`: what the fleet CA key is sealed to.
@@ -114,6 +124,8 @@ pub struct RelayConfig {
     pub downlink: DownlinkMode,
     /// Lifetime of device certificates issued at enrollment.
     pub certificate_lifetime: std::time::Duration,
+    /// How long a certificate superseded by a renewal is still accepted.
+    pub superseded_grace: std::time::Duration,
     /// Logging and metrics.
     pub telemetry: TelemetryConfig,
     /// Privilege drop and sandbox.
@@ -173,8 +185,17 @@ impl RelayConfig {
                 format!("{life} s is outside 10 s ..= 398 days"),
             ));
         }
+        let grace = raw.enrollment.superseded_grace_s;
+        if grace > 86_400 {
+            return Err(ConfigError::invalid(
+                file,
+                "enrollment.superseded_grace_s",
+                format!("{grace} s is over a day: a copied certificate would stay good that long"),
+            ));
+        }
         let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
         Ok(RelayConfig {
+            superseded_grace: std::time::Duration::from_secs(grace),
             file: file.to_path_buf(),
             listen: raw.listen,
             state_dir: resolve(&base, &raw.state_dir),

@@ -93,5 +93,14 @@ mod tests {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         assert!((now - 310..=now - 290).contains(&a.not_before));
         assert_eq!(x.raw_serial(), a.serial.bytes());
+        // The facts the relay's verifier checks: the same key gives the
+        // same SPKI hash, another key another.
+        let fa = super::super::name::cert_facts(&der).unwrap();
+        assert_eq!((fa.device.as_str(), fa.serial.clone()), ("box-7", a.serial.hex()));
+        let fb = super::super::name::cert_facts(b.cert.der()).unwrap();
+        assert_eq!(fa.spki, fb.spki);
+        let other = KeyPair::generate().unwrap();
+        let c = device_certificate(&issuer, &other, "box-7", Duration::days(30)).unwrap();
+        assert_ne!(super::super::name::cert_facts(c.cert.der()).unwrap().spki, fa.spki);
     }
 }

@@ -24,6 +24,38 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What the relay checks of a device certificate beyond the CA's
+/// signature: whom it names, which certificate it is, and which key it
+/// carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The subject common name (the device id).
+    pub device: String,
+    /// The serial number, lowercase hex (as the registry records it).
+    pub serial: String,
+    /// SHA-256 of the DER SubjectPublicKeyInfo.
+    pub spki: [u8; 32],
+}
+
+/// The [`CertFacts`] of a certificate, if it parses and names a subject.
+pub fn cert_facts(cert: &[u8]) -> Option<CertFacts> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let device = x
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())?
+        .to_string();
+    let d = ring::digest::digest(&ring::digest::SHA256, x.public_key().raw);
+    let mut spki = [0u8; 32];
+    spki.copy_from_slice(d.as_ref());
+    Some(CertFacts {
+        device,
+        serial: hex(x.raw_serial()),
+        spki,
+    })
+}
+
 /// `SHA256:` and the lowercase hex SHA-256 of a certificate's DER.
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);

@@ -305,7 +305,20 @@ pub fn issue_dev_cert(
     let issued = issue::device_certificate(&issuer, &key, device_id, Duration::days(days))?;
     let serial = issued.serial.hex();
     let registry = Registry::open(&state_dir.join(REGISTRY))?;
-    registry.record_certificate(device_id, &serial, issued.not_before, issued.not_after)?;
+    let spki = crate::pki::name::cert_facts(issued.cert.der())
+        .map(|f| f.spki)
+        .ok_or(CaError::BadId(device_id.into()))?;
+    // A development certificate replaces whatever the id had, at once.
+    registry.record_certificate(
+        device_id,
+        crate::relay::registry::CertRecord {
+            serial: &serial,
+            spki: &spki,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+        },
+        crate::relay::registry::Replace::AtOnce,
+    )?;
     let _ = registry.audit("dev_cert_issued", "", device_id, &serial);
 
     std::fs::create_dir_all(out).map_err(io(out))?;

@@ -128,9 +128,10 @@ mod tests {
         let tokens: Vec<String> = {
             let r = registry.lock().unwrap();
             (0..40)
-                .map(|_| {
-                    r.create_token(Duration::from_secs(60), "")
+                .map(|i| {
+                    r.create_token(&format!("gw-{i}"), false, Duration::from_secs(60), "")
                         .unwrap()
+                        .secret
                         .expose()
                         .clone()
                 })
@@ -148,7 +149,13 @@ mod tests {
                         let dev = format!("gw-{i}");
                         r.redeem(&tok, &dev, super::super::registry::now())?
                             .map_err(|_| RegistryError::UnknownDevice(dev.clone()))?;
-                        r.record_certificate(&dev, &format!("{i:02x}"), 0, 1)?;
+                        let rec = crate::relay::registry::CertRecord {
+                            serial: &format!("{i:02x}"),
+                            spki: &[i as u8; 32],
+                            not_before: 0,
+                            not_after: 1,
+                        };
+                        r.record_certificate(&dev, rec, crate::relay::registry::Replace::Grace)?;
                         if i % 4 == 0 {
                             // Fails after writing: this one alone rolls back.
                             return Err(RegistryError::UnknownDevice(dev));
@@ -166,7 +173,8 @@ mod tests {
         // The failed ones' tokens were not spent; the others were.
         let now = super::super::registry::now();
         for (i, tok) in tokens.iter().enumerate() {
-            assert_eq!(r.redeem(tok, "again", now).unwrap().is_ok(), i % 4 == 0);
+            let dev = format!("gw-{i}");
+            assert_eq!(r.redeem(tok, &dev, now).unwrap().is_ok(), i % 4 == 0);
         }
     }
 }

@@ -13,7 +13,8 @@
 
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
-use super::registry::{Registry, RegistryError, TokenRejection, now};
+use super::registry::{CertRecord, Registry, RegistryError, Replace, TokenRejection, now};
+use super::trust::TrustTable;
 use crate::pki::issue::{self, IssueError};
 use crate::pki::name::valid_device_id;
 use crate::proto::control::{Enrolled, ErrorMsg, Message};
@@ -43,6 +44,12 @@ pub enum EnrollError {
     /// A renewal for a revoked device.
     #[error("device is revoked")]
     Revoked,
+    /// A renewal from a certificate that is no longer the device's current
+    /// one (a copy of the key and certificate, after the real box renewed).
+    #[error(
+        "renewal from certificate {0}, which is not the device's current certificate (a copy of an old key?)"
+    )]
+    NotCurrent(String),
     /// The certificate could not be issued.
     #[error(transparent)]
     Issue(#[from] IssueError),
@@ -96,6 +103,8 @@ pub struct Enroller {
     origin: Instant,
     /// Certificate lifetime.
     pub lifetime: Duration,
+    /// The verifier's table, updated right after each commit.
+    pub trust: Arc<TrustTable>,
 }
 
 impl std::fmt::Debug for Enroller {
@@ -110,11 +119,13 @@ impl Enroller {
     /// Build from the CA certificate PEM and its key.
     pub fn new(
         registry: Arc<Mutex<Registry>>,
+        trust: Arc<TrustTable>,
         ca_pem: &str,
         ca_key: KeyPair,
         lifetime: Duration,
     ) -> Result<Self, rcgen::Error> {
         Ok(Enroller {
+            trust,
             writes: GroupCommit::new(registry.clone()),
             registry,
             issuer: Issuer::from_ca_cert_pem(ca_pem, ca_key)?,
@@ -253,26 +264,51 @@ impl Enroller {
         let (dev, src) = (device.to_string(), source.to_string());
         // One savepoint: the token is spent only together with the device,
         // its certificate and the audit line.
-        let (der, not_after, hex) = self.writes.run(move |tx| {
-            tx.redeem(&token, &dev, now())?
-                .map_err(EnrollError::Token)?;
-            let (der, not_after, hex) = this.sign(tx, &dev, &csr)?;
-            tx.audit("enrolled", &src, &dev, &hex)?;
-            Ok::<_, EnrollError>((der, not_after, hex))
-        })?;
-        info!(%device, %source, serial = %hex, "device enrolled");
-        Ok((der, not_after))
+        let issued = self.writes.run(move |tx| {
+            let redeemed = tx.redeem(&token, &dev, now())?.map_err(EnrollError::Token)?;
+            let was_revoked = tx.is_revoked(&dev)?;
+            let replace = if redeemed.reenroll {
+                Replace::AtOnce
+            } else {
+                Replace::Grace
+            };
+            let issued = this.sign(tx, &dev, &csr, replace)?;
+            let (event, detail) = match (redeemed.reenroll, was_revoked) {
+                (false, _) => ("enrolled", issued.serial.clone()),
+                (true, false) => (
+                    "reenrolled",
+                    format!("{}; earlier certificates replaced", issued.serial),
+                ),
+                (true, true) => (
+                    "reenrolled",
+                    format!(
+                        "{}; earlier certificates replaced; revocation undone",
+                        issued.serial
+                    ),
+                ),
+            };
+            tx.audit(event, &src, &dev, &detail)?;
+            Ok::<_, EnrollError>((issued, replace))
+        });
+        let (issued, replace) = issued?;
+        self.trust
+            .accept(device, &issued.serial, issued.spki, replace);
+        info!(%device, %source, serial = %issued.serial, "device enrolled");
+        Ok((issued.der, issued.not_after))
     }
 
     /// Renew the certificate of `device`, authenticated by its current
-    /// certificate on a live session: a new certificate for the CSR's key.
-    /// Revoked devices are refused (their sessions are cut anyway).
+    /// certificate (serial `from`) on a live session: a new certificate for
+    /// the CSR's key. Revoked devices are refused (their sessions are cut
+    /// anyway), and so is a renewal from any certificate but the device's
+    /// current one: a copied key cannot renew once the real box has.
     pub fn renew(
         &self,
         device: &str,
+        from: &str,
         csr_b64: &str,
         source: &str,
-    ) -> Result<(Vec<u8>, i64), EnrollError> {
+    ) -> Result<Signed, EnrollError> {
         let csr = check_csr(csr_b64);
         // A panic while holding the lock leaves the registry usable: SQLite
         // rolled back whatever was not committed.
@@ -285,28 +321,72 @@ impl Enroller {
         if registry.is_revoked(device)? {
             return Err(refused(EnrollError::Revoked));
         }
-        let (der, not_after, hex) = registry.atomically(|tx| {
-            let (der, not_after, hex) = self.sign(tx, device, &csr)?;
-            tx.audit("renewed", source, device, &hex)?;
-            Ok::<_, EnrollError>((der, not_after, hex))
+        if registry.current_serial(device)?.as_deref() != Some(from) {
+            return Err(refused(EnrollError::NotCurrent(from.to_string())));
+        }
+        let issued = registry.atomically(|tx| {
+            let issued = self.sign(tx, device, &csr, Replace::Grace)?;
+            tx.audit(
+                "renewed",
+                source,
+                device,
+                &format!("{} superseded by {}", from, issued.serial),
+            )?;
+            Ok::<_, EnrollError>(issued)
         })?;
-        info!(%device, %source, serial = %hex, "device certificate renewed");
-        Ok((der, not_after))
+        self.trust
+            .accept(device, &issued.serial, issued.spki, Replace::Grace);
+        drop(registry);
+        info!(%device, %source, serial = %issued.serial, "device certificate renewed");
+        Ok(issued)
     }
 
-    /// Issue a certificate naming `device` for the CSR's key, record it.
+    /// Issue a certificate naming `device` for the CSR's key, record it
+    /// as the device's current one.
     fn sign(
         &self,
         registry: &Registry,
         device: &str,
         csr: &rcgen::CertificateSigningRequestParams,
-    ) -> Result<(Vec<u8>, i64, String), EnrollError> {
+        replace: Replace,
+    ) -> Result<Signed, EnrollError> {
         let lifetime = time::Duration::seconds(self.lifetime.as_secs() as i64);
         let issued = issue::device_certificate(&self.issuer, &csr.public_key, device, lifetime)?;
-        let hex = issued.serial.hex();
-        registry.record_certificate(device, &hex, issued.not_before, issued.not_after)?;
-        Ok((issued.cert.der().to_vec(), issued.not_after, hex))
+        let der = issued.cert.der().to_vec();
+        let spki = crate::pki::name::cert_facts(&der)
+            .ok_or(EnrollError::Csr(CsrError::Parse))?
+            .spki;
+        let serial = issued.serial.hex();
+        registry.record_certificate(
+            device,
+            CertRecord {
+                serial: &serial,
+                spki: &spki,
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+            },
+            replace,
+        )?;
+        Ok(Signed {
+            der,
+            not_after: issued.not_after,
+            serial,
+            spki,
+        })
     }
+}
+
+/// A certificate the relay issued and recorded.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// DER.
+    pub der: Vec<u8>,
+    /// Expiry, Unix seconds.
+    pub not_after: i64,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of its key.
+    pub spki: [u8; 32],
 }
 
 /// Decode a CSR and verify its self-signature.

@@ -12,6 +12,7 @@ pub mod recorder;
 pub mod registry;
 pub mod server;
 pub mod switch;
+pub mod trust;
 
 use crate::codec::CodecConfig;
 use crate::codec::OpusEncoder;
@@ -59,50 +60,66 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
     Ok(packets)
 }
 
-/// Load the revocation list from the registry.
-fn refresh_revoked(
-    registry: &registry::Registry,
-    revoked: &crate::transport::tls::Revoked,
-) -> Result<Vec<String>> {
-    let now: std::collections::HashSet<String> = registry.revoked_devices()?.into_iter().collect();
-    let mut set = revoked
-        .write()
-        .map_err(|_| anyhow::anyhow!("revocation list lock poisoned"))?;
-    let added: Vec<String> = now.difference(&set).cloned().collect();
-    *set = now;
-    Ok(added)
-}
-
-/// Poll the registry (written by `voxgate relay revoke` from another
-/// process) twice a second; close live sessions of newly revoked devices.
-/// New handshakes of revoked devices already fail in the TLS verifier.
-async fn enforce_revocations(
+/// Keep the trust table and the live sessions in line with the registry,
+/// twice a second: reload the table when another process wrote the
+/// registry (`voxgate relay revoke`, `relay token create`), write the
+/// refused handshakes to the audit log (rate-limited by the table), and
+/// close every live session whose certificate is no longer accepted (a
+/// revoked device, a certificate superseded past its grace or replaced by
+/// a re-enrollment). New handshakes of such certificates already fail in
+/// the TLS verifier.
+async fn enforce_trust(
     registry: Arc<std::sync::Mutex<registry::Registry>>,
-    revoked: crate::transport::tls::Revoked,
+    trust: Arc<trust::TrustTable>,
     ctx: Arc<RelayCtx>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut seen: Option<i64> = None;
     loop {
         tick.tick().await;
-        let added = match registry
-            .lock()
-            .map_err(|_| anyhow::anyhow!("registry lock poisoned"))
-            .and_then(|r| refresh_revoked(&r, &revoked))
-        {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read revocations");
+        let registry = registry.clone();
+        let trust2 = trust.clone();
+        let refused = trust.take_refusals();
+        let reloaded = tokio::task::spawn_blocking(move || {
+            let r = registry.lock().unwrap_or_else(|p| p.into_inner());
+            for f in &refused {
+                let mut detail = format!("serial {}: {}", f.serial, f.why.as_str());
+                if f.suppressed > 0 {
+                    detail.push_str(&format!(
+                        " ({} more refusals not written: rate limit)",
+                        f.suppressed
+                    ));
+                }
+                r.audit("handshake_refused", "", &f.device, &detail)?;
+            }
+            let version = r.data_version()?;
+            if seen != Some(version) {
+                trust2.reload(&r)?;
+            }
+            Ok::<_, registry::RegistryError>(version)
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(v)) => seen = Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the registry's trust state");
                 continue;
             }
-        };
-        if added.is_empty() {
-            continue;
+            Err(e) => {
+                tracing::warn!(error = %e, "trust reload task failed");
+                continue;
+            }
         }
+        let at = registry::now();
         let live = ctx.live.lock().map(|l| l.clone()).unwrap_or_default();
-        for (session, (device, conn)) in live {
-            if added.contains(&device) {
-                tracing::warn!(%device, session, "device revoked; closing its connection");
-                conn.close(3u32.into(), b"device revoked");
+        for (session, s) in live {
+            if let Err(why) = trust.decide(&s.cert, at) {
+                let device = &s.cert.device;
+                tracing::warn!(%device, session, reason = why.as_str(), "closing the session: its certificate is no longer accepted");
+                s.conn.close(3u32.into(), why.as_str().as_bytes());
+                if let Ok(mut l) = ctx.live.lock() {
+                    l.remove(&session);
+                }
             }
         }
     }
@@ -115,7 +132,7 @@ pub struct Prepared {
     pub cfg: RelayConfig,
     server: quinn::ServerConfig,
     registry: Arc<std::sync::Mutex<registry::Registry>>,
-    revoked: crate::transport::tls::Revoked,
+    trust: Arc<trust::TrustTable>,
     enroller: Arc<enroll::Enroller>,
     downlink: Downlink,
     udp: std::net::UdpSocket,
@@ -151,18 +168,26 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
     let registry = registry::Registry::open(&state.join(ca::REGISTRY))
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
-    let revoked: crate::transport::tls::Revoked = Default::default();
-    refresh_revoked(&registry, &revoked)?;
+    let trust = Arc::new(trust::TrustTable::new(cfg.superseded_grace));
+    trust
+        .reload(&registry)
+        .context("cannot read the device registry")?;
     let registry = Arc::new(std::sync::Mutex::new(registry));
     let ca_pem = std::fs::read_to_string(&ca_path)
         .with_context(|| format!("cannot read {}", ca_path.display()))?;
     let ca_key = ca::load_ca_key(state, &cfg.ca_binding)
         .with_context(|| format!("{}: the fleet CA key", cfg.file.display()))?;
     let enroller = Arc::new(
-        enroll::Enroller::new(registry.clone(), &ca_pem, ca_key, cfg.certificate_lifetime)
+        enroll::Enroller::new(
+            registry.clone(),
+            trust.clone(),
+            &ca_pem,
+            ca_key,
+            cfg.certificate_lifetime,
+        )
             .context("the fleet CA certificate does not parse")?,
     );
-    let server = crate::transport::tls::server_config(&ca, chain, key, revoked.clone())?;
+    let server = crate::transport::tls::server_config(&ca, chain, key, trust.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
@@ -180,7 +205,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         cfg,
         server,
         registry,
-        revoked,
+        trust,
         enroller,
         downlink,
         udp,
@@ -213,11 +238,11 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         calls: call_plane::CallPlane::new(metrics.clone()),
         metrics,
         next_session: AtomicU64::new(1),
-        revoked: p.revoked.clone(),
+        trust: p.trust.clone(),
         enroller: p.enroller,
         live: Default::default(),
     });
-    let enforcer = tokio::spawn(enforce_revocations(p.registry, p.revoked, ctx.clone()));
+    let enforcer = tokio::spawn(enforce_trust(p.registry, p.trust, ctx.clone()));
     let ticker = {
         let ctx = ctx.clone();
         tokio::spawn(async move {

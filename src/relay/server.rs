@@ -18,6 +18,7 @@ mod media;
 
 use super::metrics::RelayMetrics;
 use crate::media::stats::ReceiveStats;
+use crate::pki::name::CertFacts;
 use crate::proto::control::{
     Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome,
 };
@@ -68,14 +69,26 @@ pub struct RelayCtx {
     pub metrics: Arc<RelayMetrics>,
     /// Session numbers.
     pub next_session: AtomicU64,
-    /// Devices refused by the registry.
-    pub revoked: crate::transport::tls::Revoked,
+    /// Which certificate each device may use (the TLS verifier's table).
+    pub trust: Arc<super::trust::TrustTable>,
     /// Enrollment of new devices.
     pub enroller: Arc<super::enroll::Enroller>,
-    /// Live sessions by number: device id and connection (for revocation).
-    pub live: std::sync::Mutex<HashMap<u64, (String, quinn::Connection)>>,
+    /// Live sessions by number (for revocation and superseded
+    /// certificates).
+    pub live: std::sync::Mutex<HashMap<u64, LiveSession>>,
     /// Calls between phones.
     pub calls: super::call_plane::CallPlane,
+}
+
+/// A live device session: the certificate it is bound to (the one it
+/// authenticated with, or the one it renewed to over this session) and its
+/// connection.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    /// The session's certificate.
+    pub cert: CertFacts,
+    /// Its connection.
+    pub conn: quinn::Connection,
 }
 
 /// Accept devices until `shutdown` resolves, then close every session
@@ -124,22 +137,29 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
         ctx.enroller.clone().handle(conn).await;
         return;
     }
-    let Some(device) = peer_device(&conn) else {
+    let Some(cert) = peer_cert(&conn) else {
         ctx.metrics.rejected.inc();
         conn.close(2u32.into(), b"certificate names no device");
         return;
     };
-    // The TLS verifier already refuses revoked devices; checked again here
-    // so that no handshake path can skip it.
-    if ctx.revoked.read().map_or(true, |r| r.contains(&device)) {
+    let device = cert.device.clone();
+    // The TLS verifier already asked the trust table; asked again here so
+    // that no handshake path can skip it.
+    if let Err(why) = ctx.trust.decide(&cert, super::registry::now()) {
         ctx.metrics.rejected.inc();
-        info!(%device, %remote, "revoked device refused");
-        conn.close(3u32.into(), b"device revoked");
+        info!(%device, %remote, reason = why.as_str(), "device refused");
+        conn.close(3u32.into(), why.as_str().as_bytes());
         return;
     }
     let session = ctx.next_session.fetch_add(1, Relaxed);
     if let Ok(mut live) = ctx.live.lock() {
-        live.insert(session, (device.clone(), conn.clone()));
+        live.insert(
+            session,
+            LiveSession {
+                cert,
+                conn: conn.clone(),
+            },
+        );
     }
     ctx.metrics.sessions.inc();
     ctx.metrics.active.set(ctx.metrics.active.get() + 1.0);
@@ -159,10 +179,10 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
     info!(%device, session, %remote, %reason, "session ended");
 }
 
-fn peer_device(conn: &quinn::Connection) -> Option<String> {
+fn peer_cert(conn: &quinn::Connection) -> Option<CertFacts> {
     let any = conn.peer_identity()?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    crate::pki::name::common_name(certs.first()?)
+    crate::pki::name::cert_facts(certs.first()?)
 }
 
 /// Why a device session ended with an error (logged, and the start of it
@@ -405,10 +425,18 @@ async fn control_loop(
                     }
                     last_renewal = Some(Instant::now());
                     let source = conn.remote_address().ip().to_string();
-                    match ctx.enroller.renew(device, &csr, &source) {
-                        Ok((der, not_after)) => {
-                            let cert = B64.encode(&der);
-                            framed::send(send, &Message::Renewed(Enrolled { cert: &cert, not_after })).await?;
+                    let from = ctx.live.lock().ok().and_then(|l| l.get(&session).map(|s| s.cert.serial.clone())).unwrap_or_default();
+                    match ctx.enroller.renew(device, &from, &csr, &source) {
+                        Ok(signed) => {
+                            // This session now stands for the new
+                            // certificate: it proved the old key, and the
+                            // box holds the new one.
+                            if let Ok(mut l) = ctx.live.lock() && let Some(s) = l.get_mut(&session) {
+                                s.cert.serial = signed.serial.clone();
+                                s.cert.spki = signed.spki;
+                            }
+                            let cert = B64.encode(&signed.der);
+                            framed::send(send, &Message::Renewed(Enrolled { cert: &cert, not_after: signed.not_after })).await?;
                         }
                         Err(why) => {
                             warn!(%device, session, reason = %why, "certificate renewal refused");

@@ -107,24 +107,29 @@ impl FlowRoutes {
 /// TLS alert `certificate_revoked` (RFC 8446 §6), as a QUIC crypto error.
 const CRYPTO_CERT_REVOKED: u64 = 0x100 + 44;
 
+/// What a refused certificate means to a technician.
+const REFUSED: &str = "the relay refused this device's certificate as revoked (a revoked device, or a certificate superseded by a newer one or replaced by a re-enrollment); it must be re-enrolled: a re-enrollment token from the relay operator, then `voxgate setup` on the box";
+
 /// A connection error in words a technician can act on.
 pub fn describe(e: &quinn::ConnectionError) -> String {
     match e {
         quinn::ConnectionError::ApplicationClosed(c) => {
             let why = String::from_utf8_lossy(&c.reason);
             if why.contains("revoked") {
-                "the relay revoked this device; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
+                "the relay revoked this device; it must be re-enrolled: a re-enrollment token from the relay operator, then `voxgate setup` on the box".into()
+            } else if why.contains("superseded") || why.contains("registered key") {
+                format!("the relay no longer accepts this certificate ({why}): another box renewed or re-enrolled under this device id; if this is the real box, it must be re-enrolled with a re-enrollment token, and the operator should read the relay's audit log (`voxgate relay audit --device ID`)")
             } else {
                 format!("the relay closed the connection: {why}")
             }
         }
         quinn::ConnectionError::TransportError(t) if u64::from(t.code) == CRYPTO_CERT_REVOKED => {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
+            REFUSED.into()
         }
         quinn::ConnectionError::ConnectionClosed(c)
             if u64::from(c.error_code) == CRYPTO_CERT_REVOKED =>
         {
-            "the relay refused this device's certificate as revoked; it must be re-enrolled: a new token from the relay operator, then `voxgate setup` on the box".into()
+            REFUSED.into()
         }
         quinn::ConnectionError::TimedOut => "no answer from the relay for 3 s (keep-alive timeout)".into(),
         other => other.to_string(),

@@ -6,7 +6,7 @@
 //! `voxgate relay dev-cert`); sealed and TPM backends plug in here.
 
 use crate::pki::files::{FileError, read_certs, read_key};
-use crate::pki::name::{common_name, fingerprint};
+use crate::pki::name::{CertFacts, cert_facts, common_name, fingerprint};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -175,16 +175,49 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// Device ids whose certificates the relay refuses (kept current by the
-/// relay from its registry).
-pub type Revoked = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
+/// Why the relay refuses a client certificate that its CA signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The device is revoked.
+    Revoked,
+    /// A renewal superseded this certificate and the grace is over, or a
+    /// re-enrollment replaced it, or the registry never recorded it.
+    NotCurrent,
+    /// The certificate's serial is the device's but its key is not the
+    /// key the registry recorded (a certificate minted with a stolen
+    /// issuing key).
+    UnknownKey,
+    /// No such device in the registry.
+    UnknownDevice,
+}
 
-/// Checks client certificates against the fleet CA, then refuses devices
-/// on the revocation list: a revoked device fails in the handshake itself.
+impl Refusal {
+    /// The audit log's and the close reason's wording.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Revoked => "device revoked",
+            Refusal::NotCurrent => "certificate superseded or replaced",
+            Refusal::UnknownKey => "key is not the device's registered key",
+            Refusal::UnknownDevice => "device not in the registry",
+        }
+    }
+}
+
+/// The relay's registry as the TLS verifier asks it, after the CA's
+/// signature and the validity dates check out: is this certificate, with
+/// this key, one the device may use now?
+pub trait ClientGate: Send + Sync + std::fmt::Debug {
+    /// Admit or refuse a certificate by its facts.
+    fn check(&self, cert: &CertFacts) -> Result<(), Refusal>;
+}
+
+/// Checks client certificates against the fleet CA, then asks the
+/// relay's [`ClientGate`]: a revoked device, a superseded certificate or a
+/// key the registry does not know fails in the handshake itself.
 #[derive(Debug)]
 struct RevocationAwareVerifier {
     inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
-    revoked: Revoked,
+    gate: Arc<dyn ClientGate>,
 }
 
 impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
@@ -209,17 +242,12 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let device = common_name(end_entity).unwrap_or_default();
-        let revoked = self
-            .revoked
-            .read()
-            .map(|r| r.contains(&device))
-            .unwrap_or(true);
-        if revoked {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Revoked,
-            ));
-        }
+        let facts = cert_facts(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        self.gate.check(&facts).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+        })?;
         Ok(ok)
     }
 
@@ -247,12 +275,12 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
 }
 
 /// The relay's QUIC server configuration: client certificates required,
-/// checked against the fleet CA and the revocation list.
+/// checked against the fleet CA and the relay's [`ClientGate`].
 pub fn server_config(
     ca: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    revoked: Revoked,
+    gate: Arc<dyn ClientGate>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = Arc::new(RevocationAwareVerifier {
         // Optional at the TLS layer so that enrollment (which has no
@@ -261,7 +289,7 @@ pub fn server_config(
         inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
             .allow_unauthenticated()
             .build()?,
-        revoked,
+        gate,
     });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -31,10 +31,19 @@ pub fn cert_serial(cert: &Path) -> String {
         .collect()
 }
 
-/// `voxgate relay token create` (with `--ttl-s` if given), as it ran.
-pub fn create_token(lab: &Lab, ttl_s: Option<u64>) -> Output {
+/// `voxgate relay token create --device DEVICE` (with `--ttl-s` if
+/// given), as it ran.
+pub fn create_token(lab: &Lab, device: &str, ttl_s: Option<u64>) -> Output {
+    token_command(lab, device, ttl_s, false)
+}
+
+/// `voxgate relay token create --device DEVICE [--reenroll]`, as it ran.
+pub fn token_command(lab: &Lab, device: &str, ttl_s: Option<u64>, reenroll: bool) -> Output {
     let mut c = Command::new(bin());
-    c.args(["relay", "token", "create"]);
+    c.args(["relay", "token", "create", "--device", device]);
+    if reenroll {
+        c.arg("--reenroll");
+    }
     if let Some(t) = ttl_s {
         c.args(["--ttl-s", &t.to_string()]);
     }
@@ -44,9 +53,19 @@ pub fn create_token(lab: &Lab, ttl_s: Option<u64>) -> Output {
         .unwrap()
 }
 
-/// A fresh single-use token (asserts that the relay issued it).
-pub fn token(lab: &Lab, ttl_s: Option<u64>) -> String {
-    let out = create_token(lab, ttl_s);
+/// A fresh single-use token for `device` (asserts that the relay issued
+/// it).
+pub fn token(lab: &Lab, device: &str, ttl_s: Option<u64>) -> String {
+    issued(create_token(lab, device, ttl_s))
+}
+
+/// A fresh re-enrollment token for `device` (asserts that the relay issued
+/// it).
+pub fn reenroll_token(lab: &Lab, device: &str) -> String {
+    issued(token_command(lab, device, None, true))
+}
+
+fn issued(out: Output) -> String {
     assert!(
         out.status.success(),
         "token create: {}",
@@ -63,9 +82,9 @@ pub fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     p
 }
 
-/// A fresh token in the 0600 file `lab.dir/name`.
-pub fn token_file(lab: &Lab, name: &str) -> PathBuf {
-    secret_file(&lab.dir, name, &token(lab, None))
+/// A fresh token for `device` in the 0600 file `lab.dir/name`.
+pub fn token_file(lab: &Lab, device: &str, name: &str) -> PathBuf {
+    secret_file(&lab.dir, name, &token(lab, device, None))
 }
 
 /// A machine-id file `dir/name` holding `value`.
@@ -165,7 +184,7 @@ impl<'a> Setup<'a> {
         let fp = self.fingerprint.unwrap_or_else(|| fingerprint(lab));
         let tok = self
             .token_file
-            .unwrap_or_else(|| token_file(lab, &format!("{id}.token")));
+            .unwrap_or_else(|| token_file(lab, id, &format!("{id}.token")));
         let mid = self
             .machine_id
             .unwrap_or_else(|| machine_id(&lab.dir, "machine-id", MACHINE_ID));

@@ -17,8 +17,8 @@ mod devices;
 mod schema;
 mod tokens;
 
-pub use devices::DeviceRow;
-pub use tokens::TokenRejection;
+pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};
+pub use tokens::{NewToken, Redeemed, TokenRejection, TokenRow};
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -37,6 +37,24 @@ pub enum RegistryError {
     /// No such device.
     #[error("no device `{0}` in the registry (see `voxgate relay devices`)")]
     UnknownDevice(String),
+    /// Not a usable device id.
+    #[error("`{0}` is not a device id (1-64 of a-z, 0-9, `-`, `_`, `.`)")]
+    BadDeviceId(String),
+    /// A plain token for an id that is enrolled.
+    #[error(
+        "device `{0}` is already enrolled; to replace its certificate (a new box, a re-keyed one, or to undo a revocation) create a re-enrollment token with `--reenroll`"
+    )]
+    Enrolled(String),
+    /// A second token for an id that has an unused one.
+    #[error(
+        "device `{device}` already has an unused token ({id}); revoke it first with `voxgate relay token revoke {id}`"
+    )]
+    TokenOutstanding {
+        /// The device id.
+        device: String,
+        /// The public id of its unused token.
+        id: String,
+    },
     /// The transaction a write belonged to did not commit.
     #[error("device registry: the write was not committed: {0}")]
     Commit(String),
@@ -99,6 +117,14 @@ impl Registry {
         )?;
         schema::migrate(&mut db)?;
         Ok(Registry { db })
+    }
+
+    /// SQLite's `data_version`: changes when another connection (another
+    /// process) commits.
+    pub fn data_version(&self) -> Result<i64, RegistryError> {
+        Ok(self
+            .db
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
     }
 
     /// Run `f` in one transaction: every registry write it makes is

@@ -9,7 +9,8 @@ use rusqlite::{Connection, TransactionBehavior};
 /// are only ever appended. Step 1 is the schema of the releases before
 /// versioning (`IF NOT EXISTS`: a registry they wrote is at version 0 and
 /// already has it).
-pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS tokens (
+pub(super) const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tokens (
          hash BLOB PRIMARY KEY,
          created INTEGER NOT NULL,
          expires INTEGER NOT NULL,
@@ -30,7 +31,29 @@ pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS tokens (
          event TEXT NOT NULL,
          source TEXT NOT NULL DEFAULT '',
          device TEXT NOT NULL DEFAULT '',
-         detail TEXT NOT NULL DEFAULT '');"];
+         detail TEXT NOT NULL DEFAULT '');",
+    // 2: tokens bound to one device id (NULL: a token of an earlier
+    // release, good for one id that is not enrolled), re-enrollment
+    // tokens, withdrawn tokens; per-certificate state: the public key
+    // (SHA-256 of the SPKI; NULL for certificates of earlier releases,
+    // checked by serial alone until the device renews), when a renewal
+    // superseded it (accepted for a grace) and when a re-enrollment
+    // replaced it (refused at once); each device's current serial.
+    "ALTER TABLE tokens ADD COLUMN device TEXT;
+     ALTER TABLE tokens ADD COLUMN reenroll INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tokens ADD COLUMN revoked_at INTEGER;
+     CREATE INDEX tokens_device ON tokens(device);
+     ALTER TABLE certificates ADD COLUMN spki BLOB;
+     ALTER TABLE certificates ADD COLUMN superseded_at INTEGER;
+     ALTER TABLE certificates ADD COLUMN replaced_at INTEGER;
+     CREATE INDEX certificates_device ON certificates(device);
+     ALTER TABLE devices ADD COLUMN current_serial TEXT;
+     UPDATE devices SET current_serial = (
+         SELECT serial FROM certificates c WHERE c.device = devices.id
+         ORDER BY not_after DESC, rowid DESC LIMIT 1);
+     UPDATE certificates SET superseded_at = CAST(strftime('%s', 'now') AS INTEGER)
+         WHERE serial NOT IN (SELECT current_serial FROM devices WHERE current_serial IS NOT NULL);",
+];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a
 /// `relay token create`) serialize on the write lock and the second finds

@@ -17,6 +17,12 @@ pub enum TokenRejection {
     Used,
     /// Past its expiry.
     Expired,
+    /// Withdrawn with `relay token revoke`.
+    Revoked,
+    /// Bound to another device id.
+    WrongDevice,
+    /// The id is enrolled and the token is not a re-enrollment token.
+    AlreadyEnrolled,
 }
 
 impl TokenRejection {
@@ -26,6 +32,63 @@ impl TokenRejection {
             TokenRejection::Unknown => "unknown token",
             TokenRejection::Used => "token already used",
             TokenRejection::Expired => "token expired",
+            TokenRejection::Revoked => "token revoked",
+            TokenRejection::WrongDevice => "token is bound to another device id",
+            TokenRejection::AlreadyEnrolled => {
+                "device id already enrolled and the token is not a re-enrollment token"
+            }
+        }
+    }
+}
+
+/// A token accepted for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redeemed {
+    /// A re-enrollment: the device's earlier certificates are replaced.
+    pub reenroll: bool,
+}
+
+/// A token as `relay token create` made it: the secret (shown once) and
+/// its public id (the first 8 hex digits of its hash), which `token list`
+/// shows and `token revoke` takes.
+#[derive(Debug)]
+pub struct NewToken {
+    /// The token itself; the registry keeps only its hash.
+    pub secret: Secret<String>,
+    /// Its public id.
+    pub id: String,
+}
+
+/// A row of `relay token list`: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Public id.
+    pub id: String,
+    /// The device id it is bound to (`None`: a token of a release before
+    /// binding, usable for one id that is not enrolled).
+    pub device: Option<String>,
+    /// A re-enrollment token.
+    pub reenroll: bool,
+    /// Creation, Unix seconds.
+    pub created: i64,
+    /// Expiry, Unix seconds.
+    pub expires: i64,
+    /// When it was redeemed, and by which device.
+    pub used: Option<(i64, String)>,
+    /// When it was revoked.
+    pub revoked: Option<i64>,
+    /// The operator's note.
+    pub note: String,
+}
+
+impl TokenRow {
+    /// `unused`, `used`, `expired` or `revoked`, at `at`.
+    pub fn state(&self, at: i64) -> &'static str {
+        match (&self.used, self.revoked) {
+            (Some(_), _) => "used",
+            (None, Some(_)) => "revoked",
+            (None, None) if self.expires <= at => "expired",
+            _ => "unused",
         }
     }
 }
@@ -34,64 +97,175 @@ fn token_hash(token: &str) -> Vec<u8> {
     digest(&SHA256, token.trim().as_bytes()).as_ref().to_vec()
 }
 
+/// The public id of a token hash.
+fn token_id(hash: &[u8]) -> String {
+    crate::pki::name::hex(&hash[..4])
+}
+
 impl Registry {
-    /// Create a single-use token valid for `ttl`. The returned secret is the
-    /// only copy; the registry keeps its hash.
-    pub fn create_token(&self, ttl: Duration, note: &str) -> Result<Secret<String>, RegistryError> {
-        let mut raw = [0u8; 20];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| RegistryError::Random)?;
-        // Base32 without padding: 32 characters, easy to read out by phone.
-        let token = Secret::new(base32(&raw));
-        let t = now();
-        self.db.execute(
-            "INSERT INTO tokens (hash, created, expires, note) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                token_hash(token.expose()),
-                t,
-                t + ttl.as_secs() as i64,
-                note
-            ],
-        )?;
-        self.audit(
-            "token_created",
-            "",
-            "",
-            &format!("expires in {} s", ttl.as_secs()),
-        )?;
-        Ok(token)
+    /// Create a single-use token for `device`, valid for `ttl`. An enrolled
+    /// id needs `reenroll`; an id with an unused token of its own gets no
+    /// second one (revoke the first). The returned secret is the only
+    /// copy; the registry keeps its hash.
+    pub fn create_token(
+        &self,
+        device: &str,
+        reenroll: bool,
+        ttl: Duration,
+        note: &str,
+    ) -> Result<NewToken, RegistryError> {
+        if !crate::pki::name::valid_device_id(device) {
+            return Err(RegistryError::BadDeviceId(device.into()));
+        }
+        self.atomically(|tx| {
+            let t = now();
+            if !reenroll && tx.is_enrolled(device)? {
+                return Err(RegistryError::Enrolled(device.into()));
+            }
+            let outstanding: Option<Vec<u8>> = tx
+                .db
+                .query_row(
+                    "SELECT hash FROM tokens WHERE device = ?1 AND used_at IS NULL
+                     AND revoked_at IS NULL AND expires > ?2",
+                    params![device, t],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(hash) = outstanding {
+                return Err(RegistryError::TokenOutstanding {
+                    device: device.into(),
+                    id: token_id(&hash),
+                });
+            }
+            let mut raw = [0u8; 20];
+            SystemRandom::new()
+                .fill(&mut raw)
+                .map_err(|_| RegistryError::Random)?;
+            // Base32 without padding: 32 characters, easy to read out by phone.
+            let secret = Secret::new(base32(&raw));
+            let hash = token_hash(secret.expose());
+            tx.db.execute(
+                "INSERT INTO tokens (hash, created, expires, note, device, reenroll)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![hash, t, t + ttl.as_secs() as i64, note, device, reenroll],
+            )?;
+            let id = token_id(&hash);
+            let kind = if reenroll { "re-enrollment" } else { "enrollment" };
+            tx.audit(
+                "token_created",
+                "",
+                device,
+                &format!("{kind} token {id}, expires in {} s", ttl.as_secs()),
+            )?;
+            Ok(NewToken { secret, id })
+        })
     }
 
-    /// Redeem `token` for `device`: succeeds once, before expiry.
+    /// Redeem `token` for `device`: succeeds once, before expiry, for the
+    /// id it is bound to, and for an enrolled id only if it is a
+    /// re-enrollment token. Call it inside [`Registry::atomically`] with the
+    /// enrollment it pays for: a rejection leaves the token as it was only
+    /// because the caller rolls back.
     pub fn redeem(
         &self,
         token: &str,
         device: &str,
         at: i64,
-    ) -> Result<Result<(), TokenRejection>, RegistryError> {
+    ) -> Result<Result<Redeemed, TokenRejection>, RegistryError> {
         let hash = token_hash(token);
-        let changed = self.db.execute(
-            "UPDATE tokens SET used_at = ?2, used_by = ?3
-             WHERE hash = ?1 AND used_at IS NULL AND expires > ?2",
-            params![hash, at, device],
-        )?;
-        if changed == 1 {
-            return Ok(Ok(()));
-        }
-        let row: Option<(Option<i64>, i64)> = self
+        type Row = (Option<i64>, i64, Option<i64>, Option<String>, bool);
+        let row: Option<Row> = self
             .db
             .query_row(
-                "SELECT used_at, expires FROM tokens WHERE hash = ?1",
+                "SELECT used_at, expires, revoked_at, device, reenroll FROM tokens WHERE hash = ?1",
                 params![hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        Ok(Err(match row {
-            None => TokenRejection::Unknown,
-            Some((Some(_), _)) => TokenRejection::Used,
-            Some((None, _)) => TokenRejection::Expired,
-        }))
+        let Some((used, expires, revoked, bound, reenroll)) = row else {
+            return Ok(Err(TokenRejection::Unknown));
+        };
+        let rejection = if used.is_some() {
+            Some(TokenRejection::Used)
+        } else if revoked.is_some() {
+            Some(TokenRejection::Revoked)
+        } else if expires <= at {
+            Some(TokenRejection::Expired)
+        } else if bound.as_deref().is_some_and(|b| b != device) {
+            Some(TokenRejection::WrongDevice)
+        } else if !reenroll && self.is_enrolled(device)? {
+            Some(TokenRejection::AlreadyEnrolled)
+        } else {
+            None
+        };
+        if let Some(r) = rejection {
+            return Ok(Err(r));
+        }
+        // Conditional, so that two redemptions racing past the checks in
+        // two processes cannot both win.
+        let changed = self.db.execute(
+            "UPDATE tokens SET used_at = ?2, used_by = ?3 WHERE hash = ?1 AND used_at IS NULL",
+            params![hash, at, device],
+        )?;
+        if changed != 1 {
+            return Ok(Err(TokenRejection::Used));
+        }
+        Ok(Ok(Redeemed { reenroll }))
+    }
+
+    /// Every token, newest first (never a secret: the registry has none).
+    pub fn tokens(&self) -> Result<Vec<TokenRow>, RegistryError> {
+        let mut q = self.db.prepare(
+            "SELECT hash, device, reenroll, created, expires, used_at, used_by, revoked_at, note
+             FROM tokens ORDER BY created DESC, rowid DESC",
+        )?;
+        let rows = q.query_map([], |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            let used_at: Option<i64> = r.get(5)?;
+            let used_by: Option<String> = r.get(6)?;
+            Ok(TokenRow {
+                id: token_id(&hash),
+                device: r.get(1)?,
+                reenroll: r.get(2)?,
+                created: r.get(3)?,
+                expires: r.get(4)?,
+                used: used_at.map(|t| (t, used_by.unwrap_or_default())),
+                revoked: r.get(7)?,
+                note: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revoke the unused tokens whose id is `id`, or which are bound to the
+    /// device id `id`. Returns the ids revoked (none: nothing matched an
+    /// unused token).
+    pub fn revoke_token(&self, id: &str) -> Result<Vec<String>, RegistryError> {
+        let id = id.trim().to_ascii_lowercase();
+        self.atomically(|tx| {
+            let t = now();
+            let mut hit = Vec::new();
+            for row in tx.tokens()? {
+                let matches = row.id == id || row.device.as_deref() == Some(id.as_str());
+                if matches && row.used.is_none() && row.revoked.is_none() {
+                    hit.push(row);
+                }
+            }
+            for row in &hit {
+                tx.db.execute(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE substr(hex(hash), 1, 8) = upper(?1)
+                     AND used_at IS NULL AND revoked_at IS NULL",
+                    params![row.id, t],
+                )?;
+                tx.audit(
+                    "token_revoked",
+                    "",
+                    row.device.as_deref().unwrap_or(""),
+                    &format!("token {}", row.id),
+                )?;
+            }
+            Ok(hit.into_iter().map(|r| r.id).collect())
+        })
     }
 }
 
