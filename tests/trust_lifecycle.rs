@@ -105,7 +105,11 @@ impl Session {
                 .next(|m| matches!(m, Message::Welcome(_)))
                 .await
                 .map_err(|e| e.to_string())?;
-            if welcome { Ok(s) } else { Err("no welcome".into()) }
+            if welcome {
+                Ok(s)
+            } else {
+                Err("no welcome".into())
+            }
         };
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
             Ok(r) => r.map_err(|e| {
@@ -192,7 +196,10 @@ fn wait_audit(lab: &Lab, f: impl Fn(&AuditRow) -> bool) -> AuditRow {
         if let Some(row) = log.iter().find(|e| f(e)) {
             return row.clone();
         }
-        assert!(t0.elapsed() < Duration::from_secs(3), "not audited: {log:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "not audited: {log:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -250,7 +257,10 @@ fn tokens_are_bound_to_one_device_id() {
     assert!(list.status.success(), "{listed}");
     assert!(!listed.contains(&t5) && !listed.contains(&t6), "{listed}");
     assert!(listed.contains("used by shop-5"), "{listed}");
-    assert!(listed.contains("shop-6") && listed.contains("unused"), "{listed}");
+    assert!(
+        listed.contains("shop-6") && listed.contains("unused"),
+        "{listed}"
+    );
 
     // A withdrawn token is refused.
     let rv = relay_cmd(&lab, &["token", "revoke", "shop-6"]);
@@ -265,7 +275,10 @@ fn tokens_are_bound_to_one_device_id() {
             .any(|e| e.0 == "enroll_rejected" && e.3 == "token revoked"),
         "{log:?}"
     );
-    assert!(log.iter().any(|e| e.0 == "token_revoked" && e.2 == "shop-6"));
+    assert!(
+        log.iter()
+            .any(|e| e.0 == "token_revoked" && e.2 == "shop-6")
+    );
     assert!(!relay.log_text().contains(&t5), "token in the relay log");
     relay.stop();
 }
@@ -350,8 +363,7 @@ fn a_certificate_minted_with_the_issuing_key_for_another_key_is_refused() {
     let mint = |name: &str, serial: Option<&str>| {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "gw-m");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "gw-m");
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         if let Some(s) = serial {
             let bytes: Vec<u8> = (0..s.len())
@@ -420,8 +432,7 @@ fn a_stolen_box_is_revoked_and_replaced_under_the_same_id() {
         .dir(&lab.dir.join("shop-9-new"))
         .config_out(&lab.dir.join("shop-9-new.toml"))
         .run();
-    let new_serial =
-        voxgate_testkit::enroll::cert_serial(&lab.dir.join("shop-9-new/device.pem"));
+    let new_serial = voxgate_testkit::enroll::cert_serial(&lab.dir.join("shop-9-new/device.pem"));
     assert_ne!(old_serial, new_serial);
     // The replacement connects; the stolen box stays refused (its
     // certificate was replaced, not just revoked).
@@ -431,7 +442,10 @@ fn a_stolen_box_is_revoked_and_replaced_under_the_same_id() {
             .await
             .expect("the replacement connects");
         let e = Session::open_enrolled(&lab, &old_cfg, "shop-9").await.err();
-        assert!(e.is_some_and(|e| e.contains("revoked")), "the stolen box is back");
+        assert!(
+            e.is_some_and(|e| e.contains("revoked")),
+            "the stolen box is back"
+        );
     });
     let devices = text(&relay_cmd(&lab, &["devices"]));
     assert!(
@@ -440,9 +454,8 @@ fn a_stolen_box_is_revoked_and_replaced_under_the_same_id() {
     );
     let log = audit(&lab);
     assert!(
-        log.iter().any(|e| e.0 == "reenrolled"
-            && e.2 == "shop-9"
-            && e.3.contains("revocation undone")),
+        log.iter()
+            .any(|e| e.0 == "reenrolled" && e.2 == "shop-9" && e.3.contains("revocation undone")),
         "{log:?}"
     );
     relay.stop();

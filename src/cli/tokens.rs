@@ -71,8 +71,12 @@ pub(super) fn run(cmd: TokenCommand) -> Result<()> {
                 anyhow::bail!("--ttl-s must be between 1 s and 30 days");
             }
             let reg = open_registry(&cfg)?;
-            let token =
-                reg.create_token(&device, reenroll, std::time::Duration::from_secs(ttl_s), &note)?;
+            let token = reg.create_token(
+                &device,
+                reenroll,
+                std::time::Duration::from_secs(ttl_s),
+                &note,
+            )?;
             // The only place a token is ever shown.
             println!("{}", token.secret.expose());
             let kind = if reenroll {
@@ -96,10 +100,7 @@ pub(super) fn run(cmd: TokenCommand) -> Result<()> {
                 .filter(|t| all || t.state(at) == "unused")
                 .collect();
             if rows.is_empty() {
-                println!(
-                    "no {}tokens",
-                    if all { "" } else { "unused " }
-                );
+                println!("no {}tokens", if all { "" } else { "unused " });
                 return Ok(());
             }
             println!(

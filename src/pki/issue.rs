@@ -96,11 +96,17 @@ mod tests {
         // The facts the relay's verifier checks: the same key gives the
         // same SPKI hash, another key another.
         let fa = super::super::name::cert_facts(&der).unwrap();
-        assert_eq!((fa.device.as_str(), fa.serial.clone()), ("box-7", a.serial.hex()));
+        assert_eq!(
+            (fa.device.as_str(), fa.serial.clone()),
+            ("box-7", a.serial.hex())
+        );
         let fb = super::super::name::cert_facts(b.cert.der()).unwrap();
         assert_eq!(fa.spki, fb.spki);
         let other = KeyPair::generate().unwrap();
         let c = device_certificate(&issuer, &other, "box-7", Duration::days(30)).unwrap();
-        assert_ne!(super::super::name::cert_facts(c.cert.der()).unwrap().spki, fa.spki);
+        assert_ne!(
+            super::super::name::cert_facts(c.cert.der()).unwrap().spki,
+            fa.spki
+        );
     }
 }

@@ -265,7 +265,9 @@ impl Enroller {
         // One savepoint: the token is spent only together with the device,
         // its certificate and the audit line.
         let issued = self.writes.run(move |tx| {
-            let redeemed = tx.redeem(&token, &dev, now())?.map_err(EnrollError::Token)?;
+            let redeemed = tx
+                .redeem(&token, &dev, now())?
+                .map_err(EnrollError::Token)?;
             let was_revoked = tx.is_revoked(&dev)?;
             let replace = if redeemed.reenroll {
                 Replace::AtOnce

@@ -185,7 +185,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
             ca_key,
             cfg.certificate_lifetime,
         )
-            .context("the fleet CA certificate does not parse")?,
+        .context("the fleet CA certificate does not parse")?,
     );
     let server = crate::transport::tls::server_config(&ca, chain, key, trust.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;

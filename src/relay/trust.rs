@@ -296,7 +296,10 @@ mod tests {
         }
         let many = t.take_refusals();
         assert_eq!(many.len() as u32, AUDIT_PER_MINUTE - 1, "a cap per minute");
-        assert_eq!(many[0].suppressed, 999, "the next line counts what was left out");
+        assert_eq!(
+            many[0].suppressed, 999,
+            "the next line counts what was left out"
+        );
         t.note_refusal(&facts("gw", "01", 1), Refusal::Revoked, at + 61);
         let next = t.take_refusals();
         assert_eq!(next.len(), 1);

@@ -118,7 +118,9 @@ pub fn describe(e: &quinn::ConnectionError) -> String {
             if why.contains("revoked") {
                 "the relay revoked this device; it must be re-enrolled: a re-enrollment token from the relay operator, then `voxgate setup` on the box".into()
             } else if why.contains("superseded") || why.contains("registered key") {
-                format!("the relay no longer accepts this certificate ({why}): another box renewed or re-enrolled under this device id; if this is the real box, it must be re-enrolled with a re-enrollment token, and the operator should read the relay's audit log (`voxgate relay audit --device ID`)")
+                format!(
+                    "the relay no longer accepts this certificate ({why}): another box renewed or re-enrolled under this device id; if this is the real box, it must be re-enrolled with a re-enrollment token, and the operator should read the relay's audit log (`voxgate relay audit --device ID`)"
+                )
             } else {
                 format!("the relay closed the connection: {why}")
             }
@@ -131,7 +133,9 @@ pub fn describe(e: &quinn::ConnectionError) -> String {
         {
             REFUSED.into()
         }
-        quinn::ConnectionError::TimedOut => "no answer from the relay for 3 s (keep-alive timeout)".into(),
+        quinn::ConnectionError::TimedOut => {
+            "no answer from the relay for 3 s (keep-alive timeout)".into()
+        }
         other => other.to_string(),
     }
 }

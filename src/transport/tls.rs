@@ -245,9 +245,9 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         let facts = cert_facts(end_entity).ok_or(rustls::Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
-        self.gate.check(&facts).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
-        })?;
+        self.gate
+            .check(&facts)
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))?;
         Ok(ok)
     }
 

@@ -328,6 +328,9 @@ impl Lab {
                 "dev-cert: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            // A running relay sees a certificate another process recorded
+            // within its next half-second registry check.
+            std::thread::sleep(Duration::from_millis(600));
         }
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
         let cfg = gdir.join("gateway.toml");

@@ -132,7 +132,10 @@ fn one_token_per_id_and_enrolled_ids_need_reenrollment() {
         Err(RegistryError::BadDeviceId(_))
     ));
     let t = now();
-    assert_eq!(r.redeem(first.secret.expose(), "shop-5", t).unwrap(), Ok(FRESH));
+    assert_eq!(
+        r.redeem(first.secret.expose(), "shop-5", t).unwrap(),
+        Ok(FRESH)
+    );
     r.record_certificate("shop-5", rec("01", &[1; 32], t + 100), Replace::Grace)
         .unwrap();
     // Enrolled: a plain token is refused at creation...
@@ -166,7 +169,10 @@ fn one_token_per_id_and_enrolled_ids_need_reenrollment() {
         r.redeem(spare.secret.expose(), "shop-6", t).unwrap(),
         Err(TokenRejection::Revoked)
     );
-    assert!(r.revoke_token(&spare.id).unwrap().is_empty(), "already revoked");
+    assert!(
+        r.revoke_token(&spare.id).unwrap().is_empty(),
+        "already revoked"
+    );
     let other = r.create_token("shop-7", false, ttl, "").unwrap();
     assert_eq!(r.revoke_token(&other.id).unwrap(), vec![other.id.clone()]);
     let events: Vec<String> = r.audit_events().unwrap().into_iter().map(|e| e.0).collect();

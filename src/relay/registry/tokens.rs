@@ -150,7 +150,11 @@ impl Registry {
                 params![hash, t, t + ttl.as_secs() as i64, note, device, reenroll],
             )?;
             let id = token_id(&hash);
-            let kind = if reenroll { "re-enrollment" } else { "enrollment" };
+            let kind = if reenroll {
+                "re-enrollment"
+            } else {
+                "enrollment"
+            };
             tx.audit(
                 "token_created",
                 "",
