@@ -3,7 +3,8 @@
 //! base64) must appear in no log, no stdout or stderr, and no process's
 //! /proc/PID/cmdline or /proc/PID/environ. The cycle includes a
 //! certificate renewal with a fresh key (15-second certificates): the
-//! enrolled key and the renewed key are both checked.
+//! enrolled key and the renewed key are both checked, and so are the
+//! relay's fleet CA key and TLS key.
 
 use base64::Engine as _;
 use std::time::Duration;
@@ -100,6 +101,15 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     for sealed in [&enrolled_key, &renewed_key] {
         let pkcs8 = voxgate::pki::sealed::unseal(&material, sealed).unwrap();
         // The P-256 scalar sits after the fixed PKCS#8/ECPrivateKey prefix.
+        needles.extend(forms(&pkcs8[36..68]));
+        needles.extend(forms(&pkcs8));
+    }
+    // The relay's own keys: the fleet CA (issuing) key and its TLS key.
+    let relay_cfg = voxgate::config::RelayConfig::load(&lab.dir.join("relay.toml")).unwrap();
+    let state = lab.dir.join("relay");
+    let ca_key = voxgate::relay::ca::load_ca_key(&state, &relay_cfg.ca_binding).unwrap();
+    let tls_key = voxgate::relay::ca::load_relay_key(&state, &relay_cfg.ca_binding).unwrap();
+    for pkcs8 in [ca_key.serialize_der(), tls_key.secret_der().to_vec()] {
         needles.extend(forms(&pkcs8[36..68]));
         needles.extend(forms(&pkcs8));
     }
