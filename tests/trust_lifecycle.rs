@@ -13,17 +13,14 @@
 //!   certificate (the stolen copy stays refused) and undoes the
 //!   revocation.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-use voxgate::proto::control::{self, Hello, Message, Renew};
-use voxgate::transport::framed::FrameReader;
 use voxgate_testkit::enroll::{
     Setup, audit, create_token, reenroll_token, secret_file, token, token_command,
 };
-use voxgate_testkit::lab::{Lab, bin, device_client_config};
+use voxgate_testkit::lab::{Lab, bin};
+use voxgate_testkit::session::{Session, runtime};
 
 const GRACE_S: u64 = 3;
 
@@ -50,132 +47,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// A device session of the voxgate/1 protocol with the certificate and key
-/// in `dir` (`device.pem`, `device.key`, `ca.pem`).
-struct Session {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    reader: FrameReader,
-    _ep: quinn::Endpoint,
-}
-
-impl Session {
-    /// Connect and say hello; `Err` with the relay's reason when the
-    /// handshake or the session is refused.
-    async fn open(lab: &Lab, dir: &Path, id: &str) -> Result<Session, String> {
-        Self::open_with(lab, device_client_config(dir, id), id).await
-    }
-
-    /// As [`Session::open`], with the identity `voxgate run` would load
-    /// from the config `voxgate setup` wrote (the sealed key).
-    async fn open_enrolled(lab: &Lab, cfg: &Path, id: &str) -> Result<Session, String> {
-        let gc = voxgate::config::GatewayConfig::load(cfg).unwrap();
-        let loaded = voxgate::identity::backend::load(id, &gc.identity).unwrap();
-        let ca = voxgate::pki::files::read_certs(&lab.dir.join("relay/ca.pem")).unwrap();
-        let client = voxgate::transport::tls::client_config(&ca, &*loaded.identity).unwrap();
-        Self::open_with(lab, client, id).await
-    }
-
-    async fn open_with(lab: &Lab, cfg: quinn::ClientConfig, id: &str) -> Result<Session, String> {
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = format!("127.0.0.1:{}", lab.quic_port).parse().unwrap();
-        let conn = ep
-            .connect_with(cfg, addr, "relay.voxgate.test")
-            .unwrap()
-            .await
-            .map_err(|e| e.to_string().to_lowercase())?;
-        let attempt = async {
-            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let mut s = Session {
-                conn: conn.clone(),
-                send,
-                reader: FrameReader::new(recv),
-                _ep: ep,
-            };
-            s.tx(&Message::Hello(Hello {
-                device: id,
-                version: "test",
-                caps: Default::default(),
-            }))
-            .await?;
-            let welcome = s
-                .reader
-                .next(|m| matches!(m, Message::Welcome(_)))
-                .await
-                .map_err(|e| e.to_string())?;
-            if welcome {
-                Ok(s)
-            } else {
-                Err("no welcome".into())
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(r) => r.map_err(|e| {
-                conn.close_reason()
-                    .map_or(e, |r| r.to_string())
-                    .to_lowercase()
-            }),
-            Err(_) => Err("timed out".into()),
-        }
-    }
-
-    async fn tx(&mut self, m: &Message<'_>) -> Result<(), String> {
-        let mut buf = [0u8; 2100];
-        let n = control::encode(m, &mut buf).map_err(|e| e.to_string())?;
-        self.send
-            .write_all(&buf[..n])
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Ask for a renewal with a fresh key; `Ok((cert PEM, key PEM))`, or
-    /// the relay's refusal.
-    async fn renew(&mut self) -> Result<(String, String), String> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        let csr = B64.encode(csr.der());
-        self.tx(&Message::Renew(Renew { csr: &csr })).await?;
-        let answer = async {
-            loop {
-                let m = self.reader.next(|m| match m {
-                    Message::Renewed(r) => Some(Ok(r.cert.to_string())),
-                    Message::Error(e) => Some(Err(format!("{}: {}", e.code, e.message))),
-                    _ => None,
-                });
-                match m.await {
-                    Ok(Some(r)) => return r,
-                    Ok(None) => continue,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        };
-        let der_b64 = tokio::time::timeout(Duration::from_secs(5), answer)
-            .await
-            .map_err(|_| "no answer to renew".to_string())??;
-        let der = B64.decode(der_b64).unwrap();
-        let pem = voxgate::pki::files::pem(&der, "CERTIFICATE");
-        Ok((pem, key.serialize_pem()))
-    }
-
-    /// Whether the relay closed the connection within `within`.
-    async fn closed_within(&self, within: Duration) -> Option<String> {
-        tokio::time::timeout(within, self.conn.closed())
-            .await
-            .ok()
-            .map(|e| e.to_string())
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A copy of a device directory (a stolen SD card, a backup).
