@@ -303,6 +303,13 @@ async fn session_inner(
                         warn!(reason = %why, retry_in_s = wait.as_secs(), "the relay refused the certificate renewal; retrying later");
                     }
                 }
+                Ok(Action::RenewNow(why)) => match &p.renewal {
+                    Some(r) => {
+                        info!(reason = %why, "the relay asked for a certificate renewal now");
+                        r.renew_now();
+                    }
+                    None => warn!(reason = %why, "the relay asked for a certificate renewal, but this backend does not renew over the session; re-enroll with `voxgate setup` and a re-enrollment token before the relay stops accepting this certificate"),
+                },
                 Ok(Action::None) => {}
                 Err(e) => break Err(e.into()),
             },
@@ -377,6 +384,8 @@ enum Action {
     /// A renewed certificate, base64 DER.
     Renewed(String),
     RenewRefused(String),
+    /// The relay asked for a renewal now.
+    RenewNow(String),
 }
 
 /// Apply one control message.
@@ -420,6 +429,7 @@ fn handle(
         }
         Message::Ping(p) => Action::Pong(p.id),
         Message::Renewed(e) => Action::Renewed(e.cert.to_string()),
+        Message::RenewNow(r) => Action::RenewNow(r.reason.to_string()),
         Message::Error(e) if e.code == "renew_refused" => {
             Action::RenewRefused(e.message.to_string())
         }

@@ -238,6 +238,11 @@ impl Renewer {
         Duration::from_secs(wait as u64)
     }
 
+    /// The relay asked for a renewal now (its issuing CA was rotated).
+    pub fn renew_now(&self) {
+        *self.due.lock().unwrap_or_else(|p| p.into_inner()) = now();
+    }
+
     /// The backend renewed.
     pub fn backend(&self) -> IdentityBackend {
         self.backend

@@ -168,6 +168,15 @@ pub struct Renew<'a> {
     pub csr: &'a str,
 }
 
+/// The relay asks the device to renew its certificate now rather than at
+/// two thirds of its lifetime: the issuing CA was rotated, and
+/// certificates of the old one will be refused after a date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewNow<'a> {
+    /// Why, for the device's log.
+    pub reason: &'a str,
+}
+
 /// Every control message of protocol v1.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -211,6 +220,8 @@ pub enum Message<'a> {
     /// The relay's answer to [`Renew`]: the new certificate (same shape as
     /// [`Enrolled`]).
     Renewed(Enrolled<'a>),
+    /// See [`RenewNow`].
+    RenewNow(RenewNow<'a>),
 }
 
 #[derive(Deserialize)]
@@ -285,6 +296,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "dtmf" => Message::Dtmf(de(body)?),
         "renew" => Message::Renew(de(body)?),
         "renewed" => Message::Renewed(de(body)?),
+        "renew_now" => Message::RenewNow(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -371,6 +383,9 @@ mod tests {
             Message::Renewed(Enrolled {
                 cert: "TUlJQw==",
                 not_after: 1_800_000_000,
+            }),
+            Message::RenewNow(RenewNow {
+                reason: "issuing CA rotated",
             }),
         ];
         let mut buf = [0u8; 512];
