@@ -2,6 +2,7 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod audio_file;
+pub mod audit_key;
 pub mod ca;
 pub mod call_plane;
 pub mod commit;
@@ -76,6 +77,7 @@ fn refresh_revoked(
 /// Poll the registry (written by `voxgate relay revoke` from another
 /// process) twice a second; close live sessions of newly revoked devices.
 /// New handshakes of revoked devices already fail in the TLS verifier.
+/// The audit log's head is logged when another process moved it.
 async fn enforce_revocations(
     registry: Arc<std::sync::Mutex<registry::Registry>>,
     revoked: crate::transport::tls::Revoked,
@@ -87,8 +89,12 @@ async fn enforce_revocations(
         let added = match registry
             .lock()
             .map_err(|_| anyhow::anyhow!("registry lock poisoned"))
-            .and_then(|r| refresh_revoked(&r, &revoked))
-        {
+            .and_then(|r| {
+                if let Err(e) = r.log_audit_head() {
+                    tracing::warn!(error = %e, "cannot read the audit log's head");
+                }
+                refresh_revoked(&r, &revoked)
+            }) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read revocations");
@@ -149,8 +155,11 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let chain = crate::pki::files::read_certs(&state.join(ca::RELAY_CERT))?;
     let key = ca::load_relay_key(state, &cfg.ca_binding)
         .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
-    let registry = registry::Registry::open(&state.join(ca::REGISTRY))
+    let registry = audit_key::open_registry(state, &cfg.ca_binding)
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
+    // The head at start, so that the log holds it even before the first
+    // append (a tail cut while the relay was down shows against it).
+    registry.log_audit_head()?;
     let revoked: crate::transport::tls::Revoked = Default::default();
     refresh_revoked(&registry, &revoked)?;
     let registry = Arc::new(std::sync::Mutex::new(registry));

@@ -38,24 +38,26 @@ impl Registry {
 
     /// Mark a device revoked. Returns false if it already was.
     pub fn revoke(&self, device: &str) -> Result<bool, RegistryError> {
-        let exists: bool = self
-            .db
-            .query_row(
-                "SELECT 1 FROM devices WHERE id = ?1",
-                params![device],
-                |_| Ok(true),
-            )
-            .optional()?
-            .unwrap_or(false);
-        if !exists {
-            return Err(RegistryError::UnknownDevice(device.into()));
-        }
-        let changed = self.db.execute(
-            "UPDATE devices SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-            params![device, now()],
-        )?;
-        self.audit("device_revoked", "", device, "")?;
-        Ok(changed == 1)
+        // The revocation and its audit row commit together.
+        self.atomically(|r| {
+            let exists: bool =
+                r.db.query_row(
+                    "SELECT 1 FROM devices WHERE id = ?1",
+                    params![device],
+                    |_| Ok(true),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !exists {
+                return Err(RegistryError::UnknownDevice(device.into()));
+            }
+            let changed = r.db.execute(
+                "UPDATE devices SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+                params![device, now()],
+            )?;
+            r.audit("device_revoked", "", device, "")?;
+            Ok(changed == 1)
+        })
     }
 
     /// Whether `device` is revoked.

@@ -9,7 +9,8 @@ use rusqlite::{Connection, TransactionBehavior};
 /// are only ever appended. Step 1 is the schema of the releases before
 /// versioning (`IF NOT EXISTS`: a registry they wrote is at version 0 and
 /// already has it).
-pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS tokens (
+pub(super) const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tokens (
          hash BLOB PRIMARY KEY,
          created INTEGER NOT NULL,
          expires INTEGER NOT NULL,
@@ -30,7 +31,16 @@ pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS tokens (
          event TEXT NOT NULL,
          source TEXT NOT NULL DEFAULT '',
          device TEXT NOT NULL DEFAULT '',
-         detail TEXT NOT NULL DEFAULT '');"];
+         detail TEXT NOT NULL DEFAULT '');",
+    // The audit log's hash chain (issue 13): each row's sequence number and
+    // MAC (see `chain`). Rows already present stay NULL here and are
+    // chained when the registry is first given its key. The unique index
+    // finds the head in one lookup and makes a fork of the chain (two rows
+    // with one `seq`) a constraint error instead of a silent branch.
+    "ALTER TABLE audit ADD COLUMN seq INTEGER;
+     ALTER TABLE audit ADD COLUMN mac BLOB;
+     CREATE UNIQUE INDEX audit_seq ON audit(seq);",
+];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a
 /// `relay token create`) serialize on the write lock and the second finds

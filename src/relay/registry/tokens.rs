@@ -45,21 +45,24 @@ impl Registry {
         // Base32 without padding: 32 characters, easy to read out by phone.
         let token = Secret::new(base32(&raw));
         let t = now();
-        self.db.execute(
-            "INSERT INTO tokens (hash, created, expires, note) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                token_hash(token.expose()),
-                t,
-                t + ttl.as_secs() as i64,
-                note
-            ],
-        )?;
-        self.audit(
-            "token_created",
-            "",
-            "",
-            &format!("expires in {} s", ttl.as_secs()),
-        )?;
+        // The token and its audit row commit together.
+        self.atomically(|r| {
+            r.db.execute(
+                "INSERT INTO tokens (hash, created, expires, note) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    token_hash(token.expose()),
+                    t,
+                    t + ttl.as_secs() as i64,
+                    note
+                ],
+            )?;
+            r.audit(
+                "token_created",
+                "",
+                "",
+                &format!("expires in {} s", ttl.as_secs()),
+            )
+        })?;
         Ok(token)
     }
 
