@@ -18,6 +18,7 @@
 //! The verifier checks each row against its stored predecessor's MAC, so one
 //! edited row is reported alone and the rows after it still verify.
 
+pub use crate::pki::name::hex;
 use ring::hmac;
 use std::fmt;
 
@@ -126,11 +127,6 @@ impl std::str::FromStr for Head {
         let mac = unhex(h).ok_or_else(bad)?;
         Ok(Head { seq, mac })
     }
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
