@@ -316,7 +316,8 @@ pub(crate) fn audit_rows(lab: &Lab) -> usize {
 }
 
 pub(crate) async fn enrollment(lab: &Lab, load: &Load<'_>) -> Value {
-    let registry = Registry::open(&lab.dir.join("relay/registry.sqlite3")).unwrap();
+    // Keyed: the tokens' audit rows chain like `relay token create`'s.
+    let registry = voxgate_testkit::enroll::registry(lab);
     let mut sources = Sources(0);
     let started = Instant::now();
     let mut steps = Vec::new();

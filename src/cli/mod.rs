@@ -1,5 +1,6 @@
-//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert}`, `demo`.
+//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert,audit}`, `demo`.
 
+mod audit;
 mod phones;
 mod tokens;
 
@@ -100,6 +101,9 @@ enum RelayCommand {
         /// Device id.
         device: String,
     },
+    /// The audit log (enrollments, renewals, refusals, revocations,
+    /// tokens), or `--verify` its hash chain.
+    Audit(audit::AuditArgs),
     /// Issue a development device certificate (plaintext key: for labs only).
     DevCert {
         /// Relay config file.
@@ -138,7 +142,12 @@ fn open_registry(cfg: &RelayConfig) -> Result<crate::relay::registry::Registry> 
             cfg.file.display()
         );
     }
-    Ok(crate::relay::registry::Registry::open(&path)?)
+    // With the audit log's key: every command may append (and the first
+    // one after an upgrade chains the log).
+    Ok(crate::relay::audit_key::open_registry(
+        &cfg.state_dir,
+        &cfg.ca_binding,
+    )?)
 }
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
@@ -302,6 +311,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Relay(RelayCommand::Audit(args)) => audit::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Phones(cmd) => {
             crate::telemetry::init("warn");

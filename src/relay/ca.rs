@@ -11,7 +11,7 @@
 //! an older release is refused with the command that seals it (`voxgate
 //! relay seal-ca`).
 
-use super::registry::{Registry, RegistryError};
+use super::registry::RegistryError;
 use crate::pki::files::{self, FileError, write_new};
 use crate::pki::issue::{self, IssueError};
 use crate::pki::name::{fingerprint, valid_device_id};
@@ -100,6 +100,11 @@ pub enum CaError {
     /// A key does not parse.
     #[error("{0}: the key does not parse as an ECDSA P-256 key")]
     KeyFormat(PathBuf),
+    /// The audit log's key is gone but its rows are chained with it.
+    #[error(
+        "{0} is missing, but the registry's audit log is chained with the key it held; restore the file from the state directory's backup (a new key would make every row fail `voxgate relay audit --verify`), and see docs/INCIDENT.md"
+    )]
+    AuditKeyMissing(PathBuf),
     /// The device id is not usable in a certificate.
     #[error("device id `{0}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'")]
     BadId(String),
@@ -172,7 +177,8 @@ pub fn init(
     let chain = format!("{}{}", relay.pem(), ca.pem());
     create(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
     create(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
-    Registry::open(&state_dir.join(REGISTRY))?;
+    // The registry, and the audit log's key (`audit.key.sealed`) with it.
+    super::audit_key::open_registry(state_dir, binding)?;
     Ok(fingerprint(ca.der()))
 }
 
@@ -202,8 +208,17 @@ fn load_sealed(
         }
         return Err(CaError::Missing(state_dir.to_path_buf()));
     }
-    files::check_key_mode(&sealed_path)?;
-    let file = std::fs::read(&sealed_path).map_err(io(&sealed_path))?;
+    open_sealed(&sealed_path, binding)
+}
+
+/// Unseal the relay's sealed key file `sealed_path` (mode 0600 or
+/// stricter) into a zeroizing buffer.
+pub(super) fn open_sealed(
+    sealed_path: &Path,
+    binding: &MachineBinding,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CaError> {
+    files::check_key_mode(sealed_path)?;
+    let file = std::fs::read(sealed_path).map_err(io(sealed_path))?;
     let material = binding.material()?;
     sealed::unseal(&material, &file).map_err(|e| {
         let what = match e {
@@ -216,7 +231,7 @@ fn load_sealed(
             other => other.to_string(),
         };
         CaError::Sealed {
-            path: sealed_path.clone(),
+            path: sealed_path.to_path_buf(),
             what,
         }
     })
@@ -304,22 +319,24 @@ pub fn issue_dev_cert(
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let issued = issue::device_certificate(&issuer, &key, device_id, Duration::days(days))?;
     let serial = issued.serial.hex();
-    let registry = Registry::open(&state_dir.join(REGISTRY))?;
+    let registry = super::audit_key::open_registry(state_dir, binding)?;
     let spki = crate::pki::name::cert_facts(issued.cert.der())
         .map(|f| f.spki)
         .ok_or(CaError::BadId(device_id.into()))?;
     // A development certificate replaces whatever the id had, at once.
-    registry.record_certificate(
-        device_id,
-        crate::relay::registry::CertRecord {
-            serial: &serial,
-            spki: &spki,
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-        },
-        crate::relay::registry::Replace::AtOnce,
-    )?;
-    let _ = registry.audit("dev_cert_issued", "", device_id, &serial);
+    registry.atomically(|r| {
+        r.record_certificate(
+            device_id,
+            crate::relay::registry::CertRecord {
+                serial: &serial,
+                spki: &spki,
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+            },
+            crate::relay::registry::Replace::AtOnce,
+        )?;
+        r.audit("dev_cert_issued", "", device_id, &serial)
+    })?;
 
     std::fs::create_dir_all(out).map_err(io(out))?;
     create(

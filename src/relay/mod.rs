@@ -2,6 +2,7 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod audio_file;
+pub mod audit_key;
 pub mod ca;
 pub mod call_plane;
 pub mod commit;
@@ -92,6 +93,11 @@ async fn enforce_trust(
                 }
                 r.audit("handshake_refused", "", &f.device, &detail)?;
             }
+            // The head, when another process moved it (a cut tail shows
+            // in the log).
+            if let Err(e) = r.log_audit_head() {
+                tracing::warn!(error = %e, "cannot read the audit log's head");
+            }
             let version = r.data_version()?;
             if seen != Some(version) {
                 trust2.reload(&r)?;
@@ -166,8 +172,11 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let chain = crate::pki::files::read_certs(&state.join(ca::RELAY_CERT))?;
     let key = ca::load_relay_key(state, &cfg.ca_binding)
         .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
-    let registry = registry::Registry::open(&state.join(ca::REGISTRY))
+    let registry = audit_key::open_registry(state, &cfg.ca_binding)
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
+    // The head at start, so that the log holds it even before the first
+    // append (a tail cut while the relay was down shows against it).
+    registry.log_audit_head()?;
     let trust = Arc::new(trust::TrustTable::new(cfg.superseded_grace));
     trust
         .reload(&registry)

@@ -222,7 +222,14 @@ impl<'a> Setup<'a> {
     }
 }
 
-/// The relay's enrollment audit log: (time, event, device, detail).
+/// The lab relay's registry with its audit key, as `voxgate relay token
+/// create` opens it: for writes from the test process.
+pub fn registry(lab: &Lab) -> voxgate::relay::registry::Registry {
+    let cfg = voxgate::config::RelayConfig::load(&lab.dir.join("relay.toml")).unwrap();
+    voxgate::relay::audit_key::open_registry(&cfg.state_dir, &cfg.ca_binding).unwrap()
+}
+
+/// The relay's enrollment audit log: (event, source, device, detail).
 pub fn audit(lab: &Lab) -> Vec<(String, String, String, String)> {
     voxgate::relay::registry::Registry::open(&lab.dir.join("relay/registry.sqlite3"))
         .unwrap()

@@ -162,15 +162,18 @@ impl Registry {
 
     /// Mark a device revoked. Returns false if it already was.
     pub fn revoke(&self, device: &str) -> Result<bool, RegistryError> {
-        if !self.is_enrolled(device)? {
-            return Err(RegistryError::UnknownDevice(device.into()));
-        }
-        let changed = self.db.execute(
-            "UPDATE devices SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-            params![device, now()],
-        )?;
-        self.audit("device_revoked", "", device, "")?;
-        Ok(changed == 1)
+        // The revocation and its audit row commit together.
+        self.atomically(|r| {
+            if !r.is_enrolled(device)? {
+                return Err(RegistryError::UnknownDevice(device.into()));
+            }
+            let changed = r.db.execute(
+                "UPDATE devices SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+                params![device, now()],
+            )?;
+            r.audit("device_revoked", "", device, "")?;
+            Ok(changed == 1)
+        })
     }
 
     /// Whether `device` is revoked.

@@ -11,12 +11,19 @@
 //! device and its certificate and audits it in one commit, so no token is
 //! ever spent without the device it enrolled (and each enrollment costs one
 //! journal sync, not four).
+//!
+//! The audit trail is a keyed hash chain ([`chain`]): the relay layer gives
+//! the registry its key after opening it ([`Registry::set_audit_key`]);
+//! a registry without one reads but cannot append.
 
 mod audit;
+pub mod chain;
 mod devices;
 mod schema;
 mod tokens;
 
+pub use audit::AuditRow;
+pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};
 pub use tokens::{NewToken, Redeemed, TokenRejection, TokenRow};
 
@@ -58,6 +65,11 @@ pub enum RegistryError {
     /// The transaction a write belonged to did not commit.
     #[error("device registry: the write was not committed: {0}")]
     Commit(String),
+    /// An append without the audit log's key.
+    #[error(
+        "device registry: no audit log key was given to this handle, so it cannot append (open it with `relay::audit_key::open_registry`)"
+    )]
+    NoAuditKey,
     /// The registry was written by a newer release.
     #[error(
         "device registry: its schema is version {found}, newer than this voxgate knows ({known}); run the release that upgraded it, or restore the state directory's backup"
@@ -82,6 +94,7 @@ pub fn now() -> i64 {
 #[derive(Debug)]
 pub struct Registry {
     db: Connection,
+    chain: audit::ChainState,
 }
 
 impl Registry {
@@ -96,9 +109,12 @@ impl Registry {
         Self::init(db)
     }
 
-    /// An in-memory registry (tests, benchmarks).
+    /// An in-memory registry (tests, benchmarks), its audit log chained
+    /// with a random key that is never stored.
     pub fn in_memory() -> Result<Self, RegistryError> {
-        Self::init(Connection::open_in_memory()?)
+        let mut r = Self::init(Connection::open_in_memory()?)?;
+        r.set_audit_key(AuditKey::random().ok_or(RegistryError::Random)?)?;
+        Ok(r)
     }
 
     fn init(mut db: Connection) -> Result<Self, RegistryError> {
@@ -116,7 +132,10 @@ impl Registry {
              PRAGMA foreign_keys = ON;",
         )?;
         schema::migrate(&mut db)?;
-        Ok(Registry { db })
+        Ok(Registry {
+            db,
+            chain: Default::default(),
+        })
     }
 
     /// SQLite's `data_version`: changes when another connection (another
@@ -145,20 +164,28 @@ impl Registry {
         } else {
             ("SAVEPOINT w", "RELEASE w", "ROLLBACK TO w; RELEASE w")
         };
+        // The audit chain's cached head is only good while the write lock
+        // is held: a new transaction reads it again, a rolled-back
+        // savepoint restores it.
+        let mark = if outer { (None, 0) } else { self.chain.mark() };
         self.db.execute_batch(begin).map_err(RegistryError::from)?;
-        match f(self) {
-            Ok(v) => {
-                if let Err(e) = self.db.execute_batch(commit) {
-                    let _ = self.db.execute_batch(rollback);
-                    return Err(RegistryError::from(e).into());
-                }
-                Ok(v)
-            }
-            Err(e) => {
+        self.chain.reset(mark);
+        let result = match f(self) {
+            Ok(v) => match self.db.execute_batch(commit) {
+                Ok(()) => Ok(v),
+                Err(e) => Err(RegistryError::from(e).into()),
+            },
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(_) if outer => self.chain.committed(),
+            Ok(_) => {}
+            Err(_) => {
                 let _ = self.db.execute_batch(rollback);
-                Err(e)
+                self.chain.reset(mark);
             }
         }
+        result
     }
 }
 

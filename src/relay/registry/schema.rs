@@ -53,6 +53,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
          ORDER BY not_after DESC, rowid DESC LIMIT 1);
      UPDATE certificates SET superseded_at = CAST(strftime('%s', 'now') AS INTEGER)
          WHERE serial NOT IN (SELECT current_serial FROM devices WHERE current_serial IS NOT NULL);",
+    // The audit log's hash chain (issue 13): each row's sequence number and
+    // MAC (see `chain`). Rows already present stay NULL here and are
+    // chained when the registry is first given its key. The unique index
+    // finds the head in one lookup and makes a fork of the chain (two rows
+    // with one `seq`) a constraint error instead of a silent branch.
+    "ALTER TABLE audit ADD COLUMN seq INTEGER;
+     ALTER TABLE audit ADD COLUMN mac BLOB;
+     CREATE UNIQUE INDEX audit_seq ON audit(seq);",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

@@ -1,8 +1,24 @@
+use super::chain::{GENESIS, Problem};
 use super::schema::MIGRATIONS;
 use super::tokens::base32;
 use super::*;
 use rusqlite::Connection;
+use std::path::PathBuf;
 use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vg-reg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn keyed(path: &std::path::Path) -> Registry {
+    let mut r = Registry::open(path).unwrap();
+    r.set_audit_key(AuditKey::from_bytes(&[5; 32]).unwrap())
+        .unwrap();
+    r
+}
 
 fn version(r: &Registry) -> i64 {
     r.db.pragma_query_value(None, "user_version", |row| row.get(0))
@@ -283,6 +299,10 @@ fn atomically_commits_all_or_nothing() {
     let events: Vec<String> = r.audit_events().unwrap().into_iter().map(|e| e.0).collect();
     assert!(events.contains(&"kept".to_string()));
     assert!(!events.contains(&"undone".to_string()));
+    // The undone row's seq was handed out again: no gap, no fork.
+    r.audit("after", "", "", "").unwrap();
+    let report = r.verify_audit(None).unwrap();
+    assert!(report.ok(), "{report:?}");
 }
 
 #[test]
@@ -290,4 +310,147 @@ fn base32_rfc4648_vectors() {
     assert_eq!(base32(b"f"), "MY");
     assert_eq!(base32(b"fo"), "MZXQ");
     assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+}
+
+#[test]
+fn appends_from_two_handles_chain_as_one() {
+    // Two handles on one file: the relay and `relay token create`.
+    let dir = scratch("two");
+    let path = dir.join("registry.sqlite3");
+    let (a, b) = (keyed(&path), keyed(&path));
+    for i in 0..10 {
+        a.audit("from_a", "", "", &i.to_string()).unwrap();
+        b.create_token(&format!("gw-{i}"), false, Duration::from_secs(60), "")
+            .unwrap();
+        // A transaction of a's that read the head before b's append below
+        // would fork the chain; a's head is read inside its transaction.
+        a.atomically(|tx| {
+            tx.audit("a_batch", "", "", "1")?;
+            tx.audit("a_batch", "", "", "2")
+        })
+        .unwrap();
+        b.revoke("ghost").unwrap_err();
+    }
+    let report = b.verify_audit(None).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, 1 + 40, "genesis and every append");
+    assert_eq!(report.head.unwrap().seq, 41);
+    // The head the log would show matches.
+    assert_eq!(a.log_audit_head().unwrap(), report.head);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_earlier_release_rows_are_chained_once_at_upgrade() {
+    let dir = scratch("prechain");
+    let path = dir.join("registry.sqlite3");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(MIGRATIONS[0]).unwrap();
+        for e in ["token_created", "enrolled", "renewed"] {
+            old.execute(
+                "INSERT INTO audit (ts, event, device) VALUES (7, ?1, 'shop-5')",
+                [e],
+            )
+            .unwrap();
+        }
+    }
+    // Opened without the key (a reader): nothing chained yet.
+    let reader = Registry::open(&path).unwrap();
+    assert!(!reader.audit_chained().unwrap());
+    assert_eq!(reader.audit_rows(None, None).unwrap()[0].seq, None);
+    let r = keyed(&path);
+    let rows = r.audit_rows(None, None).unwrap();
+    let seqs: Vec<_> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4)]);
+    assert_eq!(rows[0].event, "token_created");
+    assert_eq!(rows[3].event, GENESIS);
+    assert!(
+        rows[3].detail.contains("3 rows of an earlier release"),
+        "{}",
+        rows[3].detail
+    );
+    let report = r.verify_audit(None).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.pre_chain.map(|p| p.0), Some(3));
+    // A row inserted by hand later is never chained, and reported.
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO audit (ts, event, device) VALUES (8, 'enrolled', 'evil')",
+            [],
+        )
+        .unwrap();
+    drop(r);
+    let r = keyed(&path);
+    r.audit("after", "", "", "").unwrap();
+    let report = r.verify_audit(None).unwrap();
+    assert_eq!(report.problem_count, 1, "{report:?}");
+    assert!(
+        matches!(&report.problems[0], Problem::Unchained { device, .. } if device == "evil"),
+        "{report:?}"
+    );
+    assert_eq!(report.head.unwrap().seq, 5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn verify_finds_rows_edited_deleted_or_cut_with_sqlite() {
+    let dir = scratch("tamper");
+    let path = dir.join("registry.sqlite3");
+    let r = keyed(&path);
+    for i in 0..9 {
+        r.audit("enrolled", "10.0.0.1", &format!("gw-{i}"), "01")
+            .unwrap();
+    }
+    let head = r.log_audit_head().unwrap().unwrap();
+    assert_eq!(head.seq, 10);
+    assert!(r.verify_audit(Some(head)).unwrap().head_matched);
+    let sql = |q: &str| Connection::open(&path).unwrap().execute_batch(q).unwrap();
+
+    sql("UPDATE audit SET device = 'gw-x' WHERE seq = 4");
+    let report = r.verify_audit(None).unwrap();
+    assert_eq!(report.problem_count, 1, "{report:?}");
+    assert!(matches!(
+        report.problems[0],
+        Problem::Changed { seq: 4, .. }
+    ));
+    sql("UPDATE audit SET device = 'gw-2' WHERE seq = 4");
+    assert!(r.verify_audit(None).unwrap().ok());
+
+    sql("DELETE FROM audit WHERE seq = 6");
+    let report = r.verify_audit(None).unwrap();
+    assert_eq!(report.problems, [Problem::Missing { from: 6, to: 6 }]);
+
+    sql("DELETE FROM audit WHERE seq >= 8");
+    let report = r.verify_audit(Some(head)).unwrap();
+    assert!(
+        report.problems.contains(&Problem::TailCut {
+            have: 7,
+            logged: 10
+        }),
+        "{report:?}"
+    );
+    // The relay's poll sees the head go back (and warns).
+    assert_eq!(r.log_audit_head().unwrap().map(|h| h.seq), Some(7));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_registry_without_the_key_reads_but_does_not_append() {
+    let dir = scratch("nokey");
+    let r = Registry::open(&dir.join("registry.sqlite3")).unwrap();
+    assert!(matches!(
+        r.audit("x", "", "", ""),
+        Err(RegistryError::NoAuditKey)
+    ));
+    assert!(matches!(
+        r.create_token("gw-1", false, Duration::from_secs(60), ""),
+        Err(RegistryError::NoAuditKey)
+    ));
+    assert!(
+        r.audit_events().unwrap().is_empty(),
+        "the token rolled back too"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
