@@ -376,6 +376,7 @@ async fn quic_mutual_tls_with_a_tpm_held_client_key() {
         &facts.serial,
         facts.spki,
         voxgate::relay::registry::Replace::AtOnce,
+        None,
     );
     let server = tls::server_config(
         &ca,

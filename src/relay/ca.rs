@@ -332,6 +332,7 @@ pub fn issue_dev_cert(
                 spki: &spki,
                 not_before: issued.not_before,
                 not_after: issued.not_after,
+                issuer: None,
             },
             crate::relay::registry::Replace::AtOnce,
         )?;

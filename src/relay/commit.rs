@@ -154,6 +154,7 @@ mod tests {
                             spki: &[i as u8; 32],
                             not_before: 0,
                             not_after: 1,
+                            issuer: None,
                         };
                         r.record_certificate(&dev, rec, crate::relay::registry::Replace::Grace)?;
                         if i % 4 == 0 {

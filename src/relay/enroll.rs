@@ -294,7 +294,7 @@ impl Enroller {
         });
         let (issued, replace) = issued?;
         self.trust
-            .accept(device, &issued.serial, issued.spki, replace);
+            .accept(device, &issued.serial, issued.spki, replace, None);
         info!(%device, %source, serial = %issued.serial, "device enrolled");
         Ok((issued.der, issued.not_after))
     }
@@ -337,7 +337,7 @@ impl Enroller {
             Ok::<_, EnrollError>(issued)
         })?;
         self.trust
-            .accept(device, &issued.serial, issued.spki, Replace::Grace);
+            .accept(device, &issued.serial, issued.spki, Replace::Grace, None);
         drop(registry);
         info!(%device, %source, serial = %issued.serial, "device certificate renewed");
         Ok(issued)
@@ -366,6 +366,7 @@ impl Enroller {
                 spki: &spki,
                 not_before: issued.not_before,
                 not_after: issued.not_after,
+                issuer: None,
             },
             replace,
         )?;

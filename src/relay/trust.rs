@@ -28,12 +28,15 @@ struct Entry {
     serial: String,
     spki: Option<[u8; 32]>,
     superseded_at: Option<i64>,
+    issuer: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct Table {
     devices: HashMap<String, Vec<Entry>>,
     revoked: HashSet<String>,
+    /// Issuing CAs with a date from which their certificates are refused.
+    retiring: HashMap<String, i64>,
 }
 
 /// A refused handshake or session, for the audit log.
@@ -94,20 +97,47 @@ impl TrustTable {
 
     fn install(&self, rows: Vec<TrustRow>, revoked: HashSet<String>) {
         let mut devices: HashMap<String, Vec<Entry>> = HashMap::with_capacity(rows.len());
+        let mut retiring = HashMap::new();
         for r in rows {
+            if let (Some(i), Some(at)) = (&r.issuer, r.issuer_retire_at) {
+                retiring.insert(i.clone(), at);
+            }
             devices.entry(r.device).or_default().push(Entry {
                 serial: r.serial,
                 spki: r.spki,
                 superseded_at: r.superseded_at,
+                issuer: r.issuer,
             });
         }
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
-        *t = Table { devices, revoked };
+        *t = Table {
+            devices,
+            revoked,
+            retiring,
+        };
+    }
+
+    /// The issuing CA (fingerprint) of an accepted certificate.
+    pub fn issuer_of(&self, device: &str, serial: &str) -> Option<String> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.devices
+            .get(device)?
+            .iter()
+            .find(|e| e.serial == serial)?
+            .issuer
+            .clone()
     }
 
     /// A certificate this relay just issued and committed: it becomes the
     /// device's current one (idempotent).
-    pub fn accept(&self, device: &str, serial: &str, spki: [u8; 32], replace: Replace) {
+    pub fn accept(
+        &self,
+        device: &str,
+        serial: &str,
+        spki: [u8; 32],
+        replace: Replace,
+        issuer: Option<&str>,
+    ) {
         let at = now();
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         let entries = t.devices.entry(device.to_string()).or_default();
@@ -126,6 +156,7 @@ impl TrustTable {
             serial: serial.to_string(),
             spki: Some(spki),
             superseded_at: None,
+            issuer: issuer.map(str::to_string),
         });
         if replace == Replace::AtOnce {
             t.revoked.remove(device);
@@ -146,6 +177,10 @@ impl TrustTable {
         };
         if e.spki.is_some_and(|k| k != cert.spki) {
             return Err(Refusal::UnknownKey);
+        }
+        let retire_at = e.issuer.as_ref().and_then(|i| t.retiring.get(i));
+        if retire_at.is_some_and(|&r| at >= r) {
+            return Err(Refusal::RetiredIssuer);
         }
         match e.superseded_at {
             Some(t) if at - t >= self.grace => Err(Refusal::NotCurrent),
@@ -217,7 +252,7 @@ mod tests {
             t.decide(&facts("gw", "01", 1), at),
             Err(Refusal::UnknownDevice)
         );
-        t.accept("gw", "01", [1; 32], Replace::AtOnce);
+        t.accept("gw", "01", [1; 32], Replace::AtOnce, None);
         assert_eq!(t.decide(&facts("gw", "01", 1), at), Ok(()));
         // The same serial with another key: minted with a stolen issuing key.
         assert_eq!(
@@ -230,7 +265,7 @@ mod tests {
             Err(Refusal::NotCurrent)
         );
         // Renewal: the old one is good for the grace, then refused.
-        t.accept("gw", "02", [2; 32], Replace::Grace);
+        t.accept("gw", "02", [2; 32], Replace::Grace, None);
         assert_eq!(t.decide(&facts("gw", "02", 2), at), Ok(()));
         assert_eq!(t.decide(&facts("gw", "01", 1), at + 299), Ok(()));
         assert_eq!(
@@ -238,7 +273,7 @@ mod tests {
             Err(Refusal::NotCurrent)
         );
         // Re-enrollment: every earlier certificate at once.
-        t.accept("gw", "03", [3; 32], Replace::AtOnce);
+        t.accept("gw", "03", [3; 32], Replace::AtOnce, None);
         assert_eq!(
             t.decide(&facts("gw", "02", 2), at),
             Err(Refusal::NotCurrent)
@@ -255,6 +290,7 @@ mod tests {
             spki: k,
             not_before: 0,
             not_after: now() + 3600,
+            issuer: None,
         };
         r.record_certificate("gw", rec("01", &[1; 32]), Replace::AtOnce)
             .unwrap();

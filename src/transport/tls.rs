@@ -189,6 +189,9 @@ pub enum Refusal {
     UnknownKey,
     /// No such device in the registry.
     UnknownDevice,
+    /// Signed by an issuing CA that was rotated out and whose certificates
+    /// are no longer accepted.
+    RetiredIssuer,
 }
 
 impl Refusal {
@@ -199,6 +202,7 @@ impl Refusal {
             Refusal::NotCurrent => "certificate superseded or replaced",
             Refusal::UnknownKey => "key is not the device's registered key",
             Refusal::UnknownDevice => "device not in the registry",
+            Refusal::RetiredIssuer => "certificate of a retired issuing CA",
         }
     }
 }

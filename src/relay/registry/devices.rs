@@ -29,6 +29,8 @@ pub struct CertRecord<'a> {
     pub not_before: i64,
     /// Validity, Unix seconds.
     pub not_after: i64,
+    /// Fingerprint of the issuing CA that signed it.
+    pub issuer: Option<&'a str>,
 }
 
 /// What happens to the device's earlier certificates when a new one
@@ -56,6 +58,10 @@ pub struct TrustRow {
     pub spki: Option<[u8; 32]>,
     /// When a renewal superseded it (`None`: the current certificate).
     pub superseded_at: Option<i64>,
+    /// Its issuing CA's fingerprint (`None`: the CA of a single-tier fleet).
+    pub issuer: Option<String>,
+    /// When its issuing CA stops being accepted.
+    pub issuer_retire_at: Option<i64>,
 }
 
 impl Registry {
@@ -117,14 +123,15 @@ impl Registry {
             }
         };
         self.db.execute(
-            "INSERT INTO certificates (serial, device, not_before, not_after, spki)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO certificates (serial, device, not_before, not_after, spki, issuer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 cert.serial,
                 device,
                 cert.not_before,
                 cert.not_after,
-                &cert.spki[..]
+                &cert.spki[..],
+                cert.issuer
             ],
         )?;
         self.db.execute(
@@ -140,10 +147,13 @@ impl Registry {
     /// expired.
     pub fn trust_rows(&self, at: i64, grace: i64) -> Result<Vec<TrustRow>, RegistryError> {
         let mut q = self.db.prepare(
-            "SELECT c.device, c.serial, c.spki, c.superseded_at, c.serial = d.current_serial
+            "SELECT c.device, c.serial, c.spki, c.superseded_at, c.serial = d.current_serial,
+                    c.issuer, i.retire_at
              FROM certificates c JOIN devices d ON d.id = c.device
+                  LEFT JOIN issuers i ON i.fingerprint = c.issuer
              WHERE d.revoked IS NULL AND c.replaced_at IS NULL AND c.not_after > ?1
-               AND (c.serial = d.current_serial OR c.superseded_at > ?1 - ?2)",
+               AND (c.serial = d.current_serial OR c.superseded_at > ?1 - ?2)
+               AND (i.retire_at IS NULL OR i.retire_at > ?1)",
         )?;
         let rows = q.query_map(params![at, grace], |r| {
             let spki: Option<Vec<u8>> = r.get(2)?;
@@ -155,6 +165,8 @@ impl Registry {
                 serial: r.get(1)?,
                 spki: spki.and_then(|s| <[u8; 32]>::try_from(s.as_slice()).ok()),
                 superseded_at,
+                issuer: r.get(5)?,
+                issuer_retire_at: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -19,12 +19,14 @@
 mod audit;
 pub mod chain;
 mod devices;
+mod issuers;
 mod schema;
 mod tokens;
 
 pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};
+pub use issuers::IssuerRow;
 pub use tokens::{NewToken, Redeemed, TokenRejection, TokenRow};
 
 use rusqlite::Connection;

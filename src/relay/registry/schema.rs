@@ -61,6 +61,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE audit ADD COLUMN seq INTEGER;
      ALTER TABLE audit ADD COLUMN mac BLOB;
      CREATE UNIQUE INDEX audit_seq ON audit(seq);",
+    // The issuing CAs (two-tier CA): each one's certificate, and the time
+    // from which certificates it signed are refused (set when it is
+    // rotated out); which issuing CA signed each device certificate (NULL:
+    // the single-tier CA of earlier releases, which became the root).
+    "CREATE TABLE issuers (
+         fingerprint TEXT PRIMARY KEY,
+         cert BLOB NOT NULL,
+         created INTEGER NOT NULL,
+         current INTEGER NOT NULL DEFAULT 0,
+         retire_at INTEGER);
+     ALTER TABLE certificates ADD COLUMN issuer TEXT;",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

@@ -76,6 +76,7 @@ fn rec<'a>(serial: &'a str, spki: &'a [u8; 32], not_after: i64) -> CertRecord<'a
         spki,
         not_before: 100,
         not_after,
+        issuer: None,
     }
 }
 
