@@ -95,3 +95,123 @@ fn add_list_remove_and_the_password_is_shown_once() {
     let (ok, _, err) = voxgate(&["phones", "list", "-c", off.to_str().unwrap()]);
     assert!(!ok && err.contains("[sip] enabled = true"), "{err}");
 }
+
+/// The `EXT<TAB>PASSWORD` lines `phones rotate` printed.
+fn rotated(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .map(|l| {
+            let (ext, pw) = l.split_once('\t').unwrap_or_else(|| panic!("{out}"));
+            (ext.to_string(), pw.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn rotate_prints_each_new_password_once_and_refuses_unknown_or_ambiguous() {
+    let dir = test_dir("phones-rotate");
+    let cfg = config(&dir, true, "5f3c0a1e9b8d4c7e8a6b2d1f0e9c8b7a");
+    let store = dir.join("phones.sealed");
+    let mut old = Vec::new();
+    for ext in ["201", "202", "203"] {
+        let (ok, out, err) = voxgate(&["phones", "add", ext, "-c", &cfg]);
+        assert!(ok, "{err}");
+        old.push(
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix("password:"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    let digests = |path: &std::path::Path| {
+        let m =
+            voxgate::pki::sealed::Material::new("5f3c0a1e9b8d4c7e8a6b2d1f0e9c8b7a", None).unwrap();
+        let s = voxgate::bridge::phone_store::PhoneStore::load(path, &m, "gw-1").unwrap();
+        s.iter()
+            .map(|(e, x)| (e.to_string(), x.clone()))
+            .collect::<Vec<_>>()
+    };
+    let derive = |ext: &str, pw: &str, created: u64| {
+        voxgate::bridge::phone_store::PhoneEntry::derive(ext, "gw-1", pw, created)
+    };
+
+    // Unknown extension, neither EXT nor --all, both: refused, store untouched.
+    let before = std::fs::read(&store).unwrap();
+    let (ok, out, err) = voxgate(&["phones", "rotate", "299", "-c", &cfg]);
+    assert!(!ok && err.contains("no phone with extension 299"), "{err}");
+    assert!(out.is_empty(), "{out}");
+    let (ok, out, err) = voxgate(&["phones", "rotate", "-c", &cfg]);
+    assert!(
+        !ok && err.contains("<EXT|--all>") && out.is_empty(),
+        "{err}"
+    );
+    let (ok, out, err) = voxgate(&["phones", "rotate", "201", "--all", "-c", &cfg]);
+    assert!(
+        !ok && err.contains("cannot be used with") && out.is_empty(),
+        "{err}"
+    );
+    let (ok, _, err) = voxgate(&["phones", "rotate", "9x", "-c", &cfg]);
+    assert!(!ok && err.contains("no phone with extension 9x"), "{err}");
+    assert_eq!(std::fs::read(&store).unwrap(), before, "store changed");
+
+    // One extension: one line, its new password; both digests replaced, the
+    // others untouched; only digests stored.
+    let start = digests(&store);
+    let (ok, out, err) = voxgate(&["phones", "rotate", "202", "-c", &cfg]);
+    assert!(ok, "{err}");
+    let lines = rotated(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    let (ext, p202) = &lines[0];
+    assert_eq!(ext, "202");
+    assert_eq!(p202.len(), 22);
+    assert!(!old.contains(p202));
+    assert!(!err.contains(p202.as_str()), "the password only on stdout");
+    let now = digests(&store);
+    assert_eq!(now[0], start[0]);
+    assert_eq!(now[2], start[2]);
+    assert_eq!(now[1].1, derive("202", p202, start[1].1.created));
+    assert_ne!(now[1].1.ha1_md5, start[1].1.ha1_md5);
+    assert_ne!(now[1].1.ha1_sha256, start[1].1.ha1_sha256);
+    let raw = std::fs::read(&store).unwrap();
+    assert!(!raw.windows(22).any(|w| w == p202.as_bytes()));
+    assert!(!dir.join("phones.sealed.tmp").exists());
+
+    // --all: every extension, each once, each its own new password.
+    let (ok, out, err) = voxgate(&["phones", "rotate", "--all", "-c", &cfg]);
+    assert!(ok, "{err}");
+    assert!(err.contains("3 new password(s)"), "{err}");
+    let lines = rotated(&out);
+    let exts: Vec<&str> = lines.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(exts, ["201", "202", "203"], "{out}");
+    let mut seen: Vec<&str> = lines.iter().map(|(_, p)| p.as_str()).collect();
+    for (ext, pw) in &lines {
+        assert_eq!(pw.len(), 22);
+        assert_eq!(out.matches(pw.as_str()).count(), 1, "{ext} printed once");
+        assert!(!err.contains(pw.as_str()));
+        assert!(!old.contains(pw) && pw != p202, "{ext}: not a new password");
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "distinct passwords");
+    let after = digests(&store);
+    for ((ext, pw), (e, entry)) in lines.iter().zip(&after) {
+        assert_eq!(ext, e);
+        assert_eq!(*entry, derive(ext, pw, entry.created));
+    }
+    // `list` still shows the phones, no secret.
+    let (ok, out, _) = voxgate(&["phones", "list", "-c", &cfg]);
+    assert!(ok && out.lines().count() == 3, "{out}");
+    for (_, pw) in &lines {
+        assert!(!out.contains(pw.as_str()));
+    }
+
+    // An empty store: nothing to rotate, nothing printed.
+    let (_, _, _) = voxgate(&["phones", "remove", "201", "-c", &cfg]);
+    let (_, _, _) = voxgate(&["phones", "remove", "202", "-c", &cfg]);
+    let (_, _, _) = voxgate(&["phones", "remove", "203", "-c", &cfg]);
+    let (ok, out, err) = voxgate(&["phones", "rotate", "--all", "-c", &cfg]);
+    assert!(
+        ok && out.is_empty() && err.contains("no phones"),
+        "{out}{err}"
+    );
+}

@@ -5,12 +5,22 @@
 //! certificate renewal with a fresh key (15-second certificates): the
 //! enrolled key and the renewed key are both checked, and so are the
 //! relay's fleet CA key and TLS key.
+//!
+//! The phone bridge is on too: the desk phone passwords that `voxgate phones
+//! add` and `phones rotate` print (on their stdout, once: the only place they
+//! may appear), and the digests derived from them (HA1, SHA-256 and MD5), must
+//! appear in no log, in the phone store file (sealed), in the commands'
+//! stderr, and in no argv, while phones register and are rotated on the
+//! running gateway.
 
 use base64::Engine as _;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
 use voxgate_testkit::enroll::{Setup, create_token, secret_file};
-use voxgate_testkit::lab::{Lab, dev_privilege, metric, wait_for};
+use voxgate_testkit::lab::{Lab, bin, dev_privilege, free_udp, metric, wait_for};
+use voxgate_testkit::sip::{Sipp, free_rtp_range, register_scenario, sipp37};
 
 fn forms(bytes: &[u8]) -> Vec<String> {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -21,6 +31,76 @@ fn forms(bytes: &[u8]) -> Vec<String> {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
     ]
+}
+
+/// `voxgate phones ARGS -c CFG` at trace level; its argv is added to `argv`.
+fn phones(cfg: &Path, args: &[&str], argv: &mut String) -> Output {
+    let mut c = Command::new(bin());
+    c.arg("phones").args(args).arg("-c").arg(cfg);
+    c.env("VOXGATE_LOG", "trace");
+    for a in std::iter::once(c.get_program()).chain(c.get_args()) {
+        argv.push_str(&a.to_string_lossy());
+        argv.push(' ');
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "phones {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The passwords `phones add` (`password: PW`) or `phones rotate`
+/// (`EXT<TAB>PW`) printed, with their extensions.
+fn printed_passwords(out: &Output) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let added = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .map(str::trim);
+    match added {
+        Some(pw) => {
+            let ext = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("user:"))
+                .unwrap()
+                .trim();
+            vec![(ext.to_string(), pw.to_string())]
+        }
+        None => text
+            .lines()
+            .map(|l| {
+                let (e, p) = l.split_once('\t').unwrap();
+                (e.to_string(), p.to_string())
+            })
+            .collect(),
+    }
+}
+
+/// REGISTER `ext` with `password` at `port` (SIPp 3.7.3, SHA-256 digest);
+/// whether the answer was `expect`.
+fn register(dir: &Path, port: u16, ext: &str, password: &str, expect: u16, name: &str) -> bool {
+    let target = format!("127.0.0.1:{port}");
+    Sipp {
+        bin: &sipp37(),
+        dir,
+        name,
+        scenario: &register_scenario(ext, password, expect, false),
+        target: &target,
+        args: &["-s", ext],
+        limit: Duration::from_secs(20),
+    }
+    .output()
+    .status
+    .success()
+}
+
+fn unhex(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[test]
@@ -59,14 +139,27 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), Some(&lab.dir.join("spk.raw")));
     let metrics = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp());
     let written = std::fs::read_to_string(&cfg).unwrap();
+    let sip_port = free_udp();
+    let (rtp_a, rtp_b) = free_rtp_range(8);
     std::fs::write(
         &cfg,
         format!(
-            "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\ndevice = \"voxplay\"\n[telemetry]\nlog = \"trace\"\nmetrics = \"{metrics}\"\n{}",
+            "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\ndevice = \"voxplay\"\n[telemetry]\nlog = \"trace\"\nmetrics = \"{metrics}\"\n\
+             [sip]\nenabled = true\nlisten = \"127.0.0.1:{sip_port}\"\nrtp_ports = \"{rtp_a}-{rtp_b}\"\nallow = [\"127.0.0.0/8\"]\n{}",
             dev_privilege(&lab.dir)
         ),
     )
     .unwrap();
+    // Desk phones, added before the gateway starts.
+    let mut phones_argv = String::new();
+    let mut phones_stderr = String::new();
+    let mut phone_passwords: Vec<(String, String)> = Vec::new();
+    for ext in ["201", "202"] {
+        let out = phones(&cfg, &["add", ext], &mut phones_argv);
+        phones_stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        phone_passwords.extend(printed_passwords(&out));
+    }
+    assert_eq!(phone_passwords.len(), 2);
     let env = vec![("ALSA_CONFIG_PATH".to_string(), devs.alsa_config_path_env())];
     let mut gw = lab.start_gateway(&cfg, &env);
     let m = metrics.parse().unwrap();
@@ -76,6 +169,40 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         gw.assert_running();
         metric(m, "voxgate_frames_sent_total") >= 50.0
     });
+    // The phones register, are rotated one and then all on the running
+    // gateway, and register again with what `phones rotate` printed.
+    let sipp_dir = lab.dir.join("sipp");
+    std::fs::create_dir_all(&sipp_dir).unwrap();
+    let pw = |v: &[(String, String)], ext: &str| {
+        v.iter().rev().find(|(e, _)| e == ext).unwrap().1.clone()
+    };
+    let p201 = pw(&phone_passwords, "201");
+    assert!(register(&sipp_dir, sip_port, "201", &p201, 200, "first"));
+    let out = phones(&cfg, &["rotate", "201"], &mut phones_argv);
+    phones_stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+    phone_passwords.extend(printed_passwords(&out));
+    let n201 = pw(&phone_passwords, "201");
+    assert_ne!(n201, p201);
+    assert!(register(&sipp_dir, sip_port, "201", &p201, 401, "old"));
+    assert!(register(&sipp_dir, sip_port, "201", &n201, 200, "new"));
+    let out = phones(&cfg, &["rotate", "--all"], &mut phones_argv);
+    phones_stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+    let all = printed_passwords(&out);
+    assert_eq!(all.len(), 2);
+    phone_passwords.extend(all);
+    for ext in ["201", "202"] {
+        let name = format!("all-{ext}");
+        assert!(register(
+            &sipp_dir,
+            sip_port,
+            ext,
+            &pw(&phone_passwords, ext),
+            200,
+            &name
+        ));
+    }
+    assert_eq!(gw.log_text().matches("phone store reloaded").count(), 2);
+    let store = std::fs::read(lab.dir.join("phones.sealed")).unwrap();
     wait_for(Duration::from_secs(30), "the certificate renewal", || {
         gw.assert_running();
         gw.log_text().contains("certificate renewed")
@@ -98,6 +225,15 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let material =
         voxgate::pki::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
     let mut needles = vec![token.clone()];
+    // Every phone password ever printed, and its digests (HA1s) in every form.
+    for (ext, pw) in &phone_passwords {
+        assert_eq!(pw.len(), 22);
+        needles.push(pw.clone());
+        let e = voxgate::bridge::phone_store::PhoneEntry::derive(ext, "gw-canary", pw, 0);
+        needles.extend(forms(&unhex(&e.ha1_sha256)));
+        needles.extend(forms(&unhex(&e.ha1_md5)));
+    }
+    assert_eq!(phone_passwords.len(), 5);
     for sealed in [&enrolled_key, &renewed_key] {
         let pkcs8 = voxgate::pki::sealed::unseal(&material, sealed).unwrap();
         // The P-256 scalar sits after the fixed PKCS#8/ECPrivateKey prefix.
@@ -128,6 +264,9 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         ("gateway log", gw.log_text()),
         ("relay log", relay.log_text()),
         ("config", std::fs::read_to_string(&cfg).unwrap()),
+        ("phones stderr", phones_stderr),
+        ("phones argv", phones_argv),
+        ("phone store", String::from_utf8_lossy(&store).into_owned()),
     ];
     for entry in std::fs::read_dir(&lab.dir).unwrap().flatten() {
         if entry.path().extension().is_some_and(|e| e == "log") {

@@ -10,6 +10,11 @@
 //! ([`metrics`], which the gateway registers). The media of every answered call runs in one media
 //! engine task ([`media`]). What the bridge does with calls and
 //! registrations is described in [`switchboard`].
+//!
+//! The phone store is re-read when its file changes ([`StoreWatch`]):
+//! `voxgate phones add`, `remove` and `rotate` take effect on the running
+//! bridge at its next SIP message or timer tick (at most a second), without
+//! a restart; the registrations of rotated and removed phones are dropped.
 
 pub mod media;
 pub mod metrics;
@@ -28,7 +33,7 @@ use crate::transport::link::{CallLink, ConnSlot, FlowRoutes, LinkEvent};
 use anyhow::{Context, Result};
 use media::{CallMedia, EngineCmd, MediaEvent};
 use metrics::BridgeMetrics;
-use phone_store::PhoneStore;
+use phone_store::{PhoneStore, Stamp};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,8 +52,106 @@ pub struct PreparedBridge {
     tcp: Option<std::net::TcpListener>,
     pool: PortPool,
     phones: PhoneStore,
+    watch: StoreWatch,
     allow: Vec<ipnet::IpNet>,
     advertise: IpAddr,
+}
+
+/// Notices that the phone store file changed and reads it again, with the
+/// sealing material read at start (the machine id may be out of the
+/// sandbox's reach later; the store's directory is not,
+/// [`PreparedBridge::sandbox_read_paths`]).
+pub struct StoreWatch {
+    path: std::path::PathBuf,
+    realm: String,
+    material: crate::pki::sealed::Material,
+    /// The version in use.
+    loaded: Option<Stamp>,
+    /// A version that could not be read (reported once, retried when it
+    /// changes again).
+    failed: Option<Option<Stamp>>,
+    /// The file could not even be checked (reported once).
+    unchecked: bool,
+}
+
+impl std::fmt::Debug for StoreWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWatch")
+            .field("path", &self.path)
+            .field("loaded", &self.loaded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreWatch {
+    /// Load the store at `path` and watch it from there.
+    pub fn load(
+        path: &std::path::Path,
+        realm: &str,
+        material: crate::pki::sealed::Material,
+    ) -> Result<(PhoneStore, StoreWatch), phone_store::PhonesError> {
+        let io = |source| phone_store::PhonesError::Io {
+            path: path.into(),
+            source,
+        };
+        // The stamp before the content: a change in between is seen again.
+        let loaded = Stamp::of(path).map_err(io)?;
+        let store = PhoneStore::load(path, &material, realm)?;
+        Ok((
+            store,
+            StoreWatch {
+                path: path.into(),
+                realm: realm.into(),
+                material,
+                loaded,
+                failed: None,
+                unchecked: false,
+            },
+        ))
+    }
+
+    /// The store, when the file changed since the last load and reads;
+    /// `None` when it did not change, or when the new version cannot be
+    /// read (then the phones loaded before stay, and the reason is logged
+    /// once per version).
+    pub fn changed(&mut self) -> Option<PhoneStore> {
+        let stamp = match Stamp::of(&self.path) {
+            Ok(s) => s,
+            Err(e) => {
+                if !self.unchecked {
+                    warn!(path = %self.path.display(), error = %e,
+                          "phone store cannot be checked; the phones loaded before stay in use");
+                    self.unchecked = true;
+                }
+                return None;
+            }
+        };
+        self.unchecked = false;
+        if stamp == self.loaded || self.failed == Some(stamp) {
+            return None;
+        }
+        match PhoneStore::load(&self.path, &self.material, &self.realm) {
+            Ok(store) => {
+                self.loaded = stamp;
+                self.failed = None;
+                Some(store)
+            }
+            Err(e) => {
+                warn!(error = %e, "phone store changed but cannot be read; the phones loaded before stay in use");
+                self.failed = Some(stamp);
+                None
+            }
+        }
+    }
+}
+
+impl PreparedBridge {
+    /// Directories the bridge reads after the privilege drop: the phone
+    /// store's (for [`StoreWatch`]; a rewrite replaces the file, so the rule
+    /// must be on the directory).
+    pub fn sandbox_read_paths(&self) -> Vec<std::path::PathBuf> {
+        vec![phone_store::store_dir(&self.cfg.phones).to_path_buf()]
+    }
 }
 
 /// The subnets of the interfaces that carry `listen` (all of them when it is
@@ -98,8 +201,8 @@ fn advertise_addr(cfg: &SipConfig) -> IpAddr {
 }
 
 /// Bind the SIP sockets and the RTP pool and open the phone store (before
-/// the privilege drop). `material` seals the store.
-pub fn prepare(cfg: &SipConfig, material: &crate::pki::sealed::Material) -> Result<PreparedBridge> {
+/// the privilege drop). `material` seals the store (kept to re-read it).
+pub fn prepare(cfg: &SipConfig, material: crate::pki::sealed::Material) -> Result<PreparedBridge> {
     let udp = std::net::UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind SIP UDP {} ([sip] listen)", cfg.listen))?;
     udp.set_nonblocking(true)?;
@@ -113,7 +216,7 @@ pub fn prepare(cfg: &SipConfig, material: &crate::pki::sealed::Material) -> Resu
     };
     // RTP on the SIP address (all addresses when SIP listens on all).
     let pool = PortPool::bind(cfg.listen.ip(), cfg.rtp_ports.0, cfg.rtp_ports.1)?;
-    let phones = PhoneStore::load(&cfg.phones, material, &cfg.realm)?;
+    let (phones, watch) = StoreWatch::load(&cfg.phones, &cfg.realm, material)?;
     let allow = cfg
         .allow
         .clone()
@@ -132,6 +235,7 @@ pub fn prepare(cfg: &SipConfig, material: &crate::pki::sealed::Material) -> Resu
         tcp,
         pool,
         phones,
+        watch,
         allow,
     })
 }
@@ -324,6 +428,7 @@ pub async fn run(
         media,
     } = link;
     let advertise = p.advertise;
+    let mut watch = p.watch;
     let mut sb = Switchboard::new(
         Instant::now(),
         Setup {
@@ -359,11 +464,15 @@ pub async fn run(
         tokio::select! {
             r = shell.udp.recv_from(&mut buf) => {
                 if let Ok((n, src)) = r {
+                    reload(&mut watch, &mut sb);
                     sb.handle_datagram(Instant::now(), &buf[..n], src);
                 }
             }
             Some((src, m)) = tcp_rx.recv() => match m {
-                Some(m) => sb.handle_message(Instant::now(), *m, src, Transport::Tcp),
+                Some(m) => {
+                    reload(&mut watch, &mut sb);
+                    sb.handle_message(Instant::now(), *m, src, Transport::Tcp);
+                }
                 None => sb.handle_stream_error(),
             },
             Some(ev) = events.recv() => sb.handle_link(Instant::now(), ev),
@@ -371,7 +480,10 @@ pub async fn run(
                 MediaEvent::Key(c, k) => sb.handle_key(Instant::now(), c, k),
                 MediaEvent::Done(_, pair) => sb.media_done(Instant::now(), pair),
             },
-            _ = tokio::time::sleep_until(deadline) => sb.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline) => {
+                reload(&mut watch, &mut sb);
+                sb.handle_timeout(Instant::now());
+            }
             () = &mut shutdown => break,
         }
         shell.carry_out(&mut sb, false);
@@ -383,6 +495,19 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// Before a SIP message is handled (every one, so that a request that
+/// follows `voxgate phones rotate` is checked against the new credentials)
+/// and at every timer tick: take up a changed phone store. A `stat` when
+/// nothing changed.
+fn reload(watch: &mut StoreWatch, sb: &mut Switchboard<PortPool>) {
+    if let Some(store) = watch.changed() {
+        let phones = store.len();
+        let changed = sb.replace_phones(Instant::now(), store);
+        info!(target: "audit", phones, changed = ?changed,
+              "phone store reloaded; registrations of changed extensions dropped");
+    }
 }
 
 /// The bridge's ends of the call link (the client holds the others).
@@ -418,6 +543,42 @@ pub fn link() -> (CallLink, CallLinkEnds) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_watch_takes_up_a_rewritten_store_and_keeps_the_old_on_a_bad_one() {
+        use crate::pki::sealed::Material;
+        const MID: &str = "5f3c0a1e9b8d4c7e8a6b2d1f0e9c8b7a";
+        let dir = std::env::temp_dir().join(format!("vx-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("phones.sealed");
+        let m = Material::new(MID, None).unwrap();
+        // No store yet: empty, and the first one written is taken up.
+        let (empty, mut w) =
+            StoreWatch::load(&path, "gw-1", Material::new(MID, None).unwrap()).unwrap();
+        assert!(empty.is_empty());
+        assert!(w.changed().is_none());
+        let mut s = PhoneStore::new("gw-1");
+        s.add("201", 1).unwrap();
+        s.save(&path, &m).unwrap();
+        assert_eq!(w.changed(), Some(s.clone()));
+        assert!(w.changed().is_none(), "once per version");
+        // A rotation (a rewrite of the same size) is seen.
+        s.rotate("201").unwrap();
+        s.save(&path, &m).unwrap();
+        assert_eq!(w.changed(), Some(s.clone()));
+        // A store sealed on another box: not taken up, tried once per version.
+        let other = Material::new("00000000000000000000000000000001", None).unwrap();
+        let mut bad = s.clone();
+        bad.rotate("201").unwrap();
+        bad.save(&path, &other).unwrap();
+        assert!(w.changed().is_none());
+        assert!(w.changed().is_none());
+        // Fixed: taken up.
+        bad.save(&path, &m).unwrap();
+        assert_eq!(w.changed(), Some(bad));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn switchboard_stats_reach_the_bridge_metrics() {

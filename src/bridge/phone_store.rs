@@ -1,5 +1,6 @@
-//! The phone credential store (`voxgate phones {add,list,remove}` edits it,
-//! the bridge authenticates against it).
+//! The phone credential store (`voxgate phones {add,list,remove,rotate}`
+//! edits it, the bridge authenticates against it and re-reads it when the
+//! file changes: [`Stamp`]).
 //!
 //! One entry per extension: its digest HA1 values, `H(ext:realm:password)`
 //! with SHA-256 (RFC 7616/8760) and with MD5 (RFC 2617, for older phones).
@@ -7,7 +8,9 @@
 //! stored. The store is sealed to the box like the device key (AES-256-GCM
 //! under a key derived from the machine id and SoC serial), mode 0600, and a
 //! file that others can read is refused. Writes are atomic (temp file,
-//! fsync, rename), so an interrupted `add` never loses the other phones.
+//! fsync, rename, directory fsync), so an interrupted `add` or `rotate`
+//! never loses the other phones, and commands that edit the store hold
+//! [`StoreLock`] from load to save.
 //!
 //! Payload (inside the seal), bounded to [`MAX_PHONES`] lines:
 //!
@@ -38,6 +41,21 @@ pub enum PhonesError {
     Io {
         /// The file.
         path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The new store could not be given the owner of the old one.
+    #[error(
+        "{path} belongs to uid {uid} (gid {gid}), which the rewritten store must keep so that the service can still read it, but: {source}; run this as root or as that user"
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -142,25 +160,72 @@ pub struct PhoneStore {
     entries: BTreeMap<String, PhoneEntry>,
 }
 
-const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
+/// A new password from the one generator, [`crate::sip::auth::generate_password`]
+/// (22 symbols without look-alikes, about 127 bits, from the system generator).
+fn new_password() -> Result<Zeroizing<String>, PhonesError> {
+    crate::sip::auth::generate_password(&ring::rand::SystemRandom::new())
+        .map_err(|_| PhonesError::Random)
+}
 
-/// A strong password: 22 symbols of a 56-symbol alphabet without look-alikes
-/// (about 127 bits), by rejection sampling from the system generator.
-pub fn generate_password() -> Result<Zeroizing<String>, PhonesError> {
-    use ring::rand::SecureRandom;
-    let rng = ring::rand::SystemRandom::new();
-    let mut out = Zeroizing::new(String::with_capacity(22));
-    let limit = 256 - 256 % PASSWORD_ALPHABET.len();
-    while out.len() < 22 {
-        let mut buf = Zeroizing::new([0u8; 32]);
-        rng.fill(&mut buf[..]).map_err(|_| PhonesError::Random)?;
-        for &b in buf.iter() {
-            if usize::from(b) < limit && out.len() < 22 {
-                out.push(PASSWORD_ALPHABET[usize::from(b) % PASSWORD_ALPHABET.len()] as char);
-            }
+/// What identifies one version of the store file: a rewrite (temp file and
+/// rename) makes a new inode, an edit in place a new size or time stamp.
+/// The running bridge compares stamps to notice `voxgate phones` edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` now; `None` when there is none.
+    pub fn of(path: &Path) -> std::io::Result<Option<Stamp>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(Stamp {
+                dev: m.dev(),
+                ino: m.ino(),
+                size: m.size(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
-    Ok(out)
+}
+
+/// An exclusive lock on the store's directory, held by a `voxgate phones`
+/// command from its load to its save, so that two commands (a `rotate
+/// --all` and an `add`, say) cannot both read the old store and the last
+/// save silently undo the other's change. Released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    /// The locked directory (the lock goes with the descriptor).
+    _dir: std::fs::File,
+}
+
+impl StoreLock {
+    /// Wait for the lock of the directory holding `path`.
+    pub fn acquire(path: &Path) -> Result<StoreLock, PhonesError> {
+        let dir = store_dir(path);
+        let io = |source| PhonesError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::open(dir).map_err(io)?;
+        f.lock().map_err(io)?;
+        Ok(StoreLock { _dir: f })
+    }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+pub fn store_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Why a decrypted payload is not a phone store.
@@ -312,9 +377,14 @@ impl PhoneStore {
         Ok(store)
     }
 
-    /// Seal and write atomically, mode 0600.
+    /// Seal and write atomically, mode 0600: the whole store goes to a temp
+    /// file beside it, is fsynced, renamed over the old one, and the
+    /// directory is fsynced, so a crash leaves either the old store or the
+    /// new one, never a mix or nothing. A store that exists keeps its owner
+    /// (a root `voxgate phones` must not take the file away from the service
+    /// user that reads it).
     pub fn save(&self, path: &Path, material: &Material) -> Result<(), PhonesError> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let io = |source| PhonesError::Io {
             path: path.into(),
             source,
@@ -323,18 +393,51 @@ impl PhoneStore {
             path: path.into(),
             reason: e.to_string(),
         })?;
-        let tmp = path.with_extension("tmp");
+        let owner = match std::fs::metadata(path) {
+            Ok(m) => Some((m.uid(), m.gid())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".tmp");
+        let tmp = path.with_file_name(name);
+        let tmp_io = |source| PhonesError::Io {
+            path: tmp.clone(),
+            source,
+        };
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&sealed)
-            .and_then(|()| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
+            .map_err(tmp_io)?;
+        if let Some((uid, gid)) = owner {
+            let same = f.metadata().is_ok_and(|m| (m.uid(), m.gid()) == (uid, gid));
+            if !same && let Err(source) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(PhonesError::Owner {
+                    path: path.into(),
+                    uid,
+                    gid,
+                    source,
+                });
+            }
+        }
+        if let Err(e) = f.write_all(&sealed).and_then(|()| f.sync_all()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(tmp_io(e));
+        }
+        drop(f);
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        // The rename should reach the disk before new passwords are shown.
+        // Past the rename the new store is in use (a running bridge takes
+        // it up), so nothing may fail any more: a caller that saw an error
+        // would not show the passwords the store now holds.
+        let _ = std::fs::File::open(store_dir(path)).and_then(|d| d.sync_all());
         Ok(())
     }
 
@@ -349,12 +452,49 @@ impl PhoneStore {
         if self.entries.len() >= MAX_PHONES {
             return Err(PhonesError::Full);
         }
-        let password = generate_password()?;
+        let password = new_password()?;
         self.entries.insert(
             ext.into(),
             PhoneEntry::derive(ext, &self.realm, &password, now),
         );
         Ok(password)
+    }
+
+    /// Give `ext` a new generated password, replacing both its HA1s (its
+    /// `created` time stays); returns the password (show it once). An
+    /// unknown extension is refused and nothing changes.
+    pub fn rotate(&mut self, ext: &str) -> Result<Zeroizing<String>, PhonesError> {
+        let Some(old) = self.entries.get(ext) else {
+            return Err(PhonesError::Missing(ext.into()));
+        };
+        let created = old.created;
+        let password = new_password()?;
+        let entry = PhoneEntry::derive(ext, &self.realm, &password, created);
+        self.entries.insert(ext.into(), entry);
+        Ok(password)
+    }
+
+    /// [`PhoneStore::rotate`] every extension, in order; all or nothing (on
+    /// an error the store is unchanged).
+    pub fn rotate_all(&mut self) -> Result<Vec<(String, Zeroizing<String>)>, PhonesError> {
+        let mut next = self.clone();
+        let mut out = Vec::with_capacity(self.len());
+        for ext in self.entries.keys() {
+            out.push((ext.clone(), next.rotate(ext)?));
+        }
+        *self = next;
+        Ok(out)
+    }
+
+    /// The extensions whose credentials differ in `newer` (rotated, or
+    /// removed there), in order: the phones whose registrations made with
+    /// this store's credentials no longer stand.
+    pub fn changed_in(&self, newer: &PhoneStore) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(ext, e)| newer.entries.get(*ext) != Some(*e) || newer.realm != self.realm)
+            .map(|(ext, _)| ext.clone())
+            .collect()
     }
 
     /// Remove `ext`.
@@ -479,6 +619,95 @@ mod tests {
             PhoneStore::load(&path, &m, "gw-1"),
             Err(PhonesError::Exposed { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rotate_replaces_both_digests_of_one_or_every_extension() {
+        let mut s = PhoneStore::new("gw-1");
+        let p201 = s.add("201", 11).unwrap();
+        let p202 = s.add("202", 12).unwrap();
+        let before = s.clone();
+
+        // One extension: both HA1s follow the new password, `created` stays.
+        let n201 = s.rotate("201").unwrap();
+        assert_eq!(n201.len(), 22);
+        assert_ne!(*n201, *p201);
+        assert_eq!(
+            *s.get("201").unwrap(),
+            PhoneEntry::derive("201", "gw-1", &n201, 11)
+        );
+        assert_ne!(
+            s.get("201").unwrap().ha1_md5,
+            before.get("201").unwrap().ha1_md5
+        );
+        assert_ne!(
+            s.get("201").unwrap().ha1_sha256,
+            before.get("201").unwrap().ha1_sha256
+        );
+        assert_eq!(s.get("202"), before.get("202"), "the others are untouched");
+        assert_eq!(before.changed_in(&s), ["201"]);
+
+        // Unknown: refused, nothing changes.
+        let kept = s.clone();
+        assert!(matches!(s.rotate("299"), Err(PhonesError::Missing(e)) if e == "299"));
+        assert_eq!(s, kept);
+
+        // Every extension, each once, in order, each with its own password.
+        let all = s.rotate_all().unwrap();
+        let exts: Vec<&str> = all.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(exts, ["201", "202"]);
+        assert_ne!(*all[0].1, *all[1].1);
+        for (ext, pw) in &all {
+            let created = kept.get(ext).unwrap().created;
+            assert_eq!(
+                *s.get(ext).unwrap(),
+                PhoneEntry::derive(ext, "gw-1", pw, created)
+            );
+            assert_ne!(**pw, *n201);
+            assert_ne!(**pw, *p202);
+        }
+        assert_eq!(kept.changed_in(&s), ["201", "202"]);
+        assert!(s.changed_in(&s).is_empty());
+        // A removed extension counts as changed; an added one does not.
+        let mut fewer = s.clone();
+        fewer.remove("202").unwrap();
+        fewer.add("203", 13).unwrap();
+        assert_eq!(s.changed_in(&fewer), ["202"]);
+        assert!(PhoneStore::new("gw-1").rotate_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn save_replaces_the_file_whole_and_the_stamp_changes() {
+        let dir = std::env::temp_dir().join(format!("vx-phones-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("phones.sealed");
+        let m = Material::new(MID, None).unwrap();
+        assert_eq!(Stamp::of(&path).unwrap(), None);
+        let mut s = PhoneStore::new("gw-1");
+        s.add("201", 1).unwrap();
+        s.save(&path, &m).unwrap();
+        let first = Stamp::of(&path).unwrap().unwrap();
+        assert_eq!(
+            Stamp::of(&path).unwrap(),
+            Some(first),
+            "stable while unchanged"
+        );
+        // A stale temp file from a crashed run is no obstacle.
+        std::fs::write(dir.join("phones.sealed.tmp"), b"half a store").unwrap();
+        let _lock = StoreLock::acquire(&path).unwrap();
+        s.rotate("201").unwrap();
+        s.save(&path, &m).unwrap();
+        let second = Stamp::of(&path).unwrap().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(PhoneStore::load(&path, &m, "gw-1").unwrap(), s);
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["phones.sealed"], "no temp file left");
+        assert_eq!(store_dir(Path::new("phones.sealed")), Path::new("."));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

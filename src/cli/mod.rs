@@ -205,6 +205,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::telemetry::init(&cfg.telemetry.log);
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
             let prepared = crate::gateway::prepare(cfg)?;
+            let plan = plan.with_read(prepared.sandbox_read_paths());
             let devices = prepared.sandbox_paths();
             let state: Vec<&std::path::Path> = devices.iter().map(|p| p.as_path()).collect();
             let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;

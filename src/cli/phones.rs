@@ -1,8 +1,12 @@
-//! `voxgate phones {add,list,remove}`: the desk phones allowed to register
-//! at this box, in the sealed store the bridge reads
-//! ([`crate::bridge::phone_store`]).
+//! `voxgate phones {add,list,remove,rotate}`: the desk phones allowed to
+//! register at this box, in the sealed store the bridge reads
+//! ([`crate::bridge::phone_store`]; a running bridge takes up every change
+//! within a second).
+//!
+//! Passwords are printed once, to stdout, and nowhere else: not to the log
+//! (which names only extensions), not to the store (only their digests).
 
-use crate::bridge::phone_store::PhoneStore;
+use crate::bridge::phone_store::{PhoneStore, StoreLock};
 use crate::config::GatewayConfig;
 use crate::pki::sealed::Material;
 use crate::sip::SipConfig;
@@ -33,6 +37,21 @@ pub enum PhonesCommand {
         #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
         config: PathBuf,
     },
+    /// Give extension EXT, or every extension (--all), a new strong
+    /// password, printed once as `EXT<TAB>PASSWORD` lines. The old password
+    /// stops working, also on a running box, which drops the phone's
+    /// registration: enter the new one in the phone.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ext", "all"])))]
+    Rotate {
+        /// Extension (or --all).
+        ext: Option<String>,
+        /// Every extension in the store.
+        #[arg(long)]
+        all: bool,
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/voxgate/voxgate.toml")]
+        config: PathBuf,
+    },
 }
 
 fn open(config: &Path) -> anyhow::Result<(SipConfig, Material)> {
@@ -53,6 +72,7 @@ pub fn run(cmd: PhonesCommand) -> anyhow::Result<()> {
     match cmd {
         PhonesCommand::Add { ext, config } => {
             let (sip, m) = open(&config)?;
+            let _lock = StoreLock::acquire(&sip.phones)?;
             let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -90,13 +110,56 @@ pub fn run(cmd: PhonesCommand) -> anyhow::Result<()> {
         }
         PhonesCommand::Remove { ext, config } => {
             let (sip, m) = open(&config)?;
+            let _lock = StoreLock::acquire(&sip.phones)?;
             let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
             store.remove(&ext)?;
             store.save(&sip.phones, &m)?;
             println!(
-                "extension {ext} removed (a running box drops its registrations within a minute)"
+                "extension {ext} removed (a running box drops its registrations within a second)"
             );
             Ok(())
         }
+        PhonesCommand::Rotate { ext, all, config } => rotate(ext.as_deref(), all, &config),
     }
+}
+
+/// `voxgate phones rotate EXT | --all`: new passwords for one or every
+/// extension, in one atomic rewrite of the store (an unknown extension
+/// leaves it untouched). The passwords go to stdout only, each once; the
+/// log and the notes (stderr) name only the extensions.
+fn rotate(ext: Option<&str>, all: bool, config: &Path) -> anyhow::Result<()> {
+    let (sip, m) = open(config)?;
+    let _lock = StoreLock::acquire(&sip.phones)?;
+    let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
+    let rotated = match (ext, all) {
+        (Some(ext), false) => vec![(ext.to_string(), store.rotate(ext)?)],
+        (None, true) => store.rotate_all()?,
+        // clap's group already refuses both and neither.
+        _ => anyhow::bail!("give either an extension or --all, not both"),
+    };
+    if rotated.is_empty() {
+        eprintln!("no phones to rotate; add one with `voxgate phones add EXT`");
+        return Ok(());
+    }
+    store.save(&sip.phones, &m)?;
+    let exts: Vec<&str> = rotated.iter().map(|(e, _)| e.as_str()).collect();
+    tracing::info!(target: "audit", extensions = ?exts, "phone passwords rotated");
+    // The stored digests are replaced: print each new password once.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for (ext, password) in &rotated {
+            writeln!(out, "{ext}\t{}", password.as_str())?;
+        }
+        out.flush()?;
+    }
+    eprintln!(
+        "{} new password(s) for realm {}, shown only now (only their digests are stored).",
+        rotated.len(),
+        sip.realm
+    );
+    eprintln!(
+        "The old passwords no longer work: a running box drops these phones' registrations within a second; enter the new password in each phone."
+    );
+    Ok(())
 }

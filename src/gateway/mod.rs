@@ -63,6 +63,14 @@ impl Prepared {
         v
     }
 
+    /// Directories to read after the privilege drop (the phone store's).
+    pub fn sandbox_read_paths(&self) -> Vec<std::path::PathBuf> {
+        self.bridge
+            .as_ref()
+            .map(crate::bridge::PreparedBridge::sandbox_read_paths)
+            .unwrap_or_default()
+    }
+
     /// After the privilege drop: check that the TPM still holds the key
     /// (nothing to do for other backends).
     pub fn verify_identity(&self) -> Result<()> {
@@ -113,7 +121,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
                 cfg.identity.serial.as_deref(),
             )?;
             Some(
-                crate::bridge::prepare(sip, &material)
+                crate::bridge::prepare(sip, material)
                     .with_context(|| format!("{}: [sip]", cfg.file.display()))?,
             )
         }

@@ -146,6 +146,19 @@ pub struct Plan {
     settings: PrivilegeSettings,
 }
 
+impl Plan {
+    /// Also allow reading these trees under Landlock (what the daemon
+    /// found it needs while preparing, e.g. the phone store's directory).
+    pub fn with_read(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Plan {
+        for p in paths {
+            if !self.settings.read.contains(&p) {
+                self.settings.read.push(p);
+            }
+        }
+        self
+    }
+}
+
 /// Check the settings against the accounts of this system.
 pub fn plan(s: &PrivilegeSettings, file: &Path) -> Result<Plan, PrivilegeError> {
     plan_with(s, file, Uid::current().is_root(), Path::new("/etc"))

@@ -411,14 +411,18 @@ impl DigestServer {
 const PASSWORD_ALPHABET: &[u8] = b"23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ";
 
 /// A strong SIP password: 22 characters from a 56-symbol alphabet (about
-/// 127 bits), drawn from `rng` by rejection sampling (no modulo bias).
-pub fn generate_password(rng: &dyn rand::SecureRandom) -> Result<String, ring::error::Unspecified> {
-    let mut out = String::with_capacity(22);
+/// 127 bits), drawn from `rng` by rejection sampling (no modulo bias). The
+/// one generator of phone passwords (`voxgate phones add` and `rotate`);
+/// the password and the random bytes it came from are wiped when dropped.
+pub fn generate_password(
+    rng: &dyn rand::SecureRandom,
+) -> Result<zeroize::Zeroizing<String>, ring::error::Unspecified> {
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(22));
     let limit = 256 - (256 % PASSWORD_ALPHABET.len());
     while out.len() < 22 {
-        let mut buf = [0u8; 32];
-        rng.fill(&mut buf)?;
-        for b in buf {
+        let mut buf = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill(&mut buf[..])?;
+        for &b in buf.iter() {
             if usize::from(b) < limit && out.len() < 22 {
                 out.push(PASSWORD_ALPHABET[usize::from(b) % PASSWORD_ALPHABET.len()] as char);
             }

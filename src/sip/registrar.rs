@@ -232,6 +232,14 @@ impl Registrar {
             .unwrap_or_default()
     }
 
+    /// Drops every binding of `user` (its credentials changed: the phone
+    /// must register again); whether it had a live one.
+    pub fn remove(&mut self, now: Instant, user: &str) -> bool {
+        self.aors
+            .remove(user)
+            .is_some_and(|l| l.iter().any(|b| b.expires_at > now))
+    }
+
     /// Drops lapsed bindings; returns the extensions that lost their last one.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let mut gone = Vec::new();
@@ -342,6 +350,28 @@ mod tests {
             })
         );
         assert!(r.lookup(t1, "101").is_empty());
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn remove_drops_every_binding_of_one_extension() {
+        let t0 = Instant::now();
+        let mut r = Registrar::new(RegistrarConfig::default());
+        let src = SRC.parse().unwrap();
+        let two = reg(
+            "c1",
+            1,
+            &["<sip:101@192.168.1.20>", "<sip:101@10.0.0.9>"],
+            None,
+        );
+        assert_eq!(code(&r.register(t0, "101", &two, src)), 200);
+        assert!(r.remove(t0, "101"));
+        assert!(r.lookup(t0, "101").is_empty());
+        assert_eq!(r.poll_timeout(), None);
+        assert!(!r.remove(t0, "101"), "nothing left to drop");
+        // Only lapsed bindings: dropped, but there was nothing live to report.
+        assert_eq!(code(&r.register(t0, "101", &two, src)), 200);
+        assert!(!r.remove(t0 + Duration::from_secs(7200), "101"));
         assert_eq!(r.poll_timeout(), None);
     }
 

@@ -432,6 +432,26 @@ impl<P: Ports> Switchboard<P> {
         self.flush(now);
     }
 
+    /// The phone store changed on disk (`voxgate phones add`, `remove`,
+    /// `rotate`): authenticate against `phones` from now on, and drop the
+    /// registrations of every extension whose credentials changed or went
+    /// away, so its phone must register again with the new password (the
+    /// relay hears `ext_down` for those that were registered). Calls in
+    /// progress go on. Returns those extensions.
+    pub fn replace_phones(&mut self, now: Instant, phones: PhoneStore) -> Vec<String> {
+        let changed = self.phones.changed_in(&phones);
+        self.phones = phones;
+        for ext in &changed {
+            if self.registrar.remove(now, ext) {
+                tracing::info!(%ext, "phone registration dropped: its credentials changed");
+                self.signal(CallSignal::ExtDown(ext.clone()));
+            }
+        }
+        self.update_registered(now);
+        self.flush(now);
+        changed
+    }
+
     /// When [`Switchboard::handle_timeout`] has work next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [self.txs.poll_timeout(), self.registrar.poll_timeout()]

@@ -376,6 +376,17 @@ impl Lab {
 
 /// The `Authorization` value answering `challenge` (its first, SHA-256, offer).
 pub(super) fn authorization(challenge: &Message, ext: &str, method: &str, uri: &str) -> String {
+    authorization_with(challenge, ext, &password(ext), method, uri)
+}
+
+/// [`authorization`] with another password.
+pub(super) fn authorization_with(
+    challenge: &Message,
+    ext: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
     let www = challenge.headers.get("WWW-Authenticate").unwrap();
     assert!(www.contains("algorithm=SHA-256"), "{www}");
     let nonce = www
@@ -383,7 +394,7 @@ pub(super) fn authorization(challenge: &Message, ext: &str, method: &str, uri: &
         .nth(1)
         .and_then(|r| r.split('"').next())
         .unwrap();
-    let ha1 = Ha1Pair::derive(ext, "voxgate", &password(ext));
+    let ha1 = Ha1Pair::derive(ext, "voxgate", password);
     let cnonce = "6b8b4567";
     let response = digest_response(
         Algorithm::Sha256,

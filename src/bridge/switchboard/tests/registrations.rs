@@ -50,6 +50,55 @@ fn a_new_relay_session_announces_every_registered_extension() {
 }
 
 #[test]
+fn a_rotated_password_drops_the_registration_and_only_the_new_one_works() {
+    let mut lab = Lab::new();
+    lab.register("201", phone_201(), 300);
+    lab.register("202", phone_202(), 300);
+    assert_eq!(lab.sb.stats().registered, 2);
+
+    // `voxgate phones rotate 201`: the store the bridge re-reads.
+    let mut store = lab.sb.phones.clone();
+    let fresh = store.rotate("201").unwrap();
+    let now = lab.now;
+    let changed = lab.sb.replace_phones(now, store);
+    assert_eq!(changed, ["201"]);
+    let out = lab.drain();
+    assert_eq!(out.signals(), [CallSignal::ExtDown("201".into())]);
+    assert!(out.sip().is_empty(), "{:?}", out.0);
+    assert_eq!(lab.sb.stats().registered, 1, "202 stays registered");
+
+    // The old password is refused like any wrong one ...
+    let src = phone_201();
+    let uri = format!("sip:{BOX}:5060");
+    let challenge = lab.recv(src, &register("201", src, 7, None, 300)).one();
+    let old = authorization(&challenge, "201", "REGISTER", &uri);
+    let out = lab.recv(src, &register("201", src, 8, Some(&old), 300));
+    assert_eq!(out.codes(), [401]);
+    assert!(out.signals().is_empty());
+    assert_eq!(lab.sb.stats().auth_failures, 1);
+    // ... and the new one registers.
+    let challenge = lab.recv(src, &register("201", src, 9, None, 300)).one();
+    let new = authorization_with(&challenge, "201", &fresh, "REGISTER", &uri);
+    let out = lab.recv(src, &register("201", src, 10, Some(&new), 300));
+    assert_eq!(out.codes(), [200]);
+    assert_eq!(out.signals(), [CallSignal::ExtUp("201".into())]);
+    assert_eq!(lab.sb.stats().registered, 2);
+
+    // The same store again, or one that only adds a phone: nobody is dropped.
+    let mut more = lab.sb.phones.clone();
+    let now = lab.now;
+    assert!(lab.sb.replace_phones(now, more.clone()).is_empty());
+    more.add("203", 5).unwrap();
+    assert!(lab.sb.replace_phones(now, more.clone()).is_empty());
+    assert!(lab.drain().0.is_empty());
+    // `phones remove 202`: its registration goes too.
+    more.remove("202").unwrap();
+    assert_eq!(lab.sb.replace_phones(now, more), ["202"]);
+    assert_eq!(lab.drain().signals(), [CallSignal::ExtDown("202".into())]);
+    assert_eq!(lab.sb.stats().registered, 1);
+}
+
+#[test]
 fn a_phone_registers_only_its_own_extension() {
     let mut lab = Lab::new();
     let src = phone_201();
