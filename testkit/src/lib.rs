@@ -15,6 +15,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod report;
 pub mod rtp;
+pub mod runbook;
 pub mod session;
 pub mod sip;
 pub mod swtpm;

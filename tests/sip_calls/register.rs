@@ -188,3 +188,36 @@ fn rotating_a_password_on_a_running_box_sha256() {
 fn rotating_a_password_on_a_running_box_md5() {
     rotation_on_a_running_box("sip-rotate-md5", "[\"md5\"]", true);
 }
+
+/// docs/INCIDENT.md's runbook for a leaked phone password, run against a
+/// running box: the old password is refused from the next REGISTER, the
+/// one the runbook printed registers.
+#[test]
+fn runbook_a_leaked_phone_password() {
+    let lab = Lab::new("sip-runbook", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut gw = SipGateway::configure(&lab, "gw-a", "[\"sha-256\", \"md5\"]", "");
+    let leaked = gw.add_phone("201");
+    gw.start(&lab);
+    let dir = &lab.dir;
+    assert!(register("u1", dir, &gw, "201", &leaked, 200, "before").0);
+    let mut runner = voxgate_testkit::runbook::Runner::new(&lab, "gw-a", &lab.dir.join("box"));
+    runner.set("GATEWAY_CONFIG", &gw.cfg.display().to_string());
+    runner.set("EXT", "201");
+    let mut printed = String::new();
+    for block in voxgate_testkit::runbook::runbook("phone-password") {
+        assert_eq!(block.place, "box");
+        let out = runner.run(&block);
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let new = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("201\t"))
+        .unwrap_or_else(|| panic!("no new password printed: {printed}"))
+        .to_string();
+    assert!(register("u1", dir, &gw, "201", &leaked, 401, "leaked").0);
+    assert!(register("u1", dir, &gw, "201", &new, 200, "new").0);
+    let log = gw.log();
+    assert!(log.contains("phone store reloaded"), "{log}");
+    assert!(!log.contains(&new) && !log.contains(&leaked));
+}
