@@ -381,8 +381,8 @@ impl PhoneStore {
     /// file beside it, is fsynced, renamed over the old one, and the
     /// directory is fsynced, so a crash leaves either the old store or the
     /// new one, never a mix or nothing. A store that exists keeps its owner
-    /// (a root `voxgate phones` must not take the file away from the service
-    /// user that reads it).
+    /// and a new one gets its directory's (a root `voxgate phones` must not
+    /// take the file away from the service user that reads it).
     pub fn save(&self, path: &Path, material: &Material) -> Result<(), PhonesError> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let io = |source| PhonesError::Io {
@@ -393,9 +393,15 @@ impl PhoneStore {
             path: path.into(),
             reason: e.to_string(),
         })?;
+        // A new store takes the owner of its directory (the service user's
+        // state directory), so that a root `voxgate phones add` makes a
+        // store the daemon can read.
         let owner = match std::fs::metadata(path) {
             Ok(m) => Some((m.uid(), m.gid())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => path
+                .parent()
+                .and_then(|d| std::fs::metadata(d).ok())
+                .map(|m| (m.uid(), m.gid())),
             Err(e) => return Err(io(e)),
         };
         let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -675,6 +681,27 @@ mod tests {
         fewer.add("203", 13).unwrap();
         assert_eq!(s.changed_in(&fewer), ["202"]);
         assert!(PhoneStore::new("gw-1").rotate_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_store_takes_its_directorys_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("vx-phones-own-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The service user's state directory (the tests run as root; as
+        // another user the chown is not allowed and the test says so).
+        if std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).is_err() {
+            eprintln!("not root: cannot give the directory away; checked as root in CI");
+            return;
+        }
+        let path = dir.join("phones.sealed");
+        let mut s = PhoneStore::new("gw-1");
+        s.add("201", 1).unwrap();
+        s.save(&path, &Material::new(MID, None).unwrap()).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o600));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
