@@ -11,6 +11,7 @@
 //! [`GroupCommit`] on the blocking pool: concurrent enrollments share one
 //! journal sync, and no async worker ever waits for the disk.
 
+use super::ca::LocalCa;
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
 use super::registry::{Registry, RegistryError, TokenRejection, now};
@@ -20,7 +21,6 @@ use crate::proto::control::{Enrolled, ErrorMsg, Message};
 use crate::transport::framed::{self, FrameReader, StreamError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use rcgen::{Issuer, KeyPair};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -90,7 +90,7 @@ enum ExchangeError {
 pub struct Enroller {
     /// The device registry.
     pub registry: Arc<Mutex<Registry>>,
-    issuer: Issuer<'static, KeyPair>,
+    ca: Arc<LocalCa>,
     writes: GroupCommit,
     limiter: Mutex<Limiter>,
     origin: Instant,
@@ -107,21 +107,16 @@ impl std::fmt::Debug for Enroller {
 }
 
 impl Enroller {
-    /// Build from the CA certificate PEM and its key.
-    pub fn new(
-        registry: Arc<Mutex<Registry>>,
-        ca_pem: &str,
-        ca_key: KeyPair,
-        lifetime: Duration,
-    ) -> Result<Self, rcgen::Error> {
-        Ok(Enroller {
+    /// Issue with the fleet CA `ca`.
+    pub fn new(registry: Arc<Mutex<Registry>>, ca: Arc<LocalCa>, lifetime: Duration) -> Self {
+        Enroller {
             writes: GroupCommit::new(registry.clone()),
             registry,
-            issuer: Issuer::from_ca_cert_pem(ca_pem, ca_key)?,
+            ca,
             limiter: Mutex::default(),
             origin: Instant::now(),
             lifetime,
-        })
+        }
     }
 
     /// Append an audit line (group-committed, off the async workers).
@@ -302,7 +297,8 @@ impl Enroller {
         csr: &rcgen::CertificateSigningRequestParams,
     ) -> Result<(Vec<u8>, i64, String), EnrollError> {
         let lifetime = time::Duration::seconds(self.lifetime.as_secs() as i64);
-        let issued = issue::device_certificate(&self.issuer, &csr.public_key, device, lifetime)?;
+        let issued =
+            issue::device_certificate(self.ca.issuer(), &csr.public_key, device, lifetime)?;
         let hex = issued.serial.hex();
         registry.record_certificate(device, &hex, issued.not_before, issued.not_after)?;
         Ok((issued.cert.der().to_vec(), issued.not_after, hex))
