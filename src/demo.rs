@@ -247,7 +247,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         machine_id: dir.join("machine-id"),
         serial: None,
     };
-    let fp = crate::relay::ca::init(&dir.join("relay"), "relay.voxgate.local", &binding)?;
+    let fp = crate::relay::ca::init(
+        &dir.join("relay"),
+        "relay.voxgate.local",
+        &binding,
+        std::time::Duration::from_secs(crate::config::RELAY_CERT_DAYS * 86_400),
+    )?;
     crate::relay::ca::issue_dev_cert(
         &dir.join("relay"),
         &binding,

@@ -228,7 +228,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::Init { config }) => {
             let cfg = RelayConfig::load(&config)?;
-            let fp = crate::relay::ca::init(&cfg.state_dir, &cfg.server_name, &cfg.ca_binding)?;
+            let fp = crate::relay::ca::init(
+                &cfg.state_dir,
+                &cfg.server_name,
+                &cfg.ca_binding,
+                cfg.relay_cert_lifetime,
+            )?;
             println!("fleet CA created in {}", cfg.state_dir.display());
             println!("CA fingerprint: {fp}");
             Ok(())

@@ -60,7 +60,8 @@ fn default_grace() -> u64 {
     300
 }
 
-/// `[ca]`: what the fleet CA key is sealed to.
+/// `[ca]`: what the fleet CA key is sealed to, and the lifetime of the
+/// relay's own certificate.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCa {
@@ -68,6 +69,12 @@ struct RawCa {
     machine_id: PathBuf,
     #[serde(default = "super::default_serial")]
     serial: Option<PathBuf>,
+    #[serde(default)]
+    relay_cert_days: Option<u64>,
+    /// A test setting: the lifetime in seconds, for tests that watch a
+    /// renewal happen.
+    #[serde(default)]
+    relay_cert_lifetime_s: Option<u64>,
 }
 
 impl Default for RawCa {
@@ -75,8 +82,53 @@ impl Default for RawCa {
         RawCa {
             machine_id: super::default_machine_id(),
             serial: super::default_serial(),
+            relay_cert_days: None,
+            relay_cert_lifetime_s: None,
         }
     }
+}
+
+/// Default lifetime of the relay's certificate, in days.
+pub const RELAY_CERT_DAYS: u64 = 365;
+/// Longest lifetime of the relay's certificate: the fleet CA's own.
+const MAX_RELAY_CERT_DAYS: u64 = 3650;
+
+/// The relay certificate's lifetime from `[ca] relay_cert_days` or the
+/// test setting `relay_cert_lifetime_s` (one of them, or neither).
+fn relay_cert_lifetime(file: &Path, ca: &RawCa) -> Result<std::time::Duration, ConfigError> {
+    let secs = match (ca.relay_cert_days, ca.relay_cert_lifetime_s) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                file,
+                "ca.relay_cert_lifetime_s",
+                "set relay_cert_days or the test setting relay_cert_lifetime_s, not both",
+            ));
+        }
+        (Some(d), None) => {
+            if !(1..=MAX_RELAY_CERT_DAYS).contains(&d) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "ca.relay_cert_days",
+                    format!(
+                        "{d} days is outside 1 ..= {MAX_RELAY_CERT_DAYS} (the fleet CA's own lifetime)"
+                    ),
+                ));
+            }
+            d * 86_400
+        }
+        (None, Some(s)) => {
+            if !(10..=MAX_RELAY_CERT_DAYS * 86_400).contains(&s) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "ca.relay_cert_lifetime_s",
+                    format!("{s} s is outside 10 s ..= {MAX_RELAY_CERT_DAYS} days"),
+                ));
+            }
+            s
+        }
+        (None, None) => RELAY_CERT_DAYS * 86_400,
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn default_lifetime() -> u64 {
@@ -132,6 +184,9 @@ pub struct RelayConfig {
     pub privilege: crate::privilege::PrivilegeSettings,
     /// What the fleet CA key is sealed to (`[ca]`).
     pub ca_binding: crate::pki::sealed::MachineBinding,
+    /// Lifetime of the relay's own certificate (`[ca] relay_cert_days`):
+    /// `relay init` issues it, the running relay renews it at two thirds.
+    pub relay_cert_lifetime: std::time::Duration,
 }
 
 impl RelayConfig {
@@ -194,6 +249,7 @@ impl RelayConfig {
             ));
         }
         let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
+        let relay_cert_lifetime = relay_cert_lifetime(file, &raw.ca)?;
         Ok(RelayConfig {
             superseded_grace: std::time::Duration::from_secs(grace),
             file: file.to_path_buf(),
@@ -213,6 +269,47 @@ impl RelayConfig {
                     .map(|p| resolve(&base, &p))
                     .filter(|p| p.exists()),
             },
+            relay_cert_lifetime,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ca: &str) -> Result<RelayConfig, ConfigError> {
+        RelayConfig::parse(
+            Path::new("/etc/voxgate/relay.toml"),
+            &format!(
+                "listen = \"127.0.0.1:4433\"\nstate_dir = \"s\"\nrecordings = \"r\"\n[ca]\n{ca}"
+            ),
+        )
+    }
+
+    #[test]
+    fn relay_certificate_lifetime() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(parse("").unwrap().relay_cert_lifetime, day * 365);
+        assert_eq!(
+            parse("relay_cert_days = 90").unwrap().relay_cert_lifetime,
+            day * 90
+        );
+        assert_eq!(
+            parse("relay_cert_lifetime_s = 30")
+                .unwrap()
+                .relay_cert_lifetime
+                .as_secs(),
+            30
+        );
+        for bad in [
+            "relay_cert_days = 0",
+            "relay_cert_days = 3651",
+            "relay_cert_lifetime_s = 9",
+            "relay_cert_days = 90\nrelay_cert_lifetime_s = 30",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("ca.relay_cert_"), "{bad}: {e}");
+        }
     }
 }

@@ -1,9 +1,11 @@
-//! Issuing device certificates: one helper for the CA's development
-//! certificates (`voxgate relay dev-cert`) and for enrollment and renewal,
-//! so that every device certificate carries the same profile: the device
-//! id as subject common name, client authentication only, a random
-//! 16-byte serial, valid from five minutes before now (clock skew between
-//! relay and box) until its lifetime from now.
+//! Issuing certificates: one helper for the CA's development certificates
+//! (`voxgate relay dev-cert`) and for enrollment and renewal, so that every
+//! device certificate carries the same profile: the device id as subject
+//! common name, client authentication only, a random 16-byte serial, valid
+//! from five minutes before now (clock skew between relay and box) until
+//! its lifetime from now. The relay's own certificate (`relay init` and its
+//! renewal) has one helper too: the server name as common name and only
+//! DNS name, server authentication only, the same serials and validity.
 
 use super::name::{RandomError, Serial};
 use rcgen::{
@@ -66,6 +68,33 @@ pub fn device_certificate(
     })
 }
 
+/// Issue the relay's server certificate naming `server_name` (subject
+/// common name and its one DNS subject alternative name) for `public_key`,
+/// signed by `issuer`, valid from [`BACKDATE`] before now until `lifetime`
+/// from now.
+pub fn relay_certificate(
+    issuer: &Issuer<'_, impl SigningKey>,
+    public_key: &impl PublicKeyData,
+    server_name: &str,
+    lifetime: Duration,
+) -> Result<Issued, IssueError> {
+    let serial = Serial::random()?;
+    let mut p = CertificateParams::new(vec![server_name.to_string()])?;
+    p.serial_number = Some(SerialNumber::from_slice(serial.bytes()));
+    p.distinguished_name.push(DnType::CommonName, server_name);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - BACKDATE;
+    p.not_after = now + lifetime;
+    let cert = p.signed_by(public_key, issuer)?;
+    Ok(Issued {
+        cert,
+        serial,
+        not_before: p.not_before.unix_timestamp(),
+        not_after: p.not_after.unix_timestamp(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +137,32 @@ mod tests {
             super::super::name::cert_facts(c.cert.der()).unwrap().spki,
             fa.spki
         );
+    }
+
+    #[test]
+    fn relay_certificates_name_the_relay_and_are_server_only() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let issuer = Issuer::new(ca, &ca_key);
+        let key = KeyPair::generate().unwrap();
+        let a = relay_certificate(&issuer, &key, "relay.test", Duration::seconds(30)).unwrap();
+        let b = relay_certificate(&issuer, &key, "relay.test", Duration::seconds(30)).unwrap();
+        assert_ne!(a.serial, b.serial, "the same key gets a new serial");
+        let der = a.cert.der().clone();
+        assert_eq!(
+            super::super::name::common_name(&der).as_deref(),
+            Some("relay.test")
+        );
+        let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let san = x.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(
+            san.general_names,
+            vec![x509_parser::extensions::GeneralName::DNSName("relay.test")]
+        );
+        assert_eq!(a.not_after - a.not_before, 30 + 300);
+        assert_eq!(x.raw_serial(), a.serial.bytes());
     }
 }

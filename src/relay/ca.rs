@@ -1,6 +1,9 @@
 //! The fleet CA of this release: `voxgate relay init` creates it and the
 //! relay's own certificate; `voxgate relay dev-cert` issues development
-//! device certificates from it.
+//! device certificates from it. The running relay holds the CA key as a
+//! [`LocalCa`]: enrollment issues device certificates with it, and the
+//! relay renews its own certificate through [`RelayCertSigner`], the one
+//! call a separate signer process will answer instead.
 //!
 //! Key files are written 0600 and created exclusively, so an existing CA is
 //! never overwritten. The CA key and the relay's TLS key are sealed to the
@@ -17,9 +20,10 @@ use crate::pki::issue::{self, IssueError};
 use crate::pki::name::{fingerprint, valid_device_id};
 use crate::pki::sealed::{self, BindingError, MachineBinding, SealError};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
+use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -31,8 +35,10 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 /// Sealed CA key file name in the state directory.
 pub const CA_KEY_SEALED: &str = "ca.key.sealed";
-/// Relay certificate file name.
+/// Relay certificate file name: the relay's certificate, then the CA's.
 pub const RELAY_CERT: &str = "relay.pem";
+/// A renewed relay certificate not yet moved over [`RELAY_CERT`].
+pub const RELAY_CERT_PENDING: &str = "relay.pem.new";
 /// Plaintext relay TLS key file name of older releases (refused).
 pub const RELAY_KEY: &str = "relay.key";
 /// Sealed relay TLS key file name.
@@ -141,12 +147,13 @@ fn ca_params() -> CertificateParams {
     p
 }
 
-/// Create the CA and the relay certificate in `state_dir`. Returns the CA
-/// fingerprint (`SHA256:` + hex of the DER).
+/// Create the CA and the relay certificate (valid `relay_lifetime`) in
+/// `state_dir`. Returns the CA fingerprint (`SHA256:` + hex of the DER).
 pub fn init(
     state_dir: &Path,
     server_name: &str,
     binding: &MachineBinding,
+    relay_lifetime: std::time::Duration,
 ) -> Result<String, CaError> {
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let ca_cert_path = state_dir.join(CA_CERT);
@@ -161,11 +168,8 @@ pub fn init(
     let issuer = Issuer::new(params, &ca_key);
 
     let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut rp = CertificateParams::new(vec![server_name.to_string()])?;
-    rp.distinguished_name.push(DnType::CommonName, server_name);
-    rp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    validity(&mut rp, 365);
-    let relay = rp.signed_by(&relay_key, &issuer)?;
+    let relay =
+        issue::relay_certificate(&issuer, &relay_key, server_name, lifetime(relay_lifetime))?;
 
     for (key, name) in [(&ca_key, CA_KEY_SEALED), (&relay_key, RELAY_KEY_SEALED)] {
         let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
@@ -174,12 +178,86 @@ pub fn init(
     }
     // The relay presents its chain with the CA, so that a device enrolling
     // with only the CA fingerprint can find and pin it.
-    let chain = format!("{}{}", relay.pem(), ca.pem());
+    let chain = format!("{}{}", relay.cert.pem(), ca.pem());
     create(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
     create(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
     // The registry, and the audit log's key (`audit.key.sealed`) with it.
-    super::audit_key::open_registry(state_dir, binding)?;
+    let registry = super::audit_key::open_registry(state_dir, binding)?;
+    registry.audit("relay_cert_issued", "", server_name, &relay.serial.hex())?;
     Ok(fingerprint(ca.der()))
+}
+
+/// A configured lifetime as a certificate validity (saturating; the
+/// config keeps it within ten years).
+fn lifetime(d: std::time::Duration) -> Duration {
+    Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 1_000))
+}
+
+/// The fleet CA's certificate and key, held by the relay process (unsealed
+/// in `relay::prepare`, before the privilege drop).
+pub struct LocalCa {
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa").finish_non_exhaustive()
+    }
+}
+
+impl LocalCa {
+    /// Read the CA certificate in `state_dir` and unseal its key.
+    pub fn load(state_dir: &Path, binding: &MachineBinding) -> Result<Self, CaError> {
+        let ca_cert_path = state_dir.join(CA_CERT);
+        if !ca_cert_path.exists() {
+            return Err(CaError::Missing(state_dir.to_path_buf()));
+        }
+        let ca_pem = std::fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?;
+        let key = load_ca_key(state_dir, binding)?;
+        Self::new(&ca_pem, key)
+    }
+
+    /// The CA of certificate `ca_pem` and its `key`.
+    pub fn new(ca_pem: &str, key: KeyPair) -> Result<Self, CaError> {
+        Ok(LocalCa {
+            issuer: Issuer::from_ca_cert_pem(ca_pem, key)?,
+        })
+    }
+
+    /// The issuer that signs device certificates (enrollment, renewal).
+    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+}
+
+/// Signs the relay's own TLS certificate. The relay process holds the CA
+/// key today ([`LocalCa`]); a signer process of its own will implement
+/// this instead, which is why the request is plain data: the new key's DER
+/// SubjectPublicKeyInfo, the DNS name, the lifetime; the answer is the DER
+/// certificate ([`issue::relay_certificate`]'s profile).
+pub trait RelayCertSigner: Send + Sync + std::fmt::Debug {
+    /// A certificate naming `server_name` for the key `spki`, valid for
+    /// `lifetime` from now.
+    fn sign_relay_cert(
+        &self,
+        spki: &[u8],
+        server_name: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<CertificateDer<'static>, CaError>;
+}
+
+impl RelayCertSigner for LocalCa {
+    fn sign_relay_cert(
+        &self,
+        spki: &[u8],
+        server_name: &str,
+        relay_lifetime: std::time::Duration,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let key = rcgen::SubjectPublicKeyInfo::from_der(spki)?;
+        let issued =
+            issue::relay_certificate(&self.issuer, &key, server_name, lifetime(relay_lifetime))?;
+        Ok(issued.cert.der().clone())
+    }
 }
 
 /// The relay's keys at rest: (plaintext name of older releases, sealed
@@ -354,6 +432,8 @@ pub fn issue_dev_cert(
 mod tests {
     use super::*;
 
+    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
     fn binding(dir: &Path, name: &str, id: &str) -> MachineBinding {
         let p = dir.join(name);
         std::fs::write(&p, format!("{id}\n")).unwrap();
@@ -369,7 +449,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let b = binding(&dir, "mid", "0123456789abcdef0123456789abcdef");
-        let fp = init(&dir, "relay.test", &b).unwrap();
+        let fp = init(&dir, "relay.test", &b, YEAR).unwrap();
         assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 64);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join(CA_KEY_SEALED))
@@ -383,7 +463,7 @@ mod tests {
         assert!(sealed.starts_with(sealed::MAGIC));
         assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
         assert!(matches!(
-            init(&dir, "relay.test", &b),
+            init(&dir, "relay.test", &b, YEAR),
             Err(CaError::Exists(_))
         ));
         issue_dev_cert(&dir, &b, "gw-7", 30, &dir.join("dev")).unwrap();
@@ -406,7 +486,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let here = binding(&dir, "mid", "0123456789abcdef0123456789abcdef");
         let other = binding(&dir, "other", "ffffffffffffffffffffffffffffffff");
-        init(&dir, "relay.test", &here).unwrap();
+        init(&dir, "relay.test", &here, YEAR).unwrap();
         let key = load_ca_key(&dir, &here).unwrap();
         let e = load_ca_key(&dir, &other).unwrap_err().to_string();
         assert!(

@@ -11,6 +11,7 @@
 //! [`GroupCommit`] on the blocking pool: concurrent enrollments share one
 //! journal sync, and no async worker ever waits for the disk.
 
+use super::ca::LocalCa;
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
 use super::registry::{CertRecord, Registry, RegistryError, Replace, TokenRejection, now};
@@ -21,7 +22,6 @@ use crate::proto::control::{Enrolled, ErrorMsg, Message};
 use crate::transport::framed::{self, FrameReader, StreamError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use rcgen::{Issuer, KeyPair};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -97,7 +97,7 @@ enum ExchangeError {
 pub struct Enroller {
     /// The device registry.
     pub registry: Arc<Mutex<Registry>>,
-    issuer: Issuer<'static, KeyPair>,
+    ca: Arc<LocalCa>,
     writes: GroupCommit,
     limiter: Mutex<Limiter>,
     origin: Instant,
@@ -116,23 +116,22 @@ impl std::fmt::Debug for Enroller {
 }
 
 impl Enroller {
-    /// Build from the CA certificate PEM and its key.
+    /// Issue with the fleet CA `ca`.
     pub fn new(
         registry: Arc<Mutex<Registry>>,
         trust: Arc<TrustTable>,
-        ca_pem: &str,
-        ca_key: KeyPair,
+        ca: Arc<LocalCa>,
         lifetime: Duration,
-    ) -> Result<Self, rcgen::Error> {
-        Ok(Enroller {
+    ) -> Self {
+        Enroller {
             trust,
             writes: GroupCommit::new(registry.clone()),
             registry,
-            issuer: Issuer::from_ca_cert_pem(ca_pem, ca_key)?,
+            ca,
             limiter: Mutex::default(),
             origin: Instant::now(),
             lifetime,
-        })
+        }
     }
 
     /// Append an audit line (group-committed, off the async workers).
@@ -353,7 +352,8 @@ impl Enroller {
         replace: Replace,
     ) -> Result<Signed, EnrollError> {
         let lifetime = time::Duration::seconds(self.lifetime.as_secs() as i64);
-        let issued = issue::device_certificate(&self.issuer, &csr.public_key, device, lifetime)?;
+        let issued =
+            issue::device_certificate(self.ca.issuer(), &csr.public_key, device, lifetime)?;
         let der = issued.cert.der().to_vec();
         let spki = crate::pki::name::cert_facts(&der)
             .ok_or(EnrollError::Csr(CsrError::Parse))?

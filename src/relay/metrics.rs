@@ -34,6 +34,8 @@ pub struct RelayMetrics {
     pub calls_active: Arc<Gauge>,
     /// Call datagrams forwarded to another leg (or echoed).
     pub forwarded: Arc<Counter>,
+    /// Seconds until the served relay certificate's notAfter.
+    pub cert_expiry: Arc<Gauge>,
 }
 
 impl RelayMetrics {
@@ -83,6 +85,10 @@ impl RelayMetrics {
             forwarded: r.counter(
                 "voxgate_relay_call_datagrams_forwarded_total",
                 "Call datagrams forwarded to the other leg",
+            ),
+            cert_expiry: r.gauge(
+                "voxgate_relay_cert_expiry_seconds",
+                "Seconds until the served relay TLS certificate expires (negative once expired)",
             ),
             registry: Arc::new(Registry::default()),
         };

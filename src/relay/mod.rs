@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod recorder;
 pub mod registry;
 pub mod server;
+pub mod server_cert;
 pub mod switch;
 pub mod trust;
 
@@ -140,6 +141,7 @@ pub struct Prepared {
     registry: Arc<std::sync::Mutex<registry::Registry>>,
     trust: Arc<trust::TrustTable>,
     enroller: Arc<enroll::Enroller>,
+    cert: Arc<server_cert::ServerCert>,
     downlink: Downlink,
     udp: std::net::UdpSocket,
     /// The UDP receive buffer the kernel granted (bytes).
@@ -168,8 +170,6 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
             cfg.file.display()
         );
     }
-    let ca = crate::pki::files::read_certs(&ca_path)?;
-    let chain = crate::pki::files::read_certs(&state.join(ca::RELAY_CERT))?;
     let key = ca::load_relay_key(state, &cfg.ca_binding)
         .with_context(|| format!("{}: the relay TLS key", cfg.file.display()))?;
     let registry = audit_key::open_registry(state, &cfg.ca_binding)
@@ -182,21 +182,30 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         .reload(&registry)
         .context("cannot read the device registry")?;
     let registry = Arc::new(std::sync::Mutex::new(registry));
-    let ca_pem = std::fs::read_to_string(&ca_path)
-        .with_context(|| format!("cannot read {}", ca_path.display()))?;
-    let ca_key = ca::load_ca_key(state, &cfg.ca_binding)
-        .with_context(|| format!("{}: the fleet CA key", cfg.file.display()))?;
-    let enroller = Arc::new(
-        enroll::Enroller::new(
-            registry.clone(),
-            trust.clone(),
-            &ca_pem,
-            ca_key,
-            cfg.certificate_lifetime,
-        )
-        .context("the fleet CA certificate does not parse")?,
+    let fleet_ca = Arc::new(
+        ca::LocalCa::load(state, &cfg.ca_binding)
+            .with_context(|| format!("{}: the fleet CA key", cfg.file.display()))?,
     );
-    let server = crate::transport::tls::server_config(&ca, chain, key, trust.clone())?;
+    let enroller = Arc::new(enroll::Enroller::new(
+        registry.clone(),
+        trust.clone(),
+        fleet_ca.clone(),
+        cfg.certificate_lifetime,
+    ));
+    // The relay's certificate and its key (the sealing inputs kept for
+    // the fresh keys of renewals, which run after the drop).
+    let cert = server_cert::ServerCert::load(server_cert::Settings {
+        state_dir: state,
+        binding: &cfg.ca_binding,
+        key,
+        server_name: &cfg.server_name,
+        lifetime: cfg.relay_cert_lifetime,
+        signer: fleet_ca,
+        registry: Some(registry.clone()),
+    })
+    .with_context(|| format!("{}: the relay certificate", cfg.file.display()))?;
+    let server =
+        crate::transport::tls::server_config_with(cert.ca(), cert.holder(), trust.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
@@ -216,6 +225,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         registry,
         trust,
         enroller,
+        cert,
         downlink,
         udp,
         udp_recv_buffer,
@@ -226,6 +236,11 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
 /// Run the relay until `shutdown` resolves.
 pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = p.cfg;
+    let metrics = metrics::RelayMetrics::new();
+    // A certificate past two thirds of its lifetime, or expired (a relay
+    // down for months), is renewed before the first handshake.
+    let mut upkeep = server_cert::Upkeep::default();
+    p.cert.step(&mut upkeep, &metrics.cert_expiry).await;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(p.server),
@@ -233,7 +248,6 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         Arc::new(quinn::TokioRuntime),
     )
     .context("cannot start QUIC on the bound socket")?;
-    let metrics = metrics::RelayMetrics::new();
     if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
     }
@@ -252,6 +266,11 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         live: Default::default(),
     });
     let enforcer = tokio::spawn(enforce_trust(p.registry, p.trust, ctx.clone()));
+    let renewer = tokio::spawn(
+        p.cert
+            .clone()
+            .maintain_from(upkeep, ctx.metrics.cert_expiry.clone()),
+    );
     let ticker = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -265,6 +284,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     server::serve(endpoint, ctx, shutdown).await;
     ticker.abort();
     enforcer.abort();
+    renewer.abort();
     crate::systemd::stopping();
     if let Some(w) = watchdog {
         w.abort();

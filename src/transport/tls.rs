@@ -278,12 +278,89 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
     }
 }
 
+/// The certificate and signer the relay presents, swapped when the relay
+/// renews its certificate: a handshake takes the current pair (one read
+/// lock and an `Arc` clone), and connections already up keep the one they
+/// were made with.
+#[derive(Debug)]
+pub struct ServerCertHolder(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl ServerCertHolder {
+    /// Hold `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(ServerCertHolder(std::sync::RwLock::new(key)))
+    }
+
+    /// The current certificate chain and signer.
+    pub fn get(&self) -> Arc<CertifiedKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Present `key` from the next handshake on.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCertHolder {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// A certificate chain and key as the relay presents them: the key must
+/// be the one the leaf certifies.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, TlsError> {
+    let signer = provider().key_provider.load_private_key(key.clone_key())?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+/// Check the relay's `chain` (leaf first) the way a device checks it: with
+/// the fleet `ca` as the only root (what `[relay] ca` gives a gateway, and
+/// what a device enrolling by fingerprint pins) and `server_name`, now.
+pub fn verify_relay_chain(
+    ca: &[CertificateDer<'static>],
+    chain: &[CertificateDer<'static>],
+    server_name: &str,
+) -> Result<(), TlsError> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or(TlsError::Rustls(rustls::Error::NoCertificatesPresented))?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|_| rustls::Error::General(format!("`{server_name}` is not a DNS name")))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(ca)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier.verify_server_cert(leaf, rest, &name, &[], rustls::pki_types::UnixTime::now())?;
+    Ok(())
+}
+
 /// The relay's QUIC server configuration: client certificates required,
 /// checked against the fleet CA and the relay's [`ClientGate`].
 pub fn server_config(
     ca: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    gate: Arc<dyn ClientGate>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let holder = ServerCertHolder::new(Arc::new(certified_key(chain, &key)?));
+    server_config_with(ca, holder, gate)
+}
+
+/// [`server_config`] presenting whatever `certificate` resolves: the relay
+/// passes its [`ServerCertHolder`], which certificate renewal swaps.
+pub fn server_config_with(
+    ca: &[CertificateDer<'static>],
+    certificate: Arc<dyn rustls::server::ResolvesServerCert>,
     gate: Arc<dyn ClientGate>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = Arc::new(RevocationAwareVerifier {
@@ -298,7 +375,7 @@ pub fn server_config(
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(certificate);
     tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_ENROLL.to_vec()];
     // No resumption: a resumed session skips the client certificate check,
     // which would let a revoked device back in. Every handshake is full.

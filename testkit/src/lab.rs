@@ -177,13 +177,21 @@ pub struct Lab {
     pub quic_port: u16,
     pub relay_metrics: SocketAddr,
     pub downlink: String,
+    /// Extra `[ca]` settings (see [`Lab::with_ca`]).
+    pub ca_extra: String,
 }
 
 impl Lab {
     /// A relay config (and CA) in a new directory; `downlink` is the
     /// `[downlink]` section body, e.g. `mode = "echo"`.
     pub fn new(name: &str, downlink: &str) -> Lab {
-        Self::new_at(test_dir(name), downlink)
+        Self::new_at(test_dir(name), downlink, "")
+    }
+
+    /// [`Lab::new`] with extra `[ca]` settings, e.g. the relay
+    /// certificate's lifetime, which `relay init` uses too.
+    pub fn with_ca(name: &str, downlink: &str, ca: &str) -> Lab {
+        Self::new_at(test_dir(name), downlink, ca)
     }
 
     /// A lab under /tmp, which every user can traverse: for processes that
@@ -192,14 +200,15 @@ impl Lab {
         let dir = test_dir_in(&std::env::temp_dir(), &format!("voxgate-{name}"));
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self::new_at(dir, downlink)
+        Self::new_at(dir, downlink, "")
     }
 
-    fn new_at(dir: PathBuf, downlink: &str) -> Lab {
+    fn new_at(dir: PathBuf, downlink: &str, ca: &str) -> Lab {
         let lab = Lab {
             quic_port: free_udp(),
             relay_metrics: format!("127.0.0.1:{}", free_tcp()).parse().unwrap(),
             downlink: downlink.to_string(),
+            ca_extra: ca.to_string(),
             dir,
         };
         lab.write_relay_config();
@@ -242,8 +251,9 @@ impl Lab {
     /// tests that write relay configs of their own.
     pub fn ca_section(&self) -> String {
         format!(
-            "[ca]\nmachine_id = \"{}\"\n",
-            self.dir.join("ca-machine-id").display()
+            "[ca]\nmachine_id = \"{}\"\n{}\n",
+            self.dir.join("ca-machine-id").display(),
+            self.ca_extra
         )
     }
 
