@@ -247,11 +247,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         machine_id: dir.join("machine-id"),
         serial: None,
     };
-    let fp = crate::relay::ca::init(
+    // The demo keeps its root CA key on the machine (sealed like the
+    // relay's other keys): it is the whole fleet, and throwaway. A real
+    // relay writes it to a file off the machine (`relay init --root-key-out`).
+    let (fp, _) = crate::relay::ca::init(
         &dir.join("relay"),
         "relay.voxgate.local",
         &binding,
         std::time::Duration::from_secs(crate::config::RELAY_CERT_DAYS * 86_400),
+        crate::relay::authority::RootKeyOut::Keep,
     )?;
     crate::relay::ca::issue_dev_cert(
         &dir.join("relay"),

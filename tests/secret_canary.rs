@@ -240,14 +240,15 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         needles.extend(forms(&pkcs8[36..68]));
         needles.extend(forms(&pkcs8));
     }
-    // The relay's own keys: the fleet CA (issuing) key and its TLS key.
-    let relay_cfg = voxgate::config::RelayConfig::load(&lab.dir.join("relay.toml")).unwrap();
-    let state = lab.dir.join("relay");
-    let ca_key = voxgate::relay::ca::load_ca_key(&state, &relay_cfg.ca_binding).unwrap();
-    let tls_key = voxgate::relay::ca::load_relay_key(&state, &relay_cfg.ca_binding).unwrap();
-    for pkcs8 in [ca_key.serialize_der(), tls_key.secret_der().to_vec()] {
-        needles.extend(forms(&pkcs8[36..68]));
-        needles.extend(forms(&pkcs8));
+    // The relay's own keys: the root and issuing CA keys, its TLS key (the
+    // one it renewed to as well) and the audit log's key.
+    let relay_keys = lab.relay_secrets();
+    assert!(relay_keys.len() >= 4, "root, issuing, TLS, audit");
+    for key in relay_keys {
+        if key.len() >= 68 {
+            needles.extend(forms(&key[36..68]));
+        }
+        needles.extend(forms(&key));
     }
 
     let mut haystack = vec![

@@ -227,9 +227,10 @@ fn a_certificate_minted_with_the_issuing_key_for_another_key_is_refused() {
     // reads it) and mints certificates naming gw-m for a key of their own.
     let cfg = voxgate::config::RelayConfig::load(&lab.dir.join("relay.toml")).unwrap();
     let state = lab.dir.join("relay");
-    let ca_key = voxgate::relay::ca::load_ca_key(&state, &cfg.ca_binding).unwrap();
+    let signer = voxgate::relay::authority::signer(&state, &cfg.ca_binding).unwrap();
+    let ca = signer.current();
+    let issuer = ca.issuer();
     let ca_pem = std::fs::read_to_string(state.join("ca.pem")).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     let real_serial = voxgate_testkit::enroll::cert_serial(&real.join("device.pem"));
     let mint = |name: &str, serial: Option<&str>| {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -243,7 +244,7 @@ fn a_certificate_minted_with_the_issuing_key_for_another_key_is_refused() {
                 .collect();
             p.serial_number = Some(rcgen::SerialNumber::from_slice(&bytes));
         }
-        let cert = p.signed_by(&key, &issuer).unwrap();
+        let cert = p.signed_by(&key, issuer).unwrap();
         let dir = lab.dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("device.pem"), cert.pem()).unwrap();

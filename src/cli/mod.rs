@@ -1,6 +1,8 @@
 //! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert,audit}`, `demo`.
 
 mod audit;
+mod fleet_ca;
+mod passphrase;
 mod phones;
 mod tokens;
 
@@ -74,7 +76,12 @@ enum RelayCommand {
         /// Relay config file.
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        root: fleet_ca::RootKeyArgs,
     },
+    /// The two-tier fleet CA: status, issuing CA rotation, the root key.
+    #[command(subcommand)]
+    Ca(fleet_ca::CaCommand),
     /// Seal the plaintext fleet CA and relay TLS keys of an older release
     /// (`ca.key`, `relay.key`) to this machine: writes `*.key.sealed` and
     /// removes the plaintext.
@@ -226,18 +233,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             report.log();
             relay_runtime()?.block_on(crate::relay::run(prepared, shutdown_signal()))
         }
-        Command::Relay(RelayCommand::Init { config }) => {
-            let cfg = RelayConfig::load(&config)?;
-            let fp = crate::relay::ca::init(
-                &cfg.state_dir,
-                &cfg.server_name,
-                &cfg.ca_binding,
-                cfg.relay_cert_lifetime,
-            )?;
-            println!("fleet CA created in {}", cfg.state_dir.display());
-            println!("CA fingerprint: {fp}");
-            Ok(())
-        }
+        Command::Relay(RelayCommand::Init { config, root }) => fleet_ca::init(config, root),
+        Command::Relay(RelayCommand::Ca(cmd)) => fleet_ca::run(cmd),
         Command::Relay(RelayCommand::SealCa { config }) => {
             let cfg = RelayConfig::load(&config)?;
             for path in crate::relay::ca::seal_legacy_keys(&cfg.state_dir, &cfg.ca_binding)? {

@@ -10,4 +10,5 @@
 pub mod files;
 pub mod issue;
 pub mod name;
+pub mod passphrase;
 pub mod sealed;

@@ -19,14 +19,12 @@ use crate::pki::files::{self, FileError, write_new};
 use crate::pki::issue::{self, IssueError};
 use crate::pki::name::{fingerprint, valid_device_id};
 use crate::pki::sealed::{self, BindingError, MachineBinding, SealError};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::{Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
 /// CA certificate file name in the state directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -114,6 +112,22 @@ pub enum CaError {
     /// The device id is not usable in a certificate.
     #[error("device id `{0}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'")]
     BadId(String),
+    /// The root's key is not on this machine (exported at `relay init`).
+    #[error(
+        "the root CA key is not on this relay ({0} has no root.key.sealed): give the file `relay init --root-key-out` wrote, with `--root-key FILE`"
+    )]
+    RootKeyAway(PathBuf),
+    /// The root's key file does not open.
+    #[error("{path}: {why}")]
+    RootKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (wrong passphrase, not such a file).
+        why: String,
+    },
+    /// A retire date before now.
+    #[error("the old issuing CA's certificates cannot be refused from a time in the past")]
+    RetireInPast,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
@@ -131,60 +145,64 @@ fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     })
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - issue::BACKDATE;
-    params.not_after = now + Duration::days(days);
-}
-
-fn ca_params() -> CertificateParams {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "voxgate fleet CA");
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p
-}
-
-/// Create the CA and the relay certificate (valid `relay_lifetime`) in
-/// `state_dir`. Returns the CA fingerprint (`SHA256:` + hex of the DER).
+/// Create the two-tier fleet CA and the relay certificate (valid
+/// `relay_lifetime`) in `state_dir`: the root (`ca.pem`, the CA devices
+/// pin), its key where `root_out` says, an issuing CA under it (sealed to
+/// the machine) that signs the relay certificate and every device
+/// certificate. Returns the root's fingerprint (`SHA256:` + hex of the
+/// DER) and where its key went (`None`: sealed in the state directory).
 pub fn init(
     state_dir: &Path,
     server_name: &str,
     binding: &MachineBinding,
     relay_lifetime: std::time::Duration,
-) -> Result<String, CaError> {
+    root_out: super::authority::RootKeyOut<'_>,
+) -> Result<(String, Option<PathBuf>), CaError> {
+    use super::authority;
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let ca_cert_path = state_dir.join(CA_CERT);
     if ca_cert_path.exists() {
         return Err(CaError::Exists(ca_cert_path));
     }
     let material = binding.material()?;
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = ca_params();
-    validity(&mut params, 3650);
-    let ca = params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(params, &ca_key);
-
-    let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let relay =
-        issue::relay_certificate(&issuer, &relay_key, server_name, lifetime(relay_lifetime))?;
-
-    for (key, name) in [(&ca_key, CA_KEY_SEALED), (&relay_key, RELAY_KEY_SEALED)] {
-        let pkcs8 = zeroize::Zeroizing::new(key.serialize_der());
-        let sealed = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
-        create(&state_dir.join(name), &sealed, 0o600)?;
-    }
-    // The relay presents its chain with the CA, so that a device enrolling
-    // with only the CA fingerprint can find and pin it.
-    let chain = format!("{}{}", relay.cert.pem(), ca.pem());
-    create(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
-    create(&ca_cert_path, ca.pem().as_bytes(), 0o644)?;
+    let (root, root_key, root_params) = authority::new_root()?;
+    // The root's key first: if the operator's file cannot be written,
+    // nothing else is.
+    let root_file = authority::store_root_key(state_dir, binding, &root_key, root_out)?;
+    create(&ca_cert_path, root.pem().as_bytes(), 0o644)?;
     // The registry, and the audit log's key (`audit.key.sealed`) with it.
     let registry = super::audit_key::open_registry(state_dir, binding)?;
+    let issuing = authority::install_issuing(
+        state_dir,
+        binding,
+        &registry,
+        &Issuer::new(root_params, &root_key),
+        None,
+    )?;
+    drop(root_key);
+
+    let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let relay = issue::relay_certificate(
+        issuing.issuer(),
+        &relay_key,
+        server_name,
+        lifetime(relay_lifetime),
+    )?;
+    let pkcs8 = zeroize::Zeroizing::new(relay_key.serialize_der());
+    let sealed = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
+    create(&state_dir.join(RELAY_KEY_SEALED), &sealed, 0o600)?;
+    // The relay presents its chain with the issuing CA and the root, so
+    // that a device enrolling with only the root's fingerprint can find
+    // and pin it.
+    let chain = format!(
+        "{}{}{}",
+        relay.cert.pem(),
+        files::pem(issuing.cert(), "CERTIFICATE"),
+        root.pem()
+    );
+    create(&state_dir.join(RELAY_CERT), chain.as_bytes(), 0o644)?;
     registry.audit("relay_cert_issued", "", server_name, &relay.serial.hex())?;
-    Ok(fingerprint(ca.der()))
+    Ok((fingerprint(root.der()), root_file))
 }
 
 /// A configured lifetime as a certificate validity (saturating; the
@@ -193,34 +211,34 @@ fn lifetime(d: std::time::Duration) -> Duration {
     Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 1_000))
 }
 
-/// The fleet CA's certificate and key, held by the relay process (unsealed
+/// A CA that signs device and relay certificates (the issuing CA, or the
+/// single-tier CA of an older fleet), held by the relay process (unsealed
 /// in `relay::prepare`, before the privilege drop).
 pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalCa").finish_non_exhaustive()
+        f.debug_struct("LocalCa")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
     }
 }
 
 impl LocalCa {
-    /// Read the CA certificate in `state_dir` and unseal its key.
-    pub fn load(state_dir: &Path, binding: &MachineBinding) -> Result<Self, CaError> {
-        let ca_cert_path = state_dir.join(CA_CERT);
-        if !ca_cert_path.exists() {
-            return Err(CaError::Missing(state_dir.to_path_buf()));
-        }
-        let ca_pem = std::fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?;
-        let key = load_ca_key(state_dir, binding)?;
-        Self::new(&ca_pem, key)
-    }
-
-    /// The CA of certificate `ca_pem` and its `key`.
+    /// The CA of certificate `ca_pem` (its first certificate) and its `key`.
     pub fn new(ca_pem: &str, key: KeyPair) -> Result<Self, CaError> {
+        let cert = files::parse_certs(ca_pem.as_bytes())
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .ok_or_else(|| CaError::KeyFormat(PathBuf::from("CA certificate")))?;
         Ok(LocalCa {
             issuer: Issuer::from_ca_cert_pem(ca_pem, key)?,
+            fingerprint: fingerprint(&cert),
+            cert,
         })
     }
 
@@ -228,35 +246,76 @@ impl LocalCa {
     pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
         &self.issuer
     }
+
+    /// Its certificate.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// `SHA256:` fingerprint of its certificate (the registry's issuer id).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// The CA the relay signs with now: swapped when the issuing CA rotates,
+/// so enrollment, renewal and the relay's own certificate move to the new
+/// one together.
+#[derive(Debug)]
+pub struct IssuingCa(std::sync::RwLock<Arc<LocalCa>>);
+
+impl IssuingCa {
+    /// Sign with `ca`.
+    pub fn new(ca: LocalCa) -> Arc<Self> {
+        Arc::new(IssuingCa(std::sync::RwLock::new(Arc::new(ca))))
+    }
+
+    /// The CA signing now.
+    pub fn current(&self) -> Arc<LocalCa> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sign with `ca` from now on.
+    pub fn set(&self, ca: LocalCa) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ca);
+    }
 }
 
 /// Signs the relay's own TLS certificate. The relay process holds the CA
-/// key today ([`LocalCa`]); a signer process of its own will implement
+/// key today ([`IssuingCa`]); a signer process of its own will implement
 /// this instead, which is why the request is plain data: the new key's DER
 /// SubjectPublicKeyInfo, the DNS name, the lifetime; the answer is the DER
-/// certificate ([`issue::relay_certificate`]'s profile).
+/// certificate ([`issue::relay_certificate`]'s profile) followed by the
+/// intermediate CA certificates the relay presents with it.
 pub trait RelayCertSigner: Send + Sync + std::fmt::Debug {
     /// A certificate naming `server_name` for the key `spki`, valid for
-    /// `lifetime` from now.
+    /// `lifetime` from now, then its intermediates (leaf first).
     fn sign_relay_cert(
         &self,
         spki: &[u8],
         server_name: &str,
         lifetime: std::time::Duration,
-    ) -> Result<CertificateDer<'static>, CaError>;
+    ) -> Result<Vec<CertificateDer<'static>>, CaError>;
 }
 
-impl RelayCertSigner for LocalCa {
+impl RelayCertSigner for IssuingCa {
     fn sign_relay_cert(
         &self,
         spki: &[u8],
         server_name: &str,
         relay_lifetime: std::time::Duration,
-    ) -> Result<CertificateDer<'static>, CaError> {
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        let ca = self.current();
         let key = rcgen::SubjectPublicKeyInfo::from_der(spki)?;
         let issued =
-            issue::relay_certificate(&self.issuer, &key, server_name, lifetime(relay_lifetime))?;
-        Ok(issued.cert.der().clone())
+            issue::relay_certificate(&ca.issuer, &key, server_name, lifetime(relay_lifetime))?;
+        let mut chain = vec![issued.cert.der().clone()];
+        // A self-signed CA (single-tier fleets) is the root, in `ca.pem`
+        // already; an issuing CA is the intermediate.
+        if !super::authority::is_self_signed(&ca.cert) {
+            chain.push(ca.cert.clone());
+        }
+        Ok(chain)
     }
 }
 
@@ -391,13 +450,17 @@ pub fn issue_dev_cert(
         return Err(CaError::Missing(state_dir.to_path_buf()));
     }
     let ca_pem = std::fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?;
-    let ca_key = load_ca_key(state_dir, binding)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
+    let registry = super::audit_key::open_registry(state_dir, binding)?;
+    let ca = super::authority::migrate_single_tier(state_dir, binding, &registry)?
+        .map_or_else(
+            || super::authority::load_current(state_dir, binding, &registry),
+            |c| Ok(Some(c)),
+        )?
+        .ok_or_else(|| CaError::Missing(state_dir.to_path_buf()))?;
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let issued = issue::device_certificate(&issuer, &key, device_id, Duration::days(days))?;
+    let issued = issue::device_certificate(ca.issuer(), &key, device_id, Duration::days(days))?;
     let serial = issued.serial.hex();
-    let registry = super::audit_key::open_registry(state_dir, binding)?;
     let spki = crate::pki::name::cert_facts(issued.cert.der())
         .map(|f| f.spki)
         .ok_or(CaError::BadId(device_id.into()))?;
@@ -410,7 +473,7 @@ pub fn issue_dev_cert(
                 spki: &spki,
                 not_before: issued.not_before,
                 not_after: issued.not_after,
-                issuer: None,
+                issuer: Some(ca.fingerprint()),
             },
             crate::relay::registry::Replace::AtOnce,
         )?;
@@ -423,7 +486,13 @@ pub fn issue_dev_cert(
         key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    create(&out.join("device.pem"), issued.cert.pem().as_bytes(), 0o644)?;
+    // The certificate and the issuing CA it chains through to the root.
+    let chain = format!(
+        "{}{}",
+        issued.cert.pem(),
+        files::pem(ca.cert(), "CERTIFICATE")
+    );
+    create(&out.join("device.pem"), chain.as_bytes(), 0o644)?;
     create(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
     Ok(())
 }
@@ -449,29 +518,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let b = binding(&dir, "mid", "0123456789abcdef0123456789abcdef");
-        let fp = init(&dir, "relay.test", &b, YEAR).unwrap();
+        let keep = || super::super::authority::RootKeyOut::Keep;
+        let (fp, file) = init(&dir, "relay.test", &b, YEAR, keep()).unwrap();
         assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 64);
+        assert_eq!(file, None, "the root key stayed, sealed");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(CA_KEY_SEALED))
-            .unwrap()
-            .permissions()
-            .mode();
+        let root_key = dir.join(super::super::authority::ROOT_KEY_SEALED);
+        let mode = std::fs::metadata(&root_key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.join(CA_KEY).exists(), "no plaintext CA key");
         assert!(!dir.join(RELAY_KEY).exists(), "no plaintext relay key");
-        let sealed = std::fs::read(dir.join(CA_KEY_SEALED)).unwrap();
+        let sealed = std::fs::read(&root_key).unwrap();
         assert!(sealed.starts_with(sealed::MAGIC));
         assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
         assert!(matches!(
-            init(&dir, "relay.test", &b, YEAR),
+            init(&dir, "relay.test", &b, YEAR, keep()),
             Err(CaError::Exists(_))
         ));
+        // Two tiers: the root pinned in ca.pem, the issuing CA under it
+        // signs the relay's certificate and devices'.
+        let root = files::read_certs(&dir.join(CA_CERT)).unwrap();
+        assert_eq!(fingerprint(&root[0]), fp);
+        let relay = files::read_certs(&dir.join(RELAY_CERT)).unwrap();
+        assert_eq!(relay.len(), 3, "leaf, issuing CA, root");
+        assert!(!super::super::authority::is_self_signed(&relay[1]));
+        assert_eq!(relay[2], root[0]);
+        crate::transport::tls::verify_relay_chain(&root, &relay, "relay.test").unwrap();
         issue_dev_cert(&dir, &b, "gw-7", 30, &dir.join("dev")).unwrap();
         let certs = files::read_certs(&dir.join("dev/device.pem")).unwrap();
         assert_eq!(
             crate::pki::name::common_name(&certs[0]).as_deref(),
             Some("gw-7")
         );
+        assert_eq!(certs[1], relay[1], "issued by the issuing CA");
         assert!(matches!(
             issue_dev_cert(&dir, &b, "Bad Id", 30, &dir.join("x")),
             Err(CaError::BadId(_))
@@ -486,7 +565,21 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let here = binding(&dir, "mid", "0123456789abcdef0123456789abcdef");
         let other = binding(&dir, "other", "ffffffffffffffffffffffffffffffff");
-        init(&dir, "relay.test", &here, YEAR).unwrap();
+        init(
+            &dir,
+            "relay.test",
+            &here,
+            YEAR,
+            super::super::authority::RootKeyOut::Keep,
+        )
+        .unwrap();
+        // A single-tier fleet of an earlier release: its CA key sealed as
+        // `ca.key.sealed`.
+        std::fs::copy(
+            dir.join(super::super::authority::ROOT_KEY_SEALED),
+            dir.join(CA_KEY_SEALED),
+        )
+        .unwrap();
         let key = load_ca_key(&dir, &here).unwrap();
         let e = load_ca_key(&dir, &other).unwrap_err().to_string();
         assert!(

@@ -11,7 +11,7 @@
 //! [`GroupCommit`] on the blocking pool: concurrent enrollments share one
 //! journal sync, and no async worker ever waits for the disk.
 
-use super::ca::LocalCa;
+use super::ca::IssuingCa;
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
 use super::registry::{CertRecord, Registry, RegistryError, Replace, TokenRejection, now};
@@ -97,7 +97,7 @@ enum ExchangeError {
 pub struct Enroller {
     /// The device registry.
     pub registry: Arc<Mutex<Registry>>,
-    ca: Arc<LocalCa>,
+    ca: Arc<IssuingCa>,
     writes: GroupCommit,
     limiter: Mutex<Limiter>,
     origin: Instant,
@@ -120,7 +120,7 @@ impl Enroller {
     pub fn new(
         registry: Arc<Mutex<Registry>>,
         trust: Arc<TrustTable>,
-        ca: Arc<LocalCa>,
+        ca: Arc<IssuingCa>,
         lifetime: Duration,
     ) -> Self {
         Enroller {
@@ -292,8 +292,13 @@ impl Enroller {
             Ok::<_, EnrollError>((issued, replace))
         });
         let (issued, replace) = issued?;
-        self.trust
-            .accept(device, &issued.serial, issued.spki, replace, None);
+        self.trust.accept(
+            device,
+            &issued.serial,
+            issued.spki,
+            replace,
+            Some(&issued.issuer),
+        );
         info!(%device, %source, serial = %issued.serial, "device enrolled");
         Ok((issued.der, issued.not_after))
     }
@@ -335,8 +340,13 @@ impl Enroller {
             )?;
             Ok::<_, EnrollError>(issued)
         })?;
-        self.trust
-            .accept(device, &issued.serial, issued.spki, Replace::Grace, None);
+        self.trust.accept(
+            device,
+            &issued.serial,
+            issued.spki,
+            Replace::Grace,
+            Some(&issued.issuer),
+        );
         drop(registry);
         info!(%device, %source, serial = %issued.serial, "device certificate renewed");
         Ok(issued)
@@ -352,8 +362,8 @@ impl Enroller {
         replace: Replace,
     ) -> Result<Signed, EnrollError> {
         let lifetime = time::Duration::seconds(self.lifetime.as_secs() as i64);
-        let issued =
-            issue::device_certificate(self.ca.issuer(), &csr.public_key, device, lifetime)?;
+        let ca = self.ca.current();
+        let issued = issue::device_certificate(ca.issuer(), &csr.public_key, device, lifetime)?;
         let der = issued.cert.der().to_vec();
         let spki = crate::pki::name::cert_facts(&der)
             .ok_or(EnrollError::Csr(CsrError::Parse))?
@@ -366,7 +376,7 @@ impl Enroller {
                 spki: &spki,
                 not_before: issued.not_before,
                 not_after: issued.not_after,
-                issuer: None,
+                issuer: Some(ca.fingerprint()),
             },
             replace,
         )?;
@@ -375,6 +385,7 @@ impl Enroller {
             not_after: issued.not_after,
             serial,
             spki,
+            issuer: ca.fingerprint().to_string(),
         })
     }
 }
@@ -390,6 +401,8 @@ pub struct Signed {
     pub serial: String,
     /// SHA-256 of its key.
     pub spki: [u8; 32],
+    /// Its issuing CA's fingerprint.
+    pub issuer: String,
 }
 
 /// Decode a CSR and verify its self-signature.

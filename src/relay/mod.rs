@@ -3,6 +3,7 @@
 
 pub mod audio_file;
 pub mod audit_key;
+pub mod authority;
 pub mod ca;
 pub mod call_plane;
 pub mod commit;
@@ -11,6 +12,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod recorder;
 pub mod registry;
+pub mod rotation;
 pub mod server;
 pub mod server_cert;
 pub mod switch;
@@ -73,6 +75,8 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
 async fn enforce_trust(
     registry: Arc<std::sync::Mutex<registry::Registry>>,
     trust: Arc<trust::TrustTable>,
+    fleet: Arc<rotation::Fleet>,
+    cert: Arc<server_cert::ServerCert>,
     ctx: Arc<RelayCtx>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -81,6 +85,7 @@ async fn enforce_trust(
         tick.tick().await;
         let registry = registry.clone();
         let trust2 = trust.clone();
+        let fleet2 = fleet.clone();
         let refused = trust.take_refusals();
         let reloaded = tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -100,14 +105,36 @@ async fn enforce_trust(
                 tracing::warn!(error = %e, "cannot read the audit log's head");
             }
             let version = r.data_version()?;
+            let mut rotated = None;
             if seen != Some(version) {
                 trust2.reload(&r)?;
+                rotated = fleet2.follow(&r).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot take up the new issuing CA; the relay keeps signing with the one it has");
+                    None
+                });
             }
-            Ok::<_, registry::RegistryError>(version)
+            Ok::<_, registry::RegistryError>((version, rotated))
         })
         .await;
         match reloaded {
-            Ok(Ok(v)) => seen = Some(v),
+            Ok(Ok((v, rotated))) => {
+                seen = Some(v);
+                if let Some(fp) = rotated {
+                    tracing::warn!(issuing = %fp, "the issuing CA was rotated: signing with the new one, renewing the relay certificate from it, asking devices to renew");
+                    let cert = cert.clone();
+                    match tokio::task::spawn_blocking(move || cert.renew()).await {
+                        Ok(Ok(r)) => {
+                            tracing::info!(serial = %r.served.serial, "relay certificate renewed from the new issuing CA")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "cannot renew the relay certificate from the new issuing CA; retried by its upkeep")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "relay certificate renewal task failed")
+                        }
+                    }
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the registry's trust state");
                 continue;
@@ -142,6 +169,7 @@ pub struct Prepared {
     trust: Arc<trust::TrustTable>,
     enroller: Arc<enroll::Enroller>,
     cert: Arc<server_cert::ServerCert>,
+    fleet: Arc<rotation::Fleet>,
     downlink: Downlink,
     udp: std::net::UdpSocket,
     /// The UDP receive buffer the kernel granted (bytes).
@@ -181,11 +209,27 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     trust
         .reload(&registry)
         .context("cannot read the device registry")?;
+    // The issuing CA that signs (an existing single-tier fleet's CA
+    // becomes the root of a new one here, once).
+    let signing = match authority::migrate_single_tier(state, &cfg.ca_binding, &registry)
+        .with_context(|| format!("{}: the fleet CA", cfg.file.display()))?
+    {
+        Some(ca) => {
+            tracing::warn!(
+                issuing = ca.fingerprint(),
+                "the single-tier fleet CA is now the root of a new issuing CA (devices keep their pinned fingerprint); its key is still on this machine: move it off with `voxgate relay ca export-root --out FILE`"
+            );
+            ca
+        }
+        None => authority::load_current(state, &cfg.ca_binding, &registry)
+            .with_context(|| format!("{}: the issuing CA", cfg.file.display()))?
+            .ok_or_else(|| anyhow::anyhow!("no issuing CA in {}", state.display()))?,
+    };
+    let anchors = authority::client_anchors(state, &registry, registry::now())?;
+    let state_dir = state.clone();
     let registry = Arc::new(std::sync::Mutex::new(registry));
-    let fleet_ca = Arc::new(
-        ca::LocalCa::load(state, &cfg.ca_binding)
-            .with_context(|| format!("{}: the fleet CA key", cfg.file.display()))?,
-    );
+    let fleet_ca = ca::IssuingCa::new(signing);
+    let material = cfg.ca_binding.material()?;
     let enroller = Arc::new(enroll::Enroller::new(
         registry.clone(),
         trust.clone(),
@@ -200,12 +244,12 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         key,
         server_name: &cfg.server_name,
         lifetime: cfg.relay_cert_lifetime,
-        signer: fleet_ca,
+        signer: fleet_ca.clone(),
         registry: Some(registry.clone()),
     })
     .with_context(|| format!("{}: the relay certificate", cfg.file.display()))?;
-    let server =
-        crate::transport::tls::server_config_with(cert.ca(), cert.holder(), trust.clone())?;
+    let verifier = crate::transport::tls::ClientVerifier::new(&anchors, trust.clone())?;
+    let server = crate::transport::tls::server_config_with(cert.holder(), verifier.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
@@ -226,6 +270,18 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         trust,
         enroller,
         cert,
+        fleet: Arc::new(rotation::Fleet {
+            issuing: fleet_ca,
+            verifier,
+            material,
+            state_dir,
+            anchors: std::sync::Mutex::new(
+                anchors
+                    .iter()
+                    .map(|c| crate::pki::name::fingerprint(c))
+                    .collect(),
+            ),
+        }),
         downlink,
         udp,
         udp_recv_buffer,
@@ -262,10 +318,17 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         metrics,
         next_session: AtomicU64::new(1),
         trust: p.trust.clone(),
+        issuing: p.fleet.issuing.clone(),
         enroller: p.enroller,
         live: Default::default(),
     });
-    let enforcer = tokio::spawn(enforce_trust(p.registry, p.trust, ctx.clone()));
+    let enforcer = tokio::spawn(enforce_trust(
+        p.registry,
+        p.trust,
+        p.fleet,
+        p.cert.clone(),
+        ctx.clone(),
+    ));
     let renewer = tokio::spawn(
         p.cert
             .clone()

@@ -20,7 +20,7 @@ use super::metrics::RelayMetrics;
 use crate::media::stats::ReceiveStats;
 use crate::pki::name::CertFacts;
 use crate::proto::control::{
-    Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, Stats, Welcome,
+    Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, RenewNow, Stats, Welcome,
 };
 use crate::proto::signal::CallSignal;
 use crate::transport::framed::{self, FrameReader, StreamError};
@@ -73,6 +73,8 @@ pub struct RelayCtx {
     pub trust: Arc<super::trust::TrustTable>,
     /// Enrollment of new devices.
     pub enroller: Arc<super::enroll::Enroller>,
+    /// The issuing CA that signs now.
+    pub issuing: Arc<super::ca::IssuingCa>,
     /// Live sessions by number (for revocation and superseded
     /// certificates).
     pub live: std::sync::Mutex<HashMap<u64, LiveSession>>,
@@ -371,6 +373,9 @@ async fn control_loop(
 ) -> Result<(), SessionError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_renewal: Option<Instant> = None;
+    // The issuing CA this session was last checked against (none yet: the
+    // first stats tick checks).
+    let mut prompted: Option<String> = None;
     // The control stream's read lives across loop turns (re-created on
     // every turn, it would look into quinn's stream state again each time).
     let mut ctrl = std::pin::pin!(next_control(reader));
@@ -475,6 +480,18 @@ async fn control_loop(
                 for s in stats {
                     if let Err(e) = framed::send(send, &Message::Stats(s)).await {
                         debug!(error = %e, "stats not sent");
+                    }
+                }
+                // Once per issuing CA: a session on a certificate of
+                // another one is asked to renew onto it.
+                let current = ctx.issuing.current();
+                if prompted.as_deref() != Some(current.fingerprint()) {
+                    prompted = Some(current.fingerprint().to_string());
+                    let serial = ctx.live.lock().ok().and_then(|l| l.get(&session).map(|s| s.cert.serial.clone()));
+                    let issuer = serial.and_then(|s| ctx.trust.issuer_of(device, &s));
+                    if issuer.as_deref() != Some(current.fingerprint()) {
+                        info!(%device, session, "asking the device to renew onto the new issuing CA");
+                        framed::send(send, &Message::RenewNow(RenewNow { reason: "the relay's issuing CA was rotated" })).await?;
                     }
                 }
             }

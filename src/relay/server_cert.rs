@@ -306,9 +306,10 @@ impl ServerCert {
         let pkcs8 = Zeroizing::new(key.serialize_der());
         let spki = key.subject_public_key_info();
         drop(key);
-        let leaf = self
+        let signed = self
             .signer
             .sign_relay_cert(&spki, &self.server_name, self.lifetime)?;
+        let leaf = signed.first().cloned().ok_or(ServerCertError::OtherKey)?;
         let cert_path = self.state_dir.join(ca::RELAY_CERT);
         {
             let (_, x) = x509_parser::parse_x509_certificate(&leaf)
@@ -317,7 +318,7 @@ impl ServerCert {
                 return Err(ServerCertError::OtherKey);
             }
         }
-        let mut chain = vec![leaf.clone()];
+        let mut chain = signed.clone();
         chain.extend(self.ca.iter().cloned());
         // What every device does with it: refuse anything that would not
         // chain to the fleet CA under the server name.
@@ -328,7 +329,8 @@ impl ServerCert {
 
         // 1. The certificate beside the old one.
         let pending = self.state_dir.join(ca::RELAY_CERT_PENDING);
-        let text = format!("{}{}", pem(&leaf, "CERTIFICATE"), self.ca_pem);
+        let mut text: String = signed.iter().map(|c| pem(c, "CERTIFICATE")).collect();
+        text.push_str(&self.ca_pem);
         write_file(&pending, text.as_bytes(), 0o644)?;
         // 2. The key, sealed, replaced by rename.
         let sealed = sealed::seal(&self.material, &pkcs8).map_err(ServerCertError::Seal)?;
@@ -480,7 +482,7 @@ mod tests {
     }
 
     fn load(d: &Path, b: &MachineBinding, lifetime: Duration) -> Arc<ServerCert> {
-        let signer: Arc<dyn RelayCertSigner> = Arc::new(ca::LocalCa::load(d, b).unwrap());
+        let signer: Arc<dyn RelayCertSigner> = crate::relay::authority::signer(d, b).unwrap();
         ServerCert::load(Settings {
             state_dir: d,
             binding: b,
@@ -523,7 +525,14 @@ mod tests {
     fn renewal_stores_a_fresh_key_and_a_new_serial_that_chain_to_the_fleet_ca() {
         let d = dir("renew");
         let b = binding(&d);
-        ca::init(&d, "relay.test", &b, Duration::from_secs(30)).unwrap();
+        ca::init(
+            &d,
+            "relay.test",
+            &b,
+            Duration::from_secs(30),
+            crate::relay::authority::RootKeyOut::Keep,
+        )
+        .unwrap();
         let key0 = std::fs::read(d.join(ca::RELAY_KEY_SEALED)).unwrap();
         let cert = load(&d, &b, Duration::from_secs(30));
         let before = cert.served();
@@ -542,7 +551,12 @@ mod tests {
         );
         let ca_certs = files::read_certs(&d.join(ca::CA_CERT)).unwrap();
         tls::verify_relay_chain(&ca_certs, &now_held.cert, "relay.test").unwrap();
-        assert_eq!(now_held.cert[1], ca_certs[0], "the chain carries the CA");
+        assert_eq!(
+            now_held.cert.len(),
+            3,
+            "leaf, issuing CA, root: a device pinning the root finds it"
+        );
+        assert_eq!(now_held.cert[2], ca_certs[0], "the chain carries the root");
         // On disk: the new pair, sealed, nothing left over.
         assert_ne!(std::fs::read(d.join(ca::RELAY_KEY_SEALED)).unwrap(), key0);
         use std::os::unix::fs::PermissionsExt;
@@ -566,7 +580,14 @@ mod tests {
     fn a_renewal_stopped_between_the_renames_is_finished_at_load() {
         let d = dir("interrupted");
         let b = binding(&d);
-        ca::init(&d, "relay.test", &b, Duration::from_secs(3_600)).unwrap();
+        ca::init(
+            &d,
+            "relay.test",
+            &b,
+            Duration::from_secs(3_600),
+            crate::relay::authority::RootKeyOut::Keep,
+        )
+        .unwrap();
         let cert = load(&d, &b, Duration::from_secs(3_600));
         let old_pem = std::fs::read(d.join(ca::RELAY_CERT)).unwrap();
         let r = cert.renew().unwrap();
@@ -588,7 +609,7 @@ mod tests {
 
         // A certificate for another key, and nothing pending: refused.
         std::fs::write(d.join(ca::RELAY_CERT), &old_pem).unwrap();
-        let signer: Arc<dyn RelayCertSigner> = Arc::new(ca::LocalCa::load(&d, &b).unwrap());
+        let signer: Arc<dyn RelayCertSigner> = crate::relay::authority::signer(&d, &b).unwrap();
         let e = ServerCert::load(Settings {
             state_dir: &d,
             binding: &b,
@@ -607,11 +628,25 @@ mod tests {
     fn a_certificate_devices_would_refuse_is_not_served() {
         let d = dir("foreign");
         let b = binding(&d);
-        ca::init(&d, "relay.test", &b, Duration::from_secs(3_600)).unwrap();
+        ca::init(
+            &d,
+            "relay.test",
+            &b,
+            Duration::from_secs(3_600),
+            crate::relay::authority::RootKeyOut::Keep,
+        )
+        .unwrap();
         // Another fleet's CA: what it signs does not chain to this one.
         let other = d.join("other");
-        ca::init(&other, "relay.test", &b, Duration::from_secs(3_600)).unwrap();
-        let signer: Arc<dyn RelayCertSigner> = Arc::new(ca::LocalCa::load(&other, &b).unwrap());
+        ca::init(
+            &other,
+            "relay.test",
+            &b,
+            Duration::from_secs(3_600),
+            crate::relay::authority::RootKeyOut::Keep,
+        )
+        .unwrap();
+        let signer: Arc<dyn RelayCertSigner> = crate::relay::authority::signer(&other, &b).unwrap();
         let cert = ServerCert::load(Settings {
             state_dir: &d,
             binding: &b,
@@ -635,7 +670,14 @@ mod tests {
     async fn an_expired_certificate_is_renewed_at_the_first_step_and_failures_back_off() {
         let d = dir("step");
         let b = binding(&d);
-        ca::init(&d, "relay.test", &b, Duration::from_secs(10)).unwrap();
+        ca::init(
+            &d,
+            "relay.test",
+            &b,
+            Duration::from_secs(10),
+            crate::relay::authority::RootKeyOut::Keep,
+        )
+        .unwrap();
         let cert = load(&d, &b, Duration::from_secs(3_600));
         // Pretend it is long past: served notAfter in the past.
         *cert.served.lock().unwrap() = Served {

@@ -215,26 +215,68 @@ pub trait ClientGate: Send + Sync + std::fmt::Debug {
     fn check(&self, cert: &CertFacts) -> Result<(), Refusal>;
 }
 
-/// Checks client certificates against the fleet CA, then asks the
-/// relay's [`ClientGate`]: a revoked device, a superseded certificate or a
-/// key the registry does not know fails in the handshake itself.
+/// Checks client certificates against the CAs that issue device
+/// certificates (its anchors, which the relay replaces when its issuing CA
+/// rotates), then asks the relay's [`ClientGate`]: a revoked device, a
+/// superseded certificate or a key the registry does not know fails in the
+/// handshake itself.
 #[derive(Debug)]
-struct RevocationAwareVerifier {
-    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+pub struct ClientVerifier {
+    inner: std::sync::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     gate: Arc<dyn ClientGate>,
 }
 
-impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
+impl ClientVerifier {
+    /// A verifier trusting device certificates issued by `anchors`.
+    pub fn new(
+        anchors: &[CertificateDer<'static>],
+        gate: Arc<dyn ClientGate>,
+    ) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(ClientVerifier {
+            inner: std::sync::RwLock::new(Self::webpki(anchors)?),
+            gate,
+        }))
+    }
+
+    fn webpki(
+        anchors: &[CertificateDer<'static>],
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        // Optional at the TLS layer so that enrollment (which has no
+        // certificate yet) can connect; `voxgate/1` sessions without a
+        // certificate are refused right after the handshake.
+        Ok(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(anchors)?), provider())
+                .allow_unauthenticated()
+                .build()?,
+        )
+    }
+
+    /// Trust device certificates issued by `anchors` from the next
+    /// handshake on.
+    pub fn set_anchors(&self, anchors: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+        let v = Self::webpki(anchors)?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = v;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.inner.root_hint_subjects()
+        // No hints: they would change with the anchors, and devices have
+        // one certificate to offer anyway.
+        &[]
     }
 
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        false
     }
 
     fn verify_client_cert(
@@ -244,7 +286,7 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         let ok = self
-            .inner
+            .current()
             .verify_client_cert(end_entity, intermediates, now)?;
         let facts = cert_facts(end_entity).ok_or(rustls::Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
@@ -261,7 +303,7 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.current().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -270,11 +312,11 @@ impl rustls::server::danger::ClientCertVerifier for RevocationAwareVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.current().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.current().supported_verify_schemes()
     }
 }
 
@@ -353,25 +395,15 @@ pub fn server_config(
     gate: Arc<dyn ClientGate>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let holder = ServerCertHolder::new(Arc::new(certified_key(chain, &key)?));
-    server_config_with(ca, holder, gate)
+    server_config_with(holder, ClientVerifier::new(ca, gate)?)
 }
 
 /// [`server_config`] presenting whatever `certificate` resolves: the relay
 /// passes its [`ServerCertHolder`], which certificate renewal swaps.
 pub fn server_config_with(
-    ca: &[CertificateDer<'static>],
     certificate: Arc<dyn rustls::server::ResolvesServerCert>,
-    gate: Arc<dyn ClientGate>,
+    verifier: Arc<ClientVerifier>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = Arc::new(RevocationAwareVerifier {
-        // Optional at the TLS layer so that enrollment (which has no
-        // certificate yet) can connect; `voxgate/1` sessions without a
-        // certificate are refused right after the handshake.
-        inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-            .allow_unauthenticated()
-            .build()?,
-        gate,
-    });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -448,7 +480,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let ok = inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)?;
+        let ok = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         if let Ok(mut f) = self.found.lock() {
             *f = Some(ca.clone().into_owned());
         }

@@ -213,7 +213,7 @@ impl Lab {
         };
         lab.write_relay_config();
         let out = Command::new(bin())
-            .args(["relay", "init", "--config"])
+            .args(["relay", "init", "--keep-root", "--config"])
             .arg(lab.dir.join("relay.toml"))
             .output()
             .unwrap();
@@ -261,8 +261,32 @@ impl Lab {
     /// as `relay init` writes it) and no plaintext copy.
     pub fn ca_key_sealed(&self) -> bool {
         let relay = self.dir.join("relay");
-        relay.join(voxgate::relay::ca::CA_KEY_SEALED).exists()
-            && !relay.join(voxgate::relay::ca::CA_KEY).exists()
+        let sealed_issuing = std::fs::read_dir(&relay)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("issuing-") && n.ends_with(".key.sealed")
+                })
+            })
+            .unwrap_or(false);
+        sealed_issuing && !relay.join(voxgate::relay::ca::CA_KEY).exists()
+    }
+
+    /// Every key the relay keeps sealed in its state directory (root,
+    /// issuing CAs, TLS key, audit key), unsealed: what must never leak.
+    pub fn relay_secrets(&self) -> Vec<Vec<u8>> {
+        let cfg = voxgate::config::RelayConfig::load(&self.dir.join("relay.toml")).unwrap();
+        let material = cfg.ca_binding.material().unwrap();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.dir.join("relay")).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".sealed") {
+                let file = std::fs::read(e.path()).unwrap();
+                if let Ok(k) = voxgate::pki::sealed::unseal(&material, &file) {
+                    out.push(k.to_vec());
+                }
+            }
+        }
+        out
     }
 
     /// Start the relay and wait until its metrics endpoint answers.

@@ -1,0 +1,208 @@
+//! `voxgate relay init` (the two-tier fleet CA) and `voxgate relay ca
+//! {status,rotate-issuing,export-root}`.
+
+use super::passphrase::{PassphraseArgs, Purpose};
+use crate::config::RelayConfig;
+use crate::relay::authority::{self, RootKeyIn, RootKeyOut};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Where `relay init` puts the root's key.
+#[derive(Debug, Args)]
+pub(super) struct RootKeyArgs {
+    /// Write the root CA key to this new file, encrypted under a passphrase
+    /// (from --passphrase-file, --passphrase-stdin or the terminal), and
+    /// keep it off this machine: it is needed only to make the next
+    /// issuing CA.
+    #[arg(long, value_name = "FILE", conflicts_with = "keep_root")]
+    root_key_out: Option<PathBuf>,
+    /// Keep the root CA key on this machine, sealed like the relay's other
+    /// keys: for labs and demos, where this machine is the whole fleet.
+    #[arg(long)]
+    keep_root: bool,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum CaCommand {
+    /// The root, the issuing CAs (which one signs, when the others' certificates
+    /// stop being accepted) and where the root's key is.
+    Status {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+    },
+    /// Make a new issuing CA under the root; it signs from now on (the running
+    /// relay takes it within a second and asks every device to renew onto it),
+    /// and the old one's certificates are refused after --retire-after.
+    RotateIssuing {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// The root key file `relay init --root-key-out` wrote (omit when the
+        /// root key is kept on this machine).
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+        /// How long devices have to renew onto the new issuing CA before the
+        /// old one's certificates are refused: seconds, or with a unit
+        /// (`30m`, `12h`, `7d`). A leaked issuing key: short.
+        #[arg(long, default_value = "7d")]
+        retire_after: String,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Move a root key kept on this machine (`relay init --keep-root`, or a
+    /// fleet migrated from a single-tier CA) into a file encrypted under a
+    /// passphrase, and remove it from the relay.
+    ExportRoot {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// The new file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+/// `30`, `30s`, `45m`, `12h`, `7d` as seconds.
+fn seconds(text: &str) -> Result<i64> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration (e.g. 3600, 30m, 12h, 7d)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("`{text}`: the unit must be s, m, h or d"),
+    };
+    Ok(n.saturating_mul(mult))
+}
+
+fn when(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|x| x.date().to_string() + " " + &x.time().to_string()[..8] + " UTC")
+        .unwrap_or_default()
+}
+
+pub(super) fn init(config: PathBuf, root: RootKeyArgs) -> Result<()> {
+    let cfg = RelayConfig::load(&config)?;
+    let pass;
+    let out = match (&root.root_key_out, root.keep_root) {
+        (Some(path), false) => {
+            pass = root.passphrase.read(Purpose::New, "the root CA key file")?;
+            RootKeyOut::Export(path, &pass)
+        }
+        (None, true) => RootKeyOut::Keep,
+        _ => anyhow::bail!(
+            "the root CA key must go somewhere: --root-key-out FILE (encrypted under a passphrase; keep the file off this machine) or --keep-root (labs and demos: sealed on this machine)"
+        ),
+    };
+    let (fp, file) = crate::relay::ca::init(
+        &cfg.state_dir,
+        &cfg.server_name,
+        &cfg.ca_binding,
+        cfg.relay_cert_lifetime,
+        out,
+    )?;
+    println!("fleet CA created in {}", cfg.state_dir.display());
+    println!("CA fingerprint: {fp}");
+    match file {
+        Some(path) => eprintln!(
+            "the root CA key is in {} (encrypted); keep it and its passphrase off this machine: it is needed only for `voxgate relay ca rotate-issuing`",
+            path.display()
+        ),
+        None => eprintln!(
+            "the root CA key stays on this machine (sealed): fine for a lab or a demo; for a fleet, move it off with `voxgate relay ca export-root --out FILE`"
+        ),
+    }
+    Ok(())
+}
+
+pub(super) fn run(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Status { config } => {
+            let cfg = RelayConfig::load(&config)?;
+            let reg = super::open_registry(&cfg)?;
+            let state = &cfg.state_dir;
+            for r in authority::roots(state)? {
+                println!("root     {}", crate::pki::name::fingerprint(&r));
+            }
+            let key_here = state.join(authority::ROOT_KEY_SEALED).exists()
+                || state.join(crate::relay::ca::CA_KEY_SEALED).exists();
+            println!(
+                "root key {}",
+                if key_here {
+                    "ON THIS MACHINE (sealed): move it off with `voxgate relay ca export-root`"
+                } else {
+                    "off this machine"
+                }
+            );
+            let issuers = reg.issuers()?;
+            if issuers.is_empty() {
+                println!(
+                    "issuing  none yet: the single-tier CA signs; the relay makes an issuing CA at its next start"
+                );
+            }
+            let at = crate::relay::registry::now();
+            for i in issuers {
+                let state = match (i.current, i.retire_at) {
+                    (true, _) => "signing".to_string(),
+                    (false, Some(r)) if r <= at => format!("retired {}", when(r)),
+                    (false, Some(r)) => format!("accepted until {}", when(r)),
+                    (false, None) => "accepted".to_string(),
+                };
+                println!("issuing  {}  {state}", i.fingerprint);
+            }
+            Ok(())
+        }
+        CaCommand::RotateIssuing {
+            config,
+            root_key,
+            retire_after,
+            passphrase,
+        } => {
+            let cfg = RelayConfig::load(&config)?;
+            let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
+            let reg = super::open_registry(&cfg)?;
+            let pass;
+            let root = match &root_key {
+                Some(path) => {
+                    pass = passphrase.read(Purpose::Existing, "the root CA key file")?;
+                    RootKeyIn::File(path, &pass)
+                }
+                None => RootKeyIn::Machine,
+            };
+            let ca =
+                authority::rotate_issuing(&cfg.state_dir, &cfg.ca_binding, &reg, root, retire_at)?;
+            println!("issuing CA {} signs from now on", ca.fingerprint());
+            eprintln!(
+                "the running relay takes it within a second, renews its own certificate from it and asks every connected device to renew; certificates of the previous issuing CA are refused from {} (see `voxgate relay ca status`, and `voxgate relay audit` for the renewals)",
+                when(retire_at)
+            );
+            Ok(())
+        }
+        CaCommand::ExportRoot {
+            config,
+            out,
+            passphrase,
+        } => {
+            let cfg = RelayConfig::load(&config)?;
+            let pass = passphrase.read(Purpose::New, "the root CA key file")?;
+            authority::export_root(&cfg.state_dir, &cfg.ca_binding, &out, &pass)?;
+            let reg = super::open_registry(&cfg)?;
+            reg.audit("root_key_exported", "", "", "")?;
+            println!(
+                "the root CA key is in {} (encrypted) and no longer on this machine",
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}

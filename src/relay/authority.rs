@@ -1,0 +1,385 @@
+//! The two-tier fleet CA: a root that devices pin, whose key leaves the
+//! relay, and an issuing CA under it that signs device and relay
+//! certificates and can be rotated with no site visit.
+//!
+//! State directory layout:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `ca.pem` | the root (the CA devices pin; a single-tier fleet's CA became it) |
+//! | `issuing-<fp>.pem`, `issuing-<fp>.key.sealed` | each issuing CA, its key sealed to the machine |
+//! | `root.key.sealed` | the root's key, only where the operator keeps it on the relay (`relay init --keep-root`: labs and the demo; or a migrated fleet until `relay ca export-root`) |
+//!
+//! The registry's `issuers` table says which issuing CA signs now and from
+//! when a rotated-out one's certificates are refused; the relay reads it
+//! twice a second, so a rotation made by `voxgate relay ca rotate-issuing`
+//! in another process reaches the running relay by itself.
+//!
+//! The root's key is written once, at `relay init`, to a file the operator
+//! chooses, encrypted under a passphrase ([`crate::pki::passphrase`]); it is
+//! needed again only to make the next issuing CA.
+
+use super::ca::{CaError, IssuingCa, LocalCa};
+use super::registry::{Registry, now};
+use crate::pki::files::{self, FileError, write_new};
+use crate::pki::issue;
+use crate::pki::name::fingerprint;
+use crate::pki::passphrase::{self, Passphrase};
+use crate::pki::sealed::{self, MachineBinding};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::CertificateDer;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+/// The root's key, sealed to this machine (labs, the demo, a migrated
+/// fleet before `relay ca export-root`).
+pub const ROOT_KEY_SEALED: &str = "root.key.sealed";
+/// Lifetime of a root, days.
+pub const ROOT_DAYS: i64 = 20 * 365;
+/// Lifetime of an issuing CA, days.
+pub const ISSUING_DAYS: i64 = 5 * 365;
+
+/// Where the root's key goes at `relay init`.
+#[derive(Debug)]
+pub enum RootKeyOut<'a> {
+    /// Sealed in the state directory, like the relay's other keys: for labs
+    /// and the demo, where the relay's machine is the whole fleet.
+    Keep,
+    /// Encrypted under the passphrase into a new file the operator keeps
+    /// off the relay.
+    Export(&'a Path, &'a Passphrase),
+}
+
+/// Where the root's key comes from when it is needed (a new issuing CA).
+#[derive(Debug)]
+pub enum RootKeyIn<'a> {
+    /// Sealed in the state directory.
+    Machine,
+    /// The file `relay init` exported, and its passphrase.
+    File(&'a Path, &'a Passphrase),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+    write_new(path, data, mode).map_err(|e| match e {
+        FileError::Exists(p) => CaError::Exists(p),
+        e => e.into(),
+    })
+}
+
+/// Whether `cert` is self-signed (a root): its subject is its issuer.
+pub fn is_self_signed(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert)
+        .map(|(_, x)| x.subject().as_raw() == x.issuer().as_raw())
+        .unwrap_or(false)
+}
+
+fn ca_params(cn: &str, path_len: u8, days: i64) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - issue::BACKDATE;
+    p.not_after = now + Duration::days(days);
+    p
+}
+
+/// A new root: its certificate and key.
+pub fn new_root() -> Result<(rcgen::Certificate, KeyPair, CertificateParams), CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let params = ca_params("voxgate fleet root CA", 1, ROOT_DAYS);
+    let cert = params.self_signed(&key)?;
+    Ok((cert, key, params))
+}
+
+/// The issuing CA files of the CA with fingerprint `fp`.
+pub fn issuing_paths(state_dir: &Path, fp: &str) -> (PathBuf, PathBuf) {
+    let short: String = fp.trim_start_matches("SHA256:").chars().take(16).collect();
+    (
+        state_dir.join(format!("issuing-{short}.pem")),
+        state_dir.join(format!("issuing-{short}.key.sealed")),
+    )
+}
+
+/// Make a new issuing CA under `root`, store it (certificate, sealed key)
+/// and make it the one that signs; the previous one's certificates are
+/// refused from `retire_prev_at` on. Returns it, ready to sign.
+pub fn install_issuing(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    registry: &Registry,
+    root: &Issuer<'_, impl rcgen::SigningKey>,
+    retire_prev_at: Option<i64>,
+) -> Result<LocalCa, CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let stamp = OffsetDateTime::now_utc();
+    let cn = format!(
+        "voxgate issuing CA {:04}-{:02}-{:02} {:02}{:02}{:02}",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second()
+    );
+    let mut params = ca_params(&cn, 0, ISSUING_DAYS);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(
+        crate::pki::name::Serial::random()
+            .map_err(|_| CaError::KeyFormat(state_dir.into()))?
+            .bytes(),
+    ));
+    let cert = params.signed_by(&key, root)?;
+    let fp = fingerprint(cert.der());
+    let (cert_path, key_path) = issuing_paths(state_dir, &fp);
+    let material = binding.material()?;
+    let pkcs8 = Zeroizing::new(key.serialize_der());
+    let sealed_key = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
+    create(&key_path, &sealed_key, 0o600)?;
+    create(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    registry.set_current_issuer(&fp, cert.der(), retire_prev_at)?;
+    LocalCa::new(&cert.pem(), key)
+}
+
+/// The issuing CA the registry names current, unsealed; `None` for a
+/// single-tier fleet that was not migrated yet.
+pub fn load_current(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    registry: &Registry,
+) -> Result<Option<LocalCa>, CaError> {
+    let Some(row) = registry.issuers()?.into_iter().find(|i| i.current) else {
+        return Ok(None);
+    };
+    load_issuing(state_dir, binding, &row.fingerprint).map(Some)
+}
+
+/// The issuing CA with fingerprint `fp`, unsealed.
+pub fn load_issuing(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    fp: &str,
+) -> Result<LocalCa, CaError> {
+    load_issuing_with(state_dir, &binding.material()?, fp)
+}
+
+/// [`load_issuing`] with the sealing inputs read before (the running
+/// relay, whose sandbox hides the machine id).
+pub fn load_issuing_with(
+    state_dir: &Path,
+    material: &sealed::Material,
+    fp: &str,
+) -> Result<LocalCa, CaError> {
+    let (cert_path, key_path) = issuing_paths(state_dir, fp);
+    let pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+    let file = std::fs::read(&key_path).map_err(io(&key_path))?;
+    let pkcs8 = sealed::unseal(material, &file).map_err(|e| CaError::Sealed {
+        path: key_path.clone(),
+        what: e.to_string(),
+    })?;
+    let key = KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
+        .map_err(|_| CaError::KeyFormat(key_path.clone()))?;
+    LocalCa::new(&pem, key)
+}
+
+/// The roots in `ca.pem`.
+pub fn roots(state_dir: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    Ok(files::read_certs(&state_dir.join(super::ca::CA_CERT))?)
+}
+
+/// What the relay accepts device certificates from at `at`: the roots (a
+/// single-tier fleet's certificates) and every issuing CA not retired.
+pub fn client_anchors(
+    state_dir: &Path,
+    registry: &Registry,
+    at: i64,
+) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let mut anchors = roots(state_dir)?;
+    for i in registry.issuers()? {
+        if i.retire_at.is_none_or(|r| r > at) {
+            anchors.push(CertificateDer::from(i.cert));
+        }
+    }
+    Ok(anchors)
+}
+
+/// The root as an issuer: its certificate (`ca.pem`) and its key.
+pub fn root_issuer(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    key: RootKeyIn<'_>,
+) -> Result<Issuer<'static, KeyPair>, CaError> {
+    let ca_path = state_dir.join(super::ca::CA_CERT);
+    let pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
+    let pkcs8 = match key {
+        RootKeyIn::Machine => {
+            let sealed_path = state_dir.join(ROOT_KEY_SEALED);
+            if sealed_path.exists() {
+                super::ca::open_sealed(&sealed_path, binding)?
+            } else {
+                return Err(CaError::RootKeyAway(state_dir.to_path_buf()));
+            }
+        }
+        RootKeyIn::File(path, pass) => {
+            let file = std::fs::read(path).map_err(io(path))?;
+            passphrase::open(pass, &file).map_err(|e| CaError::RootKeyFile {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })?
+        }
+    };
+    let key = KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
+        .map_err(|_| CaError::KeyFormat(state_dir.join(ROOT_KEY_SEALED)))?;
+    let issuer = Issuer::from_ca_cert_pem(&pem, key)?;
+    Ok(issuer)
+}
+
+/// Write the root's key where `out` says.
+pub fn store_root_key(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    key: &KeyPair,
+    out: RootKeyOut<'_>,
+) -> Result<Option<PathBuf>, CaError> {
+    let pkcs8 = Zeroizing::new(key.serialize_der());
+    match out {
+        RootKeyOut::Keep => {
+            let material = binding.material()?;
+            let sealed_key = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
+            create(&state_dir.join(ROOT_KEY_SEALED), &sealed_key, 0o600)?;
+            Ok(None)
+        }
+        RootKeyOut::Export(path, pass) => {
+            let file = passphrase::seal(pass, &pkcs8).map_err(|e| CaError::RootKeyFile {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })?;
+            create(path, &file, 0o600)?;
+            Ok(Some(path.to_path_buf()))
+        }
+    }
+}
+
+/// Move the root's key off the relay: encrypt the sealed copy to `out`
+/// under the passphrase, check that it opens, then overwrite and remove
+/// the sealed copy.
+pub fn export_root(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    out: &Path,
+    pass: &Passphrase,
+) -> Result<(), CaError> {
+    let sealed_path = state_dir.join(ROOT_KEY_SEALED);
+    if !sealed_path.exists() {
+        return Err(CaError::RootKeyAway(state_dir.to_path_buf()));
+    }
+    let pkcs8 = super::ca::open_sealed(&sealed_path, binding)?;
+    let file = passphrase::seal(pass, &pkcs8).map_err(|e| CaError::RootKeyFile {
+        path: out.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    create(out, &file, 0o600)?;
+    let back = passphrase::open(pass, &std::fs::read(out).map_err(io(out))?).map_err(|e| {
+        CaError::RootKeyFile {
+            path: out.to_path_buf(),
+            why: e.to_string(),
+        }
+    })?;
+    if back[..] != pkcs8[..] {
+        let _ = std::fs::remove_file(out);
+        return Err(CaError::RootKeyFile {
+            path: out.to_path_buf(),
+            why: "the written file does not read back".into(),
+        });
+    }
+    let len = std::fs::metadata(&sealed_path).map_or(0, |m| m.len() as usize);
+    std::fs::write(&sealed_path, vec![0u8; len]).map_err(io(&sealed_path))?;
+    std::fs::remove_file(&sealed_path).map_err(io(&sealed_path))?;
+    Ok(())
+}
+
+/// An existing single-tier fleet (its CA key in `ca.key.sealed`, no issuing
+/// CA in the registry): its CA becomes the root (devices keep the
+/// fingerprint they pinned), a new issuing CA is made under it, and the
+/// root's key moves to `root.key.sealed`, still on the machine until the
+/// operator runs `voxgate relay ca export-root`. `None` when there is
+/// nothing to migrate.
+pub fn migrate_single_tier(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    registry: &Registry,
+) -> Result<Option<LocalCa>, CaError> {
+    if registry.issuers()?.iter().any(|i| i.current) {
+        return Ok(None);
+    }
+    let legacy = state_dir.join(super::ca::CA_KEY_SEALED);
+    if !legacy.exists() {
+        if state_dir.join(super::ca::CA_KEY).exists() {
+            // A plaintext key of an older release: refused with the
+            // command that seals it.
+            super::ca::load_ca_key(state_dir, binding)?;
+        }
+        return Ok(None);
+    }
+    let root_sealed = state_dir.join(ROOT_KEY_SEALED);
+    if !root_sealed.exists() {
+        std::fs::copy(&legacy, &root_sealed).map_err(io(&root_sealed))?;
+    }
+    let root = root_issuer(state_dir, binding, RootKeyIn::Machine)?;
+    let issuing = install_issuing(state_dir, binding, registry, &root, None)?;
+    registry.audit(
+        "ca_migrated",
+        "",
+        "",
+        &format!(
+            "single-tier CA became the root; issuing CA {}",
+            issuing.fingerprint()
+        ),
+    )?;
+    std::fs::remove_file(&legacy).map_err(io(&legacy))?;
+    Ok(Some(issuing))
+}
+
+/// A rotation of the issuing CA: a new one under the root signs from now
+/// on; the previous one's certificates are accepted until `retire_at`.
+pub fn rotate_issuing(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    registry: &Registry,
+    root: RootKeyIn<'_>,
+    retire_at: i64,
+) -> Result<LocalCa, CaError> {
+    let root = root_issuer(state_dir, binding, root)?;
+    if retire_at < now() {
+        return Err(CaError::RetireInPast);
+    }
+    install_issuing(state_dir, binding, registry, &root, Some(retire_at))
+}
+
+/// The issuing CA that signs now, for a command or a test in its own
+/// process (the relay keeps its [`IssuingCa`] current by itself).
+pub fn signer(
+    state_dir: &Path,
+    binding: &MachineBinding,
+) -> Result<std::sync::Arc<IssuingCa>, CaError> {
+    let registry = super::audit_key::open_registry(state_dir, binding)?;
+    let ca = migrate_single_tier(state_dir, binding, &registry)?
+        .map_or_else(
+            || load_current(state_dir, binding, &registry),
+            |c| Ok(Some(c)),
+        )?
+        .ok_or_else(|| CaError::Missing(state_dir.to_path_buf()))?;
+    Ok(IssuingCa::new(ca))
+}
