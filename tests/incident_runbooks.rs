@@ -114,3 +114,95 @@ fn leaked_token() {
     assert!(log.iter().any(|e| e.0 == "token_revoked" && e.2 == device));
     relay.stop();
 }
+
+#[test]
+fn leaked_issuing_key() {
+    let lab = Lab::new(
+        "runbook-issuing",
+        "mode = \"none\"\n[enrollment]\ncertificate_lifetime_s = 86400",
+    );
+    // As on a production relay: the root key is in a file off the machine.
+    let pass = secret_file(&lab.dir, "root.pass", "correct horse battery staple");
+    let root_key = lab.dir.join("root.key.enc");
+    let o = std::process::Command::new(voxgate_testkit::lab::bin())
+        .args(["relay", "ca", "export-root", "--config"])
+        .arg(lab.dir.join("relay.toml"))
+        .arg("--out")
+        .arg(&root_key)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // An offline-at-rotation device (a development key: it cannot renew).
+    lab.gateway_config("gw-offline", lab.quic_port, "");
+    let mut relay = lab.start_relay();
+    // A box that renews over its session.
+    let cfg = Setup::new(&lab, "gw-online")
+        .args(["--backend", "sealed-file"])
+        .run();
+    let m: std::net::SocketAddr = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp())
+        .parse()
+        .unwrap();
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{written}\n[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[telemetry]\nmetrics = \"{m}\"\n{}",
+            voxgate_testkit::lab::dev_privilege(&lab.dir).replace(
+                &format!("write = [\"{}\"]", lab.dir.display()),
+                "write = []"
+            )
+        ),
+    )
+    .unwrap();
+    let mut gw = lab.start_gateway(&cfg, &[]);
+    voxgate_testkit::lab::wait_for(Duration::from_secs(20), "connected", || {
+        gw.assert_running();
+        voxgate_testkit::lab::metric(m, "voxgate_relay_connected") == 1.0
+    });
+    let rt = runtime();
+    let offline = rt
+        .block_on(Session::open(
+            &lab,
+            &lab.dir.join("gw-offline"),
+            "gw-offline",
+        ))
+        .expect("the leaked CA's certificates work before the rotation");
+    let serial0 = voxgate_testkit::enroll::cert_serial(&lab.dir.join("gw-online/device.pem"));
+
+    let mut runner = Runner::new(&lab, "gw-online", &lab.dir.join("box"));
+    runner.set("ROOT_KEY", &root_key.display().to_string());
+    runner.set("PASSPHRASE_FILE", &pass.display().to_string());
+    runner.set("RETIRE_AFTER", "8s");
+    let blocks = runbook("issuing-key");
+    let t0 = Instant::now();
+    let status = runner.run(&blocks[0]);
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains("signing") && status.contains("accepted until"),
+        "{status}"
+    );
+    voxgate_testkit::lab::wait_for(Duration::from_secs(10), "the box's renewal", || {
+        voxgate_testkit::enroll::cert_serial(&lab.dir.join("gw-online/device.pem")) != serial0
+    });
+    let log = runner.run(&blocks[1]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("issuing_ca_current") && log.contains("renewed"),
+        "{log}"
+    );
+    // After the retire date the leaked CA's certificates are refused.
+    let closed = rt
+        .block_on(offline.closed_within(Duration::from_secs(15)))
+        .expect("the leaked CA's session outlived the retire date");
+    assert!(closed.contains("retired issuing CA"), "{closed}");
+    println!("old chain cut {:?} after the rotation", t0.elapsed());
+    gw.assert_running();
+    assert_eq!(
+        voxgate_testkit::lab::metric(m, "voxgate_relay_connects_total"),
+        1.0
+    );
+    gw.stop();
+    relay.stop();
+}
