@@ -60,6 +60,7 @@ use voxgate_testkit::lab::{Lab, Proc};
 use voxgate_testkit::procfs::{clk_tck, cpu_ticks_total, fs_type, proc_ticks, status_field};
 
 mod enroll_load;
+mod rotation;
 mod sessions;
 
 use enroll_load::*;
@@ -299,11 +300,14 @@ async fn run(lab: &Lab, relay: &Proc, tpm: &voxgate_testkit::swtpm::Swtpm, tck: 
         tck,
     };
     let enroll = enrollment(lab, &load).await;
+    relay_idle(&load.relay_pid, tck).await;
+    let rotation = rotation::rotation(lab, relay_addr, &load.relay_pid, tck).await;
 
     let mut root = Value::obj();
     root.set("handshake", handshake)
         .set("renewal", renewal)
-        .set("enrollment", enroll);
+        .set("enrollment", enroll)
+        .set("rotation", rotation);
     root
 }
 
