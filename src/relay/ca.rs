@@ -240,6 +240,69 @@ pub fn load_relay_key(
     ))
 }
 
+/// The relay's two private keys as PKCS#8, unsealed into zeroizing
+/// memory: what `voxgate relay backup --with-keys` encrypts to the
+/// operator's passphrase (the sealed files are bound to this machine and
+/// would not open on another), and what `relay restore` seals again to the
+/// new machine.
+pub struct KeyMaterial {
+    /// The fleet CA key.
+    pub ca: zeroize::Zeroizing<Vec<u8>>,
+    /// The relay's TLS key.
+    pub relay: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial([redacted])")
+    }
+}
+
+/// Unseal both keys in `state_dir` (each must parse as a P-256 key).
+pub fn unseal_keys(state_dir: &Path, binding: &MachineBinding) -> Result<KeyMaterial, CaError> {
+    let ca = load_sealed(state_dir, KEYS[0], binding)?;
+    let relay = load_sealed(state_dir, KEYS[1], binding)?;
+    for (der, name) in [(&ca, CA_KEY_SEALED), (&relay, RELAY_KEY_SEALED)] {
+        key_pair(der).ok_or_else(|| CaError::KeyFormat(state_dir.join(name)))?;
+    }
+    Ok(KeyMaterial { ca, relay })
+}
+
+/// The key pair of a PKCS#8 P-256 key.
+pub fn key_pair(pkcs8: &[u8]) -> Option<KeyPair> {
+    KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8)).ok()
+}
+
+/// Seal both keys to this machine as `ca.key.sealed` and
+/// `relay.key.sealed` in `state_dir` (created exclusively, 0600), and check
+/// that they open. Returns the files written (removed again on failure).
+pub fn seal_keys(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    keys: &KeyMaterial,
+) -> Result<Vec<PathBuf>, CaError> {
+    let material = binding.material()?;
+    let mut written = Vec::new();
+    let result = (|| {
+        for (der, name) in [(&keys.ca, CA_KEY_SEALED), (&keys.relay, RELAY_KEY_SEALED)] {
+            let sealed = sealed::seal(&material, der).map_err(CaError::Seal)?;
+            let path = state_dir.join(name);
+            create(&path, &sealed, 0o600)?;
+            written.push(path);
+        }
+        unseal_keys(state_dir, binding).map(|_| ())
+    })();
+    match result {
+        Ok(()) => Ok(written),
+        Err(e) => {
+            for p in &written {
+                let _ = std::fs::remove_file(p);
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Seal the plaintext `ca.key` and `relay.key` of an older release to this
 /// machine: write each `.sealed` file, check that it opens, then overwrite
 /// and remove the plaintext. Returns the sealed files written.

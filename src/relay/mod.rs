@@ -2,6 +2,7 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod audio_file;
+pub mod backup;
 pub mod ca;
 pub mod call_plane;
 pub mod commit;

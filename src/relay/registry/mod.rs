@@ -11,13 +11,18 @@
 //! device and its certificate and audits it in one commit, so no token is
 //! ever spent without the device it enrolled (and each enrollment costs one
 //! journal sync, not four).
+//!
+//! [`Registry::snapshot`] copies it, as of one moment, while the relay
+//! writes it (`voxgate relay backup`).
 
 mod audit;
 mod devices;
 mod schema;
+mod snapshot;
 mod tokens;
 
 pub use devices::DeviceRow;
+pub use snapshot::{SNAPSHOT_WAIT, Snapshot, schema_version};
 pub use tokens::TokenRejection;
 
 use rusqlite::Connection;
@@ -50,6 +55,15 @@ pub enum RegistryError {
         /// The newest this build knows.
         known: i64,
     },
+    /// A copy of the registry fails SQLite's integrity check.
+    #[error("device registry: the copy fails its integrity check ({0})")]
+    Damaged(String),
+    /// A snapshot found no moment to read the registry.
+    #[error(
+        "device registry: no read lock within {} s (another process holds the database locked)",
+        snapshot::SNAPSHOT_WAIT.as_secs()
+    )]
+    Busy,
 }
 
 /// Current Unix time in seconds.
