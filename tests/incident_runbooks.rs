@@ -206,3 +206,116 @@ fn leaked_issuing_key() {
     gw.stop();
     relay.stop();
 }
+
+#[test]
+fn compromised_relay() {
+    let lab = Lab::new(
+        "runbook-relay",
+        "mode = \"none\"\n[enrollment]\ncertificate_lifetime_s = 86400",
+    );
+    let bin = voxgate_testkit::lab::bin();
+    let relay_cfg = lab.dir.join("relay.toml");
+    let cmd = |args: &[&str], cfg: &std::path::Path| {
+        let o = std::process::Command::new(bin)
+            .arg("relay")
+            .args(args)
+            .arg("--config")
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    let pass = secret_file(&lab.dir, "root.pass", "correct horse battery staple");
+    let root_key = lab.dir.join("root.key.enc");
+    cmd(
+        &[
+            "ca",
+            "export-root",
+            "--out",
+            root_key.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+        &relay_cfg,
+    );
+    let mut relay = lab.start_relay();
+    let cfg = Setup::new(&lab, "gw-box")
+        .args(["--backend", "sealed-file"])
+        .run();
+    let m: std::net::SocketAddr = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp())
+        .parse()
+        .unwrap();
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{written}\n[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[telemetry]\nmetrics = \"{m}\"\n{}",
+            voxgate_testkit::lab::dev_privilege(&lab.dir).replace(
+                &format!("write = [\"{}\"]", lab.dir.display()),
+                "write = []"
+            )
+        ),
+    )
+    .unwrap();
+    let mut gw = lab.start_gateway(&cfg, &[]);
+    let connects = || voxgate_testkit::lab::metric(m, "voxgate_relay_connects_total");
+    voxgate_testkit::lab::wait_for(Duration::from_secs(20), "connected", || {
+        gw.assert_running();
+        connects() >= 1.0
+    });
+    let backup = lab.dir.join("relay.vxbackup");
+    cmd(&["backup", backup.to_str().unwrap()], &relay_cfg);
+    let old_chain = voxgate::pki::files::read_certs(&lab.dir.join("relay/relay.pem")).unwrap();
+    // The relay is compromised: it goes, and a clean machine takes its
+    // place (another state directory and machine id, the same address).
+    relay.stop();
+    let new_mid = lab.dir.join("new-machine-id");
+    std::fs::write(&new_mid, "00112233445566778899aabbccddeeff\n").unwrap();
+    let new_cfg = lab.dir.join("relay-new.toml");
+    std::fs::write(
+        &new_cfg,
+        std::fs::read_to_string(&relay_cfg)
+            .unwrap()
+            .replace("state_dir = \"relay\"", "state_dir = \"relay-new\"")
+            .replace(
+                &lab.dir.join("ca-machine-id").display().to_string(),
+                &new_mid.display().to_string(),
+            ),
+    )
+    .unwrap();
+    let mut runner = Runner::new(&lab, "gw-box", &lab.dir.join("box"));
+    runner.set("RELAY_CONFIG", &new_cfg.display().to_string());
+    runner.set("BACKUP", &backup.display().to_string());
+    runner.set("ROOT_KEY", &root_key.display().to_string());
+    runner.set("PASSPHRASE_FILE", &pass.display().to_string());
+    runner.set("RETIRE_AFTER", "1h");
+    let blocks = runbook("compromised-relay");
+    runner.run(&blocks[0]);
+    let mut relay = lab.start_relay_with_config(&new_cfg);
+    // The box comes back by itself and renews onto the new issuing CA.
+    let serial0 = voxgate_testkit::enroll::cert_serial(&lab.dir.join("gw-box/device.pem"));
+    voxgate_testkit::lab::wait_for(Duration::from_secs(30), "the box's renewal", || {
+        gw.assert_running();
+        voxgate_testkit::enroll::cert_serial(&lab.dir.join("gw-box/device.pem")) != serial0
+    });
+    assert!(connects() >= 2.0, "the box reconnected to the new relay");
+    let new_chain = voxgate::pki::files::read_certs(&lab.dir.join("relay-new/relay.pem")).unwrap();
+    let spki =
+        |c: &rustls::pki_types::CertificateDer<'_>| voxgate::pki::name::cert_facts(c).unwrap().spki;
+    assert_ne!(spki(&new_chain[0]), spki(&old_chain[0]), "a new relay key");
+    assert_ne!(new_chain[1], old_chain[1], "a new issuing CA");
+    assert_eq!(new_chain[2], old_chain[2], "the same root");
+    let out = runner.run(&blocks[1]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("ca_recovered") && text.contains("renewed"),
+        "{text}"
+    );
+    gw.stop();
+    relay.stop();
+}

@@ -12,10 +12,17 @@
 //! appear in no log, in the phone store file (sealed), in the commands'
 //! stderr, and in no argv, while phones register and are rotated on the
 //! running gateway.
+//!
+//! It also includes a
+//! relay backup with keys (`relay backup --with-keys`, the passphrase on
+//! stdin) while the relay runs, and its restore on another machine (the
+//! passphrase in a file): the passphrase and the relay's keys appear in
+//! none of the above, nor in the backup file itself.
 
 use base64::Engine as _;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
 use voxgate_testkit::enroll::{Setup, create_token, secret_file};
@@ -46,6 +53,50 @@ fn phones(cfg: &Path, args: &[&str], argv: &mut String) -> Output {
     assert!(
         out.status.success(),
         "phones {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What the kernel shows of a running process: its argv and environment.
+fn proc_of(pid: u32) -> String {
+    let mut text = String::new();
+    for f in ["cmdline", "environ"] {
+        text.push_str(&String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default(),
+        ));
+    }
+    text
+}
+
+/// Start `voxgate relay ARGS` at trace level with piped standard streams.
+fn relay_command(args: &[&str], cfg: &Path, file: &Path, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("relay")
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .arg(file)
+        .args(extra)
+        .env("VOXGATE_LOG", "trace")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Give `child` `input` on stdin, read its /proc while it works (the key
+/// derivation takes about half a second), and wait for it.
+fn feed_and_watch(mut child: Child, input: &[u8], proc_text: &mut String) -> Output {
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    proc_text.push_str(&proc_of(child.id()));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
@@ -210,14 +261,51 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     // What the kernel shows about the running processes.
     let mut proc_text = String::new();
     for pid in [gw.pid(), relay.pid()] {
-        for f in ["cmdline", "environ"] {
-            proc_text.push_str(&String::from_utf8_lossy(
-                &std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default(),
-            ));
-        }
+        proc_text.push_str(&proc_of(pid as u32));
     }
+
+    // A backup with the relay's keys while it runs, the passphrase on
+    // stdin; then its restore on another machine, the passphrase in a file.
+    let passphrase = format!("canary passphrase {:016x}", fastrand::u64(..));
+    let backup_file = lab.dir.join("canary.vxbackup");
+    let backup = feed_and_watch(
+        relay_command(
+            &["backup"],
+            &rc,
+            &backup_file,
+            &["--with-keys", "--passphrase-stdin"],
+        ),
+        format!("{passphrase}\n").as_bytes(),
+        &mut proc_text,
+    );
     gw.stop();
     relay.stop();
+    let other_mid = lab.dir.join("other-machine-id");
+    std::fs::write(&other_mid, "fedcba9876543210fedcba9876543210\n").unwrap();
+    let restored_cfg = lab.dir.join("restored.toml");
+    std::fs::write(
+        &restored_cfg,
+        std::fs::read_to_string(&rc)
+            .unwrap()
+            .replace("state_dir = \"relay\"", "state_dir = \"restored\"")
+            .replace(
+                &lab.dir.join("ca-machine-id").display().to_string(),
+                &other_mid.display().to_string(),
+            ),
+    )
+    .unwrap();
+    let pass_file = secret_file(&lab.dir, "backup.pass", &passphrase);
+    let restore = feed_and_watch(
+        relay_command(
+            &["restore"],
+            &restored_cfg,
+            &backup_file,
+            &["--passphrase-file", pass_file.to_str().unwrap()],
+        ),
+        b"",
+        &mut proc_text,
+    );
+    assert!(lab.dir.join("restored/relay.key.sealed").exists());
 
     // The secrets, recovered the way only this test may.
     let renewed_key = std::fs::read(lab.dir.join("gw/device.key.sealed")).unwrap();
@@ -251,7 +339,58 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         needles.extend(forms(&key));
     }
 
+    // The relay's own keys, and the backup passphrase.
+    let relay_keys = voxgate::relay::backup::unseal_keys(
+        &lab.dir.join("relay"),
+        &voxgate::pki::sealed::MachineBinding {
+            machine_id: lab.dir.join("ca-machine-id"),
+            serial: None,
+        },
+    )
+    .unwrap();
+    for pkcs8 in [&relay_keys.ca, &relay_keys.relay] {
+        needles.extend(forms(&pkcs8[36..68]));
+        needles.extend(forms(pkcs8));
+    }
+    needles.push(passphrase.clone());
+    needles.extend(forms(passphrase.as_bytes()));
+    // The backup file holds them encrypted only: not as bytes, nor as text.
+    let backup_bytes = std::fs::read(&backup_file).unwrap();
+    for raw in [
+        passphrase.as_bytes(),
+        &relay_keys.ca[..],
+        &relay_keys.ca[36..68],
+        &relay_keys.relay[..],
+        &relay_keys.relay[36..68],
+    ] {
+        assert!(
+            !backup_bytes.windows(raw.len()).any(|w| w == raw),
+            "a secret ({} bytes) is in the backup file",
+            raw.len()
+        );
+    }
+
     let mut haystack = vec![
+        (
+            "backup file",
+            String::from_utf8_lossy(&backup_bytes).into_owned(),
+        ),
+        (
+            "backup stdout",
+            String::from_utf8_lossy(&backup.stdout).into_owned(),
+        ),
+        (
+            "backup stderr",
+            String::from_utf8_lossy(&backup.stderr).into_owned(),
+        ),
+        (
+            "restore stdout",
+            String::from_utf8_lossy(&restore.stdout).into_owned(),
+        ),
+        (
+            "restore stderr",
+            String::from_utf8_lossy(&restore.stderr).into_owned(),
+        ),
         (
             "setup stdout",
             String::from_utf8_lossy(&setup.stdout).into_owned(),

@@ -53,6 +53,25 @@ pub(super) enum CaCommand {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
+    /// After a compromised relay or a restore without keys: from the offline
+    /// root, a new issuing CA and a new relay key and certificate; every
+    /// earlier issuing CA's certificates are refused after --retire-after
+    /// (devices renew onto the new CA when they connect).
+    Recover {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// The root key file `relay init --root-key-out` wrote (omit when the
+        /// root key is kept on this machine).
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+        /// How long devices have to move before the earlier issuing CAs'
+        /// certificates are refused (`30m`, `12h`, `7d`).
+        #[arg(long, default_value = "1h")]
+        retire_after: String,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
     /// Move a root key kept on this machine (`relay init --keep-root`, or a
     /// fleet migrated from a single-tier CA) into a file encrypted under a
     /// passphrase, and remove it from the relay.
@@ -184,6 +203,39 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             println!("issuing CA {} signs from now on", ca.fingerprint());
             eprintln!(
                 "the running relay takes it within a second, renews its own certificate from it and asks every connected device to renew; certificates of the previous issuing CA are refused from {} (see `voxgate relay ca status`, and `voxgate relay audit` for the renewals)",
+                when(retire_at)
+            );
+            Ok(())
+        }
+        CaCommand::Recover {
+            config,
+            root_key,
+            retire_after,
+            passphrase,
+        } => {
+            let cfg = RelayConfig::load(&config)?;
+            let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
+            let reg = super::open_registry(&cfg)?;
+            let pass;
+            let root = match &root_key {
+                Some(path) => {
+                    pass = passphrase.read(Purpose::Existing, "the root CA key file")?;
+                    RootKeyIn::File(path, &pass)
+                }
+                None => RootKeyIn::Machine,
+            };
+            let fp = authority::recover(
+                &cfg.state_dir,
+                &cfg.ca_binding,
+                &reg,
+                root,
+                retire_at,
+                &cfg.server_name,
+                cfg.relay_cert_lifetime,
+            )?;
+            println!("issuing CA {fp} signs from now on; the relay has a new key and certificate");
+            eprintln!(
+                "start the relay; devices reconnect (same root) and renew onto the new issuing CA; earlier issuing CAs' certificates are refused from {}",
                 when(retire_at)
             );
             Ok(())

@@ -1,8 +1,8 @@
-//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,seal-ca,token,devices,revoke,dev-cert,audit}`, `demo`.
+//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,devices,revoke,dev-cert,audit,backup,restore}`, `demo`.
 
 mod audit;
 mod fleet_ca;
-mod passphrase;
+pub mod passphrase;
 mod phones;
 mod tokens;
 
@@ -111,6 +111,40 @@ enum RelayCommand {
     /// The audit log (enrollments, renewals, refusals, revocations,
     /// tokens), or `--verify` its hash chain.
     Audit(audit::AuditArgs),
+    /// Back up the relay's state, while it runs, into one new file (0600):
+    /// the registry as of one moment, the CA and relay certificates, and
+    /// with --with-keys the keys encrypted to a passphrase.
+    Backup {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// The backup file to create (never overwritten).
+        file: PathBuf,
+        /// Include the fleet CA key and the relay's TLS key, encrypted to a
+        /// passphrase (asked on the terminal, twice, unless
+        /// --passphrase-file or --passphrase-stdin). Without it the backup
+        /// holds no key: a restore then needs a new fleet CA.
+        #[arg(long)]
+        with_keys: bool,
+        #[command(flatten)]
+        passphrase: passphrase::PassphraseArgs,
+    },
+    /// Restore a backup into an empty state directory (this machine's
+    /// `state_dir`); keys are sealed to this machine's `[ca]` binding.
+    Restore {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// The backup file.
+        file: PathBuf,
+        /// Restore the registry and certificates but not the keys, although
+        /// the backup holds them (the passphrase is lost): a new fleet CA
+        /// follows.
+        #[arg(long, conflicts_with_all = ["passphrase_file", "passphrase_stdin"])]
+        without_keys: bool,
+        #[command(flatten)]
+        passphrase: passphrase::PassphraseArgs,
+    },
     /// Issue a development device certificate (plaintext key: for labs only).
     DevCert {
         /// Relay config file.
@@ -315,6 +349,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Relay(RelayCommand::Audit(args)) => audit::run(args),
+        Command::Relay(RelayCommand::Backup {
+            config,
+            file,
+            with_keys,
+            passphrase,
+        }) => backup(&config, &file, with_keys, &passphrase),
+        Command::Relay(RelayCommand::Restore {
+            config,
+            file,
+            without_keys,
+            passphrase,
+        }) => restore(&config, &file, without_keys, &passphrase),
         Command::Demo(args) => crate::demo::run(args),
         Command::Phones(cmd) => {
             crate::telemetry::init("warn");
@@ -334,4 +380,109 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
     }
+}
+
+fn backup(
+    config: &std::path::Path,
+    file: &std::path::Path,
+    with_keys: bool,
+    pass: &passphrase::PassphraseArgs,
+) -> Result<()> {
+    use crate::relay::backup;
+    let cfg = RelayConfig::load(config)?;
+    if pass.given() && !with_keys {
+        anyhow::bail!(
+            "a passphrase protects the keys only: add --with-keys, or drop the passphrase option"
+        );
+    }
+    // Refused before the passphrase is asked for (backup() checks again).
+    if file.symlink_metadata().is_ok() {
+        return Err(backup::BackupError::Exists(file.to_path_buf()).into());
+    }
+    let key = if with_keys {
+        // Keys that do not open here fail before the passphrase is asked.
+        drop(crate::relay::backup::unseal_keys(
+            &cfg.state_dir,
+            &cfg.ca_binding,
+        )?);
+        Some(pass.read(passphrase::Purpose::New, "the backup's keys")?)
+    } else {
+        None
+    };
+    let report = backup::backup(&cfg.state_dir, &cfg.ca_binding, file, key.as_ref())?;
+    let m = &report.meta;
+    println!(
+        "backup written to {} ({} bytes, mode 0600): registry schema {} with {} devices, the CA and relay certificates, CA {}",
+        file.display(),
+        report.bytes,
+        m.schema_version,
+        m.devices,
+        m.ca_fingerprint
+    );
+    if m.with_keys {
+        println!(
+            "the fleet CA key and the relay TLS key are in it, encrypted to the passphrase: keep the passphrase apart from the file"
+        );
+    } else {
+        println!(
+            "no key is in it: a restore from it needs a new fleet CA and every device re-enrolled (--with-keys includes the keys, encrypted to a passphrase)"
+        );
+    }
+    Ok(())
+}
+
+fn restore(
+    config: &std::path::Path,
+    file: &std::path::Path,
+    without_keys: bool,
+    pass: &passphrase::PassphraseArgs,
+) -> Result<()> {
+    use crate::relay::backup::{self, KeysChoice};
+    let cfg = RelayConfig::load(config)?;
+    let archive = backup::read_archive(file)?;
+    let key = match (&archive.keys, without_keys) {
+        (Some(_), false) => Some(pass.read(passphrase::Purpose::Existing, "the backup's keys")?),
+        (None, false) if pass.given() => {
+            anyhow::bail!(
+                "{} holds no keys (made without --with-keys); drop the passphrase option to restore it without",
+                file.display()
+            );
+        }
+        _ => None,
+    };
+    let choice = match &key {
+        Some(k) => KeysChoice::Passphrase(k),
+        None => KeysChoice::Without,
+    };
+    let report = backup::restore(&archive, &cfg.state_dir, &cfg.ca_binding, choice)?;
+    let m = &report.meta;
+    println!(
+        "restored into {} the backup of {} made {} by voxgate {}: registry with {} devices (schema {}), CA {}",
+        cfg.state_dir.display(),
+        if m.source_host.is_empty() {
+            "?"
+        } else {
+            &m.source_host
+        },
+        m.created_utc,
+        m.voxgate_version,
+        report.registry.devices,
+        report.registry.schema_version,
+        m.ca_fingerprint
+    );
+    if report.next == backup::AfterRestore::Ready {
+        println!(
+            "the keys are sealed to this machine ([ca] in {})",
+            cfg.file.display()
+        );
+    }
+    println!(
+        "next: {}",
+        report.next.instructions(&cfg.file, &cfg.state_dir)
+    );
+    println!(
+        "the files belong to the user that ran this; if the relay runs as another (the unit's `voxgate`): chown -R voxgate:voxgate {}",
+        cfg.state_dir.display()
+    );
+    Ok(())
 }

@@ -40,14 +40,18 @@ pub(super) enum TokenCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Withdraw unused tokens: by token id (from `token list`) or by the
-    /// device id they are bound to.
+    /// Withdraw unused tokens: by token id (from `token list`), by the
+    /// device id they are bound to, or all of them (`--all`).
     Revoke {
         /// Relay config file.
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
         /// Token id or device id.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every unused token (after a compromise of the relay).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -125,13 +129,26 @@ pub(super) fn run(cmd: TokenCommand) -> Result<()> {
             }
             Ok(())
         }
-        TokenCommand::Revoke { config, id } => {
+        TokenCommand::Revoke { config, id, all } => {
             let cfg = RelayConfig::load(&config)?;
             let reg = open_registry(&cfg)?;
-            let revoked = reg.revoke_token(&id)?;
-            if revoked.is_empty() {
+            let revoked = match &id {
+                Some(id) => reg.revoke_token(id)?,
+                None => {
+                    let at = crate::relay::registry::now();
+                    let mut all_ids = Vec::new();
+                    for t in reg.tokens()? {
+                        if t.state(at) == "unused" {
+                            all_ids.extend(reg.revoke_token(&t.id)?);
+                        }
+                    }
+                    all_ids
+                }
+            };
+            if revoked.is_empty() && !all {
                 anyhow::bail!(
-                    "no unused token with id or device `{id}` (see `voxgate relay token list --all`)"
+                    "no unused token with id or device `{}` (see `voxgate relay token list --all`)",
+                    id.unwrap_or_default()
                 );
             }
             for t in revoked {

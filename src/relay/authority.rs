@@ -383,3 +383,77 @@ pub fn signer(
         .ok_or_else(|| CaError::Missing(state_dir.to_path_buf()))?;
     Ok(IssuingCa::new(ca))
 }
+
+/// After a compromise, or a restore without keys: from the offline root, a
+/// new issuing CA and a new relay key and certificate, with every earlier
+/// issuing CA's certificates refused from `retire_at` (devices online until
+/// then renew onto the new one; the root they pinned does not change). The
+/// root certificate comes back from `previous-fleet/` after a keyless
+/// restore. Returns the new issuing CA's fingerprint.
+pub fn recover(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    registry: &Registry,
+    root: RootKeyIn<'_>,
+    retire_at: i64,
+    server_name: &str,
+    relay_lifetime: std::time::Duration,
+) -> Result<String, CaError> {
+    if retire_at < now() {
+        return Err(CaError::RetireInPast);
+    }
+    let ca_path = state_dir.join(super::ca::CA_CERT);
+    let previous = state_dir
+        .join(super::backup::PREVIOUS_FLEET)
+        .join(super::ca::CA_CERT);
+    if !ca_path.exists() && previous.exists() {
+        let pem = std::fs::read(&previous).map_err(io(&previous))?;
+        create(&ca_path, &pem, 0o644)?;
+    }
+    let root = root_issuer(state_dir, binding, root)?;
+    let issuing = install_issuing(state_dir, binding, registry, &root, Some(retire_at))?;
+    for old in registry.issuers()? {
+        if !old.current && old.retire_at.is_none_or(|r| r > retire_at) {
+            registry.retire_issuer(&old.fingerprint, retire_at)?;
+        }
+    }
+    // A new relay key and certificate: the old key was on the machine.
+    let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let relay = issue::relay_certificate(
+        issuing.issuer(),
+        &relay_key,
+        server_name,
+        Duration::seconds(i64::try_from(relay_lifetime.as_secs()).unwrap_or(i64::MAX / 1_000)),
+    )?;
+    let roots = files::read_certs(&ca_path)?;
+    let chain = format!(
+        "{}{}{}",
+        relay.cert.pem(),
+        files::pem(issuing.cert(), "CERTIFICATE"),
+        files::pem(&roots[0], "CERTIFICATE")
+    );
+    let material = binding.material()?;
+    let pkcs8 = Zeroizing::new(relay_key.serialize_der());
+    let sealed_key = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
+    for (name, data, mode) in [
+        (super::ca::RELAY_KEY_SEALED, sealed_key.as_slice(), 0o600),
+        (super::ca::RELAY_CERT, chain.as_bytes(), 0o644),
+    ] {
+        let path = state_dir.join(name);
+        let tmp = state_dir.join(format!("{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        create(&tmp, data, mode)?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    }
+    registry.audit(
+        "ca_recovered",
+        "",
+        server_name,
+        &format!(
+            "issuing CA {}; earlier issuing CAs refused from {retire_at} (Unix time); new relay key, certificate {}",
+            issuing.fingerprint(),
+            relay.serial.hex()
+        ),
+    )?;
+    Ok(issuing.fingerprint().to_string())
+}

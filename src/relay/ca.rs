@@ -392,6 +392,11 @@ pub fn load_relay_key(
     ))
 }
 
+/// The key pair of a PKCS#8 P-256 key.
+pub fn key_pair(pkcs8: &[u8]) -> Option<KeyPair> {
+    KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8)).ok()
+}
+
 /// Seal the plaintext `ca.key` and `relay.key` of an older release to this
 /// machine: write each `.sealed` file, check that it opens, then overwrite
 /// and remove the plaintext. Returns the sealed files written.

@@ -4,6 +4,7 @@
 pub mod audio_file;
 pub mod audit_key;
 pub mod authority;
+pub mod backup;
 pub mod ca;
 pub mod call_plane;
 pub mod commit;

@@ -291,10 +291,17 @@ impl Lab {
 
     /// Start the relay and wait until its metrics endpoint answers.
     pub fn start_relay(&self) -> Proc {
+        self.start_relay_with_config(&self.dir.join("relay.toml"))
+    }
+
+    /// Start the relay with another config of this lab's (the same listen
+    /// and metrics addresses, e.g. another state directory or `[ca]`
+    /// binding: the relay "moved to another machine"); wait until it is up.
+    pub fn start_relay_with_config(&self, cfg: &Path) -> Proc {
         let log = self.dir.join(format!("relay-{}.log", fastrand::u32(..)));
         let child = Command::new(bin())
             .args(["relay", "run", "--config"])
-            .arg(self.dir.join("relay.toml"))
+            .arg(cfg)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

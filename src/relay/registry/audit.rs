@@ -191,6 +191,24 @@ impl Registry {
             .optional()?)
     }
 
+    /// A registry restored without the audit key of the relay that wrote
+    /// it (`relay restore` without keys): its chain cannot be continued.
+    /// The rows as they were (with their sequence numbers and MACs, which
+    /// whoever holds the old key can still check) are copied to
+    /// `audit_previous`, and the rows lose their place in the chain, so the
+    /// next key given to the registry chains them again, after a genesis
+    /// row that says so ([`Registry::set_audit_key`]).
+    pub fn restart_audit_chain(&self) -> Result<(), RegistryError> {
+        self.db.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS audit_previous AS SELECT * FROM audit WHERE 0;
+             INSERT INTO audit_previous SELECT * FROM audit WHERE seq IS NOT NULL;
+             UPDATE audit SET seq = NULL, mac = NULL;
+             COMMIT;",
+        )?;
+        Ok(())
+    }
+
     /// Whether the audit log is chained yet (a key was given to it once).
     pub fn audit_chained(&self) -> Result<bool, RegistryError> {
         Ok(self.read_head()?.is_some())

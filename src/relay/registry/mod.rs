@@ -15,18 +15,23 @@
 //! The audit trail is a keyed hash chain ([`chain`]): the relay layer gives
 //! the registry its key after opening it ([`Registry::set_audit_key`]);
 //! a registry without one reads but cannot append.
+//!
+//! [`Registry::snapshot`] copies it, as of one moment, while the relay
+//! writes it (`voxgate relay backup`).
 
 mod audit;
 pub mod chain;
 mod devices;
 mod issuers;
 mod schema;
+mod snapshot;
 mod tokens;
 
 pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};
 pub use issuers::IssuerRow;
+pub use snapshot::{SNAPSHOT_WAIT, Snapshot, schema_version};
 pub use tokens::{NewToken, Redeemed, TokenRejection, TokenRow};
 
 use rusqlite::Connection;
@@ -82,6 +87,15 @@ pub enum RegistryError {
         /// The newest this build knows.
         known: i64,
     },
+    /// A copy of the registry fails SQLite's integrity check.
+    #[error("device registry: the copy fails its integrity check ({0})")]
+    Damaged(String),
+    /// A snapshot found no moment to read the registry.
+    #[error(
+        "device registry: no read lock within {} s (another process holds the database locked)",
+        snapshot::SNAPSHOT_WAIT.as_secs()
+    )]
+    Busy,
 }
 
 /// Current Unix time in seconds.

@@ -455,3 +455,86 @@ fn a_registry_without_the_key_reads_but_does_not_append() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn snapshot_is_one_moment_while_another_connection_writes() {
+    let dir = std::env::temp_dir().join(format!("vg-reg-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("registry.sqlite3");
+    let live = keyed(&path);
+    for i in 0..50 {
+        let serial = format!("s{i}");
+        live.record_certificate(
+            &format!("gw-{i}"),
+            rec(&serial, &[1; 32], 1),
+            Replace::Grace,
+        )
+        .unwrap();
+    }
+    // A writer that keeps committing enrollments, each device with its
+    // certificate in one transaction, during the snapshot.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let r = keyed(&path);
+            let mut i = 1000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                r.atomically(|r| {
+                    let serial = format!("s{i}");
+                    r.record_certificate(
+                        &format!("live-{i}"),
+                        super::devices::CertRecord {
+                            serial: &serial,
+                            spki: &[2; 32],
+                            not_before: 0,
+                            not_after: 1,
+                            issuer: None,
+                        },
+                        Replace::Grace,
+                    )?;
+                    r.audit("enrolled", "", &format!("live-{i}"), "")
+                })
+                .unwrap();
+                i += 1;
+            }
+            i - 1000
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut copies = Vec::new();
+    for n in 0..3 {
+        let dst = dir.join(format!("copy-{n}.sqlite3"));
+        let snap = Registry::snapshot(&path, &dst).unwrap();
+        assert_eq!(snap.schema_version, MIGRATIONS.len() as i64);
+        assert!(snap.devices >= 50);
+        assert!(!dir.join(format!("copy-{n}.sqlite3-wal")).exists());
+        copies.push((dst, snap));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 0, "the writer never ran");
+    for (dst, snap) in copies {
+        let copy = Registry::open(&dst).unwrap();
+        assert_eq!(copy.check().unwrap(), snap);
+        // Every device in the copy has its certificate and its audit line:
+        // no transaction is half in it.
+        let n: i64 = copy
+            .db
+            .query_row(
+                "SELECT COUNT(*) FROM devices d WHERE d.id LIKE 'live-%' AND (
+                   NOT EXISTS (SELECT 1 FROM certificates c WHERE c.device = d.id) OR
+                   NOT EXISTS (SELECT 1 FROM audit a WHERE a.device = d.id))",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0, "a torn enrollment in the copy");
+    }
+    // A missing registry is not created by a snapshot.
+    let missing = dir.join("none.sqlite3");
+    assert!(Registry::snapshot(&missing, &dir.join("x.sqlite3")).is_err());
+    assert!(!missing.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
