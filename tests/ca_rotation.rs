@@ -6,32 +6,14 @@
 //! retire date a certificate of the old issuing CA (a device that did not
 //! renew) is cut and refused.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
+use voxgate_testkit::cmd::both as text;
 use voxgate_testkit::enroll::{Setup, audit, cert_serial, secret_file};
-use voxgate_testkit::lab::{Lab, bin, dev_privilege, free_tcp, metric, wait_for};
+use voxgate_testkit::lab::{Lab, dev_privilege, free_tcp, metric, wait_for};
 use voxgate_testkit::session::{Session, runtime};
 
 const RETIRE_S: u64 = 12;
-
-fn relay_cmd(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("relay")
-        .args(args)
-        .arg("--config")
-        .arg(lab.dir.join("relay.toml"))
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The issuing CA (fingerprint) the registry says signed `serial`.
 fn issuer_of(lab: &Lab, serial: &str) -> Option<String> {
@@ -47,7 +29,7 @@ fn issuer_of(lab: &Lab, serial: &str) -> Option<String> {
 
 /// The issuing CA that signs now.
 fn signing(lab: &Lab) -> String {
-    let status = text(&relay_cmd(lab, &["ca", "status"]));
+    let status = text(&lab.relay_cmd(&["ca", "status"]));
     status
         .lines()
         .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
@@ -65,17 +47,14 @@ fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
     // The root key leaves the machine, as on a production relay.
     let pass = secret_file(&lab.dir, "root.pass", "correct horse battery staple");
     let root_file = lab.dir.join("root.key.enc");
-    let o = relay_cmd(
-        &lab,
-        &[
-            "ca",
-            "export-root",
-            "--out",
-            root_file.to_str().unwrap(),
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-        ],
-    );
+    let o = lab.relay_cmd(&[
+        "ca",
+        "export-root",
+        "--out",
+        root_file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     // A device that cannot renew over its session (a development key
     // file): it stays on the old issuing CA.
@@ -124,19 +103,16 @@ fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
 
     // Rotate, with the root key from its file.
     let t0 = Instant::now();
-    let o = relay_cmd(
-        &lab,
-        &[
-            "ca",
-            "rotate-issuing",
-            "--root-key",
-            root_file.to_str().unwrap(),
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-            "--retire-after",
-            &format!("{RETIRE_S}s"),
-        ],
-    );
+    let o = lab.relay_cmd(&[
+        "ca",
+        "rotate-issuing",
+        "--root-key",
+        root_file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "--retire-after",
+        &format!("{RETIRE_S}s"),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let new = signing(&lab);
     assert_ne!(new, old);

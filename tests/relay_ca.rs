@@ -9,7 +9,8 @@
 //! off the machine.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Command;
+use voxgate_testkit::cmd::both as text;
 use voxgate_testkit::enroll::secret_file;
 use voxgate_testkit::lab::{Lab, bin};
 
@@ -21,24 +22,6 @@ fn relay_run_fails(lab: &Lab) -> String {
         .unwrap();
     assert!(!out.status.success(), "relay run should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn relay_cmd(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("relay")
-        .args(args)
-        .arg("--config")
-        .arg(lab.dir.join("relay.toml"))
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn issuing_files(state: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -76,7 +59,7 @@ fn relay_keys_are_sealed_and_a_single_tier_fleet_becomes_two_tier() {
     // `relay init` without saying where the root key goes is refused.
     let again = Lab::new("relay-ca-b", "mode = \"none\"");
     std::fs::remove_dir_all(again.dir.join("relay")).unwrap();
-    let o = relay_cmd(&again, &["init"]);
+    let o = again.relay_cmd(&["init"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--root-key-out"), "{}", text(&o));
 
@@ -134,7 +117,7 @@ fn relay_keys_are_sealed_and_a_single_tier_fleet_becomes_two_tier() {
         e.contains("is a plaintext fleet CA key") && e.contains("voxgate relay seal-ca"),
         "{e}"
     );
-    let out = relay_cmd(&lab, &["seal-ca"]);
+    let out = lab.relay_cmd(&["seal-ca"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!plain.exists() && state.join("ca.key.sealed").exists());
 
@@ -151,7 +134,7 @@ fn relay_keys_are_sealed_and_a_single_tier_fleet_becomes_two_tier() {
     assert_eq!(voxgate_testkit::enroll::fingerprint(&lab), fp_before);
     assert_eq!(issuing_files(&state).len(), 2);
     assert!(!state.join("ca.key.sealed").exists());
-    let status = text(&relay_cmd(&lab, &["ca", "status"]));
+    let status = text(&lab.relay_cmd(&["ca", "status"]));
     assert!(
         status.contains("ON THIS MACHINE") && status.contains("signing"),
         "{status}"
@@ -171,23 +154,20 @@ fn relay_keys_are_sealed_and_a_single_tier_fleet_becomes_two_tier() {
     // Export the root key: off the machine, encrypted.
     let pass = secret_file(&lab.dir, "root.pass", "correct horse battery staple");
     let out_file = lab.dir.join("root.key.enc");
-    let out = relay_cmd(
-        &lab,
-        &[
-            "ca",
-            "export-root",
-            "--out",
-            out_file.to_str().unwrap(),
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-        ],
-    );
+    let out = lab.relay_cmd(&[
+        "ca",
+        "export-root",
+        "--out",
+        out_file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!state.join("root.key.sealed").exists());
     assert_eq!(
         std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let status = text(&relay_cmd(&lab, &["ca", "status"]));
+    let status = text(&lab.relay_cmd(&["ca", "status"]));
     assert!(status.contains("off this machine"), "{status}");
 }

@@ -14,12 +14,12 @@
 //!   revocation.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
+use voxgate_testkit::cmd::both as text;
 use voxgate_testkit::enroll::{
     Setup, audit, create_token, reenroll_token, secret_file, token, token_command,
 };
-use voxgate_testkit::lab::{Lab, bin};
+use voxgate_testkit::lab::Lab;
 use voxgate_testkit::session::{Session, runtime};
 
 const GRACE_S: u64 = 3;
@@ -28,24 +28,6 @@ fn lab(name: &str) -> Lab {
     Lab::new(
         name,
         &format!("mode = \"none\"\n[enrollment]\nsuperseded_grace_s = {GRACE_S}"),
-    )
-}
-
-fn relay_cmd(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("relay")
-        .args(args)
-        .arg("--config")
-        .arg(lab.dir.join("relay.toml"))
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     )
 }
 
@@ -123,7 +105,7 @@ fn tokens_are_bound_to_one_device_id() {
     assert!(!o.status.success(), "a spent token enrolled a second box");
 
     // The list shows ids, devices and states, never a secret.
-    let list = relay_cmd(&lab, &["token", "list", "--all"]);
+    let list = lab.relay_cmd(&["token", "list", "--all"]);
     let listed = text(&list);
     assert!(list.status.success(), "{listed}");
     assert!(!listed.contains(&t5) && !listed.contains(&t6), "{listed}");
@@ -134,7 +116,7 @@ fn tokens_are_bound_to_one_device_id() {
     );
 
     // A withdrawn token is refused.
-    let rv = relay_cmd(&lab, &["token", "revoke", "shop-6"]);
+    let rv = lab.relay_cmd(&["token", "revoke", "shop-6"]);
     assert!(rv.status.success(), "{}", text(&rv));
     let (o, _) = Setup::new(&lab, "shop-6")
         .token_file(&secret_file(&lab.dir, "t6b", &t6))
@@ -286,7 +268,7 @@ fn a_stolen_box_is_revoked_and_replaced_under_the_same_id() {
     // session is cut and its handshakes refused.
     let live = rt.block_on(Session::open_enrolled(&lab, &old_cfg, "shop-9"));
     let live = live.expect("the box connects");
-    let rv = relay_cmd(&lab, &["revoke", "shop-9"]);
+    let rv = lab.relay_cmd(&["revoke", "shop-9"]);
     assert!(rv.status.success(), "{}", text(&rv));
     rt.block_on(async {
         let cut = live.closed_within(Duration::from_secs(2)).await;
@@ -319,7 +301,7 @@ fn a_stolen_box_is_revoked_and_replaced_under_the_same_id() {
             "the stolen box is back"
         );
     });
-    let devices = text(&relay_cmd(&lab, &["devices"]));
+    let devices = text(&lab.relay_cmd(&["devices"]));
     assert!(
         devices.contains("shop-9") && devices.contains(&new_serial) && !devices.contains("REVOKED"),
         "{devices}"

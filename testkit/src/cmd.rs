@@ -29,6 +29,11 @@ pub fn stderr(o: &Output) -> String {
     text(&o.stderr)
 }
 
+/// Standard output then standard error, as one text.
+pub fn both(o: &Output) -> String {
+    format!("{}{}", text(&o.stdout), text(&o.stderr))
+}
+
 /// Status, standard output and standard error, for an assertion message.
 pub fn show(o: &Output) -> String {
     format!(

@@ -289,6 +289,17 @@ impl Lab {
         out
     }
 
+    /// `voxgate relay ARGS --config <this lab's relay.toml>`, as it ran.
+    pub fn relay_cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .arg("relay")
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("relay.toml"))
+            .output()
+            .unwrap()
+    }
+
     /// Start the relay and wait until its metrics endpoint answers.
     pub fn start_relay(&self) -> Proc {
         self.start_relay_with_config(&self.dir.join("relay.toml"))
