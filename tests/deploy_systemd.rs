@@ -38,7 +38,7 @@ r voxgate_groups "$(id -Gn voxgate)"
 r dirs "$(stat -c '%n:%a:%U:%G' /etc/voxgate /var/lib/voxgate /var/lib/voxgate-relay /var/lib/voxgate-relay/recordings | tr '\n' ' ')"
 install -m 0640 -o root -g voxgate /vg/voxgate.toml /vg/relay.toml /etc/voxgate/
 install -m 0644 /vg/asound.conf /etc/asound.conf
-runuser -u voxgate -- voxgate relay init --config /etc/voxgate/relay.toml
+runuser -u voxgate -- voxgate relay init --keep-root --config /etc/voxgate/relay.toml
 voxgate relay dev-cert --config /etc/voxgate/relay.toml --device-id box-1 --out /run/box
 install -m 0644 /run/box/device.pem /run/box/ca.pem /etc/voxgate/
 install -m 0600 -o voxgate -g voxgate /run/box/device.key /etc/voxgate/
