@@ -54,7 +54,7 @@ pub fn render(doc: &Value, env: &Env) -> String {
     ));
     w(format!(
         "The release relay (`voxgate relay run`, log level info) runs pinned to CPU {}; the device side and the load generator \
-         (and swtpm) on CPU {}. Fleet CA key sealed (`ca.key.sealed`, as `relay init` writes it): **{}**. Registry (SQLite, WAL, \
+         (and swtpm) on CPU {}. Issuing CA key sealed (`issuing-*.key.sealed`, as `relay init` writes it): **{}**. Registry (SQLite, WAL, \
          synchronous FULL) on {}, on the machine's virtual disk.",
         s.get("relay_cpus").or("?"),
         s.get("device_and_generator_cpus").or("?"),
@@ -87,7 +87,7 @@ pub fn render(doc: &Value, env: &Env) -> String {
     w(format!(
         "**Handshake** ({} per backend, taking turns; one warm-up each not counted). The device's mutual-TLS QUIC handshake \
          to the relay, `connect` to the connection established on the device (its certificate and the CertificateVerify signed \
-         in the backend sent), and on to the relay's `welcome` (the relay has checked the certificate and the revocation list). \
+         in the backend sent), and on to the relay's `welcome` (the relay has checked the certificate and its per-certificate state in the registry). \
          No session resumption: every handshake is full. Baseline: the development plaintext key file (`dev-file`), same run.",
         hs.get("per_backend").or("?")
     ));
@@ -152,6 +152,7 @@ pub fn render(doc: &Value, env: &Env) -> String {
     w("".into());
     enrollment(d.get("enrollment"), &mut l);
     rotation(d.get("rotation"), &mut l);
+    l.push("<!-- identity:end -->".into());
     l.join("\n")
 }
 
@@ -339,5 +340,4 @@ fn enrollment(en: V, l: &mut Vec<String>) {
        group-committed (`relay::commit`): enrollments arriving together share one transaction and one journal sync, on \
        the blocking pool, so the relay's async workers never wait for the disk and no token is spent without its device."
         .into());
-    w("<!-- identity:end -->".into());
 }
