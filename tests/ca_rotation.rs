@@ -130,6 +130,17 @@ fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
     }
     let moved = t0.elapsed();
     println!("fleet of 2 on the new issuing CA after {moved:?}");
+    // `relay devices` says which issuing CA each device is on.
+    let listed = text(&lab.relay_cmd(&["devices"]));
+    let line = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{listed}"))
+            .to_string()
+    };
+    assert!(line("gw-r1").contains(&new[..23]), "{listed}");
+    assert!(line("gw-stuck").contains(&old[..23]), "{listed}");
     // The relay's own certificate comes from the new issuing CA too.
     let relay_chain = voxgate::pki::files::read_certs(&lab.dir.join("relay/relay.pem")).unwrap();
     assert_eq!(voxgate::pki::name::fingerprint(&relay_chain[1]), new);

@@ -323,8 +323,15 @@ fn dispatch(cli: Cli) -> Result<()> {
                     Some(t) => format!("REVOKED {}", when(t)),
                     None => "active".into(),
                 };
+                // The issuing CA by the start of its fingerprint, as
+                // `voxgate relay ca status` lists it.
+                let issuer = d
+                    .issuer
+                    .as_deref()
+                    .map(|i| i.chars().take(7 + 16).collect::<String>())
+                    .unwrap_or_else(|| "the single-tier CA".into());
                 let status = format!(
-                    "{status} (certificate {})",
+                    "{status} (certificate {}, issued by {issuer})",
                     d.serial.as_deref().unwrap_or("-")
                 );
                 println!(

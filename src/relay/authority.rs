@@ -138,7 +138,7 @@ pub fn install_issuing(
     let mut params = ca_params(&cn, 0, ISSUING_DAYS);
     params.serial_number = Some(rcgen::SerialNumber::from_slice(
         crate::pki::name::Serial::random()
-            .map_err(|_| CaError::KeyFormat(state_dir.into()))?
+            .map_err(|_| CaError::Random)?
             .bytes(),
     ));
     let cert = params.signed_by(&key, root)?;

@@ -125,6 +125,12 @@ pub enum CaError {
         /// Why (wrong passphrase, not such a file).
         why: String,
     },
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
+    Random,
+    /// The TLS layer refused the new anchors.
+    #[error("device certificate anchors: {0}")]
+    Anchors(#[from] crate::transport::tls::TlsError),
     /// A retire date before now.
     #[error("the old issuing CA's certificates cannot be refused from a time in the past")]
     RetireInPast,

@@ -50,9 +50,7 @@ impl Fleet {
             .collect();
         let mut have = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
         if *have != fps {
-            self.verifier
-                .set_anchors(&anchors)
-                .map_err(|e| CaError::KeyFormat(PathBuf::from(e.to_string())))?;
+            self.verifier.set_anchors(&anchors)?;
             tracing::info!(anchors = fps.len(), "device certificate anchors updated");
             *have = fps;
         }

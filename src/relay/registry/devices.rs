@@ -16,6 +16,9 @@ pub struct DeviceRow {
     pub revoked: Option<i64>,
     /// Serial of the current certificate.
     pub serial: Option<String>,
+    /// The issuing CA (fingerprint) of the current certificate (`None`:
+    /// a single-tier fleet's CA).
+    pub issuer: Option<String>,
 }
 
 /// A certificate the CA issued, as the registry records it.
@@ -213,7 +216,8 @@ impl Registry {
     /// Every device, for `voxgate relay devices`.
     pub fn devices(&self) -> Result<Vec<DeviceRow>, RegistryError> {
         let mut q = self.db.prepare(
-            "SELECT d.id, d.enrolled, MAX(c.not_after), d.revoked, d.current_serial
+            "SELECT d.id, d.enrolled, MAX(c.not_after), d.revoked, d.current_serial,
+                    (SELECT issuer FROM certificates WHERE serial = d.current_serial)
              FROM devices d LEFT JOIN certificates c ON c.device = d.id
              GROUP BY d.id ORDER BY d.id",
         )?;
@@ -224,6 +228,7 @@ impl Registry {
                 cert_expires: r.get(2)?,
                 revoked: r.get(3)?,
                 serial: r.get(4)?,
+                issuer: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
