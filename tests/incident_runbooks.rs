@@ -16,6 +16,29 @@ use voxgate_testkit::lab::Lab;
 use voxgate_testkit::runbook::{Runner, runbook};
 use voxgate_testkit::session::{Session, runtime};
 
+/// A box enrolled with `voxgate setup` (sealed-file key) running `voxgate
+/// run` without audio (the `null` device): its process and metrics address.
+fn sealed_gateway(lab: &Lab, id: &str) -> (voxgate_testkit::lab::Proc, std::net::SocketAddr) {
+    let cfg = Setup::new(lab, id).args(["--backend", "sealed-file"]).run();
+    let m: std::net::SocketAddr = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp())
+        .parse()
+        .unwrap();
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{written}\n[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[telemetry]\nmetrics = \"{m}\"\n{}",
+            // The box's own directory stays writable for its renewals.
+            voxgate_testkit::lab::dev_privilege(&lab.dir).replace(
+                &format!("write = [\"{}\"]", lab.dir.display()),
+                "write = []"
+            )
+        ),
+    )
+    .unwrap();
+    (lab.start_gateway(&cfg, &[]), m)
+}
+
 #[test]
 fn stolen_box() {
     let lab = Lab::new("runbook-stolen", "mode = \"none\"");
@@ -138,25 +161,7 @@ fn leaked_issuing_key() {
     lab.gateway_config("gw-offline", lab.quic_port, "");
     let mut relay = lab.start_relay();
     // A box that renews over its session.
-    let cfg = Setup::new(&lab, "gw-online")
-        .args(["--backend", "sealed-file"])
-        .run();
-    let m: std::net::SocketAddr = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp())
-        .parse()
-        .unwrap();
-    let written = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "{written}\n[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[telemetry]\nmetrics = \"{m}\"\n{}",
-            voxgate_testkit::lab::dev_privilege(&lab.dir).replace(
-                &format!("write = [\"{}\"]", lab.dir.display()),
-                "write = []"
-            )
-        ),
-    )
-    .unwrap();
-    let mut gw = lab.start_gateway(&cfg, &[]);
+    let (mut gw, m) = sealed_gateway(&lab, "gw-online");
     voxgate_testkit::lab::wait_for(Duration::from_secs(20), "connected", || {
         gw.assert_running();
         voxgate_testkit::lab::metric(m, "voxgate_relay_connected") == 1.0
@@ -244,25 +249,7 @@ fn compromised_relay() {
         &relay_cfg,
     );
     let mut relay = lab.start_relay();
-    let cfg = Setup::new(&lab, "gw-box")
-        .args(["--backend", "sealed-file"])
-        .run();
-    let m: std::net::SocketAddr = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp())
-        .parse()
-        .unwrap();
-    let written = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "{written}\n[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[telemetry]\nmetrics = \"{m}\"\n{}",
-            voxgate_testkit::lab::dev_privilege(&lab.dir).replace(
-                &format!("write = [\"{}\"]", lab.dir.display()),
-                "write = []"
-            )
-        ),
-    )
-    .unwrap();
-    let mut gw = lab.start_gateway(&cfg, &[]);
+    let (mut gw, m) = sealed_gateway(&lab, "gw-box");
     let connects = || voxgate_testkit::lab::metric(m, "voxgate_relay_connects_total");
     voxgate_testkit::lab::wait_for(Duration::from_secs(20), "connected", || {
         gw.assert_running();

@@ -104,6 +104,30 @@ fn seconds(text: &str) -> Result<i64> {
     Ok(n.saturating_mul(mult))
 }
 
+/// The passphrase of the root key file, when one is given (none: the root
+/// key is kept on this machine).
+fn root_passphrase(
+    root_key: &Option<PathBuf>,
+    args: &PassphraseArgs,
+) -> Result<Option<crate::pki::passphrase::Passphrase>> {
+    Ok(match root_key {
+        Some(_) => Some(args.read(Purpose::Existing, "the root CA key file")?),
+        None => None,
+    })
+}
+
+/// Where the root key comes from: the file with its passphrase, or this
+/// machine.
+fn root_key_in<'a>(
+    root_key: &'a Option<PathBuf>,
+    pass: &'a Option<crate::pki::passphrase::Passphrase>,
+) -> RootKeyIn<'a> {
+    match (root_key, pass) {
+        (Some(path), Some(p)) => RootKeyIn::File(path, p),
+        _ => RootKeyIn::Machine,
+    }
+}
+
 fn when(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .map(|x| x.date().to_string() + " " + &x.time().to_string()[..8] + " UTC")
@@ -190,14 +214,8 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             let cfg = RelayConfig::load(&config)?;
             let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
             let reg = super::open_registry(&cfg)?;
-            let pass;
-            let root = match &root_key {
-                Some(path) => {
-                    pass = passphrase.read(Purpose::Existing, "the root CA key file")?;
-                    RootKeyIn::File(path, &pass)
-                }
-                None => RootKeyIn::Machine,
-            };
+            let pass = root_passphrase(&root_key, &passphrase)?;
+            let root = root_key_in(&root_key, &pass);
             let ca =
                 authority::rotate_issuing(&cfg.state_dir, &cfg.ca_binding, &reg, root, retire_at)?;
             println!("issuing CA {} signs from now on", ca.fingerprint());
@@ -216,14 +234,8 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             let cfg = RelayConfig::load(&config)?;
             let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
             let reg = super::open_registry(&cfg)?;
-            let pass;
-            let root = match &root_key {
-                Some(path) => {
-                    pass = passphrase.read(Purpose::Existing, "the root CA key file")?;
-                    RootKeyIn::File(path, &pass)
-                }
-                None => RootKeyIn::Machine,
-            };
+            let pass = root_passphrase(&root_key, &passphrase)?;
+            let root = root_key_in(&root_key, &pass);
             let fp = authority::recover(
                 &cfg.state_dir,
                 &cfg.ca_binding,

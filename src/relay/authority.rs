@@ -19,9 +19,9 @@
 //! chooses, encrypted under a passphrase ([`crate::pki::passphrase`]); it is
 //! needed again only to make the next issuing CA.
 
-use super::ca::{CaError, IssuingCa, LocalCa};
+use super::ca::{CaError, IssuingCa, LocalCa, create, io};
 use super::registry::{Registry, now};
-use crate::pki::files::{self, FileError, write_new};
+use crate::pki::files;
 use crate::pki::issue;
 use crate::pki::name::fingerprint;
 use crate::pki::passphrase::{self, Passphrase};
@@ -61,20 +61,6 @@ pub enum RootKeyIn<'a> {
     Machine,
     /// The file `relay init` exported, and its passphrase.
     File(&'a Path, &'a Passphrase),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
-    move |source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    write_new(path, data, mode).map_err(|e| match e {
-        FileError::Exists(p) => CaError::Exists(p),
-        e => e.into(),
-    })
 }
 
 /// Whether `cert` is self-signed (a root): its subject is its issuer.

@@ -136,7 +136,7 @@ pub enum CaError {
     RetireInPast,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io {
         path: path.to_path_buf(),
         source,
@@ -144,7 +144,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
 }
 
 /// [`write_new`], with an existing file reported as the CA's own refusal.
-fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+pub(super) fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     write_new(path, data, mode).map_err(|e| match e {
         FileError::Exists(p) => CaError::Exists(p),
         e => e.into(),
