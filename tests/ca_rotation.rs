@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
 use voxgate_testkit::cmd::both as text;
-use voxgate_testkit::enroll::{Setup, audit, cert_serial, secret_file};
-use voxgate_testkit::lab::{Lab, dev_privilege, free_tcp, metric, wait_for};
+use voxgate_testkit::enroll::{audit, cert_serial, sealed_gateway_config, secret_file};
+use voxgate_testkit::lab::{Lab, metric, wait_for};
 use voxgate_testkit::session::{Session, runtime};
 
 const RETIRE_S: u64 = 12;
@@ -67,22 +67,7 @@ fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
     let env = vec![("ALSA_CONFIG_PATH".to_string(), devs.alsa_config_path_env())];
     let mut gateways = Vec::new();
     for id in ["gw-r1", "gw-r2"] {
-        let cfg = Setup::new(&lab, id)
-            .args(["--backend", "sealed-file"])
-            .run();
-        let m: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp()).parse().unwrap();
-        let written = std::fs::read_to_string(&cfg).unwrap();
-        std::fs::write(
-            &cfg,
-            format!(
-                "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\nenabled = false\n[telemetry]\nlog = \"debug\"\nmetrics = \"{m}\"\n{}",
-                dev_privilege(&lab.dir).replace(
-                    &format!("write = [\"{}\"]", lab.dir.display()),
-                    "write = []"
-                )
-            ),
-        )
-        .unwrap();
+        let (cfg, m) = sealed_gateway_config(&lab, id, "voxcap");
         let gw = lab.start_gateway(&cfg, &env);
         gateways.push((id, gw, m, lab.dir.join(id).join("device.pem")));
     }

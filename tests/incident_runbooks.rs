@@ -19,23 +19,7 @@ use voxgate_testkit::session::{Session, runtime};
 /// A box enrolled with `voxgate setup` (sealed-file key) running `voxgate
 /// run` without audio (the `null` device): its process and metrics address.
 fn sealed_gateway(lab: &Lab, id: &str) -> (voxgate_testkit::lab::Proc, std::net::SocketAddr) {
-    let cfg = Setup::new(lab, id).args(["--backend", "sealed-file"]).run();
-    let m: std::net::SocketAddr = format!("127.0.0.1:{}", voxgate_testkit::lab::free_tcp())
-        .parse()
-        .unwrap();
-    let written = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "{written}\n[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[telemetry]\nmetrics = \"{m}\"\n{}",
-            // The box's own directory stays writable for its renewals.
-            voxgate_testkit::lab::dev_privilege(&lab.dir).replace(
-                &format!("write = [\"{}\"]", lab.dir.display()),
-                "write = []"
-            )
-        ),
-    )
-    .unwrap();
+    let (cfg, m) = voxgate_testkit::enroll::sealed_gateway_config(lab, id, "null");
     (lab.start_gateway(&cfg, &[]), m)
 }
 

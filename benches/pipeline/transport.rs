@@ -20,9 +20,10 @@ pub(crate) fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) 
     let cfg = GatewayConfig::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
     let identity =
         voxgate::identity::backend::load(&cfg.device_id, &cfg.identity).expect("device identity");
-    let ca = voxgate::pki::files::read_certs(&cfg.relay.ca).expect("relay CA");
-    let client_cfg = voxgate::transport::tls::client_config(&ca, identity.identity.as_ref())
-        .expect("QUIC client config");
+    let roots = voxgate::gateway::roots::DeviceRoots::load(&cfg.relay.ca).expect("relay CA");
+    let client_cfg =
+        voxgate::transport::tls::client_config_with(roots.verifier(), identity.identity.as_ref())
+            .expect("QUIC client config");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("quic-alone")
@@ -50,6 +51,7 @@ pub(crate) fn transport_run(packets: &[Vec<u8>], codec: &CodecConfig, tck: f64) 
         ssrc,
         frame_ms: frame_ms(codec) as u16,
         renewal: None,
+        roots,
     };
     let wiring = Wiring {
         slot: slot.clone(),

@@ -1,5 +1,5 @@
 //! `voxgate relay init` (the two-tier fleet CA) and `voxgate relay ca
-//! {status,rotate-issuing,export-root}`.
+//! {status,rotate-issuing,rotate-root,recover,export-root}`.
 
 use super::passphrase::{PassphraseArgs, Purpose};
 use crate::config::RelayConfig;
@@ -49,6 +49,38 @@ pub(super) enum CaCommand {
         /// old one's certificates are refused: seconds, or with a unit
         /// (`30m`, `12h`, `7d`). A leaked issuing key: short.
         #[arg(long, default_value = "7d")]
+        retire_after: String,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Make a new root, vouched for by the old one (a cross certificate), and a
+    /// new issuing CA under it. Until --retire-after the relay serves a chain
+    /// that leads to either root and tells every connected device of the new
+    /// root (a device takes it only if the old root signed it); then the old
+    /// root and its issuing CAs are refused, and devices drop the old root.
+    RotateRoot {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// The current root's key file (omit when it is kept on this machine);
+        /// its passphrase from --passphrase-file, --passphrase-stdin or the
+        /// terminal.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+        /// Write the new root's key to this new file, encrypted under a
+        /// passphrase (--new-passphrase-file, or the terminal).
+        #[arg(long, value_name = "FILE", conflicts_with = "keep_root")]
+        new_root_key_out: Option<PathBuf>,
+        /// The new root key file's passphrase: the first line of this 0600
+        /// file.
+        #[arg(long, value_name = "PATH", requires = "new_root_key_out")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Keep the new root's key on this machine, sealed (labs and demos).
+        #[arg(long)]
+        keep_root: bool,
+        /// How long the old root stays trusted beside the new one: every
+        /// device must connect within it to learn the new root (`12h`, `30d`).
+        #[arg(long, default_value = "30d")]
         retire_after: String,
         #[command(flatten)]
         passphrase: PassphraseArgs,
@@ -174,8 +206,21 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             let cfg = RelayConfig::load(&config)?;
             let reg = super::open_registry(&cfg)?;
             let state = &cfg.state_dir;
-            for r in authority::roots(state)? {
-                println!("root     {}", crate::pki::name::fingerprint(&r));
+            let at = crate::relay::registry::now();
+            let rows = reg.roots()?;
+            if rows.is_empty() {
+                for r in authority::roots(state)? {
+                    println!("root     {}", crate::pki::name::fingerprint(&r));
+                }
+            }
+            for r in rows {
+                let state = match (r.current, r.retire_at) {
+                    (true, _) => "current".to_string(),
+                    (false, Some(t)) if t <= at => format!("retired {}", when(t)),
+                    (false, Some(t)) => format!("trusted until {}", when(t)),
+                    (false, None) => "trusted".to_string(),
+                };
+                println!("root     {}  {state}", r.fingerprint);
             }
             let key_here = state.join(authority::ROOT_KEY_SEALED).exists()
                 || state.join(crate::relay::ca::CA_KEY_SEALED).exists();
@@ -193,7 +238,6 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
                     "issuing  none yet: the single-tier CA signs; the relay makes an issuing CA at its next start"
                 );
             }
-            let at = crate::relay::registry::now();
             for i in issuers {
                 let state = match (i.current, i.retire_at) {
                     (true, _) => "signing".to_string(),
@@ -221,6 +265,57 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             println!("issuing CA {} signs from now on", ca.fingerprint());
             eprintln!(
                 "the running relay takes it within a second, renews its own certificate from it and asks every connected device to renew; certificates of the previous issuing CA are refused from {} (see `voxgate relay ca status`, and `voxgate relay audit` for the renewals)",
+                when(retire_at)
+            );
+            Ok(())
+        }
+        CaCommand::RotateRoot {
+            config,
+            root_key,
+            new_root_key_out,
+            new_passphrase_file,
+            keep_root,
+            retire_after,
+            passphrase,
+        } => {
+            let cfg = RelayConfig::load(&config)?;
+            let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
+            let reg = super::open_registry(&cfg)?;
+            let pass = root_passphrase(&root_key, &passphrase)?;
+            let old = root_key_in(&root_key, &pass);
+            let new_pass;
+            let out = match (&new_root_key_out, keep_root) {
+                (Some(path), false) => {
+                    new_pass = PassphraseArgs {
+                        passphrase_file: new_passphrase_file,
+                        passphrase_stdin: false,
+                    }
+                    .read(Purpose::New, "the new root CA key file")?;
+                    RootKeyOut::Export(path, &new_pass)
+                }
+                (None, true) => RootKeyOut::Keep,
+                _ => anyhow::bail!(
+                    "the new root CA key must go somewhere: --new-root-key-out FILE (encrypted under a passphrase; keep the file off this machine) or --keep-root (labs and demos: sealed on this machine)"
+                ),
+            };
+            let r = crate::relay::roots::rotate_root(
+                &cfg.state_dir,
+                &cfg.ca_binding,
+                &reg,
+                old,
+                out,
+                retire_at,
+            )?;
+            println!("new root CA fingerprint: {}", r.root);
+            println!("issuing CA {} signs from now on", r.issuing);
+            if let Some(path) = &r.key_out {
+                eprintln!(
+                    "the new root CA key is in {} (encrypted); keep it and its passphrase off this machine. The old root's key is no longer needed.",
+                    path.display()
+                );
+            }
+            eprintln!(
+                "the running relay takes the new root within a second: connected devices learn it (each checks the old root's signature) and renew onto the new issuing CA. The old root and its certificates are refused from {}: every device must connect before then. Enroll new devices with the new fingerprint.",
                 when(retire_at)
             );
             Ok(())

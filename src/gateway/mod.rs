@@ -9,6 +9,7 @@
 
 pub mod downlink;
 pub mod metrics;
+pub mod roots;
 pub mod runtime;
 pub mod session;
 pub mod uplink;
@@ -37,6 +38,7 @@ pub struct Prepared {
     /// The validated config.
     pub cfg: GatewayConfig,
     client: quinn::ClientConfig,
+    roots: Arc<roots::DeviceRoots>,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
     identity: crate::identity::backend::LoadedIdentity,
@@ -46,7 +48,8 @@ pub struct Prepared {
 impl Prepared {
     /// Paths the sandbox must keep writable: the TPM named in
     /// `identity.tpm` (reopened after a TPM failure) and, where the backend
-    /// renews, the directories of the certificate and the key file.
+    /// renews, the directories of the certificate and the key file; the
+    /// directory of the roots bundle (rewritten during a root rotation).
     pub fn sandbox_paths(&self) -> Vec<std::path::PathBuf> {
         let mut v = match (&self.identity.tpm, &self.cfg.identity.tpm) {
             (Some(_), crate::identity::tpm::TpmSpec::Device(p)) => vec![p.clone()],
@@ -59,6 +62,11 @@ impl Prepared {
                     v.push(d.to_path_buf());
                 }
             }
+        }
+        if let Some(d) = self.roots.dir()
+            && !v.iter().any(|p| p == d)
+        {
+            v.push(d.to_path_buf());
         }
         v
     }
@@ -88,9 +96,9 @@ impl Prepared {
 pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
     let identity = crate::identity::backend::load(&cfg.device_id, &cfg.identity)
         .with_context(|| format!("{}: [identity]", cfg.file.display()))?;
-    let ca = crate::pki::files::read_certs(&cfg.relay.ca)
+    let roots = roots::DeviceRoots::load(&cfg.relay.ca)
         .with_context(|| format!("{}: key `relay.ca`", cfg.file.display()))?;
-    let client = tls::client_config(&ca, identity.identity.as_ref())?;
+    let client = tls::client_config_with(roots.verifier(), identity.identity.as_ref())?;
     device::find(cfg.capture.device.as_deref(), Dir::Capture)
         .map_err(|e| ConfigError::invalid(&cfg.file, "capture.device", e.to_string()))?;
     if cfg.playback.enabled {
@@ -130,6 +138,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
     Ok(Prepared {
         cfg,
         client,
+        roots,
         udp,
         metrics,
         identity,
@@ -249,6 +258,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         ssrc,
         frame_ms: cfg.codec.frame.as_millis() as u16,
         renewal: p.identity.renewer.clone(),
+        roots: p.roots.clone(),
     };
     info!(relay = %params.address, frame_ms = params.frame_ms, bitrate = cfg.codec.bitrate,
           fec = cfg.codec.fec, dtx = cfg.codec.dtx, "gateway running");

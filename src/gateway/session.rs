@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Uplink flow id chosen by the device.
 pub const UPLINK_FLOW: u64 = 0;
@@ -43,6 +43,8 @@ pub struct ClientParams {
     pub frame_ms: u16,
     /// Certificate renewal over the session, for backends that renew.
     pub renewal: Option<Arc<Renewer>>,
+    /// The fleet roots the relay is checked against (root rotation).
+    pub roots: Arc<super::roots::DeviceRoots>,
 }
 
 /// Where the connection delivers what it receives.
@@ -310,6 +312,12 @@ async fn session_inner(
                     }
                     None => warn!(reason = %why, "the relay asked for a certificate renewal, but this backend does not renew over the session; re-enroll with `voxgate setup` and a re-enrollment token before the relay stops accepting this certificate"),
                 },
+                Ok(Action::TrustRoot { root, cross, only }) => {
+                    tokio::task::spawn_blocking({
+                        let roots = p.roots.clone();
+                        move || take_root(&roots, &root, &cross, only)
+                    });
+                }
                 Ok(Action::None) => {}
                 Err(e) => break Err(e.into()),
             },
@@ -377,6 +385,35 @@ async fn commit_renewal(r: Arc<Renewer>, pending: Pending, cert: String) {
     }
 }
 
+/// Apply a `trust_root` announcement and log what it did (blocking).
+fn take_root(roots: &super::roots::DeviceRoots, root: &str, cross: &str, only: bool) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match roots.apply(root, cross, only, now) {
+        Ok(None) => debug!(only, "the relay's fleet root is already trusted"),
+        Ok(Some(a)) => {
+            if only {
+                info!(
+                    roots = a.roots,
+                    "the root rotation's overlap is over: trusting only the new fleet root"
+                );
+            } else {
+                info!(
+                    roots = a.roots,
+                    "root rotation: the new fleet root is trusted beside the old one (its cross certificate verified)"
+                );
+            }
+            if let Some(why) = a.unsaved {
+                error!(error = %why, "the new fleet roots could not be stored: this device will not reach the relay after a restart once the old root is retired; make the `relay.ca` file's directory writable by the service");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "the relay announced a fleet root that this device does not take")
+        }
+    }
+}
+
 /// What the session loop does after a control message.
 enum Action {
     None,
@@ -386,6 +423,12 @@ enum Action {
     RenewRefused(String),
     /// The relay asked for a renewal now.
     RenewNow(String),
+    /// The relay announced the fleet's root (root rotation).
+    TrustRoot {
+        root: String,
+        cross: String,
+        only: bool,
+    },
 }
 
 /// Apply one control message.
@@ -430,6 +473,11 @@ fn handle(
         Message::Ping(p) => Action::Pong(p.id),
         Message::Renewed(e) => Action::Renewed(e.cert.to_string()),
         Message::RenewNow(r) => Action::RenewNow(r.reason.to_string()),
+        Message::TrustRoot(t) => Action::TrustRoot {
+            root: t.root.to_string(),
+            cross: t.cross.to_string(),
+            only: t.only,
+        },
         Message::Error(e) if e.code == "renew_refused" => {
             Action::RenewRefused(e.message.to_string())
         }

@@ -12,4 +12,5 @@ pub mod files;
 pub mod issue;
 pub mod name;
 pub mod passphrase;
+pub mod roots;
 pub mod sealed;

@@ -177,6 +177,22 @@ pub struct RenewNow<'a> {
     pub reason: &'a str,
 }
 
+/// The relay announces a new fleet root (root rotation): the new root,
+/// and a cross certificate (the new root's name and key signed by the root
+/// the devices pinned), so a device takes it only on the old root's word
+/// ([`crate::pki::roots`]). `only` ends the overlap: keep this root and drop
+/// the others. Sent at the start of every session once a root was rotated,
+/// and again when it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustRoot<'a> {
+    /// Base64 (standard, padded) DER of the new root.
+    pub root: &'a str,
+    /// Base64 DER of the cross certificate; empty once `only` is set.
+    pub cross: &'a str,
+    /// Trust only this root from now on.
+    pub only: bool,
+}
+
 /// Every control message of protocol v1.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -222,6 +238,8 @@ pub enum Message<'a> {
     Renewed(Enrolled<'a>),
     /// See [`RenewNow`].
     RenewNow(RenewNow<'a>),
+    /// See [`TrustRoot`].
+    TrustRoot(TrustRoot<'a>),
 }
 
 #[derive(Deserialize)]
@@ -297,6 +315,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "renew" => Message::Renew(de(body)?),
         "renewed" => Message::Renewed(de(body)?),
         "renew_now" => Message::RenewNow(de(body)?),
+        "trust_root" => Message::TrustRoot(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -386,6 +405,11 @@ mod tests {
             }),
             Message::RenewNow(RenewNow {
                 reason: "issuing CA rotated",
+            }),
+            Message::TrustRoot(TrustRoot {
+                root: "TUlJRA==",
+                cross: "",
+                only: true,
             }),
         ];
         let mut buf = [0u8; 512];

@@ -6,7 +6,7 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `ca.pem` | the root (the CA devices pin; a single-tier fleet's CA became it) |
+//! | `ca.pem` | the root (the CA devices pin; a single-tier fleet's CA became it); during a root rotation's overlap the new root, then the old one ([`super::roots`]) |
 //! | `issuing-<fp>.pem`, `issuing-<fp>.key.sealed` | each issuing CA, its key sealed to the machine |
 //! | `root.key.sealed` | the root's key, only where the operator keeps it on the relay (`relay init --keep-root`: labs and the demo; or a migrated fleet until `relay ca export-root`) |
 //!
@@ -28,7 +28,7 @@ use crate::pki::passphrase::{self, Passphrase};
 use crate::pki::sealed::{self, MachineBinding};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData as _,
 };
 use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub fn is_self_signed(cert: &CertificateDer<'_>) -> bool {
         .unwrap_or(false)
 }
 
-fn ca_params(cn: &str, path_len: u8, days: i64) -> CertificateParams {
+pub(super) fn ca_params(cn: &str, path_len: u8, days: i64) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -81,6 +81,29 @@ fn ca_params(cn: &str, path_len: u8, days: i64) -> CertificateParams {
     p.not_before = now - issue::BACKDATE;
     p.not_after = now + Duration::days(days);
     p
+}
+
+/// `what` and the time now (UTC), as CA names are made unique.
+pub(super) fn stamped(what: &str) -> String {
+    let t = OffsetDateTime::now_utc();
+    format!(
+        "{what} {:04}-{:02}-{:02} {:02}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A random certificate serial number.
+pub(super) fn random_serial() -> Result<rcgen::SerialNumber, CaError> {
+    Ok(rcgen::SerialNumber::from_slice(
+        crate::pki::name::Serial::random()
+            .map_err(|_| CaError::Random)?
+            .bytes(),
+    ))
 }
 
 /// A new root: its certificate and key.
@@ -111,22 +134,8 @@ pub fn install_issuing(
     retire_prev_at: Option<i64>,
 ) -> Result<LocalCa, CaError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let stamp = OffsetDateTime::now_utc();
-    let cn = format!(
-        "voxgate issuing CA {:04}-{:02}-{:02} {:02}{:02}{:02}",
-        stamp.year(),
-        u8::from(stamp.month()),
-        stamp.day(),
-        stamp.hour(),
-        stamp.minute(),
-        stamp.second()
-    );
-    let mut params = ca_params(&cn, 0, ISSUING_DAYS);
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(
-        crate::pki::name::Serial::random()
-            .map_err(|_| CaError::Random)?
-            .bytes(),
-    ));
+    let mut params = ca_params(&stamped("voxgate issuing CA"), 0, ISSUING_DAYS);
+    params.serial_number = Some(random_serial()?);
     let cert = params.signed_by(&key, root)?;
     let fp = fingerprint(cert.der());
     let (cert_path, key_path) = issuing_paths(state_dir, &fp);
@@ -185,14 +194,14 @@ pub fn roots(state_dir: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> 
     Ok(files::read_certs(&state_dir.join(super::ca::CA_CERT))?)
 }
 
-/// What the relay accepts device certificates from at `at`: the roots (a
-/// single-tier fleet's certificates) and every issuing CA not retired.
+/// What the relay accepts device certificates from at `at`: the live roots
+/// (a single-tier fleet's certificates) and every issuing CA not retired.
 pub fn client_anchors(
     state_dir: &Path,
     registry: &Registry,
     at: i64,
 ) -> Result<Vec<CertificateDer<'static>>, CaError> {
-    let mut anchors = roots(state_dir)?;
+    let mut anchors = super::roots::fleet_roots(state_dir, registry, at)?.live;
     for i in registry.issuers()? {
         if i.retire_at.is_none_or(|r| r > at) {
             anchors.push(CertificateDer::from(i.cert));
@@ -208,27 +217,45 @@ pub fn root_issuer(
     key: RootKeyIn<'_>,
 ) -> Result<Issuer<'static, KeyPair>, CaError> {
     let ca_path = state_dir.join(super::ca::CA_CERT);
-    let pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
-    let pkcs8 = match key {
+    // The current root is the first in `ca.pem` (a root rotation's
+    // overlap lists the older one after it).
+    let root = files::read_certs(&ca_path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaError::Missing(state_dir.to_path_buf()))?;
+    let (pkcs8, from) = match key {
         RootKeyIn::Machine => {
             let sealed_path = state_dir.join(ROOT_KEY_SEALED);
             if sealed_path.exists() {
-                super::ca::open_sealed(&sealed_path, binding)?
+                (super::ca::open_sealed(&sealed_path, binding)?, sealed_path)
             } else {
                 return Err(CaError::RootKeyAway(state_dir.to_path_buf()));
             }
         }
         RootKeyIn::File(path, pass) => {
             let file = std::fs::read(path).map_err(io(path))?;
-            passphrase::open(pass, &file).map_err(|e| CaError::RootKeyFile {
+            let pkcs8 = passphrase::open(pass, &file).map_err(|e| CaError::RootKeyFile {
                 path: path.to_path_buf(),
                 why: e.to_string(),
-            })?
+            })?;
+            (pkcs8, path.to_path_buf())
         }
     };
     let key = KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
-        .map_err(|_| CaError::KeyFormat(state_dir.join(ROOT_KEY_SEALED)))?;
-    let issuer = Issuer::from_ca_cert_pem(&pem, key)?;
+        .map_err(|_| CaError::KeyFormat(from.clone()))?;
+    // The key of a root that was rotated out signs nothing any more.
+    let spki_matches = x509_parser::parse_x509_certificate(&root)
+        .is_ok_and(|(_, x)| x.public_key().raw == key.subject_public_key_info().as_slice());
+    if !spki_matches {
+        return Err(CaError::RootKeyFile {
+            path: from,
+            why: format!(
+                "not the key of the current root {} (after a root rotation, give the new root's key)",
+                fingerprint(&root)
+            ),
+        });
+    }
+    let issuer = Issuer::from_ca_cert_der(&root, key)?;
     Ok(issuer)
 }
 
@@ -290,10 +317,17 @@ pub fn export_root(
             why: "the written file does not read back".into(),
         });
     }
-    let len = std::fs::metadata(&sealed_path).map_or(0, |m| m.len() as usize);
-    std::fs::write(&sealed_path, vec![0u8; len]).map_err(io(&sealed_path))?;
-    std::fs::remove_file(&sealed_path).map_err(io(&sealed_path))?;
-    Ok(())
+    shred(&sealed_path)
+}
+
+/// Overwrite `path` with zeros and remove it; nothing to do when it is
+/// not there.
+pub(super) fn shred(path: &Path) -> Result<(), CaError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    std::fs::write(path, vec![0u8; meta.len() as usize]).map_err(io(path))?;
+    std::fs::remove_file(path).map_err(io(path))
 }
 
 /// An existing single-tier fleet (its CA key in `ca.key.sealed`, no issuing
@@ -425,11 +459,7 @@ pub fn recover(
         (super::ca::RELAY_KEY_SEALED, sealed_key.as_slice(), 0o600),
         (super::ca::RELAY_CERT, chain.as_bytes(), 0o644),
     ] {
-        let path = state_dir.join(name);
-        let tmp = state_dir.join(format!("{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        create(&tmp, data, mode)?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        super::ca::replace(&state_dir.join(name), data, mode)?;
     }
     registry.audit(
         "ca_recovered",

@@ -134,6 +134,11 @@ pub enum CaError {
     /// A retire date before now.
     #[error("the old issuing CA's certificates cannot be refused from a time in the past")]
     RetireInPast,
+    /// A root rotation while the previous one's overlap still runs.
+    #[error(
+        "root {0} is still trusted beside the current root (an earlier rotation's overlap): rotate again after it is retired, so that every device can follow the chain of cross certificates"
+    )]
+    RootOverlap(String),
 }
 
 pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
@@ -149,6 +154,17 @@ pub(super) fn create(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError>
         FileError::Exists(p) => CaError::Exists(p),
         e => e.into(),
     })
+}
+
+/// Write `data` to `path` in one step: beside it first (`.tmp`), then
+/// renamed over it, so a reader sees the old file or the new one.
+pub(super) fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    create(&tmp, data, mode)?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Create the two-tier fleet CA and the relay certificate (valid

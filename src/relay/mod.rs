@@ -13,6 +13,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod recorder;
 pub mod registry;
+pub mod roots;
 pub mod rotation;
 pub mod server;
 pub mod server_cert;
@@ -107,7 +108,7 @@ async fn enforce_trust(
             }
             let version = r.data_version()?;
             let mut rotated = None;
-            if seen != Some(version) {
+            if seen != Some(version) || fleet2.due(registry::now()) {
                 trust2.reload(&r)?;
                 rotated = fleet2.follow(&r).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "cannot take up the new issuing CA; the relay keeps signing with the one it has");
@@ -227,7 +228,6 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
             .ok_or_else(|| anyhow::anyhow!("no issuing CA in {}", state.display()))?,
     };
     let anchors = authority::client_anchors(state, &registry, registry::now())?;
-    let state_dir = state.clone();
     let registry = Arc::new(std::sync::Mutex::new(registry));
     let fleet_ca = ca::IssuingCa::new(signing);
     let material = cfg.ca_binding.material()?;
@@ -251,6 +251,16 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     .with_context(|| format!("{}: the relay certificate", cfg.file.display()))?;
     let verifier = crate::transport::tls::ClientVerifier::new(&anchors, trust.clone())?;
     let server = crate::transport::tls::server_config_with(cert.holder(), verifier.clone())?;
+    // The chain and anchors as the fleet's roots and issuing CAs are now.
+    let fleet = rotation::Fleet::new(
+        fleet_ca,
+        verifier,
+        cert.clone(),
+        material,
+        state.clone(),
+        &registry.lock().unwrap_or_else(|p| p.into_inner()),
+    )
+    .with_context(|| format!("{}: the fleet CA", cfg.file.display()))?;
     let downlink = load_downlink(&cfg.downlink)?;
     std::fs::create_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
@@ -271,18 +281,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         trust,
         enroller,
         cert,
-        fleet: Arc::new(rotation::Fleet {
-            issuing: fleet_ca,
-            verifier,
-            material,
-            state_dir,
-            anchors: std::sync::Mutex::new(
-                anchors
-                    .iter()
-                    .map(|c| crate::pki::name::fingerprint(c))
-                    .collect(),
-            ),
-        }),
+        fleet,
         downlink,
         udp,
         udp_recv_buffer,
@@ -319,7 +318,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         metrics,
         next_session: AtomicU64::new(1),
         trust: p.trust.clone(),
-        issuing: p.fleet.issuing.clone(),
+        issuing: p.fleet.issuing(),
+        roots: p.fleet.notices(),
         enroller: p.enroller,
         live: Default::default(),
     });

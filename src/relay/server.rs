@@ -20,7 +20,7 @@ use super::metrics::RelayMetrics;
 use crate::media::stats::ReceiveStats;
 use crate::pki::name::CertFacts;
 use crate::proto::control::{
-    Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, RenewNow, Stats, Welcome,
+    Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, RenewNow, Stats, TrustRoot, Welcome,
 };
 use crate::proto::signal::CallSignal;
 use crate::transport::framed::{self, FrameReader, StreamError};
@@ -75,6 +75,8 @@ pub struct RelayCtx {
     pub enroller: Arc<super::enroll::Enroller>,
     /// The issuing CA that signs now.
     pub issuing: Arc<super::ca::IssuingCa>,
+    /// What devices are told of the fleet's roots.
+    pub roots: super::rotation::Notices,
     /// Live sessions by number (for revocation and superseded
     /// certificates).
     pub live: std::sync::Mutex<HashMap<u64, LiveSession>>,
@@ -376,6 +378,7 @@ async fn control_loop(
     // The issuing CA this session was last checked against (none yet: the
     // first stats tick checks).
     let mut prompted: Option<String> = None;
+    let mut told_roots: Option<Arc<super::roots::RootNotice>> = None;
     // The control stream's read lives across loop turns (re-created on
     // every turn, it would look into quinn's stream state again each time).
     let mut ctrl = std::pin::pin!(next_control(reader));
@@ -493,6 +496,14 @@ async fn control_loop(
                         info!(%device, session, "asking the device to renew onto the new issuing CA");
                         framed::send(send, &Message::RenewNow(RenewNow { reason: "the relay's issuing CA was rotated" })).await?;
                     }
+                }
+                // After a root rotation: the new root, at the start and
+                // whenever it changes (the overlap's end).
+                let roots = ctx.roots.borrow().clone();
+                if let Some(n) = roots && !told_roots.as_ref().is_some_and(|t| Arc::ptr_eq(t, &n)) {
+                    framed::send(send, &Message::TrustRoot(TrustRoot { root: &n.root, cross: &n.cross, only: n.only })).await?;
+                    debug!(%device, session, only = n.only, "told the device of the fleet root");
+                    told_roots = Some(n);
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! The QUIC and TLS plumbing both roles use: TLS configuration with mutual
 //! authentication ([`tls`]), control frames over a QUIC stream ([`framed`],
-//! the IO shell around `proto::control`), and the gateway's link types that
-//! its session, uplink and phone bridge share ([`link`]).
+//! the IO shell around `proto::control`), the device's swappable verifier of
+//! the relay ([`relay_roots`]), and the gateway's link types that its
+//! session, uplink and phone bridge share ([`link`]).
 
 pub mod framed;
 pub mod link;
+pub mod relay_roots;
 pub mod tls;
 
 /// Split `host:port` / `[v6]:port`; the port must be a non-zero u16.

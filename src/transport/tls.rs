@@ -112,11 +112,11 @@ impl DeviceIdentity for DevFileIdentity {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(ca: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsError> {
+pub(super) fn roots(ca: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {
         roots.add(c.clone())?;
@@ -164,9 +164,18 @@ pub fn client_config(
     ca: &[CertificateDer<'static>],
     identity: &dyn DeviceIdentity,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_with(super::relay_roots::RelayVerifier::new(ca)?, identity)
+}
+
+/// [`client_config`] with roots that a root rotation may change.
+pub fn client_config_with(
+    relay: Arc<super::relay_roots::RelayVerifier>,
+    identity: &dyn DeviceIdentity,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca)?)
+        .dangerous()
+        .with_custom_certificate_verifier(relay)
         .with_client_cert_resolver(identity.resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let q = QuicClientConfig::try_from(tls)?;

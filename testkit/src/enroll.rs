@@ -222,6 +222,36 @@ impl<'a> Setup<'a> {
     }
 }
 
+/// `voxgate setup` of `id` with a sealed key, and its config made ready
+/// for `voxgate run` in the lab: capture from `capture` (`voxcap` for the
+/// ALSA file device, `null` for none), no playback, a metrics address, and
+/// the lab's privilege settings with nothing writable but what the
+/// gateway keeps writable itself (its own directory: renewals and the
+/// roots bundle). Returns the config and the metrics address.
+pub fn sealed_gateway_config(
+    lab: &Lab,
+    id: &str,
+    capture: &str,
+) -> (PathBuf, std::net::SocketAddr) {
+    let cfg = Setup::new(lab, id).args(["--backend", "sealed-file"]).run();
+    let m: std::net::SocketAddr = format!("127.0.0.1:{}", crate::lab::free_tcp())
+        .parse()
+        .unwrap();
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{written}\n[capture]\ndevice = \"{capture}\"\n[playback]\nenabled = false\n[telemetry]\nlog = \"debug\"\nmetrics = \"{m}\"\n{}",
+            crate::lab::dev_privilege(&lab.dir).replace(
+                &format!("write = [\"{}\"]", lab.dir.display()),
+                "write = []"
+            )
+        ),
+    )
+    .unwrap();
+    (cfg, m)
+}
+
 /// The lab relay's registry with its audit key, as `voxgate relay token
 /// create` opens it: for writes from the test process.
 pub fn registry(lab: &Lab) -> voxgate::relay::registry::Registry {

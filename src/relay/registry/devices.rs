@@ -147,7 +147,8 @@ impl Registry {
     /// The certificates the relay may accept at `at`: every device's
     /// current one, and those superseded less than `grace` seconds ago;
     /// none of a revoked device, none replaced by a re-enrollment, none
-    /// expired.
+    /// expired. Certificates of a retired issuing CA stay, with its date:
+    /// the trust table refuses them by that date, and says so.
     pub fn trust_rows(&self, at: i64, grace: i64) -> Result<Vec<TrustRow>, RegistryError> {
         let mut q = self.db.prepare(
             "SELECT c.device, c.serial, c.spki, c.superseded_at, c.serial = d.current_serial,
@@ -155,8 +156,7 @@ impl Registry {
              FROM certificates c JOIN devices d ON d.id = c.device
                   LEFT JOIN issuers i ON i.fingerprint = c.issuer
              WHERE d.revoked IS NULL AND c.replaced_at IS NULL AND c.not_after > ?1
-               AND (c.serial = d.current_serial OR c.superseded_at > ?1 - ?2)
-               AND (i.retire_at IS NULL OR i.retire_at > ?1)",
+               AND (c.serial = d.current_serial OR c.superseded_at > ?1 - ?2)",
         )?;
         let rows = q.query_map(params![at, grace], |r| {
             let spki: Option<Vec<u8>> = r.get(2)?;

@@ -23,6 +23,7 @@ mod audit;
 pub mod chain;
 mod devices;
 mod issuers;
+mod roots;
 mod schema;
 mod snapshot;
 mod tokens;
@@ -31,6 +32,7 @@ pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};
 pub use issuers::IssuerRow;
+pub use roots::RootRow;
 pub use snapshot::{SNAPSHOT_WAIT, Snapshot, schema_version};
 pub use tokens::{NewToken, Redeemed, TokenRejection, TokenRow};
 

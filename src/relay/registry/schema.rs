@@ -72,6 +72,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
          current INTEGER NOT NULL DEFAULT 0,
          retire_at INTEGER);
      ALTER TABLE certificates ADD COLUMN issuer TEXT;",
+    // Root rotation: each fleet root's certificate, the cross certificate
+    // that vouches for it (its name and key signed by the root before it;
+    // NULL for the first root), the current one, and from when an older
+    // root is no longer trusted. Empty until the first rotation: the root
+    // is then `ca.pem`'s.
+    "CREATE TABLE roots (
+         fingerprint TEXT PRIMARY KEY,
+         cert BLOB NOT NULL,
+         cross_cert BLOB,
+         created INTEGER NOT NULL,
+         current INTEGER NOT NULL DEFAULT 0,
+         retire_at INTEGER);",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

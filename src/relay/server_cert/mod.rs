@@ -174,8 +174,9 @@ pub struct ServerCert {
     lifetime: Duration,
     signer: Arc<dyn RelayCertSigner>,
     material: sealed::Material,
-    ca: Vec<CertificateDer<'static>>,
-    ca_pem: String,
+    roots: Mutex<Roots>,
+    /// One change of the served chain at a time (a renewal, new roots).
+    changing: Mutex<()>,
     holder: Arc<ServerCertHolder>,
     served: Mutex<Served>,
     registry: Option<Arc<Mutex<Registry>>>,
@@ -211,6 +212,51 @@ pub struct Settings<'a> {
     pub registry: Option<Arc<Mutex<Registry>>>,
 }
 
+/// The fleet roots the relay's chain leads to.
+#[derive(Debug, Clone)]
+struct Roots {
+    /// Each root a device may have pinned: the chain must hold for every
+    /// one of them alone.
+    anchors: Vec<CertificateDer<'static>>,
+    /// What follows the relay's own certificates in the chain it serves
+    /// (cross certificates, then the roots).
+    tail: Vec<CertificateDer<'static>>,
+}
+
+/// The relay's own part of a served chain: its certificate, and the CA
+/// that signed it unless that is a root.
+fn own_part(chain: &[CertificateDer<'static>]) -> Vec<CertificateDer<'static>> {
+    let mut own: Vec<_> = chain.iter().take(1).cloned().collect();
+    if let (Some(leaf), Some(ca)) = (chain.first(), chain.get(1)) {
+        let signed_by = match (
+            x509_parser::parse_x509_certificate(leaf),
+            x509_parser::parse_x509_certificate(ca),
+        ) {
+            (Ok((_, l)), Ok((_, c))) => {
+                l.issuer().as_raw() == c.subject().as_raw()
+                    && c.subject().as_raw() != c.issuer().as_raw()
+            }
+            _ => false,
+        };
+        if signed_by {
+            own.push(ca.clone());
+        }
+    }
+    own
+}
+
+/// Check `chain` as each device checks it: against each root alone.
+fn verify_for_every_root(
+    anchors: &[CertificateDer<'static>],
+    chain: &[CertificateDer<'static>],
+    server_name: &str,
+) -> Result<(), TlsError> {
+    for a in anchors {
+        tls::verify_relay_chain(std::slice::from_ref(a), chain, server_name)?;
+    }
+    Ok(())
+}
+
 /// What a renewal did.
 #[derive(Debug, Clone)]
 pub struct Renewed {
@@ -228,15 +274,7 @@ impl ServerCert {
         let dir = s.state_dir;
         let material = s.binding.material()?;
         let key = s.key;
-        let ca_path = dir.join(ca::CA_CERT);
-        let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| FileError::Read {
-            path: ca_path.clone(),
-            source,
-        })?;
-        let ca = files::parse_certs(ca_pem.as_bytes()).map_err(|what| FileError::Pem {
-            path: ca_path,
-            what,
-        })?;
+        let ca = files::read_certs(&dir.join(ca::CA_CERT))?;
         let cert_path = dir.join(ca::RELAY_CERT);
         let pending = dir.join(ca::RELAY_CERT_PENDING);
         let chain = files::read_certs(&cert_path)?;
@@ -273,8 +311,11 @@ impl ServerCert {
             lifetime: s.lifetime,
             signer: s.signer,
             material,
-            ca,
-            ca_pem,
+            roots: Mutex::new(Roots {
+                tail: ca.clone(),
+                anchors: ca,
+            }),
+            changing: Mutex::new(()),
             holder: ServerCertHolder::new(Arc::new(certified)),
             served: Mutex::new(served),
             registry: s.registry,
@@ -286,9 +327,55 @@ impl ServerCert {
         self.holder.clone()
     }
 
-    /// The fleet CA certificates (`ca.pem`).
-    pub fn ca(&self) -> &[CertificateDer<'static>] {
-        &self.ca
+    /// The fleet roots the chain leads to (`ca.pem` at load).
+    pub fn ca(&self) -> Vec<CertificateDer<'static>> {
+        self.lock_roots().anchors.clone()
+    }
+
+    fn lock_roots(&self) -> std::sync::MutexGuard<'_, Roots> {
+        self.roots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serve the relay's certificate with `tail` after it (a root
+    /// rotation's cross certificate and roots); later renewals are checked
+    /// against each of `anchors`, as a device pinning it would check them.
+    /// The key and the relay's own certificates do not change; `relay.pem`
+    /// is rewritten to the chain served (blocking).
+    pub fn set_roots(
+        &self,
+        anchors: Vec<CertificateDer<'static>>,
+        tail: Vec<CertificateDer<'static>>,
+    ) -> Result<(), ServerCertError> {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.holder.get();
+        let mut chain = own_part(&current.cert);
+        chain.extend(tail.iter().cloned());
+        // The certificate served now may predate the new root (its
+        // renewal from the new issuing CA follows): it must hold for one
+        // root; a renewal makes it hold for each.
+        let mut last = Ok(());
+        for a in &anchors {
+            last = tls::verify_relay_chain(std::slice::from_ref(a), &chain, &self.server_name);
+            if last.is_ok() {
+                break;
+            }
+        }
+        last?;
+        if current.cert == chain {
+            *self.lock_roots() = Roots { anchors, tail };
+            return Ok(());
+        }
+        let cert_path = self.state_dir.join(ca::RELAY_CERT);
+        let text: String = chain.iter().map(|c| pem(c, "CERTIFICATE")).collect();
+        let tmp = tmp_path(&cert_path);
+        write_file(&tmp, text.as_bytes(), 0o644)?;
+        rename(&tmp, &cert_path)?;
+        self.holder.set(Arc::new(rustls::sign::CertifiedKey::new(
+            chain,
+            current.key.clone(),
+        )));
+        *self.lock_roots() = Roots { anchors, tail };
+        Ok(())
     }
 
     /// What the relay serves now.
@@ -302,6 +389,7 @@ impl ServerCert {
     /// Issue, store and serve a new certificate with a fresh key (blocking:
     /// key generation, sealing, file IO).
     pub fn renew(&self) -> Result<Renewed, ServerCertError> {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(ServerCertError::Key)?;
         let pkcs8 = Zeroizing::new(key.serialize_der());
         let spki = key.subject_public_key_info();
@@ -318,19 +406,19 @@ impl ServerCert {
                 return Err(ServerCertError::OtherKey);
             }
         }
+        let roots = self.lock_roots().clone();
         let mut chain = signed.clone();
-        chain.extend(self.ca.iter().cloned());
+        chain.extend(roots.tail.iter().cloned());
         // What every device does with it: refuse anything that would not
-        // chain to the fleet CA under the server name.
-        tls::verify_relay_chain(&self.ca, &chain, &self.server_name)?;
+        // chain to the root it pinned under the server name.
+        verify_for_every_root(&roots.anchors, &chain, &self.server_name)?;
+        let text: String = chain.iter().map(|c| pem(c, "CERTIFICATE")).collect();
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
         let certified = tls::certified_key(chain, &der)?;
         let served = Served::of(&leaf, &cert_path)?;
 
         // 1. The certificate beside the old one.
         let pending = self.state_dir.join(ca::RELAY_CERT_PENDING);
-        let mut text: String = signed.iter().map(|c| pem(c, "CERTIFICATE")).collect();
-        text.push_str(&self.ca_pem);
         write_file(&pending, text.as_bytes(), 0o644)?;
         // 2. The key, sealed, replaced by rename.
         let sealed = sealed::seal(&self.material, &pkcs8).map_err(ServerCertError::Seal)?;
