@@ -71,6 +71,17 @@ enum RelayCommand {
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
     },
+    /// The signer process that holds the issuing CA key (`relay run` starts
+    /// it; not for use by hand).
+    #[command(hide = true)]
+    Signer {
+        /// Relay config file.
+        #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
+        config: PathBuf,
+        /// Serve the relay on standard input (a socket).
+        #[arg(long, required = true)]
+        stdio: bool,
+    },
     /// Create the fleet CA and the relay certificate in the state directory.
     Init {
         /// Relay config file.
@@ -266,6 +277,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
             report.log();
             relay_runtime()?.block_on(crate::relay::run(prepared, shutdown_signal()))
+        }
+        Command::Relay(RelayCommand::Signer { config, stdio: _ }) => {
+            let cfg = RelayConfig::load(&config)?;
+            crate::telemetry::init(&cfg.telemetry.log);
+            crate::relay::signer::process::run(cfg)
         }
         Command::Relay(RelayCommand::Init { config, root }) => fleet_ca::init(config, root),
         Command::Relay(RelayCommand::Ca(cmd)) => fleet_ca::run(cmd),

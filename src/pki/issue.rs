@@ -78,11 +78,47 @@ pub fn relay_certificate(
     server_name: &str,
     lifetime: Duration,
 ) -> Result<Issued, IssueError> {
+    named(
+        issuer,
+        public_key,
+        server_name,
+        lifetime,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+    )
+}
+
+/// Issue a relay cluster node's certificate: the relay profile, for both
+/// ends of a TLS connection (server and client authentication).
+pub fn node_certificate(
+    issuer: &Issuer<'_, impl SigningKey>,
+    public_key: &impl PublicKeyData,
+    node: &str,
+    lifetime: Duration,
+) -> Result<Issued, IssueError> {
+    named(
+        issuer,
+        public_key,
+        node,
+        lifetime,
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
+}
+
+fn named(
+    issuer: &Issuer<'_, impl SigningKey>,
+    public_key: &impl PublicKeyData,
+    server_name: &str,
+    lifetime: Duration,
+    usages: &[ExtendedKeyUsagePurpose],
+) -> Result<Issued, IssueError> {
     let serial = Serial::random()?;
     let mut p = CertificateParams::new(vec![server_name.to_string()])?;
     p.serial_number = Some(SerialNumber::from_slice(serial.bytes()));
     p.distinguished_name.push(DnType::CommonName, server_name);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.extended_key_usages = usages.to_vec();
     let now = OffsetDateTime::now_utc();
     p.not_before = now - BACKDATE;
     p.not_after = now + lifetime;

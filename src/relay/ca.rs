@@ -1,9 +1,8 @@
 //! The fleet CA of this release: `voxgate relay init` creates it and the
 //! relay's own certificate; `voxgate relay dev-cert` issues development
-//! device certificates from it. The running relay holds the CA key as a
-//! [`LocalCa`]: enrollment issues device certificates with it, and the
-//! relay renews its own certificate through [`RelayCertSigner`], the one
-//! call a separate signer process will answer instead.
+//! device certificates from it. A [`LocalCa`] is a CA with its key, for the
+//! operator's commands and the signer process; the running relay signs
+//! through [`super::signer::FleetSigner`] and never holds the key.
 //!
 //! Key files are written 0600 and created exclusively, so an existing CA is
 //! never overwritten. The CA key and the relay's TLS key are sealed to the
@@ -134,6 +133,9 @@ pub enum CaError {
     /// A retire date before now.
     #[error("the old issuing CA's certificates cannot be refused from a time in the past")]
     RetireInPast,
+    /// The signer process failed or refused.
+    #[error("{0}")]
+    Signer(String),
     /// A root rotation while the previous one's overlap still runs.
     #[error(
         "root {0} is still trusted beside the current root (an earlier rotation's overlap): rotate again after it is retired, so that every device can follow the chain of cross certificates"
@@ -208,7 +210,7 @@ pub fn init(
         issuing.issuer(),
         &relay_key,
         server_name,
-        lifetime(relay_lifetime),
+        super::signer::lifetime(relay_lifetime),
     )?;
     let pkcs8 = zeroize::Zeroizing::new(relay_key.serialize_der());
     let sealed = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
@@ -229,10 +231,6 @@ pub fn init(
 
 /// A configured lifetime as a certificate validity (saturating; the
 /// config keeps it within ten years).
-fn lifetime(d: std::time::Duration) -> Duration {
-    Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 1_000))
-}
-
 /// A CA that signs device and relay certificates (the issuing CA, or the
 /// single-tier CA of an older fleet), held by the relay process (unsealed
 /// in `relay::prepare`, before the privilege drop).
@@ -300,44 +298,6 @@ impl IssuingCa {
     /// Sign with `ca` from now on.
     pub fn set(&self, ca: LocalCa) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ca);
-    }
-}
-
-/// Signs the relay's own TLS certificate. The relay process holds the CA
-/// key today ([`IssuingCa`]); a signer process of its own will implement
-/// this instead, which is why the request is plain data: the new key's DER
-/// SubjectPublicKeyInfo, the DNS name, the lifetime; the answer is the DER
-/// certificate ([`issue::relay_certificate`]'s profile) followed by the
-/// intermediate CA certificates the relay presents with it.
-pub trait RelayCertSigner: Send + Sync + std::fmt::Debug {
-    /// A certificate naming `server_name` for the key `spki`, valid for
-    /// `lifetime` from now, then its intermediates (leaf first).
-    fn sign_relay_cert(
-        &self,
-        spki: &[u8],
-        server_name: &str,
-        lifetime: std::time::Duration,
-    ) -> Result<Vec<CertificateDer<'static>>, CaError>;
-}
-
-impl RelayCertSigner for IssuingCa {
-    fn sign_relay_cert(
-        &self,
-        spki: &[u8],
-        server_name: &str,
-        relay_lifetime: std::time::Duration,
-    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
-        let ca = self.current();
-        let key = rcgen::SubjectPublicKeyInfo::from_der(spki)?;
-        let issued =
-            issue::relay_certificate(&ca.issuer, &key, server_name, lifetime(relay_lifetime))?;
-        let mut chain = vec![issued.cert.der().clone()];
-        // A self-signed CA (single-tier fleets) is the root, in `ca.pem`
-        // already; an issuing CA is the intermediate.
-        if !super::authority::is_self_signed(&ca.cert) {
-            chain.push(ca.cert.clone());
-        }
-        Ok(chain)
     }
 }
 

@@ -11,17 +11,18 @@
 //! [`GroupCommit`] on the blocking pool: concurrent enrollments share one
 //! journal sync, and no async worker ever waits for the disk.
 
-use super::ca::IssuingCa;
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
 use super::registry::{CertRecord, Registry, RegistryError, Replace, TokenRejection, now};
+use super::signer::FleetSigner;
 use super::trust::TrustTable;
-use crate::pki::issue::{self, IssueError};
+use crate::pki::issue::IssueError;
 use crate::pki::name::valid_device_id;
 use crate::proto::control::{Enrolled, ErrorMsg, Message};
 use crate::transport::framed::{self, FrameReader, StreamError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use rcgen::PublicKeyData as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -53,6 +54,9 @@ pub enum EnrollError {
     /// The certificate could not be issued.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// The signer failed or refused.
+    #[error(transparent)]
+    Ca(#[from] super::ca::CaError),
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -97,7 +101,7 @@ enum ExchangeError {
 pub struct Enroller {
     /// The device registry.
     pub registry: Arc<Mutex<Registry>>,
-    ca: Arc<IssuingCa>,
+    ca: Arc<dyn FleetSigner>,
     writes: GroupCommit,
     limiter: Mutex<Limiter>,
     origin: Instant,
@@ -120,7 +124,7 @@ impl Enroller {
     pub fn new(
         registry: Arc<Mutex<Registry>>,
         trust: Arc<TrustTable>,
-        ca: Arc<IssuingCa>,
+        ca: Arc<dyn FleetSigner>,
         lifetime: Duration,
     ) -> Self {
         Enroller {
@@ -361,31 +365,30 @@ impl Enroller {
         csr: &rcgen::CertificateSigningRequestParams,
         replace: Replace,
     ) -> Result<Signed, EnrollError> {
-        let lifetime = time::Duration::seconds(self.lifetime.as_secs() as i64);
-        let ca = self.ca.current();
-        let issued = issue::device_certificate(ca.issuer(), &csr.public_key, device, lifetime)?;
-        let der = issued.cert.der().to_vec();
-        let spki = crate::pki::name::cert_facts(&der)
-            .ok_or(EnrollError::Csr(CsrError::Parse))?
-            .spki;
-        let serial = issued.serial.hex();
+        let issued = self.ca.sign_device(
+            &csr.public_key.subject_public_key_info(),
+            device,
+            self.lifetime,
+        )?;
+        let facts =
+            crate::pki::name::cert_facts(&issued.der).ok_or(EnrollError::Csr(CsrError::Parse))?;
         registry.record_certificate(
             device,
             CertRecord {
-                serial: &serial,
-                spki: &spki,
+                serial: &facts.serial,
+                spki: &facts.spki,
                 not_before: issued.not_before,
                 not_after: issued.not_after,
-                issuer: Some(ca.fingerprint()),
+                issuer: Some(&issued.issuer),
             },
             replace,
         )?;
         Ok(Signed {
-            der,
+            der: issued.der,
             not_after: issued.not_after,
-            serial,
-            spki,
-            issuer: ca.fingerprint().to_string(),
+            serial: facts.serial,
+            spki: facts.spki,
+            issuer: issued.issuer,
         })
     }
 }

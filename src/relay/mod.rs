@@ -17,6 +17,7 @@ pub mod roots;
 pub mod rotation;
 pub mod server;
 pub mod server_cert;
+pub mod signer;
 pub mod switch;
 pub mod trust;
 
@@ -177,6 +178,9 @@ pub struct Prepared {
     /// The UDP receive buffer the kernel granted (bytes).
     udp_recv_buffer: Option<usize>,
     metrics: Option<std::net::TcpListener>,
+    /// The signer process, ended when the relay closes its socket.
+    #[allow(dead_code)]
+    signer: std::process::Child,
 }
 
 /// The receive buffer the relay asks for on its QUIC socket. Thousands of
@@ -212,7 +216,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         .reload(&registry)
         .context("cannot read the device registry")?;
     // The issuing CA that signs (an existing single-tier fleet's CA
-    // becomes the root of a new one here, once).
+    // becomes the root of a new one here, once). Its certificate only: the
+    // key stays with the signer process.
     let signing = match authority::migrate_single_tier(state, &cfg.ca_binding, &registry)
         .with_context(|| format!("{}: the fleet CA", cfg.file.display()))?
     {
@@ -221,15 +226,27 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
                 issuing = ca.fingerprint(),
                 "the single-tier fleet CA is now the root of a new issuing CA (devices keep their pinned fingerprint); its key is still on this machine: move it off with `voxgate relay ca export-root --out FILE`"
             );
-            ca
+            signer::IssuingRef {
+                fingerprint: ca.fingerprint().to_string(),
+                cert: ca.cert().clone(),
+            }
         }
-        None => authority::load_current(state, &cfg.ca_binding, &registry)
-            .with_context(|| format!("{}: the issuing CA", cfg.file.display()))?
-            .ok_or_else(|| anyhow::anyhow!("no issuing CA in {}", state.display()))?,
+        None => {
+            let row = registry
+                .issuers()?
+                .into_iter()
+                .find(|i| i.current)
+                .ok_or_else(|| anyhow::anyhow!("no issuing CA in {}", state.display()))?;
+            signer::IssuingRef {
+                fingerprint: row.fingerprint,
+                cert: rustls::pki_types::CertificateDer::from(row.cert),
+            }
+        }
     };
+    let (fleet_ca, signer_child) = signer::process::spawn(&cfg, signing)?;
+    let fleet_ca: Arc<dyn signer::FleetSigner> = Arc::new(fleet_ca);
     let anchors = authority::client_anchors(state, &registry, registry::now())?;
     let registry = Arc::new(std::sync::Mutex::new(registry));
-    let fleet_ca = ca::IssuingCa::new(signing);
     let material = cfg.ca_binding.material()?;
     let enroller = Arc::new(enroll::Enroller::new(
         registry.clone(),
@@ -286,6 +303,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         udp,
         udp_recv_buffer,
         metrics,
+        signer: signer_child,
     })
 }
 

@@ -12,10 +12,11 @@
 //! root ([`crate::proto::control::TrustRoot`], through [`Fleet::notices`]).
 
 use super::authority;
-use super::ca::{CaError, IssuingCa};
+use super::ca::CaError;
 use super::registry::{Registry, now};
 use super::roots::{self, FleetRoots, RootNotice};
 use super::server_cert::ServerCert;
+use super::signer::FleetSigner;
 use crate::pki::sealed::Material;
 use crate::transport::tls::ClientVerifier;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ pub type Notices = watch::Receiver<Option<Arc<RootNotice>>>;
 #[derive(Debug)]
 pub struct Fleet {
     /// The CA that signs now.
-    issuing: Arc<IssuingCa>,
+    issuing: Arc<dyn FleetSigner>,
     /// The TLS verifier whose anchors follow the issuing CAs and roots.
     verifier: Arc<ClientVerifier>,
     /// The relay's certificate, whose chain follows the roots.
@@ -52,7 +53,7 @@ impl Fleet {
     /// Follow from here (blocking: reads the registry and `ca.pem`; before
     /// the privilege drop). The relay's chain gets the roots' tail.
     pub fn new(
-        issuing: Arc<IssuingCa>,
+        issuing: Arc<dyn FleetSigner>,
         verifier: Arc<ClientVerifier>,
         cert: Arc<ServerCert>,
         material: Material,
@@ -76,7 +77,7 @@ impl Fleet {
     }
 
     /// The issuing CA that signs now.
-    pub fn issuing(&self) -> Arc<IssuingCa> {
+    pub fn issuing(&self) -> Arc<dyn FleetSigner> {
         self.issuing.clone()
     }
 
@@ -96,11 +97,10 @@ impl Fleet {
         let current = registry.issuers()?.into_iter().find(|i| i.current);
         let mut changed = None;
         if let Some(row) = current
-            && row.fingerprint != self.issuing.current().fingerprint()
+            && row.fingerprint != self.issuing.issuing().fingerprint
         {
-            let ca =
-                authority::load_issuing_with(&self.state_dir, &self.material, &row.fingerprint)?;
-            self.issuing.set(ca);
+            self.issuing
+                .switch_to(&self.state_dir, &self.material, &row.fingerprint)?;
             changed = Some(row.fingerprint);
         }
         let at = now();

@@ -74,7 +74,7 @@ pub struct RelayCtx {
     /// Enrollment of new devices.
     pub enroller: Arc<super::enroll::Enroller>,
     /// The issuing CA that signs now.
-    pub issuing: Arc<super::ca::IssuingCa>,
+    pub issuing: Arc<dyn super::signer::FleetSigner>,
     /// What devices are told of the fleet's roots.
     pub roots: super::rotation::Notices,
     /// Live sessions by number (for revocation and superseded
@@ -487,12 +487,12 @@ async fn control_loop(
                 }
                 // Once per issuing CA: a session on a certificate of
                 // another one is asked to renew onto it.
-                let current = ctx.issuing.current();
-                if prompted.as_deref() != Some(current.fingerprint()) {
-                    prompted = Some(current.fingerprint().to_string());
+                let current = ctx.issuing.issuing().fingerprint;
+                if prompted.as_deref() != Some(current.as_str()) {
+                    prompted = Some(current.clone());
                     let serial = ctx.live.lock().ok().and_then(|l| l.get(&session).map(|s| s.cert.serial.clone()));
                     let issuer = serial.and_then(|s| ctx.trust.issuer_of(device, &s));
-                    if issuer.as_deref() != Some(current.fingerprint()) {
+                    if issuer.as_deref() != Some(current.as_str()) {
                         info!(%device, session, "asking the device to renew onto the new issuing CA");
                         framed::send(send, &Message::RenewNow(RenewNow { reason: "the relay's issuing CA was rotated" })).await?;
                     }

@@ -2,8 +2,9 @@ use super::*;
 use crate::pki::roots::{Announcement, adopt};
 use crate::proto::control::{self, Message, TrustRoot};
 use crate::relay::authority::RootKeyIn;
-use crate::relay::ca::{RelayCertSigner, init};
+use crate::relay::ca::init;
 use crate::relay::registry::Registry;
+use crate::relay::signer::FleetSigner as _;
 use rcgen::PublicKeyData as _;
 
 const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);

@@ -8,7 +8,7 @@
 //! At two thirds of the certificate's lifetime the relay renews it
 //! ([`ServerCert::renew`]): a fresh P-256 key, a certificate for the same
 //! server name with a new random serial, signed through
-//! [`RelayCertSigner`] (the relay process holds the CA key today). The
+//! [`FleetSigner`] (the signer process, which holds the issuing key). The
 //! chain is checked as a device checks it (the fleet CA as the only root,
 //! the server name) before anything is written, so a renewed certificate
 //! is one every device already accepts. Then, in the state directory:
@@ -35,8 +35,9 @@
 //! whose renewal point falls inside those 14 days, from the renewal point
 //! on: a healthy relay never warns).
 
-use super::ca::{self, CaError, RelayCertSigner};
+use super::ca::{self, CaError};
 use super::registry::Registry;
+use super::signer::FleetSigner;
 use crate::pki::files::{self, FileError, pem, write_file};
 use crate::pki::issue::BACKDATE;
 use crate::pki::name::hex;
@@ -172,7 +173,7 @@ pub struct ServerCert {
     state_dir: PathBuf,
     server_name: String,
     lifetime: Duration,
-    signer: Arc<dyn RelayCertSigner>,
+    signer: Arc<dyn FleetSigner>,
     material: sealed::Material,
     roots: Mutex<Roots>,
     /// One change of the served chain at a time (a renewal, new roots).
@@ -207,7 +208,7 @@ pub struct Settings<'a> {
     /// Lifetime of renewed certificates.
     pub lifetime: Duration,
     /// The CA that signs them.
-    pub signer: Arc<dyn RelayCertSigner>,
+    pub signer: Arc<dyn FleetSigner>,
     /// The registry for the audit trail (`relay_cert_renewed`).
     pub registry: Option<Arc<Mutex<Registry>>>,
 }

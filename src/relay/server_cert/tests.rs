@@ -17,7 +17,8 @@ fn binding(d: &Path) -> MachineBinding {
 }
 
 fn load(d: &Path, b: &MachineBinding, lifetime: Duration) -> Arc<ServerCert> {
-    let signer: Arc<dyn RelayCertSigner> = crate::relay::authority::signer(d, b).unwrap();
+    let signer: Arc<dyn crate::relay::signer::FleetSigner> =
+        crate::relay::authority::signer(d, b).unwrap();
     ServerCert::load(Settings {
         state_dir: d,
         binding: b,
@@ -144,7 +145,8 @@ fn a_renewal_stopped_between_the_renames_is_finished_at_load() {
 
     // A certificate for another key, and nothing pending: refused.
     std::fs::write(d.join(ca::RELAY_CERT), &old_pem).unwrap();
-    let signer: Arc<dyn RelayCertSigner> = crate::relay::authority::signer(&d, &b).unwrap();
+    let signer: Arc<dyn crate::relay::signer::FleetSigner> =
+        crate::relay::authority::signer(&d, &b).unwrap();
     let e = ServerCert::load(Settings {
         state_dir: &d,
         binding: &b,
@@ -181,7 +183,8 @@ fn a_certificate_devices_would_refuse_is_not_served() {
         crate::relay::authority::RootKeyOut::Keep,
     )
     .unwrap();
-    let signer: Arc<dyn RelayCertSigner> = crate::relay::authority::signer(&other, &b).unwrap();
+    let signer: Arc<dyn crate::relay::signer::FleetSigner> =
+        crate::relay::authority::signer(&other, &b).unwrap();
     let cert = ServerCert::load(Settings {
         state_dir: &d,
         binding: &b,

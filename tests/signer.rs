@@ -1,0 +1,158 @@
+//! The issuing CA's key never enters the Internet-facing relay process.
+//!
+//! `voxgate relay run` spawns the signer process, which holds the key and
+//! signs what the relay asks for. The test reads the memory of both
+//! processes (`/proc/PID/mem`, as root) and looks for the issuing key's
+//! private scalar: found in the signer's (so the search works), never in
+//! the relay's, before and after an issuing-CA rotation and the
+//! enrollments and renewals that make the signer sign with the new key.
+//! The signer is sandboxed (seccomp, no_new_privs), and when it is killed
+//! the relay refuses enrollments with a clear error instead of hanging.
+
+use std::time::Duration;
+use voxgate::pki::sealed;
+use voxgate_testkit::cmd::both as text;
+use voxgate_testkit::enroll::Setup;
+use voxgate_testkit::lab::{Lab, wait_for};
+
+/// The private scalar of the issuing CA `fp`'s key (unsealed by the test).
+fn issuing_scalar(lab: &Lab, fp: &str) -> Vec<u8> {
+    let cfg = voxgate::config::RelayConfig::load(&lab.dir.join("relay.toml")).unwrap();
+    let (_, key_path) = voxgate::relay::authority::issuing_paths(&cfg.state_dir, fp);
+    let material = cfg.ca_binding.material().unwrap();
+    let pkcs8 = sealed::unseal(&material, &std::fs::read(key_path).unwrap()).unwrap();
+    // ECPrivateKey: version 1, then the 32-byte private key.
+    let at = pkcs8
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("an EC private key");
+    pkcs8[at + 5..at + 37].to_vec()
+}
+
+/// Whether `needle` is anywhere in the writable memory of process `pid`.
+fn in_memory(pid: i32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        scanned += buf.len();
+        if buf.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    assert!(scanned > 1 << 20, "scanned only {scanned} bytes of {pid}");
+    false
+}
+
+/// The relay's signer: its child process.
+fn signer_of(relay: i32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{relay}/task/{relay}/children")).unwrap();
+    let pids: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "the relay's children: {pids:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("signer"),
+        "{cmdline:?}"
+    );
+    pids[0]
+}
+
+fn status(pid: i32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn signing(lab: &Lab) -> String {
+    let s = text(&lab.relay_cmd(&["ca", "status"]));
+    s.lines()
+        .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{s}"))
+        .to_string()
+}
+
+#[test]
+fn the_issuing_key_lives_in_the_signer_process_only() {
+    let lab = Lab::new("signer", "mode = \"none\"");
+    let mut relay = lab.start_relay();
+    let relay_pid = relay.pid();
+    let signer = signer_of(relay_pid);
+    // The signer signs: an enrollment goes through it.
+    Setup::new(&lab, "gw-1").run();
+    let first = signing(&lab);
+    let key = issuing_scalar(&lab, &first);
+    assert!(
+        in_memory(signer, &key),
+        "the search does not find the key in the signer"
+    );
+    assert!(
+        !in_memory(relay_pid, &key),
+        "the issuing key is in the relay's memory"
+    );
+    // Sandboxed: seccomp filter on, no new privileges.
+    assert_eq!(status(signer, "Seccomp"), "2");
+    assert_eq!(status(signer, "NoNewPrivs"), "1");
+
+    // A rotation: the relay follows it, the signer signs with the new key
+    // (the relay renews its own certificate from it at once).
+    let o = lab.relay_cmd(&["ca", "rotate-issuing", "--retire-after", "1h"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = signing(&lab);
+    assert_ne!(second, first);
+    wait_for(
+        Duration::from_secs(10),
+        "the relay certificate from the new CA",
+        || {
+            let chain = voxgate::pki::files::read_certs(&lab.dir.join("relay/relay.pem")).unwrap();
+            voxgate::pki::name::fingerprint(&chain[1]) == second
+        },
+    );
+    Setup::new(&lab, "gw-2").run();
+    let key2 = issuing_scalar(&lab, &second);
+    assert!(in_memory(signer, &key2));
+    assert!(
+        !in_memory(relay_pid, &key2),
+        "the new issuing key is in the relay's memory"
+    );
+    assert!(!in_memory(relay_pid, &key));
+
+    // Without its signer the relay refuses enrollments, with the reason.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(signer),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (o, _) = Setup::new(&lab, "gw-3").output();
+    assert!(!o.status.success(), "enrolled without a signer");
+    wait_for(Duration::from_secs(5), "the relay's error", || {
+        relay
+            .log_text()
+            .contains("the signer process does not answer")
+    });
+    relay.assert_running();
+    relay.stop();
+}
