@@ -164,6 +164,17 @@ enum RelayCommand {
 
 /// Entry point: parse, run, print errors with their causes.
 pub fn main() -> ExitCode {
+    // Before anything reads a key: no core dump may carry it to disk.
+    match crate::privilege::dumps::forbid() {
+        Ok(crate::privilege::dumps::CoreLimit::Refused) => eprintln!(
+            "voxgate: warning: RLIMIT_CORE could not be set to 0; the process is non-dumpable, which also prevents core dumps"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("voxgate: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,7 @@
 //! error at every start.
 
 pub mod accounts;
+pub mod dumps;
 pub mod realtime;
 pub mod sandbox;
 pub mod seccomp;
