@@ -199,4 +199,15 @@ fn forbidden_calls_fail_inside_the_running_daemon() {
     let log = gw.log_text();
     assert!(gw.stop().success(), "{log}");
     relay.stop();
+    // The relay (sandboxed too) made the recording 0600 in 0700 directories.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let recordings = lab.recordings();
+    assert!(!recordings.is_empty());
+    for r in recordings {
+        assert_eq!(mode(&r), 0o600, "{}", r.display());
+        for d in r.ancestors().skip(1).take(2) {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+    }
 }

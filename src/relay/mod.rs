@@ -252,7 +252,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let verifier = crate::transport::tls::ClientVerifier::new(&anchors, trust.clone())?;
     let server = crate::transport::tls::server_config_with(cert.holder(), verifier.clone())?;
     let downlink = load_downlink(&cfg.downlink)?;
-    std::fs::create_dir_all(&cfg.recordings)
+    recorder::private_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
     let udp = std::net::UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind UDP {}", cfg.listen))?;
