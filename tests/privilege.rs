@@ -217,3 +217,29 @@ fn ambient_bind_capability_is_dropped_after_binding() {
     );
     assert!(p.stop().success(), "{}", p.log_text());
 }
+
+/// A state directory that another user owns could hold files or links
+/// planted by that user: the daemon refuses it before reading anything.
+#[test]
+fn a_state_directory_of_another_user_is_refused() {
+    let lab = Lab::new("priv-stateowner", "mode = \"none\"");
+    let state = lab.dir.join("relay");
+    std::os::unix::fs::chown(&state, Some(4242), None).unwrap();
+    let out = Command::new(bin())
+        .args(["relay", "run", "--config"])
+        .arg(lab.dir.join("relay.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it ran:\n{err}");
+    assert!(err.contains("belongs to uid 4242"), "{err}");
+    assert!(
+        err.contains("must belong to root or to the service user"),
+        "{err}"
+    );
+    assert!(voxgate_testkit::lab::scrape(lab.relay_metrics).is_none());
+    // Given back to root, the same relay starts.
+    std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+    let mut relay = lab.start_relay();
+    relay.stop();
+}

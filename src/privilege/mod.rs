@@ -113,6 +113,19 @@ pub enum PrivilegeError {
     /// Root could be regained after the drop.
     #[error("setuid(0) succeeded after the privilege drop; refusing to run")]
     RootRegainable,
+    /// A state directory belongs to another user, who could plant files
+    /// or links the daemon would trust.
+    #[error(
+        "{dir} belongs to uid {owner}; a state directory must belong to root or to the service user (uid {service}): `chown -R {service} {dir}` if it is this service's, or set another directory in the config"
+    )]
+    StateDirOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The uid the daemon runs as.
+        service: u32,
+    },
     /// Landlock could not be applied.
     #[error("landlock: {0}")]
     Landlock(#[from] landlock::RulesetError),
@@ -158,6 +171,39 @@ impl Plan {
         }
         self
     }
+
+    /// The uid the daemon runs as after [`apply`].
+    pub fn service_uid(&self) -> u32 {
+        match &self.target {
+            Some(t) => t.user.uid,
+            None => Uid::effective().as_raw(),
+        }
+    }
+
+    /// Refuse a state directory owned by anyone but root or the service
+    /// user, before anything in it is read. A directory that does not exist
+    /// yet passes (the daemon creates it).
+    pub fn check_state_dirs(&self, dirs: &[&Path]) -> Result<(), PrivilegeError> {
+        check_owners(dirs, self.service_uid())
+    }
+}
+
+fn check_owners(dirs: &[&Path], service: u32) -> Result<(), PrivilegeError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let owner = meta.uid();
+        if owner != 0 && owner != service {
+            return Err(PrivilegeError::StateDirOwner {
+                dir: dir.to_path_buf(),
+                owner,
+                service,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Check the settings against the accounts of this system.
@@ -387,5 +433,33 @@ mod tests {
                 .is_none()
         );
         std::fs::remove_dir_all(etc).unwrap();
+    }
+
+    #[test]
+    fn state_dirs_of_another_user_are_refused() {
+        let d = std::env::temp_dir().join(format!("vg-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let me = Uid::effective().as_raw();
+        // Root's or the service user's; one not there yet.
+        check_owners(&[&d, &d.join("later")], me).unwrap();
+        check_owners(&[Path::new("/")], 4242).unwrap();
+        if me == 0 {
+            std::os::unix::fs::chown(&d, Some(4242), None).unwrap();
+            check_owners(&[&d], 4242).unwrap();
+            let e = check_owners(&[&d], 998).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    PrivilegeError::StateDirOwner {
+                        owner: 4242,
+                        service: 998,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("chown -R 998"), "{e}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
