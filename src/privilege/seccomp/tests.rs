@@ -38,7 +38,7 @@ fn run(prog: &[Insn], data: &[u8; 64]) -> Verdict {
         match insn.code {
             LD_W_ABS => {
                 let k = insn.k as usize;
-                assert!(k % 4 == 0 && k + 4 <= 64, "load at {k}");
+                assert!(k.is_multiple_of(4) && k + 4 <= 64, "load at {k}");
                 acc = u32::from_le_bytes(data[k..k + 4].try_into().unwrap());
             }
             JEQ_K => pc += cond(acc == insn.k),
