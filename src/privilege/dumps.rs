@@ -6,9 +6,10 @@
 //! Two guards, each enough on its own: `RLIMIT_CORE` 0 (soft and hard, so
 //! no later code or child raises it), and the non-dumpable flag, which also
 //! refuses ptrace by the same user and makes `/proc/PID` files root's.
-//! Under the systemd units `@resources` is denied, so setting the limit
-//! may fail there; the units' `LimitCORE=0` holds instead, and that
-//! failure is not an error. Becoming non-dumpable is allowed everywhere,
+//! Under the systemd units `@resources` is denied: glibc and musl set the
+//! limit with `prlimit64`, which `@default` allows, but the older
+//! `setrlimit` call is refused, so setting the limit may fail there; the
+//! units' `LimitCORE=0` holds instead, and that failure is not an error. Becoming non-dumpable is allowed everywhere,
 //! and its failure stops the command.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
