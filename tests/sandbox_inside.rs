@@ -9,7 +9,12 @@
 //! other thread. Each forbidden call is chosen so that, without the filter,
 //! it would succeed or fail with a different errno: the test tells the
 //! filter's answer from the kernel's. Allowed calls made the same way
-//! succeed, so a broken injection cannot pass for a refusal.
+//! succeed, so a broken injection cannot pass for a refusal. The relay
+//! (root, sandbox on) gets the same calls.
+//!
+//! The gateway also resolves the relay by name and starts its audio and
+//! blocking-pool threads after the drop: DNS and thread creation work
+//! inside the sandbox (glibc asks `clone3`, gets ENOSYS and uses `clone`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -75,7 +80,13 @@ fn forbidden_calls_fail_inside_the_running_daemon() {
     let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), None);
     let mut relay = lab.start_relay();
     let (cfg, gw_metrics) = lab.gateway_config("gw-inside", lab.quic_port, "");
-    let text = std::fs::read_to_string(&cfg).unwrap();
+    // The relay by name: the gateway resolves it after the drop, inside the
+    // sandbox (hosts file, NSS, and glibc's netlink probe refused).
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("address = \"127.0.0.1:{}\"", lab.quic_port),
+        &format!("address = \"localhost:{}\"", lab.quic_port),
+    );
+    assert!(text.contains("address = \"localhost:"), "{text}");
     let text = &text[..text.find("[privilege]").unwrap()];
     let d = lab.dir.display();
     std::fs::write(
@@ -159,26 +170,30 @@ fn forbidden_calls_fail_inside_the_running_daemon() {
             Err(EPERM),
         ),
     ];
-    let calls: Vec<String> = cases.iter().map(|(_, c, _)| c.clone()).collect();
-    let results = syscalls_inside(pid, &calls);
-    let wrong: Vec<String> = cases
-        .iter()
-        .zip(&results)
-        .filter(|((_, _, want), (rc, errno))| match want {
-            Ok(()) => *rc < 0,
-            Err(e) => (*rc, *errno) != (-1, *e),
-        })
-        .map(|((name, _, want), (rc, errno))| {
-            format!("{name}: expected {want:?}, got rc {rc} errno {errno}")
-        })
-        .collect();
-    assert!(wrong.is_empty(), "{wrong:#?}");
-    assert_eq!(
-        results[0].0,
-        i64::from(pid),
-        "getpid ran in another process"
-    );
-    assert_eq!(results[2].0, 0, "the daemon is dumpable");
+    // The gateway, and the relay (root with `privilege.stay_root`, sandbox
+    // on): for root without the filter, unshare and AF_PACKET would succeed.
+    for (who, pid) in [("gateway", pid), ("relay", relay.pid())] {
+        let calls: Vec<String> = cases.iter().map(|(_, c, _)| c.clone()).collect();
+        let results = syscalls_inside(pid, &calls);
+        let wrong: Vec<String> = cases
+            .iter()
+            .zip(&results)
+            .filter(|((_, _, want), (rc, errno))| match want {
+                Ok(()) => *rc < 0,
+                Err(e) => (*rc, *errno) != (-1, *e),
+            })
+            .map(|((name, _, want), (rc, errno))| {
+                format!("{who}: {name}: expected {want:?}, got rc {rc} errno {errno}")
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        assert_eq!(
+            results[0].0,
+            i64::from(pid),
+            "getpid ran in another process"
+        );
+        assert_eq!(results[2].0, 0, "the {who} is dumpable");
+    }
 
     // Still non-dumpable, still in its own namespaces, still streaming.
     use std::os::unix::fs::MetadataExt;
