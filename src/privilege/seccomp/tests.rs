@@ -165,6 +165,11 @@ fn clone_makes_threads_and_processes_but_no_namespace() {
     ];
     for arch in ARCHES {
         assert_eq!(verdict(arch, "clone", a0(THREAD)), Verdict::Allow);
+        // musl adds CLONE_DETACHED (0x400000).
+        assert_eq!(
+            verdict(arch, "clone", a0(THREAD | 0x40_0000)),
+            Verdict::Allow
+        );
         assert_eq!(verdict(arch, "clone", a0(SIGCHLD)), Verdict::Allow);
         // The kernel ignores the high half of clone's flags; so does the
         // filter, which must not be fooled by it either way.
