@@ -68,6 +68,8 @@ const CLONE_NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
 const CLONE_NEWNET: u64 = libc::CLONE_NEWNET as u64;
 const CLONE_NEWNS: u64 = libc::CLONE_NEWNS as u64;
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
+/// asm-generic ioctls.h, the same on all three architectures.
+const TIOCSTI: u64 = 0x5412;
 
 #[test]
 fn forbidden_calls_fail_inside_the_running_daemon() {
@@ -107,7 +109,7 @@ fn forbidden_calls_fail_inside_the_running_daemon() {
     use libc::{
         AF_INET, AF_NETLINK, AF_PACKET, EAFNOSUPPORT, ENOSYS, EPERM, PR_SET_DUMPABLE,
         PR_SET_PDEATHSIG, SIGKILL, SOCK_DGRAM, SOCK_RAW, SYS_clone, SYS_clone3, SYS_getpid,
-        SYS_prctl, SYS_setns, SYS_socket, SYS_unshare,
+        SYS_ioctl, SYS_prctl, SYS_setns, SYS_socket, SYS_unshare,
     };
     let cases: Vec<(&str, String, Result<(), i32>)> = vec![
         // Allowed: the daemon's own kinds of calls still work.
@@ -161,6 +163,13 @@ fn forbidden_calls_fail_inside_the_running_daemon() {
         (
             "prctl(PR_SET_DUMPABLE, 1)",
             call(SYS_prctl, &[PR_SET_DUMPABLE as u64, 1]),
+            Err(EPERM),
+        ),
+        // Without the filter: ENOTTY on a descriptor that is no terminal,
+        // and on the terminal of a root shell, a typed command.
+        (
+            "ioctl(0, TIOCSTI)",
+            call(SYS_ioctl, &[0, TIOCSTI, 0]),
             Err(EPERM),
         ),
         // Without the filter: succeeds (any process may do it).

@@ -74,5 +74,6 @@ fn threads_start_and_forbidden_calls_fail_under_glibc_and_static_musl() {
         assert!(result(&text, "af_inet").0 >= 0, "{cc}: {text}");
         assert_eq!(result(&text, "set_dumpable"), (-1, libc::EPERM), "{cc}");
         assert_eq!(result(&text, "set_name"), (0, 0), "{cc}");
+        assert_eq!(result(&text, "tiocsti"), (-1, libc::EPERM), "{cc}");
     }
 }

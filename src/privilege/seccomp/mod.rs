@@ -20,6 +20,10 @@
 //!   EAFNOSUPPORT, as under the units' `RestrictAddressFamilies=`. glibc's
 //!   resolver tries a netlink socket to sort answers and, refused, assumes
 //!   both IPv4 and IPv6;
+//! - `socketpair` only makes AF_UNIX pairs;
+//! - `ioctl` refuses TIOCSTI and TIOCLINUX (EPERM): a daemon started from
+//!   a root shell keeps that terminal open, and TIOCSTI would type commands
+//!   into it; every other request (ALSA's, the sockets') passes;
 //! - `prctl` allows only naming threads (`PR_SET_NAME`, `PR_GET_NAME`,
 //!   what std, tokio and the audio threads do after the drop) and reading
 //!   the dumpable flag; anything else, such as making the process dumpable
@@ -76,6 +80,12 @@ pub const SOCKET_FAMILIES: [u32; 3] = [
 /// The `prctl` options allowed after the drop: PR_GET_DUMPABLE (3),
 /// PR_SET_NAME (15), PR_GET_NAME (16).
 pub const PRCTL_OPTIONS: [u32; 3] = [3, 15, 16];
+
+/// `ioctl` requests refused: TIOCSTI (0x5412) pushes input into a
+/// terminal, TIOCLINUX (0x541C) reaches the console's selection; a daemon
+/// started from a root shell still holds that shell's terminal. The same
+/// numbers on all three architectures (asm-generic).
+pub const IOCTL_REFUSED: [u32; 2] = [0x5412, 0x541c];
 
 /// An architecture the filter is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +167,18 @@ fn offset(n: usize) -> u8 {
     u8::try_from(n).expect("seccomp jump longer than 255 instructions")
 }
 
+/// Return `errno` when the low word of argument `arg` is one of `values`,
+/// else allow.
+fn arg_none_of(arg: u32, values: &[u32], errno: i32) -> Vec<Insn> {
+    let mut b = vec![stmt(LD_W_ABS, off_arg_low(arg))];
+    for (i, v) in values.iter().enumerate() {
+        b.push(jump(JEQ_K, *v, offset(values.len() - i), 0));
+    }
+    b.push(stmt(RET_K, SECCOMP_RET_ALLOW));
+    b.push(ret_errno(errno));
+    b
+}
+
 /// Allow when the low word of argument `arg` is one of `values`, else
 /// return `errno`.
 fn arg_one_of(arg: u32, values: &[u32], errno: i32) -> Vec<Insn> {
@@ -186,7 +208,12 @@ fn checked_blocks() -> Vec<(&'static str, Vec<Insn>)> {
             "socket",
             arg_one_of(0, &SOCKET_FAMILIES, libc::EAFNOSUPPORT),
         ),
+        (
+            "socketpair",
+            arg_one_of(0, &[libc::AF_UNIX as u32], libc::EAFNOSUPPORT),
+        ),
         ("prctl", arg_one_of(0, &PRCTL_OPTIONS, libc::EPERM)),
+        ("ioctl", arg_none_of(1, &IOCTL_REFUSED, libc::EPERM)),
     ]
 }
 

@@ -126,7 +126,7 @@ fn every_allowed_syscall_passes_on_every_architecture() {
         for (name, _) in arch.allowed() {
             // Zero arguments: a plain clone, AF_UNSPEC and prctl option 0
             // are refused by their argument checks, tested below.
-            if ["socket", "prctl"].contains(&name) {
+            if ["socket", "socketpair", "prctl"].contains(&name) {
                 continue;
             }
             let v = match name {
@@ -221,8 +221,14 @@ fn sockets_open_only_unix_and_ip_families() {
                 );
             }
         }
-        // socketpair is for AF_UNIX only in the kernel; it stays plain.
         assert_eq!(verdict(arch, "socketpair", a0(1)), Verdict::Allow);
+        for family in [2u64, 10, 30 /* AF_TIPC */] {
+            assert_eq!(
+                verdict(arch, "socketpair", a0(family)),
+                Verdict::Errno(libc::EAFNOSUPPORT),
+                "{arch:?} socketpair({family})"
+            );
+        }
     }
 }
 
@@ -309,4 +315,33 @@ fn the_native_column_matches_libc() {
         libc_check::LIBC.len() + usize::from(Arch::NATIVE == Arch::Arm) * 11,
         "the table allows calls libc_check does not list"
     );
+}
+
+#[test]
+fn ioctl_cannot_type_into_a_terminal() {
+    for arch in ARCHES {
+        // ALSA's and the sockets' requests pass.
+        for request in [
+            0x541b,     /* FIONREAD */
+            0xc0684113, /* SNDRV_PCM_IOCTL_HW_PARAMS */
+            0x5401,
+        ] {
+            assert_eq!(
+                verdict(arch, "ioctl", [3, request, 0, 0, 0, 0]),
+                Verdict::Allow,
+                "{arch:?} ioctl({request:#x})"
+            );
+        }
+        for request in [
+            0x5412u64, /* TIOCSTI */
+            0x541c,    /* TIOCLINUX */
+            0xffff_ffff_0000_5412,
+        ] {
+            assert_eq!(
+                verdict(arch, "ioctl", [0, request, 0, 0, 0, 0]),
+                Verdict::Errno(libc::EPERM),
+                "{arch:?} ioctl({request:#x})"
+            );
+        }
+    }
 }
