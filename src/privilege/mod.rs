@@ -206,6 +206,28 @@ fn check_owners(dirs: &[&Path], service: u32) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
+/// For the commands that write a daemon's state without becoming its user
+/// (`voxgate phones`): refuse a directory owned by anyone but root, the
+/// configured service user, or the user running the command.
+pub fn check_state_dirs_for(s: &PrivilegeSettings, dirs: &[&Path]) -> Result<(), PrivilegeError> {
+    let me = Uid::effective().as_raw();
+    let service = s
+        .user
+        .as_ref()
+        .and_then(|name| {
+            let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+            accounts::find_user(&passwd, name)
+        })
+        .map_or(me, |u| u.uid);
+    for dir in dirs {
+        // Either is allowed: the owner must be root, `service` or `me`.
+        if check_owners(&[dir], service).is_err() {
+            check_owners(&[dir], me)?;
+        }
+    }
+    Ok(())
+}
+
 /// Check the settings against the accounts of this system.
 pub fn plan(s: &PrivilegeSettings, file: &Path) -> Result<Plan, PrivilegeError> {
     plan_with(s, file, Uid::current().is_root(), Path::new("/etc"))
