@@ -5,6 +5,9 @@
 //! Order (ARCHITECTURE.md, "Process start"), all before any thread exists, because
 //! no_new_privs, Landlock and seccomp apply per thread:
 //!
+//! 0. [`dumps::forbid`], first thing in every command (`cli::main`): no
+//!    core dump, non-dumpable; [`Plan::check_state_dirs`] refuses state
+//!    directories owned by anyone but root or the service user;
 //! 1. the caller binds every socket and loads its keys;
 //! 2. [`apply`]: while still root, empty the ambient and bounding capability
 //!    sets; set the supplementary groups, then `setresgid` and `setresuid`
