@@ -62,6 +62,7 @@ for u in voxgate voxgate-relay; do
   for f in CapInh CapPrm CapEff CapBnd CapAmb NoNewPrivs Seccomp Groups; do
     r "$u.$f" "$(awk -v f="$f:" '$1 == f { $1 = ""; sub(/^ /, ""); sub(/ +$/, ""); print }' /proc/$pid/status)"
   done
+  r "$u.core" "$(awk '/^Max core file size/ { print $5 ":" $6 }' /proc/$pid/limits)"
 done
 exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 \
   && r frames_sent "$(awk '$1 == "voxgate_frames_sent_total" { print $2 }' <&3)"
@@ -307,6 +308,8 @@ fn units_start_and_stream_under_systemd() {
             ("CapBnd", bounding),
             ("NoNewPrivs", "1"),
             ("Seccomp", "2"),
+            // LimitCORE=0 (soft:hard).
+            ("core", "0:0"),
         ] {
             assert_eq!(get(&format!("{u}.{k}")), v, "{u}.{k}:\n{context}");
         }

@@ -120,6 +120,7 @@ fn units_run_the_documented_commands_with_their_sandbox_needs() {
         ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
         ("UMask", "0077"),
         ("SystemCallErrorNumber", "EPERM"),
+        ("LimitCORE", "0"),
     ] {
         assert_set(&g, k, v, unit);
     }
@@ -169,6 +170,7 @@ fn units_run_the_documented_commands_with_their_sandbox_needs() {
         ("StateDirectory", "voxgate-relay voxgate-relay/recordings"),
         ("StateDirectoryMode", "0750"),
         ("PrivateDevices", "yes"),
+        ("LimitCORE", "0"),
     ] {
         assert_set(&r, k, v, unit);
     }

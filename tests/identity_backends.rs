@@ -232,6 +232,75 @@ fn tpm_backend_enrolls_streams_survives_restarts_and_names_the_recovery() {
     assert!(stderr(&st).contains("does not answer"), "{}", stderr(&st));
 }
 
+/// A TPM that is there but fails is no reason to put the key in a file:
+/// `--backend auto` stops with the reason unless `--allow-fallback` says
+/// otherwise; only a TPM that does not exist at all falls back by itself.
+#[test]
+fn auto_with_a_present_but_failing_tpm_stops_unless_fallback_is_allowed() {
+    let lab = Lab::new("id-auto-fail", "mode = \"none\"");
+    let mut relay = lab.start_relay();
+    // A real TPM that hangs: swtpm frozen, its port still accepting.
+    let tpm = Swtpm::start("auto-hung");
+    tpm.freeze();
+    // A device node that exists but is no TPM.
+    for (id, spec) in [
+        ("gw-hung", tpm.spec()),
+        ("gw-null", "device:/dev/null".into()),
+    ] {
+        let (out, cfg) = setup(&lab, id, &["--backend", "auto", "--tpm", &spec], &[]);
+        let e = stderr(&out);
+        assert!(!out.status.success(), "{id}: enrolled anyway: {e}");
+        assert!(
+            e.contains(&format!(
+                "the TPM at {spec} is present but failed the probe"
+            )),
+            "{id}: {e}"
+        );
+        assert!(e.contains("--allow-fallback"), "{id}: {e}");
+        assert!(!cfg.exists(), "{id}: a config was written");
+        assert!(!lab.dir.join(id).join("device.key.sealed").exists());
+    }
+    // --allow-fallback: sealed, and the reason says the TPM failed.
+    let (out, cfg) = setup(
+        &lab,
+        "gw-allowed",
+        &[
+            "--backend",
+            "auto",
+            "--tpm",
+            &tpm.spec(),
+            "--allow-fallback",
+        ],
+        &[],
+    );
+    let e = stderr(&out);
+    assert!(out.status.success(), "{e}");
+    assert!(e.contains("is present but failed"), "{e}");
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    assert!(written.contains("backend = \"sealed-file\""), "{written}");
+    assert!(written.contains("present but failed"), "{written}");
+    // No device node at all: no TPM, the sealed file by itself.
+    let (out, cfg) = setup(
+        &lab,
+        "gw-nodev",
+        &[
+            "--backend",
+            "auto",
+            "--tpm",
+            "device:/dev/voxgate-no-such-tpm",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("there is none"), "{}", stderr(&out));
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("sealed-file")
+    );
+    relay.stop();
+}
+
 #[test]
 fn auto_without_a_tpm_falls_back_to_a_sealed_file_and_says_why() {
     let lab = Lab::new("id-auto", "mode = \"none\"");

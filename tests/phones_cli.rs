@@ -215,3 +215,22 @@ fn rotate_prints_each_new_password_once_and_refuses_unknown_or_ambiguous() {
         "{out}{err}"
     );
 }
+
+/// The phone store's directory must belong to root, the service user or
+/// the caller: another user could have planted files or links in it.
+#[test]
+fn a_store_directory_of_another_user_is_refused() {
+    let dir = test_dir("phones-owner");
+    let cfg = config(&dir, true, "0a1b2c3d4e5f60718293a4b5c6d7e8f9");
+    std::os::unix::fs::chown(&dir, Some(4242), None).unwrap();
+    let (ok, _, err) = voxgate(&["phones", "add", "201", "-c", &cfg]);
+    assert!(!ok, "it wrote the store");
+    assert!(err.contains("belongs to uid 4242"), "{err}");
+    assert!(!dir.join("phones.sealed").exists());
+    // The configured service user's directory is fine.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}[privilege]\nuser = \"nobody\"\n")).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+    let (ok, _, err) = voxgate(&["phones", "add", "201", "-c", &cfg]);
+    assert!(ok, "{err}");
+}

@@ -217,3 +217,80 @@ fn ambient_bind_capability_is_dropped_after_binding() {
     );
     assert!(p.stop().success(), "{}", p.log_text());
 }
+
+/// A state directory that another user owns could hold files or links
+/// planted by that user: the daemon refuses it before reading anything.
+#[test]
+fn a_state_directory_of_another_user_is_refused() {
+    let lab = Lab::new("priv-stateowner", "mode = \"none\"");
+    let state = lab.dir.join("relay");
+    std::os::unix::fs::chown(&state, Some(4242), None).unwrap();
+    let out = Command::new(bin())
+        .args(["relay", "run", "--config"])
+        .arg(lab.dir.join("relay.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it ran:\n{err}");
+    assert!(err.contains("belongs to uid 4242"), "{err}");
+    assert!(
+        err.contains("must belong to root or to the service user"),
+        "{err}"
+    );
+    assert!(voxgate_testkit::lab::scrape(lab.relay_metrics).is_none());
+    // Given back to root, the same relay starts.
+    std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+    let mut relay = lab.start_relay();
+    relay.stop();
+}
+
+/// Every command starts without core dumps: `voxgate setup`, started as
+/// `nobody` and waiting for its token on stdin, already has `RLIMIT_CORE`
+/// 0 and is non-dumpable (its /proc files belong to root, not to nobody).
+#[test]
+fn commands_other_than_the_daemons_cannot_dump_core_either() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = voxgate_testkit::lab::test_dir_in(&std::env::temp_dir(), "priv-nocore");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin()])
+        .args([
+            "setup",
+            "--relay",
+            "127.0.0.1:9",
+            "--device-id",
+            "gw-nocore",
+        ])
+        .args(["--ca-fingerprint", &format!("SHA256:{}", "ab".repeat(32))])
+        .args(["--token-file", "-", "--dir"])
+        .arg(&dir)
+        .arg("--config-out")
+        .arg(dir.join("gw.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let pid = child.id() as i32;
+    let core = || {
+        std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+    };
+    // setpriv execs voxgate in the same process: wait for voxgate's limit.
+    wait_for(Duration::from_secs(10), "voxgate setup to start", || {
+        assert!(child.try_wait().unwrap().is_none(), "setup exited");
+        status_field(pid, "Uid").starts_with("65534") && core().as_deref() == Some("0:0")
+    });
+    let environ = std::fs::metadata(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(environ.uid(), 0, "setup is dumpable");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -18,6 +18,15 @@
 //! stdin) while the relay runs, and its restore on another machine (the
 //! passphrase in a file): the passphrase and the relay's keys appear in
 //! none of the above, nor in the backup file itself.
+//!
+//! Secrets are also looked for the way a careless dump would write them:
+//! PEM-wrapped (the base64 body split over lines, so each haystack is also
+//! searched with its line breaks and `\n` escapes removed), and in every
+//! file the run left in its directories, except the two files the test
+//! itself wrote secrets into (the token and the passphrase) and the SIP
+//! test phones' scenarios (a phone's own password). No process of the run
+//! may dump core: the daemons run with `RLIMIT_CORE` 0, and no core file
+//! is left anywhere in the run's directories.
 
 use base64::Engine as _;
 use std::io::Write;
@@ -262,6 +271,7 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let mut proc_text = String::new();
     for pid in [gw.pid(), relay.pid()] {
         proc_text.push_str(&proc_of(pid as u32));
+        assert_no_core_limit(pid as u32);
     }
 
     // A backup with the relay's keys while it runs, the passphrase on
@@ -408,14 +418,26 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         ("phones argv", phones_argv),
         ("phone store", String::from_utf8_lossy(&store).into_owned()),
     ];
-    for entry in std::fs::read_dir(&lab.dir).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            haystack.push((
-                "log file",
-                std::fs::read_to_string(entry.path()).unwrap_or_default(),
-            ));
+    // Every file the run left, but those that hold a secret on purpose.
+    let exempt = [tok.clone(), pass_file.clone()];
+    let mut files = Vec::new();
+    walk(&lab.dir, &mut files);
+    let mut cores = Vec::new();
+    for f in &files {
+        if exempt.contains(f) || f.starts_with(&sipp_dir) {
+            continue;
         }
+        let bytes = std::fs::read(f).unwrap_or_default();
+        if is_core(f, &bytes) {
+            cores.push(f.clone());
+        }
+        haystack.push((
+            "a file of the run",
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
     }
+    assert!(files.len() > 20, "the walk found {} files", files.len());
+    assert!(cores.is_empty(), "core files left: {cores:?}");
     assert!(
         haystack
             .iter()
@@ -423,12 +445,58 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         "trace logging was not on"
     );
     for (name, text) in &haystack {
+        let joined = unwrapped(text);
         for n in &needles {
             assert!(
-                !text.contains(n.as_str()),
+                !text.contains(n.as_str()) && !joined.contains(n.as_str()),
                 "a secret ({} chars) leaked into {name}",
                 n.len()
             );
         }
+        for label in ["PRIVATE KEY-----", "ENCRYPTED PRIVATE KEY"] {
+            assert!(!text.contains(label), "a PEM private key in {name}");
+        }
     }
+}
+
+/// `text` with line breaks, `\n` escapes (JSON logs) and blanks removed:
+/// a PEM body or any base64 wrapped over lines becomes one run again.
+fn unwrapped(text: &str) -> String {
+    text.replace("\\r", "")
+        .replace("\\n", "")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            walk(&e.path(), out);
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+}
+
+/// A core dump: named like one (`core`, `core.PID`, `*.core`), or an ELF
+/// file of type ET_CORE.
+fn is_core(path: &Path, bytes: &[u8]) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let named = name == "core" || name.starts_with("core.") || name.ends_with(".core");
+    let elf_core = bytes.len() > 18 && bytes.starts_with(b"\x7fELF") && bytes[16] == 4;
+    named || elf_core
+}
+
+/// The running process `pid` may not dump core: `RLIMIT_CORE` is 0.
+fn assert_no_core_limit(pid: u32) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&v[4..6], ["0", "0"], "pid {pid}: {line}");
 }

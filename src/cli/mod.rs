@@ -175,6 +175,17 @@ enum RelayCommand {
 
 /// Entry point: parse, run, print errors with their causes.
 pub fn main() -> ExitCode {
+    // Before anything reads a key: no core dump may carry it to disk.
+    match crate::privilege::dumps::forbid() {
+        Ok(crate::privilege::dumps::CoreLimit::Refused) => eprintln!(
+            "voxgate: warning: RLIMIT_CORE could not be set to 0; the process is non-dumpable, which also prevents core dumps"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("voxgate: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +267,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             let cfg = GatewayConfig::load(&args.config)?;
             crate::telemetry::init(&cfg.telemetry.log);
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
+            let mut dirs: Vec<&std::path::Path> = [&cfg.identity.cert, &cfg.identity.key]
+                .into_iter()
+                .filter_map(|f| f.parent())
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect();
+            if let Some(sip) = &cfg.sip {
+                dirs.push(crate::bridge::phone_store::store_dir(&sip.phones));
+            }
+            plan.check_state_dirs(&dirs)?;
             let prepared = crate::gateway::prepare(cfg)?;
             let plan = plan.with_read(prepared.sandbox_read_paths());
             let devices = prepared.sandbox_paths();
@@ -269,6 +289,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let cfg = RelayConfig::load(&config)?;
             crate::telemetry::init(&cfg.telemetry.log);
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
+            plan.check_state_dirs(&[&cfg.state_dir, &cfg.recordings])?;
             let prepared = crate::relay::prepare(cfg)?;
             let state = [
                 prepared.cfg.state_dir.as_path(),

@@ -62,6 +62,10 @@ fn open(config: &Path) -> anyhow::Result<(SipConfig, Material)> {
             config.display()
         )
     })?;
+    crate::privilege::check_state_dirs_for(
+        &cfg.privilege,
+        &[crate::bridge::phone_store::store_dir(&sip.phones)],
+    )?;
     let material =
         crate::pki::sealed::material(&cfg.identity.machine_id, cfg.identity.serial.as_deref())?;
     Ok((sip, material))

@@ -339,15 +339,10 @@ fn rename(from: &Path, to: &Path) -> Result<(), RenewError> {
     })
 }
 
-/// Replace `path` atomically with `data`.
+/// Replace `path` atomically with `data` (a temporary file, then rename:
+/// [`write_file`]).
 fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), RenewError> {
-    let tmp = {
-        let mut s = path.as_os_str().to_os_string();
-        s.push(".tmp");
-        PathBuf::from(s)
-    };
-    write_file(&tmp, data, mode)?;
-    rename(&tmp, path)
+    Ok(write_file(path, data, mode)?)
 }
 
 #[cfg(test)]

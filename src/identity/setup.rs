@@ -5,9 +5,16 @@
 //! 2. Create a fresh P-256 key where `--backend` says: inside the TPM
 //!    (`tpm`; the file is the TPM-wrapped blob), sealed to this box
 //!    (`sealed-file`), the TPM when one answers a bounded probe and sealed
-//!    otherwise (`auto`, the default; the reason is printed), or encrypted
+//!    when there is no TPM at all (`auto`, the default; the reason is
+//!    printed), or encrypted
 //!    with `systemd-creds encrypt` into the credential store
 //!    (`systemd-creds`; the PKCS#8 key goes to its stdin, never to a file).
+//!    `auto` falls back only when the TPM does not exist (no device node,
+//!    nothing listening on the simulator's port): a TPM that is there but
+//!    fails the probe (hung, in failure mode, locked out) stops setup with
+//!    the reason, since a silent fallback would leave a box that should
+//!    hold its key in hardware with a key in a file. `--allow-fallback`
+//!    accepts the sealed file then, and says why.
 //! 3. Connect to the relay with ALPN `voxgate-enroll/1`, trusting only the
 //!    CA whose fingerprint the technician was given: a relay that cannot
 //!    show that CA fails the handshake, before the token is sent.
@@ -68,6 +75,10 @@ pub struct SetupArgs {
     /// answers, else sealed-file) or systemd-creds.
     #[arg(long, default_value = "auto", value_parser = parse_backend)]
     pub backend: IdentityBackend,
+    /// With `--backend auto`: seal the key to this box even when a TPM is
+    /// present but fails the probe (without it, setup stops with the reason).
+    #[arg(long)]
+    pub allow_fallback: bool,
     /// The TPM: `device:/dev/tpmrm0`, or `swtpm:HOST:PORT` (tests).
     #[arg(long, default_value = "device:/dev/tpmrm0")]
     pub tpm: TpmSpec,
@@ -109,6 +120,21 @@ pub fn probe_tpm(spec: &TpmSpec) -> Result<Arc<Tpm>, TpmError> {
     Ok(Arc::new(tpm))
 }
 
+/// Whether a failed probe means that there is no TPM at all: the device
+/// node does not exist, or nothing listens on the simulator's port. Any
+/// other failure is a TPM that is present but does not work.
+pub fn tpm_absent(spec: &TpmSpec, e: &TpmError) -> bool {
+    match spec {
+        TpmSpec::Device(path) => {
+            std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        }
+        TpmSpec::Simulator(_) => matches!(
+            e,
+            TpmError::Open { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused
+        ),
+    }
+}
+
 fn read_token(path: &PathBuf) -> Result<Secret<String>> {
     let mut raw = Zeroizing::new(String::new());
     if path.as_os_str() == "-" {
@@ -147,15 +173,28 @@ fn choose_backend(a: &SetupArgs) -> Result<(IdentityBackend, Option<Arc<Tpm>>, S
                 let why = format!("--backend auto: the TPM at {} answered", a.tpm);
                 Ok((IdentityBackend::Tpm, Some(tpm), why))
             }
-            Err(e) => {
-                tracing::warn!(tpm = %a.tpm, error = %e, "backend auto: no usable TPM; falling back to sealed-file");
+            Err(e) if tpm_absent(&a.tpm, &e) => {
+                tracing::warn!(tpm = %a.tpm, error = %e, "backend auto: no TPM; falling back to sealed-file");
                 let why = format!(
-                    "--backend auto: no usable TPM at {} ({e}); the key is sealed to this box instead",
+                    "--backend auto: no usable TPM at {} (there is none: {e}); the key is sealed to this box instead",
                     a.tpm
                 );
                 eprintln!("voxgate: {why}");
                 Ok((IdentityBackend::SealedFile, None, why))
             }
+            Err(e) if a.allow_fallback => {
+                tracing::warn!(tpm = %a.tpm, error = %e, "backend auto: the TPM is present but failed; --allow-fallback: sealed-file");
+                let why = format!(
+                    "--backend auto --allow-fallback: the TPM at {} is present but failed ({e}); the key is sealed to this box instead",
+                    a.tpm
+                );
+                eprintln!("voxgate: {why}");
+                Ok((IdentityBackend::SealedFile, None, why))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "--backend auto: the TPM at {} is present but failed the probe, so no key was created; fix the TPM (`tpm2_getrandom 8`, or reboot if it is in failure mode), or enroll with `--allow-fallback` to seal the key to this box instead",
+                a.tpm
+            ))),
         },
         IdentityBackend::SystemdCreds => {
             let ok = std::process::Command::new("systemd-creds")

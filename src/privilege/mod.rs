@@ -5,6 +5,9 @@
 //! Order (ARCHITECTURE.md, "Process start"), all before any thread exists, because
 //! no_new_privs, Landlock and seccomp apply per thread:
 //!
+//! 0. [`dumps::forbid`], first thing in every command (`cli::main`): no
+//!    core dump, non-dumpable; [`Plan::check_state_dirs`] refuses state
+//!    directories owned by anyone but root or the service user;
 //! 1. the caller binds every socket and loads its keys;
 //! 2. [`apply`]: while still root, empty the ambient and bounding capability
 //!    sets; set the supplementary groups, then `setresgid` and `setresuid`
@@ -23,6 +26,7 @@
 //! error at every start.
 
 pub mod accounts;
+pub mod dumps;
 pub mod realtime;
 pub mod sandbox;
 pub mod seccomp;
@@ -112,6 +116,19 @@ pub enum PrivilegeError {
     /// Root could be regained after the drop.
     #[error("setuid(0) succeeded after the privilege drop; refusing to run")]
     RootRegainable,
+    /// A state directory belongs to another user, who could plant files
+    /// or links the daemon would trust.
+    #[error(
+        "{dir} belongs to uid {owner}; a state directory must belong to root or to the service user (uid {service}): `chown -R {service} {dir}` if it is this service's, or set another directory in the config"
+    )]
+    StateDirOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The uid the daemon runs as.
+        service: u32,
+    },
     /// Landlock could not be applied.
     #[error("landlock: {0}")]
     Landlock(#[from] landlock::RulesetError),
@@ -157,6 +174,61 @@ impl Plan {
         }
         self
     }
+
+    /// The uid the daemon runs as after [`apply`].
+    pub fn service_uid(&self) -> u32 {
+        match &self.target {
+            Some(t) => t.user.uid,
+            None => Uid::effective().as_raw(),
+        }
+    }
+
+    /// Refuse a state directory owned by anyone but root or the service
+    /// user, before anything in it is read. A directory that does not exist
+    /// yet passes (the daemon creates it).
+    pub fn check_state_dirs(&self, dirs: &[&Path]) -> Result<(), PrivilegeError> {
+        check_owners(dirs, self.service_uid())
+    }
+}
+
+fn check_owners(dirs: &[&Path], service: u32) -> Result<(), PrivilegeError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let owner = meta.uid();
+        if owner != 0 && owner != service {
+            return Err(PrivilegeError::StateDirOwner {
+                dir: dir.to_path_buf(),
+                owner,
+                service,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// For the commands that write a daemon's state without becoming its user
+/// (`voxgate phones`): refuse a directory owned by anyone but root, the
+/// configured service user, or the user running the command.
+pub fn check_state_dirs_for(s: &PrivilegeSettings, dirs: &[&Path]) -> Result<(), PrivilegeError> {
+    let me = Uid::effective().as_raw();
+    let service = s
+        .user
+        .as_ref()
+        .and_then(|name| {
+            let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+            accounts::find_user(&passwd, name)
+        })
+        .map_or(me, |u| u.uid);
+    for dir in dirs {
+        // Either is allowed: the owner must be root, `service` or `me`.
+        if check_owners(&[dir], service).is_err() {
+            check_owners(&[dir], me)?;
+        }
+    }
+    Ok(())
 }
 
 /// Check the settings against the accounts of this system.
@@ -386,5 +458,33 @@ mod tests {
                 .is_none()
         );
         std::fs::remove_dir_all(etc).unwrap();
+    }
+
+    #[test]
+    fn state_dirs_of_another_user_are_refused() {
+        let d = std::env::temp_dir().join(format!("vg-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let me = Uid::effective().as_raw();
+        // Root's or the service user's; one not there yet.
+        check_owners(&[&d, &d.join("later")], me).unwrap();
+        check_owners(&[Path::new("/")], 4242).unwrap();
+        if me == 0 {
+            std::os::unix::fs::chown(&d, Some(4242), None).unwrap();
+            check_owners(&[&d], 4242).unwrap();
+            let e = check_owners(&[&d], 998).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    PrivilegeError::StateDirOwner {
+                        owner: 4242,
+                        service: 998,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("chown -R 998"), "{e}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -279,7 +279,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     )
     .with_context(|| format!("{}: the fleet CA", cfg.file.display()))?;
     let downlink = load_downlink(&cfg.downlink)?;
-    std::fs::create_dir_all(&cfg.recordings)
+    recorder::private_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
     let udp = std::net::UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind UDP {}", cfg.listen))?;

@@ -480,5 +480,45 @@ impl<W: Write> std::fmt::Debug for OggOpusRecorder<W> {
     }
 }
 
+/// Create (or truncate) the recording file `path`: mode 0600, never
+/// through a symbolic link, in directories created 0700, whatever the
+/// umask (recordings hold people's voices; only the relay's user reads
+/// them). Directories that already exist keep their mode.
+pub fn create_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        private_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Create `dir` and its missing parents, each mode 0700 whatever the umask.
+pub fn private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let missing: Vec<&std::path::Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {
+                std::fs::File::open(d)?.set_permissions(std::fs::Permissions::from_mode(0o700))?
+            }
+            // Another flow created it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -101,6 +101,17 @@ impl Swtpm {
         sw
     }
 
+    /// Freeze swtpm (SIGSTOP): its port still accepts connections, but
+    /// the TPM never answers, as a hung TPM.
+    pub fn freeze(&self) {
+        use nix::sys::signal::{Signal, kill};
+        kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGSTOP,
+        )
+        .unwrap();
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

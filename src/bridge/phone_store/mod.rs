@@ -24,7 +24,6 @@ use crate::pki::sealed::{self, Material, SealError};
 use crate::proto::signal::valid_extension;
 use ring::digest;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -384,7 +383,7 @@ impl PhoneStore {
     /// and a new one gets its directory's (a root `voxgate phones` must not
     /// take the file away from the service user that reads it).
     pub fn save(&self, path: &Path, material: &Material) -> Result<(), PhonesError> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::MetadataExt;
         let io = |source| PhonesError::Io {
             path: path.into(),
             source,
@@ -404,47 +403,32 @@ impl PhoneStore {
                 .map(|m| (m.uid(), m.gid())),
             Err(e) => return Err(io(e)),
         };
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".tmp");
-        let tmp = path.with_file_name(name);
-        let tmp_io = |source| PhonesError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(tmp_io)?;
-        if let Some((uid, gid)) = owner {
-            let same = f.metadata().is_ok_and(|m| (m.uid(), m.gid()) == (uid, gid));
-            if !same && let Err(source) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid)) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(PhonesError::Owner {
-                    path: path.into(),
-                    uid,
-                    gid,
-                    source,
-                });
+        // A crash leaves either the old store or the new one, never a mix
+        // or nothing; the directory is synced so the rename reaches the
+        // disk before new passwords are shown. Past the rename the new
+        // store is in use (a running bridge takes it up), so nothing fails
+        // any more: a caller that saw an error would not show the passwords
+        // the store now holds.
+        crate::pki::files::replace_file(path, &sealed, 0o600, owner).map_err(|e| match e {
+            crate::pki::files::FileError::Owner {
+                path,
+                uid,
+                gid,
+                source,
+            } => PhonesError::Owner {
+                path,
+                uid,
+                gid,
+                source,
+            },
+            crate::pki::files::FileError::Write { path, source } => {
+                PhonesError::Io { path, source }
             }
-        }
-        if let Err(e) = f.write_all(&sealed).and_then(|()| f.sync_all()) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(tmp_io(e));
-        }
-        drop(f);
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(e));
-        }
-        // The rename should reach the disk before new passwords are shown.
-        // Past the rename the new store is in use (a running bridge takes
-        // it up), so nothing may fail any more: a caller that saw an error
-        // would not show the passwords the store now holds.
-        let _ = std::fs::File::open(store_dir(path)).and_then(|d| d.sync_all());
-        Ok(())
+            other => PhonesError::Io {
+                path: path.into(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })
     }
 
     /// Add `ext` with a new generated password; returns the password (show it once).

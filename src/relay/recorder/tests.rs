@@ -412,3 +412,25 @@ fn random_input_never_panics_and_is_accounted() {
         assert_eq!(accounted, pushes, "{s:?}");
     }
 }
+
+#[test]
+fn recordings_are_private_files_in_private_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = temp_path("private", "d");
+    let path = root.join("device-1/nested/1-s1-f1.ogg");
+    let f = create_file(&path).unwrap();
+    drop(f);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&path), 0o600);
+    for d in [&root, &root.join("device-1"), &root.join("device-1/nested")] {
+        assert_eq!(mode(d), 0o700, "{}", d.display());
+    }
+    // Never written through a link planted where a recording goes.
+    let target = root.join("elsewhere");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = root.join("device-1/2-s1-f1.ogg");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(create_file(&link).is_err());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    std::fs::remove_dir_all(&root).unwrap();
+}

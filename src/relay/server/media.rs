@@ -196,10 +196,7 @@ pub(super) fn recording_path(dir: &Path, device: &str, session: u64, flow: u64) 
 
 pub(super) fn open_recorder(path: &Path, ssrc: u32) -> Option<OggOpusRecorder<BufWriter<File>>> {
     let open = || -> Result<_, Box<dyn std::error::Error>> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = File::create(path)?;
+        let file = crate::relay::recorder::create_file(path)?;
         Ok(OggOpusRecorder::new(
             BufWriter::with_capacity(16 * 1024, file),
             ssrc,
