@@ -283,3 +283,51 @@ async fn connection(
     writer.abort();
     drop(slot);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> Arc<Gate> {
+        let m = BridgeMetrics::register(&mut crate::telemetry::metrics::Registry::default());
+        Gate::new(
+            vec![
+                Cidr::parse("192.168.1.0/24").unwrap(),
+                Cidr::parse("fd00::/8").unwrap(),
+            ],
+            128,
+            m,
+        )
+    }
+
+    #[test]
+    fn the_gate_admits_the_allowlist_a_few_per_source_and_no_banned_source() {
+        let g = gate();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(g.enter(ip("10.0.0.1")).is_none(), "outside the allowlist");
+        let held: Vec<Slot> = (0..MAX_PER_SOURCE)
+            .map(|_| g.enter(ip("192.168.1.20")).expect("under the cap"))
+            .collect();
+        assert!(g.enter(ip("192.168.1.20")).is_none(), "over the cap");
+        assert!(g.enter(ip("192.168.1.21")).is_some(), "another source");
+        drop(held);
+        assert!(g.enter(ip("192.168.1.20")).is_some(), "slots come back");
+        assert!(g.open.lock().unwrap().is_empty(), "no count left behind");
+        // A ban published by the bridge task: refused at accept and while
+        // connected; expired, admitted again.
+        let until = Instant::now() + Duration::from_secs(60);
+        g.publish(Screen {
+            bans: vec![(ip("fd00::66"), until)],
+            ipv6_prefix: 128,
+        });
+        assert!(g.enter(ip("fd00::66")).is_none());
+        assert!(!g.admits(ip("fd00::66")));
+        assert!(g.admits(ip("fd00::67")), "IPv6 per address");
+        g.publish(Screen {
+            bans: vec![(ip("fd00::66"), Instant::now())],
+            ipv6_prefix: 128,
+        });
+        assert!(g.admits(ip("fd00::66")));
+        assert_eq!(g.metrics.sip_tcp_refused.get(), 3);
+    }
+}
