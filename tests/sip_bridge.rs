@@ -344,3 +344,182 @@ fn sipvicious_finds_no_extension_and_svcrack_is_banned_before_the_password() {
         "after-crack"
     ));
 }
+
+/// Another host on the LAN (127.0.0.2) that sprays valid-looking RTP at
+/// every port of the gateway's range every 20 ms, and listens for anything
+/// the gateway sends back to it.
+struct Sprayer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Sprayer {
+    fn start(ports: (u16, u16)) -> Sprayer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut received) = (0u64, 0u64);
+            let (mut seq, mut ts) = (1u16, 160u32);
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                for port in ports.0..=ports.1 {
+                    // G.722 (what baresip sends) and PCMU, every port.
+                    let pt = if seq % 2 == 0 { 9 } else { 0 };
+                    let pkt =
+                        voxgate_testkit::rtp::rtp(pt, false, seq, ts, 0x0bad_cafe, &[0x55; 160]);
+                    if s.send_to(&pkt, ("127.0.0.1", port)).is_ok() {
+                        sent += 1;
+                    }
+                }
+                while s.recv_from(&mut buf).is_ok() {
+                    received += 1;
+                }
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+                // The spray's own pace (a packet per port every ~20 ms).
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (sent, received)
+        });
+        Sprayer { stop, thread }
+    }
+
+    /// Stop; returns (packets sent, packets received back).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn an_rtp_sprayer_on_the_lan_never_hears_nor_speaks_in_a_call() {
+    let lab = Lab::new("sip-rtp-bleed", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut gw = SipGateway::configure(&lab, "gw-a", "[\"md5\"]", "");
+    let pw = gw.add_phone("201");
+    gw.start(&lab);
+    let src = speech_16k(&lab.dir);
+    // The spray runs before the call, while it rings and all through it.
+    let spray = Sprayer::start(gw.rtp_ports);
+    let phone = Baresip::new(&lab.dir, "201", &gw, "201", &pw, &src);
+    let st = wait_child(phone.spawn(&["/dial 900"], 9), Duration::from_secs(20));
+    let (sent, received) = spray.finish();
+    assert!(st.success(), "baresip: {}", phone.log());
+    let refused = gw.metric("voxgate_phone_rtp_refused_total");
+    println!(
+        "RTP spray from 127.0.0.2 over {}-{}: {sent} packets sent, {received} received back, {refused} refused on the call's port",
+        gw.rtp_ports.0, gw.rtp_ports.1
+    );
+    assert_eq!(received, 0, "the sprayer heard the call");
+    let heard = phone
+        .heard()
+        .unwrap_or_else(|| panic!("no dump: {}", phone.log()));
+    let s = score(&src, &heard);
+    println!(
+        "baresip under an RTP spray → relay echo → baresip: PESQ-WB {:.3}, STOI {:.3}",
+        s.pesq_wb, s.stoi
+    );
+    // As without the spray (baresip_calls_the_echo_service_and_hears_itself).
+    assert!(s.stoi > 0.85 && s.pesq_wb > 2.0, "{s:?}");
+    // The spray reached the call's own port while it ran (so the test
+    // would have caught a leg that listened to it).
+    assert!(refused > 100.0, "the spray must have hit the call's port");
+    assert_eq!(gw.metric("voxgate_sip_calls_total"), 1.0);
+}
+
+#[test]
+fn forged_registers_carrying_a_phones_address_do_not_get_it_banned() {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let lab = Lab::new("sip-forged-ban", "mode = \"none\"");
+    let _relay = lab.start_relay();
+    let mut gw = SipGateway::configure(
+        &lab,
+        "gw-a",
+        "[\"md5\"]",
+        "auth_failures = 3\nban_seconds = 600",
+    );
+    let pw = gw.add_phone("201");
+    gw.start(&lab);
+    // The attacker learns the realm from a 401 to its own address.
+    let probe = UdpSocket::bind("127.0.0.5:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let port = gw.sip_port;
+    let register = |from: std::net::SocketAddr, n: u32, auth: &str| {
+        format!(
+            "REGISTER sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-forged-{n};rport\r\n\
+             From: <sip:201@127.0.0.1>;tag=f{n}\r\nTo: <sip:201@127.0.0.1>\r\nCall-ID: forged-{n}@x\r\nCSeq: {n} REGISTER\r\n\
+             Contact: <sip:201@{from}>\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    probe
+        .send_to(
+            register(probe.local_addr().unwrap(), 1, "").as_bytes(),
+            ("127.0.0.1", port),
+        )
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = probe.recv_from(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let realm = text
+        .split("realm=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a 401 with a realm")
+        .to_string();
+    // The phone lives at 127.0.0.1. A witness at the forged source port
+    // shows each forged REGISTER was answered (challenged), not dropped;
+    // the attacker's raw socket never sees those answers.
+    let witness = UdpSocket::bind("127.0.0.1:0").unwrap();
+    witness
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let forged_src = match witness.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let spoofer = voxgate_testkit::spoof::Spoofer::new();
+    const FORGED: u32 = 20;
+    for n in 0..FORGED {
+        let auth = format!(
+            "Authorization: Digest username=\"201\", realm=\"{realm}\", nonce=\"{:064x}\", uri=\"sip:127.0.0.1:{port}\", \
+             response=\"{:032x}\", algorithm=MD5, cnonce=\"c{n}\", qop=auth, nc=00000001\r\n",
+            0xfeed_0000u64 + u64::from(n),
+            n
+        );
+        let msg = register(forged_src.into(), 100 + n, &auth);
+        spoofer.send(
+            forged_src,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            msg.as_bytes(),
+        );
+    }
+    let mut challenged = 0;
+    while challenged < FORGED {
+        let (n, _) = witness.recv_from(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "only {challenged} of {FORGED} forged REGISTERs answered: {e}\n{}",
+                gw.log()
+            )
+        });
+        assert!(buf[..n].starts_with(b"SIP/2.0 401"));
+        challenged += 1;
+    }
+    assert_eq!(gw.metric("voxgate_sip_auth_failures_total"), 0.0);
+    assert_eq!(gw.metric("voxgate_sip_bans_total"), 0.0);
+    // The phone at that address registers and calls.
+    let src = speech_16k(&lab.dir);
+    let phone = Baresip::new(&lab.dir, "201", &gw, "201", &pw, &src);
+    let st = wait_child(phone.spawn(&["/dial 900"], 6), Duration::from_secs(20));
+    assert!(st.success(), "baresip: {}", phone.log());
+    let log = gw.log();
+    assert!(log.contains("call from a phone"), "{log}");
+    assert!(!log.contains("SIP source banned"), "{log}");
+    println!(
+        "{FORGED} forged REGISTERs from the phone's address: all challenged, none counted; the phone registered and called"
+    );
+}

@@ -22,9 +22,16 @@
 //! the reactor, and the uplink datagrams of one tick reach quinn together, so
 //! it packs several into each QUIC packet.
 //!
-//! Symmetric RTP: packets go to the address the phone's RTP comes from (the
-//! SDP address until the first packet arrives), so phones behind a LAN NAT
-//! work. Packets from any other address after that are dropped.
+//! Symmetric RTP, but only with the phone: a leg takes RTP only from the
+//! addresses the switchboard vouches for ([`CallMedia::sources`]: the
+//! phone's signalling address and its SDP `c=` address, each only inside
+//! the SIP allowlist). Packets go to the SDP address until the first valid
+//! packet from one of those arrives, then to that packet's source (so a
+//! phone behind a LAN NAT works), and from then on packets from any other
+//! address are dropped. Another host on the LAN that sprays the RTP ports
+//! is never latched to: it neither hears the call nor speaks in it. What
+//! queued on the leg's sockets before its media started (between the
+//! INVITE and the answer) is discarded at start.
 
 use crate::bridge::metrics::BridgeMetrics;
 use crate::media::dtmf::KeyPress;
@@ -36,7 +43,7 @@ use crate::transport::link::ConnSlot;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::IoSliceMut;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -90,8 +97,19 @@ pub struct CallMedia {
     pub pair: PortPair,
     /// Where the phone said to send (SDP); replaced by the first packet's source.
     pub remote: Option<SocketAddr>,
+    /// The only addresses RTP is taken from (and latched to).
+    pub sources: Vec<IpAddr>,
     /// The flow the relay sends this call's audio on.
     pub relay_flow: Option<u64>,
+}
+
+/// Whether a leg takes a datagram from `src`: once latched only from the
+/// latched address, before that from any port of an address it vouches for.
+fn accepts(latched: bool, remote: Option<SocketAddr>, sources: &[IpAddr], src: SocketAddr) -> bool {
+    match latched {
+        true => remote == Some(src),
+        false => sources.contains(&src.ip().to_canonical()) || sources.contains(&src.ip()),
+    }
 }
 
 /// Arrival times of the last phone packets, by sequence number, for the
@@ -123,6 +141,7 @@ struct Tally {
     keys: u64,
     up_concealed: u64,
     down_concealed: u64,
+    rtp_refused: u64,
 }
 
 impl Tally {
@@ -136,6 +155,7 @@ impl Tally {
             (self.keys, &m.phone_keys_received),
             (self.up_concealed, &m.phone_up_concealed),
             (self.down_concealed, &m.phone_down_concealed),
+            (self.rtp_refused, &m.phone_rtp_refused),
         ] {
             if n > 0 {
                 c.add(n);
@@ -297,6 +317,15 @@ impl Engine {
     fn command(&self, st: &mut State, c: EngineCmd) {
         match c {
             EngineCmd::Start(m) => {
+                // Whatever reached the ports between the INVITE and the
+                // answer is not the phone's call audio.
+                let stale = m.pair.drain();
+                if stale > 0 {
+                    debug!(
+                        call = m.call,
+                        stale, "datagrams queued before the call's media started discarded"
+                    );
+                }
                 let every = (m.leg.tick().as_millis() / BASE_TICK.as_millis()).max(1) as u64;
                 let phase = st.started % every;
                 st.started += 1;
@@ -334,6 +363,9 @@ impl Engine {
                         if l.m.remote != Some(to) {
                             l.m.remote = Some(to);
                             l.latched = false;
+                            if !l.m.sources.contains(&to.ip()) {
+                                l.m.sources.push(to.ip());
+                            }
                         }
                     }
                 }
@@ -393,7 +425,8 @@ impl Engine {
                 let Some(r) = recv(&l.m.pair.rtp, &mut buf[..], cmsg) else {
                     break;
                 };
-                if l.latched && Some(r.src) != l.m.remote {
+                if !accepts(l.latched, l.m.remote, &l.m.sources, r.src) {
+                    tally.rtp_refused += 1;
                     continue;
                 }
                 let age =
@@ -485,6 +518,45 @@ mod tests {
             }
         }
         panic!("no free port pair on loopback");
+    }
+
+    #[test]
+    fn a_leg_latches_only_to_the_addresses_it_vouches_for() {
+        let phone: IpAddr = "192.168.1.20".parse().unwrap();
+        let sdp: SocketAddr = "192.168.1.20:4000".parse().unwrap();
+        let sources = [phone];
+        let from = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // Not latched: any port of the phone's address, nobody else.
+        assert!(accepts(
+            false,
+            Some(sdp),
+            &sources,
+            from("192.168.1.20:4000")
+        ));
+        assert!(accepts(
+            false,
+            Some(sdp),
+            &sources,
+            from("192.168.1.20:5555")
+        ));
+        assert!(accepts(
+            false,
+            Some(sdp),
+            &sources,
+            from("[::ffff:192.168.1.20]:4000")
+        ));
+        assert!(!accepts(
+            false,
+            Some(sdp),
+            &sources,
+            from("192.168.1.66:4000")
+        ));
+        assert!(!accepts(false, None, &[], from("192.168.1.20:4000")));
+        // Latched (to a NAT's port): that address only.
+        let latched = Some(from("192.168.1.20:5555"));
+        assert!(accepts(true, latched, &sources, from("192.168.1.20:5555")));
+        assert!(!accepts(true, latched, &sources, from("192.168.1.20:4000")));
+        assert!(!accepts(true, latched, &sources, from("192.168.1.66:5555")));
     }
 
     #[test]

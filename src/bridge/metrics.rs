@@ -9,6 +9,9 @@ use std::sync::Arc;
 pub struct BridgeMetrics {
     /// SIP requests dropped unanswered (outside the allowlist, banned, unparsable).
     pub sip_dropped: Arc<Counter>,
+    /// SIP TCP connections closed at accept (not allowed, banned, too many
+    /// from one source) or for sending no SIP message in time.
+    pub sip_tcp_refused: Arc<Counter>,
     /// Failed SIP authentications (the first, credential-less challenge is not one).
     pub sip_auth_failures: Arc<Counter>,
     /// Sources banned for too many failed authentications.
@@ -35,6 +38,9 @@ pub struct BridgeMetrics {
     pub phone_rtp_out: Arc<Counter>,
     /// Relay frames concealed towards phones (lost or late: FEC or PLC played).
     pub phone_down_concealed: Arc<Counter>,
+    /// Datagrams on a call's RTP port from an address the call does not
+    /// take RTP from (another host spraying the port range), dropped.
+    pub phone_rtp_refused: Arc<Counter>,
     /// RFC 4733 event packets sent to phones (digits from the relay), counted when sent.
     pub phone_dtmf_sent: Arc<Counter>,
     /// Key presses received from phones (RFC 4733, each reported once).
@@ -51,6 +57,10 @@ impl BridgeMetrics {
             sip_dropped: r.counter(
                 "voxgate_sip_dropped_total",
                 "SIP messages dropped unanswered (not allowed, banned, malformed)",
+            ),
+            sip_tcp_refused: r.counter(
+                "voxgate_sip_tcp_refused_total",
+                "SIP TCP connections refused at accept or closed for no message in time",
             ),
             sip_auth_failures: r.counter(
                 "voxgate_sip_auth_failures_total",
@@ -91,6 +101,10 @@ impl BridgeMetrics {
             phone_down_concealed: r.counter(
                 "voxgate_phone_downlink_concealed_total",
                 "Relay frames concealed (lost or late) towards phones",
+            ),
+            phone_rtp_refused: r.counter(
+                "voxgate_phone_rtp_refused_total",
+                "Datagrams on a call's RTP port from an address other than its phone's, dropped",
             ),
             phone_dtmf_sent: r.counter(
                 "voxgate_phone_dtmf_packets_sent_total",

@@ -185,6 +185,36 @@ fn interface_subnets(listen: IpAddr) -> Vec<ipnet::IpNet> {
     v
 }
 
+/// The addresses of this host's interfaces.
+fn local_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let a = a.address?;
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect()
+}
+
+/// Where the RTP sockets bind: no wider than needed. The SIP address when
+/// SIP listens on one; when it listens on all, the advertised address if
+/// it is one of this host's (`local`), else all addresses.
+fn rtp_bind_addr(listen: IpAddr, advertise: IpAddr, local: &[IpAddr]) -> IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let same_family = advertise.is_ipv4() == listen.is_ipv4();
+    if same_family && local.contains(&advertise) {
+        advertise
+    } else {
+        listen
+    }
+}
+
 /// The address phones should reach us at.
 fn advertise_addr(cfg: &SipConfig) -> IpAddr {
     if let Some(a) = cfg.advertise {
@@ -214,8 +244,11 @@ pub fn prepare(cfg: &SipConfig, material: crate::pki::sealed::Material) -> Resul
     } else {
         None
     };
-    // RTP on the SIP address (all addresses when SIP listens on all).
-    let pool = PortPool::bind(cfg.listen.ip(), cfg.rtp_ports.0, cfg.rtp_ports.1)?;
+    // RTP on the one address phones send it to: the SIP address, or, when
+    // SIP listens on all, the advertised address if it is this host's.
+    let advertise = advertise_addr(cfg);
+    let rtp_ip = rtp_bind_addr(cfg.listen.ip(), advertise, &local_addresses());
+    let pool = PortPool::bind(rtp_ip, cfg.rtp_ports.0, cfg.rtp_ports.1)?;
     let (phones, watch) = StoreWatch::load(&cfg.phones, &cfg.realm, material)?;
     let allow = cfg
         .allow
@@ -226,10 +259,10 @@ pub fn prepare(cfg: &SipConfig, material: crate::pki::sealed::Material) -> Resul
             "[sip] allow is not set and the listening interface has no subnet: no phone can register"
         );
     }
-    info!(listen = %cfg.listen, tcp = cfg.tcp, rtp_ports = ?cfg.rtp_ports, phones = phones.len(),
+    info!(listen = %cfg.listen, tcp = cfg.tcp, rtp_ports = ?cfg.rtp_ports, %rtp_ip, phones = phones.len(),
           allow = ?allow.iter().map(ToString::to_string).collect::<Vec<_>>(), "SIP bridge bound");
     Ok(PreparedBridge {
-        advertise: advertise_addr(cfg),
+        advertise,
         cfg: cfg.clone(),
         udp,
         tcp,
@@ -261,6 +294,8 @@ struct Shell {
     udp: tokio::net::UdpSocket,
     writers: tcp::Writers,
     tcp_tx: mpsc::Sender<tcp::Inbound>,
+    /// Who may connect over TCP (the switchboard's bans, published).
+    gate: Arc<tcp::Gate>,
     /// Relay flow → the media engine's relay input (read by the relay
     /// connection's datagram reader).
     flows: Arc<FlowRoutes>,
@@ -291,6 +326,7 @@ impl Shell {
                     leg,
                     pair,
                     remote,
+                    sources,
                     relay_flow,
                 } => {
                     let leg = match PhoneLeg::new(&leg) {
@@ -309,6 +345,7 @@ impl Shell {
                         leg,
                         pair,
                         remote,
+                        sources,
                         relay_flow,
                     }));
                     if let Err(mpsc::error::SendError(EngineCmd::Start(m))) =
@@ -327,7 +364,11 @@ impl Shell {
                 Action::Unroute(f) => self.flows.remove(f),
             }
         }
-        self.export(sb.stats());
+        let stats = sb.stats();
+        if stats.bans != self.exported.bans {
+            self.gate.publish(sb.screen(Instant::now()));
+        }
+        self.export(stats);
     }
 
     fn send_sip(&self, t: Transmit, closing: bool) {
@@ -343,6 +384,7 @@ impl Shell {
                     bytes,
                     self.writers.clone(),
                     self.tcp_tx.clone(),
+                    self.gate.clone(),
                 ));
             }
         } else if let Err(e) = self.udp.try_send_to(&bytes, dest) {
@@ -397,19 +439,21 @@ pub async fn run(
     let port = udp.local_addr()?.port();
     let writers = tcp::Writers::default();
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<tcp::Inbound>(256);
-    let tcp_task = match p.tcp {
-        Some(l) => Some(tokio::spawn(tcp::serve(
-            tokio::net::TcpListener::from_std(l)?,
-            writers.clone(),
-            tcp_tx.clone(),
-        ))),
-        None => None,
-    };
     let allow: Vec<Cidr> = p
         .allow
         .iter()
         .filter_map(|n| Cidr::parse(&n.to_string()).ok())
         .collect();
+    let gate = tcp::Gate::new(allow.clone(), p.cfg.ipv6_prefix, metrics.clone());
+    let tcp_task = match p.tcp {
+        Some(l) => Some(tokio::spawn(tcp::serve(
+            tokio::net::TcpListener::from_std(l)?,
+            writers.clone(),
+            tcp_tx.clone(),
+            gate.clone(),
+        ))),
+        None => None,
+    };
     let digest_secret = crate::sip::auth::random_secret()
         .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
     let (media_tx, mut media_rx) = mpsc::channel::<MediaEvent>(256);
@@ -447,6 +491,7 @@ pub async fn run(
         udp,
         writers,
         tcp_tx,
+        gate,
         flows: media,
         relay_tx,
         engine: engine_tx,
@@ -578,6 +623,33 @@ mod tests {
         bad.save(&path, &m).unwrap();
         assert_eq!(w.changed(), Some(bad));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rtp_binds_to_one_address_when_it_can() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = [ip("127.0.0.1"), ip("192.168.1.2"), ip("fd00::2")];
+        assert_eq!(
+            rtp_bind_addr(ip("127.0.0.1"), ip("192.168.1.2"), &local),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            rtp_bind_addr(ip("0.0.0.0"), ip("192.168.1.2"), &local),
+            ip("192.168.1.2")
+        );
+        // An advertised address that is not ours (a NAT's): all addresses.
+        assert_eq!(
+            rtp_bind_addr(ip("0.0.0.0"), ip("203.0.113.9"), &local),
+            ip("0.0.0.0")
+        );
+        assert_eq!(
+            rtp_bind_addr(ip("0.0.0.0"), ip("fd00::2"), &local),
+            ip("0.0.0.0")
+        );
+        assert_eq!(
+            rtp_bind_addr(ip("::"), ip("fd00::2"), &local),
+            ip("fd00::2")
+        );
     }
 
     #[test]

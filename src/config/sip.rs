@@ -15,6 +15,9 @@
 //! digest = ["sha-256", "md5"]     # challenges offered; ["md5"] for phones that abort on SHA-256
 //! packets_per_source = 200        # SIP packets per second from one address before the excess is dropped
 //! max_transactions = 8192         # default: from the box's memory (1/64 of it at 2 KiB each, 1024-65536)
+//! nonce_seconds = 300             # how long a digest challenge's nonce stays fresh (10-3600)
+//! ipv6_prefix = 128               # IPv6 sources sharing this prefix share a failure budget and ban (32-128)
+//! calls_per_extension = 4         # calls in progress for one extension, both directions (1-64)
 //! ```
 
 use super::ConfigError;
@@ -62,6 +65,12 @@ pub(crate) struct RawSip {
     #[serde(default = "default_packets_per_source")]
     packets_per_source: u32,
     max_transactions: Option<usize>,
+    #[serde(default = "default_nonce_seconds")]
+    nonce_seconds: u32,
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: u8,
+    #[serde(default = "default_calls_per_extension")]
+    calls_per_extension: u32,
 }
 
 impl Default for RawSip {
@@ -85,8 +94,23 @@ impl Default for RawSip {
             digest: default_digest(),
             packets_per_source: default_packets_per_source(),
             max_transactions: None,
+            nonce_seconds: default_nonce_seconds(),
+            ipv6_prefix: default_ipv6_prefix(),
+            calls_per_extension: default_calls_per_extension(),
         }
     }
+}
+
+fn default_nonce_seconds() -> u32 {
+    300
+}
+fn default_ipv6_prefix() -> u8 {
+    // Per address: a LAN is usually one /64, and a /64 key would let one
+    // host ban (and share a packet budget with) every IPv6 phone.
+    128
+}
+fn default_calls_per_extension() -> u32 {
+    4
 }
 
 fn default_packets_per_source() -> u32 {
@@ -328,6 +352,18 @@ impl SipConfig {
         if !(64..=1_000_000).contains(&max_transactions) {
             return Err(bad("max_transactions", "must be 64-1000000".into()));
         }
+        if !(10..=3600).contains(&raw.nonce_seconds) {
+            return Err(bad("nonce_seconds", "must be 10-3600".into()));
+        }
+        if !(32..=128).contains(&raw.ipv6_prefix) {
+            return Err(bad(
+                "ipv6_prefix",
+                "must be 32-128 (128: each IPv6 address on its own)".into(),
+            ));
+        }
+        if !(1..=64).contains(&raw.calls_per_extension) {
+            return Err(bad("calls_per_extension", "must be 1-64".into()));
+        }
         Ok(Some(SipConfig {
             listen,
             tcp: raw.tcp,
@@ -346,6 +382,9 @@ impl SipConfig {
             digest,
             packets_per_source: raw.packets_per_source,
             max_transactions,
+            nonce_ttl: Duration::from_secs(raw.nonce_seconds.into()),
+            ipv6_prefix: raw.ipv6_prefix,
+            calls_per_extension: raw.calls_per_extension as usize,
         }))
     }
 }
@@ -375,6 +414,18 @@ mod tests {
         assert_eq!(c.realm, "gw-1");
         assert_eq!(c.allow, None);
         assert_eq!((c.auth_failures, c.ban), (5, Duration::from_secs(600)));
+        assert_eq!(
+            (c.nonce_ttl, c.ipv6_prefix, c.calls_per_extension),
+            (Duration::from_secs(300), 128, 4)
+        );
+        let c =
+            parse("enabled = true\nnonce_seconds = 60\nipv6_prefix = 64\ncalls_per_extension = 2")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (c.nonce_ttl, c.ipv6_prefix, c.calls_per_extension),
+            (Duration::from_secs(60), 64, 2)
+        );
         assert_eq!(c.phones, PathBuf::from("/etc/voxgate/phones.sealed"));
         assert_eq!(
             c.codecs,
@@ -409,6 +460,10 @@ mod tests {
             ("opus_complexity = 11", "sip.opus_complexity"),
             ("digest = [\"sha-1\"]", "sip.digest"),
             ("digest = []", "sip.digest"),
+            ("nonce_seconds = 5", "sip.nonce_seconds"),
+            ("ipv6_prefix = 129", "sip.ipv6_prefix"),
+            ("ipv6_prefix = 16", "sip.ipv6_prefix"),
+            ("calls_per_extension = 0", "sip.calls_per_extension"),
         ] {
             let err = parse(&format!("enabled = true\n{text}")).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

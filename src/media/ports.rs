@@ -8,6 +8,10 @@
 //! the next one. RTP sockets carry the kernel's receive time of each
 //! datagram (`SO_TIMESTAMPNS`): the media engine reads them on its clock
 //! and still knows when each packet arrived.
+//!
+//! A lease takes a free pair at random (from the system's CSPRNG), not the
+//! next in order: a host on the LAN cannot tell which ports the next call
+//! will use.
 
 use std::collections::VecDeque;
 use std::io;
@@ -121,16 +125,39 @@ impl PortPool {
         }
     }
 
-    /// Lease a pair (the one free longest), or `None` when all are in use.
+    /// Lease a free pair chosen at random, or `None` when all are in use.
     pub fn lease(&mut self, now: Instant) -> Option<PortPair> {
         self.wake(now);
-        self.free.pop_front()
+        let n = self.free.len();
+        if n == 0 {
+            return None;
+        }
+        self.free.swap_remove_back(random_below(n))
     }
 
     /// Return a pair after its call: drained now and after its quarantine.
     pub fn release(&mut self, pair: PortPair, now: Instant) {
         pair.drain();
         self.resting.push_back((now + QUARANTINE, pair));
+    }
+}
+
+/// A uniform index below `n` (> 0) from the system's CSPRNG (rejection
+/// sampling: no modulo bias); 0 if the generator fails.
+fn random_below(n: usize) -> usize {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let n = n as u64;
+    let zone = u64::MAX - (u64::MAX % n);
+    let rng = SystemRandom::new();
+    loop {
+        let mut b = [0u8; 8];
+        if rng.fill(&mut b).is_err() {
+            return 0;
+        }
+        let x = u64::from_le_bytes(b);
+        if x < zone {
+            return (x % n) as usize;
+        }
     }
 }
 
@@ -190,6 +217,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let (n, _) = b.rtp.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"new call");
+    }
+
+    #[test]
+    fn pairs_are_leased_in_no_predictable_order() {
+        let mut p = pool(16);
+        let t = Instant::now();
+        let first: Vec<u16> = (0..16).map(|_| p.lease(t).unwrap().port()).collect();
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 16, "every pair once");
+        // In order would be one of 16! orders; the chance a random draw is
+        // ascending is 1 / 16! (about 5e-14).
+        assert_ne!(first, sorted, "leased in port order");
+        assert!(random_below(1) == 0);
+        assert!((0..1000).all(|_| random_below(7) < 7));
     }
 
     #[test]

@@ -4,20 +4,27 @@
 //! Guarantees:
 //! - only HA1 material is ever needed ([`Ha1Pair`]); a password appears only
 //!   in [`Ha1Pair::derive`], which provisioning calls once;
-//! - nonces are stateless: `hex(seconds since epoch) || hex(HMAC-SHA256(key,
-//!   seconds || source IP)[..16])` under a per-boot key, so they expire
-//!   (`stale=true` when the answer was right but the nonce old) and are bound
-//!   to the source address that was challenged;
+//! - nonces are stateless: `hex(seconds since epoch) || hex(salt) ||
+//!   hex(HMAC-SHA256(key, seconds || salt || source IP)[..16])` under a
+//!   per-boot key, so they expire (`stale=true` when the answer was right
+//!   but the nonce old) and are bound to the source address that was
+//!   challenged; the salt comes from the challenged request, so two
+//!   requests challenged in the same second get different nonces (each
+//!   answer starts its count at 1);
 //! - responses are compared in constant time (ring HMAC verification of both
 //!   values under a per-boot key);
 //! - an unknown user and a wrong password yield the same [`AuthOutcome`]
 //!   (`Failed` with [`FailReason::BadCredentials`]) after the same work (the
 //!   digest is computed against a dummy HA1), so nothing downstream can tell
 //!   them apart;
-//! - the `Authorization` parser is bounded ([`MAX_AUTH_PARAMS`], [`MAX_AUTH_VALUE`]).
-//!
-//! Known limit: with stateless nonces a captured request can be replayed from
-//! the same source address until its nonce expires; keep `nonce_ttl` short.
+//! - the `Authorization` parser is bounded ([`MAX_AUTH_PARAMS`], [`MAX_AUTH_VALUE`]);
+//! - a wrong or malformed answer is [`AuthOutcome::Failed`] only when it
+//!   carries a fresh nonce this server issued to the request's source (the
+//!   sender then receives our replies: it is not a forged source address);
+//!   anything else is [`AuthOutcome::Unproven`], for a fresh challenge that
+//!   counts toward nothing;
+//! - a (nonce, nc) pair authenticates at most one request
+//!   ([`AuthOutcome::Replayed`] after that, `super::replay`).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -25,6 +32,7 @@ use std::time::{Duration, Instant};
 use ring::{digest, hmac, rand};
 
 use super::header::split_outside;
+use super::replay::SeenNonces;
 use super::uri::{Method, SipUri};
 
 /// Most parameters accepted in one Authorization header.
@@ -211,12 +219,28 @@ pub enum AuthOutcome {
         /// The user who answered.
         user: String,
     },
-    /// Wrong answer.
+    /// Right answer, but this (nonce, nc) pair already authenticated a
+    /// request: a replay. Challenge again with `stale=true` (a client that
+    /// reused its count gets a new nonce; not a failure).
+    Replayed {
+        /// The user who answered.
+        user: String,
+    },
+    /// Wrong or malformed answer to a fresh nonce we issued to this source:
+    /// a failure (counts toward a ban).
     Failed {
         /// The user name that was tried (for the audit trail).
         user: String,
         /// Why.
         reason: FailReason,
+    },
+    /// Wrong, malformed or unparseable answer that does not carry a fresh
+    /// nonce we issued to this source: nothing proves the sender receives
+    /// our replies (its source address may be forged). Challenge again,
+    /// count nothing.
+    Unproven {
+        /// The user name that was tried, if any (for the audit trail).
+        user: String,
     },
 }
 
@@ -228,6 +252,7 @@ pub struct DigestServer {
     epoch: Instant,
     nonce_ttl: Duration,
     algorithms: Vec<Algorithm>,
+    seen: SeenNonces,
 }
 
 impl std::fmt::Debug for DigestServer {
@@ -258,6 +283,7 @@ impl DigestServer {
             epoch,
             nonce_ttl,
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            seen: SeenNonces::default(),
         }
     }
 
@@ -277,9 +303,19 @@ impl DigestServer {
         &self.realm
     }
 
-    fn mac(&self, secs: u64, src: IpAddr) -> String {
+    /// How long a nonce stays fresh.
+    pub fn nonce_ttl(&self) -> Duration {
+        self.nonce_ttl
+    }
+
+    fn secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    fn mac(&self, secs: u64, salt: u64, src: IpAddr) -> String {
         let mut ctx = hmac::Context::with_key(&self.nonce_key);
         ctx.update(&secs.to_be_bytes());
+        ctx.update(&salt.to_be_bytes());
         match src {
             IpAddr::V4(a) => ctx.update(&a.octets()),
             IpAddr::V6(a) => ctx.update(&a.octets()),
@@ -287,26 +323,33 @@ impl DigestServer {
         hex(&ctx.sign().as_ref()[..16])
     }
 
-    /// A fresh nonce for `src`.
+    /// A fresh nonce for `src` (salt 0).
     pub fn nonce(&self, now: Instant, src: IpAddr) -> String {
-        let secs = now.saturating_duration_since(self.epoch).as_secs();
-        format!("{secs:016x}{}", self.mac(secs, src))
+        self.salted_nonce(now, src, 0)
     }
 
-    /// `Some(true)` fresh, `Some(false)` ours but expired, `None` not ours.
-    fn check_nonce(&self, nonce: &str, now: Instant, src: IpAddr) -> Option<bool> {
-        if nonce.len() != 48 || !nonce.is_ascii() {
+    /// A fresh nonce for `src` with `salt` (from the challenged request).
+    pub fn salted_nonce(&self, now: Instant, src: IpAddr, salt: u64) -> String {
+        let secs = self.secs(now);
+        format!("{secs:016x}{salt:016x}{}", self.mac(secs, salt, src))
+    }
+
+    /// `Some((issued, true))` fresh, `Some((issued, false))` ours but
+    /// expired, `None` not issued by us to `src`.
+    fn check_nonce(&self, nonce: &str, now: Instant, src: IpAddr) -> Option<(u64, bool)> {
+        if nonce.len() != 64 || !nonce.is_ascii() {
             return None;
         }
         let secs = u64::from_str_radix(&nonce[..16], 16).ok()?;
-        if !self.equal(&nonce[16..], &self.mac(secs, src)) {
+        let salt = u64::from_str_radix(&nonce[16..32], 16).ok()?;
+        if !self.equal(&nonce[32..], &self.mac(secs, salt, src)) {
             return None;
         }
-        let now_secs = now.saturating_duration_since(self.epoch).as_secs();
+        let now_secs = self.secs(now);
         if secs > now_secs {
             return None;
         }
-        Some(now_secs - secs <= self.nonce_ttl.as_secs())
+        Some((secs, now_secs - secs <= self.nonce_ttl.as_secs()))
     }
 
     /// Constant-time equality of two strings.
@@ -316,8 +359,8 @@ impl DigestServer {
     }
 
     /// The `WWW-Authenticate` values to send, most preferred first.
-    pub fn challenges(&self, now: Instant, src: IpAddr, stale: bool) -> Vec<String> {
-        let nonce = self.nonce(now, src);
+    pub fn challenges(&self, now: Instant, src: IpAddr, stale: bool, salt: u64) -> Vec<String> {
+        let nonce = self.salted_nonce(now, src, salt);
         let one = |alg: Algorithm| {
             let mut s = format!(
                 "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"",
@@ -333,9 +376,10 @@ impl DigestServer {
     }
 
     /// Checks the Authorization header(s) of a request. `lookup` returns the
-    /// HA1 pair of a user, `None` for an unknown user.
+    /// HA1 pair of a user, `None` for an unknown user. A right answer to a
+    /// fresh nonce is remembered, so the same (nonce, nc) is refused next time.
     pub fn verify<'a>(
-        &self,
+        &mut self,
         now: Instant,
         src: IpAddr,
         method: &Method,
@@ -344,7 +388,7 @@ impl DigestServer {
         lookup: impl FnOnce(&str) -> Option<Ha1Pair>,
     ) -> AuthOutcome {
         // Use the first Digest header for our realm; ignore the others.
-        let mut malformed = None;
+        let mut malformed = false;
         let mut creds = None;
         for v in authorization.take(4) {
             match Credentials::parse(v) {
@@ -353,21 +397,28 @@ impl DigestServer {
                     break;
                 }
                 Some(_) => {}
-                None => malformed = Some(()),
+                None => malformed = true,
             }
         }
         let Some(c) = creds else {
+            // Unparseable: no nonce of ours in it, so nothing is proven.
             return match malformed {
-                Some(()) => AuthOutcome::Failed {
+                true => AuthOutcome::Unproven {
                     user: String::new(),
-                    reason: FailReason::Malformed,
                 },
-                None => AuthOutcome::NoCredentials,
+                false => AuthOutcome::NoCredentials,
             };
         };
-        let fail = |reason| AuthOutcome::Failed {
-            user: c.username.clone(),
-            reason,
+        let nonce = self.check_nonce(&c.nonce, now, src);
+        let fresh = nonce.is_some_and(|(_, fresh)| fresh);
+        let fail = |reason| match fresh {
+            true => AuthOutcome::Failed {
+                user: c.username.clone(),
+                reason,
+            },
+            false => AuthOutcome::Unproven {
+                user: c.username.clone(),
+            },
         };
         let alg = match c.algorithm.as_deref() {
             None => Algorithm::Md5,
@@ -381,9 +432,13 @@ impl DigestServer {
         let (Some(qop), Some(nc), Some(cnonce)) = (&c.qop, &c.nc, &c.cnonce) else {
             return fail(FailReason::Malformed);
         };
-        if !qop.eq_ignore_ascii_case("auth") || nc.len() != 8 || cnonce.is_empty() {
+        let count = (nc.len() == 8)
+            .then(|| u32::from_str_radix(nc, 16).ok())
+            .flatten();
+        let Some(count) = count.filter(|_| qop.eq_ignore_ascii_case("auth") && !cnonce.is_empty())
+        else {
             return fail(FailReason::Malformed);
-        }
+        };
         let uri_ok = SipUri::parse(&c.uri).is_ok_and(|u| u == *request_uri)
             || c.uri == request_uri.to_string();
         if !uri_ok {
@@ -399,8 +454,15 @@ impl DigestServer {
         if !right {
             return fail(FailReason::BadCredentials);
         }
-        match self.check_nonce(&c.nonce, now, src) {
-            Some(true) => AuthOutcome::Ok { user: c.username },
+        match nonce {
+            Some((issued, true)) => {
+                let (now_s, ttl) = (self.secs(now), self.nonce_ttl.as_secs());
+                if self.seen.first_use(&c.nonce, count, issued, now_s, ttl) {
+                    AuthOutcome::Ok { user: c.username }
+                } else {
+                    AuthOutcome::Replayed { user: c.username }
+                }
+            }
             _ => AuthOutcome::Stale { user: c.username },
         }
     }
@@ -432,147 +494,4 @@ pub fn generate_password(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    // RFC 7616 3.9.1.
-    const NONCE: &str = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
-    const CNONCE: &str = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
-
-    #[test]
-    fn rfc7616_vectors() {
-        let ha1 = Ha1Pair::derive("Mufasa", "http-auth@example.org", "Circle of Life");
-        let r = |alg, ha1: &str| {
-            digest_response(
-                alg,
-                ha1,
-                NONCE,
-                "00000001",
-                CNONCE,
-                "auth",
-                "GET",
-                "/dir/index.html",
-            )
-        };
-        assert_eq!(
-            r(Algorithm::Md5, &ha1.md5),
-            "8ca523f5e9506fed4657c9700eebdbec"
-        );
-        assert_eq!(
-            r(Algorithm::Sha256, &ha1.sha256),
-            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
-        );
-    }
-
-    fn server(t0: Instant) -> DigestServer {
-        DigestServer::new("voxgate", &[7; 32], t0, Duration::from_secs(60))
-    }
-
-    fn answer(
-        srv: &DigestServer,
-        nonce: &str,
-        alg: Algorithm,
-        password: &str,
-        user: &str,
-    ) -> String {
-        let ha1 = Ha1Pair::derive(user, "voxgate", password);
-        let resp = digest_response(
-            alg,
-            ha1.get(alg),
-            nonce,
-            "00000001",
-            "abc",
-            "auth",
-            "REGISTER",
-            "sip:box.lan",
-        );
-        format!(
-            "Digest username=\"{user}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"sip:box.lan\", response=\"{resp}\", algorithm={}, cnonce=\"abc\", qop=auth, nc=00000001",
-            srv.realm(),
-            alg.name()
-        )
-    }
-
-    #[test]
-    fn challenge_answer_cycle() {
-        let t0 = Instant::now();
-        let srv = server(t0);
-        let src: IpAddr = "192.0.2.10".parse().unwrap();
-        let uri = SipUri::parse("sip:box.lan").unwrap();
-        let store = |u: &str| (u == "101").then(|| Ha1Pair::derive("101", "voxgate", "s3cret"));
-        let ch = srv.challenges(t0, src, false);
-        assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
-        let nonce = srv.nonce(t0, src);
-        assert!(ch[0].contains(&nonce));
-        let verify = |h: &str, now, src| {
-            srv.verify(now, src, &Method::Register, &uri, std::iter::once(h), store)
-        };
-        for alg in [Algorithm::Sha256, Algorithm::Md5] {
-            let ok = answer(&srv, &nonce, alg, "s3cret", "101");
-            assert_eq!(verify(&ok, t0, src), AuthOutcome::Ok { user: "101".into() });
-            // Expired nonce, right password: stale, not a failure.
-            let later = t0 + Duration::from_secs(61);
-            assert_eq!(
-                verify(&ok, later, src),
-                AuthOutcome::Stale { user: "101".into() }
-            );
-            // Nonce issued to another address: stale (challenge again).
-            assert!(matches!(
-                verify(&ok, t0, "192.0.2.11".parse().unwrap()),
-                AuthOutcome::Stale { .. }
-            ));
-        }
-        let wrong = answer(&srv, &nonce, Algorithm::Sha256, "guess", "101");
-        let unknown = answer(&srv, &nonce, Algorithm::Sha256, "s3cret", "999");
-        let bad = FailReason::BadCredentials;
-        assert_eq!(
-            verify(&wrong, t0, src),
-            AuthOutcome::Failed {
-                user: "101".into(),
-                reason: bad
-            }
-        );
-        assert_eq!(
-            verify(&unknown, t0, src),
-            AuthOutcome::Failed {
-                user: "999".into(),
-                reason: bad
-            }
-        );
-        assert_eq!(
-            srv.verify(t0, src, &Method::Register, &uri, std::iter::empty(), store),
-            AuthOutcome::NoCredentials
-        );
-        assert!(matches!(
-            verify("Digest garbage", t0, src),
-            AuthOutcome::Failed {
-                reason: FailReason::Malformed,
-                ..
-            }
-        ));
-        // A digest for another URI is refused.
-        let other = answer(&srv, &nonce, Algorithm::Md5, "s3cret", "101")
-            .replace("uri=\"sip:box.lan\"", "uri=\"sip:evil\"");
-        assert!(matches!(
-            verify(&other, t0, src),
-            AuthOutcome::Failed {
-                reason: FailReason::Malformed,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn passwords_are_strong_and_distinct() {
-        let rng = rand::SystemRandom::new();
-        let a = generate_password(&rng).unwrap();
-        let b = generate_password(&rng).unwrap();
-        assert_eq!(a.len(), 22);
-        assert!(a.bytes().all(|c| PASSWORD_ALPHABET.contains(&c)));
-        assert_ne!(a, b);
-        assert_eq!(
-            format!("{:?}", Ha1Pair::derive("a", "b", "c")),
-            "Ha1Pair(<redacted>)"
-        );
-    }
-}
+mod tests;

@@ -6,7 +6,11 @@
 //!   shell sends nothing back (no oracle, no amplification); an empty
 //!   allowlist admits nobody;
 //! - the normal first challenge (a request without credentials) and a
-//!   `stale=true` re-challenge are never counted as failures;
+//!   `stale=true` re-challenge are never counted as failures, and neither
+//!   is an answer that does not carry a fresh nonce issued to its source
+//!   ([`AuthOutcome::Unproven`]): only a sender that receives our replies
+//!   can spend a source's budget, so forged REGISTERs "from" a phone's
+//!   address cannot get that phone banned;
 //! - a correct answer resets no counter (neither its own source's nor any
 //!   other's), so one known account cannot be used to keep brute-forcing
 //!   others; counters decay when their window ends;
@@ -16,9 +20,12 @@
 //! - the response to an unknown extension and to a wrong password is built
 //!   by the same code from the same inputs (request, source, time), so the
 //!   bytes are identical; [`AuditEvent`] does not tell them apart either;
-//! - IPv6 sources are tracked per /64 (one host owns a whole /64), IPv4
-//!   per address; at most `max_sources` are tracked, evicting unbanned ones
-//!   first, oldest first.
+//! - IPv4 sources are tracked per address, IPv6 ones per
+//!   [`GuardConfig::ipv6_prefix`] (per address by default: on a LAN every
+//!   phone shares one /64); at most `max_sources` are tracked, evicting
+//!   unbanned ones first, oldest first;
+//! - [`Guard::admit`] needs only the source address: the shell runs it
+//!   before parsing anything.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -107,6 +114,9 @@ pub struct GuardConfig {
     pub max_packets: u32,
     /// Window of `max_packets`.
     pub packet_window: Duration,
+    /// IPv6 sources sharing this prefix share one budget and one ban
+    /// (128: per address; 64 on an Internet-facing listener).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for GuardConfig {
@@ -119,6 +129,7 @@ impl Default for GuardConfig {
             max_sources: 4096,
             max_packets: 200,
             packet_window: Duration::from_secs(1),
+            ipv6_prefix: 128,
         }
     }
 }
@@ -144,6 +155,22 @@ pub enum AuditEvent {
     NotAllowed {
         /// Source address.
         src: IpAddr,
+    },
+    /// A wrong or malformed answer that carries no fresh nonce issued to
+    /// its source: challenged again, not counted (the source may be forged).
+    AuthUnproven {
+        /// Source address.
+        src: IpAddr,
+        /// User name tried (attacker-controlled: escape before logging).
+        user: String,
+    },
+    /// A right answer whose (nonce, nc) pair was used before: challenged
+    /// again with `stale=true`, not counted.
+    Replayed {
+        /// Source address.
+        src: IpAddr,
+        /// The user.
+        user: String,
     },
     /// A wrong answer to a challenge (unknown user and wrong password alike).
     AuthFailed {
@@ -197,10 +224,16 @@ pub struct Guard {
     dropped: u64,
 }
 
-/// The tracking key of a source: IPv4 address, or IPv6 /64.
-fn key(ip: IpAddr) -> IpAddr {
+/// The tracking key of a source: its IPv4 address, or its IPv6 address cut
+/// to `ipv6_prefix` bits (an IPv4-mapped address counts as IPv4).
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & (u128::MAX << 64))),
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
         v4 => v4,
     }
 }
@@ -224,6 +257,29 @@ impl Guard {
     /// Sources currently tracked.
     pub fn tracked(&self) -> usize {
         self.sources.len()
+    }
+
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        source_key(ip, self.cfg.ipv6_prefix)
+    }
+
+    /// Whether `ip` is inside the allowlist.
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.cfg.allow.iter().any(|c| c.contains(ip))
+    }
+
+    /// The sources banned at `now` ([`source_key`]s with the end of their
+    /// ban), for a shell that screens connections outside the guard's task.
+    pub fn bans(&self, now: Instant) -> Vec<(IpAddr, Instant)> {
+        self.sources
+            .iter()
+            .filter_map(|(k, s)| s.banned_until.filter(|t| *t > now).map(|t| (*k, t)))
+            .collect()
+    }
+
+    /// The digest server (its nonce lifetime).
+    pub fn digest(&self) -> &DigestServer {
+        &self.digest
     }
 
     /// Cheap check for every packet, before parsing: `false` means drop it.
@@ -253,11 +309,12 @@ impl Guard {
 
     /// Allowlist and ban, without counting anything.
     fn check(&mut self, now: Instant, src: IpAddr) -> (bool, Option<AuditEvent>) {
-        if !self.cfg.allow.iter().any(|c| c.contains(src)) {
+        if !self.allowed(src) {
             self.dropped += 1;
             return (false, Some(AuditEvent::NotAllowed { src }));
         }
-        if let Some(s) = self.sources.get_mut(&key(src)) {
+        let k = self.key(src);
+        if let Some(s) = self.sources.get_mut(&k) {
             match s.banned_until {
                 Some(t) if now < t => {
                     self.dropped += 1;
@@ -276,7 +333,7 @@ impl Guard {
 
     /// The state of `ip`'s source, created (evicting if full) when new.
     fn entry(&mut self, now: Instant, ip: IpAddr) -> &mut Source {
-        let k = key(ip);
+        let k = self.key(ip);
         if !self.sources.contains_key(&k) && self.sources.len() >= self.cfg.max_sources {
             self.evict(now);
         }
@@ -322,6 +379,14 @@ impl Guard {
             ),
             AuthOutcome::NoCredentials => (self.challenge(now, ip, req, false), Vec::new()),
             AuthOutcome::Stale { .. } => (self.challenge(now, ip, req, true), Vec::new()),
+            AuthOutcome::Replayed { user } => (
+                self.challenge(now, ip, req, true),
+                vec![AuditEvent::Replayed { src: ip, user }],
+            ),
+            AuthOutcome::Unproven { user } => (
+                self.challenge(now, ip, req, false),
+                vec![AuditEvent::AuthUnproven { src: ip, user }],
+            ),
             AuthOutcome::Failed { user, reason } => {
                 let failures = self.count_failure(now, ip);
                 let mut events = vec![AuditEvent::AuthFailed {
@@ -331,7 +396,8 @@ impl Guard {
                     failures,
                 }];
                 if failures > self.cfg.max_failures {
-                    if let Some(s) = self.sources.get_mut(&key(ip)) {
+                    let k = self.key(ip);
+                    if let Some(s) = self.sources.get_mut(&k) {
                         // An absurd configured ban saturates instead of overflowing.
                         let until = now
                             .checked_add(self.cfg.ban)
@@ -402,7 +468,13 @@ impl Guard {
         );
         let digest = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
         resp.set_to_tag(&hex(&digest.as_ref()[..8]));
-        for v in self.digest.challenges(now, ip, stale) {
+        // Each request its own nonce (the dialog's seed and its CSeq), so
+        // two challenges in one second never share a nonce and a count.
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        let mut salt = [0u8; 8];
+        salt.copy_from_slice(&digest.as_ref()[8..16]);
+        let salt = u64::from_be_bytes(salt) ^ u64::from(cseq);
+        for v in self.digest.challenges(now, ip, stale, salt) {
             resp.headers.push("WWW-Authenticate", v);
         }
         Decision::Respond(Box::new(resp))
@@ -410,200 +482,4 @@ impl Guard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sip::auth::{Algorithm, digest_response};
-
-    fn register(auth: Option<String>) -> Message {
-        let mut s = String::from(
-            "REGISTER sip:box.lan SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK1;rport\r\nFrom: <sip:101@box.lan>;tag=ph1\r\nTo: <sip:101@box.lan>\r\nCall-ID: reg1@phone\r\nCSeq: 2 REGISTER\r\nContact: <sip:101@192.168.1.20:5060>\r\n",
-        );
-        if let Some(a) = auth {
-            s.push_str(&format!("Authorization: {a}\r\n"));
-        }
-        s.push_str("Content-Length: 0\r\n\r\n");
-        Message::parse(s.as_bytes()).unwrap()
-    }
-
-    fn answer(nonce: &str, user: &str, password: &str) -> String {
-        let ha1 = Ha1Pair::derive(user, "voxgate", password);
-        let r = digest_response(
-            Algorithm::Sha256,
-            &ha1.sha256,
-            nonce,
-            "00000001",
-            "cn",
-            "auth",
-            "REGISTER",
-            "sip:box.lan",
-        );
-        format!(
-            "Digest username=\"{user}\", realm=\"voxgate\", nonce=\"{nonce}\", uri=\"sip:box.lan\", response=\"{r}\", algorithm=SHA-256, cnonce=\"cn\", qop=auth, nc=00000001"
-        )
-    }
-
-    fn store(u: &str) -> Option<Ha1Pair> {
-        (u == "101").then(|| Ha1Pair::derive("101", "voxgate", "right"))
-    }
-
-    fn guard(t0: Instant, max_sources: usize) -> (Guard, DigestServer) {
-        let cfg = GuardConfig {
-            allow: vec![
-                Cidr::parse("192.168.1.0/24").unwrap(),
-                Cidr::parse("fd00::/8").unwrap(),
-            ],
-            max_failures: 3,
-            window: Duration::from_secs(60),
-            ban: Duration::from_secs(300),
-            max_sources,
-            max_packets: 10,
-            packet_window: Duration::from_secs(1),
-        };
-        let d = || DigestServer::new("voxgate", &[1; 32], t0, Duration::from_secs(30));
-        (Guard::new(cfg, d()), d())
-    }
-
-    #[test]
-    fn cidr() {
-        let c = Cidr::parse("192.168.1.0/24").unwrap();
-        assert!(c.contains("192.168.1.77".parse().unwrap()));
-        assert!(c.contains("::ffff:192.168.1.77".parse().unwrap()));
-        assert!(!c.contains("192.168.2.1".parse().unwrap()));
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        assert!(
-            Cidr::parse("fd00::/8")
-                .unwrap()
-                .contains("fd12::1".parse().unwrap())
-        );
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope/8").is_err());
-    }
-
-    #[test]
-    fn unknown_user_and_wrong_password_are_byte_identical() {
-        let t0 = Instant::now();
-        let (mut g, d) = guard(t0, 16);
-        let src: SocketAddr = "192.168.1.20:5060".parse().unwrap();
-        let nonce = d.nonce(t0, src.ip());
-        let (a, ea) = g.authenticate(
-            t0,
-            src,
-            &register(Some(answer(&nonce, "999", "right"))),
-            store,
-        );
-        let (b, eb) = g.authenticate(
-            t0,
-            src,
-            &register(Some(answer(&nonce, "101", "wrong"))),
-            store,
-        );
-        let (Decision::Respond(a), Decision::Respond(b)) = (a, b) else {
-            panic!("expected 401s")
-        };
-        assert_eq!(a.encode(), b.encode());
-        assert_eq!(a.code(), Some(401));
-        let ch: Vec<_> = a.headers.get_all("WWW-Authenticate").collect();
-        assert!(ch[0].contains("SHA-256") && ch[1].contains("MD5"));
-        let reason = |e: &[AuditEvent]| match &e[0] {
-            AuditEvent::AuthFailed { reason, .. } => *reason,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(reason(&ea), reason(&eb));
-    }
-
-    #[test]
-    fn budget_ban_and_first_challenge_not_counted() {
-        let t0 = Instant::now();
-        let (mut g, d) = guard(t0, 16);
-        let src: SocketAddr = "192.168.1.20:5060".parse().unwrap();
-        // Many credential-less requests: always a challenge, never a ban.
-        for _ in 0..50 {
-            assert!(matches!(
-                g.authenticate(t0, src, &register(None), store).0,
-                Decision::Respond(_)
-            ));
-        }
-        let nonce = d.nonce(t0, src.ip());
-        let good = register(Some(answer(&nonce, "101", "right")));
-        let bad = register(Some(answer(&nonce, "101", "wrong")));
-        for _ in 0..3 {
-            assert!(matches!(
-                g.authenticate(t0, src, &bad, store).0,
-                Decision::Respond(_)
-            ));
-        }
-        // A correct answer in between resets nothing.
-        assert_eq!(
-            g.authenticate(t0, src, &good, store).0,
-            Decision::Authenticated { user: "101".into() }
-        );
-        let (dec, ev) = g.authenticate(t0, src, &bad, store);
-        assert_eq!(dec, Decision::Drop);
-        assert!(ev.iter().any(|e| matches!(e, AuditEvent::Banned { .. })));
-        // Banned: even the right password is dropped, other sources are not.
-        assert_eq!(g.authenticate(t0, src, &good, store).0, Decision::Drop);
-        let other: SocketAddr = "192.168.1.21:5060".parse().unwrap();
-        assert!(matches!(
-            g.authenticate(t0, other, &register(None), store).0,
-            Decision::Respond(_)
-        ));
-        // After the ban the source is admitted again (with a fresh nonce).
-        let later = t0 + Duration::from_secs(301);
-        assert!(g.admit(later, src.ip()).0);
-        let fresh = register(Some(answer(&d.nonce(later, src.ip()), "101", "right")));
-        assert_eq!(
-            g.authenticate(later, src, &fresh, store).0,
-            Decision::Authenticated { user: "101".into() }
-        );
-    }
-
-    #[test]
-    fn floods_are_clipped_per_window_without_a_ban() {
-        let t0 = Instant::now();
-        let (mut g, _) = guard(t0, 16);
-        let ip: IpAddr = "192.168.1.30".parse().unwrap();
-        let verdicts: Vec<_> = (0..15).map(|_| g.admit(t0, ip)).collect();
-        assert!(verdicts[..10].iter().all(|v| v.0));
-        assert_eq!(verdicts[10], (false, Some(AuditEvent::Flood { src: ip })));
-        assert_eq!(verdicts[11], (false, None), "reported once per window");
-        assert!(
-            g.admit(t0, "192.168.1.31".parse().unwrap()).0,
-            "others unaffected"
-        );
-        assert!(
-            g.admit(t0 + Duration::from_secs(1), ip).0,
-            "next window admits again"
-        );
-    }
-
-    #[test]
-    fn outsiders_dropped_and_memory_bounded() {
-        let t0 = Instant::now();
-        let (mut g, d) = guard(t0, 8);
-        let outsider: SocketAddr = "203.0.113.5:5060".parse().unwrap();
-        let (dec, ev) = g.authenticate(t0, outsider, &register(None), store);
-        assert_eq!(dec, Decision::Drop);
-        assert_eq!(ev, vec![AuditEvent::NotAllowed { src: outsider.ip() }]);
-        // One banned source, then a flood of failing IPv6 sources.
-        let src: SocketAddr = "192.168.1.20:5060".parse().unwrap();
-        let bad = register(Some(answer(&d.nonce(t0, src.ip()), "101", "wrong")));
-        for _ in 0..4 {
-            g.authenticate(t0, src, &bad, store);
-        }
-        for i in 0..100u32 {
-            let a: SocketAddr = format!("[fd00:{:x}::1]:5060", i + 1).parse().unwrap();
-            g.authenticate(t0, a, &bad, store);
-            assert!(g.tracked() <= 8);
-        }
-        assert!(!g.admit(t0, src.ip()).0, "ban survives eviction pressure");
-        // Addresses inside one /64 share a budget.
-        assert_eq!(
-            key("fd00:1::1".parse().unwrap()),
-            key("fd00:1::2".parse().unwrap())
-        );
-    }
-}
+mod tests;

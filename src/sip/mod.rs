@@ -9,6 +9,7 @@
 //! - [`message`], [`header`], [`uri`], [`framing`]: RFC 3261 syntax.
 //! - [`auth`]: server-side digest (SHA-256 and MD5) with stateless nonces.
 //! - [`guard`]: source allowlist, failed-auth budget and bans.
+//! - [`replay`]: (nonce, nc) pairs already used.
 //! - [`registrar`]: bindings per extension.
 //! - [`transaction`]: RFC 3261 17 client and server transactions.
 //! - [`sdp`], [`offer`]: SDP and one-audio-stream offer/answer.
@@ -22,6 +23,7 @@ pub mod header;
 pub mod message;
 pub mod offer;
 pub mod registrar;
+pub mod replay;
 pub mod sdp;
 pub mod settings;
 pub mod transaction;

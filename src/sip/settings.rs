@@ -57,4 +57,11 @@ pub struct SipConfig {
     pub packets_per_source: u32,
     /// Most live SIP transactions (a full table answers 503).
     pub max_transactions: usize,
+    /// How long a digest nonce stays fresh.
+    pub nonce_ttl: Duration,
+    /// IPv6 sources sharing this prefix share one failure budget and ban
+    /// (128: each address on its own).
+    pub ipv6_prefix: u8,
+    /// Most calls in progress for one extension (both directions).
+    pub calls_per_extension: usize,
 }

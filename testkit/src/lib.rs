@@ -18,6 +18,7 @@ pub mod rtp;
 pub mod runbook;
 pub mod session;
 pub mod sip;
+pub mod spoof;
 pub mod swtpm;
 
 /// voxgate's version (the kit's is kept equal): what a device's hello says.

@@ -41,18 +41,25 @@ pub struct SipGateway {
     pub id: String,
     pub cfg: PathBuf,
     pub sip_port: u16,
+    /// The RTP port range (first, last) the gateway binds.
+    pub rtp_ports: (u16, u16),
     pub metrics: std::net::SocketAddr,
     pub proc: Option<Proc>,
 }
 
 impl SipGateway {
     /// Write the config (`digest` e.g. `["sha-256", "md5"]`) without starting.
+    /// Sources allowed: all of loopback, unless `extra_sip` sets `allow`.
     pub fn configure(lab: &Lab, id: &str, digest: &str, extra_sip: &str) -> SipGateway {
         let sip_port = free_udp();
         let (a, b) = free_rtp_range(20);
+        let allow = match extra_sip.contains("allow =") {
+            true => "",
+            false => "allow = [\"127.0.0.0/8\"]\n",
+        };
         let extra = format!(
             "[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[sip]\nenabled = true\n\
-             listen = \"127.0.0.1:{sip_port}\"\nrtp_ports = \"{a}-{b}\"\nallow = [\"127.0.0.0/8\"]\n\
+             listen = \"127.0.0.1:{sip_port}\"\nrtp_ports = \"{a}-{b}\"\n{allow}\
              digest = {digest}\n{extra_sip}\n"
         );
         let (cfg, metrics) = lab.gateway_config(id, lab.quic_port, &extra);
@@ -60,6 +67,7 @@ impl SipGateway {
             id: id.into(),
             cfg,
             sip_port,
+            rtp_ports: (a, b),
             metrics,
             proc: None,
         }

@@ -20,6 +20,7 @@ mod hold;
 mod media;
 mod refusals;
 mod register;
+mod tcp_gate;
 
 const TEXT: &str =
     "Desk phones call through the relay. The quick brown fox jumps over the lazy dog.";

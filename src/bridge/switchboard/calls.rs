@@ -66,6 +66,11 @@ impl<P: Ports> Switchboard<P> {
             self.respond(now, &key, &msg, 503);
             return;
         }
+        if self.calls_of(&user) >= self.cfg.calls_per_extension {
+            info!(ext = %user, "too many calls for this extension ([sip] calls_per_extension)");
+            self.respond(now, &key, &msg, 486);
+            return;
+        }
         let Ok(offer_sdp) = Session::parse(&msg.body) else {
             self.respond(now, &key, &msg, 488);
             return;
@@ -96,6 +101,7 @@ impl<P: Ports> Switchboard<P> {
         let (call, up_flow) = self.next_call_id();
         let up_ssrc = self.entropy.u32();
         info!(call, from = %user, to = %dialled, %src, codec = ?neg.codec, "call from a phone");
+        let ext = user.clone();
         self.stats.calls += 1;
         self.signal(CallSignal::Setup {
             call,
@@ -113,6 +119,8 @@ impl<P: Ports> Switchboard<P> {
                 our_invite: None,
                 their_invite: Some(msg),
                 phone: src,
+                ext,
+                ack: None,
                 reliable,
                 local_tag,
                 dialog,
@@ -162,7 +170,9 @@ impl<P: Ports> Switchboard<P> {
                 if call.media {
                     self.actions
                         .push_back(Action::Media(c, MediaCmd::Hold(hold)));
-                    if let Some(to) = neg.remote {
+                    // Only an address inside the allowlist is ever sent to
+                    // (and taken RTP from).
+                    if let Some(to) = neg.remote.filter(|r| self.guard.allowed(r.ip())) {
                         self.actions
                             .push_back(Action::Media(c, MediaCmd::Remote(to)));
                     }
@@ -189,7 +199,18 @@ impl<P: Ports> Switchboard<P> {
         let Some(call) = self.calls.get(&c) else {
             return;
         };
-        if call.origin != Origin::Relay || call.answered {
+        if call.origin != Origin::Relay {
+            return;
+        }
+        if call.answered {
+            // A retransmitted 2xx: our ACK was lost, send it again
+            // (RFC 3261 13.2.2.4).
+            if (200..300).contains(&code)
+                && let Some(ack) = &call.ack
+            {
+                let (ack, phone, reliable) = (ack.clone(), call.phone, call.reliable);
+                self.txs.send_stateless(&ack, phone, reliable);
+            }
             return;
         }
         let (relay_call, reliable, phone) = (call.relay_call, call.reliable, call.phone);
@@ -204,13 +225,16 @@ impl<P: Ports> Switchboard<P> {
                     .ok()
                     .and_then(|s| offer::accept_answer(&s).ok());
                 // ACK the 2xx (outside the transaction, RFC 3261 13.2.2.4).
+                let mut sent = None;
                 if let Some(d) = &dialog {
                     let seq = our.cseq().map(|c| c.seq).unwrap_or(1);
                     let ack = d.ack(seq, &self.via(reliable));
                     self.txs.send_stateless(&ack, phone, reliable);
+                    sent = Some(ack);
                 }
                 let call = self.calls.get_mut(&c).expect("indexed");
                 call.dialog = dialog;
+                call.ack = sent;
                 match neg {
                     Some(n) => {
                         call.negotiated = Some(n);
@@ -273,12 +297,22 @@ impl<P: Ports> Switchboard<P> {
             max_delay: Duration::from_millis(200),
         };
         call.media = true;
+        let remote = neg.remote.filter(|r| self.guard.allowed(r.ip()));
+        let mut sources = vec![call.phone.ip().to_canonical()];
+        if let Some(r) = remote
+            && !sources.contains(&r.ip().to_canonical())
+        {
+            sources.push(r.ip().to_canonical());
+        }
+        sources.retain(|ip| self.guard.allowed(*ip));
+        let relay_flow = call.relay_flow;
         self.actions.push_back(Action::StartMedia {
             call: c,
             leg: Box::new(leg),
             pair,
-            remote: neg.remote,
-            relay_flow: call.relay_flow,
+            remote,
+            sources,
+            relay_flow,
         });
     }
 
@@ -478,7 +512,7 @@ impl<P: Ports> Switchboard<P> {
             };
             return refuse(self, reason);
         };
-        if self.calls.len() >= MAX_CALLS {
+        if self.calls.len() >= MAX_CALLS || self.calls_of(&to) >= self.cfg.calls_per_extension {
             return refuse(self, EndReason::Busy);
         }
         let Some(pair) = self.ports.lease(now) else {
@@ -536,6 +570,8 @@ impl<P: Ports> Switchboard<P> {
                 our_invite: Some(inv),
                 their_invite: None,
                 phone: binding.source,
+                ext: to.clone(),
+                ack: None,
                 reliable,
                 local_tag: String::new(),
                 dialog: None,

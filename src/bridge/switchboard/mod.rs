@@ -67,7 +67,7 @@ use crate::transport::link::LinkEvent;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::{debug, warn};
 
 /// First flow id the bridge uses for call audio towards the relay (0 is the
@@ -172,8 +172,11 @@ pub enum Action<Pair> {
         leg: Box<PhoneLegConfig>,
         /// The call's RTP ports (the engine returns them when it stops).
         pair: Pair,
-        /// Where the phone's SDP said to send RTP.
+        /// Where the phone's SDP said to send RTP (when inside the allowlist).
         remote: Option<SocketAddr>,
+        /// The only addresses the call's RTP is taken from: the phone's
+        /// signalling address and its SDP address, each inside the allowlist.
+        sources: Vec<IpAddr>,
         /// The flow the relay sends this call's audio on.
         relay_flow: Option<u64>,
     },
@@ -237,6 +240,24 @@ impl<P> fmt::Debug for Setup<P> {
     }
 }
 
+/// The bans of a [`Switchboard`] at one instant, for screening TCP
+/// connections in another task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Screen {
+    /// Banned source keys (`sip::guard::source_key`) and when each ban ends.
+    pub bans: Vec<(IpAddr, Instant)>,
+    /// The IPv6 prefix the keys are cut to.
+    pub ipv6_prefix: u8,
+}
+
+impl Screen {
+    /// Whether `ip` is banned at `now`.
+    pub fn banned(&self, now: Instant, ip: IpAddr) -> bool {
+        let k = crate::sip::guard::source_key(ip, self.ipv6_prefix);
+        self.bans.iter().any(|(b, until)| *b == k && now < *until)
+    }
+}
+
 /// Which side started the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -260,6 +281,11 @@ struct Call<Pair> {
     their_invite: Option<Message>,
     /// The phone's signalling address and transport.
     phone: SocketAddr,
+    /// The phone's extension (the caller's, or the one called).
+    ext: String,
+    /// Our ACK of the phone's 2xx (calls to a phone), sent again for every
+    /// retransmission of that 2xx.
+    ack: Option<Message>,
     reliable: bool,
     /// Our To tag (phone-originated calls).
     local_tag: String,
@@ -322,19 +348,15 @@ fn to_sip_codec(c: PhoneCodec) -> Codec {
 impl<P: Ports> Switchboard<P> {
     /// A switchboard with no registration and no call, the relay not yet up.
     pub fn new(now: Instant, s: Setup<P>) -> Self {
-        let digest = DigestServer::new(
-            &s.cfg.realm,
-            &s.digest_secret,
-            now,
-            Duration::from_secs(300),
-        )
-        .with_algorithms(&s.cfg.digest);
+        let digest = DigestServer::new(&s.cfg.realm, &s.digest_secret, now, s.cfg.nonce_ttl)
+            .with_algorithms(&s.cfg.digest);
         let guard = Guard::new(
             GuardConfig {
                 allow: s.allow,
                 max_failures: s.cfg.auth_failures,
                 ban: s.cfg.ban,
                 max_packets: s.cfg.packets_per_source,
+                ipv6_prefix: s.cfg.ipv6_prefix,
                 ..GuardConfig::default()
             },
             digest,
@@ -365,10 +387,17 @@ impl<P: Ports> Switchboard<P> {
         }
     }
 
-    /// A UDP datagram from `src`.
+    /// A UDP datagram from `src`: the guard's address checks (allowlist,
+    /// ban, packet budget) run before a byte of it is parsed.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8], src: SocketAddr) {
+        if !self.admit(now, src) {
+            return;
+        }
         match Message::parse(bytes) {
-            Ok(m) => self.handle_message(now, m, src, Transport::Udp),
+            Ok(m) => {
+                self.on_message(now, m, src, false);
+                self.flush(now);
+            }
             Err(e) => {
                 self.stats.dropped += 1;
                 debug!(%src, error = %e, "malformed SIP datagram dropped");
@@ -376,10 +405,39 @@ impl<P: Ports> Switchboard<P> {
         }
     }
 
-    /// A parsed message from `src` (a TCP connection's frames come this way).
+    /// A parsed message from `src` (a TCP connection's frames come this way;
+    /// the connection was screened at accept and before framing, see
+    /// [`Switchboard::screen`]).
     pub fn handle_message(&mut self, now: Instant, msg: Message, src: SocketAddr, t: Transport) {
+        if !self.admit(now, src) {
+            return;
+        }
         self.on_message(now, msg, src, t.is_reliable());
         self.flush(now);
+    }
+
+    /// The guard's checks of a source address, counting a refusal once.
+    fn admit(&mut self, now: Instant, src: SocketAddr) -> bool {
+        let (ok, ev) = self.guard.admit(now, src.ip());
+        self.audit(ev);
+        if !ok {
+            self.stats.dropped += 1;
+        }
+        ok
+    }
+
+    /// What a connection-oriented shell needs to refuse a source before
+    /// reading from it: the allowlist and the bans in force at `now`.
+    pub fn screen(&self, now: Instant) -> Screen {
+        Screen {
+            bans: self.guard.bans(now),
+            ipv6_prefix: self.cfg.ipv6_prefix,
+        }
+    }
+
+    /// Whether `ip` is inside the allowlist.
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.guard.allowed(ip)
     }
 
     /// A TCP connection sent bytes that frame no message (it is closed).
@@ -551,8 +609,8 @@ impl<P: Ports> Switchboard<P> {
     fn audit(&mut self, events: impl IntoIterator<Item = AuditEvent>) {
         for e in events {
             match e {
+                // Drops are counted where they happen, once each.
                 AuditEvent::NotAllowed { src } => {
-                    self.stats.dropped += 1;
                     debug!(target: "audit", %src, "SIP from outside the allowed subnets dropped");
                 }
                 AuditEvent::AuthFailed {
@@ -565,12 +623,19 @@ impl<P: Ports> Switchboard<P> {
                     warn!(target: "audit", %src, user = %user.escape_debug(), failures, "SIP authentication failed");
                 }
                 AuditEvent::Flood { src } => {
-                    self.stats.dropped += 1;
                     warn!(target: "audit", %src, "SIP flood: excess packets dropped");
                 }
                 AuditEvent::Banned { src, ban } => {
                     self.stats.bans += 1;
                     warn!(target: "audit", %src, ban_s = ban.as_secs(), "SIP source banned after repeated authentication failures");
+                }
+                AuditEvent::AuthUnproven { src, user } => {
+                    debug!(target: "audit", %src, user = %user.escape_debug(),
+                           "SIP answer without a nonce issued to its source: challenged, not counted");
+                }
+                AuditEvent::Replayed { src, user } => {
+                    warn!(target: "audit", %src, user = %user.escape_debug(),
+                          "SIP digest replayed (nonce and count used before): challenged again");
                 }
                 AuditEvent::Authenticated { src, user } => {
                     debug!(target: "audit", %src, %user, "SIP authenticated");
@@ -600,6 +665,11 @@ impl<P: Ports> Switchboard<P> {
             .iter()
             .filter(|(e, _)| !self.registrar.lookup(now, e).is_empty())
             .count();
+    }
+
+    /// Calls in progress for extension `ext`.
+    fn calls_of(&self, ext: &str) -> usize {
+        self.calls.values().filter(|c| c.ext == ext).count()
     }
 
     fn update_active(&mut self) {

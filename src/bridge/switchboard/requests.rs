@@ -14,7 +14,7 @@ use std::time::Instant;
 use tracing::info;
 
 impl<P: Ports> Switchboard<P> {
-    /// A datagram or stream message from `src`.
+    /// A datagram or stream message from `src`, admitted by the guard.
     pub(super) fn on_message(
         &mut self,
         now: Instant,
@@ -22,12 +22,6 @@ impl<P: Ports> Switchboard<P> {
         src: SocketAddr,
         reliable: bool,
     ) {
-        let (ok, ev) = self.guard.admit(now, src.ip());
-        self.audit(ev);
-        if !ok {
-            self.stats.dropped += 1;
-            return;
-        }
         if msg.is_request() {
             // RFC 3261 18.2.1 / RFC 3581: record where it really came from.
             if let Ok(mut via) = msg.top_via() {
@@ -172,8 +166,14 @@ impl<P: Ports> Switchboard<P> {
                 match invite.and_then(|k| self.call_by_invite(&k).map(|c| (k, c))) {
                     Some((ik, c)) if !self.calls[&c].answered => {
                         self.respond(now, &key, &msg, 200);
-                        if let Some(inv) = self.calls.get(&c).and_then(|c| c.their_invite.clone()) {
-                            self.respond(now, &ik, &inv, 487);
+                        // The 487 carries the To tag of the call's
+                        // provisional responses (one dialog, RFC 3261 9.2).
+                        if let Some(call) = self.calls.get(&c)
+                            && let Some(inv) = &call.their_invite
+                        {
+                            let mut r = Message::response_to(inv, 487);
+                            r.set_to_tag(&call.local_tag);
+                            let _ = self.txs.send_response(now, &ik, r);
                         }
                         self.end_call(now, c, EndReason::Normal, true, false);
                     }

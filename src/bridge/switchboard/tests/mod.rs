@@ -7,6 +7,7 @@
 //! so tags, branches and session ids are the same on every run.
 
 mod fixtures;
+mod hardening;
 mod phone_calls;
 mod registrations;
 mod relay_calls;
@@ -18,6 +19,7 @@ use crate::sip::auth::{Algorithm, Ha1Pair, digest_response};
 use fixtures::*;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+pub(super) use std::time::Duration;
 
 pub(super) const BOX: &str = "192.168.1.2";
 
@@ -111,6 +113,9 @@ pub(super) fn sip_config() -> SipConfig {
         digest: vec![Algorithm::Sha256, Algorithm::Md5],
         packets_per_source: 200,
         max_transactions: 2048,
+        nonce_ttl: Duration::from_secs(300),
+        ipv6_prefix: 128,
+        calls_per_extension: 4,
     }
 }
 

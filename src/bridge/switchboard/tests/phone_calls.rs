@@ -338,10 +338,11 @@ fn calls_the_bridge_cannot_take_are_refused_and_leak_no_port() {
     // No free port pair: 503.
     let mut lab = Lab::with(sip_config(), FakePorts::new(1));
     lab.dial("301", SDP_PCMU);
-    let first = invite_from_201("302", 1, "z9hG4bK-b1", None, SDP_PCMU);
+    // (The fixture's Call-ID is the first call's: its CSeq goes on.)
+    let first = invite_from_201("302", 3, "z9hG4bK-b1", None, SDP_PCMU);
     let challenge = lab.recv(src, &first).sip()[1].1.clone();
     let auth = authorization(&challenge, "201", "INVITE", "sip:302@192.168.1.2");
-    let inv = invite_from_201("302", 2, "z9hG4bK-b2", Some(&auth), SDP_PCMU);
+    let inv = invite_from_201("302", 4, "z9hG4bK-b2", Some(&auth), SDP_PCMU);
     let out = lab.recv(src, &inv);
     assert_eq!(out.codes(), [100, 503]);
     assert!(out.signals().is_empty());
