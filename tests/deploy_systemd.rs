@@ -330,14 +330,19 @@ fn units_start_and_stream_under_systemd() {
     } else {
         "\"landlock\":\"Not\""
     };
+    // The gateway, the relay and the relay's signer process.
+    assert!(
+        journal.contains("signer ready"),
+        "the relay's signer did not start:\n{context}"
+    );
     assert_eq!(
         journal.matches(landlock).count(),
-        2,
-        "both daemons should report {landlock}:\n{context}"
+        3,
+        "the gateway, the relay and its signer should report {landlock}:\n{context}"
     );
     assert_eq!(
         journal.matches("seccomp allow-list on").count(),
-        2,
+        3,
         "{context}"
     );
 

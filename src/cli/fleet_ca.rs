@@ -21,6 +21,11 @@ pub(super) struct RootKeyArgs {
     /// keys: for labs and demos, where this machine is the whole fleet.
     #[arg(long)]
     keep_root: bool,
+    /// Make the issuing CA's key inside this TPM (`device:/dev/tpmrm0`, or
+    /// `swtpm:HOST:PORT`) instead of sealing it to the machine: it never
+    /// leaves the TPM, and later issuing CAs follow it there.
+    #[arg(long, value_name = "SPEC")]
+    issuing_key_tpm: Option<String>,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -179,12 +184,20 @@ pub(super) fn init(config: PathBuf, root: RootKeyArgs) -> Result<()> {
             "the root CA key must go somewhere: --root-key-out FILE (encrypted under a passphrase; keep the file off this machine) or --keep-root (labs and demos: sealed on this machine)"
         ),
     };
-    let (fp, file) = crate::relay::ca::init(
+    let store = match &root.issuing_key_tpm {
+        Some(spec) => crate::relay::ca_key::KeyStore::Tpm(
+            spec.parse()
+                .with_context(|| format!("--issuing-key-tpm `{spec}`"))?,
+        ),
+        None => crate::relay::ca_key::KeyStore::Sealed,
+    };
+    let (fp, file) = crate::relay::ca::init_in(
         &cfg.state_dir,
         &cfg.server_name,
         &cfg.ca_binding,
         cfg.relay_cert_lifetime,
         out,
+        &store,
     )?;
     println!("fleet CA created in {}", cfg.state_dir.display());
     println!("CA fingerprint: {fp}");

@@ -7,7 +7,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `ca.pem` | the root (the CA devices pin; a single-tier fleet's CA became it); during a root rotation's overlap the new root, then the old one ([`super::roots`]) |
-//! | `issuing-<fp>.pem`, `issuing-<fp>.key.sealed` | each issuing CA, its key sealed to the machine |
+//! | `issuing-<fp>.pem`, `issuing-<fp>.key.sealed` or `.key.tpm` | each issuing CA, its key sealed to the machine or held by a TPM ([`super::ca_key`]) |
 //! | `root.key.sealed` | the root's key, only where the operator keeps it on the relay (`relay init --keep-root`: labs and the demo; or a migrated fleet until `relay ca export-root`) |
 //!
 //! The registry's `issuers` table says which issuing CA signs now and from
@@ -20,6 +20,7 @@
 //! needed again only to make the next issuing CA.
 
 use super::ca::{CaError, IssuingCa, LocalCa, create, io};
+use super::ca_key::KeyStore;
 use super::registry::{Registry, now};
 use crate::pki::files;
 use crate::pki::issue;
@@ -123,9 +124,10 @@ pub fn issuing_paths(state_dir: &Path, fp: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Make a new issuing CA under `root`, store it (certificate, sealed key)
-/// and make it the one that signs; the previous one's certificates are
-/// refused from `retire_prev_at` on. Returns it, ready to sign.
+/// Make a new issuing CA under `root`, store it (certificate, key where
+/// the current one's is: sealed, or in its TPM) and make it the one that
+/// signs; the previous one's certificates are refused from
+/// `retire_prev_at` on. Returns it, ready to sign.
 pub fn install_issuing(
     state_dir: &Path,
     binding: &MachineBinding,
@@ -133,19 +135,30 @@ pub fn install_issuing(
     root: &Issuer<'_, impl rcgen::SigningKey>,
     retire_prev_at: Option<i64>,
 ) -> Result<LocalCa, CaError> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let current = registry.issuers()?.into_iter().find(|i| i.current);
+    let store = KeyStore::follow(state_dir, current.as_ref().map(|i| i.fingerprint.as_str()))?;
+    install_issuing_in(state_dir, binding, &store, registry, root, retire_prev_at)
+}
+
+/// [`install_issuing`] with the key made in `store`.
+pub fn install_issuing_in(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    store: &KeyStore,
+    registry: &Registry,
+    root: &Issuer<'_, impl rcgen::SigningKey>,
+    retire_prev_at: Option<i64>,
+) -> Result<LocalCa, CaError> {
+    let (key, key_file, ext) = store.new_key(&|| Ok(binding.material()?))?;
     let mut params = ca_params(&stamped("voxgate issuing CA"), 0, ISSUING_DAYS);
     params.serial_number = Some(random_serial()?);
     let cert = params.signed_by(&key, root)?;
     let fp = fingerprint(cert.der());
-    let (cert_path, key_path) = issuing_paths(state_dir, &fp);
-    let material = binding.material()?;
-    let pkcs8 = Zeroizing::new(key.serialize_der());
-    let sealed_key = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
-    create(&key_path, &sealed_key, 0o600)?;
+    let (cert_path, sealed_path) = issuing_paths(state_dir, &fp);
+    create(&sealed_path.with_extension(ext), &key_file, 0o600)?;
     create(&cert_path, cert.pem().as_bytes(), 0o644)?;
     registry.set_current_issuer(&fp, cert.der(), retire_prev_at)?;
-    LocalCa::new(&cert.pem(), key)
+    LocalCa::with_key(&cert.pem(), key)
 }
 
 /// The issuing CA the registry names current, unsealed; `None` for a
@@ -170,23 +183,16 @@ pub fn load_issuing(
     load_issuing_with(state_dir, &binding.material()?, fp)
 }
 
-/// [`load_issuing`] with the sealing inputs read before (the running
-/// relay, whose sandbox hides the machine id).
+/// [`load_issuing`] with the sealing inputs read before (the signer
+/// process, whose sandbox hides the machine id).
 pub fn load_issuing_with(
     state_dir: &Path,
     material: &sealed::Material,
     fp: &str,
 ) -> Result<LocalCa, CaError> {
-    let (cert_path, key_path) = issuing_paths(state_dir, fp);
+    let (cert_path, _) = issuing_paths(state_dir, fp);
     let pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-    let file = std::fs::read(&key_path).map_err(io(&key_path))?;
-    let pkcs8 = sealed::unseal(material, &file).map_err(|e| CaError::Sealed {
-        path: key_path.clone(),
-        what: e.to_string(),
-    })?;
-    let key = KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
-        .map_err(|_| CaError::KeyFormat(key_path.clone()))?;
-    LocalCa::new(&pem, key)
+    LocalCa::with_key(&pem, super::ca_key::load(state_dir, material, fp)?)
 }
 
 /// The roots in `ca.pem`.

@@ -133,6 +133,9 @@ pub enum CaError {
     /// A retire date before now.
     #[error("the old issuing CA's certificates cannot be refused from a time in the past")]
     RetireInPast,
+    /// A TPM that holds (or is to hold) an issuing CA key failed.
+    #[error("TPM: {0}")]
+    Tpm(String),
     /// The signer process failed or refused.
     #[error("{0}")]
     Signer(String),
@@ -182,6 +185,25 @@ pub fn init(
     relay_lifetime: std::time::Duration,
     root_out: super::authority::RootKeyOut<'_>,
 ) -> Result<(String, Option<PathBuf>), CaError> {
+    init_in(
+        state_dir,
+        server_name,
+        binding,
+        relay_lifetime,
+        root_out,
+        &super::ca_key::KeyStore::Sealed,
+    )
+}
+
+/// [`init`], with the issuing CA's key made in `store` (a TPM).
+pub fn init_in(
+    state_dir: &Path,
+    server_name: &str,
+    binding: &MachineBinding,
+    relay_lifetime: std::time::Duration,
+    root_out: super::authority::RootKeyOut<'_>,
+    store: &super::ca_key::KeyStore,
+) -> Result<(String, Option<PathBuf>), CaError> {
     use super::authority;
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let ca_cert_path = state_dir.join(CA_CERT);
@@ -196,9 +218,10 @@ pub fn init(
     create(&ca_cert_path, root.pem().as_bytes(), 0o644)?;
     // The registry, and the audit log's key (`audit.key.sealed`) with it.
     let registry = super::audit_key::open_registry(state_dir, binding)?;
-    let issuing = authority::install_issuing(
+    let issuing = authority::install_issuing_in(
         state_dir,
         binding,
+        store,
         &registry,
         &Issuer::new(root_params, &root_key),
         None,
@@ -229,13 +252,11 @@ pub fn init(
     Ok((fingerprint(root.der()), root_file))
 }
 
-/// A configured lifetime as a certificate validity (saturating; the
-/// config keeps it within ten years).
 /// A CA that signs device and relay certificates (the issuing CA, or the
-/// single-tier CA of an older fleet), held by the relay process (unsealed
-/// in `relay::prepare`, before the privilege drop).
+/// single-tier CA of an older fleet), with its key: in the signer process
+/// and the operator's commands, never in the running relay.
 pub struct LocalCa {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, super::ca_key::CaKey>,
     cert: CertificateDer<'static>,
     fingerprint: String,
 }
@@ -251,6 +272,11 @@ impl std::fmt::Debug for LocalCa {
 impl LocalCa {
     /// The CA of certificate `ca_pem` (its first certificate) and its `key`.
     pub fn new(ca_pem: &str, key: KeyPair) -> Result<Self, CaError> {
+        Self::with_key(ca_pem, super::ca_key::CaKey::Soft(key))
+    }
+
+    /// The CA of certificate `ca_pem` and its key, wherever it is.
+    pub fn with_key(ca_pem: &str, key: super::ca_key::CaKey) -> Result<Self, CaError> {
         let cert = files::parse_certs(ca_pem.as_bytes())
             .ok()
             .and_then(|c| c.into_iter().next())
@@ -263,7 +289,7 @@ impl LocalCa {
     }
 
     /// The issuer that signs device certificates (enrollment, renewal).
-    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
+    pub fn issuer(&self) -> &Issuer<'static, super::ca_key::CaKey> {
         &self.issuer
     }
 

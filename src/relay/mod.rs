@@ -6,6 +6,7 @@ pub mod audit_key;
 pub mod authority;
 pub mod backup;
 pub mod ca;
+pub mod ca_key;
 pub mod call_plane;
 pub mod commit;
 pub mod enroll;

@@ -118,6 +118,10 @@ pub struct TpmOptions {
     /// Keep the storage primary loaded between operations (flushed on drop;
     /// a process that dies leaks it on a TPM without resource manager).
     pub cache_primary: bool,
+    /// Close the connection after each operation, so that other processes
+    /// can use a TPM that serves one connection at a time (swtpm): the
+    /// relay's signer and `voxgate relay ca rotate-issuing` share one.
+    pub shared: bool,
 }
 
 impl TpmOptions {
@@ -137,6 +141,7 @@ impl Default for TpmOptions {
         TpmOptions {
             timeout: DEFAULT_TIMEOUT,
             cache_primary: false,
+            shared: false,
         }
     }
 }
@@ -230,6 +235,9 @@ impl Tpm {
                 st.stale.extend(orphans);
                 st.stale.extend(st.primary.take());
             }
+            // Closed (dropped) for the next process, when shared and
+            // nothing stays loaded.
+            _ if self.options.shared && st.primary.is_none() => {}
             _ => st.conn = Some(t),
         }
         r

@@ -50,6 +50,11 @@ pub fn unseal_keys(state_dir: &Path, binding: &MachineBinding) -> Result<KeyMate
     let current = registry.issuers()?.into_iter().find(|i| i.current);
     let (ca_key, issuing_cert) = match current {
         Some(row) => {
+            if crate::relay::ca_key::tpm_path(state_dir, &row.fingerprint).exists() {
+                return Err(CaError::Tpm(
+                    "the issuing CA key is held by a TPM and cannot leave it: back up without --with-keys, and after a restore make a new issuing CA from the offline root (`voxgate relay ca recover`)".into(),
+                ));
+            }
             let (cert, key) = authority::issuing_paths(state_dir, &row.fingerprint);
             let pem = std::fs::read(&cert).map_err(|source| CaError::Io { path: cert, source })?;
             (unseal(&key, &m)?, Some(pem))

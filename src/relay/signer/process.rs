@@ -17,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 /// Start the signer for `cfg` and connect to it.
 pub fn spawn(cfg: &RelayConfig, issuing: IssuingRef) -> Result<(RemoteSigner, Child)> {
     let (ours, theirs) = UnixStream::pair().context("cannot create the signer's socket pair")?;
-    let exe =
-        std::env::current_exe().context("cannot find the voxgate binary to start the signer")?;
-    // Nothing of the relay's environment: the signer reads its config file.
-    let child = Command::new(exe)
+    // The running binary itself (`/proc/self/exe` needs no search
+    // permission on the directories it was started from); nothing of the
+    // relay's environment: the signer reads its config file.
+    let child = Command::new("/proc/self/exe")
         .args(["relay", "signer", "--stdio", "--config"])
         .arg(&cfg.file)
         .env_clear()
@@ -59,16 +59,19 @@ pub fn run(cfg: RelayConfig) -> Result<()> {
     // The issuing CA that signs now, loaded before the privilege drop.
     let registry = crate::relay::registry::Registry::open(&state.join(crate::relay::ca::REGISTRY))
         .with_context(|| format!("cannot open the device registry in {}", state.display()))?;
+    let mut tpm_device = None;
     if let Some(current) = registry.issuers()?.into_iter().find(|i| i.current) {
         signer
             .preload(&current.fingerprint)
             .map_err(anyhow::Error::msg)?;
+        tpm_device = crate::relay::ca_key::tpm_device(state, &current.fingerprint);
     }
     drop(registry);
-    // Its own sandbox: the state directory read-only, nothing writable.
+    // Its own sandbox: the state directory read-only, nothing writable but
+    // the TPM that holds the issuing key (if one does).
     let mut settings = cfg.privilege.clone();
     settings.read = vec![state.clone()];
-    settings.write = Vec::new();
+    settings.write = tpm_device.into_iter().collect();
     let plan = crate::privilege::plan(&settings, &cfg.file)?;
     let report = crate::privilege::apply(&plan, &[], &cfg.file)?;
     report.log();

@@ -1,0 +1,89 @@
+//! The issuing CA's key in a TPM (swtpm here; a cloud VM's vTPM in
+//! production): `voxgate relay init --issuing-key-tpm` makes it inside the
+//! TPM, the signer process signs through the TPM (enrollment, the relay's
+//! own certificate), a rotation makes the next issuing key in the same TPM,
+//! the key file is usable only by that TPM, and a backup with keys says it
+//! cannot carry a key that never leaves the TPM.
+
+use std::time::Duration;
+use voxgate::relay::ca_key;
+use voxgate_testkit::cmd::both as text;
+use voxgate_testkit::enroll::{Setup, secret_file};
+use voxgate_testkit::lab::{Lab, wait_for};
+use voxgate_testkit::swtpm::Swtpm;
+
+fn signing(lab: &Lab) -> String {
+    let s = text(&lab.relay_cmd(&["ca", "status"]));
+    s.lines()
+        .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{s}"))
+        .to_string()
+}
+
+#[test]
+fn the_issuing_key_is_made_and_used_in_the_tpm() {
+    let tpm = Swtpm::start("relay-issuing");
+    let lab = Lab::new("relay-tpm", "mode = \"none\"");
+    // A fleet of its own, its issuing key in the TPM.
+    std::fs::remove_dir_all(lab.dir.join("relay")).unwrap();
+    let o = lab.relay_cmd(&["init", "--keep-root", "--issuing-key-tpm", &tpm.spec()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state = lab.dir.join("relay");
+    let first = signing(&lab);
+    let tpm_file = ca_key::tpm_path(&state, &first);
+    assert!(tpm_file.exists(), "no {}", tpm_file.display());
+    let (_, sealed) = voxgate::relay::authority::issuing_paths(&state, &first);
+    assert!(!sealed.exists(), "a sealed issuing key beside the TPM's");
+
+    // The relay signs through the TPM: a device enrolls and streams.
+    let mut relay = lab.start_relay();
+    Setup::new(&lab, "gw-tpm-1").run();
+    // A rotation makes the next issuing key in the same TPM, and the
+    // running relay renews its certificate from it.
+    let o = lab.relay_cmd(&["ca", "rotate-issuing", "--retire-after", "1h"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = signing(&lab);
+    assert_ne!(first, second);
+    assert!(ca_key::tpm_path(&state, &second).exists());
+    wait_for(
+        Duration::from_secs(10),
+        "the relay certificate from the new CA",
+        || {
+            let chain = voxgate::pki::files::read_certs(&state.join("relay.pem")).unwrap();
+            voxgate::pki::name::fingerprint(&chain[1]) == second
+        },
+    );
+    Setup::new(&lab, "gw-tpm-2").run();
+    relay.assert_running();
+    relay.stop();
+
+    // The key file is the TPM's wrapped blob: another TPM cannot load it.
+    let cfg = voxgate::config::RelayConfig::load(&lab.dir.join("relay.toml")).unwrap();
+    let material = cfg.ca_binding.material().unwrap();
+    ca_key::load(&state, &material, &second).expect("the TPM loads its own key");
+    let other = Swtpm::start("relay-other");
+    let file = std::fs::read(ca_key::tpm_path(&state, &second)).unwrap();
+    let moved = String::from_utf8_lossy(&file).replacen(&tpm.spec(), &other.spec(), 1);
+    let nl = file.iter().position(|&b| b == b'\n').unwrap();
+    let mut forged = moved.as_bytes()[..moved.find('\n').unwrap() + 1].to_vec();
+    forged.extend_from_slice(&file[nl + 1..]);
+    std::fs::write(ca_key::tpm_path(&state, &second), &forged).unwrap();
+    let e = ca_key::load(&state, &material, &second).unwrap_err();
+    assert!(e.to_string().contains("TPM"), "{e}");
+    std::fs::write(ca_key::tpm_path(&state, &second), &file).unwrap();
+
+    // A backup with keys cannot carry it, and says what to do instead.
+    let pass = secret_file(&lab.dir, "backup.pass", "correct horse battery staple");
+    let o = lab.relay_cmd(&[
+        "backup",
+        lab.dir.join("with-keys.vgb").to_str().unwrap(),
+        "--with-keys",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("relay ca recover"), "{}", text(&o));
+    let o = lab.relay_cmd(&["backup", lab.dir.join("no-keys.vgb").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
