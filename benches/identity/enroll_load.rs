@@ -315,21 +315,25 @@ pub(crate) fn audit_rows(lab: &Lab) -> usize {
         .map_or(0, |v| v.len())
 }
 
-pub(crate) async fn enrollment(lab: &Lab, load: &Load<'_>) -> Value {
-    // Keyed: the tokens' audit rows chain like `relay token create`'s.
-    let registry = voxgate_testkit::enroll::registry(lab);
-    let mut sources = Sources(0);
+/// The open-loop ladder of valid enrollments at `rates`: (steps, why it
+/// ended, the best passing step's (offered, achieved)).
+pub(crate) async fn ladder(
+    registry: &Registry,
+    sources: &mut Sources,
+    load: &Load<'_>,
+    rates: &[f64],
+) -> (Vec<Value>, String, Option<(f64, f64)>) {
     let started = Instant::now();
     let mut steps = Vec::new();
     let mut best: Option<(f64, f64)> = None;
     let mut end = "all steps passed".to_string();
-    for (i, &rate) in RATES.iter().enumerate() {
+    for (i, &rate) in rates.iter().enumerate() {
         if started.elapsed() + STEP * 3 > BUDGET {
             end = format!("time budget reached before {rate}/s");
             break;
         }
         let n = (rate * STEP.as_secs_f64()) as usize;
-        let jobs = jobs(&registry, &mut sources, n, 1, &format!("s{i}"));
+        let jobs = jobs(registry, sources, n, 1, &format!("s{i}"));
         let waited = relay_idle(&load.relay_pid, load.tck).await;
         let (valid, _, mut o) = offer(load, jobs, rate).await;
         o.set("waited_for_idle_relay_s", waited);
@@ -366,6 +370,14 @@ pub(crate) async fn enrollment(lab: &Lab, load: &Load<'_>) -> Value {
             break;
         }
     }
+    (steps, end, best)
+}
+
+pub(crate) async fn enrollment(lab: &Lab, load: &Load<'_>) -> Value {
+    // Keyed: the tokens' audit rows chain like `relay token create`'s.
+    let registry = voxgate_testkit::enroll::registry(lab);
+    let mut sources = Sources(0);
+    let (steps, end, best) = ladder(&registry, &mut sources, load, &RATES).await;
 
     // A wrong-token flood from many addresses, with valid enrollments
     // among it.

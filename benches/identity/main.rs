@@ -36,6 +36,9 @@
 //!    limiter (burst 5) never refuses a valid client and stays unchanged.
 //!    Then floods of wrong tokens: from many addresses next to valid
 //!    enrollments, and from one address.
+//! 4. A fleet of 500 devices moving to a new issuing CA (`rotation`).
+//! 5. Step 3's ladder on a second fleet whose issuing key is in swtpm
+//!    (`tpm_fleet`).
 //!
 //! Results: a table on stdout and `$VOXGATE_BENCH_OUT/identity.json`.
 //! Bounded: every network wait has a deadline, the steps a time budget;
@@ -62,6 +65,7 @@ use voxgate_testkit::procfs::{clk_tck, cpu_ticks_total, fs_type, proc_ticks, sta
 mod enroll_load;
 mod rotation;
 mod sessions;
+mod tpm_fleet;
 
 use enroll_load::*;
 use sessions::*;
@@ -302,11 +306,14 @@ async fn run(lab: &Lab, relay: &Proc, tpm: &voxgate_testkit::swtpm::Swtpm, tck: 
     let enroll = enrollment(lab, &load).await;
     relay_idle(&load.relay_pid, tck).await;
     let rotation = rotation::rotation(lab, relay_addr, &load.relay_pid, tck).await;
+    relay_idle(&load.relay_pid, tck).await;
+    let enroll_tpm = tpm_fleet::enrollment_with_tpm_key(tck).await;
 
     let mut root = Value::obj();
     root.set("handshake", handshake)
         .set("renewal", renewal)
         .set("enrollment", enroll)
+        .set("enrollment_tpm_issuing_key", enroll_tpm)
         .set("rotation", rotation);
     root
 }

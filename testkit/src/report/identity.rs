@@ -151,9 +151,57 @@ pub fn render(doc: &Value, env: &Env) -> String {
     ));
     w("".into());
     enrollment(d.get("enrollment"), &mut l);
+    enrollment_tpm(
+        d.get("enrollment"),
+        d.get("enrollment_tpm_issuing_key"),
+        &mut l,
+    );
     rotation(d.get("rotation"), &mut l);
     l.push("<!-- identity:end -->".into());
     l.join("\n")
+}
+
+/// Step 5: the same ladder with the issuing key in swtpm, beside the
+/// sealed key of the same run.
+fn enrollment_tpm(sealed: V, t: V, l: &mut Vec<String>) {
+    let steps = t.get("steps").list();
+    if steps.is_empty() {
+        return;
+    }
+    l.push(String::new());
+    l.push(format!(
+        "**Enrollments per second with the issuing key in a TPM** (issue 13): a second fleet made with `voxgate relay init \
+         --issuing-key-tpm` on swtpm ({}); its relay on CPU 0, the signer process signing every certificate through the TPM. \
+         The same open-loop ladder and pass rule as above. Best passing step: **{}/s offered, {}/s achieved** ({}), against \
+         **{}/s** with the sealed key in the same run.",
+        t.get("tpm").text(),
+        f(t.get("best_offered_per_s"), 0),
+        f(t.get("best_achieved_per_s"), 0),
+        t.get("end").text(),
+        f(sealed.get("best_achieved_per_s"), 0)
+    ));
+    l.push(String::new());
+    l.push("| offered /s | enrolled | achieved /s | latency median | p90 | relay CPU (cores) | other load (swtpm) | pass |".into());
+    l.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |".into());
+    for st in &steps {
+        let r = st.get("result");
+        l.push(format!(
+            "| {} | {}/{} | {} | {} ms | {} ms | {} | {} | {} |",
+            f(st.get("offered_per_s"), 0),
+            r.get("enrolled").text(),
+            st.get("attempts_scheduled").text(),
+            f(st.get("achieved_enrolled_per_s"), 0),
+            f(r.at(&["latency", "median_ms"]), 2),
+            f(r.at(&["latency", "p90_ms"]), 2),
+            f(st.get("relay_cpu_cores"), 2),
+            f(st.get("other_load_cores"), 2),
+            if st.get("pass").truthy() {
+                "yes"
+            } else {
+                "**no**"
+            }
+        ));
+    }
 }
 
 fn rotation(r: V, l: &mut Vec<String>) {
