@@ -91,11 +91,20 @@ async fn device(
     cfg: quinn::ClientConfig,
     up: Arc<tokio::sync::Barrier>,
 ) -> Result<Instant, String> {
-    let conn = ep
-        .connect_with(cfg, relay, SERVER_NAME)
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+    // As a gateway does: a handshake lost in the burst of 500 is retried.
+    let mut tries = 0;
+    let conn = loop {
+        tries += 1;
+        match ep
+            .connect_with(cfg.clone(), relay, SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if tries >= 5 => return Err(format!("{tries} handshakes failed: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200 * tries)).await,
+        }
+    };
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(recv);
     framed::send(
