@@ -197,6 +197,73 @@ fn leaked_issuing_key() {
 }
 
 #[test]
+fn leaked_root_key() {
+    let lab = Lab::new(
+        "runbook-root",
+        "mode = \"none\"\n[enrollment]\ncertificate_lifetime_s = 86400",
+    );
+    let pass = secret_file(&lab.dir, "root.pass", "correct horse battery staple");
+    let root_key = lab.dir.join("root.key.enc");
+    let o = lab.relay_cmd(&[
+        "ca",
+        "export-root",
+        "--out",
+        root_key.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let old_root = voxgate_testkit::enroll::fingerprint(&lab);
+    let mut relay = lab.start_relay();
+    let (mut gw, m) = sealed_gateway(&lab, "gw-root");
+    voxgate_testkit::lab::wait_for(Duration::from_secs(20), "connected", || {
+        gw.assert_running();
+        voxgate_testkit::lab::metric(m, "voxgate_relay_connected") == 1.0
+    });
+    let new_key = lab.dir.join("root2.key.enc");
+    let mut runner = Runner::new(&lab, "gw-root", &lab.dir.join("box"));
+    runner.set("ROOT_KEY", &root_key.display().to_string());
+    runner.set("NEW_ROOT_KEY", &new_key.display().to_string());
+    runner.set("PASSPHRASE_FILE", &pass.display().to_string());
+    runner.set("RETIRE_AFTER", "8s");
+    let blocks = runbook("root-key");
+    let out = runner.run(&blocks[0]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("trusted until") && text.contains(&old_root),
+        "{text}"
+    );
+    assert!(new_key.exists(), "the new root key file");
+    // The box learns the new root, renews onto the new issuing CA, and
+    // after the retire date trusts the new root alone.
+    let bundle = || {
+        voxgate::pki::files::read_certs(&lab.dir.join("gw-root/ca.pem"))
+            .map(|c| c.len())
+            .unwrap_or(0)
+    };
+    voxgate_testkit::lab::wait_for(Duration::from_secs(10), "the new root on the box", || {
+        bundle() == 2
+    });
+    let log = runner.run(&blocks[1]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("root_rotated") && log.contains("renewed"),
+        "{log}"
+    );
+    voxgate_testkit::lab::wait_for(Duration::from_secs(20), "the old root dropped", || {
+        bundle() == 1
+    });
+    assert!(gw.log_text().contains("trusting only the new fleet root"));
+    assert_eq!(
+        voxgate_testkit::lab::metric(m, "voxgate_relay_connects_total"),
+        1.0,
+        "the box reconnected"
+    );
+    gw.stop();
+    relay.stop();
+}
+
+#[test]
 fn compromised_relay() {
     let lab = Lab::new(
         "runbook-relay",
