@@ -1,9 +1,11 @@
-//! The issuing CA's key in a TPM (swtpm here; a cloud VM's vTPM in
-//! production): `voxgate relay init --issuing-key-tpm` makes it inside the
-//! TPM, the signer process signs through the TPM (enrollment, the relay's
+//! The relay's keys in a TPM (swtpm here; a cloud VM's vTPM in production).
+//! `voxgate relay init --issuing-key-tpm` makes the issuing CA's key inside
+//! the TPM: the signer process signs through it (enrollment, the relay's
 //! own certificate), a rotation makes the next issuing key in the same TPM,
-//! the key file is usable only by that TPM, and a backup with keys says it
-//! cannot carry a key that never leaves the TPM.
+//! and the key file is usable only by that TPM. `--tls-key-tpm` does the
+//! same for the relay's TLS key: every handshake signs through the TPM, and
+//! the certificate's renewal makes the next key there. A backup with keys
+//! says it cannot carry a key that never leaves the TPM.
 
 use std::time::Duration;
 use voxgate::relay::ca_key;
@@ -86,4 +88,65 @@ fn the_issuing_key_is_made_and_used_in_the_tpm() {
     assert!(text(&o).contains("relay ca recover"), "{}", text(&o));
     let o = lab.relay_cmd(&["backup", lab.dir.join("no-keys.vgb").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn the_relay_tls_key_lives_in_the_tpm_and_renews_there() {
+    let tpm = Swtpm::start("relay-tls");
+    // A relay certificate of 12 s: renewed at two thirds, while we watch.
+    let lab = Lab::with_ca(
+        "relay-tpm-tls",
+        "mode = \"none\"",
+        "relay_cert_lifetime_s = 12",
+    );
+    std::fs::remove_dir_all(lab.dir.join("relay")).unwrap();
+    let o = lab.relay_cmd(&[
+        "init",
+        "--keep-root",
+        "--issuing-key-tpm",
+        &tpm.spec(),
+        "--tls-key-tpm",
+        &tpm.spec(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state = lab.dir.join("relay");
+    let key_file = state.join(ca_key::RELAY_KEY_TPM);
+    let blob0 = std::fs::read(&key_file).expect("the TLS key's TPM blob");
+    assert!(!state.join("relay.key.sealed").exists());
+    let serial0 = voxgate_testkit::enroll::cert_serial(&state.join("relay.pem"));
+    // Handshakes sign through the TPM: a box enrolls (its pinned-CA
+    // handshake) and a session opens with its certificate.
+    let mut relay = lab.start_relay();
+    let cfg = Setup::new(&lab, "gw-tls").run();
+    let rt = voxgate_testkit::session::runtime();
+    rt.block_on(voxgate_testkit::session::Session::open_enrolled(
+        &lab, &cfg, "gw-tls",
+    ))
+    .expect("a session with the TPM-held relay key");
+    // The renewal makes a fresh key in the same TPM.
+    wait_for(
+        Duration::from_secs(20),
+        "the relay certificate renewal",
+        || voxgate_testkit::enroll::cert_serial(&state.join("relay.pem")) != serial0,
+    );
+    let blob1 = std::fs::read(&key_file).unwrap();
+    assert_ne!(blob0, blob1, "the renewal kept the old key");
+    assert!(!state.join("relay.key.sealed").exists());
+    rt.block_on(voxgate_testkit::session::Session::open_enrolled(
+        &lab, &cfg, "gw-tls",
+    ))
+    .expect("a session with the renewed TPM-held key");
+    relay.assert_running();
+    relay.stop();
+    // A backup with keys cannot carry it.
+    let pass = secret_file(&lab.dir, "backup.pass", "correct horse battery staple");
+    let o = lab.relay_cmd(&[
+        "backup",
+        lab.dir.join("with-keys.vgb").to_str().unwrap(),
+        "--with-keys",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("held by a TPM"), "{}", text(&o));
 }

@@ -26,6 +26,10 @@ pub(super) struct RootKeyArgs {
     /// leaves the TPM, and later issuing CAs follow it there.
     #[arg(long, value_name = "SPEC")]
     issuing_key_tpm: Option<String>,
+    /// Make the relay's TLS key inside this TPM: every handshake signs
+    /// through it, and renewals make the next key there.
+    #[arg(long, value_name = "SPEC")]
+    tls_key_tpm: Option<String>,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -184,20 +188,23 @@ pub(super) fn init(config: PathBuf, root: RootKeyArgs) -> Result<()> {
             "the root CA key must go somewhere: --root-key-out FILE (encrypted under a passphrase; keep the file off this machine) or --keep-root (labs and demos: sealed on this machine)"
         ),
     };
-    let store = match &root.issuing_key_tpm {
-        Some(spec) => crate::relay::ca_key::KeyStore::Tpm(
-            spec.parse()
-                .with_context(|| format!("--issuing-key-tpm `{spec}`"))?,
-        ),
-        None => crate::relay::ca_key::KeyStore::Sealed,
+    let store = |spec: &Option<String>, flag: &str| -> Result<crate::relay::ca_key::KeyStore> {
+        Ok(match spec {
+            Some(spec) => crate::relay::ca_key::KeyStore::Tpm(
+                spec.parse().with_context(|| format!("{flag} `{spec}`"))?,
+            ),
+            None => crate::relay::ca_key::KeyStore::Sealed,
+        })
     };
+    let issuing_store = store(&root.issuing_key_tpm, "--issuing-key-tpm")?;
+    let tls_store = store(&root.tls_key_tpm, "--tls-key-tpm")?;
     let (fp, file) = crate::relay::ca::init_in(
         &cfg.state_dir,
         &cfg.server_name,
         &cfg.ca_binding,
         cfg.relay_cert_lifetime,
         out,
-        &store,
+        (&issuing_store, &tls_store),
     )?;
     println!("fleet CA created in {}", cfg.state_dir.display());
     println!("CA fingerprint: {fp}");

@@ -291,10 +291,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
             plan.check_state_dirs(&[&cfg.state_dir, &cfg.recordings])?;
             let prepared = crate::relay::prepare(cfg)?;
-            let state = [
+            // A TPM device that holds the relay's TLS key stays writable.
+            let tpm = match crate::relay::ca_key::KeyStore::of_relay(&prepared.cfg.state_dir)? {
+                crate::relay::ca_key::KeyStore::Tpm(crate::identity::tpm::TpmSpec::Device(p)) => {
+                    Some(p)
+                }
+                _ => None,
+            };
+            let mut state = vec![
                 prepared.cfg.state_dir.as_path(),
                 prepared.cfg.recordings.as_path(),
             ];
+            state.extend(tpm.as_deref());
             let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
             report.log();
             relay_runtime()?.block_on(crate::relay::run(prepared, shutdown_signal()))

@@ -149,7 +149,7 @@ pub fn install_issuing_in(
     root: &Issuer<'_, impl rcgen::SigningKey>,
     retire_prev_at: Option<i64>,
 ) -> Result<LocalCa, CaError> {
-    let (key, key_file, ext) = store.new_key(&|| Ok(binding.material()?))?;
+    let (key, key_file, ext) = store.new_key(super::ca_key::Sealing::Read(binding))?;
     let mut params = ca_params(&stamped("voxgate issuing CA"), 0, ISSUING_DAYS);
     params.serial_number = Some(random_serial()?);
     let cert = params.signed_by(&key, root)?;
@@ -443,8 +443,10 @@ pub fn recover(
             registry.retire_issuer(&old.fingerprint, retire_at)?;
         }
     }
-    // A new relay key and certificate: the old key was on the machine.
-    let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    // A new relay key and certificate: the old key was on the machine (a
+    // TPM-held key is made anew in its TPM).
+    let (relay_key, key_file, ext) =
+        KeyStore::of_relay(state_dir)?.new_key(super::ca_key::Sealing::Read(binding))?;
     let relay = issue::relay_certificate(
         issuing.issuer(),
         &relay_key,
@@ -458,12 +460,9 @@ pub fn recover(
         files::pem(issuing.cert(), "CERTIFICATE"),
         files::pem(&roots[0], "CERTIFICATE")
     );
-    let material = binding.material()?;
-    let pkcs8 = Zeroizing::new(relay_key.serialize_der());
-    let sealed_key = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
     for (name, data, mode) in [
-        (super::ca::RELAY_KEY_SEALED, sealed_key.as_slice(), 0o600),
-        (super::ca::RELAY_CERT, chain.as_bytes(), 0o644),
+        (format!("relay.key.{ext}"), key_file.as_slice(), 0o600),
+        (super::ca::RELAY_CERT.to_string(), chain.as_bytes(), 0o644),
     ] {
         super::ca::replace(&state_dir.join(name), data, mode)?;
     }

@@ -185,24 +185,26 @@ pub fn init(
     relay_lifetime: std::time::Duration,
     root_out: super::authority::RootKeyOut<'_>,
 ) -> Result<(String, Option<PathBuf>), CaError> {
+    let sealed = super::ca_key::KeyStore::Sealed;
     init_in(
         state_dir,
         server_name,
         binding,
         relay_lifetime,
         root_out,
-        &super::ca_key::KeyStore::Sealed,
+        (&sealed, &sealed),
     )
 }
 
-/// [`init`], with the issuing CA's key made in `store` (a TPM).
+/// [`init`], with the issuing CA's key and the relay's TLS key made where
+/// `(issuing, tls)` say (a TPM).
 pub fn init_in(
     state_dir: &Path,
     server_name: &str,
     binding: &MachineBinding,
     relay_lifetime: std::time::Duration,
     root_out: super::authority::RootKeyOut<'_>,
-    store: &super::ca_key::KeyStore,
+    (store, tls_store): (&super::ca_key::KeyStore, &super::ca_key::KeyStore),
 ) -> Result<(String, Option<PathBuf>), CaError> {
     use super::authority;
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
@@ -228,16 +230,18 @@ pub fn init_in(
     )?;
     drop(root_key);
 
-    let relay_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let (relay_key, key_file, ext) = tls_store.new_key(super::ca_key::Sealing::Held(&material))?;
     let relay = issue::relay_certificate(
         issuing.issuer(),
         &relay_key,
         server_name,
         super::signer::lifetime(relay_lifetime),
     )?;
-    let pkcs8 = zeroize::Zeroizing::new(relay_key.serialize_der());
-    let sealed = sealed::seal(&material, &pkcs8).map_err(CaError::Seal)?;
-    create(&state_dir.join(RELAY_KEY_SEALED), &sealed, 0o600)?;
+    create(
+        &state_dir.join(format!("relay.key.{ext}")),
+        &key_file,
+        0o600,
+    )?;
     // The relay presents its chain with the issuing CA and the root, so
     // that a device enrolling with only the root's fingerprint can find
     // and pin it.
@@ -256,7 +260,7 @@ pub fn init_in(
 /// single-tier CA of an older fleet), with its key: in the signer process
 /// and the operator's commands, never in the running relay.
 pub struct LocalCa {
-    issuer: Issuer<'static, super::ca_key::CaKey>,
+    issuer: Issuer<'static, super::ca_key::HeldKey>,
     cert: CertificateDer<'static>,
     fingerprint: String,
 }
@@ -272,11 +276,11 @@ impl std::fmt::Debug for LocalCa {
 impl LocalCa {
     /// The CA of certificate `ca_pem` (its first certificate) and its `key`.
     pub fn new(ca_pem: &str, key: KeyPair) -> Result<Self, CaError> {
-        Self::with_key(ca_pem, super::ca_key::CaKey::Soft(key))
+        Self::with_key(ca_pem, super::ca_key::HeldKey::Soft(key))
     }
 
     /// The CA of certificate `ca_pem` and its key, wherever it is.
-    pub fn with_key(ca_pem: &str, key: super::ca_key::CaKey) -> Result<Self, CaError> {
+    pub fn with_key(ca_pem: &str, key: super::ca_key::HeldKey) -> Result<Self, CaError> {
         let cert = files::parse_certs(ca_pem.as_bytes())
             .ok()
             .and_then(|c| c.into_iter().next())
@@ -289,7 +293,7 @@ impl LocalCa {
     }
 
     /// The issuer that signs device certificates (enrollment, renewal).
-    pub fn issuer(&self) -> &Issuer<'static, super::ca_key::CaKey> {
+    pub fn issuer(&self) -> &Issuer<'static, super::ca_key::HeldKey> {
         &self.issuer
     }
 
@@ -393,11 +397,14 @@ pub fn load_ca_key(state_dir: &Path, binding: &MachineBinding) -> Result<KeyPair
 pub fn load_relay_key(
     state_dir: &Path,
     binding: &MachineBinding,
-) -> Result<rustls::pki_types::PrivateKeyDer<'static>, CaError> {
+) -> Result<super::ca_key::HeldKey, CaError> {
+    if state_dir.join(super::ca_key::RELAY_KEY_TPM).exists() {
+        return super::ca_key::load_relay(state_dir, &binding.material()?);
+    }
     let pkcs8 = load_sealed(state_dir, KEYS[1], binding)?;
-    Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(
-        rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
-    ))
+    key_pair(&pkcs8)
+        .map(super::ca_key::HeldKey::Soft)
+        .ok_or_else(|| CaError::KeyFormat(state_dir.join(RELAY_KEY_SEALED)))
 }
 
 /// The key pair of a PKCS#8 P-256 key.

@@ -1,13 +1,14 @@
-//! Where an issuing CA's key lives: sealed to the machine (a software key,
-//! `issuing-<fp>.key.sealed`), or inside a TPM (`issuing-<fp>.key.tpm`: the
-//! TPM's wrapped blob, usable only by that TPM, behind a one-line header
-//! that names the TPM). With a TPM the key never exists outside it: the
-//! signer process signs through the TPM.
+//! Where the relay's keys live: the issuing CA's and the relay's own TLS
+//! key, each sealed to the machine (a software key, `*.key.sealed`), or
+//! inside a TPM (`*.key.tpm`: the TPM's wrapped blob, usable only by that
+//! TPM, behind a one-line header that names the TPM). With a TPM the key
+//! never exists outside it: the signer process signs certificates through
+//! it, the relay its TLS handshakes.
 //!
-//! A new issuing CA's key goes where the current one's is ([`KeyStore::follow`]),
-//! so a fleet whose issuing key is in a TPM keeps it there across
-//! rotations; `voxgate relay init --issuing-key-tpm SPEC` puts the first one
-//! there.
+//! A new key goes where the one it replaces is ([`KeyStore::follow`],
+//! [`KeyStore::of_relay`]), so a key in a TPM stays there across rotations
+//! and renewals; `voxgate relay init --issuing-key-tpm SPEC --tls-key-tpm
+//! SPEC` puts the first ones there.
 
 use super::ca::CaError;
 use crate::identity::tpm::{KeyBlob, Tpm, TpmKey, TpmOptions, TpmSpec};
@@ -17,50 +18,97 @@ use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+/// The relay's TLS key when a TPM holds it (else `relay.key.sealed`).
+pub const RELAY_KEY_TPM: &str = "relay.key.tpm";
+
 /// The first line of a `.key.tpm` file, before the TPM's spec.
 const TPM_HEADER: &str = "voxgate-tpm-key v1 ";
 
-/// An issuing CA's signing key (one per issuing CA, held for the
-/// process's life: its size does not matter).
+/// A signing key of the relay (one per issuing CA, one TLS key, held for
+/// the process's life: its size does not matter).
 #[allow(clippy::large_enum_variant)]
-pub enum CaKey {
+pub enum HeldKey {
     /// In this process's memory (unsealed).
     Soft(KeyPair),
     /// In a TPM.
     Tpm(TpmKey),
 }
 
-impl std::fmt::Debug for CaKey {
+impl std::fmt::Debug for HeldKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CaKey::Soft(_) => "CaKey::Soft",
-            CaKey::Tpm(_) => "CaKey::Tpm",
+            HeldKey::Soft(_) => "HeldKey::Soft",
+            HeldKey::Tpm(_) => "HeldKey::Tpm",
         })
     }
 }
 
-impl rcgen::PublicKeyData for CaKey {
-    fn der_bytes(&self) -> &[u8] {
+impl HeldKey {
+    /// Its DER SubjectPublicKeyInfo.
+    pub fn spki(&self) -> Vec<u8> {
+        use rcgen::PublicKeyData as _;
         match self {
-            CaKey::Soft(k) => k.der_bytes(),
-            CaKey::Tpm(k) => k.der_bytes(),
+            HeldKey::Soft(k) => k.subject_public_key_info(),
+            HeldKey::Tpm(k) => k.spki_der().to_vec(),
         }
     }
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
+
+    /// A rustls certified key: `chain` (leaf first, for this key) with this
+    /// key as the signer.
+    pub fn certified(
+        &self,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<rustls::sign::CertifiedKey, CaError> {
+        let leaf_spki = chain
+            .first()
+            .and_then(|c| x509_parser::parse_x509_certificate(c).ok())
+            .map(|(_, x)| x.public_key().raw.to_vec());
+        if leaf_spki.as_deref() != Some(self.spki().as_slice()) {
+            return Err(CaError::Tpm("the certificate is not for this key".into()));
+        }
         match self {
-            CaKey::Soft(k) => k.algorithm(),
-            CaKey::Tpm(k) => rcgen::PublicKeyData::algorithm(k),
+            HeldKey::Soft(k) => {
+                let der = rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    rustls::pki_types::PrivatePkcs8KeyDer::from(k.serialize_der()),
+                );
+                crate::transport::tls::certified_key(chain, &der).map_err(CaError::Anchors)
+            }
+            HeldKey::Tpm(k) => Ok(k.certified_key(chain)),
         }
     }
 }
 
-impl rcgen::SigningKey for CaKey {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+impl rcgen::PublicKeyData for HeldKey {
+    fn der_bytes(&self) -> &[u8] {
         match self {
-            CaKey::Soft(k) => k.sign(msg),
-            CaKey::Tpm(k) => rcgen::SigningKey::sign(k, msg),
+            HeldKey::Soft(k) => k.der_bytes(),
+            HeldKey::Tpm(k) => k.der_bytes(),
         }
     }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match self {
+            HeldKey::Soft(k) => k.algorithm(),
+            HeldKey::Tpm(k) => rcgen::PublicKeyData::algorithm(k),
+        }
+    }
+}
+
+impl rcgen::SigningKey for HeldKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            HeldKey::Soft(k) => k.sign(msg),
+            HeldKey::Tpm(k) => rcgen::SigningKey::sign(k, msg),
+        }
+    }
+}
+
+/// What a new sealed key is sealed with.
+#[derive(Debug, Clone, Copy)]
+pub enum Sealing<'a> {
+    /// The machine's inputs, read now.
+    Read(&'a crate::pki::sealed::MachineBinding),
+    /// Inputs read before (a sandboxed daemon).
+    Held(&'a Material),
 }
 
 /// Where new keys are made.
@@ -76,29 +124,41 @@ impl KeyStore {
     /// Where the current issuing CA's key is (`Sealed` when there is none
     /// yet, or it is sealed).
     pub fn follow(state_dir: &Path, current_fp: Option<&str>) -> Result<KeyStore, CaError> {
-        let Some(fp) = current_fp else {
-            return Ok(KeyStore::Sealed);
-        };
-        let path = tpm_path(state_dir, fp);
-        if !path.exists() {
+        match current_fp {
+            Some(fp) => Self::of_file(&tpm_path(state_dir, fp)),
+            None => Ok(KeyStore::Sealed),
+        }
+    }
+
+    /// Where the relay's TLS key is.
+    pub fn of_relay(state_dir: &Path) -> Result<KeyStore, CaError> {
+        Self::of_file(&state_dir.join(RELAY_KEY_TPM))
+    }
+
+    fn of_file(tpm_file: &Path) -> Result<KeyStore, CaError> {
+        if !tpm_file.exists() {
             return Ok(KeyStore::Sealed);
         }
-        let file = std::fs::read(&path).map_err(super::ca::io(&path))?;
-        Ok(KeyStore::Tpm(parse_tpm_file(&path, &file)?.0))
+        let file = std::fs::read(tpm_file).map_err(super::ca::io(tpm_file))?;
+        Ok(KeyStore::Tpm(parse_tpm_file(tpm_file, &file)?.0))
     }
 
     /// A new key here, and the file that keeps it (its bytes, and the
     /// extension of `issuing-<fp>.key.*`).
     pub fn new_key(
         &self,
-        material: &dyn Fn() -> Result<Material, CaError>,
-    ) -> Result<(CaKey, Vec<u8>, &'static str), CaError> {
+        sealing: Sealing<'_>,
+    ) -> Result<(HeldKey, Vec<u8>, &'static str), CaError> {
         match self {
             KeyStore::Sealed => {
                 let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
                 let pkcs8 = Zeroizing::new(key.serialize_der());
-                let file = sealed::seal(&material()?, &pkcs8).map_err(CaError::Seal)?;
-                Ok((CaKey::Soft(key), file, "sealed"))
+                let file = match sealing {
+                    Sealing::Held(m) => sealed::seal(m, &pkcs8),
+                    Sealing::Read(b) => sealed::seal(&b.material()?, &pkcs8),
+                }
+                .map_err(CaError::Seal)?;
+                Ok((HeldKey::Soft(key), file, "sealed"))
             }
             KeyStore::Tpm(spec) => {
                 let tpm = open(spec)?;
@@ -107,7 +167,7 @@ impl KeyStore {
                     .map_err(|e| CaError::Tpm(e.to_string()))?;
                 let mut file = format!("{TPM_HEADER}{spec}\n").into_bytes();
                 file.extend_from_slice(&blob.to_bytes());
-                Ok((CaKey::Tpm(TpmKey::new(tpm, blob)), file, "tpm"))
+                Ok((HeldKey::Tpm(TpmKey::new(tpm, blob)), file, "tpm"))
             }
         }
     }
@@ -149,18 +209,31 @@ fn parse_tpm_file(path: &Path, file: &[u8]) -> Result<(TpmSpec, KeyBlob), CaErro
 
 /// The key of issuing CA `fp`: from the TPM its `.key.tpm` file names, or
 /// unsealed from `.key.sealed`.
-pub fn load(state_dir: &Path, material: &Material, fp: &str) -> Result<CaKey, CaError> {
-    let tpm_file = tpm_path(state_dir, fp);
+pub fn load(state_dir: &Path, material: &Material, fp: &str) -> Result<HeldKey, CaError> {
+    let (_, key_path) = super::authority::issuing_paths(state_dir, fp);
+    load_either(&tpm_path(state_dir, fp), &key_path, material)
+}
+
+/// The relay's TLS key: from its TPM (`relay.key.tpm`), or unsealed.
+pub fn load_relay(state_dir: &Path, material: &Material) -> Result<HeldKey, CaError> {
+    load_either(
+        &state_dir.join(RELAY_KEY_TPM),
+        &state_dir.join(super::ca::RELAY_KEY_SEALED),
+        material,
+    )
+}
+
+fn load_either(tpm_file: &Path, key_path: &Path, material: &Material) -> Result<HeldKey, CaError> {
     if tpm_file.exists() {
-        let file = std::fs::read(&tpm_file).map_err(super::ca::io(&tpm_file))?;
-        let (spec, blob) = parse_tpm_file(&tpm_file, &file)?;
+        let file = std::fs::read(tpm_file).map_err(super::ca::io(tpm_file))?;
+        let (spec, blob) = parse_tpm_file(tpm_file, &file)?;
         let tpm = open(&spec)?;
         // Loading the blob proves it belongs to this TPM.
         tpm.public_key(&blob)
             .map_err(|e| CaError::Tpm(format!("{}: {e}", tpm_file.display())))?;
-        return Ok(CaKey::Tpm(TpmKey::new(tpm, blob)));
+        return Ok(HeldKey::Tpm(TpmKey::new(tpm, blob)));
     }
-    let (_, key_path) = super::authority::issuing_paths(state_dir, fp);
+    let key_path = key_path.to_path_buf();
     let file = std::fs::read(&key_path).map_err(super::ca::io(&key_path))?;
     let pkcs8 = sealed::unseal(material, &file).map_err(|e| CaError::Sealed {
         path: key_path.clone(),
@@ -168,7 +241,7 @@ pub fn load(state_dir: &Path, material: &Material, fp: &str) -> Result<CaKey, Ca
     })?;
     let key = KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
         .map_err(|_| CaError::KeyFormat(key_path.clone()))?;
-    Ok(CaKey::Soft(key))
+    Ok(HeldKey::Soft(key))
 }
 
 /// The TPM device the current issuing key needs (kept writable by the

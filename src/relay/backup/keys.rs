@@ -61,6 +61,11 @@ pub fn unseal_keys(state_dir: &Path, binding: &MachineBinding) -> Result<KeyMate
         }
         None => (unseal(&state_dir.join(CA_KEY_SEALED), &m)?, None),
     };
+    if state_dir.join(crate::relay::ca_key::RELAY_KEY_TPM).exists() {
+        return Err(CaError::Tpm(
+            "the relay's TLS key is held by a TPM and cannot leave it: back up without --with-keys, and after a restore make a new relay key from the offline root (`voxgate relay ca recover`)".into(),
+        ));
+    }
     let relay = unseal(&state_dir.join(RELAY_KEY_SEALED), &m)?;
     for (der, name) in [(&ca_key, "the issuing CA key"), (&relay, RELAY_KEY_SEALED)] {
         key_pair(der).ok_or_else(|| CaError::KeyFormat(state_dir.join(name)))?;

@@ -36,6 +36,7 @@
 //! on: a healthy relay never warns).
 
 use super::ca::{self, CaError};
+use super::ca_key::{HeldKey, KeyStore};
 use super::registry::Registry;
 use super::signer::FleetSigner;
 use crate::pki::files::{self, FileError, pem, write_file};
@@ -44,14 +45,12 @@ use crate::pki::name::hex;
 use crate::pki::sealed::{self, BindingError, MachineBinding, SealError};
 use crate::telemetry::metrics::Gauge;
 use crate::transport::tls::{self, ServerCertHolder, TlsError};
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tracing::{error, info, warn};
-use zeroize::Zeroizing;
 
 /// How often [`ServerCert::maintain`] looks at the clock.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -175,6 +174,8 @@ pub struct ServerCert {
     lifetime: Duration,
     signer: Arc<dyn FleetSigner>,
     material: sealed::Material,
+    /// Where renewed keys are made (where the current one is).
+    store: KeyStore,
     roots: Mutex<Roots>,
     /// One change of the served chain at a time (a renewal, new roots).
     changing: Mutex<()>,
@@ -201,8 +202,8 @@ pub struct Settings<'a> {
     pub state_dir: &'a Path,
     /// What the sealed key is bound to.
     pub binding: &'a MachineBinding,
-    /// The relay's key, unsealed ([`ca::load_relay_key`]).
-    pub key: PrivateKeyDer<'static>,
+    /// The relay's key, unsealed or in its TPM ([`ca::load_relay_key`]).
+    pub key: HeldKey,
     /// The DNS name the certificate names.
     pub server_name: &'a str,
     /// Lifetime of renewed certificates.
@@ -279,7 +280,8 @@ impl ServerCert {
         let cert_path = dir.join(ca::RELAY_CERT);
         let pending = dir.join(ca::RELAY_CERT_PENDING);
         let chain = files::read_certs(&cert_path)?;
-        let certified = match tls::certified_key(chain, &key) {
+        let store = KeyStore::of_relay(dir)?;
+        let certified = match key.certified(chain) {
             Ok(certified) => {
                 // A renewal that stopped before the key was replaced: its
                 // certificate is for a key that was never stored.
@@ -290,7 +292,7 @@ impl ServerCert {
             Err(_) => {
                 let certified = files::read_certs(&pending)
                     .ok()
-                    .and_then(|c| tls::certified_key(c, &key).ok())
+                    .and_then(|c| key.certified(c).ok())
                     .ok_or_else(|| ServerCertError::Mismatch {
                         cert: cert_path.clone(),
                         key: dir.join(ca::RELAY_KEY_SEALED),
@@ -307,6 +309,7 @@ impl ServerCert {
                   "the relay certificate does not name the configured server_name; its renewal will");
         }
         Ok(Arc::new(ServerCert {
+            store,
             state_dir: dir.to_path_buf(),
             server_name: s.server_name.to_string(),
             lifetime: s.lifetime,
@@ -391,10 +394,10 @@ impl ServerCert {
     /// key generation, sealing, file IO).
     pub fn renew(&self) -> Result<Renewed, ServerCertError> {
         let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(ServerCertError::Key)?;
-        let pkcs8 = Zeroizing::new(key.serialize_der());
-        let spki = key.subject_public_key_info();
-        drop(key);
+        let (key, key_file, ext) = self
+            .store
+            .new_key(super::ca_key::Sealing::Held(&self.material))?;
+        let spki = key.spki();
         let signed = self
             .signer
             .sign_relay_cert(&spki, &self.server_name, self.lifetime)?;
@@ -414,19 +417,17 @@ impl ServerCert {
         // chain to the root it pinned under the server name.
         verify_for_every_root(&roots.anchors, &chain, &self.server_name)?;
         let text: String = chain.iter().map(|c| pem(c, "CERTIFICATE")).collect();
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-        let certified = tls::certified_key(chain, &der)?;
+        let certified = key.certified(chain)?;
         let served = Served::of(&leaf, &cert_path)?;
 
         // 1. The certificate beside the old one.
         let pending = self.state_dir.join(ca::RELAY_CERT_PENDING);
         write_file(&pending, text.as_bytes(), 0o644)?;
-        // 2. The key, sealed, replaced by rename.
-        let sealed = sealed::seal(&self.material, &pkcs8).map_err(ServerCertError::Seal)?;
-        let key_path = self.state_dir.join(ca::RELAY_KEY_SEALED);
+        // 2. The key (sealed, or the TPM's blob), replaced by rename.
+        let key_path = self.state_dir.join(format!("relay.key.{ext}"));
         let key_tmp = tmp_path(&key_path);
         let _ = std::fs::remove_file(&key_tmp);
-        write_file(&key_tmp, &sealed, 0o600)?;
+        write_file(&key_tmp, &key_file, 0o600)?;
         rename(&key_tmp, &key_path)?;
         // 3. The certificate into place.
         rename(&pending, &cert_path)?;
