@@ -91,6 +91,8 @@ pub(crate) fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
         format!(
             "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"{}\"\n\
              server_name = \"{SERVER_NAME}\"\n[downlink]\nmode = \"none\"\n\
+             [recording]\nenabled = true\n\
+             [limits]\nmax_handshakes_per_source = 64\n\
              [telemetry]\nlog = \"info\"\nmetrics = \"{}\"\n\
              [privilege]\nstay_root = true\n\
              [sandbox]\nread = [\"{dir}\", \"/tmp\"]\nwrite = [\"{dir}\", \"{rec}\"]\n{ca}",
