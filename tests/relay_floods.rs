@@ -242,8 +242,8 @@ fn a_box_cannot_claim_another_boxs_extension_after_a_reconnect_nor_call_as_it() 
         .unwrap();
         let answered = sb
             .expect(WAIT, |m| match m {
-                Message::CallAnswer(c) => Some(Ok(c.call)),
-                Message::CallEnd(c) => Some(Err(c.call)),
+                Message::CallAnswer(c) if c.call == 2 => Some(Ok(c.call)),
+                Message::CallEnd(c) if c.call == 2 => Some(Err(c.call)),
                 _ => None,
             })
             .await;
