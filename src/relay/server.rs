@@ -137,11 +137,18 @@ pub(super) async fn device_session(conn: quinn::Connection, ctx: Arc<RelayCtx>) 
     // One live session per device: the new one replaces the others (a box
     // that reconnected before the relay noticed the old connection die,
     // or a copy of its key that must not hold two sessions' resources).
+    // A session on a certificate a renewal superseded (still in its grace:
+    // a renewal in flight, or a copy of the old key) does not displace one
+    // on the device's current certificate; the enforcer closes it when the
+    // grace ends. So a device holds at most two sessions, briefly.
+    let current = ctx.trust.is_current(&cert);
     let replaced: Vec<(u64, LiveSession)> = match ctx.live.lock() {
         Ok(mut live) => {
             let old: Vec<u64> = live
                 .iter()
-                .filter(|(_, s)| s.cert.device == device)
+                .filter(|(_, s)| {
+                    s.cert.device == device && (current || !ctx.trust.is_current(&s.cert))
+                })
                 .map(|(&k, _)| k)
                 .collect();
             let old = old

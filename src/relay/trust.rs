@@ -185,6 +185,17 @@ impl TrustTable {
         }
     }
 
+    /// Whether `cert` is its device's current certificate (not one a
+    /// renewal superseded and the grace still accepts).
+    pub fn is_current(&self, cert: &CertFacts) -> bool {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.devices.get(&cert.device).is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e.serial == cert.serial && e.superseded_at.is_none())
+        })
+    }
+
     /// Note a refusal for the audit log, rate-limited.
     pub fn note_refusal(&self, cert: &CertFacts, why: Refusal, at: i64) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,6 +260,8 @@ mod tests {
         // Renewal: the old one is good for the grace, then refused.
         t.accept("gw", "02", [2; 32], Replace::Grace, None);
         assert_eq!(t.decide(&facts("gw", "02", 2), at), Ok(()));
+        assert!(t.is_current(&facts("gw", "02", 2)));
+        assert!(!t.is_current(&facts("gw", "01", 1)), "superseded");
         assert_eq!(t.decide(&facts("gw", "01", 1), at + 299), Ok(()));
         assert_eq!(
             t.decide(&facts("gw", "01", 1), at + 300),
