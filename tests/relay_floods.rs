@@ -150,6 +150,8 @@ fn a_handshake_flood_from_many_addresses_spares_streaming_devices_and_memory() {
         rss_peak - rss_before
     );
     late_ok.expect("a device connecting during the flood");
+    // Recording is off unless the config asks: 51 sessions, no file.
+    assert!(lab.recordings().is_empty(), "{:?}", lab.recordings());
 }
 
 #[test]

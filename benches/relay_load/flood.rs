@@ -6,7 +6,9 @@
 //! streams' bench; the first window (rate 0) is the same run's baseline.
 //! Reported per rate: the streams' loss, the relay's CPU and memory
 //! (VmRSS), and how the relay disposed of the forged handshakes (Retry,
-//! dropped by the caps).
+//! dropped by the caps). `$VOXGATE_RELAY_LOAD_FLOOD_RATES` (comma-separated)
+//! picks other rates; `$VOXGATE_RELAY_LOAD_RETRY_ABOVE` sets the relay's
+//! Retry threshold (a huge value: the relay without Retry, caps only).
 
 use super::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -16,6 +18,28 @@ use voxgate_testkit::flood::Flood;
 pub(crate) const FLOOD_STREAMS: usize = 500;
 /// Forged handshakes per second, one window each (0: the baseline).
 const FLOOD_RATES: [u32; 7] = [0, 1_000, 2_000, 5_000, 10_000, 20_000, 40_000];
+
+/// `FLOOD_RATES`, or `$VOXGATE_RELAY_LOAD_FLOOD_RATES` (comma-separated).
+fn flood_rates() -> Vec<u32> {
+    std::env::var("VOXGATE_RELAY_LOAD_FLOOD_RATES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| FLOOD_RATES.to_vec())
+}
+
+/// The relay's `[limits] retry_above_handshakes_per_s` for the run
+/// (`$VOXGATE_RELAY_LOAD_RETRY_ABOVE`, to compare with Retry off: a huge
+/// value), else its default.
+pub(crate) fn retry_above() -> Option<u64> {
+    std::env::var("VOXGATE_RELAY_LOAD_RETRY_ABOVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
 
 pub(crate) fn flood_mode() -> bool {
     std::env::var("VOXGATE_RELAY_LOAD_FLOOD").is_ok_and(|v| v == "1")
@@ -41,7 +65,7 @@ pub(crate) async fn flood_steps(
         .collect();
     let mut out = Vec::new();
     let mut end = String::from("every rate passed");
-    for rate in FLOOD_RATES {
+    for rate in flood_rates() {
         let m = |name: &str| voxgate_testkit::lab::metric(rig.metrics, name);
         let retried0 = m("voxgate_relay_handshakes_retried_total");
         let refused0 = m("voxgate_relay_handshakes_refused_total");
