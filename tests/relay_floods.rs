@@ -342,3 +342,38 @@ fn retry_starts_above_the_threshold_and_refused_enrollments_leave_a_bounded_audi
     // (the test may straddle a minute).
     assert!(added <= 61, "{added} audit rows for {ATTEMPTS} refusals");
 }
+
+#[test]
+fn recordings_past_their_age_or_the_total_size_are_swept() {
+    let mut lab = Lab::new("relay-retention", "mode = \"none\"");
+    // 0.000002 GiB: 2,147 bytes.
+    lab.set_relay_sections(
+        "enabled = true\nmax_age_days = 1\nmax_total_gib = 0.000002",
+        "",
+    );
+    let dir = lab.dir.join("recordings").join("gw-x");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: usize, age: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0u8; bytes]).unwrap();
+        let ok = std::process::Command::new("touch")
+            .args(["-d", age])
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "touch -d {age}");
+        p
+    };
+    let old = file("old.ogg", 100, "2 days ago");
+    let a = file("a.ogg", 1000, "3 hours ago");
+    let b = file("b.ogg", 1000, "2 hours ago");
+    let c = file("c.ogg", 1000, "1 hour ago");
+    let mut relay = lab.start_relay();
+    voxgate_testkit::lab::wait_for(WAIT, "the sweep", || !old.exists() && !a.exists());
+    assert!(b.exists() && c.exists(), "the newest that fit were kept");
+    voxgate_testkit::lab::wait_for(WAIT, "the metric", || {
+        metric(lab.relay_metrics, "voxgate_relay_recordings_deleted_total") == 2.0
+    });
+    relay.assert_running();
+}
