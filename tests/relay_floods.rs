@@ -254,14 +254,29 @@ fn a_box_cannot_claim_another_boxs_extension_after_a_reconnect_nor_call_as_it() 
         let mut sa = Session::open_with(&lab, acfg, &a).await.unwrap();
         sa.tx(&Message::ExtUp(ExtUp { ext: "201" })).await.unwrap();
         assert_eq!(accepted(&mut sa, 4).await, Ok(()));
+        let owners = voxgate_testkit::enroll::registry(&lab)
+            .extension_owners()
+            .unwrap();
+        assert_eq!(
+            owners,
+            vec![("201".into(), a.clone()), ("301".into(), b.clone())]
+        );
+        // The phone moves to box B: the operator releases 201 (A is gone).
+        sa.conn.close(0u32.into(), b"bye");
+        drop(sa);
+        let out = lab.relay_cmd(&["ext", "release", "201"]);
+        assert!(out.status.success(), "{out:?}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        sb.tx(&Message::ExtUp(ExtUp { ext: "201" })).await.unwrap();
+        assert_eq!(accepted(&mut sb, 5).await, Ok(()));
     });
     relay.assert_running();
-    let owners = voxgate_testkit::enroll::registry(&lab)
-        .extension_owners()
-        .unwrap();
-    assert_eq!(
-        owners,
-        vec![("201".into(), a.clone()), ("301".into(), b.clone())]
+    let audit = voxgate_testkit::enroll::audit(&lab);
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.0 == "extension_released" && e.2 == a && e.3 == "201"),
+        "{audit:?}"
     );
 }
 

@@ -28,6 +28,14 @@ impl ExtOwners {
         })
     }
 
+    /// Take the registry's owners again (another process released an
+    /// extension: `voxgate relay ext release`). Blocking.
+    pub fn reload(&self, registry: &Registry) -> Result<(), RegistryError> {
+        let owners = registry.extension_owners()?.into_iter().collect();
+        *self.owners.write().unwrap_or_else(|p| p.into_inner()) = owners;
+        Ok(())
+    }
+
     /// `device` announces `ext`: owned by it (now or since earlier), or
     /// why not.
     pub async fn claim(&self, device: &str, ext: &str) -> Result<Claim, RegistryError> {

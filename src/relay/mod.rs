@@ -73,9 +73,10 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
 }
 
 /// Keep the trust table and the live sessions in line with the registry,
-/// twice a second: reload the table when another process wrote the
-/// registry (`voxgate relay revoke`, `relay token create`), write the
-/// refused handshakes to the audit log (rate-limited by the table), and
+/// twice a second: reload the table (and the extension owners) when
+/// another process wrote the registry (`voxgate relay revoke`, `relay
+/// token create`, `relay ext release`), write the refused handshakes and
+/// the accept loop's refusals to the audit log (rate-limited), and
 /// close every live session whose certificate is no longer accepted (a
 /// revoked device, a certificate superseded past its grace or replaced by
 /// a re-enrollment). New handshakes of such certificates already fail in
@@ -96,6 +97,7 @@ async fn enforce_trust(
         let fleet2 = fleet.clone();
         let refused = trust.take_refusals();
         let limited = ctx.refusals.take();
+        let ctx2 = ctx.clone();
         let reloaded = tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());
             for l in &limited {
@@ -120,6 +122,7 @@ async fn enforce_trust(
             let mut rotated = None;
             if seen != Some(version) || fleet2.due(registry::now()) {
                 trust2.reload(&r)?;
+                ctx2.ext_owners.reload(&r)?;
                 rotated = fleet2.follow(&r).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "cannot take up the new issuing CA; the relay keeps signing with the one it has");
                     None
