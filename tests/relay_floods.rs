@@ -392,3 +392,90 @@ fn recordings_past_their_age_or_the_total_size_are_swept() {
     });
     relay.assert_running();
 }
+
+#[test]
+fn a_device_is_held_to_its_daily_quotas_of_renewals_and_recording() {
+    let mut lab = Lab::new("relay-quotas", "mode = \"none\"");
+    lab.set_relay_sections(
+        "enabled = true\nper_device_mib_per_day = 1",
+        "renewals_per_device_day = 2",
+    );
+    let mut relay = lab.start_relay();
+    let ids = lab.dev_identities("quota", 2);
+    std::thread::sleep(Duration::from_millis(700));
+    let (id, cfg) = ids[0].clone();
+    let (rec_id, rec_cfg) = ids[1].clone();
+    let ca = lab.dir.join(&id).join("ca.pem");
+    runtime().block_on(async {
+        // Renewals: each from a new session on the certificate the last
+        // one gave (a session may renew once per 5 s).
+        let mut s = Session::open_with(&lab, cfg, &id).await.unwrap();
+        for n in 0..3 {
+            let got = s.renew().await;
+            if n < 2 {
+                let (cert, key) = got.unwrap_or_else(|e| panic!("renewal {n}: {e}"));
+                let dir = lab.dir.join(format!("{id}-r{n}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("device.pem"), cert).unwrap();
+                voxgate_testkit::enroll::secret_file(&dir, "device.key", &key);
+                std::fs::copy(&ca, dir.join("ca.pem")).unwrap();
+                s = Session::open(&lab, &dir, &id).await.unwrap();
+            } else {
+                let e = got.expect_err("a third renewal in a day");
+                assert!(e.contains("renew_refused"), "{e}");
+            }
+        }
+        // Recording: 1 MiB a day; 1,400 datagrams of 1,000 bytes go over.
+        let mut r = Session::open_with(&lab, rec_cfg, &rec_id).await.unwrap();
+        r.tx(&Message::FlowOpen(FlowOpen {
+            flow: 0,
+            dir: Direction::Up,
+            ssrc: 7,
+            codec: "opus",
+            frame_ms: 20,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(accepted(&mut r, 1).await, Ok(()));
+        let payload = [0xfcu8; 1000];
+        let mut buf = [0u8; 1500];
+        for seq in 0..1400u32 {
+            let repr = Repr {
+                marker: seq == 0,
+                payload_type: 111,
+                sequence: seq as u16,
+                timestamp: seq * 960,
+                ssrc: 7,
+            };
+            let n = flow::encode(0, &repr, &payload, &mut buf).unwrap();
+            let _ = r
+                .conn
+                .send_datagram(bytes::Bytes::copy_from_slice(&buf[..n]));
+            if seq % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        voxgate_testkit::lab::wait_for(WAIT, "the quota stop", || {
+            metric(
+                lab.relay_metrics,
+                "voxgate_relay_recording_quota_stops_total",
+            ) >= 1.0
+        });
+    });
+    relay.assert_running();
+    let log = voxgate_testkit::enroll::audit(&lab);
+    assert!(
+        log.iter()
+            .any(|e| e.0 == "renew_rejected" && e.2 == id && e.3.contains("daily quota")),
+        "{log:?}"
+    );
+    let recs = lab.recordings();
+    let bytes: u64 = recs
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        bytes <= (1 << 20) + 64 * 1024,
+        "{bytes} bytes recorded past a 1 MiB quota"
+    );
+}
