@@ -2,8 +2,8 @@
 //! the registry's record ([`Registry::claim_extension`]), read without
 //! touching the registry; a device's first claim of an extension is
 //! written through the group commit on the blocking pool, never on an
-//! async worker. A box therefore cannot take another box's extension,
-//! whether the owner is connected or not.
+//! async worker. A box therefore cannot take another box's extension, nor
+//! call as it, whether the owner is connected or not.
 
 use super::commit::GroupCommit;
 use super::registry::{Claim, Registry, RegistryError};
@@ -34,6 +34,17 @@ impl ExtOwners {
         let owners = registry.extension_owners()?.into_iter().collect();
         *self.owners.write().unwrap_or_else(|p| p.into_inner()) = owners;
         Ok(())
+    }
+
+    /// The device that owns `ext`, if another than `device` (a call from
+    /// `ext` by `device` is then refused). Reads the copy only.
+    pub fn other_owner(&self, device: &str, ext: &str) -> Option<String> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ext)
+            .filter(|o| *o != device)
+            .cloned()
     }
 
     /// `device` announces `ext`: owned by it (now or since earlier), or

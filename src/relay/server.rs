@@ -430,6 +430,17 @@ async fn control_loop(
                     let f = lock(flows).up.remove(flow);
                     if let Some(f) = f { close_flow(device, f, &ctx.metrics); }
                 }
+                // A box calls only as its own phones: not from an
+                // extension another box owns, connected or not.
+                Ok(Owned::Call(CallSignal::Setup { call, ref from, .. }))
+                    if let Some(owner) = ctx.ext_owners.other_owner(device, from) =>
+                {
+                    info!(%device, session, call, %from, %owner, "call refused: its caller is another box's extension");
+                    refuse(send, "bad_from", &format!("caller {from} is an extension of another box")).await?;
+                    let mut digit = [0u8; 4];
+                    let end = CallSignal::End { call, reason: crate::proto::signal::EndReason::Declined };
+                    framed::send(send, &end.to_message(&mut digit)).await?;
+                }
                 Ok(Owned::Call(CallSignal::ExtUp(ext))) => {
                     // The registry's owner first: a box cannot take an
                     // extension another box owns, connected or not.

@@ -16,8 +16,8 @@
 //! claim is refused with `ext_conflict` (the server checks the registry's
 //! record of owners first, so that the claim holds across reconnects). A
 //! new session of the same device takes its extensions over from the
-//! session it replaces. A call's `from` must be an extension the calling
-//! session announced. Calls to the recording service are refused
+//! session it replaces. A call's `from` may not be an extension another
+//! device announced. Calls to the recording service are refused
 //! (`unavailable`) when the relay does not record.
 //!
 //! Guarantees: every call ends with a `call_end` to each leg still connected,
@@ -257,6 +257,19 @@ impl Switch {
         Vec::new()
     }
 
+    /// Whether `ext` is announced by a session of another device than
+    /// session `s`'s.
+    fn owned_elsewhere(&self, s: SessionId, ext: &str) -> bool {
+        let Some(&o) = self.directory.get(ext) else {
+            return false;
+        };
+        if o == s {
+            return false;
+        }
+        let device = |x| self.sessions.get(&x).and_then(|v| v.device.as_ref());
+        !(device(s).is_some() && device(s) == device(o))
+    }
+
     /// `ext_down` from a session.
     pub fn ext_down(&mut self, s: SessionId, ext: &str) {
         if self.directory.get(ext) == Some(&s) {
@@ -303,14 +316,17 @@ impl Switch {
         if !valid_number(to) || !valid_number(from) {
             return refuse(EndReason::NotFound);
         }
-        // A box speaks only for its own phones.
-        if !self.sessions[&s].exts.iter().any(|e| e == from) {
+        // A box speaks only for its own phones: not as an extension
+        // another box announced. (A phone may call without registering,
+        // so an extension nobody announced is the box's word; the server
+        // also checks the registry's owners, connected or not.)
+        if self.owned_elsewhere(s, from) {
             out.push(Action::Send(
                 s,
                 Signal::Error {
                     code: "bad_from",
                     message: format!(
-                        "caller {} is not an extension this box announced",
+                        "caller {} is an extension of another box",
                         from.escape_debug()
                     ),
                 },
