@@ -479,3 +479,43 @@ fn a_device_is_held_to_its_daily_quotas_of_renewals_and_recording() {
         "{bytes} bytes recorded past a 1 MiB quota"
     );
 }
+
+#[test]
+fn enrollments_past_the_cap_are_turned_away_until_one_ends() {
+    let mut lab = Lab::new("relay-enroll-cap", "mode = \"none\"");
+    lab.set_relay_sections("enabled = false", "max_enrollments = 1");
+    let _relay = lab.start_relay();
+    let fp = voxgate_testkit::enroll::fingerprint(&lab);
+    let verifier = voxgate::transport::tls::PinnedCaVerifier::new(&fp).unwrap();
+    let relay = SocketAddr::V4(relay_v4(&lab));
+    runtime().block_on(async {
+        let connect = || async {
+            let cfg = voxgate::transport::tls::enroll_client_config(verifier.clone()).unwrap();
+            let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let conn = ep.connect_with(cfg, relay, SERVER).unwrap().await.unwrap();
+            (ep, conn)
+        };
+        // One enrollment that says nothing holds the only slot.
+        let (_ep1, first) = connect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_ep2, second) = connect().await;
+        let why = tokio::time::timeout(WAIT, second.closed())
+            .await
+            .expect("the second enrollment was not turned away");
+        assert!(why.to_string().contains("busy"), "{why}");
+        assert_eq!(
+            metric(lab.relay_metrics, "voxgate_relay_enrollments_busy_total"),
+            1.0
+        );
+        // The slot is free again once the first one ends.
+        first.close(0u32.into(), b"");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_ep3, third) = connect().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), third.closed())
+                .await
+                .is_err(),
+            "the third enrollment was turned away"
+        );
+    });
+}
