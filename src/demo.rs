@@ -234,7 +234,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::write(
         dir.join("relay.toml"),
         format!(
-            "listen = \"127.0.0.1:{quic}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.local\"\n\n[downlink]\nmode = \"echo\"\n\n[telemetry]\nmetrics = \"{relay_metrics}\"\n{privilege}\n[ca]\nmachine_id = \"machine-id\"\n"
+            "listen = \"127.0.0.1:{quic}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.local\"\n\n[downlink]\nmode = \"echo\"\n\n[recording]\nenabled = true\n\n[telemetry]\nmetrics = \"{relay_metrics}\"\n{privilege}\n[ca]\nmachine_id = \"machine-id\"\n"
         ),
     )?;
     // The demo's throwaway CA is sealed to a throwaway machine id, so that

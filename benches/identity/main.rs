@@ -146,6 +146,7 @@ fn start_relay(lab: &Lab) -> Proc {
         format!(
             "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\n\
              server_name = \"{SERVER_NAME}\"\n[downlink]\nmode = \"none\"\n\
+             [limits]\nmax_enrollments = 256\nrenewals_per_device_day = 1000000\n\
              [telemetry]\nlog = \"info\"\nmetrics = \"{}\"\n{}{}",
             lab.quic_port,
             lab.relay_metrics,

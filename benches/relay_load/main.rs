@@ -5,8 +5,8 @@
 //! loss on loopback. The release relay runs pinned to CPU 0 (`taskset -c 0`)
 //! in record mode, recordings on tmpfs. This process is the load generator,
 //! pinned to CPU 1 (`support/loadgen.rs`). A stream is what one gateway
-//! sends: its own QUIC connection with mutual TLS (one development
-//! certificate for all), the device's control handshake (hello, welcome,
+//! sends: its own QUIC connection with mutual TLS (a development
+//! certificate of its own: the relay keeps one session per device), the device's control handshake (hello, welcome,
 //! flow_open of up flow 0 with its own SSRC, 20 ms frames), then one real
 //! Opus packet (pre-encoded speech, each stream starting at another packet)
 //! every 20 ms as an RTP-over-QUIC datagram, framed by `RtpSender`. The
@@ -43,9 +43,11 @@ use voxgate_testkit::procfs::{
     clk_tck, cpu_ticks, proc_ticks, status_field, status_kib, sysctl, udp_counters, udp_drops,
 };
 
+mod flood;
 mod setup;
 mod steps;
 
+use flood::*;
 use setup::*;
 use steps::*;
 
@@ -107,7 +109,6 @@ fn main() {
     // Before any other thread exists: the runtime's threads inherit it.
     let pinned = bench::pin_to_cpu1();
     let lab = Lab::new("bench-relay-load", "mode = \"none\"");
-    lab.gateway_config(DEVICE, lab.quic_port, ""); // the dev certificate
     let packets = packets(&lab.dir);
     let mean_packet = packets.iter().map(Vec::len).sum::<usize>() as f64 / packets.len() as f64;
     let (recordings_on, rec) = match tmpfs_dir() {
@@ -208,7 +209,18 @@ fn main() {
         )
         .set("steps", Value::Array(steps.clone()))
         .set("elapsed_s", started.elapsed().as_secs_f64());
-    let path = bench::write_result("relay_load.json", &root);
+    if flood_mode() {
+        root.set("bench", "relay_load_flood")
+            .set("flood_streams", FLOOD_STREAMS);
+    }
+    let path = bench::write_result(
+        if flood_mode() {
+            "relay_load_flood.json"
+        } else {
+            "relay_load.json"
+        },
+        &root,
+    );
 
     let mut t = String::new();
     let _ = writeln!(

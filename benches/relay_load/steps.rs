@@ -277,10 +277,22 @@ pub(crate) async fn run(
     started: Instant,
     tck: f64,
 ) -> (Vec<Value>, String) {
-    let gdir = lab.dir.join(DEVICE);
-    let cfg = voxgate_testkit::lab::device_client_config(&gdir, DEVICE);
+    // One identity per stream: the relay keeps one session per device.
+    let most = if flood_mode() {
+        FLOOD_STREAMS
+    } else {
+        step_counts().into_iter().max().unwrap_or(0)
+    };
+    let identities = lab.dev_identities(DEVICE, most);
+    let flood_packets = if flood_mode() {
+        let addr = format!("127.0.0.1:{}", lab.quic_port).parse().unwrap();
+        voxgate_testkit::flood::initial_packets(addr, SERVER_NAME, identities[0].1.clone(), 8000)
+    } else {
+        Vec::new()
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await; // the relay reloads its trust
     let relay_addr: SocketAddr = format!("127.0.0.1:{}", lab.quic_port).parse().unwrap();
-    let g = Generator::start(relay_addr, SERVER_NAME, DEVICE, cfg, Arc::new(packets))
+    let g = Generator::start(relay_addr, SERVER_NAME, identities, Arc::new(packets))
         .expect("generator");
     let ports = Ports {
         relay: lab.quic_port,
@@ -299,6 +311,11 @@ pub(crate) async fn run(
         ports: &ports,
         tck,
     };
+    if flood_mode() {
+        let (steps, end) = flood_steps(&mut rig, lab.quic_port, flood_packets).await;
+        g.stop();
+        return (steps, end);
+    }
     let mut steps: Vec<Value> = Vec::new();
     let mut end = String::from("every step passed");
     // Step up; after the first failure, bisect (twice) between the last

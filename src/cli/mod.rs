@@ -1,6 +1,7 @@
-//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,devices,revoke,dev-cert,audit,backup,restore}`, `demo`.
+//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,devices,ext,revoke,dev-cert,audit,backup,restore}`, `demo`.
 
 mod audit;
+mod extensions;
 mod fleet_ca;
 pub mod passphrase;
 mod phones;
@@ -110,6 +111,9 @@ enum RelayCommand {
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
     },
+    /// Extensions and the device that owns each.
+    #[command(subcommand)]
+    Ext(extensions::ExtCommand),
     /// Revoke a device: its live connection closes within a second and its
     /// next handshake is refused.
     Revoke {
@@ -431,6 +435,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::identity::setup::run(*args)
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
+        Command::Relay(RelayCommand::Ext(cmd)) => extensions::run(cmd),
     }
 }
 

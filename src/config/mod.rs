@@ -13,7 +13,7 @@ pub use gateway::{
     BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
     RelayTarget,
 };
-pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RelayConfig};
+pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RecordingSettings, RelayConfig, RelayLimits};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

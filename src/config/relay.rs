@@ -25,6 +25,167 @@ struct Raw {
     privilege: super::RawPrivilege,
     #[serde(default)]
     sandbox: super::RawSandbox,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    recording: RawRecording,
+}
+
+/// `[limits]`: what one source, one device, or everyone at once may cost
+/// the relay.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    retry_above_handshakes_per_s: u32,
+    max_handshakes: usize,
+    max_handshakes_per_source: usize,
+    max_enrollments: usize,
+    ipv6_prefix: u8,
+    renewals_per_device_day: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let d = RelayLimits::default();
+        RawLimits {
+            retry_above_handshakes_per_s: d.retry_above_per_s,
+            max_handshakes: d.max_handshakes,
+            max_handshakes_per_source: d.max_per_source,
+            max_enrollments: d.max_enrollments,
+            ipv6_prefix: d.ipv6_prefix,
+            renewals_per_device_day: d.renewals_per_device_day,
+        }
+    }
+}
+
+/// `[recording]`: whether the relay records uplinks, and for how long.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecording {
+    enabled: bool,
+    max_age_days: u64,
+    max_total_gib: f64,
+    per_device_mib_per_day: u64,
+}
+
+impl Default for RawRecording {
+    fn default() -> Self {
+        RawRecording {
+            enabled: false,
+            max_age_days: 30,
+            max_total_gib: 10.0,
+            per_device_mib_per_day: 2048,
+        }
+    }
+}
+
+/// The relay's limits (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Handshakes per second above which sources must pass a QUIC Retry.
+    pub retry_above_per_s: u32,
+    /// Handshakes in flight at once, in all.
+    pub max_handshakes: usize,
+    /// Handshakes in flight at once from one source.
+    pub max_per_source: usize,
+    /// Enrollments running at once.
+    pub max_enrollments: usize,
+    /// Bits of an IPv6 address that name one source.
+    pub ipv6_prefix: u8,
+    /// Certificate renewals one device may make per day.
+    pub renewals_per_device_day: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            retry_above_per_s: 100,
+            max_handshakes: 256,
+            max_per_source: 8,
+            max_enrollments: 32,
+            ipv6_prefix: 64,
+            renewals_per_device_day: 24,
+        }
+    }
+}
+
+/// The relay's recordings (`[recording]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordingSettings {
+    /// Whether uplinks and calls to the recording service are recorded.
+    pub enabled: bool,
+    /// Recordings older than this are deleted.
+    pub max_age: std::time::Duration,
+    /// The recordings together are kept under this many bytes.
+    pub max_total_bytes: u64,
+    /// Bytes of recordings one device may add per day.
+    pub per_device_bytes_per_day: u64,
+}
+
+fn validate_limits(file: &Path, l: RawLimits) -> Result<RelayLimits, ConfigError> {
+    let positive = [
+        (
+            "limits.retry_above_handshakes_per_s",
+            l.retry_above_handshakes_per_s as u64,
+        ),
+        ("limits.max_handshakes", l.max_handshakes as u64),
+        (
+            "limits.max_handshakes_per_source",
+            l.max_handshakes_per_source as u64,
+        ),
+        ("limits.max_enrollments", l.max_enrollments as u64),
+        ("limits.renewals_per_device_day", l.renewals_per_device_day),
+    ];
+    for (key, v) in positive {
+        if v == 0 {
+            return Err(ConfigError::invalid(file, key, "must be at least 1"));
+        }
+    }
+    if !(16..=128).contains(&l.ipv6_prefix) {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.ipv6_prefix",
+            format!("{} is outside 16 ..= 128 bits", l.ipv6_prefix),
+        ));
+    }
+    Ok(RelayLimits {
+        retry_above_per_s: l.retry_above_handshakes_per_s,
+        max_handshakes: l.max_handshakes,
+        max_per_source: l.max_handshakes_per_source,
+        max_enrollments: l.max_enrollments,
+        ipv6_prefix: l.ipv6_prefix,
+        renewals_per_device_day: l.renewals_per_device_day,
+    })
+}
+
+fn validate_recording(file: &Path, r: RawRecording) -> Result<RecordingSettings, ConfigError> {
+    if !(1..=3650).contains(&r.max_age_days) {
+        return Err(ConfigError::invalid(
+            file,
+            "recording.max_age_days",
+            format!("{} is outside 1 ..= 3650", r.max_age_days),
+        ));
+    }
+    if !(r.max_total_gib.is_finite() && r.max_total_gib > 0.0) {
+        return Err(ConfigError::invalid(
+            file,
+            "recording.max_total_gib",
+            "must be a size above 0 (GiB; fractions allowed)",
+        ));
+    }
+    if r.per_device_mib_per_day == 0 {
+        return Err(ConfigError::invalid(
+            file,
+            "recording.per_device_mib_per_day",
+            "must be at least 1",
+        ));
+    }
+    Ok(RecordingSettings {
+        enabled: r.enabled,
+        max_age: std::time::Duration::from_secs(r.max_age_days * 86_400),
+        max_total_bytes: (r.max_total_gib * f64::from(1u32 << 30)) as u64,
+        per_device_bytes_per_day: r.per_device_mib_per_day.saturating_mul(1 << 20),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +348,10 @@ pub struct RelayConfig {
     /// Lifetime of the relay's own certificate (`[ca] relay_cert_days`):
     /// `relay init` issues it, the running relay renews it at two thirds.
     pub relay_cert_lifetime: std::time::Duration,
+    /// What one source, one device or everyone may cost (`[limits]`).
+    pub limits: RelayLimits,
+    /// Recording and retention (`[recording]`).
+    pub recording: RecordingSettings,
 }
 
 impl RelayConfig {
@@ -250,7 +415,11 @@ impl RelayConfig {
         }
         let privilege = super::privilege_settings(file, raw.privilege, raw.sandbox)?;
         let relay_cert_lifetime = relay_cert_lifetime(file, &raw.ca)?;
+        let limits = validate_limits(file, raw.limits)?;
+        let recording = validate_recording(file, raw.recording)?;
         Ok(RelayConfig {
+            limits,
+            recording,
             superseded_grace: std::time::Duration::from_secs(grace),
             file: file.to_path_buf(),
             listen: raw.listen,
@@ -285,6 +454,30 @@ mod tests {
                 "listen = \"127.0.0.1:4433\"\nstate_dir = \"s\"\nrecordings = \"r\"\n[ca]\n{ca}"
             ),
         )
+    }
+
+    #[test]
+    fn limits_and_recording_have_defaults_and_are_checked() {
+        let base = "listen = \"127.0.0.1:4433\"\nstate_dir = \"s\"\nrecordings = \"r\"\n";
+        let p = |extra: &str| RelayConfig::parse(Path::new("/r.toml"), &format!("{base}{extra}"));
+        let c = p("").unwrap();
+        assert_eq!(c.limits, RelayLimits::default());
+        assert!(!c.recording.enabled, "recording is off unless asked for");
+        assert_eq!(c.recording.max_total_bytes, 10 << 30);
+        assert_eq!(c.recording.max_age.as_secs(), 30 * 86_400);
+        let c = p("[recording]\nenabled = true\nmax_total_gib = 0.5\n[limits]\nretry_above_handshakes_per_s = 5\n").unwrap();
+        assert!(c.recording.enabled);
+        assert_eq!(c.recording.max_total_bytes, 1 << 29);
+        assert_eq!(c.limits.retry_above_per_s, 5);
+        for bad in [
+            "[limits]\nmax_handshakes = 0",
+            "[limits]\nipv6_prefix = 8",
+            "[recording]\nmax_total_gib = 0",
+            "[recording]\nmax_age_days = 0",
+            "[limits]\nbogus = 1",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

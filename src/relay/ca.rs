@@ -462,8 +462,20 @@ pub fn issue_dev_cert(
     days: i64,
     out: &Path,
 ) -> Result<(), CaError> {
-    if !valid_device_id(device_id) {
-        return Err(CaError::BadId(device_id.into()));
+    issue_dev_certs(state_dir, binding, &[(device_id, out)], days)
+}
+
+/// [`issue_dev_cert`] for many devices at once (each `(id, out)`): the CA
+/// is loaded and the registry written once (labs and benches that drive
+/// hundreds of devices).
+pub fn issue_dev_certs(
+    state_dir: &Path,
+    binding: &MachineBinding,
+    devices: &[(&str, &Path)],
+    days: i64,
+) -> Result<(), CaError> {
+    if let Some((bad, _)) = devices.iter().find(|(id, _)| !valid_device_id(id)) {
+        return Err(CaError::BadId(bad.to_string()));
     }
     let ca_cert_path = state_dir.join(CA_CERT);
     if !ca_cert_path.exists() {
@@ -477,43 +489,50 @@ pub fn issue_dev_cert(
             |c| Ok(Some(c)),
         )?
         .ok_or_else(|| CaError::Missing(state_dir.to_path_buf()))?;
-
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let issued = issue::device_certificate(ca.issuer(), &key, device_id, Duration::days(days))?;
-    let serial = issued.serial.hex();
-    let spki = crate::pki::name::cert_facts(issued.cert.der())
-        .map(|f| f.spki)
-        .ok_or(CaError::BadId(device_id.into()))?;
+    let mut issued_all = Vec::with_capacity(devices.len());
+    for &(device_id, _) in devices {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let issued = issue::device_certificate(ca.issuer(), &key, device_id, Duration::days(days))?;
+        let spki = crate::pki::name::cert_facts(issued.cert.der())
+            .map(|f| f.spki)
+            .ok_or(CaError::BadId(device_id.into()))?;
+        issued_all.push((key, issued, spki));
+    }
     // A development certificate replaces whatever the id had, at once.
     registry.atomically(|r| {
-        r.record_certificate(
-            device_id,
-            crate::relay::registry::CertRecord {
-                serial: &serial,
-                spki: &spki,
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                issuer: Some(ca.fingerprint()),
-            },
-            crate::relay::registry::Replace::AtOnce,
-        )?;
-        r.audit("dev_cert_issued", "", device_id, &serial)
+        for (&(device_id, _), (_, issued, spki)) in devices.iter().zip(&issued_all) {
+            let serial = issued.serial.hex();
+            r.record_certificate(
+                device_id,
+                crate::relay::registry::CertRecord {
+                    serial: &serial,
+                    spki,
+                    not_before: issued.not_before,
+                    not_after: issued.not_after,
+                    issuer: Some(ca.fingerprint()),
+                },
+                crate::relay::registry::Replace::AtOnce,
+            )?;
+            r.audit("dev_cert_issued", "", device_id, &serial)?;
+        }
+        Ok::<_, CaError>(())
     })?;
-
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    create(
-        &out.join("device.key"),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    // The certificate and the issuing CA it chains through to the root.
-    let chain = format!(
-        "{}{}",
-        issued.cert.pem(),
-        files::pem(ca.cert(), "CERTIFICATE")
-    );
-    create(&out.join("device.pem"), chain.as_bytes(), 0o644)?;
-    create(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
+    for (&(_, out), (key, issued, _)) in devices.iter().zip(&issued_all) {
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        create(
+            &out.join("device.key"),
+            key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        // The certificate and the issuing CA it chains through to the root.
+        let chain = format!(
+            "{}{}",
+            issued.cert.pem(),
+            files::pem(ca.cert(), "CERTIFICATE")
+        );
+        create(&out.join("device.pem"), chain.as_bytes(), 0o644)?;
+        create(&out.join("ca.pem"), ca_pem.as_bytes(), 0o644)?;
+    }
     Ok(())
 }
 

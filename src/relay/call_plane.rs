@@ -56,10 +56,13 @@ pub struct CallPlane {
 }
 
 impl CallPlane {
-    /// An empty call plane.
-    pub fn new(metrics: Arc<RelayMetrics>) -> Self {
+    /// An empty call plane; `recording`: whether calls to the recording
+    /// service are taken.
+    pub fn new(metrics: Arc<RelayMetrics>, recording: bool) -> Self {
+        let mut switch = Switch::new(fastrand::u64(..));
+        switch.set_recording(recording);
         CallPlane {
-            switch: Mutex::new(Switch::new(fastrand::u64(..))),
+            switch: Mutex::new(switch),
             routes: RwLock::default(),
             outboxes: Mutex::default(),
             origin: Instant::now(),
@@ -67,14 +70,19 @@ impl CallPlane {
         }
     }
 
-    /// A device session started; returns its signal inbox.
-    pub fn join(&self, s: SessionId, conn: quinn::Connection) -> mpsc::Receiver<Signal> {
+    /// Device `device` started session `s`; returns its signal inbox.
+    pub fn join(
+        &self,
+        s: SessionId,
+        device: &str,
+        conn: quinn::Connection,
+    ) -> mpsc::Receiver<Signal> {
         let (tx, rx) = mpsc::channel(OUTBOX);
         if let Ok(mut o) = self.outboxes.lock() {
             o.insert(s, (tx, conn));
         }
         if let Ok(mut sw) = self.switch.lock() {
-            sw.session_up(s);
+            sw.device_up(s, device);
         }
         rx
     }

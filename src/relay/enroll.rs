@@ -3,16 +3,22 @@
 //! the relay checks the source's limits, redeems the token, verifies the
 //! CSR, and returns a short-lived certificate naming the device.
 //!
-//! Every refusal is audited with its real reason; the device only learns
-//! "refused", so a scanner cannot tell an unknown token from a used one.
+//! Refusals are audited with their real reason, rate-limited
+//! ([`super::audit_limit`]: a flood of refused attempts cannot grow the
+//! audit table without bound); the device only learns "refused", so a
+//! scanner cannot tell an unknown token from a used one. Sources are
+//! counted per IPv4 address or IPv6 prefix; renewals per device per day
+//! ([`super::quota`]).
 //!
 //! Registry writes (redeem + device + certificate + audit of one enrollment
 //! in one savepoint, and the audit lines of refusals) go through
 //! [`GroupCommit`] on the blocking pool: concurrent enrollments share one
 //! journal sync, and no async worker ever waits for the disk.
 
+use super::audit_limit::{AuditBudget, with_left_out};
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
+use super::quota::{DailyQuota, day_of};
 use super::registry::{CertRecord, Registry, RegistryError, Replace, TokenRejection, now};
 use super::signer::FleetSigner;
 use super::trust::TrustTable;
@@ -63,6 +69,9 @@ pub enum EnrollError {
     /// The blocking task that writes the registry failed.
     #[error("enrollment task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The device renewed as often as it may today.
+    #[error("{0} renewals today already: the per-device daily quota")]
+    Quota(u64),
 }
 
 /// Why a CSR was not accepted.
@@ -97,13 +106,25 @@ enum ExchangeError {
     TimedOut,
 }
 
+/// Limits of enrollment and renewal.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollLimits {
+    /// Bits of an IPv6 address that name one source.
+    pub ipv6_prefix: u8,
+    /// Renewals one device may make per day.
+    pub renewals_per_day: u64,
+}
+
 /// What enrollment needs: the registry, the CA, the limiter, the lifetime.
 pub struct Enroller {
     /// The device registry.
     pub registry: Arc<Mutex<Registry>>,
     ca: Arc<dyn FleetSigner>,
-    writes: GroupCommit,
+    writes: Arc<GroupCommit>,
     limiter: Mutex<Limiter>,
+    limits: EnrollLimits,
+    renewals: Mutex<DailyQuota>,
+    refusals: Mutex<AuditBudget>,
     origin: Instant,
     /// Certificate lifetime.
     pub lifetime: Duration,
@@ -126,19 +147,38 @@ impl Enroller {
         trust: Arc<TrustTable>,
         ca: Arc<dyn FleetSigner>,
         lifetime: Duration,
+        limits: EnrollLimits,
     ) -> Self {
         Enroller {
             trust,
-            writes: GroupCommit::new(registry.clone()),
+            writes: Arc::new(GroupCommit::new(registry.clone())),
             registry,
             ca,
             limiter: Mutex::default(),
+            limits,
+            renewals: Mutex::new(DailyQuota::new(limits.renewals_per_day)),
+            // The cap in all only: the device id of a refused attempt is
+            // the sender's choice, and its source is limited already.
+            refusals: Mutex::new(AuditBudget::global(super::audit_limit::PER_MINUTE)),
             origin: Instant::now(),
             lifetime,
         }
     }
 
-    /// Append an audit line (group-committed, off the async workers).
+    /// The group commit the relay's other registry writes share.
+    pub fn commits(&self) -> Arc<GroupCommit> {
+        self.writes.clone()
+    }
+
+    /// The detail of a refusal's audit line, or `None` when the rate limit
+    /// (a cap a minute) leaves it out.
+    fn refusal_line(&self, key: &str, detail: &str) -> Option<String> {
+        let mut b = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        b.admit(key, now()).map(|n| with_left_out(detail, n))
+    }
+
+    /// Append the audit line of a refusal, rate-limited (group-committed,
+    /// off the async workers).
     async fn audit(
         self: &Arc<Self>,
         event: &'static str,
@@ -146,8 +186,12 @@ impl Enroller {
         device: &str,
         detail: &str,
     ) {
+        let key = if device.is_empty() { source } else { device };
+        let Some(detail) = self.refusal_line(key, detail) else {
+            return;
+        };
         let this = self.clone();
-        let (source, device, detail) = (source.to_string(), device.to_string(), detail.to_string());
+        let (source, device) = (source.to_string(), device.to_string());
         let _ = tokio::task::spawn_blocking(move || {
             this.writes
                 .run(move |r| r.audit(event, &source, &device, &detail))
@@ -157,7 +201,9 @@ impl Enroller {
 
     /// Serve one enrollment connection.
     pub async fn handle(self: Arc<Self>, conn: quinn::Connection) {
-        let source = conn.remote_address().ip();
+        let ip = conn.remote_address().ip();
+        // Counted per IPv4 address or IPv6 prefix (one host's /64).
+        let source = super::admission::Source::of(ip, self.limits.ipv6_prefix).0;
         let t = self.origin.elapsed();
         let allowed = self
             .limiter
@@ -307,11 +353,31 @@ impl Enroller {
         Ok((issued.der, issued.not_after))
     }
 
+    /// [`Enroller::renew`] on the blocking pool: the registry's lock and
+    /// its commit never run on an async worker.
+    pub async fn renew_off_workers(
+        self: &Arc<Self>,
+        device: &str,
+        from: &str,
+        csr_b64: &str,
+        source: &str,
+    ) -> Result<Signed, EnrollError> {
+        let this = self.clone();
+        let (device, from, csr, source) = (
+            device.to_string(),
+            from.to_string(),
+            csr_b64.to_string(),
+            source.to_string(),
+        );
+        tokio::task::spawn_blocking(move || this.renew(&device, &from, &csr, &source)).await?
+    }
+
     /// Renew the certificate of `device`, authenticated by its current
     /// certificate (serial `from`) on a live session: a new certificate for
     /// the CSR's key. Revoked devices are refused (their sessions are cut
     /// anyway), and so is a renewal from any certificate but the device's
-    /// current one: a copied key cannot renew once the real box has.
+    /// current one: a copied key cannot renew once the real box has, and
+    /// one past the device's daily quota. Blocking (the registry).
     pub fn renew(
         &self,
         device: &str,
@@ -324,10 +390,20 @@ impl Enroller {
         // rolled back whatever was not committed.
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let refused = |why: EnrollError| {
-            let _ = registry.audit("renew_rejected", source, device, &why.to_string());
+            if let Some(detail) = self.refusal_line(device, &why.to_string()) {
+                let _ = registry.audit("renew_rejected", source, device, &detail);
+            }
             why
         };
         let csr = csr.map_err(|e| refused(e.into()))?;
+        let day = day_of(now());
+        let used = {
+            let q = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
+            (q.used(device, day), q.per_day())
+        };
+        if used.0 >= used.1 {
+            return Err(refused(EnrollError::Quota(used.0)));
+        }
         if registry.is_revoked(device)? {
             return Err(refused(EnrollError::Revoked));
         }
@@ -344,6 +420,10 @@ impl Enroller {
             )?;
             Ok::<_, EnrollError>(issued)
         })?;
+        self.renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(device, day, 1);
         self.trust.accept(
             device,
             &issued.serial,

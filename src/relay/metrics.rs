@@ -36,6 +36,22 @@ pub struct RelayMetrics {
     pub forwarded: Arc<Counter>,
     /// Seconds until the served relay certificate's notAfter.
     pub cert_expiry: Arc<Gauge>,
+    /// Incoming handshakes answered with a QUIC Retry.
+    pub retried: Arc<Counter>,
+    /// Incoming handshakes dropped by the admission caps.
+    pub handshakes_refused: Arc<Counter>,
+    /// Handshakes in flight.
+    pub handshakes_in_flight: Arc<Gauge>,
+    /// Enrollments refused because too many were running.
+    pub enrollments_busy: Arc<Counter>,
+    /// Sessions closed because the same device opened a new one.
+    pub sessions_replaced: Arc<Counter>,
+    /// Recordings stopped by a device's daily quota.
+    pub recording_quota_stops: Arc<Counter>,
+    /// Recordings deleted by the retention sweep.
+    pub recordings_deleted: Arc<Counter>,
+    /// Bytes of recordings kept after the last sweep.
+    pub recordings_bytes: Arc<Gauge>,
 }
 
 impl RelayMetrics {
@@ -89,6 +105,38 @@ impl RelayMetrics {
             cert_expiry: r.gauge(
                 "voxgate_relay_cert_expiry_seconds",
                 "Seconds until the served relay TLS certificate expires (negative once expired)",
+            ),
+            retried: r.counter(
+                "voxgate_relay_handshakes_retried_total",
+                "Incoming handshakes answered with a QUIC Retry (address validation)",
+            ),
+            handshakes_refused: r.counter(
+                "voxgate_relay_handshakes_refused_total",
+                "Incoming handshakes dropped by the per-source or global caps",
+            ),
+            handshakes_in_flight: r.gauge(
+                "voxgate_relay_handshakes_in_flight",
+                "Handshakes admitted and not yet finished",
+            ),
+            enrollments_busy: r.counter(
+                "voxgate_relay_enrollments_busy_total",
+                "Enrollments refused because too many were running",
+            ),
+            sessions_replaced: r.counter(
+                "voxgate_relay_sessions_replaced_total",
+                "Sessions closed because the same device opened a new one",
+            ),
+            recording_quota_stops: r.counter(
+                "voxgate_relay_recording_quota_stops_total",
+                "Recordings stopped by a device's daily quota",
+            ),
+            recordings_deleted: r.counter(
+                "voxgate_relay_recordings_deleted_total",
+                "Recordings deleted by the retention sweep",
+            ),
+            recordings_bytes: r.gauge(
+                "voxgate_relay_recordings_bytes",
+                "Bytes of recordings kept after the last retention sweep",
             ),
             registry: Arc::new(Registry::default()),
         };

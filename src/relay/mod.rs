@@ -1,8 +1,10 @@
 //! The cloud side: the fleet CA, the QUIC server, recordings and downlink
 //! audio. `voxgate relay run` is [`run`].
 
+pub mod admission;
 pub mod audio_file;
 pub mod audit_key;
+pub mod audit_limit;
 pub mod authority;
 pub mod backup;
 pub mod ca;
@@ -10,10 +12,13 @@ pub mod ca_key;
 pub mod call_plane;
 pub mod commit;
 pub mod enroll;
+pub mod ext_owners;
 pub mod limiter;
 pub mod metrics;
+pub mod quota;
 pub mod recorder;
 pub mod registry;
+pub mod retention;
 pub mod roots;
 pub mod rotation;
 pub mod server;
@@ -69,9 +74,10 @@ fn load_packets(path: &Path) -> Result<Vec<(Vec<u8>, u32)>> {
 }
 
 /// Keep the trust table and the live sessions in line with the registry,
-/// twice a second: reload the table when another process wrote the
-/// registry (`voxgate relay revoke`, `relay token create`), write the
-/// refused handshakes to the audit log (rate-limited by the table), and
+/// twice a second: reload the table (and the extension owners) when
+/// another process wrote the registry (`voxgate relay revoke`, `relay
+/// token create`, `relay ext release`), write the refused handshakes and
+/// the accept loop's refusals to the audit log (rate-limited), and
 /// close every live session whose certificate is no longer accepted (a
 /// revoked device, a certificate superseded past its grace or replaced by
 /// a re-enrollment). New handshakes of such certificates already fail in
@@ -91,8 +97,13 @@ async fn enforce_trust(
         let trust2 = trust.clone();
         let fleet2 = fleet.clone();
         let refused = trust.take_refusals();
+        let limited = ctx.refusals.take();
+        let ctx2 = ctx.clone();
         let reloaded = tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());
+            for l in &limited {
+                r.audit(l.event, &l.source, &l.device, &l.detail)?;
+            }
             for f in &refused {
                 let mut detail = format!("serial {}: {}", f.serial, f.why.as_str());
                 if f.suppressed > 0 {
@@ -112,6 +123,7 @@ async fn enforce_trust(
             let mut rotated = None;
             if seen != Some(version) || fleet2.due(registry::now()) {
                 trust2.reload(&r)?;
+                ctx2.ext_owners.reload(&r)?;
                 rotated = fleet2.follow(&r).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "cannot take up the new issuing CA; the relay keeps signing with the one it has");
                     None
@@ -179,6 +191,7 @@ pub struct Prepared {
     /// The UDP receive buffer the kernel granted (bytes).
     udp_recv_buffer: Option<usize>,
     metrics: Option<std::net::TcpListener>,
+    ext_owners: ext_owners::ExtOwners,
     /// The signer process, ended when the relay closes its socket.
     #[allow(dead_code)]
     signer: std::process::Child,
@@ -254,7 +267,15 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         trust.clone(),
         fleet_ca.clone(),
         cfg.certificate_lifetime,
+        enroll::EnrollLimits {
+            ipv6_prefix: cfg.limits.ipv6_prefix,
+            renewals_per_day: cfg.limits.renewals_per_device_day,
+        },
     ));
+    let ext_owners = ext_owners::ExtOwners::load(
+        &registry.lock().unwrap_or_else(|p| p.into_inner()),
+        enroller.commits(),
+    )?;
     // The relay's certificate and its key (the sealing inputs kept for
     // the fresh keys of renewals, which run after the drop).
     let cert = server_cert::ServerCert::load(server_cert::Settings {
@@ -304,6 +325,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         udp,
         udp_recv_buffer,
         metrics,
+        ext_owners,
         signer: signer_child,
     })
 }
@@ -330,10 +352,25 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
           downlink = ?cfg.downlink, udp_recv_buffer = p.udp_recv_buffer.unwrap_or(0), "relay ready");
     crate::systemd::ready("serving devices");
     let watchdog = crate::systemd::spawn_watchdog();
+    let limits = cfg.limits;
     let ctx = Arc::new(RelayCtx {
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
-        calls: call_plane::CallPlane::new(metrics.clone()),
+        calls: call_plane::CallPlane::new(metrics.clone(), cfg.recording.enabled),
+        admission: std::sync::Mutex::new(admission::Admission::new(admission::Limits {
+            retry_above_per_s: limits.retry_above_per_s,
+            max_handshakes: limits.max_handshakes,
+            max_per_source: limits.max_per_source,
+            max_enrollments: limits.max_enrollments,
+            ipv6_prefix: limits.ipv6_prefix,
+        })),
+        origin: std::time::Instant::now(),
+        refusals: Default::default(),
+        ext_owners: p.ext_owners,
+        recording: cfg.recording,
+        rec_quota: std::sync::Mutex::new(quota::DailyQuota::new(
+            cfg.recording.per_device_bytes_per_day,
+        )),
         metrics,
         next_session: AtomicU64::new(1),
         trust: p.trust.clone(),
@@ -364,7 +401,14 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
             }
         })
     };
+    let sweeper = cfg
+        .recording
+        .enabled
+        .then(|| tokio::spawn(sweep_recordings(ctx.clone())));
     server::serve(endpoint, ctx, shutdown).await;
+    if let Some(s) = sweeper {
+        s.abort();
+    }
     ticker.abort();
     enforcer.abort();
     renewer.abort();
@@ -374,6 +418,37 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     }
     info!("relay stopped");
     Ok(())
+}
+
+/// Keep the recordings within `[recording]`'s age and size, at start and
+/// every [`retention::SWEEP_EVERY`] (on the blocking pool: it lists and
+/// deletes files).
+async fn sweep_recordings(ctx: Arc<RelayCtx>) {
+    let limits = retention::Retention {
+        max_age: ctx.recording.max_age,
+        max_total_bytes: ctx.recording.max_total_bytes,
+    };
+    let mut tick = tokio::time::interval(retention::SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let dir = ctx.recordings.clone();
+        match tokio::task::spawn_blocking(move || retention::sweep(&dir, limits)).await {
+            Ok(Ok(s)) => {
+                ctx.metrics.recordings_deleted.add(s.deleted);
+                ctx.metrics.recordings_bytes.set(s.kept as f64);
+                if s.deleted > 0 {
+                    info!(
+                        deleted = s.deleted,
+                        freed = s.bytes,
+                        kept = s.kept,
+                        "recordings past their retention deleted"
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep the recordings"),
+            Err(e) => tracing::warn!(error = %e, "recordings sweep task failed"),
+        }
+    }
 }
 
 /// Asks for a receive buffer of `bytes` on `sock` and returns what the

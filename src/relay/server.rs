@@ -1,6 +1,12 @@
-//! The relay's QUIC server: authenticates devices by certificate, records
-//! every uplink flow to Ogg Opus, sends audio down (echo or a file), and
-//! carries calls between phones through the call plane ([`super::call_plane`]).
+//! The relay's QUIC server: admits handshakes ([`accept`]: Retry above the
+//! handshake rate, caps per source and in all), authenticates devices by
+//! certificate, keeps one live session per device (a new one closes the
+//! old), records uplink flows to Ogg Opus when `[recording]` asks (within
+//! the device's daily quota), sends audio down (echo or a file), and
+//! carries calls between phones through the call plane
+//! ([`super::call_plane`]), extensions checked against the registry's
+//! owners ([`super::ext_owners`]). No registry lock and no commit runs on
+//! an async worker: renewals and extension claims go to the blocking pool.
 //!
 //! Two tasks per device connection: the datagram path ([`media`]: read a
 //! datagram, record, forward or echo it) and the control path (control
@@ -14,7 +20,10 @@
 //! logged at debug level; a bad control message is answered with an error
 //! and ends that session only.
 
+mod accept;
 mod media;
+
+pub use accept::serve;
 
 use super::metrics::RelayMetrics;
 use crate::media::stats::ReceiveStats;
@@ -23,19 +32,18 @@ use crate::proto::control::{
     Direction, Enrolled, ErrorMsg, FlowOpen, Message, Ping, RenewNow, Stats, TrustRoot, Welcome,
 };
 use crate::proto::signal::CallSignal;
+use crate::relay::registry::Claim;
 use crate::transport::framed::{self, FrameReader, StreamError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use media::{Flows, UpFlow, close_flow, lock, media, open_recorder, play, recording_path};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 /// Flow id the relay uses for the downlink.
@@ -82,6 +90,18 @@ pub struct RelayCtx {
     pub live: std::sync::Mutex<HashMap<u64, LiveSession>>,
     /// Calls between phones.
     pub calls: super::call_plane::CallPlane,
+    /// Admission of new handshakes and enrollments.
+    pub admission: Mutex<super::admission::Admission>,
+    /// The clock admission counts from.
+    pub origin: Instant,
+    /// The accept loop's refusals, for the audit log (rate-limited).
+    pub refusals: super::audit_limit::RefusalLog,
+    /// Which device owns each extension.
+    pub ext_owners: super::ext_owners::ExtOwners,
+    /// Whether and how long uplinks are recorded.
+    pub recording: crate::config::RecordingSettings,
+    /// Bytes of recordings per device per day.
+    pub rec_quota: Mutex<super::quota::DailyQuota>,
 }
 
 /// A live device session: the certificate it is bound to (the one it
@@ -95,52 +115,10 @@ pub struct LiveSession {
     pub conn: quinn::Connection,
 }
 
-/// Accept devices until `shutdown` resolves, then close every session
-/// (finishing its recordings) and return.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    ctx: Arc<RelayCtx>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let ctx = ctx.clone();
-                tasks.spawn(async move { handle(incoming, ctx).await });
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            () = &mut shutdown => break,
-        }
-    }
-    endpoint.close(0u32.into(), b"relay shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    endpoint.wait_idle().await;
-}
-
-async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.metrics.rejected.inc();
-            info!(%remote, error = %e, "handshake failed");
-            return;
-        }
-    };
-    let alpn = conn
-        .handshake_data()
-        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|h| h.protocol);
-    if alpn.as_deref() == Some(crate::transport::tls::ALPN_ENROLL) {
-        ctx.enroller.clone().handle(conn).await;
-        return;
-    }
+/// A session after its handshake: authenticate the device by its
+/// certificate, replace the device's earlier session, run it.
+pub(super) async fn device_session(conn: quinn::Connection, ctx: Arc<RelayCtx>) {
+    let remote = conn.remote_address();
     let Some(cert) = peer_cert(&conn) else {
         ctx.metrics.rejected.inc();
         conn.close(2u32.into(), b"certificate names no device");
@@ -156,14 +134,43 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>) {
         return;
     }
     let session = ctx.next_session.fetch_add(1, Relaxed);
-    if let Ok(mut live) = ctx.live.lock() {
-        live.insert(
-            session,
-            LiveSession {
-                cert,
-                conn: conn.clone(),
-            },
-        );
+    // One live session per device: the new one replaces the others (a box
+    // that reconnected before the relay noticed the old connection die,
+    // or a copy of its key that must not hold two sessions' resources).
+    // A session on a certificate a renewal superseded (still in its grace:
+    // a renewal in flight, or a copy of the old key) does not displace one
+    // on the device's current certificate; the enforcer closes it when the
+    // grace ends. So a device holds at most two sessions, briefly.
+    let current = ctx.trust.is_current(&cert);
+    let replaced: Vec<(u64, LiveSession)> = match ctx.live.lock() {
+        Ok(mut live) => {
+            let old: Vec<u64> = live
+                .iter()
+                .filter(|(_, s)| {
+                    s.cert.device == device && (current || !ctx.trust.is_current(&s.cert))
+                })
+                .map(|(&k, _)| k)
+                .collect();
+            let old = old
+                .into_iter()
+                .filter_map(|k| live.remove(&k).map(|s| (k, s)))
+                .collect();
+            live.insert(
+                session,
+                LiveSession {
+                    cert,
+                    conn: conn.clone(),
+                },
+            );
+            old
+        }
+        Err(_) => Vec::new(),
+    };
+    for (old, s) in replaced {
+        ctx.metrics.sessions_replaced.inc();
+        info!(%device, session = old, by = session, "session replaced by a newer one of the same device");
+        s.conn
+            .close(5u32.into(), b"replaced by a newer session of this device");
     }
     ctx.metrics.sessions.inc();
     ctx.metrics.active.set(ctx.metrics.active.get() + 1.0);
@@ -270,7 +277,7 @@ async fn run_session(
     )
     .await?;
     info!(%device, session, remote = %conn.remote_address(), "device connected");
-    let mut inbox = ctx.calls.join(session, conn.clone());
+    let mut inbox = ctx.calls.join(session, device, conn.clone());
     let result = session_loop(
         conn,
         ctx,
@@ -403,12 +410,17 @@ async fn control_loop(
                         continue;
                     }
                     let path = recording_path(&ctx.recordings, device, session, flow);
-                    let recorder = open_recorder(&path, ssrc);
+                    let recorder = ctx.recording.enabled.then(|| open_recorder(&path, ssrc)).flatten();
+                    let recorded = recorder.is_some();
                     let old = lock(flows).up.insert(flow, UpFlow { ssrc, stats: ReceiveStats::default(), recorder, path: path.clone() });
                     if let Some(old) = old {
                         close_flow(device, old, &ctx.metrics);
                     }
-                    info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
+                    if recorded {
+                        info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
+                    } else {
+                        info!(%device, flow, ssrc, "uplink flow opened (not recorded)");
+                    }
                     if matches!(ctx.downlink, Downlink::Echo) && !lock(flows).down_open {
                         open_down(send, down_ssrc, frame_ms).await?;
                         lock(flows).down_open = true;
@@ -417,6 +429,35 @@ async fn control_loop(
                 Ok(Owned::FlowClose(flow)) => {
                     let f = lock(flows).up.remove(flow);
                     if let Some(f) = f { close_flow(device, f, &ctx.metrics); }
+                }
+                // A box calls only as its own phones: not from an
+                // extension another box owns, connected or not.
+                Ok(Owned::Call(CallSignal::Setup { call, ref from, .. }))
+                    if let Some(owner) = ctx.ext_owners.other_owner(device, from) =>
+                {
+                    info!(%device, session, call, %from, %owner, "call refused: its caller is another box's extension");
+                    refuse(send, "bad_from", &format!("caller {from} is an extension of another box")).await?;
+                    let mut digit = [0u8; 4];
+                    let end = CallSignal::End { call, reason: crate::proto::signal::EndReason::Declined };
+                    framed::send(send, &end.to_message(&mut digit)).await?;
+                }
+                Ok(Owned::Call(CallSignal::ExtUp(ext))) => {
+                    // The registry's owner first: a box cannot take an
+                    // extension another box owns, connected or not.
+                    match ctx.ext_owners.claim(device, &ext).await {
+                        Ok(Claim::Owned) => ctx.calls.handle(session, CallSignal::ExtUp(ext)),
+                        Ok(Claim::Taken(owner)) => {
+                            info!(%device, session, %ext, %owner, "extension claim refused: another box owns it");
+                            refuse(send, "ext_conflict", &format!("extension {ext} belongs to another box")).await?;
+                        }
+                        Ok(Claim::Limit) => {
+                            refuse(send, "ext_limit", &format!("at most {} extensions per box", super::switch::MAX_EXTS_PER_SESSION)).await?;
+                        }
+                        Err(e) => {
+                            warn!(%device, session, %ext, error = %e, "cannot record the extension's owner");
+                            refuse(send, "ext_unavailable", "the relay cannot record this extension now; retry later").await?;
+                        }
+                    }
                 }
                 Ok(Owned::Call(m)) => {
                     ctx.calls.handle(session, m);
@@ -434,7 +475,7 @@ async fn control_loop(
                     last_renewal = Some(Instant::now());
                     let source = conn.remote_address().ip().to_string();
                     let from = ctx.live.lock().ok().and_then(|l| l.get(&session).map(|s| s.cert.serial.clone())).unwrap_or_default();
-                    match ctx.enroller.renew(device, &from, &csr, &source) {
+                    match ctx.enroller.renew_off_workers(device, &from, &csr, &source).await {
                         Ok(signed) => {
                             // This session now stands for the new
                             // certificate: it proved the old key, and the

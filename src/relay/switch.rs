@@ -13,7 +13,12 @@
 //! Extensions are unique across the fleet: 2 to 8 digits, not starting with
 //! `9` (the relay's service range). The first box to announce an extension
 //! owns it until its last phone unregisters or the box disconnects; a second
-//! claim is refused with `ext_conflict`.
+//! claim is refused with `ext_conflict` (the server checks the registry's
+//! record of owners first, so that the claim holds across reconnects). A
+//! new session of the same device takes its extensions over from the
+//! session it replaces. A call's `from` may not be an extension another
+//! device announced. Calls to the recording service are refused
+//! (`unavailable`) when the relay does not record.
 //!
 //! Guarantees: every call ends with a `call_end` to each leg still connected,
 //! on hang-up, refusal, ring timeout or disconnect, and its routes are
@@ -107,6 +112,8 @@ struct Call {
 
 #[derive(Debug, Default)]
 struct Session {
+    /// The device the session authenticated as (`None`: unnamed, tests).
+    device: Option<String>,
     exts: Vec<String>,
     calls: usize,
     next_flow: u64,
@@ -123,6 +130,7 @@ pub struct Switch {
     legs: HashMap<(SessionId, u32), u64>,
     next_key: u64,
     rng: fastrand::Rng,
+    recording: bool,
 }
 
 impl Switch {
@@ -135,7 +143,13 @@ impl Switch {
             legs: HashMap::new(),
             next_key: 1,
             rng: fastrand::Rng::with_seed(seed),
+            recording: true,
         }
+    }
+
+    /// Whether calls to the recording service are taken (the default).
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on;
     }
 
     /// A device connected.
@@ -147,6 +161,14 @@ impl Switch {
                 ..Session::default()
             },
         );
+    }
+
+    /// Device `device` connected as session `s`.
+    pub fn device_up(&mut self, s: SessionId, device: &str) {
+        self.session_up(s);
+        if let Some(sess) = self.sessions.get_mut(&s) {
+            sess.device = Some(device.to_string());
+        }
     }
 
     /// A device disconnected: its extensions are freed and its calls end
@@ -199,8 +221,20 @@ impl Switch {
                 ),
             );
         }
+        let device = sess.device.clone();
         match self.directory.get(ext) {
             Some(&o) if o == s => return Vec::new(),
+            // The same device's earlier session (being replaced): the
+            // extension moves to the new one.
+            Some(&o)
+                if device.is_some()
+                    && self.sessions.get(&o).and_then(|x| x.device.as_ref()) == device.as_ref() =>
+            {
+                if let Some(old) = self.sessions.get_mut(&o) {
+                    old.exts.retain(|e| e != ext);
+                }
+                self.directory.remove(ext);
+            }
             Some(_) => {
                 return err(
                     "ext_conflict",
@@ -209,6 +243,9 @@ impl Switch {
             }
             None => {}
         }
+        let Some(sess) = self.sessions.get_mut(&s) else {
+            return Vec::new();
+        };
         if sess.exts.len() >= MAX_EXTS_PER_SESSION {
             return err(
                 "ext_limit",
@@ -218,6 +255,19 @@ impl Switch {
         sess.exts.push(ext.to_string());
         self.directory.insert(ext.to_string(), s);
         Vec::new()
+    }
+
+    /// Whether `ext` is announced by a session of another device than
+    /// session `s`'s.
+    fn owned_elsewhere(&self, s: SessionId, ext: &str) -> bool {
+        let Some(&o) = self.directory.get(ext) else {
+            return false;
+        };
+        if o == s {
+            return false;
+        }
+        let device = |x| self.sessions.get(&x).and_then(|v| v.device.as_ref());
+        !(device(s).is_some() && device(s) == device(o))
     }
 
     /// `ext_down` from a session.
@@ -265,6 +315,33 @@ impl Switch {
         }
         if !valid_number(to) || !valid_number(from) {
             return refuse(EndReason::NotFound);
+        }
+        // A box speaks only for its own phones: not as an extension
+        // another box announced. (A phone may call without registering,
+        // so an extension nobody announced is the box's word; the server
+        // also checks the registry's owners, connected or not.)
+        if self.owned_elsewhere(s, from) {
+            out.push(Action::Send(
+                s,
+                Signal::Error {
+                    code: "bad_from",
+                    message: format!(
+                        "caller {} is an extension of another box",
+                        from.escape_debug()
+                    ),
+                },
+            ));
+            out.push(Action::Send(
+                s,
+                Signal::End {
+                    call,
+                    reason: EndReason::Declined,
+                },
+            ));
+            return out;
+        }
+        if to == RECORD && !self.recording {
+            return refuse(EndReason::Unavailable);
         }
         if self.sessions[&s].calls >= MAX_CALLS_PER_SESSION {
             return refuse(EndReason::Busy);

@@ -11,8 +11,8 @@
 //! commit, so a device that just enrolled is admitted at once.
 //!
 //! Refusals are kept for the audit log, at most one line per device per
-//! minute and [`AUDIT_PER_MINUTE`] in all, so a flood of handshakes with a
-//! revoked certificate cannot fill the disk.
+//! minute and [`AUDIT_PER_MINUTE`] in all ([`super::audit_limit`]), so a
+//! flood of handshakes with a revoked certificate cannot fill the disk.
 
 use super::registry::{Registry, RegistryError, Replace, TrustRow, now};
 use crate::pki::name::CertFacts;
@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 
 /// Refusal lines written to the audit log per minute, in all.
-pub const AUDIT_PER_MINUTE: u32 = 30;
+pub const AUDIT_PER_MINUTE: u32 = super::audit_limit::PER_MINUTE;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -55,10 +55,7 @@ pub struct Refused {
 #[derive(Debug, Default)]
 struct RefusalLog {
     pending: Vec<Refused>,
-    last_by_device: HashMap<String, i64>,
-    minute: i64,
-    written_this_minute: u32,
-    suppressed: u64,
+    budget: super::audit_limit::AuditBudget,
 }
 
 /// The trust table.
@@ -188,27 +185,23 @@ impl TrustTable {
         }
     }
 
+    /// Whether `cert` is its device's current certificate (not one a
+    /// renewal superseded and the grace still accepts).
+    pub fn is_current(&self, cert: &CertFacts) -> bool {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.devices.get(&cert.device).is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e.serial == cert.serial && e.superseded_at.is_none())
+        })
+    }
+
     /// Note a refusal for the audit log, rate-limited.
     pub fn note_refusal(&self, cert: &CertFacts, why: Refusal, at: i64) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        if log.minute != at / 60 {
-            log.minute = at / 60;
-            log.written_this_minute = 0;
-        }
-        let recent = log
-            .last_by_device
-            .get(&cert.device)
-            .is_some_and(|&t| at - t < 60);
-        if recent || log.written_this_minute >= AUDIT_PER_MINUTE {
-            log.suppressed += 1;
+        let Some(suppressed) = log.budget.admit(&cert.device, at) else {
             return;
-        }
-        if log.last_by_device.len() >= 4096 {
-            log.last_by_device.retain(|_, t| at - *t < 60);
-        }
-        log.last_by_device.insert(cert.device.clone(), at);
-        log.written_this_minute += 1;
-        let suppressed = std::mem::take(&mut log.suppressed);
+        };
         log.pending.push(Refused {
             device: cert.device.clone(),
             serial: cert.serial.clone(),
@@ -267,6 +260,8 @@ mod tests {
         // Renewal: the old one is good for the grace, then refused.
         t.accept("gw", "02", [2; 32], Replace::Grace, None);
         assert_eq!(t.decide(&facts("gw", "02", 2), at), Ok(()));
+        assert!(t.is_current(&facts("gw", "02", 2)));
+        assert!(!t.is_current(&facts("gw", "01", 1)), "superseded");
         assert_eq!(t.decide(&facts("gw", "01", 1), at + 299), Ok(()));
         assert_eq!(
             t.decide(&facts("gw", "01", 1), at + 300),

@@ -148,11 +148,41 @@ fn base_transport() -> quinn::TransportConfig {
 /// them keep both idle timers fed; the relay's PINGs (two per second per
 /// device, each one packet to encrypt and send) only cost it CPU. A dead
 /// device is still noticed by the idle timeout.
+///
+/// Small windows: control frames are at most 2 KiB, so a stream may have
+/// [`SERVER_STREAM_WINDOW`] unread and a connection
+/// [`SERVER_CONNECTION_WINDOW`] (quinn's defaults, about 1.25 MB and more,
+/// let one connection that is not yet authenticated pin megabytes); the
+/// relay buffers at most [`SERVER_SEND_WINDOW`] for a device that does
+/// not read; and at most [`SERVER_DATAGRAM_BUFFER`] of datagrams wait for
+/// the session's media task. Datagrams are not flow-controlled, so media
+/// is unaffected.
 pub fn server_transport() -> Arc<quinn::TransportConfig> {
     let mut t = base_transport();
     t.keep_alive_interval(None);
+    t.stream_receive_window(quinn::VarInt::from_u32(SERVER_STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(SERVER_CONNECTION_WINDOW));
+    t.send_window(u64::from(SERVER_SEND_WINDOW));
+    t.datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
     Arc::new(t)
 }
+
+/// Unread bytes one stream may hold at the relay: two whole control frames.
+pub const SERVER_STREAM_WINDOW: u32 = 4 * 1024;
+/// Unread bytes one connection may hold at the relay, over its streams.
+pub const SERVER_CONNECTION_WINDOW: u32 = 8 * 1024;
+/// Bytes the relay buffers towards one device's streams.
+pub const SERVER_SEND_WINDOW: u32 = 64 * 1024;
+/// Datagrams waiting for one session's media task (about 600 media
+/// datagrams, seconds of audio).
+pub const SERVER_DATAGRAM_BUFFER: usize = 64 * 1024;
+/// Connection attempts the relay's endpoint holds before the accept loop
+/// decides on them (each with its first packet), and the bytes of later
+/// packets they may buffer, in all: a flood fills these and no more
+/// (quinn's defaults are 65,536 and 100 MiB).
+pub const SERVER_MAX_INCOMING: usize = 1024;
+/// See [`SERVER_MAX_INCOMING`].
+pub const SERVER_INCOMING_BYTES: u64 = 4 << 20;
 
 /// Interval of QUIC PINGs on an otherwise idle connection.
 pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
@@ -425,6 +455,9 @@ pub fn server_config_with(
     let q = QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(q));
     cfg.transport_config(server_transport());
+    cfg.max_incoming(SERVER_MAX_INCOMING)
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(SERVER_INCOMING_BYTES);
     Ok(cfg)
 }
 

@@ -179,6 +179,12 @@ pub struct Lab {
     pub downlink: String,
     /// Extra `[ca]` settings (see [`Lab::with_ca`]).
     pub ca_extra: String,
+    /// The `[recording]` section's body. The lab's tests check what the
+    /// relay recorded, so they turn recording on: `enabled = true` (the
+    /// relay's default is off).
+    pub recording: String,
+    /// The `[limits]` section's body (empty: the defaults).
+    pub limits: String,
 }
 
 impl Lab {
@@ -209,6 +215,8 @@ impl Lab {
             relay_metrics: format!("127.0.0.1:{}", free_tcp()).parse().unwrap(),
             downlink: downlink.to_string(),
             ca_extra: ca.to_string(),
+            recording: "enabled = true".to_string(),
+            limits: String::new(),
             dir,
         };
         lab.write_relay_config();
@@ -225,20 +233,32 @@ impl Lab {
         lab
     }
 
+    /// Rewrite the relay's config with other `[recording]` and `[limits]`
+    /// bodies (before the relay starts).
+    pub fn set_relay_sections(&mut self, recording: &str, limits: &str) {
+        self.recording = recording.to_string();
+        self.limits = limits.to_string();
+        self.write_relay_config();
+    }
+
     fn write_relay_config(&self) {
         // The fleet CA key is sealed to a machine id of the lab's own, so
         // that no test depends on (or touches) /etc/machine-id.
         let ca_mid = self.dir.join("ca-machine-id");
-        let id: String = (0..32)
-            .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
-            .collect();
-        std::fs::write(&ca_mid, format!("{id}\n")).unwrap();
+        if !ca_mid.exists() {
+            let id: String = (0..32)
+                .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
+                .collect();
+            std::fs::write(&ca_mid, format!("{id}\n")).unwrap();
+        }
         std::fs::write(
             self.dir.join("relay.toml"),
             format!(
-                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n{}{}",
+                "listen = \"127.0.0.1:{}\"\nstate_dir = \"relay\"\nrecordings = \"recordings\"\nserver_name = \"relay.voxgate.test\"\n[downlink]\n{}\n[recording]\n{}\n[limits]\n{}\n[telemetry]\nlog = \"debug\"\nmetrics = \"{}\"\n{}{}",
                 self.quic_port,
                 self.downlink,
+                self.recording,
+                self.limits,
                 self.relay_metrics,
                 dev_privilege(&self.dir),
                 self.ca_section()
@@ -419,6 +439,31 @@ impl Lab {
             name: "gateway".into(),
             log,
         }
+    }
+
+    /// `n` development devices (`PREFIX-0` ...), issued at once in this
+    /// process (the relay keeps one session per device: load generators
+    /// need one identity per stream), each with its QUIC client config.
+    /// A running relay sees them within its next half-second registry
+    /// check.
+    pub fn dev_identities(&self, prefix: &str, n: usize) -> Vec<(String, quinn::ClientConfig)> {
+        let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        let dirs: Vec<PathBuf> = ids.iter().map(|id| self.dir.join(id)).collect();
+        let devices: Vec<(&str, &Path)> = ids
+            .iter()
+            .map(String::as_str)
+            .zip(dirs.iter().map(PathBuf::as_path))
+            .collect();
+        let cfg = voxgate::config::RelayConfig::load(&self.dir.join("relay.toml")).unwrap();
+        voxgate::relay::ca::issue_dev_certs(&cfg.state_dir, &cfg.ca_binding, &devices, 30)
+            .expect("development certificates");
+        ids.into_iter()
+            .zip(&dirs)
+            .map(|(id, d)| {
+                let c = device_client_config(d, &id);
+                (id, c)
+            })
+            .collect()
     }
 
     /// Every recording the relay made, sorted by name (time, session).

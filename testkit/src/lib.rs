@@ -9,6 +9,7 @@ pub mod audio_env;
 pub mod bench;
 pub mod cmd;
 pub mod enroll;
+pub mod flood;
 pub mod lab;
 pub mod loadgen;
 pub mod procfs;

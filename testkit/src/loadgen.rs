@@ -2,7 +2,9 @@
 //! one thread without a task or timer per connection.
 //!
 //! Each stream is what a gateway sends: its own QUIC connection (mutual TLS
-//! with the device certificate, ALPN `voxgate/1`), the control handshake
+//! with a device certificate of its own, ALPN `voxgate/1`: the relay keeps
+//! one session per device, so the generator holds a pool of identities
+//! and never runs two streams on one), the control handshake
 //! (hello, welcome, `flow_open` of up flow 0 with its own SSRC) on one
 //! bidirectional stream, then one RTP-over-QUIC datagram (flow id + RTP +
 //! one real Opus packet) every 20 ms, for the life of the connection.
@@ -94,11 +96,12 @@ pub struct Generator {
 
 impl Generator {
     /// Starts the generator thread (it inherits this thread's CPU affinity).
+    /// `identities`: a device id and its client config for each stream
+    /// that may run at once (more streams than identities are not opened).
     pub fn start(
         relay: SocketAddr,
         server_name: &str,
-        device: &'static str,
-        cfg: ClientConfig,
+        identities: Vec<(String, ClientConfig)>,
         packets: Arc<Vec<Vec<u8>>>,
     ) -> std::io::Result<Generator> {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
@@ -120,7 +123,7 @@ impl Generator {
                 );
                 c.fifo.store(fifo, Relaxed);
                 let mut g =
-                    Gen::new(sock, relay, name, device, cfg, packets, c).expect("generator socket");
+                    Gen::new(sock, relay, name, identities, packets, c).expect("generator socket");
                 g.run(rx);
             })?;
         Ok(Generator {
@@ -174,6 +177,8 @@ enum Phase {
 
 struct Dev {
     conn: Connection,
+    /// Its identity in the pool.
+    identity: usize,
     phase: Phase,
     ctrl: Option<StreamId>,
     rx: Vec<u8>,
@@ -192,8 +197,9 @@ struct Gen {
     endpoint: Endpoint,
     relay: SocketAddr,
     server_name: String,
-    device: &'static str,
-    cfg: ClientConfig,
+    identities: Vec<(String, ClientConfig)>,
+    /// Identities no connection holds.
+    free: Vec<usize>,
     packets: Arc<Vec<Vec<u8>>>,
     counters: Arc<Counters>,
     /// Connections by `ConnectionHandle.0`.
@@ -224,8 +230,7 @@ impl Gen {
         sock: std::net::UdpSocket,
         relay: SocketAddr,
         server_name: String,
-        device: &'static str,
-        cfg: ClientConfig,
+        identities: Vec<(String, ClientConfig)>,
         packets: Arc<Vec<Vec<u8>>>,
         counters: Arc<Counters>,
     ) -> std::io::Result<Gen> {
@@ -241,8 +246,8 @@ impl Gen {
             endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None),
             relay,
             server_name,
-            device,
-            cfg,
+            free: (0..identities.len()).rev().collect(),
+            identities,
             packets,
             counters,
             devs: Vec::new(),
@@ -380,11 +385,16 @@ impl Gen {
         {
             return;
         }
+        let Some(identity) = self.free.pop() else {
+            return;
+        };
         self.last_connect = now;
-        match self
-            .endpoint
-            .connect(now, self.cfg.clone(), self.relay, &self.server_name)
-        {
+        match self.endpoint.connect(
+            now,
+            self.identities[identity].1.clone(),
+            self.relay,
+            &self.server_name,
+        ) {
             Ok((ch, conn)) => {
                 let ssrc = fastrand::u32(..);
                 if self.devs.len() <= ch.0 {
@@ -393,6 +403,7 @@ impl Gen {
                 }
                 self.devs[ch.0] = Some(Dev {
                     conn,
+                    identity,
                     phase: Phase::Handshake,
                     ctrl: None,
                     rx: Vec::new(),
@@ -402,7 +413,10 @@ impl Gen {
                 });
                 self.dirty.push(ch.0);
             }
-            Err(e) => self.fail(format!("connect: {e}")),
+            Err(e) => {
+                self.free.push(identity);
+                self.fail(format!("connect: {e}"))
+            }
         }
     }
 
@@ -556,11 +570,13 @@ impl Gen {
                         let _ = caps.push(c);
                     }
                     let hello = Message::Hello(Hello {
-                        device: self.device,
+                        device: &self.identities[d.identity].0,
                         version: crate::VERSION,
                         caps,
                     });
-                    if let Err(e) = write_msg(&mut d.conn, id, &hello) {
+                    let written = write_msg(&mut d.conn, id, &hello);
+                    drop(hello);
+                    if let Err(e) = written {
                         self.fail(e);
                         d.phase = Phase::Closing;
                         continue;
@@ -621,6 +637,7 @@ impl Gen {
         self.deadlines[i] = d.conn.poll_timeout();
         if d.conn.is_drained() {
             self.deadlines[i] = None;
+            self.free.push(d.identity);
             self.tx_closed += d.conn.stats().frame_tx.datagram;
             while let Some(ev) = d.conn.poll_endpoint_events() {
                 let _ = self.endpoint.handle_event(ch, ev);

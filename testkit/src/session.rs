@@ -126,6 +126,37 @@ impl Session {
         Ok((pem, key.serialize_pem()))
     }
 
+    /// The first message within `within` for which `f` says `Some`
+    /// (others are skipped); `None` when none came or the stream ended.
+    pub async fn expect<T>(
+        &mut self,
+        within: Duration,
+        mut f: impl FnMut(Message<'_>) -> Option<T>,
+    ) -> Option<T> {
+        let reader = &mut self.reader;
+        tokio::time::timeout(within, async {
+            loop {
+                match reader.next(&mut f).await {
+                    Ok(Some(t)) => return Some(t),
+                    Ok(None) => continue,
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The code of the next `error` the relay sends, within `within`.
+    pub async fn next_error(&mut self, within: Duration) -> Option<String> {
+        self.expect(within, |m| match m {
+            Message::Error(e) => Some(e.code.to_string()),
+            _ => None,
+        })
+        .await
+    }
+
     /// Whether the relay closed the connection within `within`.
     pub async fn closed_within(&self, within: Duration) -> Option<String> {
         tokio::time::timeout(within, self.conn.closed())

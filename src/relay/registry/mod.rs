@@ -22,6 +22,7 @@
 mod audit;
 pub mod chain;
 mod devices;
+mod extensions;
 mod issuers;
 mod roots;
 mod schema;
@@ -31,6 +32,7 @@ mod tokens;
 pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};
+pub use extensions::Claim;
 pub use issuers::IssuerRow;
 pub use roots::RootRow;
 pub use snapshot::{SNAPSHOT_WAIT, Snapshot, schema_version};

@@ -84,6 +84,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
          created INTEGER NOT NULL,
          current INTEGER NOT NULL DEFAULT 0,
          retire_at INTEGER);",
+    // Which device owns each extension (issue 14): the first device to
+    // announce it keeps it across reconnects, so that another box cannot
+    // take it while the owner is away.
+    "CREATE TABLE extensions (
+         ext TEXT PRIMARY KEY,
+         device TEXT NOT NULL,
+         claimed INTEGER NOT NULL);
+     CREATE INDEX extensions_device ON extensions(device);",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

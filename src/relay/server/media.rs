@@ -1,6 +1,11 @@
 //! The datagram path of a session: uplink flows and their recordings,
 //! calls to the recording service, the echo, and the file downlink. The
 //! session's control task shares [`Flows`] with the media task.
+//!
+//! Recorded bytes are charged to the device's daily quota
+//! (`[recording] per_device_mib_per_day`) in chunks of [`QUOTA_CHUNK`], so
+//! the shared quota's lock is taken once per chunk, not per datagram; a
+//! recording past the quota is finished and the flow goes on unrecorded.
 
 use super::{DOWNLINK_FLOW, Downlink, RelayCtx};
 use crate::codec::OPUS_PAYLOAD_TYPE;
@@ -37,17 +42,51 @@ impl UpFlow {
     }
 }
 
+/// Bytes of recordings a session takes from its device's quota at once.
+pub(super) const QUOTA_CHUNK: u64 = 64 * 1024;
+
+/// Charge a recorded packet of `payload` bytes (and its Ogg framing, about)
+/// to the device's daily quota; `false` when the quota is spent.
+fn charge(ctx: &RelayCtx, device: &str, budget: &mut u64, payload: usize) -> bool {
+    let n = payload as u64 + 8;
+    if *budget < n {
+        let day = crate::relay::quota::day_of(crate::relay::registry::now());
+        let granted = ctx
+            .rec_quota
+            .lock()
+            .map(|mut q| q.take(device, day, QUOTA_CHUNK))
+            .unwrap_or(false);
+        if !granted {
+            return false;
+        }
+        *budget += QUOTA_CHUNK;
+    }
+    *budget -= n;
+    true
+}
+
+/// Finish a recording whose device spent its daily quota.
+fn stop_for_quota(device: &str, f: &mut UpFlow, metrics: &RelayMetrics) {
+    if let Some(rec) = f.recorder.take() {
+        let _ = rec.finish();
+        metrics.recording_quota_stops.inc();
+        warn!(%device, recording = %f.path.display(), "recording stopped: the device's daily recording quota is spent");
+    }
+}
+
 /// A datagram of a call to the recording service: into that call's recorder,
 /// opened on its first packet.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn record_call(
-    dir: &Path,
+    ctx: &RelayCtx,
     device: &str,
     session: u64,
     flow: u64,
     pkt: &crate::media::rtp::Packet<&[u8]>,
     recs: &mut HashMap<u64, UpFlow>,
-    metrics: &RelayMetrics,
+    budget: &mut u64,
 ) {
+    let (dir, metrics) = (&ctx.recordings, &*ctx.metrics);
     let f = recs.entry(flow).or_insert_with(|| {
         let path = recording_path(dir, device, session, flow);
         info!(%device, flow, recording = %path.display(), "call recording started");
@@ -60,6 +99,9 @@ pub(super) fn record_call(
     });
     if f.ssrc != pkt.ssrc() {
         return;
+    }
+    if f.recorder.is_some() && !charge(ctx, device, budget, pkt.payload().len()) {
+        stop_for_quota(device, f, metrics);
     }
     if let Some(rec) = f.recorder.as_mut() {
         match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
@@ -133,6 +175,7 @@ pub(super) async fn media(
     let origin = Instant::now();
     let echo = matches!(ctx.downlink, Downlink::Echo);
     let mut out = [0u8; 1500];
+    let mut budget = 0u64;
     while let Ok(d) = conn.read_datagram().await {
         ctx.metrics.datagrams.inc();
         let Ok((flow_id, pkt)) = flow::decode(&d) else {
@@ -146,13 +189,13 @@ pub(super) async fn media(
             match ctx.calls.forward(session, flow_id, &pkt, &mut out) {
                 Forwarded::Sent | Forwarded::Dropped => {}
                 Forwarded::Record => record_call(
-                    &ctx.recordings,
+                    &ctx,
                     &device,
                     session,
                     flow_id,
                     &pkt,
                     &mut fl.calls,
-                    &ctx.metrics,
+                    &mut budget,
                 ),
                 Forwarded::NoRoute => ctx.metrics.unknown_flow.inc(),
             }
@@ -160,6 +203,9 @@ pub(super) async fn media(
         };
         f.stats
             .update(origin.elapsed(), pkt.sequence(), pkt.timestamp());
+        if f.recorder.is_some() && !charge(&ctx, &device, &mut budget, pkt.payload().len()) {
+            stop_for_quota(&device, f, &ctx.metrics);
+        }
         if let Some(rec) = f.recorder.as_mut() {
             match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
                 Ok(_) => ctx.metrics.recorded.inc(),

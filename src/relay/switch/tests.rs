@@ -405,6 +405,83 @@ fn extensions_are_validated_and_owned_by_one_box() {
 }
 
 #[test]
+fn a_call_from_another_boxs_extension_is_refused() {
+    let mut sw = two_boxes();
+    // B claims to call as A's phone 201.
+    let out = sw.setup(T0, B, 7, "900", "201", 40);
+    assert!(matches!(
+        &sends(&out)[..],
+        [
+            (
+                B,
+                Signal::Error {
+                    code: "bad_from",
+                    ..
+                }
+            ),
+            (
+                B,
+                Signal::End {
+                    call: 7,
+                    reason: EndReason::Declined
+                }
+            )
+        ]
+    ));
+    assert!(routes(&out).is_empty());
+    assert_eq!(sw.calls(), 0);
+    // As a number nobody announced (a phone that calls without
+    // registering), or its own: the call goes on.
+    assert_eq!(sends(&sw.setup(T0, B, 8, "900", "555", 41)).len(), 1);
+    assert_eq!(sends(&sw.setup(T0, B, 9, "900", "301", 42)).len(), 1);
+    assert_eq!(sw.calls(), 2);
+}
+
+#[test]
+fn a_new_session_of_the_same_device_takes_its_extensions_over() {
+    let mut sw = Switch::new(1);
+    sw.device_up(A, "gw-a");
+    sw.device_up(B, "gw-b");
+    assert!(sw.ext_up(A, "201").is_empty());
+    // gw-a reconnects (session 3) before session A is gone.
+    sw.device_up(3, "gw-a");
+    assert!(sw.ext_up(3, "201").is_empty());
+    assert_eq!(sw.owner("201"), Some(3));
+    // Another device still cannot.
+    assert!(matches!(
+        sends(&sw.ext_up(B, "201"))[..],
+        [(
+            B,
+            Signal::Error {
+                code: "ext_conflict",
+                ..
+            }
+        )]
+    ));
+    // The old session's end leaves the extension with the new one.
+    sw.session_down(A);
+    assert_eq!(sw.owner("201"), Some(3));
+}
+
+#[test]
+fn the_recording_service_is_unavailable_when_the_relay_does_not_record() {
+    let mut sw = two_boxes();
+    sw.set_recording(false);
+    let out = sw.setup(T0, A, 10, RECORD, "201", 61);
+    assert_eq!(
+        sends(&out),
+        vec![(
+            A,
+            Signal::End {
+                call: 10,
+                reason: EndReason::Unavailable
+            }
+        )]
+    );
+    assert!(routes(&out).is_empty());
+}
+
+#[test]
 fn a_device_cannot_touch_calls_it_is_not_in() {
     let mut sw = two_boxes();
     sw.session_up(3);

@@ -27,8 +27,8 @@ pub(crate) fn relay(c: &Ctx, l: &mut Vec<String>) {
         st.get("generator_sched").or_unset("normal policy"),
         st.get("generator").or_unset("N QUIC connections")
     ));
-    w("A stream is what one gateway sends: its own QUIC connection with mutual TLS (one development".into());
-    w("certificate), the device's control handshake (hello, welcome, `flow_open` of up flow 0 with its own".into());
+    w("A stream is what one gateway sends: its own QUIC connection with mutual TLS (a development".into());
+    w("certificate of its own), the device's control handshake (hello, welcome, `flow_open` of up flow 0 with its own".into());
     w(format!(
         "SSRC), then a real Opus packet (speech, mean payload {} bytes)",
         f(st.get("mean_opus_payload_bytes").num(), 0)
