@@ -9,34 +9,13 @@
 use std::time::{Duration, Instant};
 use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
 use voxgate_testkit::cmd::both as text;
-use voxgate_testkit::enroll::{audit, cert_serial, sealed_gateway_config, secret_file};
+use voxgate_testkit::enroll::{
+    audit, cert_serial, issuer_of, sealed_gateway_config, secret_file, signing_issuer,
+};
 use voxgate_testkit::lab::{Lab, metric, wait_for};
 use voxgate_testkit::session::{Session, runtime};
 
 const RETIRE_S: u64 = 12;
-
-/// The issuing CA (fingerprint) the registry says signed `serial`.
-fn issuer_of(lab: &Lab, serial: &str) -> Option<String> {
-    rusqlite::Connection::open(lab.dir.join("relay/registry.sqlite3"))
-        .unwrap()
-        .query_row(
-            "SELECT issuer FROM certificates WHERE serial = ?1",
-            [serial],
-            |r| r.get(0),
-        )
-        .unwrap()
-}
-
-/// The issuing CA that signs now.
-fn signing(lab: &Lab) -> String {
-    let status = text(&lab.relay_cmd(&["ca", "status"]));
-    status
-        .lines()
-        .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("{status}"))
-        .to_string()
-}
 
 #[test]
 fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
@@ -60,7 +39,7 @@ fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
     // file): it stays on the old issuing CA.
     let (_, _) = lab.gateway_config("gw-stuck", lab.quic_port, "");
     let mut relay = lab.start_relay();
-    let old = signing(&lab);
+    let old = signing_issuer(&lab);
 
     let speech = speech_fixture(&lab.dir, "The fleet moves to a new issuing CA.");
     let devs = AlsaFileDevices::new(&lab.dir, Some(&speech), None);
@@ -99,7 +78,7 @@ fn every_device_moves_to_a_new_issuing_ca_and_the_old_chain_is_refused() {
         &format!("{RETIRE_S}s"),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let new = signing(&lab);
+    let new = signing_issuer(&lab);
     assert_ne!(new, old);
     // Every gateway renews onto the new issuing CA over its session.
     for (id, gw, _, cert) in &mut gateways {

@@ -10,18 +10,9 @@
 use std::time::Duration;
 use voxgate::relay::ca_key;
 use voxgate_testkit::cmd::both as text;
-use voxgate_testkit::enroll::{Setup, secret_file};
+use voxgate_testkit::enroll::{Setup, secret_file, signing_issuer};
 use voxgate_testkit::lab::{Lab, wait_for};
 use voxgate_testkit::swtpm::Swtpm;
-
-fn signing(lab: &Lab) -> String {
-    let s = text(&lab.relay_cmd(&["ca", "status"]));
-    s.lines()
-        .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("{s}"))
-        .to_string()
-}
 
 #[test]
 fn the_issuing_key_is_made_and_used_in_the_tpm() {
@@ -32,7 +23,7 @@ fn the_issuing_key_is_made_and_used_in_the_tpm() {
     let o = lab.relay_cmd(&["init", "--keep-root", "--issuing-key-tpm", &tpm.spec()]);
     assert!(o.status.success(), "{}", text(&o));
     let state = lab.dir.join("relay");
-    let first = signing(&lab);
+    let first = signing_issuer(&lab);
     let tpm_file = ca_key::tpm_path(&state, &first);
     assert!(tpm_file.exists(), "no {}", tpm_file.display());
     let (_, sealed) = voxgate::relay::authority::issuing_paths(&state, &first);
@@ -45,7 +36,7 @@ fn the_issuing_key_is_made_and_used_in_the_tpm() {
     // running relay renews its certificate from it.
     let o = lab.relay_cmd(&["ca", "rotate-issuing", "--retire-after", "1h"]);
     assert!(o.status.success(), "{}", text(&o));
-    let second = signing(&lab);
+    let second = signing_issuer(&lab);
     assert_ne!(first, second);
     assert!(ca_key::tpm_path(&state, &second).exists());
     wait_for(

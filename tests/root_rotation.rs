@@ -15,7 +15,7 @@ use voxgate::pki::files::read_certs;
 use voxgate::pki::name::fingerprint;
 use voxgate_testkit::audio_env::{AlsaFileDevices, speech_fixture};
 use voxgate_testkit::cmd::both as text;
-use voxgate_testkit::enroll::{Setup, audit, cert_serial, sealed_gateway_config};
+use voxgate_testkit::enroll::{Setup, audit, cert_serial, issuer_of, sealed_gateway_config};
 use voxgate_testkit::lab::{Lab, metric, wait_for};
 use voxgate_testkit::session::{Session, runtime};
 
@@ -26,17 +26,6 @@ fn bundle(path: &std::path::Path) -> Vec<String> {
     read_certs(path)
         .map(|c| c.iter().map(|c| fingerprint(c)).collect())
         .unwrap_or_default()
-}
-
-fn issuer_of(lab: &Lab, serial: &str) -> Option<String> {
-    rusqlite::Connection::open(lab.dir.join("relay/registry.sqlite3"))
-        .unwrap()
-        .query_row(
-            "SELECT issuer FROM certificates WHERE serial = ?1",
-            [serial],
-            |r| r.get(0),
-        )
-        .unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@
 use std::time::Duration;
 use voxgate::pki::sealed;
 use voxgate_testkit::cmd::both as text;
-use voxgate_testkit::enroll::Setup;
+use voxgate_testkit::enroll::{Setup, signing_issuer};
 use voxgate_testkit::lab::{Lab, wait_for};
 
 /// The private scalar of the issuing CA `fp`'s key (unsealed by the test).
@@ -86,15 +86,6 @@ fn status(pid: i32, field: &str) -> String {
         .unwrap_or_default()
 }
 
-fn signing(lab: &Lab) -> String {
-    let s = text(&lab.relay_cmd(&["ca", "status"]));
-    s.lines()
-        .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("{s}"))
-        .to_string()
-}
-
 #[test]
 fn the_issuing_key_lives_in_the_signer_process_only() {
     let lab = Lab::new("signer", "mode = \"none\"");
@@ -103,7 +94,7 @@ fn the_issuing_key_lives_in_the_signer_process_only() {
     let signer = signer_of(relay_pid);
     // The signer signs: an enrollment goes through it.
     Setup::new(&lab, "gw-1").run();
-    let first = signing(&lab);
+    let first = signing_issuer(&lab);
     let key = issuing_scalar(&lab, &first);
     assert!(
         in_memory(signer, &key),
@@ -121,7 +112,7 @@ fn the_issuing_key_lives_in_the_signer_process_only() {
     // (the relay renews its own certificate from it at once).
     let o = lab.relay_cmd(&["ca", "rotate-issuing", "--retire-after", "1h"]);
     assert!(o.status.success(), "{}", text(&o));
-    let second = signing(&lab);
+    let second = signing_issuer(&lab);
     assert_ne!(second, first);
     wait_for(
         Duration::from_secs(10),

@@ -252,6 +252,32 @@ pub fn sealed_gateway_config(
     (cfg, m)
 }
 
+/// The issuing CA (fingerprint) that signs now, as `voxgate relay ca
+/// status` says.
+pub fn signing_issuer(lab: &Lab) -> String {
+    let o = lab.relay_cmd(&["ca", "status"]);
+    let status = String::from_utf8_lossy(&o.stdout).into_owned();
+    status
+        .lines()
+        .find(|l| l.starts_with("issuing") && l.ends_with("signing"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{status}"))
+        .to_string()
+}
+
+/// The issuing CA (fingerprint) the registry says signed `serial`.
+pub fn issuer_of(lab: &Lab, serial: &str) -> Option<String> {
+    let registry =
+        voxgate::relay::registry::Registry::open(&lab.dir.join("relay/registry.sqlite3")).unwrap();
+    // Every certificate the relay may still accept, superseded ones too.
+    registry
+        .trust_rows(voxgate::relay::registry::now(), i64::MAX / 4)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.serial == serial)
+        .and_then(|t| t.issuer)
+}
+
 /// The lab relay's registry with its audit key, as `voxgate relay token
 /// create` opens it: for writes from the test process.
 pub fn registry(lab: &Lab) -> voxgate::relay::registry::Registry {
