@@ -14,6 +14,18 @@ use voxgate_testkit::enroll::{Setup, secret_file, signing_issuer};
 use voxgate_testkit::lab::{Lab, wait_for};
 use voxgate_testkit::swtpm::Swtpm;
 
+/// `voxgate relay backup --with-keys` of the lab's relay.
+fn backup_with_keys(lab: &Lab) -> std::process::Output {
+    let pass = secret_file(&lab.dir, "backup.pass", "correct horse battery staple");
+    lab.relay_cmd(&[
+        "backup",
+        lab.dir.join("with-keys.vgb").to_str().unwrap(),
+        "--with-keys",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn the_issuing_key_is_made_and_used_in_the_tpm() {
     let tpm = Swtpm::start("relay-issuing");
@@ -67,14 +79,7 @@ fn the_issuing_key_is_made_and_used_in_the_tpm() {
     std::fs::write(ca_key::tpm_path(&state, &second), &file).unwrap();
 
     // A backup with keys cannot carry it, and says what to do instead.
-    let pass = secret_file(&lab.dir, "backup.pass", "correct horse battery staple");
-    let o = lab.relay_cmd(&[
-        "backup",
-        lab.dir.join("with-keys.vgb").to_str().unwrap(),
-        "--with-keys",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    let o = backup_with_keys(&lab);
     assert!(!o.status.success());
     assert!(text(&o).contains("relay ca recover"), "{}", text(&o));
     let o = lab.relay_cmd(&["backup", lab.dir.join("no-keys.vgb").to_str().unwrap()]);
@@ -130,14 +135,7 @@ fn the_relay_tls_key_lives_in_the_tpm_and_renews_there() {
     relay.assert_running();
     relay.stop();
     // A backup with keys cannot carry it.
-    let pass = secret_file(&lab.dir, "backup.pass", "correct horse battery staple");
-    let o = lab.relay_cmd(&[
-        "backup",
-        lab.dir.join("with-keys.vgb").to_str().unwrap(),
-        "--with-keys",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    let o = backup_with_keys(&lab);
     assert!(!o.status.success());
     assert!(text(&o).contains("held by a TPM"), "{}", text(&o));
 }

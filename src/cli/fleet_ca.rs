@@ -157,6 +157,27 @@ fn root_passphrase(
     })
 }
 
+/// What every command that uses the root key reads first: the config, the
+/// retire date `retire_after` from now, the registry (with its audit key),
+/// and the root key file's passphrase.
+fn root_op(
+    config: &std::path::Path,
+    retire_after: &str,
+    root_key: &Option<PathBuf>,
+    passphrase: &PassphraseArgs,
+) -> Result<(
+    RelayConfig,
+    i64,
+    crate::relay::registry::Registry,
+    Option<crate::pki::passphrase::Passphrase>,
+)> {
+    let cfg = RelayConfig::load(config)?;
+    let retire_at = crate::relay::registry::now() + seconds(retire_after)?;
+    let reg = super::open_registry(&cfg)?;
+    let pass = root_passphrase(root_key, passphrase)?;
+    Ok((cfg, retire_at, reg, pass))
+}
+
 /// Where the root key comes from: the file with its passphrase, or this
 /// machine.
 fn root_key_in<'a>(
@@ -275,10 +296,8 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             retire_after,
             passphrase,
         } => {
-            let cfg = RelayConfig::load(&config)?;
-            let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
-            let reg = super::open_registry(&cfg)?;
-            let pass = root_passphrase(&root_key, &passphrase)?;
+            let (cfg, retire_at, reg, pass) =
+                root_op(&config, &retire_after, &root_key, &passphrase)?;
             let root = root_key_in(&root_key, &pass);
             let ca =
                 authority::rotate_issuing(&cfg.state_dir, &cfg.ca_binding, &reg, root, retire_at)?;
@@ -298,10 +317,8 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             retire_after,
             passphrase,
         } => {
-            let cfg = RelayConfig::load(&config)?;
-            let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
-            let reg = super::open_registry(&cfg)?;
-            let pass = root_passphrase(&root_key, &passphrase)?;
+            let (cfg, retire_at, reg, pass) =
+                root_op(&config, &retire_after, &root_key, &passphrase)?;
             let old = root_key_in(&root_key, &pass);
             let new_pass;
             let out = match (&new_root_key_out, keep_root) {
@@ -346,10 +363,8 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             retire_after,
             passphrase,
         } => {
-            let cfg = RelayConfig::load(&config)?;
-            let retire_at = crate::relay::registry::now() + seconds(&retire_after)?;
-            let reg = super::open_registry(&cfg)?;
-            let pass = root_passphrase(&root_key, &passphrase)?;
+            let (cfg, retire_at, reg, pass) =
+                root_op(&config, &retire_after, &root_key, &passphrase)?;
             let root = root_key_in(&root_key, &pass);
             let fp = authority::recover(
                 &cfg.state_dir,

@@ -54,8 +54,11 @@ impl RemoteSigner {
         )
         .map_err(|e| CaError::Signer(e.to_string()))?;
         let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let io =
-            |e: std::io::Error| CaError::Signer(format!("the signer process does not answer: {e}"));
+        let io = |e: std::io::Error| {
+            CaError::Signer(format!(
+                "the signer process does not answer ({e}); enrollments and renewals fail until the relay is restarted (`systemctl restart voxgate-relay`); its log says why the signer stopped"
+            ))
+        };
         s.write_all(&out).map_err(io)?;
         let mut prefix = [0u8; 2];
         s.read_exact(&mut prefix).map_err(io)?;
