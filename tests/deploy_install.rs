@@ -286,6 +286,7 @@ fn install_into_a_scratch_root_then_rerun_changes_nothing() {
     // Role gateway: no relay unit, no relay config, no TPM group.
     for rel in [
         "usr/lib/systemd/system/voxgate-relay.service",
+        "usr/lib/systemd/system/voxgate-signer.service",
         "etc/voxgate/relay.toml",
         "usr/lib/sysusers.d/voxgate-tpm.conf",
     ] {
@@ -354,6 +355,7 @@ fn install_both_roles_with_a_tpm_and_a_narrowed_lan() {
     for rel in [
         "usr/lib/systemd/system/voxgate.service",
         "usr/lib/systemd/system/voxgate-relay.service",
+        "usr/lib/systemd/system/voxgate-signer.service",
     ] {
         assert_meta(&root, rel, 0o644, "root", "root");
     }

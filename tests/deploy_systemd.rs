@@ -38,7 +38,13 @@ r voxgate_groups "$(id -Gn voxgate)"
 r dirs "$(stat -c '%n:%a:%U:%G' /etc/voxgate /var/lib/voxgate /var/lib/voxgate-relay /var/lib/voxgate-relay/recordings | tr '\n' ' ')"
 install -m 0640 -o root -g voxgate /vg/voxgate.toml /vg/relay.toml /etc/voxgate/
 install -m 0644 /vg/asound.conf /etc/asound.conf
-runuser -u voxgate -- voxgate relay init --keep-root --config /etc/voxgate/relay.toml
+# As root: the issuing key becomes a systemd credential (root's only), the
+# rest goes to the relay's account (the state directory's owner).
+voxgate relay init --keep-root --issuing-key-creds --config /etc/voxgate/relay.toml
+r cred_dir "$(stat -c '%a:%U' /var/lib/voxgate-relay/credentials)"
+r relay_reads_creds "$(runuser -u voxgate -- ls /var/lib/voxgate-relay/credentials >/dev/null 2>&1 && echo yes || echo no)"
+r relay_owns "$(stat -c '%U' /var/lib/voxgate-relay/relay.pem /var/lib/voxgate-relay/registry.db | sort -u | tr '\n' ' ')"
+systemctl start voxgate-signer.service; r signer.start $?
 voxgate relay dev-cert --config /etc/voxgate/relay.toml --device-id box-1 --out /run/box
 install -m 0644 /run/box/device.pem /run/box/ca.pem /etc/voxgate/
 install -m 0600 -o voxgate -g voxgate /run/box/device.key /etc/voxgate/
@@ -51,6 +57,13 @@ systemctl daemon-reload
 systemctl start vg-probe.service; r probe_rc $?
 journalctl -u vg-probe.service -o cat --no-pager >/out/probe.log
 systemctl start voxgate-relay.service; r voxgate-relay.start $?
+spid="$(systemctl show -p MainPID --value voxgate-signer.service)"
+r signer.uid "$(awk '$1 == "Uid:" { print $2 }' /proc/$spid/status)"
+r signer.credentials "$(ls /run/credentials/voxgate-signer.service | tr '\n' ' ')"
+rpid="$(systemctl show -p MainPID --value voxgate-relay.service)"
+r relay.uid "$(awk '$1 == "Uid:" { print $2 }' /proc/$rpid/status)"
+r uid.voxgate-signer "$(id -u voxgate-signer)"
+r uid.voxgate "$(id -u voxgate)"
 systemctl start voxgate.service; r voxgate.start $?
 # Longer than WatchdogSec=10s: a daemon that does not ping is restarted.
 sleep 13
@@ -67,7 +80,8 @@ done
 exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 \
   && r frames_sent "$(awk '$1 == "voxgate_frames_sent_total" { print $2 }' <&3)"
 exec 3<&-
-journalctl -u voxgate.service -u voxgate-relay.service -o cat --no-pager >/out/journal.log
+r signer.ActiveState "$(systemctl show -p ActiveState --value voxgate-signer.service)"
+journalctl -u voxgate.service -u voxgate-relay.service -u voxgate-signer.service -o cat --no-pager >/out/journal.log
 # The optional device-key credential, now present.
 mkdir -p /etc/credstore.encrypted
 printf 'not-a-real-key' | systemd-creds encrypt --name=voxgate-device-key --with-key=host - \
@@ -128,6 +142,12 @@ const RELAY_CONFIG: &str = r#"listen = "0.0.0.0:443"
 state_dir = "/var/lib/voxgate-relay"
 recordings = "/var/lib/voxgate-relay/recordings"
 server_name = "relay.voxgate.local"
+[ca]
+# Renewed at 8 s, while the harness waits: through the signer unit.
+relay_cert_lifetime_s = 12
+[signer]
+socket = "/run/voxgate-signer/signer.sock"
+user = "voxgate-signer"
 [downlink]
 mode = "echo"
 [telemetry]
@@ -186,6 +206,11 @@ fn units_start_and_stream_under_systemd() {
         (
             sys.join("voxgate-relay.service"),
             "/etc/systemd/system/voxgate-relay.service",
+            true,
+        ),
+        (
+            sys.join("voxgate-signer.service"),
+            "/etc/systemd/system/voxgate-signer.service",
             true,
         ),
         (
@@ -320,6 +345,26 @@ fn units_start_and_stream_under_systemd() {
             "{u} runs without the audio group:\n{context}"
         );
     }
+    // The signer unit: its own account, the only one given the issuing
+    // key (a systemd credential root keeps), and the relay's certificate
+    // renewed through it while the gateway streams.
+    assert_eq!(get("signer.start"), "0", "{context}");
+    assert_eq!(get("signer.ActiveState"), "active", "{context}");
+    assert_eq!(get("signer.uid"), get("uid.voxgate-signer"), "{context}");
+    assert_eq!(get("relay.uid"), get("uid.voxgate"), "{context}");
+    assert_ne!(get("signer.uid"), get("relay.uid"), "{context}");
+    assert_eq!(get("cred_dir"), "700:root", "{context}");
+    assert_eq!(get("relay_reads_creds"), "no", "{context}");
+    assert_eq!(get("relay_owns").trim(), "voxgate", "{context}");
+    assert!(
+        get("signer.credentials").starts_with("voxgate-issuing_issuing-")
+            && get("signer.credentials").contains(".key.cred"),
+        "the signer was not given the issuing key:\n{context}"
+    );
+    assert!(
+        journal.contains("relay certificate renewed"),
+        "the relay did not renew its certificate through the signer:\n{context}"
+    );
     let sent: f64 = get("frames_sent").parse().unwrap_or(0.0);
     assert!(
         sent > 0.0,

@@ -60,6 +60,15 @@ fn gateway_unit_exposure_is_at_most_1_5() {
 }
 
 #[test]
+fn signer_unit_exposure_is_at_most_1_5() {
+    let (value, report) = exposure(&repo().join("systemd/voxgate-signer.service"));
+    assert!(
+        value <= RELAY_MAX_EXPOSURE,
+        "voxgate-signer.service exposure {value} > {RELAY_MAX_EXPOSURE}:\n{report}"
+    );
+}
+
+#[test]
 fn relay_unit_exposure_is_at_most_1_5() {
     let (value, report) = exposure(&repo().join("systemd/voxgate-relay.service"));
     assert!(
@@ -259,14 +268,19 @@ fn units_pass_systemd_analyze_verify() {
     let exe = root.join("usr/bin/voxgate");
     std::fs::write(&exe, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    for u in ["voxgate.service", "voxgate-relay.service"] {
+    let all = [
+        "voxgate.service",
+        "voxgate-relay.service",
+        "voxgate-signer.service",
+    ];
+    for u in all {
         std::fs::copy(repo().join("systemd").join(u), units.join(u)).unwrap();
     }
     let o = run(
         Command::new("systemd-analyze")
             .arg("verify")
             .arg(format!("--root={}", root.display()))
-            .args(["voxgate.service", "voxgate-relay.service"])
+            .args(all)
             .env("SYSTEMD_COLORS", "0"),
         "systemd",
     );

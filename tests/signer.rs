@@ -147,3 +147,119 @@ fn the_issuing_key_lives_in_the_signer_process_only() {
     relay.assert_running();
     relay.stop();
 }
+
+/// The signer as its own unit would run it (`voxgate relay signer
+/// --listen`): under its own account (`nobody` here), on a socket, owning
+/// the issuing keys, answering the relay's account only.
+#[test]
+fn the_signer_unit_serves_the_relays_account_only() {
+    let lab = Lab::new_public("signer-unit", "mode = \"none\"");
+    let socket = lab.dir.join("signer.sock");
+    let cfg = lab.dir.join("relay.toml");
+    let text0 = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text0}[signer]\nsocket = \"{}\"\nuser = \"nobody\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    // Run as root, the operator's commands give the issuing keys to the
+    // signer's account (the relay's, the state directory's owner, keeps the
+    // rest), and the directory lets it in (the unit's group does that).
+    let o = lab.relay_cmd(&["ca", "rotate-issuing", "--retire-after", "1h"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let state = lab.dir.join("relay");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fp = signing_issuer(&lab);
+    let key_file = voxgate::relay::ca_key::key_path(&state, &fp, "sealed");
+    let meta = std::fs::metadata(&key_file).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
+    assert_eq!(std::fs::metadata(state.join("relay.pem")).unwrap().uid(), 0);
+
+    let start_signer = || {
+        let log = lab.dir.join(format!("signer-{}.log", fastrand::u32(..)));
+        let child = std::process::Command::new(voxgate_testkit::lab::bin())
+            .args(["relay", "signer", "--listen", "--config"])
+            .arg(&cfg)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(10), "the signer's socket", || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("signer ready")
+        });
+        (child, log)
+    };
+    let (mut signer, signer_log) = start_signer();
+    let signer_pid = signer.id() as i32;
+    assert_eq!(
+        status(signer_pid, "Uid").split_whitespace().next(),
+        Some("65534")
+    );
+    assert_eq!(status(signer_pid, "Seccomp"), "2");
+
+    let mut relay = lab.start_relay();
+    let relay_pid = relay.pid();
+    // No child: the relay signs through the unit's socket.
+    let children =
+        std::fs::read_to_string(format!("/proc/{relay_pid}/task/{relay_pid}/children")).unwrap();
+    assert!(children.trim().is_empty(), "the relay spawned {children}");
+    Setup::new(&lab, "gw-1").run();
+    let key = issuing_scalar(&lab, &fp);
+    assert!(in_memory(signer_pid, &key), "the key is not in the signer");
+    assert!(
+        !in_memory(relay_pid, &key),
+        "the issuing key is in the relay"
+    );
+
+    // Another account connects and asks: the signer hangs up unanswered.
+    let attack = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=daemon",
+            "--regid=daemon",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             s.settimeout(5)\n\
+             try:\n\
+             \x20s.sendall(bytes([0,4])+b'{}{}')\n\
+             \x20print('answered' if s.recv(100) else 'closed')\n\
+             except (BrokenPipeError, ConnectionResetError):\n\
+             \x20print('closed')",
+        )
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&attack.stdout).trim(),
+        "closed",
+        "{}",
+        text(&attack)
+    );
+    assert!(
+        std::fs::read_to_string(&signer_log)
+            .unwrap()
+            .contains("a process of another account connected; refused"),
+        "the refusal is not logged"
+    );
+
+    // The unit restarts (a rotation to a credential it is given at start):
+    // the relay connects again by itself.
+    signer.kill().unwrap();
+    signer.wait().unwrap();
+    let (mut signer, _) = start_signer();
+    Setup::new(&lab, "gw-2").run();
+    relay.assert_running();
+    relay.stop();
+    signer.kill().unwrap();
+    signer.wait().unwrap();
+}

@@ -24,8 +24,14 @@ pub(super) struct RootKeyArgs {
     /// Make the issuing CA's key inside this TPM (`device:/dev/tpmrm0`, or
     /// `swtpm:HOST:PORT`) instead of sealing it to the machine: it never
     /// leaves the TPM, and later issuing CAs follow it there.
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", conflicts_with = "issuing_key_creds")]
     issuing_key_tpm: Option<String>,
+    /// Keep the issuing CA's key as a systemd credential
+    /// (`credentials/issuing-*.key.cred`, encrypted by `systemd-creds` to
+    /// this machine's TPM or host key): only voxgate-signer.service is given
+    /// it (`LoadCredentialEncrypted=`). Needs root.
+    #[arg(long)]
+    issuing_key_creds: bool,
     /// Make the relay's TLS key inside this TPM: every handshake signs
     /// through it, and renewals make the next key there.
     #[arg(long, value_name = "SPEC")]
@@ -217,7 +223,11 @@ pub(super) fn init(config: PathBuf, root: RootKeyArgs) -> Result<()> {
             None => crate::relay::ca_key::KeyStore::Sealed,
         })
     };
-    let issuing_store = store(&root.issuing_key_tpm, "--issuing-key-tpm")?;
+    let issuing_store = if root.issuing_key_creds {
+        crate::relay::ca_key::KeyStore::Creds
+    } else {
+        store(&root.issuing_key_tpm, "--issuing-key-tpm")?
+    };
     let tls_store = store(&root.tls_key_tpm, "--tls-key-tpm")?;
     let (fp, file) = crate::relay::ca::init_in(
         &cfg.state_dir,
@@ -227,6 +237,7 @@ pub(super) fn init(config: PathBuf, root: RootKeyArgs) -> Result<()> {
         out,
         (&issuing_store, &tls_store),
     )?;
+    settle_owners(&cfg)?;
     println!("fleet CA created in {}", cfg.state_dir.display());
     println!("CA fingerprint: {fp}");
     match file {
@@ -301,7 +312,9 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             let root = root_key_in(&root_key, &pass);
             let ca =
                 authority::rotate_issuing(&cfg.state_dir, &cfg.ca_binding, &reg, root, retire_at)?;
+            settle_owners(&cfg)?;
             println!("issuing CA {} signs from now on", ca.fingerprint());
+            restart_signer_unit(&cfg, ca.fingerprint());
             eprintln!(
                 "the running relay takes it within a second, renews its own certificate from it and asks every connected device to renew; certificates of the previous issuing CA are refused from {} (see `voxgate relay ca status`, and `voxgate relay audit` for the renewals)",
                 when(retire_at)
@@ -343,6 +356,8 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
                 out,
                 retire_at,
             )?;
+            settle_owners(&cfg)?;
+            restart_signer_unit(&cfg, &r.issuing);
             println!("new root CA fingerprint: {}", r.root);
             println!("issuing CA {} signs from now on", r.issuing);
             if let Some(path) = &r.key_out {
@@ -375,6 +390,7 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
                 &cfg.server_name,
                 cfg.relay_cert_lifetime,
             )?;
+            settle_owners(&cfg)?;
             println!("issuing CA {fp} signs from now on; the relay has a new key and certificate");
             eprintln!(
                 "start the relay; devices reconnect (same root) and renew onto the new issuing CA; earlier issuing CAs' certificates are refused from {}",
@@ -398,5 +414,89 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Run as root, give the state directory's files to their accounts: the
+/// relay's (`[privilege] user`, or the state directory's owner) for everything, then the issuing CA keys to
+/// the signer's (`[signer] user`) and a root key kept here to root, so that
+/// the relay's account reads neither. Not root: the files stay the
+/// caller's (the unit file's `runuser -u voxgate` way), and a configured
+/// signer account is warned about.
+pub(super) fn settle_owners(cfg: &RelayConfig) -> Result<()> {
+    use nix::unistd::{Uid, User};
+    let account = |name: &str, key: &str| -> Result<(u32, u32)> {
+        let u = User::from_name(name).ok().flatten().with_context(|| {
+            format!(
+                "{}: {key} `{name}` is not in /etc/passwd",
+                cfg.file.display()
+            )
+        })?;
+        Ok((u.uid.as_raw(), u.gid.as_raw()))
+    };
+    if !Uid::effective().is_root() {
+        if cfg.signer.user.is_some() {
+            eprintln!(
+                "not root: the issuing CA keys belong to this user, not to [signer] user; rerun as root, or chown them (`issuing-*.key.*` in {}) to the signer's account",
+                cfg.state_dir.display()
+            );
+        }
+        return Ok(());
+    }
+    let relay = Some(crate::relay::signer::process::relay_account(cfg)?);
+    let signer = match &cfg.signer.user {
+        Some(u) => Some(account(u, "[signer] user")?),
+        None => None,
+    };
+    let dir = &cfg.state_dir;
+    let chown = |p: &std::path::Path, (uid, gid): (u32, u32)| {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+            .with_context(|| format!("cannot give {} to uid {uid}", p.display()))
+    };
+    if let Some(owner) = relay {
+        chown(dir, owner)?;
+    }
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == crate::relay::ca_key::CREDENTIALS_DIR || entry.file_type()?.is_dir() {
+            continue;
+        }
+        let issuing_key = name.starts_with("issuing-") && name.contains(".key.");
+        let root_key = name == crate::relay::authority::ROOT_KEY_SEALED
+            || name == crate::relay::ca::CA_KEY_SEALED;
+        let owner = match (issuing_key, root_key, signer) {
+            (true, _, Some(s)) => Some(s),
+            (_, true, Some(_)) => Some((0, 0)),
+            _ => relay,
+        };
+        if let Some(owner) = owner {
+            chown(&path, owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// After a rotation to a key kept as a systemd credential: restart the
+/// signer unit, which is given its credentials only at start.
+fn restart_signer_unit(cfg: &RelayConfig, fp: &str) {
+    let cred = crate::relay::ca_key::key_path(&cfg.state_dir, fp, "cred");
+    if !cred.exists() {
+        return;
+    }
+    let restarted = std::path::Path::new("/run/systemd/system").exists()
+        && std::process::Command::new("systemctl")
+            .args(["try-restart", "voxgate-signer.service"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if restarted {
+        eprintln!(
+            "voxgate-signer.service restarted: it loads the new key (a systemd credential) at start"
+        );
+    } else {
+        eprintln!(
+            "the new key is a systemd credential: restart the signer so that it is given it (`systemctl restart voxgate-signer`)"
+        );
     }
 }

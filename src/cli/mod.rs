@@ -79,9 +79,13 @@ enum RelayCommand {
         /// Relay config file.
         #[arg(long, short, default_value = "/etc/voxgate/relay.toml")]
         config: PathBuf,
-        /// Serve the relay on standard input (a socket).
-        #[arg(long, required = true)]
+        /// Serve the relay on standard input (a socket): as `relay run`'s child.
+        #[arg(long, required_unless_present = "listen", conflicts_with = "listen")]
         stdio: bool,
+        /// Serve the relay's account on `[signer] socket`: as its own unit
+        /// (voxgate-signer.service), under its own account.
+        #[arg(long)]
+        listen: bool,
     },
     /// Create the fleet CA and the relay certificate in the state directory.
     Init {
@@ -311,10 +315,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             report.log();
             relay_runtime()?.block_on(crate::relay::run(prepared, shutdown_signal()))
         }
-        Command::Relay(RelayCommand::Signer { config, stdio: _ }) => {
+        Command::Relay(RelayCommand::Signer { config, stdio, .. }) => {
             let cfg = RelayConfig::load(&config)?;
             crate::telemetry::init(&cfg.telemetry.log);
-            crate::relay::signer::process::run(cfg)
+            if stdio {
+                crate::relay::signer::process::run(cfg)
+            } else {
+                crate::relay::signer::process::listen(cfg)
+            }
         }
         Command::Relay(RelayCommand::Init { config, root }) => fleet_ca::init(config, root),
         Command::Relay(RelayCommand::Ca(cmd)) => fleet_ca::run(cmd),
@@ -537,9 +545,11 @@ fn restore(
         "next: {}",
         report.next.instructions(&cfg.file, &cfg.state_dir)
     );
-    println!(
-        "the files belong to the user that ran this; if the relay runs as another (the unit's `voxgate`): chown -R voxgate:voxgate {}",
-        cfg.state_dir.display()
-    );
+    fleet_ca::settle_owners(&cfg)?;
+    if !nix::unistd::Uid::effective().is_root() {
+        println!(
+            "the files belong to the user that ran this; if the relay runs as another (the unit's `voxgate`): rerun as root, which gives them to [privilege] user (and the issuing keys to [signer] user)"
+        );
+    }
     Ok(())
 }

@@ -29,6 +29,28 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     recording: RawRecording,
+    #[serde(default)]
+    signer: RawSigner,
+}
+
+/// `[signer]`: where the process that holds the issuing CA key runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigner {
+    socket: Option<PathBuf>,
+    user: Option<String>,
+}
+
+/// `[signer]`: the signer process ([`crate::relay::signer`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignerSettings {
+    /// The socket of a signer that runs as its own unit
+    /// (`voxgate-signer.socket`); `None`: `relay run` starts the signer as
+    /// its child.
+    pub socket: Option<PathBuf>,
+    /// The signer's own account: it owns the issuing keys, and the signer
+    /// drops to it when started as root.
+    pub user: Option<String>,
 }
 
 /// `[limits]`: what one source, one device, or everyone at once may cost
@@ -352,6 +374,8 @@ pub struct RelayConfig {
     pub limits: RelayLimits,
     /// Recording and retention (`[recording]`).
     pub recording: RecordingSettings,
+    /// Where the signer runs (`[signer]`).
+    pub signer: SignerSettings,
 }
 
 impl RelayConfig {
@@ -417,9 +441,11 @@ impl RelayConfig {
         let relay_cert_lifetime = relay_cert_lifetime(file, &raw.ca)?;
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
+        let signer = validate_signer(file, raw.signer, &privilege)?;
         Ok(RelayConfig {
             limits,
             recording,
+            signer,
             superseded_grace: std::time::Duration::from_secs(grace),
             file: file.to_path_buf(),
             listen: raw.listen,
@@ -441,6 +467,47 @@ impl RelayConfig {
             relay_cert_lifetime,
         })
     }
+}
+
+fn validate_signer(
+    file: &Path,
+    raw: RawSigner,
+    privilege: &crate::privilege::PrivilegeSettings,
+) -> Result<SignerSettings, ConfigError> {
+    if let Some(socket) = &raw.socket
+        && !socket.is_absolute()
+    {
+        return Err(ConfigError::invalid(
+            file,
+            "signer.socket",
+            format!(
+                "`{}` is not an absolute path (the signer unit's socket, e.g. /run/voxgate-signer.sock)",
+                socket.display()
+            ),
+        ));
+    }
+    if let Some(user) = &raw.user {
+        let why = if user.is_empty() || user == "root" {
+            Some("must name an account of its own, not root")
+        } else if privilege.user.as_deref() == Some(user.as_str()) {
+            Some(
+                "must differ from [privilege] user (the relay's account): the signer's account is what keeps the issuing key from the relay",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ConfigError::invalid(
+                file,
+                "signer.user",
+                format!("`{user}` {why}"),
+            ));
+        }
+    }
+    Ok(SignerSettings {
+        socket: raw.socket,
+        user: raw.user,
+    })
 }
 
 #[cfg(test)]
@@ -469,7 +536,15 @@ mod tests {
         assert!(c.recording.enabled);
         assert_eq!(c.recording.max_total_bytes, 1 << 29);
         assert_eq!(c.limits.retry_above_per_s, 5);
+        assert_eq!(c.signer, SignerSettings::default());
+        let c = p("[signer]\nsocket = \"/run/s.sock\"\nuser = \"vs\"\n").unwrap();
+        assert_eq!(c.signer.socket.as_deref(), Some(Path::new("/run/s.sock")));
+        assert_eq!(c.signer.user.as_deref(), Some("vs"));
         for bad in [
+            "[signer]\nsocket = \"run/s.sock\"",
+            "[signer]\nuser = \"root\"",
+            "[signer]\nuser = \"nobody\"\n[privilege]\nuser = \"nobody\"",
+            "[signer]\nbogus = 1",
             "[limits]\nmax_handshakes = 0",
             "[limits]\nipv6_prefix = 8",
             "[recording]\nmax_total_gib = 0",

@@ -32,6 +32,7 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData as _,
 };
 use rustls::pki_types::CertificateDer;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -154,8 +155,18 @@ pub fn install_issuing_in(
     params.serial_number = Some(random_serial()?);
     let cert = params.signed_by(&key, root)?;
     let fp = fingerprint(cert.der());
-    let (cert_path, sealed_path) = issuing_paths(state_dir, &fp);
-    create(&sealed_path.with_extension(ext), &key_file, 0o600)?;
+    let (cert_path, _) = issuing_paths(state_dir, &fp);
+    let key_path = super::ca_key::key_path(state_dir, &fp, ext);
+    if let Some(dir) = key_path.parent()
+        && dir != state_dir
+    {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    create(&key_path, &key_file, 0o600)?;
     create(&cert_path, cert.pem().as_bytes(), 0o644)?;
     registry.set_current_issuer(&fp, cert.der(), retire_prev_at)?;
     LocalCa::with_key(&cert.pem(), key)

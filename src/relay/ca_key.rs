@@ -5,6 +5,13 @@
 //! never exists outside it: the signer process signs certificates through
 //! it, the relay its TLS handshakes.
 //!
+//! An issuing CA's key may also be a systemd credential
+//! (`credentials/issuing-<fp>.key.cred`, encrypted by `systemd-creds` to
+//! the machine's TPM or host key, in a directory only root reads):
+//! `voxgate-signer.service` gets it decrypted at start
+//! (`LoadCredentialEncrypted=`), and the operator's commands, as root,
+//! decrypt it with `systemd-creds`.
+//!
 //! A new key goes where the one it replaces is ([`KeyStore::follow`],
 //! [`KeyStore::of_relay`]), so a key in a TPM stays there across rotations
 //! and renewals; `voxgate relay init --issuing-key-tpm SPEC --tls-key-tpm
@@ -118,6 +125,61 @@ pub enum KeyStore {
     Sealed,
     /// A key made inside this TPM.
     Tpm(TpmSpec),
+    /// A software key encrypted as a systemd credential (issuing CAs only).
+    Creds,
+}
+
+/// The directory of the state directory that holds the issuing keys kept
+/// as systemd credentials (root's only; the signer unit loads it).
+pub const CREDENTIALS_DIR: &str = "credentials";
+
+/// The credential id prefix the signer unit loads that directory under
+/// (`LoadCredentialEncrypted=voxgate-issuing:/var/lib/voxgate-relay/credentials`).
+pub const ISSUING_CRED_ID: &str = "voxgate-issuing";
+
+/// Where issuing CA `fp`'s key file with extension `ext` goes.
+pub fn key_path(state_dir: &Path, fp: &str, ext: &str) -> std::path::PathBuf {
+    let (_, sealed) = super::authority::issuing_paths(state_dir, fp);
+    let name = sealed.with_extension(ext);
+    if ext == "cred" {
+        let file = name.file_name().unwrap_or_default().to_owned();
+        state_dir.join(CREDENTIALS_DIR).join(file)
+    } else {
+        name
+    }
+}
+
+/// Run `systemd-creds` with `input` on its standard input; its output.
+fn systemd_creds(args: &[&str], input: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
+    use std::io::Write as _;
+    let fail = |what: String| CaError::Signer(format!("systemd-creds {}: {what}", args[0]));
+    let mut child = std::process::Command::new("systemd-creds")
+        .args(args)
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            fail(format!(
+                "cannot run it ({e}); it is in Debian's `systemd` package"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| fail(format!("cannot write to it: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let out_bytes = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{} ({}); it needs root (the host key /var/lib/systemd/credential.secret, or the TPM)",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        )));
+    }
+    Ok(out_bytes)
 }
 
 impl KeyStore {
@@ -125,6 +187,7 @@ impl KeyStore {
     /// yet, or it is sealed).
     pub fn follow(state_dir: &Path, current_fp: Option<&str>) -> Result<KeyStore, CaError> {
         match current_fp {
+            Some(fp) if key_path(state_dir, fp, "cred").exists() => Ok(KeyStore::Creds),
             Some(fp) => Self::of_file(&tpm_path(state_dir, fp)),
             None => Ok(KeyStore::Sealed),
         }
@@ -169,6 +232,14 @@ impl KeyStore {
                 file.extend_from_slice(&blob.to_bytes());
                 Ok((HeldKey::Tpm(TpmKey::new(tpm, blob)), file, "tpm"))
             }
+            KeyStore::Creds => {
+                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+                let pkcs8 = Zeroizing::new(key.serialize_der());
+                // No name embedded: the unit loads it under an id made from
+                // its file name, which holds the certificate's fingerprint.
+                let file = systemd_creds(&["encrypt", "--name=", "-", "-"], &pkcs8)?;
+                Ok((HeldKey::Soft(key), file.to_vec(), "cred"))
+            }
         }
     }
 }
@@ -210,8 +281,40 @@ fn parse_tpm_file(path: &Path, file: &[u8]) -> Result<(TpmSpec, KeyBlob), CaErro
 /// The key of issuing CA `fp`: from the TPM its `.key.tpm` file names, or
 /// unsealed from `.key.sealed`.
 pub fn load(state_dir: &Path, material: &Material, fp: &str) -> Result<HeldKey, CaError> {
+    let cred = key_path(state_dir, fp, "cred");
+    let file_name = cred.file_name().unwrap_or_default().to_string_lossy();
+    // Given by systemd to the unit (`LoadCredentialEncrypted=`) ...
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let given = Path::new(&dir).join(format!("{ISSUING_CRED_ID}_{file_name}"));
+        if given.exists() {
+            let pkcs8 = Zeroizing::new(std::fs::read(&given).map_err(super::ca::io(&given))?);
+            return soft(&pkcs8, &given);
+        }
+    }
+    // ... or decrypted by root's `systemd-creds`.
+    if cred.exists() {
+        let path = cred.to_string_lossy();
+        let pkcs8 = systemd_creds(&["decrypt", "--name=", &path, "-"], &[])?;
+        return soft(&pkcs8, &cred);
+    }
     let (_, key_path) = super::authority::issuing_paths(state_dir, fp);
+    if !tpm_path(state_dir, fp).exists()
+        && !key_path.exists()
+        && std::fs::metadata(state_dir.join(CREDENTIALS_DIR))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    {
+        return Err(CaError::Signer(format!(
+            "issuing CA {fp}: its key is not here, and {} is not readable: if it is a systemd credential, only root and voxgate-signer.service (which loads it at start: `systemctl restart voxgate-signer` after a rotation) can use it",
+            state_dir.join(CREDENTIALS_DIR).display()
+        )));
+    }
     load_either(&tpm_path(state_dir, fp), &key_path, material)
+}
+
+fn soft(pkcs8: &[u8], path: &Path) -> Result<HeldKey, CaError> {
+    KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8))
+        .map(HeldKey::Soft)
+        .map_err(|_| CaError::KeyFormat(path.to_path_buf()))
 }
 
 /// The relay's TLS key: from its TPM (`relay.key.tpm`), or unsealed.
@@ -239,9 +342,7 @@ fn load_either(tpm_file: &Path, key_path: &Path, material: &Material) -> Result<
         path: key_path.clone(),
         what: e.to_string(),
     })?;
-    let key = KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(&pkcs8[..]))
-        .map_err(|_| CaError::KeyFormat(key_path.clone()))?;
-    Ok(HeldKey::Soft(key))
+    soft(&pkcs8, &key_path)
 }
 
 /// The TPM device the current issuing key needs (kept writable by the
@@ -251,4 +352,23 @@ pub fn tpm_device(state_dir: &Path, fp: &str) -> Option<std::path::PathBuf> {
         Ok(KeyStore::Tpm(TpmSpec::Device(p))) => Some(p),
         _ => None,
     }
+}
+
+/// Every TPM device an issuing key in `state_dir` needs (from the
+/// `issuing-*.key.tpm` files).
+pub fn tpm_devices(state_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("issuing-") && name.ends_with(".key.tpm")) {
+            continue;
+        }
+        if let Ok(KeyStore::Tpm(TpmSpec::Device(p))) = KeyStore::of_file(&entry.path())
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -192,9 +192,10 @@ pub struct Prepared {
     udp_recv_buffer: Option<usize>,
     metrics: Option<std::net::TcpListener>,
     ext_owners: ext_owners::ExtOwners,
-    /// The signer process, ended when the relay closes its socket.
+    /// The signer process, ended when the relay closes its socket (none
+    /// when the signer is its own unit).
     #[allow(dead_code)]
-    signer: std::process::Child,
+    signer: Option<std::process::Child>,
 }
 
 /// The receive buffer the relay asks for on its QUIC socket. Thousands of
@@ -257,7 +258,13 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
             }
         }
     };
-    let (fleet_ca, signer_child) = signer::process::spawn(&cfg, signing)?;
+    let (fleet_ca, signer_child) = match &cfg.signer.socket {
+        Some(socket) => (signer::process::connect(socket.clone(), signing)?, None),
+        None => {
+            let (s, child) = signer::process::spawn(&cfg, signing)?;
+            (s, Some(child))
+        }
+    };
     let fleet_ca: Arc<dyn signer::FleetSigner> = Arc::new(fleet_ca);
     let anchors = authority::client_anchors(state, &registry, registry::now())?;
     let registry = Arc::new(std::sync::Mutex::new(registry));

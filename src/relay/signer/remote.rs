@@ -8,7 +8,7 @@ use crate::relay::ca::CaError;
 use rustls::pki_types::CertificateDer;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,19 +18,65 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Signs through the signer process.
 #[derive(Debug)]
 pub struct RemoteSigner {
-    stream: Mutex<UnixStream>,
+    /// The connection; `None` after it broke (a unit's socket is
+    /// connected again at the next request).
+    stream: Mutex<Option<UnixStream>>,
+    /// The signer unit's socket; `None` for a child's socket pair.
+    socket: Option<PathBuf>,
     issuing: RwLock<IssuingRef>,
 }
 
+fn timeouts(stream: UnixStream) -> std::io::Result<UnixStream> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    Ok(stream)
+}
+
 impl RemoteSigner {
-    /// Sign over `stream` with issuing CA `issuing`.
+    /// Sign over `stream` (a child's socket pair) with issuing CA `issuing`.
     pub fn new(stream: UnixStream, issuing: IssuingRef) -> std::io::Result<RemoteSigner> {
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
         Ok(RemoteSigner {
-            stream: Mutex::new(stream),
+            stream: Mutex::new(Some(timeouts(stream)?)),
+            socket: None,
             issuing: RwLock::new(issuing),
         })
+    }
+
+    /// Sign through the signer unit listening on `socket`; connected now,
+    /// and again whenever the connection breaks (the unit restarted).
+    pub fn connect(socket: PathBuf, issuing: IssuingRef) -> std::io::Result<RemoteSigner> {
+        let stream = timeouts(UnixStream::connect(&socket)?)?;
+        Ok(RemoteSigner {
+            stream: Mutex::new(Some(stream)),
+            socket: Some(socket),
+            issuing: RwLock::new(issuing),
+        })
+    }
+
+    /// One request and its answer's body, on the connection as it is.
+    fn exchange(&self, slot: &mut Option<UnixStream>, out: &[u8]) -> std::io::Result<Vec<u8>> {
+        if slot.is_none()
+            && let Some(path) = &self.socket
+        {
+            *slot = Some(timeouts(UnixStream::connect(path)?)?);
+        }
+        let s = slot
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the signer process has stopped"))?;
+        let result = (|| {
+            s.write_all(out)?;
+            let mut prefix = [0u8; 2];
+            s.read_exact(&mut prefix)?;
+            let n = proto::body_len(prefix).map_err(std::io::Error::other)?;
+            let mut body = vec![0u8; n];
+            s.read_exact(&mut body)?;
+            Ok(body)
+        })();
+        if result.is_err() {
+            // A half-read answer leaves the stream out of step: never reuse it.
+            *slot = None;
+        }
+        result
     }
 
     fn request(
@@ -53,19 +99,23 @@ impl RemoteSigner {
             &mut out,
         )
         .map_err(|e| CaError::Signer(e.to_string()))?;
-        let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let io = |e: std::io::Error| {
-            CaError::Signer(format!(
+        let mut slot = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let mut body = self.exchange(&mut slot, &out);
+        if body.is_err() && self.socket.is_some() {
+            // Once more on a new connection: the unit may have restarted
+            // (after a rotation to a key it is given at start).
+            body = self.exchange(&mut slot, &out);
+        }
+        drop(slot);
+        let body = body.map_err(|e| match &self.socket {
+            None => CaError::Signer(format!(
                 "the signer process does not answer ({e}); enrollments and renewals fail until the relay is restarted (`systemctl restart voxgate-relay`); its log says why the signer stopped"
-            ))
-        };
-        s.write_all(&out).map_err(io)?;
-        let mut prefix = [0u8; 2];
-        s.read_exact(&mut prefix).map_err(io)?;
-        let n = proto::body_len(prefix).map_err(|e| CaError::Signer(e.to_string()))?;
-        let mut body = vec![0u8; n];
-        s.read_exact(&mut body).map_err(io)?;
-        drop(s);
+            )),
+            Some(path) => CaError::Signer(format!(
+                "the signer at {} does not answer ({e}); enrollments and renewals fail until it does: `systemctl status voxgate-signer`",
+                path.display()
+            )),
+        })?;
         match proto::decode_answer(&body).map_err(|e| CaError::Signer(e.to_string()))? {
             Answer::Signed(der) => Ok((der, issuing)),
             Answer::Refused(why) => Err(CaError::Signer(format!("the signer refused: {why}"))),

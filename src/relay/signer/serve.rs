@@ -2,10 +2,11 @@
 //! answers signing requests on a unix socket, one at a time.
 //!
 //! It loads the issuing CA a request names from the state directory (the
-//! key sealed to the machine; the sealing inputs read at start, before the
-//! privilege drop) and keeps it; a rotation's new key file is created
-//! owned by `[signer] user` (`relay ca rotate-issuing`), so the signer
-//! reads it without privileges. It signs only what [`super::proto::check`]
+//! key sealed to the machine, the sealing inputs read at start, before the
+//! privilege drop; in a TPM; or a systemd credential the unit was given)
+//! and keeps it; the operator's commands, run as root, give a rotation's
+//! new key file to `[signer] user`, so the signer reads it without
+//! privileges. It signs only what [`super::proto::check`]
 //! allows, and only with an issuing CA whose certificate is valid now.
 
 use super::proto::{self, Answer, Kind, Policy};
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// What the signer needs.
@@ -111,21 +112,39 @@ impl Signer {
     }
 
     /// Serve `stream` until the other end closes it.
-    pub fn serve(&mut self, mut stream: UnixStream) -> std::io::Result<()> {
-        let mut body = vec![0u8; proto::MAX_FRAME];
-        loop {
-            let mut prefix = [0u8; 2];
-            match stream.read_exact(&mut prefix) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let n = proto::body_len(prefix).map_err(std::io::Error::other)?;
-            stream.read_exact(&mut body[..n])?;
-            let answer = self.answer(&body[..n]);
-            let mut out = Vec::with_capacity(1024);
-            proto::encode_answer(&answer, &mut out).map_err(std::io::Error::other)?;
-            stream.write_all(&out)?;
+    pub fn serve(&mut self, stream: UnixStream) -> std::io::Result<()> {
+        serve_with(stream, |body| self.answer(body))
+    }
+
+    /// [`Signer::serve`] for one of several connections, each request
+    /// answered under the lock.
+    pub fn serve_shared(signer: &Mutex<Signer>, stream: UnixStream) -> std::io::Result<()> {
+        serve_with(stream, |body| {
+            signer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer(body)
+        })
+    }
+}
+
+fn serve_with(
+    mut stream: UnixStream,
+    mut answer: impl FnMut(&[u8]) -> Answer,
+) -> std::io::Result<()> {
+    let mut body = vec![0u8; proto::MAX_FRAME];
+    loop {
+        let mut prefix = [0u8; 2];
+        match stream.read_exact(&mut prefix) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
         }
+        let n = proto::body_len(prefix).map_err(std::io::Error::other)?;
+        stream.read_exact(&mut body[..n])?;
+        let answer = answer(&body[..n]);
+        let mut out = Vec::with_capacity(1024);
+        proto::encode_answer(&answer, &mut out).map_err(std::io::Error::other)?;
+        stream.write_all(&out)?;
     }
 }
