@@ -40,9 +40,15 @@ install -m 0640 -o root -g voxgate /vg/voxgate.toml /vg/relay.toml /etc/voxgate/
 install -m 0644 /vg/asound.conf /etc/asound.conf
 # As root: the issuing key becomes a systemd credential (root's only), the
 # rest goes to the relay's account (the state directory's owner).
-voxgate relay init --keep-root --issuing-key-creds --config /etc/voxgate/relay.toml
-r cred_dir "$(stat -c '%a:%U' /var/lib/voxgate-relay/credentials)"
-r relay_reads_creds "$(runuser -u voxgate -- ls /var/lib/voxgate-relay/credentials >/dev/null 2>&1 && echo yes || echo no)"
+# An empty credential directory (the sealed backends) starts a unit.
+# The credential directories exist from boot (tmpfiles), so a relay whose
+# keys are sealed starts with an empty one.
+r creds_dirs "$(stat -c '%n:%a:%U' /var/lib/voxgate-relay/creds-* | tr '\n' ' ')"
+systemd-run --wait -q -u vg-empty -p LoadCredentialEncrypted=vg-empty:/var/lib/voxgate-relay/creds-tls /bin/true
+r empty_creds_dir $?
+voxgate relay init --keep-root --issuing-key-creds --tls-key-creds --config /etc/voxgate/relay.toml
+r sealed_keys "$(ls /var/lib/voxgate-relay | grep -cE '^(relay|issuing-).*key')"
+r relay_reads_creds "$(runuser -u voxgate -- ls /var/lib/voxgate-relay/creds-issuing /var/lib/voxgate-relay/creds-tls >/dev/null 2>&1 && echo yes || echo no)"
 r relay_owns "$(stat -c '%U' /var/lib/voxgate-relay/relay.pem /var/lib/voxgate-relay/registry.db | sort -u | tr '\n' ' ')"
 systemctl start voxgate-signer.service; r signer.start $?
 voxgate relay dev-cert --config /etc/voxgate/relay.toml --device-id box-1 --out /run/box
@@ -60,6 +66,7 @@ systemctl start voxgate-relay.service; r voxgate-relay.start $?
 spid="$(systemctl show -p MainPID --value voxgate-signer.service)"
 r signer.uid "$(awk '$1 == "Uid:" { print $2 }' /proc/$spid/status)"
 r signer.credentials "$(ls /run/credentials/voxgate-signer.service | tr '\n' ' ')"
+r relay.credentials "$(ls /run/credentials/voxgate-relay.service | tr '\n' ' ')"
 rpid="$(systemctl show -p MainPID --value voxgate-relay.service)"
 r relay.uid "$(awk '$1 == "Uid:" { print $2 }' /proc/$rpid/status)"
 r uid.voxgate-signer "$(id -u voxgate-signer)"
@@ -353,14 +360,28 @@ fn units_start_and_stream_under_systemd() {
     assert_eq!(get("signer.uid"), get("uid.voxgate-signer"), "{context}");
     assert_eq!(get("relay.uid"), get("uid.voxgate"), "{context}");
     assert_ne!(get("signer.uid"), get("relay.uid"), "{context}");
-    assert_eq!(get("cred_dir"), "700:root", "{context}");
+    assert_eq!(
+        get("creds_dirs").trim(),
+        "/var/lib/voxgate-relay/creds-issuing:700:root /var/lib/voxgate-relay/creds-tls:700:root",
+        "{context}"
+    );
     assert_eq!(get("relay_reads_creds"), "no", "{context}");
     assert_eq!(get("relay_owns").trim(), "voxgate", "{context}");
     assert!(
         get("signer.credentials").starts_with("voxgate-issuing_issuing-")
-            && get("signer.credentials").contains(".key.cred"),
-        "the signer was not given the issuing key:\n{context}"
+            && get("signer.credentials").trim().ends_with(".key.cred")
+            && get("signer.credentials").split_whitespace().count() == 1,
+        "the signer was not given the issuing key (alone):\n{context}"
     );
+    assert_eq!(
+        get("relay.credentials").trim(),
+        "voxgate-tls_relay.key.cred",
+        "the relay is given its TLS key, and nothing else:\n{context}"
+    );
+    // No issuing or TLS key file beside the certificates: both are
+    // credentials.
+    assert_eq!(get("sealed_keys"), "0", "{context}");
+    assert_eq!(get("empty_creds_dir"), "0", "{context}");
     assert!(
         journal.contains("relay certificate renewed"),
         "the relay did not renew its certificate through the signer:\n{context}"

@@ -253,7 +253,10 @@ fn leaked_root_key() {
     voxgate_testkit::lab::wait_for(Duration::from_secs(20), "the old root dropped", || {
         bundle() == 1
     });
-    assert!(gw.log_text().contains("trusting only the new fleet root"));
+    // The box logs it just after it replaced its bundle.
+    voxgate_testkit::lab::wait_for(Duration::from_secs(5), "the box's log line", || {
+        gw.log_text().contains("trusting only the new fleet root")
+    });
     assert_eq!(
         voxgate_testkit::lab::metric(m, "voxgate_relay_connects_total"),
         1.0,

@@ -27,15 +27,21 @@ pub(super) struct RootKeyArgs {
     #[arg(long, value_name = "SPEC", conflicts_with = "issuing_key_creds")]
     issuing_key_tpm: Option<String>,
     /// Keep the issuing CA's key as a systemd credential
-    /// (`credentials/issuing-*.key.cred`, encrypted by `systemd-creds` to
+    /// (`creds-issuing/issuing-*.key.cred`, encrypted by `systemd-creds` to
     /// this machine's TPM or host key): only voxgate-signer.service is given
     /// it (`LoadCredentialEncrypted=`). Needs root.
     #[arg(long)]
     issuing_key_creds: bool,
     /// Make the relay's TLS key inside this TPM: every handshake signs
     /// through it, and renewals make the next key there.
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", conflicts_with = "tls_key_creds")]
     tls_key_tpm: Option<String>,
+    /// Keep the relay's TLS key as a systemd credential
+    /// (`creds-tls/relay.key.cred`): voxgate-relay.service is given it
+    /// at start, and renews its certificate for the same key (`relay ca
+    /// recover`, as root, makes a new one). Needs root.
+    #[arg(long)]
+    tls_key_creds: bool,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -228,7 +234,11 @@ pub(super) fn init(config: PathBuf, root: RootKeyArgs) -> Result<()> {
     } else {
         store(&root.issuing_key_tpm, "--issuing-key-tpm")?
     };
-    let tls_store = store(&root.tls_key_tpm, "--tls-key-tpm")?;
+    let tls_store = if root.tls_key_creds {
+        crate::relay::ca_key::KeyStore::Creds
+    } else {
+        store(&root.tls_key_tpm, "--tls-key-tpm")?
+    };
     let (fp, file) = crate::relay::ca::init_in(
         &cfg.state_dir,
         &cfg.server_name,
@@ -460,7 +470,7 @@ pub(super) fn settle_owners(cfg: &RelayConfig) -> Result<()> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if name == crate::relay::ca_key::CREDENTIALS_DIR || entry.file_type()?.is_dir() {
+        if entry.file_type()?.is_dir() {
             continue;
         }
         let issuing_key = name.starts_with("issuing-") && name.contains(".key.");

@@ -299,6 +299,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             let plan = crate::privilege::plan(&cfg.privilege, &cfg.file)?;
             plan.check_state_dirs(&[&cfg.state_dir, &cfg.recordings])?;
             let prepared = crate::relay::prepare(cfg)?;
+            // The TLS key systemd gave the unit, read again at renewals.
+            let plan = plan.with_read(std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from));
             // A TPM device that holds the relay's TLS key stays writable.
             let tpm = match crate::relay::ca_key::KeyStore::of_relay(&prepared.cfg.state_dir)? {
                 crate::relay::ca_key::KeyStore::Tpm(crate::identity::tpm::TpmSpec::Device(p)) => {

@@ -32,7 +32,6 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData as _,
 };
 use rustls::pki_types::CertificateDer;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -157,15 +156,7 @@ pub fn install_issuing_in(
     let fp = fingerprint(cert.der());
     let (cert_path, _) = issuing_paths(state_dir, &fp);
     let key_path = super::ca_key::key_path(state_dir, &fp, ext);
-    if let Some(dir) = key_path.parent()
-        && dir != state_dir
-    {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(dir)
-            .map_err(io(dir))?;
-    }
+    super::ca_key::make_parent(&key_path, state_dir)?;
     create(&key_path, &key_file, 0o600)?;
     create(&cert_path, cert.pem().as_bytes(), 0o644)?;
     registry.set_current_issuer(&fp, cert.der(), retire_prev_at)?;
@@ -471,11 +462,17 @@ pub fn recover(
         files::pem(issuing.cert(), "CERTIFICATE"),
         files::pem(&roots[0], "CERTIFICATE")
     );
-    for (name, data, mode) in [
-        (format!("relay.key.{ext}"), key_file.as_slice(), 0o600),
-        (super::ca::RELAY_CERT.to_string(), chain.as_bytes(), 0o644),
+    let key_path = super::ca_key::relay_key_path(state_dir, ext);
+    super::ca_key::make_parent(&key_path, state_dir)?;
+    for (path, data, mode) in [
+        (key_path, key_file.as_slice(), 0o600),
+        (
+            state_dir.join(super::ca::RELAY_CERT),
+            chain.as_bytes(),
+            0o644,
+        ),
     ] {
-        super::ca::replace(&state_dir.join(name), data, mode)?;
+        super::ca::replace(&path, data, mode)?;
     }
     registry.audit(
         "ca_recovered",

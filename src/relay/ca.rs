@@ -237,11 +237,9 @@ pub fn init_in(
         server_name,
         super::signer::lifetime(relay_lifetime),
     )?;
-    create(
-        &state_dir.join(format!("relay.key.{ext}")),
-        &key_file,
-        0o600,
-    )?;
+    let key_path = super::ca_key::relay_key_path(state_dir, ext);
+    super::ca_key::make_parent(&key_path, state_dir)?;
+    create(&key_path, &key_file, 0o600)?;
     // The relay presents its chain with the issuing CA and the root, so
     // that a device enrolling with only the root's fingerprint can find
     // and pin it.
@@ -398,7 +396,12 @@ pub fn load_relay_key(
     state_dir: &Path,
     binding: &MachineBinding,
 ) -> Result<super::ca_key::HeldKey, CaError> {
-    if state_dir.join(super::ca_key::RELAY_KEY_TPM).exists() {
+    if state_dir.join(super::ca_key::RELAY_KEY_TPM).exists()
+        || matches!(
+            super::ca_key::KeyStore::of_relay(state_dir)?,
+            super::ca_key::KeyStore::Creds
+        )
+    {
         return super::ca_key::load_relay(state_dir, &binding.material()?);
     }
     let pkcs8 = load_sealed(state_dir, KEYS[1], binding)?;

@@ -5,12 +5,12 @@
 //! never exists outside it: the signer process signs certificates through
 //! it, the relay its TLS handshakes.
 //!
-//! An issuing CA's key may also be a systemd credential
-//! (`credentials/issuing-<fp>.key.cred`, encrypted by `systemd-creds` to
-//! the machine's TPM or host key, in a directory only root reads):
-//! `voxgate-signer.service` gets it decrypted at start
-//! (`LoadCredentialEncrypted=`), and the operator's commands, as root,
-//! decrypt it with `systemd-creds`.
+//! Either may also be a systemd credential (`creds-issuing/*.key.cred`,
+//! `creds-tls/relay.key.cred`, encrypted by `systemd-creds` to the
+//! machine's TPM or host key, in a directory only root reads): systemd
+//! gives the issuing keys to `voxgate-signer.service` and the TLS key to
+//! `voxgate-relay.service` at start (`LoadCredentialEncrypted=`), and the
+//! operator's commands, as root, decrypt them with `systemd-creds`.
 //!
 //! A new key goes where the one it replaces is ([`KeyStore::follow`],
 //! [`KeyStore::of_relay`]), so a key in a TPM stays there across rotations
@@ -125,17 +125,25 @@ pub enum KeyStore {
     Sealed,
     /// A key made inside this TPM.
     Tpm(TpmSpec),
-    /// A software key encrypted as a systemd credential (issuing CAs only).
+    /// A software key encrypted as a systemd credential (made by root:
+    /// the running relay renews its certificate for the same key).
     Creds,
 }
 
-/// The directory of the state directory that holds the issuing keys kept
-/// as systemd credentials (root's only; the signer unit loads it).
-pub const CREDENTIALS_DIR: &str = "credentials";
+/// The directories of the state directory that hold the relay's keys
+/// kept as systemd credentials (root's only, each directly in the state
+/// directory, so that systemd-tmpfiles creates them with no unsafe path
+/// transition): the issuing keys for the signer unit, the TLS key for the
+/// relay unit.
+pub const CREDENTIALS_DIRS: [&str; 2] = ["creds-issuing", "creds-tls"];
 
-/// The credential id prefix the signer unit loads that directory under
-/// (`LoadCredentialEncrypted=voxgate-issuing:/var/lib/voxgate-relay/credentials`).
+/// The credential id prefix the signer unit loads the issuing keys under
+/// (`LoadCredentialEncrypted=voxgate-issuing:/var/lib/voxgate-relay/creds-issuing`).
 pub const ISSUING_CRED_ID: &str = "voxgate-issuing";
+
+/// The credential id prefix the relay unit loads its TLS key under
+/// (`LoadCredentialEncrypted=voxgate-tls:/var/lib/voxgate-relay/creds-tls`).
+pub const TLS_CRED_ID: &str = "voxgate-tls";
 
 /// Where issuing CA `fp`'s key file with extension `ext` goes.
 pub fn key_path(state_dir: &Path, fp: &str, ext: &str) -> std::path::PathBuf {
@@ -143,10 +151,56 @@ pub fn key_path(state_dir: &Path, fp: &str, ext: &str) -> std::path::PathBuf {
     let name = sealed.with_extension(ext);
     if ext == "cred" {
         let file = name.file_name().unwrap_or_default().to_owned();
-        state_dir.join(CREDENTIALS_DIR).join(file)
+        state_dir.join(CREDENTIALS_DIRS[0]).join(file)
     } else {
         name
     }
+}
+
+/// Where the relay's TLS key file with extension `ext` goes.
+pub fn relay_key_path(state_dir: &Path, ext: &str) -> std::path::PathBuf {
+    let name = format!("relay.key.{ext}");
+    if ext == "cred" {
+        state_dir.join(CREDENTIALS_DIRS[1]).join(name)
+    } else {
+        state_dir.join(name)
+    }
+}
+
+/// Create the directories above a credential file, root's only.
+pub fn make_parent(path: &Path, state_dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match path.parent() {
+        Some(dir) if dir != state_dir => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(super::ca::io(dir)),
+        _ => Ok(()),
+    }
+}
+
+/// A credential systemd gave this unit: `$CREDENTIALS_DIRECTORY/<prefix>_<file>`.
+fn given(prefix: &str, file: &Path) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let name = file.file_name()?.to_string_lossy();
+    let p = Path::new(&dir).join(format!("{prefix}_{name}"));
+    p.exists().then_some(p)
+}
+
+/// The key kept as credential `cred`: as systemd gave it to this unit, or
+/// decrypted by root's `systemd-creds`; `None` when it is not one.
+fn load_cred(prefix: &str, cred: &Path) -> Result<Option<HeldKey>, CaError> {
+    if let Some(p) = given(prefix, cred) {
+        let pkcs8 = Zeroizing::new(std::fs::read(&p).map_err(super::ca::io(&p))?);
+        return soft(&pkcs8, &p).map(Some);
+    }
+    if cred.exists() {
+        let path = cred.to_string_lossy();
+        let pkcs8 = systemd_creds(&["decrypt", "--name=", &path, "-"], &[])?;
+        return soft(&pkcs8, cred).map(Some);
+    }
+    Ok(None)
 }
 
 /// Run `systemd-creds` with `input` on its standard input; its output.
@@ -195,6 +249,10 @@ impl KeyStore {
 
     /// Where the relay's TLS key is.
     pub fn of_relay(state_dir: &Path) -> Result<KeyStore, CaError> {
+        let cred = relay_key_path(state_dir, "cred");
+        if given(TLS_CRED_ID, &cred).is_some() || cred.exists() {
+            return Ok(KeyStore::Creds);
+        }
         Self::of_file(&state_dir.join(RELAY_KEY_TPM))
     }
 
@@ -281,31 +339,18 @@ fn parse_tpm_file(path: &Path, file: &[u8]) -> Result<(TpmSpec, KeyBlob), CaErro
 /// The key of issuing CA `fp`: from the TPM its `.key.tpm` file names, or
 /// unsealed from `.key.sealed`.
 pub fn load(state_dir: &Path, material: &Material, fp: &str) -> Result<HeldKey, CaError> {
-    let cred = key_path(state_dir, fp, "cred");
-    let file_name = cred.file_name().unwrap_or_default().to_string_lossy();
-    // Given by systemd to the unit (`LoadCredentialEncrypted=`) ...
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let given = Path::new(&dir).join(format!("{ISSUING_CRED_ID}_{file_name}"));
-        if given.exists() {
-            let pkcs8 = Zeroizing::new(std::fs::read(&given).map_err(super::ca::io(&given))?);
-            return soft(&pkcs8, &given);
-        }
-    }
-    // ... or decrypted by root's `systemd-creds`.
-    if cred.exists() {
-        let path = cred.to_string_lossy();
-        let pkcs8 = systemd_creds(&["decrypt", "--name=", &path, "-"], &[])?;
-        return soft(&pkcs8, &cred);
+    if let Some(key) = load_cred(ISSUING_CRED_ID, &key_path(state_dir, fp, "cred"))? {
+        return Ok(key);
     }
     let (_, key_path) = super::authority::issuing_paths(state_dir, fp);
     if !tpm_path(state_dir, fp).exists()
         && !key_path.exists()
-        && std::fs::metadata(state_dir.join(CREDENTIALS_DIR))
+        && std::fs::metadata(state_dir.join(CREDENTIALS_DIRS[0]))
             .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
     {
         return Err(CaError::Signer(format!(
             "issuing CA {fp}: its key is not here, and {} is not readable: if it is a systemd credential, only root and voxgate-signer.service (which loads it at start: `systemctl restart voxgate-signer` after a rotation) can use it",
-            state_dir.join(CREDENTIALS_DIR).display()
+            state_dir.join(CREDENTIALS_DIRS[0]).display()
         )));
     }
     load_either(&tpm_path(state_dir, fp), &key_path, material)
@@ -317,8 +362,12 @@ fn soft(pkcs8: &[u8], path: &Path) -> Result<HeldKey, CaError> {
         .map_err(|_| CaError::KeyFormat(path.to_path_buf()))
 }
 
-/// The relay's TLS key: from its TPM (`relay.key.tpm`), or unsealed.
+/// The relay's TLS key: a systemd credential, from its TPM
+/// (`relay.key.tpm`), or unsealed.
 pub fn load_relay(state_dir: &Path, material: &Material) -> Result<HeldKey, CaError> {
+    if let Some(key) = load_cred(TLS_CRED_ID, &relay_key_path(state_dir, "cred"))? {
+        return Ok(key);
+    }
     load_either(
         &state_dir.join(RELAY_KEY_TPM),
         &state_dir.join(super::ca::RELAY_KEY_SEALED),

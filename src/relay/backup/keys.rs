@@ -50,6 +50,11 @@ pub fn unseal_keys(state_dir: &Path, binding: &MachineBinding) -> Result<KeyMate
     let current = registry.issuers()?.into_iter().find(|i| i.current);
     let (ca_key, issuing_cert) = match current {
         Some(row) => {
+            if crate::relay::ca_key::key_path(state_dir, &row.fingerprint, "cred").exists() {
+                return Err(CaError::Tpm(
+                    "the issuing CA key is a systemd credential, sealed to this machine's TPM or host key: back up without --with-keys, and after a restore make a new issuing CA from the offline root (`voxgate relay ca recover`)".into(),
+                ));
+            }
             if crate::relay::ca_key::tpm_path(state_dir, &row.fingerprint).exists() {
                 return Err(CaError::Tpm(
                     "the issuing CA key is held by a TPM and cannot leave it: back up without --with-keys, and after a restore make a new issuing CA from the offline root (`voxgate relay ca recover`)".into(),
@@ -61,6 +66,11 @@ pub fn unseal_keys(state_dir: &Path, binding: &MachineBinding) -> Result<KeyMate
         }
         None => (unseal(&state_dir.join(CA_KEY_SEALED), &m)?, None),
     };
+    if crate::relay::ca_key::relay_key_path(state_dir, "cred").exists() {
+        return Err(CaError::Tpm(
+            "the relay's TLS key is a systemd credential, sealed to this machine's TPM or host key: back up without --with-keys, and after a restore make a new relay key from the offline root (`voxgate relay ca recover`)".into(),
+        ));
+    }
     if state_dir.join(crate::relay::ca_key::RELAY_KEY_TPM).exists() {
         return Err(CaError::Tpm(
             "the relay's TLS key is held by a TPM and cannot leave it: back up without --with-keys, and after a restore make a new relay key from the offline root (`voxgate relay ca recover`)".into(),

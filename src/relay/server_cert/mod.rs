@@ -394,9 +394,19 @@ impl ServerCert {
     /// key generation, sealing, file IO).
     pub fn renew(&self) -> Result<Renewed, ServerCertError> {
         let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
-        let (key, key_file, ext) = self
-            .store
-            .new_key(super::ca_key::Sealing::Held(&self.material))?;
+        // A key kept as a systemd credential is made by root only: the
+        // certificate is renewed for the same key (systemd gave it to the
+        // unit), and no key file changes.
+        let (key, key_file, ext) = match self.store {
+            KeyStore::Creds => (
+                super::ca_key::load_relay(&self.state_dir, &self.material)?,
+                Vec::new(),
+                "cred",
+            ),
+            _ => self
+                .store
+                .new_key(super::ca_key::Sealing::Held(&self.material))?,
+        };
         let spki = key.spki();
         let signed = self
             .signer
@@ -424,11 +434,13 @@ impl ServerCert {
         let pending = self.state_dir.join(ca::RELAY_CERT_PENDING);
         write_file(&pending, text.as_bytes(), 0o644)?;
         // 2. The key (sealed, or the TPM's blob), replaced by rename.
-        let key_path = self.state_dir.join(format!("relay.key.{ext}"));
-        let key_tmp = tmp_path(&key_path);
-        let _ = std::fs::remove_file(&key_tmp);
-        write_file(&key_tmp, &key_file, 0o600)?;
-        rename(&key_tmp, &key_path)?;
+        if ext != "cred" {
+            let key_path = super::ca_key::relay_key_path(&self.state_dir, ext);
+            let key_tmp = tmp_path(&key_path);
+            let _ = std::fs::remove_file(&key_tmp);
+            write_file(&key_tmp, &key_file, 0o600)?;
+            rename(&key_tmp, &key_path)?;
+        }
         // 3. The certificate into place.
         rename(&pending, &cert_path)?;
         sync_dir(&self.state_dir);
