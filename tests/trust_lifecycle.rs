@@ -191,6 +191,7 @@ fn a_copied_key_cannot_renew_and_is_refused_after_the_grace() {
     // half-second tick.
     let refused = wait_audit(&lab, |e| e.0 == "handshake_refused" && e.2 == "gw-r");
     assert!(refused.3.contains("superseded"), "{refused:?}");
+    assert_eq!(refused.1, "127.0.0.1", "where the copy connected from");
     relay.stop();
 }
 
@@ -253,6 +254,10 @@ fn a_certificate_minted_with_the_issuing_key_for_another_key_is_refused() {
     assert!(
         refused.3.contains("superseded or replaced") || refused.3.contains("registered key"),
         "{refused:?}"
+    );
+    assert_eq!(
+        refused.1, "127.0.0.1",
+        "where the minted certificate came from"
     );
     relay.stop();
 }

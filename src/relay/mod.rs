@@ -112,7 +112,7 @@ async fn enforce_trust(
                         f.suppressed
                     ));
                 }
-                r.audit("handshake_refused", "", &f.device, &detail)?;
+                r.audit("handshake_refused", &f.source, &f.device, &detail)?;
             }
             // The head, when another process moved it (a cut tail shows
             // in the log).
@@ -185,6 +185,8 @@ pub struct Prepared {
     trust: Arc<trust::TrustTable>,
     enroller: Arc<enroll::Enroller>,
     cert: Arc<server_cert::ServerCert>,
+    /// The device verifier (each handshake gets its own, with its source).
+    verifier: Arc<crate::transport::tls::ClientVerifier>,
     fleet: Arc<rotation::Fleet>,
     downlink: Downlink,
     udp: std::net::UdpSocket,
@@ -297,6 +299,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     .with_context(|| format!("{}: the relay certificate", cfg.file.display()))?;
     let verifier = crate::transport::tls::ClientVerifier::new(&anchors, trust.clone())?;
     let server = crate::transport::tls::server_config_with(cert.holder(), verifier.clone())?;
+    let device_verifier = verifier.clone();
     // The chain and anchors as the fleet's roots and issuing CAs are now.
     let fleet = rotation::Fleet::new(
         fleet_ca,
@@ -327,6 +330,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         trust,
         enroller,
         cert,
+        verifier: device_verifier,
         fleet,
         downlink,
         udp,
@@ -381,6 +385,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         metrics,
         next_session: AtomicU64::new(1),
         trust: p.trust.clone(),
+        server_cert: p.cert.holder(),
+        verifier: p.verifier.clone(),
         issuing: p.fleet.issuing(),
         roots: p.fleet.notices(),
         enroller: p.enroller,

@@ -79,6 +79,10 @@ pub struct RelayCtx {
     pub next_session: AtomicU64,
     /// Which certificate each device may use (the TLS verifier's table).
     pub trust: Arc<super::trust::TrustTable>,
+    /// The relay's certificate, for each handshake's TLS config.
+    pub server_cert: Arc<dyn rustls::server::ResolvesServerCert>,
+    /// The device verifier, made per handshake with its source address.
+    pub verifier: Arc<crate::transport::tls::ClientVerifier>,
     /// Enrollment of new devices.
     pub enroller: Arc<super::enroll::Enroller>,
     /// The issuing CA that signs now.

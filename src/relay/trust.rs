@@ -50,6 +50,8 @@ pub struct Refused {
     pub why: Refusal,
     /// Refusals not written since the last line (rate limit).
     pub suppressed: u64,
+    /// The address it was offered from (empty: not known).
+    pub source: String,
 }
 
 #[derive(Debug, Default)]
@@ -197,7 +199,13 @@ impl TrustTable {
     }
 
     /// Note a refusal for the audit log, rate-limited.
-    pub fn note_refusal(&self, cert: &CertFacts, why: Refusal, at: i64) {
+    pub fn note_refusal(
+        &self,
+        cert: &CertFacts,
+        why: Refusal,
+        at: i64,
+        source: Option<std::net::IpAddr>,
+    ) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let Some(suppressed) = log.budget.admit(&cert.device, at) else {
             return;
@@ -207,6 +215,7 @@ impl TrustTable {
             serial: cert.serial.clone(),
             why,
             suppressed,
+            source: source.map(|s| s.to_string()).unwrap_or_default(),
         });
     }
 
@@ -217,10 +226,10 @@ impl TrustTable {
 }
 
 impl ClientGate for TrustTable {
-    fn check(&self, cert: &CertFacts) -> Result<(), Refusal> {
+    fn check(&self, cert: &CertFacts, source: Option<std::net::IpAddr>) -> Result<(), Refusal> {
         let at = now();
         self.decide(cert, at).inspect_err(|&why| {
-            self.note_refusal(cert, why, at);
+            self.note_refusal(cert, why, at, source);
         })
     }
 }
@@ -318,12 +327,17 @@ mod tests {
         let t = TrustTable::new(std::time::Duration::from_secs(300));
         let at = 6000;
         for _ in 0..1000 {
-            t.note_refusal(&facts("gw", "01", 1), Refusal::Revoked, at);
+            t.note_refusal(&facts("gw", "01", 1), Refusal::Revoked, at, None);
         }
         let first = t.take_refusals();
         assert_eq!(first.len(), 1, "one line per device per minute");
         for i in 0..1000 {
-            t.note_refusal(&facts(&format!("d{i}"), "01", 1), Refusal::Revoked, at + 1);
+            t.note_refusal(
+                &facts(&format!("d{i}"), "01", 1),
+                Refusal::Revoked,
+                at + 1,
+                None,
+            );
         }
         let many = t.take_refusals();
         assert_eq!(many.len() as u32, AUDIT_PER_MINUTE - 1, "a cap per minute");
@@ -331,9 +345,16 @@ mod tests {
             many[0].suppressed, 999,
             "the next line counts what was left out"
         );
-        t.note_refusal(&facts("gw", "01", 1), Refusal::Revoked, at + 61);
+        t.note_refusal(
+            &facts("gw", "01", 1),
+            Refusal::Revoked,
+            at + 61,
+            "192.0.2.7".parse().ok(),
+        );
         let next = t.take_refusals();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].suppressed, 1000 - (AUDIT_PER_MINUTE as u64 - 1));
+        assert_eq!(next[0].source, "192.0.2.7", "where it came from");
+        assert_eq!(first[0].source, "", "not known");
     }
 }

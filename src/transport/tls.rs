@@ -250,8 +250,9 @@ impl Refusal {
 /// signature and the validity dates check out: is this certificate, with
 /// this key, one the device may use now?
 pub trait ClientGate: Send + Sync + std::fmt::Debug {
-    /// Admit or refuse a certificate by its facts.
-    fn check(&self, cert: &CertFacts) -> Result<(), Refusal>;
+    /// Admit or refuse a certificate by its facts, offered from `source`
+    /// (when the verifier knows it).
+    fn check(&self, cert: &CertFacts, source: Option<std::net::IpAddr>) -> Result<(), Refusal>;
 }
 
 /// Checks client certificates against the CAs that issue device
@@ -263,6 +264,8 @@ pub trait ClientGate: Send + Sync + std::fmt::Debug {
 pub struct ClientVerifier {
     inner: std::sync::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     gate: Arc<dyn ClientGate>,
+    /// The address of the one handshake this verifier is for.
+    source: Option<std::net::IpAddr>,
 }
 
 impl ClientVerifier {
@@ -274,7 +277,18 @@ impl ClientVerifier {
         Ok(Arc::new(ClientVerifier {
             inner: std::sync::RwLock::new(Self::webpki(anchors)?),
             gate,
+            source: None,
         }))
+    }
+
+    /// This verifier, as it is now, for one handshake from `source`: the
+    /// gate learns where a refused certificate came from.
+    pub fn for_source(&self, source: std::net::IpAddr) -> Arc<ClientVerifier> {
+        Arc::new(ClientVerifier {
+            inner: std::sync::RwLock::new(self.current()),
+            gate: self.gate.clone(),
+            source: Some(source),
+        })
     }
 
     fn webpki(
@@ -331,7 +345,7 @@ impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
             rustls::CertificateError::BadEncoding,
         ))?;
         self.gate
-            .check(&facts)
+            .check(&facts, self.source)
             .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))?;
         Ok(ok)
     }

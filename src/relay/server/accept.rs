@@ -124,7 +124,21 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<RelayCtx>, source: Source) {
         ctx: &ctx,
         source: Some(source),
     };
-    let conn = match incoming.await {
+    // The handshake's own TLS config: its verifier knows the address, so a
+    // refused certificate is audited with where it came from.
+    let config = crate::transport::tls::server_config_with(
+        ctx.server_cert.clone(),
+        ctx.verifier.for_source(remote.ip()),
+    );
+    let connecting = match config {
+        Ok(c) => incoming.accept_with(Arc::new(c)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the handshake's TLS config");
+            incoming.refuse();
+            return;
+        }
+    };
+    let conn = match async { connecting?.await }.await {
         Ok(c) => c,
         Err(e) => {
             ctx.metrics.rejected.inc();
