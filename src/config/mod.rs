@@ -8,12 +8,14 @@
 mod gateway;
 mod relay;
 mod sip;
+mod webhooks;
 
 pub use gateway::{
     BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
     RelayTarget,
 };
 pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RecordingSettings, RelayConfig, RelayLimits};
+pub use webhooks::{WebhookSettings, parse_duration};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

@@ -29,6 +29,8 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     recording: RawRecording,
+    #[serde(default)]
+    webhooks: super::webhooks::RawWebhooks,
 }
 
 /// `[limits]`: what one source, one device, or everyone at once may cost
@@ -352,6 +354,8 @@ pub struct RelayConfig {
     pub limits: RelayLimits,
     /// Recording and retention (`[recording]`).
     pub recording: RecordingSettings,
+    /// Webhook delivery (`[webhooks]`).
+    pub webhooks: super::WebhookSettings,
 }
 
 impl RelayConfig {
@@ -417,7 +421,9 @@ impl RelayConfig {
         let relay_cert_lifetime = relay_cert_lifetime(file, &raw.ca)?;
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
+        let webhooks = super::webhooks::validate(file, &base, raw.webhooks)?;
         Ok(RelayConfig {
+            webhooks,
             limits,
             recording,
             superseded_grace: std::time::Duration::from_secs(grace),

@@ -26,6 +26,7 @@ pub mod server_cert;
 pub mod signer;
 pub mod switch;
 pub mod trust;
+pub mod webhooks;
 
 use crate::codec::CodecConfig;
 use crate::codec::OpusEncoder;

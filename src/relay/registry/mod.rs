@@ -28,6 +28,7 @@ mod roots;
 mod schema;
 mod snapshot;
 mod tokens;
+pub mod webhooks;
 
 pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
