@@ -92,6 +92,9 @@ async fn enforce_trust(
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut seen: Option<i64> = None;
+    // Refused handshakes become one `security.auth_failures` event a
+    // minute at most, counting those since the last.
+    let mut burst = webhooks::Burst::default();
     loop {
         tick.tick().await;
         let registry = registry.clone();
@@ -100,8 +103,18 @@ async fn enforce_trust(
         let refused = trust.take_refusals();
         let limited = ctx.refusals.take();
         let ctx2 = ctx.clone();
+        let refused_n: u64 = refused.iter().map(|f| 1 + f.suppressed as u64).sum();
+        let hook = burst.add(refused_n, std::time::Instant::now());
         let reloaded = tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = hook
+                && let Err(e) = webhooks::emit(
+                    &r,
+                    &webhooks::Event::auth_failures("", "device handshake", count),
+                )
+            {
+                tracing::warn!(error = %e, "cannot write a webhook event to the outbox");
+            }
             for l in &limited {
                 r.audit(l.event, &l.source, &l.device, &l.detail)?;
             }
@@ -354,7 +367,16 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     crate::systemd::ready("serving devices");
     let watchdog = crate::systemd::spawn_watchdog();
     let limits = cfg.limits;
+    let hooks = webhooks::Emitter::new(p.enroller.commits());
+    #[cfg(feature = "api")]
+    let deliveries = webhooks::worker::spawn(
+        &cfg.webhooks,
+        p.registry.clone(),
+        p.enroller.commits(),
+        hooks.wake(),
+    )?;
     let ctx = Arc::new(RelayCtx {
+        webhooks: hooks,
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
         calls: call_plane::CallPlane::new(metrics.clone(), cfg.recording.enabled),
@@ -412,6 +434,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     }
     ticker.abort();
     enforcer.abort();
+    #[cfg(feature = "api")]
+    deliveries.abort();
     renewer.abort();
     crate::systemd::stopping();
     if let Some(w) = watchdog {

@@ -247,6 +247,18 @@ pub fn emit_to(
     Ok((n > 0).then_some(id))
 }
 
+/// Revoke `device` and emit `device.revoked`, in one transaction.
+/// `false` when it was revoked already (no event then).
+pub fn revoke_device(registry: &Registry, device: &str) -> Result<bool, RegistryError> {
+    registry.atomically(|r| {
+        let changed = r.revoke(device)?;
+        if changed {
+            emit(r, &Event::device_revoked(device))?;
+        }
+        Ok(changed)
+    })
+}
+
 /// Emits events from async code: each is written by the group commit on
 /// the blocking pool, then the delivery worker is woken.
 #[derive(Debug, Clone)]
@@ -300,6 +312,33 @@ impl Emitter {
     }
 }
 
+/// Turns a stream of failures into at most one event a minute: the first
+/// failure is reported at once, later ones counted and reported together
+/// when a minute has passed.
+#[derive(Debug, Default)]
+pub struct Burst {
+    pending: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl Burst {
+    /// The minimum spacing of two events.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Count `n` failures at `now`; the count to report now, if any.
+    pub fn add(&mut self, n: u64, now: std::time::Instant) -> Option<u64> {
+        self.pending += n;
+        let due = self
+            .last
+            .is_none_or(|l| now.duration_since(l) >= Self::EVERY);
+        if self.pending > 0 && due {
+            self.last = Some(now);
+            return Some(std::mem::take(&mut self.pending));
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +362,16 @@ mod tests {
         assert_eq!(v["type"], "device.online");
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20Z");
         assert_eq!(v["data"]["device"], "box-1");
+    }
+
+    #[test]
+    fn bursts_are_reported_once_a_minute() {
+        let t0 = std::time::Instant::now();
+        let mut b = Burst::default();
+        assert_eq!(b.add(0, t0), None);
+        assert_eq!(b.add(2, t0), Some(2));
+        assert_eq!(b.add(3, t0 + Burst::EVERY / 2), None);
+        assert_eq!(b.add(1, t0 + Burst::EVERY), Some(4));
     }
 
     #[test]

@@ -55,6 +55,35 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Start the worker for `[webhooks]` (the CA store is read here, at run
+/// time, after the privilege drop).
+pub fn spawn(
+    cfg: &crate::config::WebhookSettings,
+    registry: Arc<Mutex<Registry>>,
+    commits: Arc<GroupCommit>,
+    wake: Arc<Notify>,
+) -> Result<tokio::task::JoinHandle<()>, rustls::Error> {
+    let roots = super::client::load_roots(cfg.ca_bundle.as_deref());
+    let client = Client::new(
+        roots,
+        super::policy::Guard::new(&cfg.allow_hosts),
+        super::client::Resolver::System,
+        cfg.timeout,
+    )?;
+    let worker = Worker {
+        registry,
+        commits,
+        client,
+        retry: Retry {
+            retries: cfg.retries,
+            backoff: cfg.backoff,
+        },
+        concurrency: cfg.concurrency,
+        wake,
+    };
+    Ok(tokio::spawn(worker.run(Arc::new(Counts::default()))))
+}
+
 impl Worker {
     /// Deliver until the task is aborted.
     pub async fn run(self, counts: Arc<Counts>) {
