@@ -1,0 +1,354 @@
+//! Signed webhooks end to end: the real `voxgate relay run` (sandboxed as
+//! in the other lab tests: Landlock and seccomp after start-up) delivers
+//! to a receiver in Python that verifies every signature with the
+//! `standardwebhooks` library (PyPI), over HTTPS on loopback with a CA the
+//! test makes.
+//!
+//! - The receiver is down for a while, the relay restarts in between, and
+//!   events are written meanwhile (by the running relay and by commands
+//!   while it is down): every event is delivered, each id processed once.
+//! - 410 disables the endpoint; a redirect is not followed; a host name
+//!   that resolves to loopback but is not on `allow_hosts` is refused (the
+//!   SSRF guard); a rotated secret sends two signatures that both verify.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use voxgate_testkit::cmd::stderr;
+use voxgate_testkit::enroll::{Setup, fingerprint, machine_id, secret_file, token};
+use voxgate_testkit::lab::{Lab, free_tcp, repo, wait_for};
+
+/// A CA and a certificate for `127.0.0.1` and `localhost` under it:
+/// (ca.pem, cert.pem, key.pem).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "webhook test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = leaf.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+    let paths = (
+        dir.join("hooks-ca.pem"),
+        dir.join("hooks.pem"),
+        dir.join("hooks.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+struct Receiver {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    secrets: PathBuf,
+    log: PathBuf,
+}
+
+impl Receiver {
+    fn new(dir: &Path) -> Receiver {
+        Receiver {
+            child: None,
+            port: free_tcp(),
+            dir: dir.to_path_buf(),
+            secrets: dir.join("receiver.secrets"),
+            log: dir.join("receiver.jsonl"),
+        }
+    }
+
+    fn start(&mut self) {
+        let py = repo().join(".venv/bin/python");
+        let child = Command::new(py)
+            .arg(repo().join("tests/webhooks/receiver.py"))
+            .arg(self.port.to_string())
+            .args([self.dir.join("hooks.pem"), self.dir.join("hooks.key")])
+            .args([&self.secrets, &self.log])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("receiver.err")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), "the receiver to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn entries(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Ids processed at `/hook`, with how many times each.
+    fn processed(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for e in self.entries() {
+            if e["result"] == "processed" {
+                *out.entry(e["id"].as_str().unwrap_or("").to_string())
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `relay webhook add URL`: (endpoint id, secret).
+fn add(lab: &Lab, url: &str, events: &str) -> (String, String) {
+    let mut args = vec!["webhook", "add", url];
+    if !events.is_empty() {
+        args.extend(["--events", events]);
+    }
+    let out = ok(lab.relay_cmd(&args));
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let secret = out
+        .lines()
+        .find(|l| l.starts_with("whsec_"))
+        .unwrap()
+        .to_string();
+    (id, secret)
+}
+
+/// `relay webhook test ID`: the message id.
+fn test_message(lab: &Lab, endpoint: &str) -> String {
+    let out = ok(lab.relay_cmd(&["webhook", "test", endpoint]));
+    out.split_whitespace().nth(2).unwrap().to_string()
+}
+
+/// Deliveries: (webhook-id, type, endpoint, state, attempts, status, error).
+fn deliveries(lab: &Lab) -> Vec<Vec<String>> {
+    let out = ok(lab.relay_cmd(&["webhook", "deliveries", "--limit", "1000"]));
+    out.lines()
+        .skip(1)
+        .map(|l| {
+            let mut words = l.split_whitespace().map(str::to_string);
+            let _n = words.next();
+            let mut v: Vec<String> = words.by_ref().take(6).collect();
+            v.push(words.collect::<Vec<_>>().join(" "));
+            v
+        })
+        .collect()
+}
+
+fn lab_with_webhooks(name: &str) -> (Lab, Receiver) {
+    let lab = Lab::new(name, "mode = \"none\"");
+    let (ca, _, _) = test_pki(&lab.dir);
+    let cfg = lab.dir.join("relay.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[webhooks]\nretries = 30\nbackoff = \"100ms\"\ntimeout = \"3s\"\nallow_hosts = [\"127.0.0.1\"]\nca_bundle = \"{}\"\n",
+        ca.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let receiver = Receiver::new(&lab.dir);
+    (lab, receiver)
+}
+
+#[test]
+fn every_event_is_delivered_once_across_receiver_downtime_and_relay_restart() {
+    let (lab, mut rx) = lab_with_webhooks("webhooks-outbox");
+    let (ep, secret) = add(&lab, &rx.url("127.0.0.1", "/hook"), "");
+    std::fs::write(&rx.secrets, format!("{secret}\n")).unwrap();
+    rx.start();
+    let mut relay = lab.start_relay();
+
+    // Real events: an enrollment, then a spent token used again.
+    let fp = fingerprint(&lab);
+    let mid = machine_id(&lab.dir, "machine-id", "0123456789abcdef0123456789abcdef");
+    let tok = secret_file(&lab.dir, "tok", &token(&lab, "gw-hook", Some(3600)));
+    let (out, _) = Setup::new(&lab, "gw-hook")
+        .fingerprint(&fp)
+        .token_file(&tok)
+        .machine_id(&mid)
+        .args(["--backend", "sealed-file"])
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (again, _) = Setup::new(&lab, "gw-other")
+        .fingerprint(&fp)
+        .token_file(&tok)
+        .machine_id(&mid)
+        .args(["--backend", "sealed-file"])
+        .output();
+    assert!(!again.status.success());
+    let first = test_message(&lab, &ep);
+    wait_for(Duration::from_secs(15), "the first events", || {
+        let types: HashSet<String> = rx
+            .entries()
+            .iter()
+            .filter_map(|e| e["type"].as_str().map(str::to_string))
+            .collect();
+        rx.processed().contains_key(&first)
+            && types.contains("device.enrolled")
+            && types.contains("security.token_misuse")
+    });
+
+    // The receiver goes down; events keep coming.
+    rx.stop();
+    let mut expected: Vec<String> = (0..5).map(|_| test_message(&lab, &ep)).collect();
+    ok(lab.relay_cmd(&["revoke", "gw-hook"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    // The relay restarts; events are written while it is down.
+    relay.stop();
+    expected.extend((0..3).map(|_| test_message(&lab, &ep)));
+    let mut relay = lab.start_relay();
+    std::thread::sleep(Duration::from_millis(1000));
+    let failing = deliveries(&lab);
+    assert!(
+        failing
+            .iter()
+            .any(|d| d[3] == "pending" && d[4].parse::<u32>().unwrap() >= 2),
+        "attempts were made while the receiver was down: {failing:?}"
+    );
+    rx.start();
+
+    let all: HashSet<String> = deliveries(&lab).into_iter().map(|d| d[0].clone()).collect();
+    for id in &expected {
+        assert!(all.contains(id), "{id} is in the outbox");
+    }
+    wait_for(Duration::from_secs(30), "every event delivered", || {
+        let p = rx.processed();
+        all.iter().all(|id| p.contains_key(id))
+    });
+    let processed = rx.processed();
+    assert!(
+        processed.values().all(|&n| n == 1),
+        "each id processed once: {processed:?}"
+    );
+    assert!(rx.entries().iter().any(|e| e["type"] == "device.revoked"));
+    assert!(rx.entries().iter().all(|e| e["result"] != "bad signature"));
+    let done = deliveries(&lab);
+    assert!(done.iter().all(|d| d[3] == "delivered"), "{done:?}");
+    relay.stop();
+    let log = relay.log_text();
+    assert!(!log.contains(&secret), "a secret in the relay log");
+    assert!(!log.contains(secret.trim_start_matches("whsec_")));
+}
+
+#[test]
+fn gone_disables_redirects_are_not_followed_ssrf_is_refused_rotation_signs_twice() {
+    let (lab, mut rx) = lab_with_webhooks("webhooks-policy");
+    let only_tests = "security.token_misuse";
+    let (hook, old) = add(&lab, &rx.url("127.0.0.1", "/hook"), only_tests);
+    let (gone, _) = add(&lab, &rx.url("127.0.0.1", "/gone"), only_tests);
+    let (redirect, _) = add(&lab, &rx.url("127.0.0.1", "/redirect"), only_tests);
+    // `localhost` resolves to loopback and is not on allow_hosts.
+    let (ssrf, _) = add(&lab, &rx.url("localhost", "/hook"), only_tests);
+    std::fs::write(&rx.secrets, format!("{old}\n")).unwrap();
+    rx.start();
+    let mut relay = lab.start_relay();
+
+    let to_gone = test_message(&lab, &gone);
+    let to_redirect = test_message(&lab, &redirect);
+    let to_ssrf = test_message(&lab, &ssrf);
+    let row = |id: &str| deliveries(&lab).into_iter().find(|d| d[0] == id);
+    wait_for(
+        Duration::from_secs(15),
+        "the 410, the redirect and the refusal",
+        || {
+            let g = row(&to_gone).is_some_and(|d| d[3] == "failed" && d[5] == "410");
+            let r = row(&to_redirect).is_some_and(|d| d[5] == "302");
+            let s = row(&to_ssrf).is_some_and(|d| d[3] == "failed");
+            g && r && s
+        },
+    );
+    let list = ok(lab.relay_cmd(&["webhook", "list"]));
+    let gone_line = list.lines().find(|l| l.starts_with(&gone)).unwrap();
+    assert!(gone_line.contains("disabled"), "{list}");
+    assert!(list.contains("410 Gone"), "{list}");
+    let ssrf_row = row(&to_ssrf).unwrap();
+    assert!(
+        ssrf_row[6].contains("SSRF") && ssrf_row[6].contains("not a public address"),
+        "{ssrf_row:?}"
+    );
+    let entries = rx.entries();
+    assert!(
+        entries.iter().all(|e| e["path"] != "/target"),
+        "a redirect was followed"
+    );
+    assert!(
+        entries.iter().all(|e| e["id"] != to_ssrf.as_str()),
+        "the guard let a request through"
+    );
+    // A disabled endpoint gets no more deliveries.
+    let before = entries.iter().filter(|e| e["path"] == "/gone").count();
+    assert_eq!(before, 1);
+
+    // Rotation: the old and the new secret both sign while they overlap.
+    let out = ok(lab.relay_cmd(&["webhook", "rotate-secret", &hook, "--overlap", "1h"]));
+    let new = out
+        .lines()
+        .find(|l| l.starts_with("whsec_"))
+        .unwrap()
+        .to_string();
+    assert_ne!(new, old);
+    std::fs::write(&rx.secrets, format!("{old}\n{new}\n")).unwrap();
+    let rotated = test_message(&lab, &hook);
+    wait_for(Duration::from_secs(15), "the rotated message", || {
+        rx.processed().contains_key(&rotated)
+    });
+    let e = rx
+        .entries()
+        .into_iter()
+        .find(|e| e["id"] == rotated.as_str())
+        .unwrap();
+    assert_eq!(
+        (e["signatures"].as_u64(), e["verified"].as_u64()),
+        (Some(2), Some(2)),
+        "{e}"
+    );
+    // Without an overlap, the old secret stops at once.
+    let out = ok(lab.relay_cmd(&["webhook", "rotate-secret", &hook, "--overlap", "0s"]));
+    let newest = out
+        .lines()
+        .find(|l| l.starts_with("whsec_"))
+        .unwrap()
+        .to_string();
+    std::fs::write(&rx.secrets, format!("{newest}\n")).unwrap();
+    let last = test_message(&lab, &hook);
+    wait_for(
+        Duration::from_secs(15),
+        "the message after the second rotation",
+        || rx.processed().contains_key(&last),
+    );
+    let e = rx
+        .entries()
+        .into_iter()
+        .find(|e| e["id"] == last.as_str())
+        .unwrap();
+    assert_eq!(e["signatures"].as_u64(), Some(1), "{e}");
+    relay.stop();
+    for s in [&old, &new, &newest] {
+        assert!(!relay.log_text().contains(s.as_str()));
+    }
+}
