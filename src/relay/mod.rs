@@ -103,7 +103,7 @@ async fn enforce_trust(
         let refused = trust.take_refusals();
         let limited = ctx.refusals.take();
         let ctx2 = ctx.clone();
-        let refused_n: u64 = refused.iter().map(|f| 1 + f.suppressed as u64).sum();
+        let refused_n: u64 = refused.iter().map(|f| 1 + f.suppressed).sum();
         let hook = burst.add(refused_n, std::time::Instant::now());
         let reloaded = tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());

@@ -373,7 +373,7 @@ async fn session_loop(
     let mut fl = lock(&flows);
     let fl = &mut *fl;
     for (_, f) in fl.up.0.drain(..).chain(fl.calls.drain()) {
-        close_flow(device, f, &ctx);
+        close_flow(device, f, ctx);
     }
     result
 }
@@ -383,7 +383,7 @@ fn close_unrouted_calls(ctx: &RelayCtx, device: &str, session: u64, flows: &Mute
     lock(flows).calls.retain(|&flow, f| {
         let keep = ctx.calls.routed(session, flow);
         if !keep {
-            close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx);
+            close_flow(device, std::mem::replace(f, UpFlow::closed()), ctx);
         }
         keep
     });
@@ -438,7 +438,7 @@ async fn control_loop(
                     let recorded = recorder.is_some();
                     let old = lock(flows).up.insert(flow, UpFlow { ssrc, stats: ReceiveStats::default(), recorder, path: path.clone() });
                     if let Some(old) = old {
-                        close_flow(device, old, &ctx);
+                        close_flow(device, old, ctx);
                     }
                     if recorded {
                         info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
@@ -452,7 +452,7 @@ async fn control_loop(
                 }
                 Ok(Owned::FlowClose(flow)) => {
                     let f = lock(flows).up.remove(flow);
-                    if let Some(f) = f { close_flow(device, f, &ctx); }
+                    if let Some(f) = f { close_flow(device, f, ctx); }
                 }
                 // A box calls only as its own phones: not from an
                 // extension another box owns, connected or not.
