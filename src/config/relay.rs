@@ -29,6 +29,8 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     recording: RawRecording,
+    #[serde(default)]
+    api: Option<super::api::RawApi>,
 }
 
 /// `[limits]`: what one source, one device, or everyone at once may cost
@@ -352,6 +354,8 @@ pub struct RelayConfig {
     pub limits: RelayLimits,
     /// Recording and retention (`[recording]`).
     pub recording: RecordingSettings,
+    /// The operator HTTP API (`[api]`; `None`: off).
+    pub api: Option<super::api::ApiSettings>,
 }
 
 impl RelayConfig {
@@ -417,7 +421,12 @@ impl RelayConfig {
         let relay_cert_lifetime = relay_cert_lifetime(file, &raw.ca)?;
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
+        let api = raw
+            .api
+            .map(|a| super::api::validate(file, &base, a))
+            .transpose()?;
         Ok(RelayConfig {
+            api,
             limits,
             recording,
             superseded_grace: std::time::Duration::from_secs(grace),
