@@ -31,6 +31,7 @@ struct Raw {
     recording: RawRecording,
     #[serde(default)]
     webhooks: super::webhooks::RawWebhooks,
+    api: Option<super::api::RawApi>,
 }
 
 /// `[limits]`: what one source, one device, or everyone at once may cost
@@ -356,6 +357,8 @@ pub struct RelayConfig {
     pub recording: RecordingSettings,
     /// Webhook delivery (`[webhooks]`).
     pub webhooks: super::WebhookSettings,
+    /// The operator HTTP API (`[api]`; `None`: off).
+    pub api: Option<super::api::ApiSettings>,
 }
 
 impl RelayConfig {
@@ -422,8 +425,13 @@ impl RelayConfig {
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
         let webhooks = super::webhooks::validate(file, &base, raw.webhooks)?;
+        let api = raw
+            .api
+            .map(|a| super::api::validate(file, &base, a))
+            .transpose()?;
         Ok(RelayConfig {
             webhooks,
+            api,
             limits,
             recording,
             superseded_grace: std::time::Duration::from_secs(grace),
