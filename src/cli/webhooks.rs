@@ -251,7 +251,7 @@ pub(super) fn run(cmd: WebhookCommand) -> Result<()> {
             let reg = open_registry(&cfg)?;
             match (delivery, failed) {
                 (Some(n), _) => {
-                    if !reg.webhook_replay(n)? {
+                    if !reg.webhook_replay(n, None)? {
                         bail!("no delivery {n} (see `voxgate relay webhook deliveries`)");
                     }
                     println!("delivery {n} queued again (same webhook-id)");

@@ -396,6 +396,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     )?;
     let ctx = Arc::new(RelayCtx {
         webhooks: hooks,
+        webhook_rotation_overlap: cfg.webhooks.rotation_overlap,
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
         calls: call_plane::CallPlane::new(metrics.clone(), cfg.recording.enabled),

@@ -105,6 +105,8 @@ pub struct RelayCtx {
     /// Webhook events (`device.*`, `recording.ready`, `call.*`) into the
     /// outbox.
     pub webhooks: super::webhooks::Emitter,
+    /// How long an old webhook secret still signs after a rotation.
+    pub webhook_rotation_overlap: std::time::Duration,
 }
 
 /// A live device session: the certificate it is bound to (the one it

@@ -122,6 +122,7 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Device>, Problem> {
     let device = id.clone();
-    api.db(move |r| Ok(r.revoke(&device)?)).await?;
+    api.db(move |r| Ok(crate::relay::webhooks::revoke_device(r, &device)?))
+        .await?;
     Ok(Json(one(&api, &id).await?))
 }

@@ -15,8 +15,8 @@
 //!   shutdown; everything else goes to the registry on the blocking pool
 //!   as it happens ([`ApiState::db`]). No async worker waits for the disk.
 //!
-//! Resources: [`devices`], [`tokens`], [`recordings`], [`audit`] and
-//! `api-keys` ([`keys`]).
+//! Resources: [`devices`], [`tokens`], [`recordings`], [`audit`],
+//! [`webhooks`] and `api-keys` ([`keys`]).
 
 pub mod audit;
 pub mod auth;
@@ -28,6 +28,7 @@ pub mod problem;
 pub mod recordings;
 mod serve;
 pub mod tokens;
+pub mod webhooks;
 
 pub use auth::{Caller, Need, ScopeOf, scope};
 pub use problem::{Body, Errors, Problem};

@@ -25,7 +25,7 @@ pub const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PATCH, Meth
 #[openapi(
     info(
         title = "voxgate relay operator API",
-        description = "Devices, enrollment tokens, recordings, the audit log and API keys of a voxgate relay. Authenticate with `Authorization: Bearer vgk_...`; errors are RFC 9457 problem details.",
+        description = "Devices, enrollment tokens, recordings, the audit log, webhook endpoints and API keys of a voxgate relay. Authenticate with `Authorization: Bearer vgk_...`; errors are RFC 9457 problem details.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
@@ -59,6 +59,7 @@ pub fn v1() -> OpenApiRouter<Api> {
         .merge(super::recordings::routes())
         .merge(super::audit::routes())
         .merge(super::keys::routes())
+        .merge(super::webhooks::routes())
 }
 
 /// The OpenAPI document as served.

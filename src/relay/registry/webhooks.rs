@@ -531,13 +531,14 @@ impl Registry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Send delivery `id` again, now, with the same `webhook-id` (its
-    /// attempts start over). `false` when there is no such delivery.
-    pub fn webhook_replay(&self, id: i64) -> Result<bool, RegistryError> {
+    /// Send delivery `id` (of `endpoint`, when given) again, now, with
+    /// the same `webhook-id` (its attempts start over). `false` when there
+    /// is no such delivery.
+    pub fn webhook_replay(&self, id: i64, endpoint: Option<&str>) -> Result<bool, RegistryError> {
         let n = self.db.execute(
             "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at_ms = ?2, updated = ?3
-             WHERE id = ?1",
-            params![id, now_ms(), now()],
+             WHERE id = ?1 AND (?4 IS NULL OR endpoint = ?4)",
+            params![id, now_ms(), now(), endpoint],
         )?;
         Ok(n > 0)
     }
@@ -588,7 +589,8 @@ mod tests {
         };
         r.webhook_record(due[0].id, &retry).unwrap();
         assert!(r.webhook_due(now_ms(), 10, &busy).unwrap().is_empty());
-        assert!(r.webhook_replay(due[0].id).unwrap());
+        assert!(!r.webhook_replay(due[0].id, Some("ep_other")).unwrap());
+        assert!(r.webhook_replay(due[0].id, Some(&ep.id)).unwrap());
         let again = r.webhook_due(now_ms(), 10, &busy).unwrap();
         assert_eq!(again[0].event, "msg_b");
         r.webhook_record(again[0].id, &Recorded::Gone).unwrap();
