@@ -13,6 +13,11 @@
 //! stderr, and in no argv, while phones register and are rotated on the
 //! running gateway.
 //!
+//! Webhook secrets too: the `whsec_` secrets `relay webhook add` and
+//! `rotate-secret` print (on their stdout, once) and their key bytes appear
+//! in no log (the relay signs deliveries with both at trace level), no
+//! listing, and no file (the registry holds them sealed).
+//!
 //! It also includes a
 //! relay backup with keys (`relay backup --with-keys`, the passphrase on
 //! stdin) while the relay runs, and its restore on another machine (the
@@ -174,8 +179,44 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let text = std::fs::read_to_string(&rc)
         .unwrap()
         .replace("log = \"debug\"", "log = \"trace\"");
+    // Webhooks to a loopback port where nothing listens: every delivery is
+    // signed (both secrets after the rotation) and fails, at trace level.
+    let text = format!(
+        "{text}[webhooks]\nallow_hosts = [\"127.0.0.1\"]\nbackoff = \"100ms\"\nretries = 30\n"
+    );
     std::fs::write(&rc, text).unwrap();
+    let hook_url = format!(
+        "https://127.0.0.1:{}/hook",
+        voxgate_testkit::lab::free_tcp()
+    );
+    let hook_add = lab.relay_cmd(&["webhook", "add", &hook_url]);
+    assert!(
+        hook_add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hook_add.stderr)
+    );
+    let hook_out = String::from_utf8_lossy(&hook_add.stdout).into_owned();
+    let hook_id = hook_out.split_whitespace().nth(1).unwrap().to_string();
+    let hook_rotate = lab.relay_cmd(&["webhook", "rotate-secret", &hook_id]);
+    assert!(hook_rotate.status.success());
+    let mut webhook_secrets: Vec<String> = [&hook_add, &hook_rotate]
+        .iter()
+        .flat_map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l.starts_with("whsec_"))
+        .collect();
+    assert_eq!(webhook_secrets.len(), 2);
+    let mut webhook_stderr = String::new();
+    for o in [&hook_add, &hook_rotate] {
+        webhook_stderr.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
     let mut relay = lab.start_relay();
+    let hook_test = lab.relay_cmd(&["webhook", "test", &hook_id]);
+    assert!(hook_test.status.success());
     let out = create_token(&lab, "gw-canary", None);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let token_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -289,6 +330,17 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         &mut proc_text,
     );
     gw.stop();
+    // Listings and the deliveries' errors name no secret.
+    let hook_list = lab.relay_cmd(&["webhook", "list"]);
+    let hook_deliveries = lab.relay_cmd(&["webhook", "deliveries"]);
+    for o in [&hook_test, &hook_list, &hook_deliveries] {
+        webhook_stderr.push_str(&String::from_utf8_lossy(&o.stdout));
+        webhook_stderr.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(
+        String::from_utf8_lossy(&hook_deliveries.stdout).contains("cannot connect"),
+        "the webhook was attempted"
+    );
     relay.stop();
     let other_mid = lab.dir.join("other-machine-id");
     std::fs::write(&other_mid, "fedcba9876543210fedcba9876543210\n").unwrap();
@@ -323,6 +375,14 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let material =
         voxgate::pki::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
     let mut needles = vec![token.clone()];
+    // The webhook secrets: their text and their key bytes.
+    for w in webhook_secrets.drain(..) {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(w.trim_start_matches("whsec_"))
+            .unwrap();
+        needles.extend(forms(&key));
+        needles.push(w);
+    }
     // Every phone password ever printed, and its digests (HA1s) in every form.
     for (ext, pw) in &phone_passwords {
         assert_eq!(pw.len(), 22);
@@ -410,6 +470,7 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
             String::from_utf8_lossy(&setup.stderr).into_owned(),
         ),
         ("token stderr", token_stderr),
+        ("webhook commands", webhook_stderr),
         ("/proc", proc_text),
         ("gateway log", gw.log_text()),
         ("relay log", relay.log_text()),
