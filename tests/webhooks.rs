@@ -11,16 +11,13 @@
 //!   that resolves to loopback but is not on `allow_hosts` is refused (the
 //!   SSRF guard); a rotated secret sends two signatures that both verify.
 
-#[path = "webhooks/common.rs"]
-mod common;
-
-use common::{add, deliveries, lab_with_webhooks, ok, test_message};
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 use voxgate_testkit::cmd::stderr;
 use voxgate_testkit::enroll::{Setup, fingerprint, machine_id, secret_file, token};
 use voxgate_testkit::lab::{Lab, free_tcp, wait_for};
+use voxgate_testkit::webhooks::{add, deliveries, lab_with_webhooks, ok, test_message};
 
 #[test]
 fn every_event_is_delivered_once_across_receiver_downtime_and_relay_restart() {

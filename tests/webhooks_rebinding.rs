@@ -14,14 +14,11 @@
 //!   guard at the address it would have connected, and the receiver, which
 //!   listens there, never sees it.
 
-#[path = "webhooks/common.rs"]
-mod common;
-
-use common::{add, deliveries, lab_with_webhooks_allowing, ok, test_message};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use voxgate_testkit::lab::{bin, wait_for};
+use voxgate_testkit::webhooks::{add, deliveries, lab_with_webhooks_allowing, ok, test_message};
 
 /// A network namespace with its loopback up, its resolv.conf, and dnsmasq
 /// answering from `hosts`; all removed on drop.

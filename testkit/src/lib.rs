@@ -21,6 +21,7 @@ pub mod session;
 pub mod sip;
 pub mod spoof;
 pub mod swtpm;
+pub mod webhooks;
 
 /// voxgate's version (the kit's is kept equal): what a device's hello says.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,14 +2,13 @@
 //! Python receiver (`receiver.py`, verifying with `standardwebhooks`), the
 //! `relay webhook` commands, and a lab whose relay has a `[webhooks]`
 //! section.
-#![allow(dead_code)]
 
+use crate::cmd::stderr;
+use crate::lab::{Lab, free_tcp, repo, wait_for};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use voxgate_testkit::cmd::stderr;
-use voxgate_testkit::lab::{Lab, free_tcp, repo, wait_for};
 
 /// A CA and a certificate for `127.0.0.1`, `localhost`, `allowed.test`
 /// and `rebind.test` under it:
