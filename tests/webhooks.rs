@@ -95,6 +95,9 @@ fn every_event_is_delivered_once_across_receiver_downtime_and_relay_restart() {
     wait_for(Duration::from_secs(10), "every delivery recorded", || {
         deliveries(&lab).iter().all(|d| d[3] == "delivered")
     });
+    let m = |name: &str| voxgate_testkit::lab::metric(lab.relay_metrics, name);
+    assert!(m("voxgate_relay_webhooks_delivered_total") >= 8.0);
+    assert!(m("voxgate_relay_webhooks_failed_attempts_total") >= 1.0);
     relay.stop();
     let log = relay.log_text();
     assert!(!log.contains(&secret), "a secret in the relay log");

@@ -15,7 +15,6 @@
 //! Prints one JSON line: deliveries, seconds, deliveries per second.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use voxgate::relay::commit::GroupCommit;
@@ -143,7 +142,7 @@ fn main() {
             wake: Arc::new(tokio::sync::Notify::new()),
         };
         let task = tokio::spawn(worker.run(counts.clone()));
-        while counts.delivered.load(Relaxed) < EVENTS as u64 {
+        while counts.delivered.get() < EVENTS as u64 {
             assert!(
                 t1.elapsed() < Duration::from_secs(110),
                 "bench took too long"
@@ -153,7 +152,7 @@ fn main() {
         task.abort();
     });
     let secs = t1.elapsed().as_secs_f64();
-    let failed = counts.failed_attempts.load(Relaxed);
+    let failed = counts.failed_attempts.get();
     println!(
         "{{\"deliveries\":{EVENTS},\"seconds\":{secs:.3},\"deliveries_per_s\":{:.0},\"failed_attempts\":{failed},\"outbox_writes_per_s\":{:.0},\"concurrency\":16,\"signatures_per_delivery\":2}}",
         EVENTS as f64 / secs,

@@ -58,6 +58,10 @@ pub struct RelayMetrics {
     pub api_auth_failures: Arc<Counter>,
     /// Operator API requests refused by a rate limit (429).
     pub api_rate_limited: Arc<Counter>,
+    /// Webhook deliveries that reached a 2xx.
+    pub webhooks_delivered: Arc<Counter>,
+    /// Webhook attempts that failed (each retry counts).
+    pub webhooks_failed_attempts: Arc<Counter>,
 }
 
 impl RelayMetrics {
@@ -155,6 +159,14 @@ impl RelayMetrics {
             api_rate_limited: r.counter(
                 "voxgate_relay_api_rate_limited_total",
                 "Operator API requests refused by a rate limit (429)",
+            ),
+            webhooks_delivered: r.counter(
+                "voxgate_relay_webhooks_delivered_total",
+                "Webhook deliveries a receiver took (2xx)",
+            ),
+            webhooks_failed_attempts: r.counter(
+                "voxgate_relay_webhooks_failed_attempts_total",
+                "Webhook attempts that failed (refused, unreachable, timed out, or a non-2xx answer)",
             ),
             registry: Arc::new(Registry::default()),
         };

@@ -393,6 +393,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         p.registry.clone(),
         p.enroller.commits(),
         hooks.wake(),
+        webhooks::worker::Counts {
+            delivered: metrics.webhooks_delivered.clone(),
+            failed_attempts: metrics.webhooks_failed_attempts.clone(),
+        },
     )?;
     let ctx = Arc::new(RelayCtx {
         webhooks: hooks,

@@ -175,9 +175,19 @@ impl Event {
         Self::new(EventKind::DeviceRevoked, json!({ "device": device }))
     }
 
-    /// A call event (`call.*`): the calls engine fills `data` (call id,
-    /// from, to, reason, fallback).
-    pub fn call(kind: EventKind, data: Value) -> Self {
+    /// A call event (`call.ringing`, `call.answered`, `call.ended`,
+    /// `call.failed`, `call.fallback`): the call's id, its caller and
+    /// callee extensions, and `extra` (a reason, the fallback's target,
+    /// the duration: an object merged into `data`, or `Value::Null`).
+    ///
+    /// The calls engine emits it with `RelayCtx::webhooks.emit(..)`.
+    pub fn call(kind: EventKind, call: &str, from: &str, to: &str, extra: Value) -> Self {
+        let mut data = json!({ "call": call, "from": from, "to": to });
+        if let (Some(d), Value::Object(more)) = (data.as_object_mut(), extra) {
+            for (k, v) in more {
+                d.entry(k).or_insert(v);
+            }
+        }
         Self::new(kind, data)
     }
 
@@ -362,6 +372,17 @@ mod tests {
         assert_eq!(v["type"], "device.online");
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20Z");
         assert_eq!(v["data"]["device"], "box-1");
+        let c = Event::call(
+            EventKind::CallFallback,
+            "c7",
+            "2001",
+            "2002",
+            json!({ "fallback": "2099", "call": "no" }),
+        );
+        assert_eq!(
+            c.data,
+            json!({ "call": "c7", "from": "2001", "to": "2002", "fallback": "2099" })
+        );
     }
 
     #[test]

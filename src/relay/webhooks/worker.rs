@@ -14,6 +14,7 @@ use super::sign::signature_header;
 use crate::relay::commit::GroupCommit;
 use crate::relay::registry::webhooks::{DueDelivery, Recorded};
 use crate::relay::registry::{Registry, now};
+use crate::telemetry::metrics::Counter;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,13 +40,13 @@ pub struct Worker {
     pub wake: Arc<Notify>,
 }
 
-/// Counts of what the worker did.
-#[derive(Debug, Default)]
+/// Counts of what the worker did (the relay's metrics).
+#[derive(Debug, Default, Clone)]
 pub struct Counts {
     /// Deliveries that reached a 2xx.
-    pub delivered: std::sync::atomic::AtomicU64,
+    pub delivered: Arc<Counter>,
     /// Attempts that failed.
-    pub failed_attempts: std::sync::atomic::AtomicU64,
+    pub failed_attempts: Arc<Counter>,
 }
 
 fn now_ms() -> i64 {
@@ -62,6 +63,7 @@ pub fn spawn(
     registry: Arc<Mutex<Registry>>,
     commits: Arc<GroupCommit>,
     wake: Arc<Notify>,
+    counts: Counts,
 ) -> Result<tokio::task::JoinHandle<()>, rustls::Error> {
     let roots = super::client::load_roots(cfg.ca_bundle.as_deref());
     let client = Client::new(
@@ -81,7 +83,7 @@ pub fn spawn(
         concurrency: cfg.concurrency,
         wake,
     };
-    Ok(tokio::spawn(worker.run(Arc::new(Counts::default()))))
+    Ok(tokio::spawn(worker.run(Arc::new(counts))))
 }
 
 impl Worker {
@@ -142,7 +144,6 @@ impl Worker {
 
     /// One attempt of `d`, recorded.
     async fn deliver(&self, d: DueDelivery, counts: &Counts) {
-        use std::sync::atomic::Ordering::Relaxed;
         let registry = self.registry.clone();
         let endpoint = d.endpoint.clone();
         let secrets = tokio::task::spawn_blocking(move || {
@@ -212,21 +213,21 @@ impl Worker {
         };
         match &recorded {
             Recorded::Delivered { status } => {
-                counts.delivered.fetch_add(1, Relaxed);
+                counts.delivered.inc();
                 tracing::info!(delivery = d.id, endpoint = %d.endpoint, id = %d.event, status, attempt, "webhook delivered");
             }
             Recorded::Gone => {
-                counts.failed_attempts.fetch_add(1, Relaxed);
+                counts.failed_attempts.inc();
                 tracing::warn!(delivery = d.id, endpoint = %d.endpoint, "the receiver answered 410 Gone: endpoint disabled");
             }
             Recorded::Retry {
                 error, next_at_ms, ..
             } => {
-                counts.failed_attempts.fetch_add(1, Relaxed);
+                counts.failed_attempts.inc();
                 tracing::info!(delivery = d.id, endpoint = %d.endpoint, id = %d.event, attempt, %error, retry_in_ms = next_at_ms - now_ms(), "webhook attempt failed; retrying");
             }
             Recorded::Failed { error, .. } => {
-                counts.failed_attempts.fetch_add(1, Relaxed);
+                counts.failed_attempts.inc();
                 tracing::warn!(delivery = d.id, endpoint = %d.endpoint, id = %d.event, attempt, %error, "webhook delivery failed for good (`voxgate relay webhook replay` sends it again)");
             }
         }
