@@ -543,6 +543,23 @@ impl Registry {
         Ok(n > 0)
     }
 
+    /// Forget deliveries that ended (delivered or failed) before `before`
+    /// (Unix seconds), and the events left without a delivery. Returns
+    /// the deliveries removed.
+    pub fn webhook_purge(&self, before: i64) -> Result<usize, RegistryError> {
+        self.atomically(|r| {
+            let n = r.db.execute(
+                "DELETE FROM webhook_deliveries WHERE state != 'pending' AND updated < ?1",
+                params![before],
+            )?;
+            r.db.execute(
+                "DELETE FROM webhook_events WHERE id NOT IN (SELECT event FROM webhook_deliveries)",
+                [],
+            )?;
+            Ok(n)
+        })
+    }
+
     /// Send every failed delivery of `endpoint` again; returns how many.
     pub fn webhook_replay_failed(&self, endpoint: &str) -> Result<usize, RegistryError> {
         Ok(self.db.execute(

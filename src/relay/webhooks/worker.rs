@@ -22,6 +22,10 @@ use tokio::sync::{Notify, Semaphore};
 
 /// The longest the worker sleeps without looking at the outbox.
 pub const POLL: Duration = Duration::from_millis(500);
+/// How long finished deliveries (and their events) stay listed.
+pub const KEEP_FINISHED: Duration = Duration::from_secs(30 * 86_400);
+/// How often finished deliveries past [`KEEP_FINISHED`] are removed.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The worker's parts.
 #[derive(Debug)]
@@ -93,7 +97,17 @@ impl Worker {
         let busy: Arc<Mutex<HashSet<i64>>> = Default::default();
         let slots = Arc::new(Semaphore::new(this.concurrency));
         let done = Arc::new(Notify::new());
+        let mut purged = std::time::Instant::now();
         loop {
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = std::time::Instant::now();
+                let commits = this.commits.clone();
+                let before = now() - KEEP_FINISHED.as_secs() as i64;
+                let _ = tokio::task::spawn_blocking(move || {
+                    commits.run(move |r| r.webhook_purge(before))
+                })
+                .await;
+            }
             let free = slots.available_permits();
             let mut next_due = None;
             if free > 0 {
