@@ -419,3 +419,69 @@ fn the_api_manages_endpoints_with_the_webhooks_scope() {
     relay.stop();
     assert!(!relay.log_text().contains(&secret));
 }
+
+#[test]
+fn device_sessions_and_recordings_emit_online_recording_ready_offline() {
+    use voxgate::media::{flow, rtp::Repr};
+    use voxgate::proto::control::{Direction, FlowOpen, Message};
+    let (lab, mut rx) = lab_with_webhooks("webhooks-session");
+    let (_, secret) = add(
+        &lab,
+        &rx.url("127.0.0.1", "/hook"),
+        "device.online,device.offline,recording.ready",
+    );
+    std::fs::write(&rx.secrets, format!("{secret}\n")).unwrap();
+    rx.start();
+    let mut relay = lab.start_relay();
+    let (id, client) = lab.dev_identities("hookdev", 1).remove(0);
+    let rt = voxgate_testkit::session::runtime();
+    rt.block_on(async {
+        let mut s = voxgate_testkit::session::Session::open_with(&lab, client, &id)
+            .await
+            .unwrap();
+        s.tx(&Message::FlowOpen(FlowOpen {
+            flow: 0,
+            dir: Direction::Up,
+            ssrc: 7,
+            codec: "opus",
+            frame_ms: 20,
+        }))
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1500];
+        for seq in 0..50u32 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let repr = Repr {
+                marker: seq == 0,
+                payload_type: 111,
+                sequence: seq as u16,
+                timestamp: seq * 960,
+                ssrc: 7,
+            };
+            let n = flow::encode(0, &repr, &[0xfc; 60], &mut buf).unwrap();
+            let _ = s
+                .conn
+                .send_datagram(bytes::Bytes::copy_from_slice(&buf[..n]));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.conn.close(0u32.into(), b"bye");
+    });
+    let kinds = || -> Vec<String> {
+        rx.entries()
+            .iter()
+            .filter(|e| e["result"] == "processed")
+            .filter_map(|e| e["type"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(15),
+        "online, recording.ready, offline",
+        || {
+            let k = kinds();
+            ["device.online", "recording.ready", "device.offline"]
+                .iter()
+                .all(|t| k.iter().any(|x| x == t))
+        },
+    );
+    relay.stop();
+}
