@@ -432,8 +432,9 @@ fn device_sessions_and_recordings_emit_online_recording_ready_offline() {
     );
     std::fs::write(&rx.secrets, format!("{secret}\n")).unwrap();
     rx.start();
-    let mut relay = lab.start_relay();
+    // Issued before the relay starts, so its trust table holds it.
     let (id, client) = lab.dev_identities("hookdev", 1).remove(0);
+    let mut relay = lab.start_relay();
     let rt = voxgate_testkit::session::runtime();
     rt.block_on(async {
         let mut s = voxgate_testkit::session::Session::open_with(&lab, client, &id)
