@@ -110,6 +110,7 @@ impl Worker {
             }
             let free = slots.available_permits();
             let mut next_due = None;
+            let mut started = 0usize;
             if free > 0 {
                 let (registry, taken) = (this.registry.clone(), busy.clone());
                 let fetched = tokio::task::spawn_blocking(move || {
@@ -123,6 +124,7 @@ impl Worker {
                 match fetched {
                     Ok(Ok((due, next))) => {
                         next_due = next;
+                        started = due.len();
                         for d in due {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
                                 break;
@@ -143,15 +145,19 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "webhook outbox task failed"),
                 }
             }
-            let wait = next_due
-                .map(|at| {
-                    Duration::from_millis((at - now_ms()).clamp(0, POLL.as_millis() as i64) as u64)
-                })
-                .unwrap_or(POLL);
+            // A retry due later: sleep until then (at most POLL). Due now
+            // but all in flight, or nothing pending: wait for a finished
+            // attempt, a new event or POLL (never spin on the registry).
+            let now = now_ms();
+            let wait = match next_due {
+                _ if started > 0 => Duration::ZERO,
+                Some(at) if at > now => Duration::from_millis((at - now) as u64).min(POLL),
+                _ => POLL,
+            };
             tokio::select! {
                 _ = this.wake.notified() => {}
                 _ = done.notified() => {}
-                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
             }
         }
     }
