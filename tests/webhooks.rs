@@ -486,3 +486,41 @@ fn device_sessions_and_recordings_emit_online_recording_ready_offline() {
     );
     relay.stop();
 }
+
+#[test]
+fn deliveries_work_after_the_privilege_drop_to_nobody() {
+    // Under /tmp, which `nobody` can traverse; the state owned by it.
+    let (lab, mut rx) = voxgate_testkit::webhooks::with_webhooks(
+        Lab::new_public("webhooks-nobody", "mode = \"none\""),
+        "\"127.0.0.1\"",
+    );
+    let cfg = lab.dir.join("relay.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("stay_root = true", "user = \"nobody\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (ep, secret) = add(&lab, &rx.url("127.0.0.1", "/hook"), "");
+    std::fs::write(&rx.secrets, format!("{secret}\n")).unwrap();
+    std::fs::create_dir_all(lab.dir.join("recordings")).unwrap();
+    for d in ["relay", "recordings"] {
+        let st = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(lab.dir.join(d))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    rx.start();
+    let mut relay = lab.start_relay();
+    let id = test_message(&lab, &ep);
+    wait_for(Duration::from_secs(15), "a delivery from nobody", || {
+        rx.processed().contains_key(&id)
+    });
+    relay.stop();
+    let log = relay.log_text();
+    assert!(
+        log.contains("\"user\":\"nobody\""),
+        "the relay dropped to nobody"
+    );
+    assert!(log.contains("seccomp allow-list on"), "{log}");
+}

@@ -182,7 +182,11 @@ pub fn deliveries(lab: &Lab) -> Vec<Vec<String>> {
 /// retries), trusts the test CA, and lets private addresses through for
 /// the hosts in `allow` only.
 pub fn lab_with_webhooks_allowing(name: &str, allow: &str) -> (Lab, Receiver) {
-    let lab = Lab::new(name, "mode = \"none\"");
+    with_webhooks(Lab::new(name, "mode = \"none\""), allow)
+}
+
+/// `lab` with the `[webhooks]` section of [`lab_with_webhooks_allowing`].
+pub fn with_webhooks(lab: Lab, allow: &str) -> (Lab, Receiver) {
     let (ca, _, _) = test_pki(&lab.dir);
     let cfg = lab.dir.join("relay.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
