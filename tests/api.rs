@@ -332,6 +332,14 @@ fn every_route_checks_its_scope_and_every_key_state() {
         check(a, *status, &format!("case {i}"));
         assert_eq!(a.code(), *code, "case {i}: {a:?}");
     }
+    // An enrolled id takes a re-enrollment token.
+    let re = post(
+        "/v1/tokens",
+        "application/json",
+        r#"{"device":"gw-2","reenroll":true,"note":"new box"}"#.into(),
+    );
+    check(&re, 201, "a re-enrollment token");
+    assert_eq!(re.json()["reenroll"], true);
 
     // Failed authentications: limited per address, audited, counted.
     for _ in 0..8 {
