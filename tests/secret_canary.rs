@@ -13,6 +13,17 @@
 //! stderr, and in no argv, while phones register and are rotated on the
 //! running gateway.
 //!
+//! Webhook secrets too: the `whsec_` secrets `relay webhook add` and
+//! `rotate-secret` print (on their stdout, once) and their key bytes appear
+//! in no log (the relay signs deliveries with both at trace level), no
+//! listing, and no file (the registry holds them sealed).
+//!
+//! The operator API is on: an API key made by `voxgate relay api-key
+//! create` (printed on its stdout, once), one made through the API (in the
+//! answer, once) and one made by `api-key rotate` are used against the
+//! running relay; neither the keys nor their secrets may appear anywhere
+//! else (the registry keeps the SHA-256 of each secret).
+//!
 //! It also includes a
 //! relay backup with keys (`relay backup --with-keys`, the passphrase on
 //! stdin) while the relay runs, and its restore on another machine (the
@@ -174,8 +185,46 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let text = std::fs::read_to_string(&rc)
         .unwrap()
         .replace("log = \"debug\"", "log = \"trace\"");
+    // Webhooks to a loopback port where nothing listens: every delivery is
+    // signed (both secrets after the rotation) and fails, at trace level.
+    let text = format!(
+        "{text}[webhooks]\nallow_hosts = [\"127.0.0.1\"]\nbackoff = \"100ms\"\nretries = 30\n"
+    );
     std::fs::write(&rc, text).unwrap();
+    let hook_url = format!(
+        "https://127.0.0.1:{}/hook",
+        voxgate_testkit::lab::free_tcp()
+    );
+    let hook_add = lab.relay_cmd(&["webhook", "add", &hook_url]);
+    assert!(
+        hook_add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hook_add.stderr)
+    );
+    let hook_out = String::from_utf8_lossy(&hook_add.stdout).into_owned();
+    let hook_id = hook_out.split_whitespace().nth(1).unwrap().to_string();
+    let hook_rotate = lab.relay_cmd(&["webhook", "rotate-secret", &hook_id]);
+    assert!(hook_rotate.status.success());
+    let mut webhook_secrets: Vec<String> = [&hook_add, &hook_rotate]
+        .iter()
+        .flat_map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l.starts_with("whsec_"))
+        .collect();
+    assert_eq!(webhook_secrets.len(), 2);
+    let mut webhook_stderr = String::new();
+    for o in [&hook_add, &hook_rotate] {
+        webhook_stderr.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    let api = voxgate_testkit::api::enable(&lab, "", None);
     let mut relay = lab.start_relay();
+    let (api_keys, api_key_stderr) = use_api_keys(&lab, &api);
+    let hook_test = lab.relay_cmd(&["webhook", "test", &hook_id]);
+    assert!(hook_test.status.success());
     let out = create_token(&lab, "gw-canary", None);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let token_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -289,6 +338,17 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         &mut proc_text,
     );
     gw.stop();
+    // Listings and the deliveries' errors name no secret.
+    let hook_list = lab.relay_cmd(&["webhook", "list"]);
+    let hook_deliveries = lab.relay_cmd(&["webhook", "deliveries"]);
+    for o in [&hook_test, &hook_list, &hook_deliveries] {
+        webhook_stderr.push_str(&String::from_utf8_lossy(&o.stdout));
+        webhook_stderr.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(
+        String::from_utf8_lossy(&hook_deliveries.stdout).contains("cannot connect"),
+        "the webhook was attempted"
+    );
     relay.stop();
     let other_mid = lab.dir.join("other-machine-id");
     std::fs::write(&other_mid, "fedcba9876543210fedcba9876543210\n").unwrap();
@@ -323,6 +383,23 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let material =
         voxgate::pki::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
     let mut needles = vec![token.clone()];
+    // The webhook secrets: their text and their key bytes.
+    for w in webhook_secrets.drain(..) {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(w.trim_start_matches("whsec_"))
+            .unwrap();
+        needles.extend(forms(&key));
+        needles.push(w);
+    }
+    for k in &api_keys {
+        needles.push(k.clone());
+        needles.push(
+            voxgate::relay::api_key::parse(k)
+                .unwrap()
+                .secret
+                .to_string(),
+        );
+    }
     // Every phone password ever printed, and its digests (HA1s) in every form.
     for (ext, pw) in &phone_passwords {
         assert_eq!(pw.len(), 22);
@@ -410,6 +487,8 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
             String::from_utf8_lossy(&setup.stderr).into_owned(),
         ),
         ("token stderr", token_stderr),
+        ("webhook commands", webhook_stderr),
+        ("api-key stderr", api_key_stderr),
         ("/proc", proc_text),
         ("gateway log", gw.log_text()),
         ("relay log", relay.log_text()),
@@ -457,6 +536,49 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
             assert!(!text.contains(label), "a PEM private key in {name}");
         }
     }
+}
+
+/// Make API keys three ways (the CLI at trace level, the API, a rotation)
+/// and use each; returns the keys and the commands' stderr.
+fn use_api_keys(lab: &Lab, api: &voxgate_testkit::api::Api) -> (Vec<String>, String) {
+    use voxgate_testkit::api::{Req, key_id};
+    let mut stderr = String::new();
+    let mut cli = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["relay", "api-key"])
+            .args(args)
+            .arg("--config")
+            .arg(lab.dir.join("relay.toml"))
+            .env("VOXGATE_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let first = cli(&[
+        "create",
+        "--name",
+        "canary",
+        "--scopes",
+        "devices:read,keys:manage",
+    ]);
+    assert_eq!(api.get("/v1/devices", &first).status, 200);
+    let made = api.send(
+        Req::new("POST", "/v1/api-keys", Some(&first))
+            .json(r#"{"name":"canary-api","scopes":["devices:read"]}"#),
+    );
+    assert_eq!(made.status, 201, "{made:?}");
+    let second = made.json()["key"].as_str().unwrap().to_string();
+    assert_eq!(api.get("/v1/devices", &second).status, 200);
+    let third = cli(&["rotate", &key_id(&second), "--overlap-s", "60"]);
+    assert_eq!(api.get("/v1/devices", &third).status, 200);
+    assert_eq!(api.get("/v1/devices", &second).status, 200, "overlap");
+    (vec![first, second, third], stderr)
 }
 
 /// `text` with line breaks, `\n` escapes (JSON logs) and blanks removed:

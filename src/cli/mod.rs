@@ -1,11 +1,14 @@
-//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,devices,ext,revoke,dev-cert,audit,backup,restore}`, `demo`.
+//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,api-key,devices,ext,revoke,dev-cert,audit,webhook,backup,restore}`, `demo`.
 
+mod api_keys;
 mod audit;
 mod extensions;
 mod fleet_ca;
 pub mod passphrase;
 mod phones;
 mod tokens;
+#[cfg(feature = "api")]
+mod webhooks;
 
 use tokens::TokenCommand;
 
@@ -109,6 +112,9 @@ enum RelayCommand {
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Keys of the operator HTTP API (`[api]`).
+    #[command(subcommand)]
+    ApiKey(api_keys::ApiKeyCommand),
     /// List enrolled devices, their certificate expiry and revocation.
     Devices {
         /// Relay config file.
@@ -130,6 +136,10 @@ enum RelayCommand {
     /// The audit log (enrollments, renewals, refusals, revocations,
     /// tokens), or `--verify` its hash chain.
     Audit(audit::AuditArgs),
+    /// Signed webhooks: endpoints, secrets, deliveries.
+    #[cfg(feature = "api")]
+    #[command(subcommand)]
+    Webhook(webhooks::WebhookCommand),
     /// Back up the relay's state, while it runs, into one new file (0600):
     /// the registry as of one moment, the CA and relay certificates, and
     /// with --with-keys the keys encrypted to a passphrase.
@@ -405,7 +415,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Relay(RelayCommand::Revoke { config, device }) => {
             let cfg = RelayConfig::load(&config)?;
             let reg = open_registry(&cfg)?;
-            if reg.revoke(&device)? {
+            if crate::relay::webhooks::revoke_device(&reg, &device)? {
                 println!(
                     "revoked `{device}`: a running relay closes its connection within a second and refuses it from now on"
                 );
@@ -415,6 +425,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Relay(RelayCommand::Audit(args)) => audit::run(args),
+        #[cfg(feature = "api")]
+        Command::Relay(RelayCommand::Webhook(cmd)) => webhooks::run(cmd),
         Command::Relay(RelayCommand::Backup {
             config,
             file,
@@ -445,6 +457,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::identity::setup::run(*args)
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
+        Command::Relay(RelayCommand::ApiKey(cmd)) => api_keys::run(cmd),
         Command::Relay(RelayCommand::Ext(cmd)) => extensions::run(cmd),
     }
 }

@@ -5,15 +5,19 @@
 //! it receives [`GatewayConfig`] or [`RelayConfig`] and trusts them.
 //! Relative paths in a file are resolved against that file's directory.
 
+mod api;
 mod gateway;
 mod relay;
 mod sip;
+mod webhooks;
 
+pub use api::{ApiCert, ApiSettings, LimitPer, LimitRule, parse_window};
 pub use gateway::{
     BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
     RelayTarget,
 };
 pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RecordingSettings, RelayConfig, RelayLimits};
+pub use webhooks::{WebhookSettings, parse_duration};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

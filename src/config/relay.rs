@@ -30,6 +30,9 @@ struct Raw {
     #[serde(default)]
     recording: RawRecording,
     #[serde(default)]
+    webhooks: super::webhooks::RawWebhooks,
+    api: Option<super::api::RawApi>,
+    #[serde(default)]
     signer: RawSigner,
 }
 
@@ -45,7 +48,7 @@ struct RawSigner {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SignerSettings {
     /// The socket of a signer that runs as its own unit
-    /// (`voxgate-signer.socket`); `None`: `relay run` starts the signer as
+    /// (`voxgate-signer.service`); `None`: `relay run` starts the signer as
     /// its child.
     pub socket: Option<PathBuf>,
     /// The signer's own account: it owns the issuing keys, and the signer
@@ -376,6 +379,10 @@ pub struct RelayConfig {
     pub recording: RecordingSettings,
     /// Where the signer runs (`[signer]`).
     pub signer: SignerSettings,
+    /// Webhook delivery (`[webhooks]`).
+    pub webhooks: super::WebhookSettings,
+    /// The operator HTTP API (`[api]`; `None`: off).
+    pub api: Option<super::api::ApiSettings>,
 }
 
 impl RelayConfig {
@@ -442,7 +449,14 @@ impl RelayConfig {
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
         let signer = validate_signer(file, raw.signer, &privilege)?;
+        let webhooks = super::webhooks::validate(file, &base, raw.webhooks)?;
+        let api = raw
+            .api
+            .map(|a| super::api::validate(file, &base, a))
+            .transpose()?;
         Ok(RelayConfig {
+            webhooks,
+            api,
             limits,
             recording,
             signer,

@@ -179,12 +179,15 @@ impl Enroller {
 
     /// Append the audit line of a refusal, rate-limited (group-committed,
     /// off the async workers).
+    /// A webhook event (`security.*`) is written with the line, under the
+    /// same rate limit.
     async fn audit(
         self: &Arc<Self>,
         event: &'static str,
         source: &str,
         device: &str,
         detail: &str,
+        hook: Option<super::webhooks::Event>,
     ) {
         let key = if device.is_empty() { source } else { device };
         let Some(detail) = self.refusal_line(key, detail) else {
@@ -193,8 +196,13 @@ impl Enroller {
         let this = self.clone();
         let (source, device) = (source.to_string(), device.to_string());
         let _ = tokio::task::spawn_blocking(move || {
-            this.writes
-                .run(move |r| r.audit(event, &source, &device, &detail))
+            this.writes.run(move |r| {
+                r.audit(event, &source, &device, &detail)?;
+                if let Some(hook) = hook {
+                    super::webhooks::emit(r, &hook)?;
+                }
+                Ok::<_, RegistryError>(())
+            })
         })
         .await;
     }
@@ -212,11 +220,13 @@ impl Enroller {
             .map_err(|_| ());
         if let Ok(Err(why)) = allowed {
             // Audited before the device learns of it (as every refusal).
+            let src = source.to_string();
             self.audit(
                 "enroll_limited",
-                &source.to_string(),
+                &src,
                 "",
                 &format!("{why:?}"),
+                Some(super::webhooks::Event::auth_failures(&src, "enrollment", 1)),
             )
             .await;
             warn!(%source, reason = ?why, "enrollment attempt refused by rate limit");
@@ -278,7 +288,20 @@ impl Enroller {
                 Ok(())
             }
             Err(why) => {
-                self.audit("enroll_rejected", source, &device, &why.to_string())
+                let misuse = match &why {
+                    EnrollError::Token(
+                        t @ (TokenRejection::Used
+                        | TokenRejection::Revoked
+                        | TokenRejection::WrongDevice
+                        | TokenRejection::AlreadyEnrolled),
+                    ) => Some(super::webhooks::Event::token_misuse(
+                        source,
+                        &device,
+                        t.as_str(),
+                    )),
+                    _ => None,
+                };
+                self.audit("enroll_rejected", source, &device, &why.to_string(), misuse)
                     .await;
                 let _ = framed::send(
                     &mut send,
@@ -339,6 +362,11 @@ impl Enroller {
                 ),
             };
             tx.audit(event, &src, &dev, &detail)?;
+            // The event commits with the enrollment, or not at all.
+            super::webhooks::emit(
+                tx,
+                &super::webhooks::Event::device_enrolled(&dev, &issued.serial, redeemed.reenroll),
+            )?;
             Ok::<_, EnrollError>((issued, replace))
         });
         let (issued, replace) = issued?;

@@ -2,6 +2,9 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod admission;
+#[cfg(feature = "api")]
+pub mod api;
+pub mod api_key;
 pub mod audio_file;
 pub mod audit_key;
 pub mod audit_limit;
@@ -26,6 +29,7 @@ pub mod server_cert;
 pub mod signer;
 pub mod switch;
 pub mod trust;
+pub mod webhooks;
 
 use crate::codec::CodecConfig;
 use crate::codec::OpusEncoder;
@@ -91,6 +95,9 @@ async fn enforce_trust(
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut seen: Option<i64> = None;
+    // Refused handshakes become one `security.auth_failures` event a
+    // minute at most, counting those since the last.
+    let mut burst = webhooks::Burst::default();
     loop {
         tick.tick().await;
         let registry = registry.clone();
@@ -99,8 +106,18 @@ async fn enforce_trust(
         let refused = trust.take_refusals();
         let limited = ctx.refusals.take();
         let ctx2 = ctx.clone();
+        let refused_n: u64 = refused.iter().map(|f| 1 + f.suppressed).sum();
+        let hook = burst.add(refused_n, std::time::Instant::now());
         let reloaded = tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = hook
+                && let Err(e) = webhooks::emit(
+                    &r,
+                    &webhooks::Event::auth_failures("", "device handshake", count),
+                )
+            {
+                tracing::warn!(error = %e, "cannot write a webhook event to the outbox");
+            }
             for l in &limited {
                 r.audit(l.event, &l.source, &l.device, &l.detail)?;
             }
@@ -194,6 +211,9 @@ pub struct Prepared {
     udp_recv_buffer: Option<usize>,
     metrics: Option<std::net::TcpListener>,
     ext_owners: ext_owners::ExtOwners,
+    /// The operator API, bound (`[api]`).
+    #[cfg(feature = "api")]
+    api: Option<api::Prepared>,
     /// The signer process, ended when the relay closes its socket (none
     /// when the signer is its own unit).
     #[allow(dead_code)]
@@ -311,6 +331,17 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     )
     .with_context(|| format!("{}: the fleet CA", cfg.file.display()))?;
     let downlink = load_downlink(&cfg.downlink)?;
+    // The API's listener, certificate and registry handles, before the
+    // drop (its port may be privileged, its key readable by root only).
+    #[cfg(feature = "api")]
+    let api = api::prepare(&cfg, cert.holder())?;
+    #[cfg(not(feature = "api"))]
+    if cfg.api.is_some() {
+        anyhow::bail!(
+            "{}: [api] is set but this voxgate was built without the operator API (cargo feature `api`); use the relay's build",
+            cfg.file.display()
+        );
+    }
     recorder::private_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
     let udp = std::net::UdpSocket::bind(cfg.listen)
@@ -337,6 +368,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         udp_recv_buffer,
         metrics,
         ext_owners,
+        #[cfg(feature = "api")]
+        api,
         signer: signer_child,
     })
 }
@@ -364,7 +397,21 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     crate::systemd::ready("serving devices");
     let watchdog = crate::systemd::spawn_watchdog();
     let limits = cfg.limits;
+    let hooks = webhooks::Emitter::new(p.enroller.commits());
+    #[cfg(feature = "api")]
+    let deliveries = webhooks::worker::spawn(
+        &cfg.webhooks,
+        p.registry.clone(),
+        p.enroller.commits(),
+        hooks.wake(),
+        webhooks::worker::Counts {
+            delivered: metrics.webhooks_delivered.clone(),
+            failed_attempts: metrics.webhooks_failed_attempts.clone(),
+        },
+    )?;
     let ctx = Arc::new(RelayCtx {
+        webhooks: hooks,
+        webhook_rotation_overlap: cfg.webhooks.rotation_overlap,
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
         calls: call_plane::CallPlane::new(metrics.clone(), cfg.recording.enabled),
@@ -418,12 +465,20 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         .recording
         .enabled
         .then(|| tokio::spawn(sweep_recordings(ctx.clone())));
+    #[cfg(feature = "api")]
+    let api = p.api.map(|a| api::serve(a, ctx.clone())).transpose()?;
     server::serve(endpoint, ctx, shutdown).await;
+    #[cfg(feature = "api")]
+    if let Some(a) = api {
+        a.stop().await;
+    }
     if let Some(s) = sweeper {
         s.abort();
     }
     ticker.abort();
     enforcer.abort();
+    #[cfg(feature = "api")]
+    deliveries.abort();
     renewer.abort();
     crate::systemd::stopping();
     if let Some(w) = watchdog {

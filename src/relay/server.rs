@@ -106,6 +106,11 @@ pub struct RelayCtx {
     pub recording: crate::config::RecordingSettings,
     /// Bytes of recordings per device per day.
     pub rec_quota: Mutex<super::quota::DailyQuota>,
+    /// Webhook events (`device.*`, `recording.ready`, `call.*`) into the
+    /// outbox.
+    pub webhooks: super::webhooks::Emitter,
+    /// How long an old webhook secret still signs after a rotation.
+    pub webhook_rotation_overlap: std::time::Duration,
 }
 
 /// A live device session: the certificate it is bound to (the one it
@@ -178,6 +183,17 @@ pub(super) async fn device_session(conn: quinn::Connection, ctx: Arc<RelayCtx>) 
     }
     ctx.metrics.sessions.inc();
     ctx.metrics.active.set(ctx.metrics.active.get() + 1.0);
+    let serial = ctx
+        .live
+        .lock()
+        .ok()
+        .and_then(|l| l.get(&session).map(|s| s.cert.serial.clone()))
+        .unwrap_or_default();
+    ctx.webhooks.emit(super::webhooks::Event::device_online(
+        &device,
+        &remote.to_string(),
+        &serial,
+    ));
     let reason = match run_session(&conn, &ctx, &device, session).await {
         Ok(()) => "closed".to_string(),
         Err(e) => {
@@ -192,6 +208,16 @@ pub(super) async fn device_session(conn: quinn::Connection, ctx: Arc<RelayCtx>) 
         live.remove(&session);
     }
     info!(%device, session, %remote, %reason, "session ended");
+    // Offline only when no newer session of the device took over.
+    let replaced = ctx
+        .live
+        .lock()
+        .map(|l| l.values().any(|s| s.cert.device == device))
+        .unwrap_or(false);
+    if !replaced {
+        ctx.webhooks
+            .emit(super::webhooks::Event::device_offline(&device, &reason));
+    }
 }
 
 fn peer_cert(conn: &quinn::Connection) -> Option<CertFacts> {
@@ -353,7 +379,7 @@ async fn session_loop(
     let mut fl = lock(&flows);
     let fl = &mut *fl;
     for (_, f) in fl.up.0.drain(..).chain(fl.calls.drain()) {
-        close_flow(device, f, &ctx.metrics);
+        close_flow(device, f, ctx);
     }
     result
 }
@@ -363,7 +389,7 @@ fn close_unrouted_calls(ctx: &RelayCtx, device: &str, session: u64, flows: &Mute
     lock(flows).calls.retain(|&flow, f| {
         let keep = ctx.calls.routed(session, flow);
         if !keep {
-            close_flow(device, std::mem::replace(f, UpFlow::closed()), &ctx.metrics);
+            close_flow(device, std::mem::replace(f, UpFlow::closed()), ctx);
         }
         keep
     });
@@ -418,7 +444,7 @@ async fn control_loop(
                     let recorded = recorder.is_some();
                     let old = lock(flows).up.insert(flow, UpFlow { ssrc, stats: ReceiveStats::default(), recorder, path: path.clone() });
                     if let Some(old) = old {
-                        close_flow(device, old, &ctx.metrics);
+                        close_flow(device, old, ctx);
                     }
                     if recorded {
                         info!(%device, flow, ssrc, recording = %path.display(), "uplink flow opened");
@@ -432,7 +458,7 @@ async fn control_loop(
                 }
                 Ok(Owned::FlowClose(flow)) => {
                     let f = lock(flows).up.remove(flow);
-                    if let Some(f) = f { close_flow(device, f, &ctx.metrics); }
+                    if let Some(f) = f { close_flow(device, f, ctx); }
                 }
                 // A box calls only as its own phones: not from an
                 // extension another box owns, connected or not.

@@ -5,6 +5,7 @@
 //! paths by the tests' set-up lives here, so that a move in `src/` is
 //! fixed in one place.
 
+pub mod api;
 pub mod audio_env;
 pub mod bench;
 pub mod cmd;
@@ -21,6 +22,7 @@ pub mod session;
 pub mod sip;
 pub mod spoof;
 pub mod swtpm;
+pub mod webhooks;
 
 /// voxgate's version (the kit's is kept equal): what a device's hello says.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -57,6 +57,11 @@ impl std::fmt::Debug for ChainState {
 pub(super) type Mark = (Option<Head>, u32);
 
 impl ChainState {
+    /// The audit key this handle was given.
+    pub(super) fn key(&self) -> Option<&AuditKey> {
+        self.key.as_ref()
+    }
+
     pub(super) fn mark(&self) -> Mark {
         (self.head.get(), self.appended.get())
     }

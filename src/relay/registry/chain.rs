@@ -60,6 +60,16 @@ impl AuditKey {
         ring::rand::SystemRandom::new().fill(&mut raw[..]).ok()?;
         Self::from_bytes(&raw[..])
     }
+
+    /// A 32-byte key for another purpose, derived from this one
+    /// (HMAC-SHA256 of `label`): what seals the webhook secrets in the
+    /// registry, so that they travel with the audit key in a backup.
+    pub fn derive(&self, label: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let tag = hmac::sign(&self.0, label);
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
 }
 
 /// The content of a row that the MAC covers.

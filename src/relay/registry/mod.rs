@@ -19,6 +19,7 @@
 //! [`Registry::snapshot`] copies it, as of one moment, while the relay
 //! writes it (`voxgate relay backup`).
 
+mod api_keys;
 mod audit;
 pub mod chain;
 mod devices;
@@ -28,7 +29,9 @@ mod roots;
 mod schema;
 mod snapshot;
 mod tokens;
+pub mod webhooks;
 
+pub use api_keys::{ApiKeyRow, NewApiKey, RateRow};
 pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};

@@ -92,6 +92,67 @@ pub(super) const MIGRATIONS: &[&str] = &[
          device TEXT NOT NULL,
          claimed INTEGER NOT NULL);
      CREATE INDEX extensions_device ON extensions(device);",
+    // The operator API (issue 15): its keys (the id is public, only the
+    // SHA-256 of the secret is kept; scopes space-separated; revoked keys
+    // stay listed), the rate limits' windows (so that a restart does not
+    // reset them: rule name, client address or key id, window start,
+    // requests in it), and when each device was last seen online.
+    "CREATE TABLE api_keys (
+         id TEXT PRIMARY KEY,
+         hash BLOB NOT NULL,
+         name TEXT NOT NULL DEFAULT '',
+         scopes TEXT NOT NULL,
+         created INTEGER NOT NULL,
+         expires INTEGER,
+         revoked_at INTEGER,
+         last_used INTEGER);
+     CREATE TABLE api_rate (
+         rule TEXT NOT NULL,
+         subject TEXT NOT NULL,
+         start INTEGER NOT NULL,
+         count INTEGER NOT NULL,
+         PRIMARY KEY (rule, subject));
+     CREATE TABLE device_seen (
+         device TEXT PRIMARY KEY,
+         last_seen INTEGER NOT NULL);",
+    // 8: signed webhooks (issue 15): the receivers' endpoints (an event
+    // filter, enabled or disabled and why), their secrets (sealed with a
+    // key derived from the audit key; several during a rotation, the old
+    // ones until `expires`), and the durable outbox: one row per event
+    // (its `id` is the `webhook-id`, the same on every attempt) and one
+    // delivery per endpoint, with its state, attempts, next attempt and
+    // last result.
+    "CREATE TABLE webhook_endpoints (
+         id TEXT PRIMARY KEY,
+         url TEXT NOT NULL,
+         events TEXT NOT NULL DEFAULT '',
+         description TEXT NOT NULL DEFAULT '',
+         enabled INTEGER NOT NULL DEFAULT 1,
+         disabled_reason TEXT,
+         created INTEGER NOT NULL);
+     CREATE TABLE webhook_secrets (
+         endpoint TEXT NOT NULL REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
+         sealed BLOB NOT NULL,
+         created INTEGER NOT NULL,
+         expires INTEGER);
+     CREATE INDEX webhook_secrets_endpoint ON webhook_secrets(endpoint);
+     CREATE TABLE webhook_events (
+         id TEXT PRIMARY KEY,
+         type TEXT NOT NULL,
+         created INTEGER NOT NULL,
+         body TEXT NOT NULL);
+     CREATE TABLE webhook_deliveries (
+         id INTEGER PRIMARY KEY,
+         event TEXT NOT NULL REFERENCES webhook_events(id),
+         endpoint TEXT NOT NULL REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
+         state TEXT NOT NULL DEFAULT 'pending',
+         attempts INTEGER NOT NULL DEFAULT 0,
+         next_at_ms INTEGER NOT NULL,
+         last_status INTEGER,
+         last_error TEXT,
+         updated INTEGER NOT NULL);
+     CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_at_ms);
+     CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries(endpoint, id);",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

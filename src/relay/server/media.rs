@@ -65,10 +65,25 @@ fn charge(ctx: &RelayCtx, device: &str, budget: &mut u64, payload: usize) -> boo
     true
 }
 
+/// `recording.ready` for the file at `path`, named relative to the
+/// recordings directory.
+fn recording_ready(ctx: &RelayCtx, device: &str, path: &Path) {
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let name = path.strip_prefix(&ctx.recordings).unwrap_or(path);
+    ctx.webhooks
+        .emit(crate::relay::webhooks::Event::recording_ready(
+            device,
+            &name.to_string_lossy(),
+            bytes,
+        ));
+}
+
 /// Finish a recording whose device spent its daily quota.
-fn stop_for_quota(device: &str, f: &mut UpFlow, metrics: &RelayMetrics) {
+fn stop_for_quota(ctx: &RelayCtx, device: &str, f: &mut UpFlow, metrics: &RelayMetrics) {
     if let Some(rec) = f.recorder.take() {
-        let _ = rec.finish();
+        if rec.finish().is_ok() {
+            recording_ready(ctx, device, &f.path);
+        }
         metrics.recording_quota_stops.inc();
         warn!(%device, recording = %f.path.display(), "recording stopped: the device's daily recording quota is spent");
     }
@@ -101,7 +116,7 @@ pub(super) fn record_call(
         return;
     }
     if f.recorder.is_some() && !charge(ctx, device, budget, pkt.payload().len()) {
-        stop_for_quota(device, f, metrics);
+        stop_for_quota(ctx, device, f, metrics);
     }
     if let Some(rec) = f.recorder.as_mut() {
         match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
@@ -204,7 +219,7 @@ pub(super) async fn media(
         f.stats
             .update(origin.elapsed(), pkt.sequence(), pkt.timestamp());
         if f.recorder.is_some() && !charge(&ctx, &device, &mut budget, pkt.payload().len()) {
-            stop_for_quota(&device, f, &ctx.metrics);
+            stop_for_quota(&ctx, &device, f, &ctx.metrics);
         }
         if let Some(rec) = f.recorder.as_mut() {
             match rec.push(pkt.sequence(), pkt.timestamp(), pkt.payload()) {
@@ -258,10 +273,12 @@ pub(super) fn open_recorder(path: &Path, ssrc: u32) -> Option<OggOpusRecorder<Bu
     }
 }
 
-pub(super) fn close_flow(device: &str, f: UpFlow, metrics: &RelayMetrics) {
+pub(super) fn close_flow(device: &str, f: UpFlow, ctx: &RelayCtx) {
+    let metrics = &*ctx.metrics;
     let Some(rec) = f.recorder else { return };
     match rec.finish() {
         Ok(s) => {
+            recording_ready(ctx, device, &f.path);
             metrics.gap_frames.add(s.gap_frames_filled);
             info!(%device, recording = %f.path.display(), packets = s.packets_written,
                   gap_frames = s.gap_frames_filled, seconds = s.duration_samples as f64 / 48_000.0,
