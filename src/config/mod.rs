@@ -5,6 +5,7 @@
 //! it receives [`GatewayConfig`] or [`RelayConfig`] and trusts them.
 //! Relative paths in a file are resolved against that file's directory.
 
+mod calls;
 mod gateway;
 mod relay;
 mod sip;
@@ -13,6 +14,7 @@ pub use gateway::{
     BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
     RelayTarget,
 };
+pub use calls::{CallsSettings, FallbackTarget};
 pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RecordingSettings, RelayConfig, RelayLimits};
 
 use serde::Deserialize;

@@ -29,6 +29,8 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     recording: RawRecording,
+    #[serde(default)]
+    calls: super::calls::RawCalls,
 }
 
 /// `[limits]`: what one source, one device, or everyone at once may cost
@@ -352,6 +354,8 @@ pub struct RelayConfig {
     pub limits: RelayLimits,
     /// Recording and retention (`[recording]`).
     pub recording: RecordingSettings,
+    /// Fallback routing of calls (`[calls]`).
+    pub calls: super::CallsSettings,
 }
 
 impl RelayConfig {
@@ -417,7 +421,9 @@ impl RelayConfig {
         let relay_cert_lifetime = relay_cert_lifetime(file, &raw.ca)?;
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
+        let calls = super::calls::validate(file, &base, raw.calls)?;
         Ok(RelayConfig {
+            calls,
             limits,
             recording,
             superseded_grace: std::time::Duration::from_secs(grace),

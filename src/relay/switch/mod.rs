@@ -26,17 +26,49 @@
 //! another device's call; memory is bounded ([`MAX_CALLS_PER_SESSION`],
 //! [`MAX_EXTS_PER_SESSION`]).
 
-use crate::proto::signal::{EndReason, RELAY_CALL_BIT, valid_extension, valid_number};
+//!
+//! Calls come two ways ([`Origin`]): a phone dials (`call_setup` from its
+//! box), or an application asks the relay ([`Switch::originate`]). An
+//! application's call works as a PBX's click-to-call: the relay rings the
+//! first extension (leg A, `call_setup` to its box, showing the target as
+//! the caller); once A answers, it connects A to the echo or recording
+//! service, or rings the target extension (leg B) and connects the two when
+//! B answers. Every call has a [`CallId`] the API addresses
+//! ([`Switch::list`], [`Switch::get`], [`Switch::end_call`]).
+//!
+//! Fallback ([`Fallback`], `[calls]` in the relay's config): a callee
+//! extension that does not answer within `no_answer`, refuses (busy,
+//! declined), cannot be reached by its box, or is not online at all, is
+//! replaced once by the fallback: another extension (rung for
+//! [`RING_TIMEOUT`]), or a recorded message the shell plays to the caller
+//! ([`Action::Play`]) before the call ends. This holds for phones' calls and
+//! applications' calls alike. Each step is reported as a [`CallEvent`]
+//! ([`Action::Event`]).
+
+mod events;
+mod fallback;
+mod originate;
+mod signals;
+
+pub use events::{CallEvent, EventKind};
+pub use fallback::{CallSettings, Fallback};
+pub use originate::{CallInfo, CallState, LegInfo, OriginateError};
+
+use crate::proto::signal::{EndReason, RELAY_CALL_BIT, valid_extension};
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// A device session, as numbered by the server.
 pub type SessionId = u64;
+/// A call, as the switch, its events and the API number it (unique for the
+/// life of the relay process).
+pub type CallId = u64;
 /// The echo service's number.
 pub const ECHO: &str = "900";
 /// The recording service's number.
 pub const RECORD: &str = "901";
-/// How long a callee may ring before the call ends with `timeout`.
+/// How long a callee may ring before the call ends with `timeout` (without
+/// a fallback; with one, `[calls] no_answer_seconds`).
 pub const RING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most simultaneous calls with a leg on one session (one box), so that a
 /// box cannot exhaust the relay: a call past it is refused with `busy`
@@ -66,6 +98,8 @@ pub enum Route {
     },
     /// Into a recording of the call.
     Record,
+    /// Nowhere: the caller's audio while a recorded message plays.
+    Discard,
 }
 
 /// What the server must do.
@@ -77,37 +111,96 @@ pub enum Action {
     Route((SessionId, u64), Route),
     /// Remove the route of (session, flow).
     Unroute((SessionId, u64)),
+    /// Play the fallback message once to `session` on relay flow `flow`
+    /// with `ssrc` (the switch ends the call when it has played).
+    Play {
+        /// The call it belongs to.
+        call: CallId,
+        /// The caller's session.
+        session: SessionId,
+        /// The relay's flow towards the caller.
+        flow: u64,
+        /// Its SSRC.
+        ssrc: u32,
+    },
+    /// Stop playing into this call.
+    StopPlay(CallId),
+    /// Report what happened (for webhooks and observers).
+    Event(CallEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     Echo,
     Record,
+    Message,
+}
+
+/// Who started a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A phone dialled.
+    Phone,
+    /// An application, through [`Switch::originate`].
+    Api,
 }
 
 #[derive(Debug, Clone)]
 struct Leg {
     session: SessionId,
     call: u32,
+    /// The extension of the phone on this leg.
+    ext: String,
     /// Flow the device sends this call's audio on (known after setup/answer).
     flow_in: Option<u64>,
     /// Relay flow (and SSRC) towards the device.
     flow_out: u64,
     ssrc_out: u32,
+    /// Whether its ringing was reported.
+    rang: bool,
 }
 
 #[derive(Debug, Clone)]
 enum Peer {
+    /// Not rung yet (an application's call before leg A answers), or no
+    /// phone (an offline callee, until the fallback takes over).
+    Pending,
     Service(Service),
     Device(Leg),
 }
 
 #[derive(Debug, Clone)]
 struct Call {
+    origin: Origin,
+    from: String,
+    to: String,
+    /// The phone that dialled, or an application's leg A.
     caller: Leg,
+    /// Whether the caller's leg is up (a phone's: from the start; leg A:
+    /// once it answered).
+    caller_up: bool,
     callee: Peer,
+    /// Whether the call is connected (the callee or a service answered).
     answered: bool,
     ring_deadline: Duration,
+    started: Duration,
+    answered_at: Option<Duration>,
+    /// The fallback taken (its target), at most once per call.
+    fell_back: Option<String>,
+    /// When a playing message ends the call.
+    end_at: Option<Duration>,
+}
+
+impl Call {
+    fn event(&self, k: CallId, kind: EventKind) -> Action {
+        Action::Event(CallEvent {
+            call: k,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            kind,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -125,12 +218,13 @@ struct Session {
 pub struct Switch {
     sessions: HashMap<SessionId, Session>,
     directory: HashMap<String, SessionId>,
-    calls: HashMap<u64, Call>,
+    calls: HashMap<CallId, Call>,
     /// (session, that session's call id) → call key.
-    legs: HashMap<(SessionId, u32), u64>,
-    next_key: u64,
+    legs: HashMap<(SessionId, u32), CallId>,
+    next_key: CallId,
     rng: fastrand::Rng,
     recording: bool,
+    settings: CallSettings,
 }
 
 impl Switch {
@@ -144,12 +238,18 @@ impl Switch {
             next_key: 1,
             rng: fastrand::Rng::with_seed(seed),
             recording: true,
+            settings: CallSettings::default(),
         }
     }
 
     /// Whether calls to the recording service are taken (the default).
     pub fn set_recording(&mut self, on: bool) {
         self.recording = on;
+    }
+
+    /// The fallback and no-answer time (`[calls]`); none by default.
+    pub fn set_calls(&mut self, settings: CallSettings) {
+        self.settings = settings;
     }
 
     /// A device connected.
@@ -175,7 +275,7 @@ impl Switch {
     /// (the other legs hear `unavailable` before answer, `normal` after).
     pub fn session_down(&mut self, s: SessionId) -> Vec<Action> {
         let mut out = Vec::new();
-        let keys: Vec<u64> = self
+        let keys: Vec<CallId> = self
             .calls
             .iter()
             .filter(|(_, c)| {
@@ -280,283 +380,100 @@ impl Switch {
         }
     }
 
-    fn new_out_flow(&mut self, s: SessionId) -> (u64, u32) {
+    /// A new relay flow and SSRC towards session `s` (which must be live).
+    fn new_out_flow(&mut self, s: SessionId) -> Option<(u64, u32)> {
         let ssrc = self.rng.u32(..);
-        let sess = self.sessions.get_mut(&s).expect("live session");
+        let sess = self.sessions.get_mut(&s)?;
         let f = sess.next_flow;
         sess.next_flow += 1;
-        (f, ssrc)
+        Some((f, ssrc))
     }
 
-    /// `call_setup` from a session (a phone dialled `to`).
-    pub fn setup(
-        &mut self,
-        now: Duration,
-        s: SessionId,
-        call: u32,
-        to: &str,
-        from: &str,
-        flow: u64,
-    ) -> Vec<Action> {
-        let mut out = Vec::new();
-        let refuse = |reason| vec![Action::Send(s, Signal::End { call, reason })];
-        if !self.sessions.contains_key(&s) {
-            return out;
-        }
-        if call & RELAY_CALL_BIT != 0 || self.legs.contains_key(&(s, call)) {
-            out.push(Action::Send(
-                s,
-                Signal::Error {
-                    code: "bad_call_id",
-                    message: format!("call id {call} is in use or in the relay's range"),
-                },
-            ));
-            return out;
-        }
-        if !valid_number(to) || !valid_number(from) {
-            return refuse(EndReason::NotFound);
-        }
-        // A box speaks only for its own phones: not as an extension
-        // another box announced. (A phone may call without registering,
-        // so an extension nobody announced is the box's word; the server
-        // also checks the registry's owners, connected or not.)
-        if self.owned_elsewhere(s, from) {
-            out.push(Action::Send(
-                s,
-                Signal::Error {
-                    code: "bad_from",
-                    message: format!(
-                        "caller {} is an extension of another box",
-                        from.escape_debug()
-                    ),
-                },
-            ));
-            out.push(Action::Send(
-                s,
-                Signal::End {
-                    call,
-                    reason: EndReason::Declined,
-                },
-            ));
-            return out;
-        }
-        if to == RECORD && !self.recording {
-            return refuse(EndReason::Unavailable);
-        }
-        if self.sessions[&s].calls >= MAX_CALLS_PER_SESSION {
-            return refuse(EndReason::Busy);
-        }
-        let (flow_out, ssrc_out) = self.new_out_flow(s);
-        let caller = Leg {
-            session: s,
+    /// Whether session `s` may take one more call.
+    fn has_room(&self, s: SessionId) -> bool {
+        self.sessions
+            .get(&s)
+            .is_some_and(|x| x.calls < MAX_CALLS_PER_SESSION)
+    }
+
+    /// Ring extension `ext` (on session `b`) for call `k` from `from`: a
+    /// `call_setup` with a relay call id and a fresh relay flow; the leg is
+    /// indexed and counted.
+    fn ring(&mut self, k: CallId, b: SessionId, ext: &str, from: &str) -> Option<(Leg, Action)> {
+        let (flow, ssrc) = self.new_out_flow(b)?;
+        let sess = self.sessions.get_mut(&b)?;
+        sess.next_call = sess.next_call.wrapping_add(1) & !RELAY_CALL_BIT;
+        let call = sess.next_call | RELAY_CALL_BIT;
+        sess.calls += 1;
+        self.legs.insert((b, call), k);
+        let setup = Signal::Setup {
             call,
-            flow_in: Some(flow),
-            flow_out,
-            ssrc_out,
+            to: ext.to_string(),
+            from: from.to_string(),
+            flow,
+            ssrc,
         };
-        let key = self.next_key;
+        let leg = Leg {
+            session: b,
+            call,
+            ext: ext.to_string(),
+            flow_in: None,
+            flow_out: flow,
+            ssrc_out: ssrc,
+            rang: false,
+        };
+        Some((leg, Action::Send(b, setup)))
+    }
+
+    /// How long a callee rings: `no_answer` when a fallback may take over.
+    fn callee_rings(&self) -> Duration {
+        if self.settings.fallback.is_some() {
+            self.settings.no_answer
+        } else {
+            RING_TIMEOUT
+        }
+    }
+
+    fn next_key(&mut self) -> CallId {
+        let k = self.next_key;
         self.next_key += 1;
-        let callee = match to {
-            ECHO => {
-                out.push(Action::Route(
-                    (s, flow),
-                    Route::Forward {
-                        session: s,
-                        flow: flow_out,
-                        ssrc: ssrc_out,
-                    },
-                ));
-                Peer::Service(Service::Echo)
-            }
-            RECORD => {
-                out.push(Action::Route((s, flow), Route::Record));
-                Peer::Service(Service::Record)
-            }
-            _ => {
-                let Some(b) = self.owner(to) else {
-                    return refuse(EndReason::NotFound);
-                };
-                if self.sessions[&b].calls >= MAX_CALLS_PER_SESSION {
-                    return refuse(EndReason::Busy);
-                }
-                let (bflow, bssrc) = self.new_out_flow(b);
-                let sess = self.sessions.get_mut(&b).expect("live");
-                sess.next_call = sess.next_call.wrapping_add(1) & !RELAY_CALL_BIT;
-                let bcall = sess.next_call | RELAY_CALL_BIT;
-                out.push(Action::Send(
-                    b,
-                    Signal::Setup {
-                        call: bcall,
-                        to: to.to_string(),
-                        from: from.to_string(),
-                        flow: bflow,
-                        ssrc: bssrc,
-                    },
-                ));
-                Peer::Device(Leg {
-                    session: b,
-                    call: bcall,
-                    flow_in: None,
-                    flow_out: bflow,
-                    ssrc_out: bssrc,
-                })
-            }
-        };
-        let answered = matches!(callee, Peer::Service(_));
-        if answered {
-            out.push(Action::Send(
-                s,
-                Signal::Answer {
-                    call,
-                    flow: flow_out,
-                    ssrc: ssrc_out,
-                },
-            ));
-        }
-        if let Peer::Device(l) = &callee {
-            self.legs.insert((l.session, l.call), key);
-            if let Some(sess) = self.sessions.get_mut(&l.session) {
-                sess.calls += 1;
-            }
-        }
-        self.legs.insert((s, call), key);
-        if let Some(sess) = self.sessions.get_mut(&s) {
-            sess.calls += 1;
-        }
-        self.calls.insert(
-            key,
-            Call {
-                caller,
-                callee,
-                answered,
-                ring_deadline: now + RING_TIMEOUT,
-            },
-        );
-        out
-    }
-
-    /// The call `s` knows as `call`, when `s` is its callee.
-    fn as_callee(&self, s: SessionId, call: u32) -> Option<u64> {
-        let k = *self.legs.get(&(s, call))?;
-        matches!(&self.calls[&k].callee, Peer::Device(l) if l.session == s).then_some(k)
-    }
-
-    /// `call_ringing` from the callee's box.
-    pub fn ringing(&mut self, s: SessionId, call: u32) -> Vec<Action> {
-        match self.as_callee(s, call) {
-            Some(k) if !self.calls[&k].answered => {
-                let c = &self.calls[&k].caller;
-                vec![Action::Send(c.session, Signal::Ringing { call: c.call })]
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// `call_answer` from the callee's box.
-    pub fn answer(&mut self, s: SessionId, call: u32, flow: u64) -> Vec<Action> {
-        let Some(k) = self.as_callee(s, call) else {
-            return Vec::new();
-        };
-        let c = self.calls.get_mut(&k).expect("indexed");
-        if c.answered {
-            return Vec::new();
-        }
-        c.answered = true;
-        let Peer::Device(b) = &mut c.callee else {
-            return Vec::new();
-        };
-        b.flow_in = Some(flow);
-        let a = &c.caller;
-        let mut out = vec![Action::Route(
-            (b.session, flow),
-            Route::Forward {
-                session: a.session,
-                flow: a.flow_out,
-                ssrc: a.ssrc_out,
-            },
-        )];
-        if let Some(af) = a.flow_in {
-            out.push(Action::Route(
-                (a.session, af),
-                Route::Forward {
-                    session: b.session,
-                    flow: b.flow_out,
-                    ssrc: b.ssrc_out,
-                },
-            ));
-        }
-        out.push(Action::Send(
-            a.session,
-            Signal::Answer {
-                call: a.call,
-                flow: a.flow_out,
-                ssrc: a.ssrc_out,
-            },
-        ));
-        out
-    }
-
-    /// `call_end` from either leg.
-    pub fn hangup(&mut self, s: SessionId, call: u32, reason: EndReason) -> Vec<Action> {
-        let mut out = Vec::new();
-        if let Some(&k) = self.legs.get(&(s, call)) {
-            // Both legs may be on this box (two of its phones): only the one
-            // that hung up is skipped.
-            self.end(k, |l| l.session == s && l.call == call, reason, &mut out);
-        }
-        out
-    }
-
-    /// `dtmf` from either leg: to the other leg, or back from the echo service.
-    pub fn dtmf(&mut self, s: SessionId, call: u32, digit: char, duration_ms: u16) -> Vec<Action> {
-        let Some(&k) = self.legs.get(&(s, call)) else {
-            return Vec::new();
-        };
-        let c = &self.calls[&k];
-        if !c.answered {
-            return Vec::new();
-        }
-        let to = match &c.callee {
-            Peer::Service(Service::Echo) => Some((c.caller.session, c.caller.call)),
-            Peer::Service(Service::Record) => None,
-            Peer::Device(b) if b.session == s && b.call == call => {
-                Some((c.caller.session, c.caller.call))
-            }
-            Peer::Device(b) => Some((b.session, b.call)),
-        };
-        to.map(|(session, call)| {
-            vec![Action::Send(
-                session,
-                Signal::Dtmf {
-                    call,
-                    digit,
-                    duration_ms,
-                },
-            )]
-        })
-        .unwrap_or_default()
+        k
     }
 
     /// When [`Switch::poll`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Duration> {
         self.calls
             .values()
-            .filter(|c| !c.answered)
-            .map(|c| c.ring_deadline)
+            .filter_map(|c| if c.answered { c.end_at } else { Some(c.ring_deadline) })
             .min()
     }
 
-    /// End calls that rang too long.
+    /// End calls that rang too long (or hand them to the fallback), and
+    /// calls whose message has played.
     pub fn poll(&mut self, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
-        let due: Vec<u64> = self
+        let mut due: Vec<(CallId, bool)> = self
             .calls
             .iter()
-            .filter(|(_, c)| !c.answered && c.ring_deadline <= now)
-            .map(|(&k, _)| k)
+            .filter_map(|(&k, c)| match (c.answered, c.end_at) {
+                (true, Some(t)) if t <= now => Some((k, true)),
+                (false, _) if c.ring_deadline <= now => Some((k, false)),
+                _ => None,
+            })
             .collect();
-        for k in due {
-            self.end(k, |_| false, EndReason::Timeout, &mut out);
+        due.sort_unstable();
+        for (k, played) in due {
+            if played {
+                self.end(k, |_| false, EndReason::Normal, &mut out);
+                continue;
+            }
+            let callee_rang = self.calls.get(&k).is_some_and(|c| c.caller_up);
+            if callee_rang {
+                self.drop_callee(k, true, EndReason::Timeout, &mut out);
+                self.callee_failed(now, k, EndReason::Timeout, &mut out);
+            } else {
+                self.end(k, |_| false, EndReason::Timeout, &mut out);
+            }
         }
         out
     }
@@ -565,7 +482,7 @@ impl Switch {
     /// that ended it, or a departed session's legs) why.
     fn end(
         &mut self,
-        k: u64,
+        k: CallId,
         skip: impl Fn(&Leg) -> bool,
         reason: EndReason,
         out: &mut Vec<Action>,
@@ -573,18 +490,21 @@ impl Switch {
         let Some(c) = self.calls.remove(&k) else {
             return;
         };
+        let kind = if c.answered {
+            EventKind::Ended { reason }
+        } else {
+            EventKind::Failed { reason }
+        };
+        let event = c.event(k, kind);
+        if matches!(c.callee, Peer::Service(Service::Message)) {
+            out.push(Action::StopPlay(k));
+        }
         let mut legs = vec![c.caller];
         if let Peer::Device(b) = c.callee {
             legs.push(b);
         }
         for l in legs {
-            self.legs.remove(&(l.session, l.call));
-            if let Some(sess) = self.sessions.get_mut(&l.session) {
-                sess.calls = sess.calls.saturating_sub(1);
-            }
-            if let Some(f) = l.flow_in {
-                out.push(Action::Unroute((l.session, f)));
-            }
+            self.release(&l, out);
             if !skip(&l) {
                 out.push(Action::Send(
                     l.session,
@@ -595,9 +515,22 @@ impl Switch {
                 ));
             }
         }
+        out.push(event);
+    }
+
+    /// Forget leg `l`: its index, its session's count, its route.
+    fn release(&mut self, l: &Leg, out: &mut Vec<Action>) {
+        self.legs.remove(&(l.session, l.call));
+        if let Some(sess) = self.sessions.get_mut(&l.session) {
+            sess.calls = sess.calls.saturating_sub(1);
+        }
+        if let Some(f) = l.flow_in {
+            out.push(Action::Unroute((l.session, f)));
+        }
     }
 }
 
 #[cfg(test)]
-#[path = "switch/tests.rs"]
 mod tests;
+#[cfg(test)]
+mod tests_api;
