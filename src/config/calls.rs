@@ -60,7 +60,11 @@ impl Default for CallsSettings {
     }
 }
 
-pub(super) fn validate(file: &Path, base: &Path, r: RawCalls) -> Result<CallsSettings, ConfigError> {
+pub(super) fn validate(
+    file: &Path,
+    base: &Path,
+    r: RawCalls,
+) -> Result<CallsSettings, ConfigError> {
     if r.fallback_agent.is_some() {
         return Err(ConfigError::invalid(
             file,
@@ -151,13 +155,21 @@ mod tests {
         for (bad, key) in [
             ("fallback = \"900\"", "calls.fallback"),
             ("fallback = \"20 1\"", "calls.fallback"),
-            ("fallback = \"2001\"\nfallback_message = \"x.wav\"", "calls.fallback"),
-            ("fallback_message = \"/nonexistent/away.ogg\"", "calls.fallback_message"),
+            (
+                "fallback = \"2001\"\nfallback_message = \"x.wav\"",
+                "calls.fallback",
+            ),
+            (
+                "fallback_message = \"/nonexistent/away.ogg\"",
+                "calls.fallback_message",
+            ),
             ("fallback_agent = \"wss://agent\"", "calls.fallback_agent"),
             ("no_answer_seconds = 0", "calls.no_answer_seconds"),
         ] {
             match parse(bad) {
-                Err(ConfigError::Invalid { key: k, message, .. }) => {
+                Err(ConfigError::Invalid {
+                    key: k, message, ..
+                }) => {
                     assert_eq!(k, key, "{bad}: {message}")
                 }
                 other => panic!("{bad}: {other:?}"),

@@ -10,11 +10,11 @@ mod gateway;
 mod relay;
 mod sip;
 
+pub use calls::{CallsSettings, FallbackTarget};
 pub use gateway::{
     BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
     RelayTarget,
 };
-pub use calls::{CallsSettings, FallbackTarget};
 pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RecordingSettings, RelayConfig, RelayLimits};
 
 use serde::Deserialize;

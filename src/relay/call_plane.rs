@@ -109,7 +109,10 @@ impl CallPlane {
     }
 
     /// Run the switch under its lock, then carry out what it returned.
-    pub(super) fn with_switch<T>(&self, f: impl FnOnce(&mut Switch, std::time::Duration) -> (T, Vec<Action>)) -> Option<T> {
+    pub(super) fn with_switch<T>(
+        &self,
+        f: impl FnOnce(&mut Switch, std::time::Duration) -> (T, Vec<Action>),
+    ) -> Option<T> {
         let now = self.origin.elapsed();
         let mut sw = self.switch.lock().ok()?;
         let (t, actions) = f(&mut sw, now);

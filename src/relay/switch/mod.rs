@@ -444,7 +444,13 @@ impl Switch {
     pub fn poll_timeout(&self) -> Option<Duration> {
         self.calls
             .values()
-            .filter_map(|c| if c.answered { c.end_at } else { Some(c.ring_deadline) })
+            .filter_map(|c| {
+                if c.answered {
+                    c.end_at
+                } else {
+                    Some(c.ring_deadline)
+                }
+            })
             .min()
     }
 

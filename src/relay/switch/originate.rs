@@ -11,8 +11,8 @@
 //! send BYE, or CANCEL to a phone still ringing).
 
 use super::{
-    Action, CallId, ECHO, EndReason, EventKind, Origin, Peer, RECORD, RING_TIMEOUT, Route,
-    Service, Switch,
+    Action, CallId, ECHO, EndReason, EventKind, Origin, Peer, RECORD, RING_TIMEOUT, Route, Service,
+    Switch,
 };
 use crate::proto::signal::valid_extension;
 use serde::Serialize;

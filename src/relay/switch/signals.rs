@@ -184,9 +184,7 @@ impl Switch {
                 }
                 b
             }
-            _ if c.origin == Origin::Api && !c.caller_up && c.caller.call == call => {
-                &mut c.caller
-            }
+            _ if c.origin == Origin::Api && !c.caller_up && c.caller.call == call => &mut c.caller,
             _ => return out,
         };
         if !std::mem::replace(&mut leg.rang, true) {
@@ -324,5 +322,4 @@ impl Switch {
         })
         .unwrap_or_default()
     }
-
 }
