@@ -1,0 +1,478 @@
+//! Calls started through the relay's HTTP API, end to end: the real relay
+//! (with `[api]`), real boxes (`voxgate run` with the phone bridge) and
+//! SIPp 3.7.3 phones on loopback. `POST /v1/calls` rings a phone on one box
+//! and, once it answers, connects it to the 900 echo or to a phone on
+//! another box (the audio is scored with PESQ and STOI); `DELETE
+//! /v1/calls/{id}` ends the SIP calls with a BYE; a callee that does not
+//! answer is replaced by the `[calls]` fallback after `no_answer_seconds`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use voxgate_testkit::audio_env::{score, speech_fixture};
+use voxgate_testkit::lab::{Lab, Proc, free_udp, wait_for};
+use voxgate_testkit::rtp::{Rtp, UdpThread, parse_rtp, rtp, ulaw_of};
+use voxgate_testkit::sip::{
+    SipGateway, Sipp, fill, register_scenario, sipp_file, sipp37, wait_child,
+};
+
+const TEXT: &str =
+    "Applications start calls through the relay. The quick brown fox jumps over the lazy dog.";
+
+/// The relay's HTTP API, driven with curl (a real HTTPS client) and one
+/// API key.
+struct Api {
+    base: String,
+    resolve: String,
+    ca: PathBuf,
+    key: String,
+}
+
+impl Api {
+    /// A key with `scopes` (`voxgate relay api-key create`), for the API of
+    /// `lab`'s relay at `port`.
+    fn new(lab: &Lab, port: u16, scopes: &str) -> Api {
+        let out = lab.relay_cmd(&[
+            "api-key",
+            "create",
+            "--name",
+            "api-calls",
+            "--scopes",
+            scopes,
+        ]);
+        assert!(
+            out.status.success(),
+            "api-key create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Api {
+            base: format!("https://relay.voxgate.test:{port}"),
+            resolve: format!("relay.voxgate.test:{port}:127.0.0.1"),
+            ca: lab.dir.join("ca.pem"),
+            key: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        }
+    }
+
+    /// `METHOD path` with an optional JSON body: (status, parsed body).
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(&self.ca)
+        .args(["--resolve", &self.resolve])
+        .args(["-H", &format!("Authorization: Bearer {}", self.key)]);
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data", b]);
+        }
+        let out = c.arg(format!("{}{path}", self.base)).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl {method} {path}: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (
+            code,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `POST /v1/calls`; returns the new call's id.
+    fn start(&self, from: &str, to: &str) -> u64 {
+        let (code, v) = self.call(
+            "POST",
+            "/v1/calls",
+            Some(&format!(r#"{{"from":"{from}","to":"{to}"}}"#)),
+        );
+        assert_eq!(code, 201, "POST /v1/calls: {v}");
+        assert_eq!(v["state"], "calling", "{v}");
+        v["id"].as_u64().expect("an id")
+    }
+
+    fn get(&self, id: u64) -> (u16, serde_json::Value) {
+        self.call("GET", &format!("/v1/calls/{id}"), None)
+    }
+
+    /// Wait until call `id` is in `state` (as `GET /v1/calls/{id}` says).
+    fn wait_state(&self, id: u64, state: &str, limit: Duration) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_for(limit, &format!("call {id} {state}"), || {
+            last = self.get(id).1;
+            last["state"] == state
+        });
+        last
+    }
+
+    fn hang_up(&self, id: u64) {
+        let (code, v) = self.call("DELETE", &format!("/v1/calls/{id}"), None);
+        assert_eq!(code, 204, "DELETE /v1/calls/{id}: {v}");
+    }
+}
+
+/// A lab whose relay serves the API (and `calls`, the `[calls]` body);
+/// returns the lab, the relay and the API's port.
+fn lab_with_api(name: &str, calls: &str) -> (Lab, Proc, u16) {
+    let lab = Lab::new(name, "mode = \"none\"");
+    let port = voxgate_testkit::lab::free_tcp();
+    let cfg = lab.dir.join("relay.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[calls]\n{calls}\n"),
+    )
+    .unwrap();
+    let relay = lab.start_relay();
+    wait_for(Duration::from_secs(10), "the API to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (lab, relay, port)
+}
+
+/// REGISTER `ext` from SIP port `port` (where its scenario answers later).
+fn register_at(dir: &Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
+    let scenario = register_scenario(ext, password, 200, true);
+    let port = port.to_string();
+    let name = format!("register-{ext}");
+    let out = Sipp {
+        bin: &sipp37(),
+        dir,
+        name: &name,
+        scenario: &scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &["-s", ext, "-p", &port],
+        limit: Duration::from_secs(20),
+    }
+    .output();
+    assert!(
+        out.status.success(),
+        "REGISTER {ext}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A phone's media: it keeps every packet it gets and, once the box's
+/// first packet shows where to send, plays `speech` (u-law, 20 ms packets)
+/// once after half a second, silence otherwise.
+struct PhoneMedia(UdpThread<(Instant, Rtp)>);
+
+impl PhoneMedia {
+    fn new(speech: Option<Vec<u8>>) -> PhoneMedia {
+        let mut buf = [0u8; 2048];
+        let mut peer = None;
+        let mut next = Instant::now();
+        let speech = speech.unwrap_or_default();
+        let lead = 25 * 160;
+        let (mut seq, mut ts, mut i) = (fastrand::u16(..), fastrand::u32(..), 0usize);
+        PhoneMedia(UdpThread::spawn(
+            Duration::from_millis(5),
+            move |sock, got| {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    peer.get_or_insert(from);
+                    if let Some(p) = parse_rtp(&buf[..n]) {
+                        got.lock().unwrap().push((Instant::now(), p));
+                    }
+                }
+                if let Some(to) = peer
+                    && Instant::now() >= next
+                {
+                    let frame: Vec<u8> = (i..i + 160)
+                        .map(|k| {
+                            k.checked_sub(lead)
+                                .and_then(|k| speech.get(k).copied())
+                                .unwrap_or(0xff)
+                        })
+                        .collect();
+                    let _ = sock.send_to(&rtp(0, false, seq, ts, 0x5150_0015, &frame), to);
+                    i += 160;
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(160);
+                    next += Duration::from_millis(20);
+                }
+            },
+        ))
+    }
+
+    fn port(&self) -> u16 {
+        self.0.port
+    }
+
+    /// The PCMU it got, as a WAV file at `path` (8 kHz, 16-bit).
+    fn heard_wav(&self, path: &Path) -> PathBuf {
+        let pcm: Vec<i16> = self
+            .0
+            .kept()
+            .iter()
+            .filter(|(_, p)| p.pt == 0)
+            .flat_map(|(_, p)| p.payload.iter().map(|&b| ulaw_to_linear(b)))
+            .collect();
+        write_wav(path, 8000, &pcm);
+        path.to_path_buf()
+    }
+
+    fn packets(&self) -> usize {
+        self.0.kept().len()
+    }
+}
+
+/// G.711 u-law to linear PCM.
+fn ulaw_to_linear(b: u8) -> i16 {
+    let u = !b;
+    let t = ((i32::from(u & 0x0f) << 3) + 0x84) << ((u & 0x70) >> 4);
+    (if u & 0x80 != 0 { 0x84 - t } else { t - 0x84 }) as i16
+}
+
+fn write_wav(path: &Path, rate: u32, pcm: &[i16]) {
+    let data = (pcm.len() * 2) as u32;
+    let mut w = Vec::with_capacity(44 + pcm.len() * 2);
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&rate.to_le_bytes());
+    w.extend_from_slice(&(rate * 2).to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data.to_le_bytes());
+    for s in pcm {
+        w.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, w).unwrap();
+}
+
+/// A phone `ext` registered from `port` that answers the box's INVITE with
+/// its media at `media_port` and then `end` (a scenario tail, e.g.
+/// tests/sipp/caller-gets-bye.xml: it waits for the BYE).
+fn answering_phone(
+    dir: &Path,
+    gw: &SipGateway,
+    ext: &str,
+    port: u16,
+    media_port: u16,
+) -> std::process::Child {
+    let scenario = fill(
+        &sipp_file("callee.xml"),
+        &[
+            ("CALLEE_END", &sipp_file("caller-gets-bye.xml")),
+            ("SINK_PORT", &media_port.to_string()),
+            ("EXT", ext),
+        ],
+    );
+    spawn_phone(dir, gw, ext, port, &scenario)
+}
+
+fn spawn_phone(
+    dir: &Path,
+    gw: &SipGateway,
+    ext: &str,
+    port: u16,
+    scenario: &str,
+) -> std::process::Child {
+    let port = port.to_string();
+    Sipp {
+        bin: &sipp37(),
+        dir,
+        name: &format!("phone-{ext}"),
+        scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &["-p", &port, "-timeout", "40s", "-trace_msg", "-trace_logs"],
+        limit: Duration::from_secs(45),
+    }
+    .spawn()
+}
+
+/// Asserts that phone `ext`'s scenario ended as written.
+fn assert_phone_ok(
+    dir: &Path,
+    ext: &str,
+    child: std::process::Child,
+    gws: &[&SipGateway],
+    relay: &Proc,
+) {
+    let status = wait_child(child, Duration::from_secs(30));
+    if !status.success() {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let phone = format!("phone-{ext}");
+        let logs: String = gws
+            .iter()
+            .map(|g| format!("--- {}:\n{}\n", g.id, g.log()))
+            .collect();
+        panic!(
+            "phone {ext}: {status}\n{}\n{}\n{logs}--- relay:\n{}",
+            read(&format!("{phone}-errors.log")),
+            read(&format!("{phone}-messages.log")),
+            relay.log_text()
+        );
+    }
+}
+
+/// A box `id` with phones `exts`, started; returns it and the passwords.
+fn start_box(lab: &Lab, id: &str, exts: &[&str]) -> (SipGateway, Vec<String>) {
+    let mut gw = SipGateway::configure(lab, id, "[\"sha-256\", \"md5\"]", "");
+    let pws = exts.iter().map(|e| gw.add_phone(e)).collect();
+    gw.start(lab);
+    (gw, pws)
+}
+
+fn speech(lab: &Lab) -> (PathBuf, Vec<u8>) {
+    let wav = speech_fixture(&lab.dir, TEXT).with_extension("wav");
+    let ulaw = ulaw_of(&wav, &lab.dir);
+    (wav, ulaw)
+}
+
+#[test]
+fn an_api_call_connects_a_phone_to_the_echo_and_an_api_hang_up_sends_it_a_bye() {
+    let (lab, relay, port) = lab_with_api("api-echo", "");
+    let (gw, pw) = start_box(&lab, "gw-a", &["201"]);
+    let phone_port = free_udp();
+    register_at(&lab.dir, &gw, "201", &pw[0], phone_port);
+    gw.wait_registered(1.0);
+    let api = Api::new(&lab, port, "calls:create,calls:admin");
+    let (reference, ulaw) = speech(&lab);
+    let speech_s = ulaw.len() as f64 / 8000.0;
+    let media = PhoneMedia::new(Some(ulaw));
+    let phone = answering_phone(&lab.dir, &gw, "201", phone_port, media.port());
+    std::thread::sleep(Duration::from_millis(300));
+    let id = api.start("201", "900");
+    let call = api.wait_state(id, "connected", Duration::from_secs(10));
+    assert_eq!(call["origin"], "api", "{call}");
+    assert_eq!(call["legs"][0]["ext"], "201", "{call}");
+    assert_eq!(call["legs"][0]["device"], "gw-a", "{call}");
+    let (code, list) = api.call("GET", "/v1/calls", None);
+    assert_eq!(code, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    // The phone speaks once; the echo brings it back.
+    std::thread::sleep(Duration::from_secs_f64(0.5 + speech_s + 1.5));
+    api.hang_up(id);
+    assert_phone_ok(&lab.dir, "201", phone, &[&gw], &relay);
+    assert_eq!(api.get(id).0, 404, "gone after the hang-up");
+    let heard = media.heard_wav(&lab.dir.join("heard-201.wav"));
+    let sc = score(&reference, &heard);
+    println!(
+        "API call 201 -> 900 echo (PCMU -> Opus -> relay echo -> Opus -> PCMU): \
+         PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s, {} packets",
+        sc.pesq_nb,
+        sc.pesq_wb,
+        sc.stoi,
+        sc.overlap_s,
+        sc.ref_duration_s,
+        media.packets()
+    );
+    assert!(sc.overlap_s > sc.ref_duration_s * 0.9, "{sc:?}");
+    assert!(sc.stoi > 0.85, "{sc:?}");
+    assert!(sc.pesq_nb.unwrap_or(0.0) > 2.8, "{sc:?}");
+    let log = relay.log_text();
+    for e in ["call.ringing", "call.answered", "call.ended"] {
+        assert!(log.contains(e), "{e} not reported:\n{log}");
+    }
+    assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
+}
+
+#[test]
+fn an_api_call_connects_phones_on_two_boxes_and_an_api_hang_up_sends_both_a_bye() {
+    let (lab, relay, port) = lab_with_api("api-two-boxes", "");
+    let (a, pa) = start_box(&lab, "gw-a", &["201"]);
+    let (b, pb) = start_box(&lab, "gw-b", &["301"]);
+    let (pa_port, pb_port) = (free_udp(), free_udp());
+    register_at(&lab.dir, &a, "201", &pa[0], pa_port);
+    register_at(&lab.dir, &b, "301", &pb[0], pb_port);
+    a.wait_registered(1.0);
+    b.wait_registered(1.0);
+    let api = Api::new(&lab, port, "calls:create calls:admin");
+    let (reference, ulaw) = speech(&lab);
+    let speech_s = ulaw.len() as f64 / 8000.0;
+    let media_a = PhoneMedia::new(Some(ulaw));
+    let media_b = PhoneMedia::new(None);
+    let phone_a = answering_phone(&lab.dir, &a, "201", pa_port, media_a.port());
+    let phone_b = answering_phone(&lab.dir, &b, "301", pb_port, media_b.port());
+    std::thread::sleep(Duration::from_millis(300));
+    let id = api.start("201", "301");
+    let call = api.wait_state(id, "connected", Duration::from_secs(10));
+    let legs: Vec<(&str, &str)> = call["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["ext"].as_str().unwrap(), l["device"].as_str().unwrap()))
+        .collect();
+    assert_eq!(legs, vec![("201", "gw-a"), ("301", "gw-b")], "{call}");
+    assert!(call["answered_at"].as_u64().is_some(), "{call}");
+    std::thread::sleep(Duration::from_secs_f64(0.5 + speech_s + 1.5));
+    api.hang_up(id);
+    assert_phone_ok(&lab.dir, "201", phone_a, &[&a, &b], &relay);
+    assert_phone_ok(&lab.dir, "301", phone_b, &[&a, &b], &relay);
+    // What 201 said, as 301 heard it.
+    let heard = media_b.heard_wav(&lab.dir.join("heard-301.wav"));
+    let sc = score(&reference, &heard);
+    println!(
+        "API call 201 (gw-a) -> 301 (gw-b): PESQ-NB {:?}, PESQ-WB {:.3}, STOI {:.3}, {:.1} s of {:.1} s",
+        sc.pesq_nb, sc.pesq_wb, sc.stoi, sc.overlap_s, sc.ref_duration_s
+    );
+    assert!(sc.overlap_s > sc.ref_duration_s * 0.9, "{sc:?}");
+    assert!(sc.stoi > 0.85, "{sc:?}");
+    assert!(sc.pesq_nb.unwrap_or(0.0) > 2.8, "{sc:?}");
+    assert_eq!(a.metric("voxgate_sip_calls_active"), 0.0);
+    assert_eq!(b.metric("voxgate_sip_calls_active"), 0.0);
+}
+
+#[test]
+fn an_unanswered_api_call_moves_to_the_fallback_extension_after_n_seconds() {
+    let (lab, relay, port) =
+        lab_with_api("api-fallback", "fallback = \"302\"\nno_answer_seconds = 2");
+    let (a, pa) = start_box(&lab, "gw-a", &["201"]);
+    let (b, pb) = start_box(&lab, "gw-b", &["301", "302"]);
+    let ports = [free_udp(), free_udp(), free_udp()];
+    register_at(&lab.dir, &a, "201", &pa[0], ports[0]);
+    register_at(&lab.dir, &b, "301", &pb[0], ports[1]);
+    register_at(&lab.dir, &b, "302", &pb[1], ports[2]);
+    a.wait_registered(1.0);
+    b.wait_registered(2.0);
+    let api = Api::new(&lab, port, "calls:create,calls:admin");
+    let (media_a, media_c) = (PhoneMedia::new(None), PhoneMedia::new(None));
+    let phone_a = answering_phone(&lab.dir, &a, "201", ports[0], media_a.port());
+    // 301 rings and never answers: the relay cancels it.
+    let phone_b = spawn_phone(
+        &lab.dir,
+        &b,
+        "301",
+        ports[1],
+        &sipp_file("callee-rings-until-cancel.xml"),
+    );
+    let phone_c = answering_phone(&lab.dir, &b, "302", ports[2], media_c.port());
+    std::thread::sleep(Duration::from_millis(300));
+    let id = api.start("201", "301");
+    let ringing = api.wait_state(id, "ringing", Duration::from_secs(10));
+    let rang_at = Instant::now();
+    assert_eq!(ringing["legs"][1]["ext"], "301", "{ringing}");
+    let call = api.wait_state(id, "connected", Duration::from_secs(15));
+    let waited = rang_at.elapsed();
+    assert_eq!(call["fallback"], "302", "{call}");
+    assert_eq!(call["legs"][1]["ext"], "302", "{call}");
+    assert!(
+        waited > Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "the fallback took over after {waited:?} (no_answer_seconds = 2)"
+    );
+    assert_phone_ok(&lab.dir, "301", phone_b, &[&a, &b], &relay);
+    std::thread::sleep(Duration::from_secs(1));
+    api.hang_up(id);
+    assert_phone_ok(&lab.dir, "201", phone_a, &[&a, &b], &relay);
+    assert_phone_ok(&lab.dir, "302", phone_c, &[&a, &b], &relay);
+    assert!(
+        media_c.packets() > 10,
+        "302 got {} packets",
+        media_c.packets()
+    );
+    let log = relay.log_text();
+    assert!(log.contains("call.fallback"), "{log}");
+    assert_eq!(b.metric("voxgate_sip_calls_active"), 0.0);
+}
