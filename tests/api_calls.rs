@@ -47,7 +47,7 @@ impl Api {
         Api {
             base: format!("https://relay.voxgate.test:{port}"),
             resolve: format!("relay.voxgate.test:{port}:127.0.0.1"),
-            ca: lab.dir.join("ca.pem"),
+            ca: lab.dir.join("relay").join("ca.pem"),
             key: String::from_utf8(out.stdout).unwrap().trim().to_string(),
         }
     }

@@ -1,5 +1,6 @@
-//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,devices,ext,revoke,dev-cert,audit,backup,restore}`, `demo`.
+//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,api-key,devices,ext,revoke,dev-cert,audit,backup,restore}`, `demo`.
 
+mod api_keys;
 mod audit;
 mod extensions;
 mod fleet_ca;
@@ -105,6 +106,9 @@ enum RelayCommand {
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Keys of the operator HTTP API (`[api]`).
+    #[command(subcommand)]
+    ApiKey(api_keys::ApiKeyCommand),
     /// List enrolled devices, their certificate expiry and revocation.
     Devices {
         /// Relay config file.
@@ -435,6 +439,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::identity::setup::run(*args)
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
+        Command::Relay(RelayCommand::ApiKey(cmd)) => api_keys::run(cmd),
         Command::Relay(RelayCommand::Ext(cmd)) => extensions::run(cmd),
     }
 }

@@ -31,6 +31,7 @@ struct Raw {
     recording: RawRecording,
     #[serde(default)]
     calls: super::calls::RawCalls,
+    api: Option<super::api::RawApi>,
 }
 
 /// `[limits]`: what one source, one device, or everyone at once may cost
@@ -356,6 +357,8 @@ pub struct RelayConfig {
     pub recording: RecordingSettings,
     /// Fallback routing of calls (`[calls]`).
     pub calls: super::CallsSettings,
+    /// The operator HTTP API (`[api]`; `None`: off).
+    pub api: Option<super::api::ApiSettings>,
 }
 
 impl RelayConfig {
@@ -422,8 +425,13 @@ impl RelayConfig {
         let limits = validate_limits(file, raw.limits)?;
         let recording = validate_recording(file, raw.recording)?;
         let calls = super::calls::validate(file, &base, raw.calls)?;
+        let api = raw
+            .api
+            .map(|a| super::api::validate(file, &base, a))
+            .transpose()?;
         Ok(RelayConfig {
             calls,
+            api,
             limits,
             recording,
             superseded_grace: std::time::Duration::from_secs(grace),

@@ -17,6 +17,7 @@ use tracing::info;
 
 /// A live call, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub struct CallView {
     /// The call's id (the `{id}` of `/v1/calls/{id}`, and `call` in events).
     pub id: CallId,

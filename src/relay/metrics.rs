@@ -52,6 +52,12 @@ pub struct RelayMetrics {
     pub recordings_deleted: Arc<Counter>,
     /// Bytes of recordings kept after the last sweep.
     pub recordings_bytes: Arc<Gauge>,
+    /// Requests to the operator API's authenticated routes.
+    pub api_requests: Arc<Counter>,
+    /// Operator API requests refused for their key (401).
+    pub api_auth_failures: Arc<Counter>,
+    /// Operator API requests refused by a rate limit (429).
+    pub api_rate_limited: Arc<Counter>,
 }
 
 impl RelayMetrics {
@@ -137,6 +143,18 @@ impl RelayMetrics {
             recordings_bytes: r.gauge(
                 "voxgate_relay_recordings_bytes",
                 "Bytes of recordings kept after the last retention sweep",
+            ),
+            api_requests: r.counter(
+                "voxgate_relay_api_requests_total",
+                "Requests to the operator API's authenticated routes",
+            ),
+            api_auth_failures: r.counter(
+                "voxgate_relay_api_auth_failures_total",
+                "Operator API requests refused for a missing, unknown, revoked or expired key",
+            ),
+            api_rate_limited: r.counter(
+                "voxgate_relay_api_rate_limited_total",
+                "Operator API requests refused by a rate limit (429)",
             ),
             registry: Arc::new(Registry::default()),
         };

@@ -2,6 +2,9 @@
 //! audio. `voxgate relay run` is [`run`].
 
 pub mod admission;
+#[cfg(feature = "api")]
+pub mod api;
+pub mod api_key;
 pub mod audio_file;
 pub mod audit_key;
 pub mod audit_limit;
@@ -225,6 +228,9 @@ pub struct Prepared {
     udp_recv_buffer: Option<usize>,
     metrics: Option<std::net::TcpListener>,
     ext_owners: ext_owners::ExtOwners,
+    /// The operator API, bound (`[api]`).
+    #[cfg(feature = "api")]
+    api: Option<api::Prepared>,
     /// The signer process, ended when the relay closes its socket.
     #[allow(dead_code)]
     signer: std::process::Child,
@@ -336,6 +342,17 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     let downlink = load_downlink(&cfg.downlink)?;
     let calls = call_options(&cfg.calls)
         .with_context(|| format!("{}: [calls] fallback_message", cfg.file.display()))?;
+    // The API's listener, certificate and registry handles, before the
+    // drop (its port may be privileged, its key readable by root only).
+    #[cfg(feature = "api")]
+    let api = api::prepare(&cfg, cert.holder())?;
+    #[cfg(not(feature = "api"))]
+    if cfg.api.is_some() {
+        anyhow::bail!(
+            "{}: [api] is set but this voxgate was built without the operator API (cargo feature `api`); use the relay's build",
+            cfg.file.display()
+        );
+    }
     recorder::private_dir_all(&cfg.recordings)
         .with_context(|| format!("cannot create recordings dir {}", cfg.recordings.display()))?;
     let udp = std::net::UdpSocket::bind(cfg.listen)
@@ -362,6 +379,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         udp_recv_buffer,
         metrics,
         ext_owners,
+        #[cfg(feature = "api")]
+        api,
         signer: signer_child,
     })
 }
@@ -445,7 +464,13 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         .recording
         .enabled
         .then(|| tokio::spawn(sweep_recordings(ctx.clone())));
+    #[cfg(feature = "api")]
+    let api = p.api.map(|a| api::serve(a, ctx.clone())).transpose()?;
     server::serve(endpoint, ctx, shutdown).await;
+    #[cfg(feature = "api")]
+    if let Some(a) = api {
+        a.stop().await;
+    }
     if let Some(s) = sweeper {
         s.abort();
     }

@@ -58,8 +58,8 @@ pub struct Swept {
     pub kept: u64,
 }
 
-/// List `dir` (`DEVICE/FILE.ogg`), delete what [`plan`] says.
-pub fn sweep(dir: &Path, r: Retention) -> std::io::Result<Swept> {
+/// Every recording under `dir` (`DEVICE/FILE`).
+pub fn list(dir: &Path) -> std::io::Result<Vec<FileInfo>> {
     let mut files = Vec::new();
     for dev in std::fs::read_dir(dir)?.flatten() {
         if !dev.file_type().is_ok_and(|t| t.is_dir()) {
@@ -80,6 +80,12 @@ pub fn sweep(dir: &Path, r: Retention) -> std::io::Result<Swept> {
             });
         }
     }
+    Ok(files)
+}
+
+/// List `dir` (`DEVICE/FILE.ogg`), delete what [`plan`] says.
+pub fn sweep(dir: &Path, r: Retention) -> std::io::Result<Swept> {
+    let files = list(dir)?;
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     let sizes: std::collections::HashMap<PathBuf, u64> =
         files.iter().map(|f| (f.path.clone(), f.bytes)).collect();

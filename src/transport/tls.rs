@@ -437,6 +437,19 @@ pub fn server_config(
     server_config_with(holder, ClientVerifier::new(ca, gate)?)
 }
 
+/// An HTTPS server's TLS (the operator API): TLS 1.3, HTTP/1.1, no client
+/// certificate, presenting what `certificate` resolves.
+pub fn https_server_config(
+    certificate: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// [`server_config`] presenting whatever `certificate` resolves: the relay
 /// passes its [`ServerCertHolder`], which certificate renewal swaps.
 pub fn server_config_with(

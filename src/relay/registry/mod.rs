@@ -19,6 +19,7 @@
 //! [`Registry::snapshot`] copies it, as of one moment, while the relay
 //! writes it (`voxgate relay backup`).
 
+mod api_keys;
 mod audit;
 pub mod chain;
 mod devices;
@@ -29,6 +30,7 @@ mod schema;
 mod snapshot;
 mod tokens;
 
+pub use api_keys::{ApiKeyRow, NewApiKey, RateRow};
 pub use audit::AuditRow;
 pub use chain::{AuditKey, Head};
 pub use devices::{CertRecord, DeviceRow, Replace, TrustRow};

@@ -92,6 +92,29 @@ pub(super) const MIGRATIONS: &[&str] = &[
          device TEXT NOT NULL,
          claimed INTEGER NOT NULL);
      CREATE INDEX extensions_device ON extensions(device);",
+    // The operator API (issue 15): its keys (the id is public, only the
+    // SHA-256 of the secret is kept; scopes space-separated; revoked keys
+    // stay listed), the rate limits' windows (so that a restart does not
+    // reset them: rule name, client address or key id, window start,
+    // requests in it), and when each device was last seen online.
+    "CREATE TABLE api_keys (
+         id TEXT PRIMARY KEY,
+         hash BLOB NOT NULL,
+         name TEXT NOT NULL DEFAULT '',
+         scopes TEXT NOT NULL,
+         created INTEGER NOT NULL,
+         expires INTEGER,
+         revoked_at INTEGER,
+         last_used INTEGER);
+     CREATE TABLE api_rate (
+         rule TEXT NOT NULL,
+         subject TEXT NOT NULL,
+         start INTEGER NOT NULL,
+         count INTEGER NOT NULL,
+         PRIMARY KEY (rule, subject));
+     CREATE TABLE device_seen (
+         device TEXT PRIMARY KEY,
+         last_seen INTEGER NOT NULL);",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

@@ -139,6 +139,7 @@ enum Service {
 /// Who started a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub enum Origin {
     /// A phone dialled.
     Phone,

@@ -47,6 +47,7 @@ pub enum OriginateError {
 /// Where a call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub enum CallState {
     /// An application's leg A rings.
     Calling,
@@ -60,6 +61,7 @@ pub enum CallState {
 
 /// A phone on a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub struct LegInfo {
     /// Its extension.
     pub ext: String,
