@@ -176,6 +176,11 @@ impl PhoneMedia {
             Duration::from_millis(5),
             move |sock, got| {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    // Paced from the first packet on (no burst of what
+                    // would have been sent before).
+                    if peer.is_none() {
+                        next = Instant::now();
+                    }
                     peer.get_or_insert(from);
                     if let Some(p) = parse_rtp(&buf[..n]) {
                         got.lock().unwrap().push((Instant::now(), p));
@@ -205,15 +210,26 @@ impl PhoneMedia {
         self.0.port
     }
 
-    /// The PCMU it got, as a WAV file at `path` (8 kHz, 16-bit).
+    /// The PCMU it got, placed by RTP timestamp as a phone plays it (a
+    /// gap is silence), as a WAV file at `path` (8 kHz, 16-bit).
     fn heard_wav(&self, path: &Path) -> PathBuf {
-        let pcm: Vec<i16> = self
-            .0
-            .kept()
-            .iter()
-            .filter(|(_, p)| p.pt == 0)
-            .flat_map(|(_, p)| p.payload.iter().map(|&b| ulaw_to_linear(b)))
-            .collect();
+        let kept = self.0.kept();
+        let pcmu: Vec<&Rtp> = kept.iter().map(|(_, p)| p).filter(|p| p.pt == 0).collect();
+        let mut pcm = Vec::new();
+        if let Some(first) = pcmu.first() {
+            for p in &pcmu {
+                let at = p.ts.wrapping_sub(first.ts) as usize;
+                if at > 8000 * 120 {
+                    continue;
+                }
+                if pcm.len() < at + p.payload.len() {
+                    pcm.resize(at + p.payload.len(), 0);
+                }
+                for (k, &b) in p.payload.iter().enumerate() {
+                    pcm[at + k] = ulaw_to_linear(b);
+                }
+            }
+        }
         write_wav(path, 8000, &pcm);
         path.to_path_buf()
     }
@@ -264,7 +280,13 @@ fn answering_phone(
     let scenario = fill(
         &sipp_file("callee.xml"),
         &[
-            ("CALLEE_END", &sipp_file("caller-gets-bye.xml")),
+            (
+                "CALLEE_END",
+                &(r#"  <nop><action><log message="INVITE from [$caller]"/></action></nop>
+"#
+                .to_string()
+                    + &sipp_file("caller-gets-bye.xml")),
+            ),
             ("SINK_PORT", &media_port.to_string()),
             ("EXT", ext),
         ],
