@@ -102,6 +102,11 @@ impl CallPlane {
         }
     }
 
+    /// Count a call started (the calls counter).
+    pub(super) fn count_call(&self) {
+        self.metrics.calls.inc();
+    }
+
     /// Every call event from now on (a receiver that lags more than
     /// 1,024 events behind misses the oldest: `RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
@@ -148,7 +153,7 @@ impl CallPlane {
         let Ok(mut sw) = self.switch.lock() else {
             return;
         };
-        let actions = sw.session_down(s);
+        let actions = sw.session_down(self.origin.elapsed(), s);
         self.metrics.calls_active.set(sw.calls() as f64);
         drop(sw);
         self.apply(actions);

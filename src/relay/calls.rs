@@ -53,6 +53,7 @@ impl CallPlane {
         let view = r
             .map(|c| self.view(c))
             .ok_or_else(|| OriginateError::Offline(from.to_string()))?;
+        self.count_call();
         info!(call = view.id, %from, %to, "call started by an application");
         Ok(view)
     }

@@ -3,8 +3,8 @@
 //!
 //! What counts as not taking it: no answer within
 //! [`CallSettings::no_answer`], a refusal (busy, declined), a box that
-//! cannot reach the phone (unavailable, not found), or an extension that no
-//! connected box announced. An error (a protocol or media failure) or a
+//! cannot reach the phone (unavailable, not found) or disconnects while it
+//! rings, or an extension that no connected box announced. An error (a protocol or media failure) or a
 //! hang-up after the answer never falls back. The fallback extension rings
 //! for [`super::RING_TIMEOUT`]; if it is offline, the caller's own
 //! extension, the callee itself, or does not answer either, the call ends

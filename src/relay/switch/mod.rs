@@ -272,11 +272,13 @@ impl Switch {
         }
     }
 
-    /// A device disconnected: its extensions are freed and its calls end
-    /// (the other legs hear `unavailable` before answer, `normal` after).
-    pub fn session_down(&mut self, s: SessionId) -> Vec<Action> {
+    /// A device disconnected at `now`: its extensions are freed and its
+    /// calls end (the other legs hear `unavailable` before answer, `normal`
+    /// after), except that a callee still ringing on it is replaced by the
+    /// fallback, if any.
+    pub fn session_down(&mut self, now: Duration, s: SessionId) -> Vec<Action> {
         let mut out = Vec::new();
-        let keys: Vec<CallId> = self
+        let mut keys: Vec<CallId> = self
             .calls
             .iter()
             .filter(|(_, c)| {
@@ -284,15 +286,23 @@ impl Switch {
             })
             .map(|(&k, _)| k)
             .collect();
+        keys.sort_unstable();
+        // Its extensions are gone before a fallback looks for an owner.
+        self.directory.retain(|_, owner| *owner != s);
         for k in keys {
-            let reason = if self.calls[&k].answered {
+            let c = &self.calls[&k];
+            if !c.answered && c.caller.session != s {
+                self.drop_callee(k, false, EndReason::Unavailable, &mut out);
+                self.callee_failed(now, k, EndReason::Unavailable, &mut out);
+                continue;
+            }
+            let reason = if c.answered {
                 EndReason::Normal
             } else {
                 EndReason::Unavailable
             };
             self.end(k, |l| l.session == s, reason, &mut out);
         }
-        self.directory.retain(|_, owner| *owner != s);
         self.sessions.remove(&s);
         out
     }

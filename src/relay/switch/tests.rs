@@ -338,7 +338,7 @@ fn a_box_that_disconnects_ends_its_calls_and_frees_its_extensions() {
     let mut sw = two_boxes();
     let (bcall, _) = dial(&mut sw);
     sw.answer(T0, B, bcall, 50);
-    let out = sw.session_down(B);
+    let out = sw.session_down(T0, B);
     assert_eq!(
         sends(&out),
         vec![(
@@ -356,7 +356,7 @@ fn a_box_that_disconnects_ends_its_calls_and_frees_its_extensions() {
     assert!(sw.ext_up(B, "301").is_empty());
     let (_, _) = dial(&mut sw);
     assert_eq!(
-        sends(&sw.session_down(B)),
+        sends(&sw.session_down(T0, B)),
         vec![(
             A,
             Signal::End {
@@ -459,7 +459,7 @@ fn a_new_session_of_the_same_device_takes_its_extensions_over() {
         )]
     ));
     // The old session's end leaves the extension with the new one.
-    sw.session_down(A);
+    sw.session_down(T0, A);
     assert_eq!(sw.owner("201"), Some(3));
 }
 

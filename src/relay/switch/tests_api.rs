@@ -440,6 +440,32 @@ fn an_offline_callee_goes_to_the_fallback_at_once() {
 }
 
 #[test]
+fn a_callee_whose_box_leaves_while_it_rings_is_replaced_by_the_fallback() {
+    let mut sw = three_boxes(Some(Fallback::Extension("401".into())));
+    setup_in(&dial(&mut sw, "301"));
+    let out = sw.session_down(T0, B);
+    let (s, _, to, ..) = setup_in(&out);
+    assert_eq!((s, to.as_str()), (C, "401"));
+    assert_eq!(
+        events(&out),
+        vec![fallback_event("301", "401", EndReason::Unavailable)]
+    );
+    assert!(!sends(&out).iter().any(|(s, _)| *s == A), "A rings on");
+    // The fallback's own box leaving ends the call: one fallback per call.
+    let out = sw.session_down(T0, C);
+    assert_eq!(
+        sends(&out),
+        vec![(
+            A,
+            Signal::End {
+                call: 5,
+                reason: EndReason::Unavailable
+            }
+        )]
+    );
+}
+
+#[test]
 fn the_fallback_is_taken_once_and_never_rings_the_caller_or_an_offline_phone() {
     // The fallback does not answer either: the call fails with timeout.
     let mut sw = three_boxes(Some(Fallback::Extension("401".into())));
@@ -621,7 +647,7 @@ fn a_box_that_leaves_ends_the_application_calls_on_it() {
     let (_, out) = sw.originate(T0, "201", "301").unwrap();
     let (_, acall, ..) = setup_in(&out);
     let (_, bcall, ..) = setup_in(&sw.answer(T0, A, acall, 40));
-    let out = sw.session_down(A);
+    let out = sw.session_down(T0, A);
     assert_eq!(
         sends(&out),
         vec![(
