@@ -27,6 +27,19 @@ const OUTBOX: usize = 64;
 /// Call events a slow subscriber may lag behind before it misses some.
 const EVENTS: usize = 1024;
 
+/// A function every call event goes to, in order, as it happens (outside
+/// the switch's lock; it must not block: the webhooks' outbox write is
+/// handed to the blocking pool).
+pub type EventSink = Box<dyn Fn(&CallEvent) + Send + Sync>;
+
+struct Sink(EventSink);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
 /// Pre-encoded Opus packets (payload, 48 kHz samples).
 pub type Packets = Arc<Vec<(Vec<u8>, u32)>>;
 
@@ -78,6 +91,7 @@ pub struct CallPlane {
     pub(super) wall_origin: SystemTime,
     metrics: Arc<RelayMetrics>,
     events: broadcast::Sender<CallEvent>,
+    sink: std::sync::OnceLock<Sink>,
     message: Option<Packets>,
     players: Mutex<HashMap<CallId, tokio::task::AbortHandle>>,
 }
@@ -97,9 +111,17 @@ impl CallPlane {
             wall_origin: SystemTime::now(),
             metrics,
             events: broadcast::channel(EVENTS).0,
+            sink: std::sync::OnceLock::new(),
             message: options.message,
             players: Mutex::default(),
         }
+    }
+
+    /// Send every call event to `sink` as well (the webhooks: unlike a
+    /// broadcast receiver, a sink never misses one). Set once: `false` if
+    /// a sink was set already.
+    pub fn set_sink(&self, sink: EventSink) -> bool {
+        self.sink.set(Sink(sink)).is_ok()
     }
 
     /// Count a call started (the calls counter).
@@ -317,6 +339,9 @@ impl CallPlane {
                 }
                 Action::Event(e) => {
                     info!(call = e.call, event = e.kind.name(), from = %e.from, to = %e.to, "call event");
+                    if let Some(Sink(sink)) = self.sink.get() {
+                        sink(&e);
+                    }
                     // No subscriber is fine: nobody listens.
                     let _ = self.events.send(e);
                 }
