@@ -69,19 +69,25 @@ impl Switch {
         if !self.has_room(s) {
             return refuse(EndReason::Busy);
         }
-        let owner = self.owner(to);
-        // An extension nobody has online goes to the fallback, if any.
-        let offline = owner.is_none()
-            && valid_extension(to)
-            && self.settings.fallback.is_some()
-            && to != ECHO
-            && to != RECORD;
-        if !matches!(to, ECHO | RECORD) && owner.is_none() && !offline {
-            return refuse(EndReason::NotFound);
+        let service = matches!(to, ECHO | RECORD);
+        let owner = self.owner(to).filter(|_| !service);
+        // A callee that cannot take the call now: on no connected box, or
+        // its box at its limit. The fallback takes it, if there is one.
+        let unreachable = match owner {
+            _ if service => None,
+            None if valid_extension(to) => Some(EndReason::Unavailable),
+            None => return refuse(EndReason::NotFound),
+            Some(b) if !self.has_room(b) => Some(EndReason::Busy),
+            Some(_) => None,
+        };
+        match unreachable {
+            Some(EndReason::Busy) if self.settings.fallback.is_none() => {
+                return refuse(EndReason::Busy);
+            }
+            Some(_) if self.settings.fallback.is_none() => return refuse(EndReason::NotFound),
+            _ => {}
         }
-        if owner.is_some_and(|b| !self.has_room(b)) {
-            return refuse(EndReason::Busy);
-        }
+        let owner = owner.filter(|_| unreachable.is_none());
         let Some((flow_out, ssrc_out)) = self.new_out_flow(s) else {
             return out;
         };
@@ -156,8 +162,8 @@ impl Switch {
             ));
         }
         self.calls.insert(k, c);
-        if offline {
-            self.callee_failed(now, k, EndReason::Unavailable, &mut out);
+        if let Some(reason) = unreachable {
+            self.callee_failed(now, k, reason, &mut out);
         }
         out
     }

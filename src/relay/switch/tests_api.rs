@@ -440,6 +440,33 @@ fn an_offline_callee_goes_to_the_fallback_at_once() {
 }
 
 #[test]
+fn a_callee_whose_box_is_full_is_replaced_by_the_fallback() {
+    let mut sw = three_boxes(Some(Fallback::Extension("401".into())));
+    for i in 0..MAX_CALLS_PER_SESSION as u32 {
+        sw.setup(T0, B, i + 1, RECORD, "301", 100 + u64::from(i));
+    }
+    let out = dial(&mut sw, "301");
+    let (s, ..) = setup_in(&out);
+    assert_eq!(s, C);
+    assert_eq!(
+        events(&out),
+        vec![fallback_event("301", "401", EndReason::Busy)]
+    );
+    // Without a fallback, busy.
+    sw.set_calls(CallSettings::default());
+    assert_eq!(
+        sends(&sw.setup(T0, A, 6, "301", "201", 41)),
+        vec![(
+            A,
+            Signal::End {
+                call: 6,
+                reason: EndReason::Busy
+            }
+        )]
+    );
+}
+
+#[test]
 fn a_callee_whose_box_leaves_while_it_rings_is_replaced_by_the_fallback() {
     let mut sw = three_boxes(Some(Fallback::Extension("401".into())));
     setup_in(&dial(&mut sw, "301"));
