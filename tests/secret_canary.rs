@@ -13,6 +13,12 @@
 //! stderr, and in no argv, while phones register and are rotated on the
 //! running gateway.
 //!
+//! The operator API is on: an API key made by `voxgate relay api-key
+//! create` (printed on its stdout, once), one made through the API (in the
+//! answer, once) and one made by `api-key rotate` are used against the
+//! running relay; neither the keys nor their secrets may appear anywhere
+//! else (the registry keeps the SHA-256 of each secret).
+//!
 //! It also includes a
 //! relay backup with keys (`relay backup --with-keys`, the passphrase on
 //! stdin) while the relay runs, and its restore on another machine (the
@@ -175,7 +181,9 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         .unwrap()
         .replace("log = \"debug\"", "log = \"trace\"");
     std::fs::write(&rc, text).unwrap();
+    let api = voxgate_testkit::api::enable(&lab, "", None);
     let mut relay = lab.start_relay();
+    let (api_keys, api_key_stderr) = use_api_keys(&lab, &api);
     let out = create_token(&lab, "gw-canary", None);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let token_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -323,6 +331,10 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let material =
         voxgate::pki::sealed::Material::new("0123456789abcdef0123456789abcdef", None).unwrap();
     let mut needles = vec![token.clone()];
+    for k in &api_keys {
+        needles.push(k.clone());
+        needles.push(voxgate::relay::api_key::parse(k).unwrap().secret.to_string());
+    }
     // Every phone password ever printed, and its digests (HA1s) in every form.
     for (ext, pw) in &phone_passwords {
         assert_eq!(pw.len(), 22);
@@ -410,6 +422,7 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
             String::from_utf8_lossy(&setup.stderr).into_owned(),
         ),
         ("token stderr", token_stderr),
+        ("api-key stderr", api_key_stderr),
         ("/proc", proc_text),
         ("gateway log", gw.log_text()),
         ("relay log", relay.log_text()),
@@ -457,6 +470,39 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
             assert!(!text.contains(label), "a PEM private key in {name}");
         }
     }
+}
+
+/// Make API keys three ways (the CLI at trace level, the API, a rotation)
+/// and use each; returns the keys and the commands' stderr.
+fn use_api_keys(lab: &Lab, api: &voxgate_testkit::api::Api) -> (Vec<String>, String) {
+    use voxgate_testkit::api::{Req, key_id};
+    let mut stderr = String::new();
+    let mut cli = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["relay", "api-key"])
+            .args(args)
+            .arg("--config")
+            .arg(lab.dir.join("relay.toml"))
+            .env("VOXGATE_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let first = cli(&["create", "--name", "canary", "--scopes", "devices:read,keys:manage"]);
+    assert_eq!(api.get("/v1/devices", &first).status, 200);
+    let made = api.send(
+        Req::new("POST", "/v1/api-keys", Some(&first))
+            .json(r#"{"name":"canary-api","scopes":["devices:read"]}"#),
+    );
+    assert_eq!(made.status, 201, "{made:?}");
+    let second = made.json()["key"].as_str().unwrap().to_string();
+    assert_eq!(api.get("/v1/devices", &second).status, 200);
+    let third = cli(&["rotate", &key_id(&second), "--overlap-s", "60"]);
+    assert_eq!(api.get("/v1/devices", &third).status, 200);
+    assert_eq!(api.get("/v1/devices", &second).status, 200, "overlap");
+    (vec![first, second, third], stderr)
 }
 
 /// `text` with line breaks, `\n` escapes (JSON logs) and blanks removed:

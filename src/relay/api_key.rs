@@ -101,9 +101,16 @@ pub fn from_random(random: &[u8]) -> Option<(String, String)> {
     if id.len() != ID_LEN || secret.len() != SECRET_LEN {
         return None;
     }
-    let signed = format!("{PREFIX}{id}_{secret}");
-    let key = format!("{signed}_{}", checksum(&signed));
+    let key = compose(&id, &secret);
     Some((id, key))
+}
+
+/// The key of `id` and `secret` (with its checksum): what
+/// [`from_random`] makes; a test forges a wrong secret for a real id with
+/// it.
+pub fn compose(id: &str, secret: &str) -> String {
+    let signed = format!("{PREFIX}{id}_{secret}");
+    format!("{signed}_{}", checksum(&signed))
 }
 
 /// SHA-256 of a key's secret: what the registry stores.

@@ -5,6 +5,7 @@
 //! paths by the tests' set-up lives here, so that a move in `src/` is
 //! fixed in one place.
 
+pub mod api;
 pub mod audio_env;
 pub mod bench;
 pub mod cmd;

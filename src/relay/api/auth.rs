@@ -83,11 +83,6 @@ impl Keys {
         }
         self.by_id.get(id).cloned()
     }
-
-    /// Read the keys again at the next request (after a write of ours).
-    pub fn invalidate(&mut self) {
-        self.version = None;
-    }
 }
 
 /// Why a request was not authenticated (for the audit log; the client is

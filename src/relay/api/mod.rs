@@ -107,8 +107,8 @@ impl ApiState {
     }
 
     /// Run `f` on the registry on the blocking pool; its errors become
-    /// problems. The API's key cache is read again afterwards (`f` may
-    /// have changed a key).
+    /// problems. (A key `f` changes reaches the key cache through the
+    /// registry's `data_version`: the cache watches on another handle.)
     pub async fn db<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Registry) -> Result<T, Problem> + Send + 'static,
@@ -120,10 +120,6 @@ impl ApiState {
         })
         .await
         .map_err(|e| Problem::internal("a registry task failed", &e))?;
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .invalidate();
         r
     }
 

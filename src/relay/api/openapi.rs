@@ -5,7 +5,8 @@
 //!
 //! Layers, outside in: CORS (the configured origins, the methods the API
 //! uses, `Authorization` and `Content-Type`, no credentials), problem
-//! details for every error answer, the body limit; on `/v1/` routes
+//! details for every error answer, the body read whole (up to the limit)
+//! before routing; on `/v1/` routes
 //! (not the document) authentication and rate limits.
 
 use super::{Api, auth, problem};
@@ -93,6 +94,10 @@ pub fn app(api: Api) -> Router {
         .route("/v1/openapi.json", axum::routing::get(serve_doc))
         .with_state(api.clone())
         .layer(DefaultBodyLimit::max(api.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            api.settings.max_body_bytes,
+            problem::read_body,
+        ))
         .layer(axum::middleware::from_fn(problem::problem_responses));
     let origins: Vec<HeaderValue> = api
         .settings

@@ -185,6 +185,30 @@ fn code_of(status: StatusCode) -> &'static str {
     }
 }
 
+/// Middleware: read the whole request body (up to `limit`) before the
+/// request is routed. A request refused early (401, 403, 429) then leaves
+/// no unread body on the connection, which would make the kernel reset it
+/// under the client's feet instead of closing it.
+pub async fn read_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(b)))
+                .await
+        }
+        Err(_) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the body is larger than the API accepts ([api] max_body_bytes)",
+        )
+        .into_response(),
+    }
+}
+
 /// Middleware: any error answer that is not a problem yet becomes one
 /// (axum's path and query rejections, 404, 405), keeping its headers
 /// (`Allow`) and its text as the detail.
