@@ -581,7 +581,7 @@ fn schemathesis_finds_no_server_error_and_answers_match_the_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("Server error"), "{text}");
-    assert!(text.contains("Tested: 14"), "{text}");
+    assert!(text.contains("Tested: 18"), "{text}");
     assert!(!text.contains("Rate limited"), "{text}");
     relay.assert_running();
 }

@@ -333,7 +333,12 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
     let mut needles = vec![token.clone()];
     for k in &api_keys {
         needles.push(k.clone());
-        needles.push(voxgate::relay::api_key::parse(k).unwrap().secret.to_string());
+        needles.push(
+            voxgate::relay::api_key::parse(k)
+                .unwrap()
+                .secret
+                .to_string(),
+        );
     }
     // Every phone password ever printed, and its digests (HA1s) in every form.
     for (ext, pw) in &phone_passwords {
@@ -486,11 +491,21 @@ fn use_api_keys(lab: &Lab, api: &voxgate_testkit::api::Api) -> (Vec<String>, Str
             .env("VOXGATE_LOG", "trace")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         stderr.push_str(&String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
-    let first = cli(&["create", "--name", "canary", "--scopes", "devices:read,keys:manage"]);
+    let first = cli(&[
+        "create",
+        "--name",
+        "canary",
+        "--scopes",
+        "devices:read,keys:manage",
+    ]);
     assert_eq!(api.get("/v1/devices", &first).status, 200);
     let made = api.send(
         Req::new("POST", "/v1/api-keys", Some(&first))

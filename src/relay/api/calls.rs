@@ -24,9 +24,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 #[serde(deny_unknown_fields)]
 pub struct NewCall {
     /// The extension rung first (2-8 digits, not starting with 9).
+    #[schema(pattern = "^[0-8][0-9]{1,7}$", example = "201")]
     pub from: String,
     /// What it is connected to once it answers: an extension, `900` (echo)
     /// or `901` (recording).
+    #[schema(pattern = "^([0-8][0-9]{1,7}|90[01])$", example = "301")]
     pub to: String,
 }
 
