@@ -496,6 +496,10 @@ fn an_unanswered_api_call_moves_to_the_fallback_extension_after_n_seconds() {
     );
     let log = relay.log_text();
     assert!(log.contains("call.fallback"), "{log}");
+    assert_eq!(
+        voxgate_testkit::lab::metric(lab.relay_metrics, "voxgate_relay_call_fallbacks_total"),
+        1.0
+    );
     assert_eq!(b.metric("voxgate_sip_calls_active"), 0.0);
 }
 

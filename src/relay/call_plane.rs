@@ -13,7 +13,9 @@
 //! control stream loses signals (counted), it never blocks the relay.
 
 use super::metrics::RelayMetrics;
-use super::switch::{Action, CallEvent, CallId, CallSettings, Route, SessionId, Signal, Switch};
+use super::switch::{
+    Action, CallEvent, CallId, CallSettings, EventKind, Route, SessionId, Signal, Switch,
+};
 use crate::media::flow;
 use crate::media::rtp::{Packet, Repr};
 use std::collections::HashMap;
@@ -339,6 +341,9 @@ impl CallPlane {
                 }
                 Action::Event(e) => {
                     info!(call = e.call, event = e.kind.name(), from = %e.from, to = %e.to, "call event");
+                    if matches!(e.kind, EventKind::Fallback { .. }) {
+                        self.metrics.call_fallbacks.inc();
+                    }
                     if let Some(Sink(sink)) = self.sink.get() {
                         sink(&e);
                     }
