@@ -7,7 +7,8 @@
 //! client's own address is counted, from an untrusted one the proxy's),
 //! schemathesis against the served OpenAPI document, and CORS in a
 //! headless Chromium (a page of the allowed origin reads the answer, a
-//! page of another origin is stopped at the preflight).
+//! page of another origin is stopped at the preflight), and the API on a
+//! privileged port after the relay dropped to `nobody`.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -584,4 +585,62 @@ fn schemathesis_finds_no_server_error_and_answers_match_the_document() {
     assert!(text.contains("Tested: 18"), "{text}");
     assert!(!text.contains("Rate limited"), "{text}");
     relay.assert_running();
+}
+
+#[test]
+fn the_api_binds_a_privileged_port_and_serves_after_the_drop_to_nobody() {
+    let lab = Lab::new_public("api-drop", "mode = \"none\"");
+    let cert = api::operator_cert(&lab.dir);
+    // A privileged port, bound as root before the drop.
+    let port = (600..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
+    let cfg = lab.dir.join("relay.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[privilege]\nstay_root = true\n",
+        "[privilege]\nuser = \"nobody\"\ngroups = []\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut api = api::enable(&lab, "", Some(&cert));
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("127.0.0.1:{}", api.port),
+        &format!("127.0.0.1:{port}"),
+    );
+    std::fs::write(&cfg, body).unwrap();
+    api.port = port;
+    // The service user writes its state; the operator's key stays root's
+    // (0600), read before the drop.
+    for d in ["relay", "recordings"] {
+        std::fs::create_dir_all(lab.dir.join(d)).unwrap();
+        let st = std::process::Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(lab.dir.join(d))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let key = create_key(&lab, "drop", "devices:read,keys:manage", &[]);
+    let st = std::process::Command::new("chown")
+        .args(["-R", "nobody"])
+        .arg(lab.dir.join("relay"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut relay = lab.start_relay();
+    let uid = std::fs::read_to_string(format!("/proc/{}/status", relay.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    assert!(uid.contains("65534"), "{uid}");
+    check(&api.get("/v1/devices", &key), 200, "after the drop");
+    // The key's last use reaches the registry: the API writes it as
+    // nobody, in the sandbox.
+    wait_for(Duration::from_secs(5), "last_used written", || {
+        let keys = api.get("/v1/api-keys", &key).json();
+        keys[0]["last_used"].as_i64().is_some()
+    });
+    relay.assert_running();
+    assert!(relay.log_text().contains("\"user\":\"nobody\""));
 }

@@ -277,8 +277,8 @@ impl Registry {
         })
     }
 
-    /// The unused rows of [`Registry::api_key`] for one key, by its hash
-    /// (a test's check that no secret is stored).
+    /// The id of the key whose secret hashes to `hash` (what a test uses
+    /// to check that the hash, not the secret, is stored).
     pub fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<String>, RegistryError> {
         Ok(self
             .db
