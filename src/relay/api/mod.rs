@@ -114,13 +114,12 @@ impl ApiState {
         f: impl FnOnce(&Registry) -> Result<T, Problem> + Send + 'static,
     ) -> Result<T, Problem> {
         let registry = self.registry.clone();
-        let r = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let r = registry.lock().unwrap_or_else(|p| p.into_inner());
             f(&r)
         })
         .await
-        .map_err(|e| Problem::internal("a registry task failed", &e))?;
-        r
+        .map_err(|e| Problem::internal("a registry task failed", &e))?
     }
 
     /// When `device` was last seen online (now, if it is).
