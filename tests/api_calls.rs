@@ -18,71 +18,36 @@ use voxgate_testkit::sip::{
 const TEXT: &str =
     "Applications start calls through the relay. The quick brown fox jumps over the lazy dog.";
 
-/// The relay's HTTP API, driven with curl (a real HTTPS client) and one
-/// API key.
+/// The relay's HTTP API, driven with curl (a real HTTPS client; the key
+/// goes to it on its standard input: `testkit::api`) with one API key.
 struct Api {
-    base: String,
-    resolve: String,
-    ca: PathBuf,
+    api: voxgate_testkit::api::Api,
     key: String,
 }
 
 impl Api {
-    /// A key with `scopes` (`voxgate relay api-key create`), for the API of
-    /// `lab`'s relay at `port`.
-    fn new(lab: &Lab, port: u16, scopes: &str) -> Api {
-        let out = lab.relay_cmd(&[
-            "api-key",
-            "create",
-            "--name",
-            "api-calls",
-            "--scopes",
-            scopes,
-        ]);
-        assert!(
-            out.status.success(),
-            "api-key create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// A key with `scopes` (`voxgate relay api-key create`) for `api`.
+    fn new(lab: &Lab, api: &voxgate_testkit::api::Api, scopes: &str) -> Api {
         Api {
-            base: format!("https://relay.voxgate.test:{port}"),
-            resolve: format!("relay.voxgate.test:{port}:127.0.0.1"),
-            ca: lab.dir.join("relay").join("ca.pem"),
-            key: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            api: voxgate_testkit::api::Api {
+                port: api.port,
+                ca: api.ca.clone(),
+                host: api.host.clone(),
+            },
+            key: voxgate_testkit::api::create_key(lab, "api-calls", scopes, &[]),
         }
     }
 
     /// `METHOD path` with an optional JSON body: (status, parsed body).
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg("--cacert")
-        .arg(&self.ca)
-        .args(["--resolve", &self.resolve])
-        .args(["-H", &format!("Authorization: Bearer {}", self.key)]);
+        let mut r = voxgate_testkit::api::Req::new(method, path, Some(&self.key));
         if let Some(b) = body {
-            c.args(["-H", "Content-Type: application/json", "--data", b]);
+            r = r.json(b);
         }
-        let out = c.arg(format!("{}{path}", self.base)).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let code = code.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "curl {method} {path}: {text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let a = self.api.send(r);
         (
-            code,
-            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+            a.status,
+            serde_json::from_str(&a.body).unwrap_or(serde_json::Value::Null),
         )
     }
 
@@ -119,22 +84,19 @@ impl Api {
 }
 
 /// A lab whose relay serves the API (and `calls`, the `[calls]` body);
-/// returns the lab, the relay and the API's port.
-fn lab_with_api(name: &str, calls: &str) -> (Lab, Proc, u16) {
+/// returns the lab, the relay and the API.
+fn lab_with_api(name: &str, calls: &str) -> (Lab, Proc, voxgate_testkit::api::Api) {
     let lab = Lab::new(name, "mode = \"none\"");
-    let port = voxgate_testkit::lab::free_tcp();
     let cfg = lab.dir.join("relay.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!("{text}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[calls]\n{calls}\n"),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("{text}\n[calls]\n{calls}\n")).unwrap();
+    let api = voxgate_testkit::api::enable(&lab, "", None);
     let relay = lab.start_relay();
+    let port = api.port;
     wait_for(Duration::from_secs(10), "the API to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    (lab, relay, port)
+    (lab, relay, api)
 }
 
 /// REGISTER `ext` from SIP port `port` (where its scenario answers later).
@@ -355,12 +317,12 @@ fn speech(lab: &Lab) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn an_api_call_connects_a_phone_to_the_echo_and_an_api_hang_up_sends_it_a_bye() {
-    let (lab, relay, port) = lab_with_api("api-echo", "");
+    let (lab, relay, http) = lab_with_api("api-echo", "");
     let (gw, pw) = start_box(&lab, "gw-a", &["201"]);
     let phone_port = free_udp();
     register_at(&lab.dir, &gw, "201", &pw[0], phone_port);
     gw.wait_registered(1.0);
-    let api = Api::new(&lab, port, "calls:create,calls:admin");
+    let api = Api::new(&lab, &http, "calls:create,calls:admin");
     let (reference, ulaw) = speech(&lab);
     let speech_s = ulaw.len() as f64 / 8000.0;
     let media = PhoneMedia::new(Some(ulaw));
@@ -403,7 +365,7 @@ fn an_api_call_connects_a_phone_to_the_echo_and_an_api_hang_up_sends_it_a_bye() 
 
 #[test]
 fn an_api_call_connects_phones_on_two_boxes_and_an_api_hang_up_sends_both_a_bye() {
-    let (lab, relay, port) = lab_with_api("api-two-boxes", "");
+    let (lab, relay, http) = lab_with_api("api-two-boxes", "");
     let (a, pa) = start_box(&lab, "gw-a", &["201"]);
     let (b, pb) = start_box(&lab, "gw-b", &["301"]);
     let (pa_port, pb_port) = (free_udp(), free_udp());
@@ -411,7 +373,7 @@ fn an_api_call_connects_phones_on_two_boxes_and_an_api_hang_up_sends_both_a_bye(
     register_at(&lab.dir, &b, "301", &pb[0], pb_port);
     a.wait_registered(1.0);
     b.wait_registered(1.0);
-    let api = Api::new(&lab, port, "calls:create calls:admin");
+    let api = Api::new(&lab, &http, "calls:create calls:admin");
     let (reference, ulaw) = speech(&lab);
     let speech_s = ulaw.len() as f64 / 8000.0;
     let media_a = PhoneMedia::new(Some(ulaw));
@@ -449,7 +411,7 @@ fn an_api_call_connects_phones_on_two_boxes_and_an_api_hang_up_sends_both_a_bye(
 
 #[test]
 fn an_unanswered_api_call_moves_to_the_fallback_extension_after_n_seconds() {
-    let (lab, relay, port) =
+    let (lab, relay, http) =
         lab_with_api("api-fallback", "fallback = \"302\"\nno_answer_seconds = 2");
     let (a, pa) = start_box(&lab, "gw-a", &["201"]);
     let (b, pb) = start_box(&lab, "gw-b", &["301", "302"]);
@@ -459,7 +421,7 @@ fn an_unanswered_api_call_moves_to_the_fallback_extension_after_n_seconds() {
     register_at(&lab.dir, &b, "302", &pb[1], ports[2]);
     a.wait_registered(1.0);
     b.wait_registered(2.0);
-    let api = Api::new(&lab, port, "calls:create,calls:admin");
+    let api = Api::new(&lab, &http, "calls:create,calls:admin");
     let (media_a, media_c) = (PhoneMedia::new(None), PhoneMedia::new(None));
     let phone_a = answering_phone(&lab.dir, &a, "201", ports[0], media_a.port());
     // 301 rings and never answers: the relay cancels it.
@@ -505,12 +467,12 @@ fn an_unanswered_api_call_moves_to_the_fallback_extension_after_n_seconds() {
 
 #[test]
 fn the_calls_routes_check_scopes_ids_and_input() {
-    let (lab, _relay, port) = lab_with_api("api-calls-routes", "");
+    let (lab, _relay, http) = lab_with_api("api-calls-routes", "");
     let (gw, pw) = start_box(&lab, "gw-a", &["201"]);
     register_at(&lab.dir, &gw, "201", &pw[0], free_udp());
     gw.wait_registered(1.0);
-    let creator = Api::new(&lab, port, "calls:create");
-    let admin = Api::new(&lab, port, "calls:admin");
+    let creator = Api::new(&lab, &http, "calls:create");
+    let admin = Api::new(&lab, &http, "calls:admin");
     // calls:create starts calls and sees nothing else; calls:admin the reverse.
     let body = r#"{"from":"201","to":"900"}"#;
     assert_eq!(admin.call("POST", "/v1/calls", Some(body)).0, 403);
@@ -555,7 +517,7 @@ fn the_calls_routes_check_scopes_ids_and_input() {
 fn a_call_to_an_offline_extension_hears_the_fallback_message_and_then_a_bye() {
     let lab_probe = Lab::new("api-message-fixture", "mode = \"none\"");
     let (message, _) = speech(&lab_probe);
-    let (lab, relay, _port) = lab_with_api(
+    let (lab, relay, _http) = lab_with_api(
         "api-message",
         &format!("fallback_message = \"{}\"", message.display()),
     );
