@@ -290,7 +290,9 @@ impl Switch {
         // Its extensions are gone before a fallback looks for an owner.
         self.directory.retain(|_, owner| *owner != s);
         for k in keys {
-            let c = &self.calls[&k];
+            let Some(c) = self.calls.get(&k) else {
+                continue;
+            };
             if !c.answered && c.caller.session != s {
                 self.drop_callee(k, false, EndReason::Unavailable, &mut out);
                 self.callee_failed(now, k, EndReason::Unavailable, &mut out);

@@ -304,10 +304,9 @@ impl Switch {
         let Some(&k) = self.legs.get(&(s, call)) else {
             return Vec::new();
         };
-        let c = &self.calls[&k];
-        if !c.answered {
+        let Some(c) = self.calls.get(&k).filter(|c| c.answered) else {
             return Vec::new();
-        }
+        };
         let to = match &c.callee {
             Peer::Service(Service::Echo) => Some((c.caller.session, c.caller.call)),
             Peer::Service(_) | Peer::Pending => None,
