@@ -21,11 +21,12 @@
 //! (`unavailable`) when the relay does not record.
 //!
 //! Guarantees: every call ends with a `call_end` to each leg still connected,
-//! on hang-up, refusal, ring timeout or disconnect, and its routes are
-//! removed; ids from a device are checked, so a device cannot end or steer
-//! another device's call; memory is bounded ([`MAX_CALLS_PER_SESSION`],
-//! [`MAX_EXTS_PER_SESSION`]).
-
+//! on hang-up (a phone's or the API's), refusal, ring timeout or disconnect,
+//! and its routes (and a fallback message's player) are removed, reported
+//! by one `ended` or `failed` event; ids from a device are checked, so a
+//! device cannot end or steer another device's call; memory is bounded
+//! ([`MAX_CALLS_PER_SESSION`], which applications' calls count against too,
+//! and [`MAX_EXTS_PER_SESSION`]).
 //!
 //! Calls come two ways ([`Origin`]): a phone dials (`call_setup` from its
 //! box), or an application asks the relay ([`Switch::originate`]). An
