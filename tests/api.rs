@@ -332,6 +332,14 @@ fn every_route_checks_its_scope_and_every_key_state() {
         check(a, *status, &format!("case {i}"));
         assert_eq!(a.code(), *code, "case {i}: {a:?}");
     }
+    // An enrolled id takes a re-enrollment token.
+    let re = post(
+        "/v1/tokens",
+        "application/json",
+        r#"{"device":"gw-2","reenroll":true,"note":"new box"}"#.into(),
+    );
+    check(&re, 201, "a re-enrollment token");
+    assert_eq!(re.json()["reenroll"], true);
 
     // Failed authentications: limited per address, audited, counted.
     for _ in 0..8 {
@@ -477,6 +485,15 @@ fn cors_in_headless_chromium_lets_only_the_allowed_origin_read() {
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://127.0.0.1:{}", allowed.local_addr().unwrap().port());
     let api = api::enable(&lab, &format!("cors_origins = [\"{origin}\"]"), Some(&cert));
+    // The operator's key sealed to the machine, as the relay's own are.
+    let sealed = api::seal_key(&lab, &cert);
+    let cfg = lab.dir.join("relay.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("key = \"{}\"", cert.key.display()),
+        &format!("key = \"{}\"", sealed.display()),
+    );
+    assert!(text.contains("api.key.sealed"));
+    std::fs::write(&cfg, text).unwrap();
     let mut relay = lab.start_relay();
     let key = create_key(&lab, "browser", "devices:read", &[]);
     // The Authorization header makes the browser send a preflight first.

@@ -57,6 +57,19 @@ pub fn operator_cert(dir: &Path) -> OperatorCert {
     out
 }
 
+/// The operator's key sealed to the lab relay's machine binding (as the
+/// relay's own keys are): `api.key.sealed` beside `api.key`.
+pub fn seal_key(lab: &Lab, cert: &OperatorCert) -> PathBuf {
+    let pem = std::fs::read(&cert.key).unwrap();
+    let der = voxgate::pki::files::parse_key(&pem).unwrap();
+    let id = std::fs::read_to_string(lab.dir.join("ca-machine-id")).unwrap();
+    let material = voxgate::pki::sealed::Material::new(id.trim(), None).unwrap();
+    let sealed = voxgate::pki::sealed::seal(&material, der.secret_der()).unwrap();
+    let path = cert.key.with_extension("key.sealed");
+    voxgate::pki::files::write_new(&path, &sealed, 0o600).unwrap();
+    path
+}
+
 /// The API of a lab's relay.
 pub struct Api {
     /// Its port on 127.0.0.1.
