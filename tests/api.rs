@@ -599,8 +599,8 @@ fn schemathesis_finds_no_server_error_and_answers_match_the_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("Server error"), "{text}");
-    // 14 operations of the API's core and 9 of /v1/webhooks.
-    assert!(text.contains("Tested: 23"), "{text}");
+    // 14 operations of the API's core, 4 of /v1/calls and 9 of /v1/webhooks.
+    assert!(text.contains("Tested: 27"), "{text}");
     assert!(!text.contains("Rate limited"), "{text}");
     relay.assert_running();
 }

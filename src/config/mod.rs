@@ -6,12 +6,14 @@
 //! Relative paths in a file are resolved against that file's directory.
 
 mod api;
+mod calls;
 mod gateway;
 mod relay;
 mod sip;
 mod webhooks;
 
 pub use api::{ApiCert, ApiSettings, LimitPer, LimitRule, parse_window};
+pub use calls::{CallsSettings, FallbackTarget};
 pub use gateway::{
     BoardDefaults, BoardError, CaptureConfig, GatewayConfig, JitterSettings, PlaybackConfig,
     RelayTarget,

@@ -31,6 +31,8 @@ struct Raw {
     recording: RawRecording,
     #[serde(default)]
     webhooks: super::webhooks::RawWebhooks,
+    #[serde(default)]
+    calls: super::calls::RawCalls,
     api: Option<super::api::RawApi>,
     #[serde(default)]
     signer: RawSigner,
@@ -381,6 +383,8 @@ pub struct RelayConfig {
     pub signer: SignerSettings,
     /// Webhook delivery (`[webhooks]`).
     pub webhooks: super::WebhookSettings,
+    /// Fallback routing of calls (`[calls]`).
+    pub calls: super::CallsSettings,
     /// The operator HTTP API (`[api]`; `None`: off).
     pub api: Option<super::api::ApiSettings>,
 }
@@ -450,12 +454,14 @@ impl RelayConfig {
         let recording = validate_recording(file, raw.recording)?;
         let signer = validate_signer(file, raw.signer, &privilege)?;
         let webhooks = super::webhooks::validate(file, &base, raw.webhooks)?;
+        let calls = super::calls::validate(file, &base, raw.calls)?;
         let api = raw
             .api
             .map(|a| super::api::validate(file, &base, a))
             .transpose()?;
         Ok(RelayConfig {
             webhooks,
+            calls,
             api,
             limits,
             recording,

@@ -1,7 +1,11 @@
 //! The relay's call plane: the IO shell around [`Switch`]. It keeps each
 //! session's outbox for call signals, and the live media routes (with the
 //! target connection resolved once, at install time), and carries out the
-//! switch's actions.
+//! switch's actions: call signals to sessions, media routes, the fallback
+//! message played into a call (a task per call, aborted when the call
+//! ends), and call events onto a broadcast ([`CallPlane::subscribe`]) for
+//! the webhooks and other observers. The API's side of it (start, list,
+//! get, hang up) is in [`super::calls`].
 //!
 //! Locks: the switch mutex is held only while the switch runs (no IO under
 //! it); the routes are read under a `RwLock` once per call datagram. Signals
@@ -9,17 +13,47 @@
 //! control stream loses signals (counted), it never blocks the relay.
 
 use super::metrics::RelayMetrics;
-use super::switch::{Action, Route, SessionId, Signal, Switch};
+use super::switch::{
+    Action, CallEvent, CallId, CallSettings, EventKind, Route, SessionId, Signal, Switch,
+};
 use crate::media::flow;
 use crate::media::rtp::{Packet, Repr};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
-use tokio::sync::mpsc;
+use std::time::{Instant, SystemTime};
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info};
 
 /// Signals queued per session before new ones are dropped.
 const OUTBOX: usize = 64;
+/// Call events a slow subscriber may lag behind before it misses some.
+const EVENTS: usize = 1024;
+
+/// A function every call event goes to, in order, as it happens (outside
+/// the switch's lock; it must not block: the webhooks' outbox write is
+/// handed to the blocking pool).
+pub type EventSink = Box<dyn Fn(&CallEvent) + Send + Sync>;
+
+struct Sink(EventSink);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+/// Pre-encoded Opus packets (payload, 48 kHz samples).
+pub type Packets = Arc<Vec<(Vec<u8>, u32)>>;
+
+/// How the plane handles calls (`[calls]`): the switch's settings and the
+/// fallback message's audio, when the fallback is a message.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Fallback and no-answer time.
+    pub settings: CallSettings,
+    /// The fallback message, encoded.
+    pub message: Option<Packets>,
+}
 
 /// A route with its target connection.
 #[derive(Debug, Clone)]
@@ -30,6 +64,7 @@ enum LiveRoute {
         ssrc: u32,
     },
     Record,
+    Discard,
 }
 
 /// What became of a datagram offered to [`CallPlane::forward`].
@@ -41,6 +76,8 @@ pub enum Forwarded {
     Record,
     /// No call owns this flow.
     NoRoute,
+    /// A call owns it, and its audio goes nowhere (a message plays).
+    Discarded,
     /// Routed, but the target's connection refused it (gone or congested).
     Dropped,
 }
@@ -51,23 +88,68 @@ pub struct CallPlane {
     switch: Mutex<Switch>,
     routes: RwLock<HashMap<(SessionId, u64), LiveRoute>>,
     outboxes: Mutex<HashMap<SessionId, (mpsc::Sender<Signal>, quinn::Connection)>>,
-    origin: Instant,
+    pub(super) origin: Instant,
+    /// The wall-clock time at `origin`.
+    pub(super) wall_origin: SystemTime,
     metrics: Arc<RelayMetrics>,
+    events: broadcast::Sender<CallEvent>,
+    sink: std::sync::OnceLock<Sink>,
+    message: Option<Packets>,
+    players: Mutex<HashMap<CallId, tokio::task::AbortHandle>>,
 }
 
 impl CallPlane {
     /// An empty call plane; `recording`: whether calls to the recording
     /// service are taken.
-    pub fn new(metrics: Arc<RelayMetrics>, recording: bool) -> Self {
+    pub fn new(metrics: Arc<RelayMetrics>, recording: bool, options: CallOptions) -> Self {
         let mut switch = Switch::new(fastrand::u64(..));
         switch.set_recording(recording);
+        switch.set_calls(options.settings);
         CallPlane {
             switch: Mutex::new(switch),
             routes: RwLock::default(),
             outboxes: Mutex::default(),
             origin: Instant::now(),
+            wall_origin: SystemTime::now(),
             metrics,
+            events: broadcast::channel(EVENTS).0,
+            sink: std::sync::OnceLock::new(),
+            message: options.message,
+            players: Mutex::default(),
         }
+    }
+
+    /// Send every call event to `sink` as well (the webhooks: unlike a
+    /// broadcast receiver, a sink never misses one). Set once: `false` if
+    /// a sink was set already.
+    pub fn set_sink(&self, sink: EventSink) -> bool {
+        self.sink.set(Sink(sink)).is_ok()
+    }
+
+    /// Count a call started (the calls counter).
+    pub(super) fn count_call(&self) {
+        self.metrics.calls.inc();
+    }
+
+    /// Every call event from now on (a receiver that lags more than
+    /// 1,024 events behind misses the oldest: `RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.events.subscribe()
+    }
+
+    /// Run the switch under its lock, then carry out what it returned.
+    pub(super) fn with_switch<T>(
+        &self,
+        f: impl FnOnce(&mut Switch, std::time::Duration) -> (T, Vec<Action>),
+    ) -> Option<T> {
+        let now = self.origin.elapsed();
+        let mut sw = self.switch.lock().ok()?;
+        let (t, actions) = f(&mut sw, now);
+        let active = sw.calls();
+        drop(sw);
+        self.metrics.calls_active.set(active as f64);
+        self.apply(actions);
+        Some(t)
     }
 
     /// Device `device` started session `s`; returns its signal inbox.
@@ -95,7 +177,7 @@ impl CallPlane {
         let Ok(mut sw) = self.switch.lock() else {
             return;
         };
-        let actions = sw.session_down(s);
+        let actions = sw.session_down(self.origin.elapsed(), s);
         self.metrics.calls_active.set(sw.calls() as f64);
         drop(sw);
         self.apply(actions);
@@ -131,8 +213,8 @@ impl CallPlane {
                 sw.setup(now, s, call, &to, &from, flow)
             }
             Signal::Ringing { call } => sw.ringing(s, call),
-            Signal::Answer { call, flow, .. } => sw.answer(s, call, flow),
-            Signal::End { call, reason } => sw.hangup(s, call, reason),
+            Signal::Answer { call, flow, .. } => sw.answer(now, s, call, flow),
+            Signal::End { call, reason } => sw.hangup(now, s, call, reason),
             Signal::Dtmf {
                 call,
                 digit,
@@ -176,6 +258,7 @@ impl CallPlane {
         match route {
             None => Forwarded::NoRoute,
             Some(LiveRoute::Record) => Forwarded::Record,
+            Some(LiveRoute::Discard) => Forwarded::Discarded,
             Some(LiveRoute::Forward { conn, flow, ssrc }) => {
                 let repr = Repr {
                     ssrc,
@@ -203,7 +286,7 @@ impl CallPlane {
             .is_ok_and(|r| r.contains_key(&(s, flow_id)))
     }
 
-    fn apply(&self, actions: Vec<Action>) {
+    pub(super) fn apply(&self, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::Send(s, sig) => {
@@ -224,6 +307,7 @@ impl CallPlane {
                 Action::Route(key, r) => {
                     let live = match r {
                         Route::Record => Some(LiveRoute::Record),
+                        Route::Discard => Some(LiveRoute::Discard),
                         Route::Forward {
                             session,
                             flow,
@@ -244,7 +328,59 @@ impl CallPlane {
                         routes.remove(&key);
                     }
                 }
+                Action::Play {
+                    call,
+                    session,
+                    flow,
+                    ssrc,
+                } => self.play(call, session, flow, ssrc),
+                Action::StopPlay(call) => {
+                    if let Some(h) = self.players.lock().ok().and_then(|mut p| p.remove(&call)) {
+                        h.abort();
+                    }
+                }
+                Action::Event(e) => {
+                    info!(call = e.call, event = e.kind.name(), from = %e.from, to = %e.to, "call event");
+                    if matches!(e.kind, EventKind::Fallback { .. }) {
+                        self.metrics.call_fallbacks.inc();
+                    }
+                    if let Some(Sink(sink)) = self.sink.get() {
+                        sink(&e);
+                    }
+                    // No subscriber is fine: nobody listens.
+                    let _ = self.events.send(e);
+                }
             }
+        }
+    }
+}
+
+impl CallPlane {
+    /// Play the fallback message once into `call`, towards `session` on
+    /// `flow` (a task, aborted by [`Action::StopPlay`]).
+    fn play(&self, call: CallId, session: SessionId, flow: u64, ssrc: u32) {
+        let conn = self
+            .outboxes
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&session).map(|x| x.1.clone()));
+        let (Some(conn), Some(packets)) = (conn, self.message.clone()) else {
+            debug!(call, session, "no message to play, or the session is gone");
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = rt.spawn(super::server::play_once(
+            conn,
+            packets,
+            flow,
+            ssrc,
+            self.metrics.clone(),
+        ));
+        if let Ok(mut p) = self.players.lock() {
+            p.retain(|_, h| !h.is_finished());
+            p.insert(call, task.abort_handle());
         }
     }
 }

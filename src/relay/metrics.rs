@@ -32,6 +32,8 @@ pub struct RelayMetrics {
     pub calls: Arc<Counter>,
     /// Calls in progress.
     pub calls_active: Arc<Gauge>,
+    /// Calls handed to the `[calls]` fallback.
+    pub call_fallbacks: Arc<Counter>,
     /// Call datagrams forwarded to another leg (or echoed).
     pub forwarded: Arc<Counter>,
     /// Seconds until the served relay certificate's notAfter.
@@ -108,6 +110,10 @@ impl RelayMetrics {
             ),
             calls: r.counter("voxgate_relay_calls_total", "Calls set up"),
             calls_active: r.gauge("voxgate_relay_calls_active", "Calls in progress"),
+            call_fallbacks: r.counter(
+                "voxgate_relay_call_fallbacks_total",
+                "Calls handed to the [calls] fallback",
+            ),
             forwarded: r.counter(
                 "voxgate_relay_call_datagrams_forwarded_total",
                 "Call datagrams forwarded to the other leg",

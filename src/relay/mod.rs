@@ -13,6 +13,7 @@ pub mod backup;
 pub mod ca;
 pub mod ca_key;
 pub mod call_plane;
+pub mod calls;
 pub mod commit;
 pub mod enroll;
 pub mod ext_owners;
@@ -43,6 +44,37 @@ use std::sync::atomic::AtomicU64;
 use tracing::info;
 
 /// Load the downlink file into Opus packets once, at start-up.
+/// The call plane's `[calls]` options: the switch's fallback, and the
+/// fallback message encoded once at start (its length ends the call).
+pub fn call_options(c: &crate::config::CallsSettings) -> Result<call_plane::CallOptions> {
+    use crate::config::FallbackTarget;
+    let mut o = call_plane::CallOptions {
+        settings: switch::CallSettings {
+            fallback: None,
+            no_answer: c.no_answer,
+        },
+        message: None,
+    };
+    match &c.fallback {
+        None => {}
+        Some(FallbackTarget::Extension(e)) => {
+            o.settings.fallback = Some(switch::Fallback::Extension(e.clone()));
+        }
+        Some(FallbackTarget::Message(path)) => {
+            let packets = load_packets(path)?;
+            let samples: u64 = packets.iter().map(|p| u64::from(p.1)).sum();
+            if samples == 0 {
+                anyhow::bail!("{}: no audio in the file", path.display());
+            }
+            o.settings.fallback = Some(switch::Fallback::Message {
+                duration: std::time::Duration::from_micros(samples * 1000 / 48),
+            });
+            o.message = Some(Arc::new(packets));
+        }
+    }
+    Ok(o)
+}
+
 pub fn load_downlink(mode: &DownlinkMode) -> Result<Downlink> {
     Ok(match mode {
         DownlinkMode::None => Downlink::None,
@@ -206,6 +238,7 @@ pub struct Prepared {
     verifier: Arc<crate::transport::tls::ClientVerifier>,
     fleet: Arc<rotation::Fleet>,
     downlink: Downlink,
+    calls: call_plane::CallOptions,
     udp: std::net::UdpSocket,
     /// The UDP receive buffer the kernel granted (bytes).
     udp_recv_buffer: Option<usize>,
@@ -331,6 +364,8 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
     )
     .with_context(|| format!("{}: the fleet CA", cfg.file.display()))?;
     let downlink = load_downlink(&cfg.downlink)?;
+    let calls = call_options(&cfg.calls)
+        .with_context(|| format!("{}: [calls] fallback_message", cfg.file.display()))?;
     // The API's listener, certificate and registry handles, before the
     // drop (its port may be privileged, its key readable by root only).
     #[cfg(feature = "api")]
@@ -364,6 +399,7 @@ pub fn prepare(cfg: RelayConfig) -> Result<Prepared> {
         verifier: device_verifier,
         fleet,
         downlink,
+        calls,
         udp,
         udp_recv_buffer,
         metrics,
@@ -414,7 +450,11 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         webhook_rotation_overlap: cfg.webhooks.rotation_overlap,
         recordings: cfg.recordings.clone(),
         downlink: p.downlink,
-        calls: call_plane::CallPlane::new(metrics.clone(), cfg.recording.enabled),
+        calls: Arc::new(call_plane::CallPlane::new(
+            metrics.clone(),
+            cfg.recording.enabled,
+            p.calls,
+        )),
         admission: std::sync::Mutex::new(admission::Admission::new(admission::Limits {
             retry_above_per_s: limits.retry_above_per_s,
             max_handshakes: limits.max_handshakes,
@@ -439,6 +479,23 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         enroller: p.enroller,
         live: Default::default(),
     });
+    // Every call event to the webhooks' outbox (the sink misses none).
+    {
+        let hooks = ctx.webhooks.clone();
+        ctx.calls.set_sink(Box::new(move |e| {
+            let Some(kind) = webhooks::EventKind::parse(e.kind.name()) else {
+                return;
+            };
+            let extra = serde_json::to_value(&e.kind).unwrap_or_default();
+            hooks.emit(webhooks::Event::call(
+                kind,
+                &e.call.to_string(),
+                &e.from,
+                &e.to,
+                extra,
+            ));
+        }));
+    }
     let enforcer = tokio::spawn(enforce_trust(
         p.registry,
         p.trust,

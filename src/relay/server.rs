@@ -24,6 +24,7 @@ mod accept;
 mod media;
 
 pub use accept::serve;
+pub(crate) use media::play_once;
 
 use super::metrics::RelayMetrics;
 use crate::media::stats::ReceiveStats;
@@ -93,7 +94,7 @@ pub struct RelayCtx {
     /// certificates).
     pub live: std::sync::Mutex<HashMap<u64, LiveSession>>,
     /// Calls between phones.
-    pub calls: super::call_plane::CallPlane,
+    pub calls: Arc<super::call_plane::CallPlane>,
     /// Admission of new handshakes and enrollments.
     pub admission: Mutex<super::admission::Admission>,
     /// The clock admission counts from.

@@ -15,11 +15,12 @@
 //!   shutdown; everything else goes to the registry on the blocking pool
 //!   as it happens ([`ApiState::db`]). No async worker waits for the disk.
 //!
-//! Resources: [`devices`], [`tokens`], [`recordings`], [`audit`],
+//! Resources: [`devices`], [`tokens`], [`calls`], [`recordings`], [`audit`],
 //! [`webhooks`] and `api-keys` ([`keys`]).
 
 pub mod audit;
 pub mod auth;
+pub mod calls;
 pub mod devices;
 pub mod keys;
 pub mod limits;

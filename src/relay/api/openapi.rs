@@ -26,7 +26,7 @@ pub const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PATCH, Meth
 #[openapi(
     info(
         title = "voxgate relay operator API",
-        description = "Devices, enrollment tokens, recordings, the audit log, webhook endpoints and API keys of a voxgate relay. Authenticate with `Authorization: Bearer vgk_...`; errors are RFC 9457 problem details.",
+        description = "Devices, enrollment tokens, calls, recordings, the audit log, webhook endpoints and API keys of a voxgate relay. Authenticate with `Authorization: Bearer vgk_...`; errors are RFC 9457 problem details.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
@@ -61,6 +61,7 @@ pub fn v1() -> OpenApiRouter<Api> {
         .merge(super::audit::routes())
         .merge(super::keys::routes())
         .merge(super::webhooks::routes())
+        .merge(super::calls::routes())
 }
 
 /// The OpenAPI document as served.

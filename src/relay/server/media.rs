@@ -202,7 +202,7 @@ pub(super) async fn media(
         let fl = &mut *guard;
         let Some(f) = fl.up.get_mut(flow_id).filter(|f| f.ssrc == pkt.ssrc()) else {
             match ctx.calls.forward(session, flow_id, &pkt, &mut out) {
-                Forwarded::Sent | Forwarded::Dropped => {}
+                Forwarded::Sent | Forwarded::Dropped | Forwarded::Discarded => {}
                 Forwarded::Record => record_call(
                     &ctx,
                     &device,
@@ -297,6 +297,29 @@ pub(super) async fn play(
     ssrc: u32,
     metrics: Arc<RelayMetrics>,
 ) {
+    play_on(conn, packets, DOWNLINK_FLOW, ssrc, metrics, true).await
+}
+
+/// Send pre-encoded packets once on relay flow `flow` (a call's), paced by
+/// their durations: the fallback message.
+pub(crate) async fn play_once(
+    conn: quinn::Connection,
+    packets: Arc<Vec<(Vec<u8>, u32)>>,
+    flow: u64,
+    ssrc: u32,
+    metrics: Arc<RelayMetrics>,
+) {
+    play_on(conn, packets, flow, ssrc, metrics, false).await
+}
+
+async fn play_on(
+    conn: quinn::Connection,
+    packets: Arc<Vec<(Vec<u8>, u32)>>,
+    flow: u64,
+    ssrc: u32,
+    metrics: Arc<RelayMetrics>,
+    looped: bool,
+) {
     if packets.is_empty() {
         return;
     }
@@ -316,7 +339,7 @@ pub(super) async fn play(
                 ssrc,
             };
             marker = false;
-            if let Some(n) = flow::encode(DOWNLINK_FLOW, &repr, payload, &mut out) {
+            if let Some(n) = flow::encode(flow, &repr, payload, &mut out) {
                 if conn
                     .send_datagram(bytes::Bytes::copy_from_slice(&out[..n]))
                     .is_err()
@@ -329,6 +352,9 @@ pub(super) async fn play(
             ts = ts.wrapping_add(*samples);
             media += u64::from(*samples);
             tokio::time::sleep_until(start + Duration::from_micros(media * 1000 / 48)).await;
+        }
+        if !looped {
+            return;
         }
     }
 }

@@ -80,7 +80,7 @@ fn device_to_device_call_rings_answers_routes_both_ways_and_hangs_up() {
         sends(&sw.ringing(B, bcall)),
         vec![(A, Signal::Ringing { call: 5 })]
     );
-    let out = sw.answer(B, bcall, 50);
+    let out = sw.answer(T0, B, bcall, 50);
     let s = sends(&out);
     let [
         (
@@ -144,7 +144,7 @@ fn device_to_device_call_rings_answers_routes_both_ways_and_hangs_up() {
         )]
     );
     // Hang-up from the callee: the caller is told, both routes go.
-    let out = sw.hangup(B, bcall, EndReason::Normal);
+    let out = sw.hangup(T0, B, bcall, EndReason::Normal);
     assert_eq!(
         sends(&out),
         vec![(
@@ -158,7 +158,7 @@ fn device_to_device_call_rings_answers_routes_both_ways_and_hangs_up() {
     assert_eq!(unroutes(&out), vec![(A, 40), (B, 50)]);
     assert_eq!(sw.calls(), 0);
     // The ids are free again; a late message about the old call does nothing.
-    assert!(sw.hangup(A, 5, EndReason::Normal).is_empty());
+    assert!(sw.hangup(T0, A, 5, EndReason::Normal).is_empty());
     assert!(sw.dtmf(B, bcall, '1', 100).is_empty());
 }
 
@@ -166,7 +166,7 @@ fn device_to_device_call_rings_answers_routes_both_ways_and_hangs_up() {
 fn caller_hang_up_before_answer_cancels_the_callee() {
     let mut sw = two_boxes();
     let (bcall, _) = dial(&mut sw);
-    let out = sw.hangup(A, 5, EndReason::Normal);
+    let out = sw.hangup(T0, A, 5, EndReason::Normal);
     assert_eq!(
         sends(&out),
         vec![(
@@ -179,7 +179,7 @@ fn caller_hang_up_before_answer_cancels_the_callee() {
     );
     assert_eq!(unroutes(&out), vec![(A, 40)]);
     // An answer that crosses the cancel is ignored.
-    assert!(sw.answer(B, bcall, 50).is_empty());
+    assert!(sw.answer(T0, B, bcall, 50).is_empty());
 }
 
 #[test]
@@ -199,7 +199,7 @@ fn refusals_map_to_end_reasons() {
     // Callee busy: its box refuses, the caller hears busy.
     let (bcall, _) = dial(&mut sw);
     assert_eq!(
-        sends(&sw.hangup(B, bcall, EndReason::Busy)),
+        sends(&sw.hangup(T0, B, bcall, EndReason::Busy)),
         vec![(
             A,
             Signal::End {
@@ -303,7 +303,7 @@ fn echo_and_record_services_answer_at_once() {
         sends(&out)[..],
         [(A, Signal::Answer { call: 10, .. })]
     ));
-    let out = sw.hangup(A, 9, EndReason::Normal);
+    let out = sw.hangup(T0, A, 9, EndReason::Normal);
     assert!(sends(&out).is_empty(), "the hanging-up leg is not told");
     assert_eq!(unroutes(&out), vec![(A, 60)]);
 }
@@ -317,12 +317,12 @@ fn two_phones_on_one_box_call_each_other_through_the_relay() {
         panic!("{out:?}")
     };
     assert!(matches!(
-        sends(&sw.answer(A, bcall, 41))[..],
+        sends(&sw.answer(T0, A, bcall, 41))[..],
         [(A, Signal::Answer { call: 1, .. })]
     ));
     // The callee phone hangs up: only the caller's leg is told.
     assert_eq!(
-        sends(&sw.hangup(A, bcall, EndReason::Normal)),
+        sends(&sw.hangup(T0, A, bcall, EndReason::Normal)),
         vec![(
             A,
             Signal::End {
@@ -337,8 +337,8 @@ fn two_phones_on_one_box_call_each_other_through_the_relay() {
 fn a_box_that_disconnects_ends_its_calls_and_frees_its_extensions() {
     let mut sw = two_boxes();
     let (bcall, _) = dial(&mut sw);
-    sw.answer(B, bcall, 50);
-    let out = sw.session_down(B);
+    sw.answer(T0, B, bcall, 50);
+    let out = sw.session_down(T0, B);
     assert_eq!(
         sends(&out),
         vec![(
@@ -356,7 +356,7 @@ fn a_box_that_disconnects_ends_its_calls_and_frees_its_extensions() {
     assert!(sw.ext_up(B, "301").is_empty());
     let (_, _) = dial(&mut sw);
     assert_eq!(
-        sends(&sw.session_down(B)),
+        sends(&sw.session_down(T0, B)),
         vec![(
             A,
             Signal::End {
@@ -459,7 +459,7 @@ fn a_new_session_of_the_same_device_takes_its_extensions_over() {
         )]
     ));
     // The old session's end leaves the extension with the new one.
-    sw.session_down(A);
+    sw.session_down(T0, A);
     assert_eq!(sw.owner("201"), Some(3));
 }
 
@@ -486,12 +486,12 @@ fn a_device_cannot_touch_calls_it_is_not_in() {
     let mut sw = two_boxes();
     sw.session_up(3);
     let (bcall, _) = dial(&mut sw);
-    assert!(sw.answer(3, bcall, 70).is_empty());
+    assert!(sw.answer(T0, 3, bcall, 70).is_empty());
     assert!(sw.ringing(3, bcall).is_empty());
-    assert!(sw.hangup(3, bcall, EndReason::Normal).is_empty());
-    assert!(sw.hangup(3, 5, EndReason::Normal).is_empty());
+    assert!(sw.hangup(T0, 3, bcall, EndReason::Normal).is_empty());
+    assert!(sw.hangup(T0, 3, 5, EndReason::Normal).is_empty());
     // The caller cannot answer its own call either.
-    assert!(sw.answer(A, 5, 70).is_empty());
+    assert!(sw.answer(T0, A, 5, 70).is_empty());
     assert_eq!(sw.calls(), 1);
 }
 

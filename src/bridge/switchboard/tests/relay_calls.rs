@@ -306,3 +306,28 @@ fn an_answer_without_usable_sdp_is_hung_up() {
     assert_eq!(out.media(), ["unroute 40"]);
     assert!(lab.sb.ports().leased.is_empty());
 }
+
+/// An application's call (click-to-call) is a relay call like any other:
+/// the phone rung first shows the target (an extension or a service
+/// number) as the caller.
+#[test]
+fn a_call_an_application_started_shows_its_target_as_the_caller() {
+    for target in ["301", "900", "901"] {
+        let mut lab = Lab::new();
+        lab.register("202", phone_202(), 300);
+        let out = lab.relay(CallSignal::Setup {
+            call: R,
+            to: "202".into(),
+            from: target.into(),
+            flow: 40,
+            ssrc: 0x1234,
+        });
+        let sent = out.sip();
+        assert_eq!(sent.len(), 1, "{:?}", out.0);
+        let from = sent[0].1.headers.get("From").unwrap().to_string();
+        assert!(
+            from.starts_with(&format!("<sip:{target}@192.168.1.2:5060>;tag=")),
+            "{from}"
+        );
+    }
+}
