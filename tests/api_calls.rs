@@ -86,7 +86,32 @@ impl Api {
 /// A lab whose relay serves the API (and `calls`, the `[calls]` body);
 /// returns the lab, the relay and the API.
 fn lab_with_api(name: &str, calls: &str) -> (Lab, Proc, voxgate_testkit::api::Api) {
+    let (lab, relay, api, _) = lab_with_api_and(name, calls, false);
+    (lab, relay, api)
+}
+
+/// [`lab_with_api`], and with `hooks` a webhook receiver (standardwebhooks)
+/// that every event is delivered to.
+fn lab_with_api_and(
+    name: &str,
+    calls: &str,
+    hooks: bool,
+) -> (
+    Lab,
+    Proc,
+    voxgate_testkit::api::Api,
+    Option<voxgate_testkit::webhooks::Receiver>,
+) {
     let lab = Lab::new(name, "mode = \"none\"");
+    let (lab, receiver) = if hooks {
+        let (lab, mut rx) = voxgate_testkit::webhooks::with_webhooks(lab, "\"127.0.0.1\"");
+        let (_, secret) = voxgate_testkit::webhooks::add(&lab, &rx.url("127.0.0.1", "/hook"), "");
+        std::fs::write(&rx.secrets, format!("{secret}\n")).unwrap();
+        rx.start();
+        (lab, Some(rx))
+    } else {
+        (lab, None)
+    };
     let cfg = lab.dir.join("relay.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{text}\n[calls]\n{calls}\n")).unwrap();
@@ -96,7 +121,7 @@ fn lab_with_api(name: &str, calls: &str) -> (Lab, Proc, voxgate_testkit::api::Ap
     wait_for(Duration::from_secs(10), "the API to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    (lab, relay, api)
+    (lab, relay, api, receiver)
 }
 
 /// REGISTER `ext` from SIP port `port` (where its scenario answers later).
@@ -317,7 +342,7 @@ fn speech(lab: &Lab) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn an_api_call_connects_a_phone_to_the_echo_and_an_api_hang_up_sends_it_a_bye() {
-    let (lab, relay, http) = lab_with_api("api-echo", "");
+    let (lab, relay, http, hooks) = lab_with_api_and("api-echo", "", true);
     let (gw, pw) = start_box(&lab, "gw-a", &["201"]);
     let phone_port = free_udp();
     register_at(&lab.dir, &gw, "201", &pw[0], phone_port);
@@ -360,6 +385,20 @@ fn an_api_call_connects_a_phone_to_the_echo_and_an_api_hang_up_sends_it_a_bye() 
     for e in ["call.ringing", "call.answered", "call.ended"] {
         assert!(log.contains(e), "{e} not reported:\n{log}");
     }
+    // And as signed webhooks, each verified by the receiver, naming the call.
+    let rx = hooks.unwrap();
+    let call_id = id.to_string();
+    wait_for(Duration::from_secs(15), "the call's webhooks", || {
+        let got: Vec<String> = rx
+            .entries()
+            .iter()
+            .filter(|e| e["result"] == "processed" && e["data"]["call"] == call_id.as_str())
+            .filter_map(|e| e["type"].as_str().map(str::to_string))
+            .collect();
+        ["call.ringing", "call.answered", "call.ended"]
+            .iter()
+            .all(|t| got.iter().any(|g| g == t))
+    });
     assert_eq!(gw.metric("voxgate_sip_calls_active"), 0.0);
 }
 

@@ -84,6 +84,7 @@ class Handler(BaseHTTPRequestHandler):
             log(entry)
             return self.answer(401)
         entry["type"] = payload.get("type")
+        entry["data"] = payload.get("data")
         if msg_id in seen:
             entry["result"] = "duplicate"
         else:
