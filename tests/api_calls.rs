@@ -7,6 +7,8 @@
 //! answer is replaced by the `[calls]` fallback after `no_answer_seconds`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, Proc, free_udp, wait_for};
@@ -153,6 +155,12 @@ struct PhoneMedia(UdpThread<(Instant, Rtp)>);
 
 impl PhoneMedia {
     fn new(speech: Option<Vec<u8>>) -> PhoneMedia {
+        Self::gated(speech, Arc::new(AtomicBool::new(true)))
+    }
+
+    /// [`PhoneMedia::new`] whose speech waits for `go` (silence until
+    /// then): a phone that speaks once the other party is on the line.
+    fn gated(speech: Option<Vec<u8>>, go: Arc<AtomicBool>) -> PhoneMedia {
         let mut buf = [0u8; 2048];
         let mut peer = None;
         let mut next = Instant::now();
@@ -176,6 +184,9 @@ impl PhoneMedia {
                 if let Some(to) = peer
                     && Instant::now() >= next
                 {
+                    if !go.load(Ordering::Relaxed) {
+                        i = 0;
+                    }
                     let frame: Vec<u8> = (i..i + 160)
                         .map(|k| {
                             k.checked_sub(lead)
@@ -415,13 +426,17 @@ fn an_api_call_connects_phones_on_two_boxes_and_an_api_hang_up_sends_both_a_bye(
     let api = Api::new(&lab, &http, "calls:create calls:admin");
     let (reference, ulaw) = speech(&lab);
     let speech_s = ulaw.len() as f64 / 8000.0;
-    let media_a = PhoneMedia::new(Some(ulaw));
+    // 201 answers first and speaks only once 301 is on the line too (a
+    // person waits for the other to answer).
+    let go = Arc::new(AtomicBool::new(false));
+    let media_a = PhoneMedia::gated(Some(ulaw), go.clone());
     let media_b = PhoneMedia::new(None);
     let phone_a = answering_phone(&lab.dir, &a, "201", pa_port, media_a.port());
     let phone_b = answering_phone(&lab.dir, &b, "301", pb_port, media_b.port());
     std::thread::sleep(Duration::from_millis(300));
     let id = api.start("201", "301");
     let call = api.wait_state(id, "connected", Duration::from_secs(10));
+    go.store(true, Ordering::Relaxed);
     let legs: Vec<(&str, &str)> = call["legs"]
         .as_array()
         .unwrap()
