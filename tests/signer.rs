@@ -13,7 +13,7 @@ use std::time::Duration;
 use voxgate::pki::sealed;
 use voxgate_testkit::cmd::both as text;
 use voxgate_testkit::enroll::{Setup, signing_issuer};
-use voxgate_testkit::lab::{Lab, wait_for};
+use voxgate_testkit::lab::{Lab, Proc, wait_for};
 
 /// The private scalar of the issuing CA `fp`'s key (unsealed by the test).
 fn issuing_scalar(lab: &Lab, fp: &str) -> Vec<u8> {
@@ -187,15 +187,21 @@ fn the_signer_unit_serves_the_relays_account_only() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        // Stopped when dropped, also when an assertion fails.
+        let signer = Proc {
+            child,
+            name: "signer".into(),
+            log: log.clone(),
+        };
         wait_for(Duration::from_secs(10), "the signer's socket", || {
             std::fs::read_to_string(&log)
                 .unwrap()
                 .contains("signer ready")
         });
-        (child, log)
+        (signer, log)
     };
-    let (mut signer, signer_log) = start_signer();
-    let signer_pid = signer.id() as i32;
+    let (signer, signer_log) = start_signer();
+    let signer_pid = signer.pid();
     assert_eq!(
         status(signer_pid, "Uid").split_whitespace().next(),
         Some("65534")
@@ -254,12 +260,9 @@ fn the_signer_unit_serves_the_relays_account_only() {
 
     // The unit restarts (a rotation to a credential it is given at start):
     // the relay connects again by itself.
-    signer.kill().unwrap();
-    signer.wait().unwrap();
-    let (mut signer, _) = start_signer();
+    drop(signer);
+    let (_signer, _) = start_signer();
     Setup::new(&lab, "gw-2").run();
     relay.assert_running();
     relay.stop();
-    signer.kill().unwrap();
-    signer.wait().unwrap();
 }
