@@ -62,6 +62,18 @@ pub fn free_udp() -> u16 {
         .port()
 }
 
+/// A port free for both UDP and TCP now (the phone bridge listens on
+/// both; a port free for UDP alone may be a TCP connection's).
+pub fn free_udp_tcp() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn free_tcp() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -51,7 +51,7 @@ impl SipGateway {
     /// Write the config (`digest` e.g. `["sha-256", "md5"]`) without starting.
     /// Sources allowed: all of loopback, unless `extra_sip` sets `allow`.
     pub fn configure(lab: &Lab, id: &str, digest: &str, extra_sip: &str) -> SipGateway {
-        let sip_port = free_udp();
+        let sip_port = crate::lab::free_udp_tcp();
         let (a, b) = free_rtp_range(20);
         let allow = match extra_sip.contains("allow =") {
             true => "",
