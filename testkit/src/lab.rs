@@ -54,32 +54,39 @@ pub fn target_tmpdir() -> PathBuf {
     d
 }
 
-pub fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port free for both UDP and TCP now (the phone bridge listens on
-/// both; a port free for UDP alone may be a TCP connection's).
-pub fn free_udp_tcp() -> u16 {
+/// A port for a test's listener: random, below Linux's ephemeral range
+/// (32768-60999, where the kernel puts every outgoing connection's source
+/// port, so a parallel test's curl or client cannot hold it), and free
+/// now for what `free` checks.
+fn listener_port(free: impl Fn(u16) -> bool) -> u16 {
     loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = fastrand::u16(10_000..32_000);
+        if free(port) {
             return port;
         }
     }
 }
 
+fn udp_free(port: u16) -> bool {
+    UdpSocket::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn tcp_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+pub fn free_udp() -> u16 {
+    listener_port(udp_free)
+}
+
+/// A port free for both UDP and TCP now (the phone bridge listens on
+/// both).
+pub fn free_udp_tcp() -> u16 {
+    listener_port(|p| udp_free(p) && tcp_free(p))
+}
+
 pub fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    listener_port(tcp_free)
 }
 
 /// The repository (the kit's parent directory).
