@@ -222,20 +222,9 @@ impl Event {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ`.
+/// `YYYY-MM-DDTHH:MM:SSZ`: the audit log's format.
 pub fn rfc3339(unix_s: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix_s) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => "1970-01-01T00:00:00Z".into(),
-    }
+    super::registry::chain::iso8601(unix_s)
 }
 
 /// Write `event` to the outbox (inside the caller's transaction when it
