@@ -99,7 +99,7 @@ fn every_route_checks_its_scope_and_every_key_state() {
             "DELETE",
             "/v1/recordings/gw-1/100-s1-f1.ogg".into(),
             None,
-            "recordings:read",
+            "calls:admin",
             204,
         ),
         (

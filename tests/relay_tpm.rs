@@ -139,3 +139,118 @@ fn the_relay_tls_key_lives_in_the_tpm_and_renews_there() {
     assert!(!o.status.success());
     assert!(text(&o).contains("held by a TPM"), "{}", text(&o));
 }
+
+/// `voxgate relay api-tls request` makes the operator API's key in the TPM
+/// or as a systemd credential (never in the clear) with a certificate
+/// request; the operator's CA signs it, and the API serves HTTPS with it:
+/// from the TPM (every handshake signs there), from a credential the relay
+/// decrypts with `systemd-creds` (started by root without the unit), and
+/// from the decrypted credential systemd gives the unit
+/// (`$CREDENTIALS_DIRECTORY/voxgate-api`).
+#[test]
+fn the_api_tls_key_is_made_in_the_tpm_or_as_a_credential() {
+    use voxgate_testkit::api;
+    let tpm = Swtpm::start("relay-api-tls");
+    let lab = Lab::new("relay-api-tls", "mode = \"none\"");
+    let cfg = lab.dir.join("relay.toml");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    // A host key of the test's own for systemd-creds: nothing outside the
+    // lab changes.
+    let secret = lab.dir.join("credential.secret");
+    let envs: [(&str, &std::path::Path); 1] = [("SYSTEMD_CREDENTIAL_SECRET", &secret)];
+    let request = |dir: &str, backend: &[&str]| {
+        let d = lab.dir.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut args = vec![
+            "api-tls",
+            "request",
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+        ];
+        args.extend(backend);
+        args.extend(["--dir", d.to_str().unwrap()]);
+        let o = std::process::Command::new(voxgate_testkit::lab::bin())
+            .arg("relay")
+            .args(&args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("SYSTEMD_CREDENTIAL_SECRET", &secret)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("LoadCredentialEncrypted") == backend.contains(&"--creds"));
+        // Asked again, it overwrites nothing.
+        let again = std::process::Command::new(voxgate_testkit::lab::bin())
+            .arg("relay")
+            .args(&args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("SYSTEMD_CREDENTIAL_SECRET", &secret)
+            .output()
+            .unwrap();
+        assert!(
+            !again.status.success() && text(&again).contains("exists"),
+            "{}",
+            text(&again)
+        );
+        d
+    };
+    let serve = |key: &std::path::Path, env: &[(&str, &std::path::Path)]| {
+        let dir = key.parent().unwrap();
+        let cert = api::sign_request(dir, &dir.join("api.csr.pem"), key);
+        std::fs::write(&cfg, &base).unwrap();
+        let a = api::enable(&lab, "", Some(&cert));
+        let mut relay = lab.start_relay_env(&cfg, env);
+        let k = api::create_key(&lab, "tls", "audit:read", &[]);
+        let answer = a.get("/v1/audit?limit=1", &k);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        relay.assert_running();
+        relay.stop();
+    };
+
+    // In the TPM: the file is the TPM's blob, no key in the clear.
+    let d = request("tpm", &["--tpm", &tpm.spec()]);
+    let key = d.join("api.key.tpm");
+    let file = std::fs::read(&key).unwrap();
+    assert!(file.starts_with(b"voxgate-tpm-key v1 "));
+    assert!(!String::from_utf8_lossy(&file).contains("PRIVATE KEY"));
+    serve(&key, &[]);
+    // Another TPM cannot serve it: the relay refuses to start, and says why.
+    let other = Swtpm::start("relay-api-tls-other");
+    let moved = String::from_utf8_lossy(&file).replacen(&tpm.spec(), &other.spec(), 1);
+    let nl = file.iter().position(|&b| b == b'\n').unwrap();
+    let mut forged = moved.as_bytes()[..moved.find('\n').unwrap() + 1].to_vec();
+    forged.extend_from_slice(&file[nl + 1..]);
+    std::fs::write(&key, &forged).unwrap();
+    let o = std::process::Command::new(voxgate_testkit::lab::bin())
+        .args(["relay", "run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("[api] key"), "{}", text(&o));
+
+    // A systemd credential: decrypted by the relay itself (root, no unit).
+    let d = request("creds", &["--creds"]);
+    let key = d.join("api.key.cred");
+    let enc = std::fs::read(&key).unwrap();
+    assert!(!String::from_utf8_lossy(&enc).contains("PRIVATE KEY"));
+    serve(&key, &envs);
+    // As the unit gets it: decrypted into $CREDENTIALS_DIRECTORY by systemd
+    // (here by systemd-creds, as LoadCredentialEncrypted= would), with no
+    // host key in reach of the relay.
+    let creds_dir = lab.dir.join("credentials");
+    std::fs::create_dir_all(&creds_dir).unwrap();
+    let o = std::process::Command::new("systemd-creds")
+        .args(["decrypt", "--name="])
+        .arg(&key)
+        .arg(creds_dir.join("voxgate-api"))
+        .env("SYSTEMD_CREDENTIAL_SECRET", &secret)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_file(&secret).unwrap();
+    serve(&key, &[("CREDENTIALS_DIRECTORY", &creds_dir)]);
+}

@@ -1,6 +1,8 @@
 //! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,api-key,devices,ext,revoke,dev-cert,audit,webhook,backup,restore}`, `demo`.
 
 mod api_keys;
+#[cfg(feature = "api")]
+mod api_tls;
 mod audit;
 mod extensions;
 mod fleet_ca;
@@ -115,6 +117,11 @@ enum RelayCommand {
     /// Keys of the operator HTTP API (`[api]`).
     #[command(subcommand)]
     ApiKey(api_keys::ApiKeyCommand),
+    /// The operator API's TLS key (in a TPM, a systemd credential or sealed)
+    /// and its certificate request.
+    #[cfg(feature = "api")]
+    #[command(subcommand)]
+    ApiTls(api_tls::ApiTlsCommand),
     /// List enrolled devices, their certificate expiry and revocation.
     Devices {
         /// Relay config file.
@@ -458,6 +465,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
         Command::Relay(RelayCommand::ApiKey(cmd)) => api_keys::run(cmd),
+        #[cfg(feature = "api")]
+        Command::Relay(RelayCommand::ApiTls(cmd)) => api_tls::run(cmd),
         Command::Relay(RelayCommand::Ext(cmd)) => extensions::run(cmd),
     }
 }

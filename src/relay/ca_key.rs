@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 pub const RELAY_KEY_TPM: &str = "relay.key.tpm";
 
 /// The first line of a `.key.tpm` file, before the TPM's spec.
-const TPM_HEADER: &str = "voxgate-tpm-key v1 ";
+pub(crate) const TPM_HEADER: &str = "voxgate-tpm-key v1 ";
 
 /// A signing key of the relay (one per issuing CA, one TLS key, held for
 /// the process's life: its size does not matter).
@@ -204,12 +204,17 @@ fn load_cred(prefix: &str, cred: &Path) -> Result<Option<HeldKey>, CaError> {
 }
 
 /// Run `systemd-creds` with `input` on its standard input; its output.
-fn systemd_creds(args: &[&str], input: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
+pub(crate) fn systemd_creds(args: &[&str], input: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
     use std::io::Write as _;
     let fail = |what: String| CaError::Signer(format!("systemd-creds {}: {what}", args[0]));
-    let mut child = std::process::Command::new("systemd-creds")
-        .args(args)
-        .env_clear()
+    let mut cmd = std::process::Command::new("systemd-creds");
+    cmd.args(args).env_clear();
+    // systemd-creds' own variable naming its host key file (a lab's or a
+    // test's key instead of /var/lib/systemd/credential.secret); no secret.
+    if let Some(v) = std::env::var_os("SYSTEMD_CREDENTIAL_SECRET") {
+        cmd.env("SYSTEMD_CREDENTIAL_SECRET", v);
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -302,7 +307,7 @@ impl KeyStore {
     }
 }
 
-fn open(spec: &TpmSpec) -> Result<Arc<Tpm>, CaError> {
+pub(crate) fn open(spec: &TpmSpec) -> Result<Arc<Tpm>, CaError> {
     // The signer and the operator's commands use the TPM in turn: a
     // simulator serves one connection at a time.
     let options = TpmOptions {
@@ -320,7 +325,7 @@ pub fn tpm_path(state_dir: &Path, fp: &str) -> std::path::PathBuf {
     sealed.with_extension("tpm")
 }
 
-fn parse_tpm_file(path: &Path, file: &[u8]) -> Result<(TpmSpec, KeyBlob), CaError> {
+pub(crate) fn parse_tpm_file(path: &Path, file: &[u8]) -> Result<(TpmSpec, KeyBlob), CaError> {
     let bad = |what: &str| CaError::Tpm(format!("{}: {what}", path.display()));
     let nl = file
         .iter()
@@ -356,7 +361,7 @@ pub fn load(state_dir: &Path, material: &Material, fp: &str) -> Result<HeldKey, 
     load_either(&tpm_path(state_dir, fp), &key_path, material)
 }
 
-fn soft(pkcs8: &[u8], path: &Path) -> Result<HeldKey, CaError> {
+pub(crate) fn soft(pkcs8: &[u8], path: &Path) -> Result<HeldKey, CaError> {
     KeyPair::try_from(&rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8))
         .map(HeldKey::Soft)
         .map_err(|_| CaError::KeyFormat(path.to_path_buf()))

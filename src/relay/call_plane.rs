@@ -103,6 +103,7 @@ impl CallPlane {
     /// service are taken.
     pub fn new(metrics: Arc<RelayMetrics>, recording: bool, options: CallOptions) -> Self {
         let mut switch = Switch::new(fastrand::u64(..));
+        switch.set_first_call(first_call_id(SystemTime::now()));
         switch.set_recording(recording);
         switch.set_calls(options.settings);
         CallPlane {
@@ -382,5 +383,39 @@ impl CallPlane {
             p.retain(|_, h| !h.is_finished());
             p.insert(call, task.abort_handle());
         }
+    }
+}
+
+/// The first call id of a relay started at `now`: its wall clock in
+/// microseconds. A relay would have to start more than a million calls a
+/// second, on average over its whole run, for a restarted one to reuse an id.
+fn first_call_id(now: SystemTime) -> CallId {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as CallId)
+        .unwrap_or(1)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn call_ids_of_a_restarted_relay_start_past_the_earlier_ones_and_stay_exact_in_json() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let mut first = Switch::new(1);
+        first.set_first_call(first_call_id(t0));
+        let a = first.next_key();
+        let b = first.next_key();
+        assert_eq!(b, a + 1);
+        // A second later, after 999,999 more calls, a restart still starts past them.
+        let mut second = Switch::new(1);
+        second.set_first_call(first_call_id(t0 + Duration::from_secs(1)));
+        assert!(second.next_key() > a + 999_999);
+        // Until the year 2255 an id is below 2^53.
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(9_000_000_000);
+        assert!(first_call_id(far) < 1 << 53);
+        assert_eq!(first_call_id(SystemTime::UNIX_EPOCH), 1);
     }
 }

@@ -57,6 +57,39 @@ pub fn operator_cert(dir: &Path) -> OperatorCert {
     out
 }
 
+/// The operator's CA signs the request `csr` (PEM, as `voxgate relay
+/// api-tls request` writes it) for the key in file `key`: the chain goes to
+/// `api.pem` in `dir`, the CA to `api-ca.pem`.
+pub fn sign_request(dir: &Path, csr: &Path, key: &Path) -> OperatorCert {
+    use base64::Engine as _;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, IsCa, Issuer,
+        KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "operator test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let req = CertificateSigningRequestParams::from_pem(&std::fs::read_to_string(csr).unwrap())
+        .expect("a certificate request");
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&req.public_key);
+    let leaf = req.signed_by(&issuer).unwrap();
+    let out = OperatorCert {
+        ca: dir.join("api-ca.pem"),
+        cert: dir.join("api.pem"),
+        key: key.to_path_buf(),
+        spki_b64: base64::engine::general_purpose::STANDARD
+            .encode(ring::digest::digest(&ring::digest::SHA256, &spki).as_ref()),
+    };
+    std::fs::write(&out.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&out.cert, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    out
+}
+
 /// The operator's key sealed to the lab relay's machine binding (as the
 /// relay's own keys are): `api.key.sealed` beside `api.key`.
 pub fn seal_key(lab: &Lab, cert: &OperatorCert) -> PathBuf {

@@ -348,10 +348,17 @@ impl Lab {
     /// and metrics addresses, e.g. another state directory or `[ca]`
     /// binding: the relay "moved to another machine"); wait until it is up.
     pub fn start_relay_with_config(&self, cfg: &Path) -> Proc {
+        self.start_relay_env(cfg, &[])
+    }
+
+    /// Start the relay with config `cfg` and `env` added to its
+    /// environment; wait until it is up.
+    pub fn start_relay_env(&self, cfg: &Path, env: &[(&str, &Path)]) -> Proc {
         let log = self.dir.join(format!("relay-{}.log", fastrand::u32(..)));
         let child = Command::new(bin())
             .args(["relay", "run", "--config"])
             .arg(cfg)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -28,6 +28,7 @@ pub mod openapi;
 pub mod problem;
 pub mod recordings;
 mod serve;
+pub mod tls_key;
 pub mod tokens;
 pub mod webhooks;
 

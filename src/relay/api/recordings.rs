@@ -121,13 +121,13 @@ async fn download(
         .into_response())
 }
 
-/// Delete a recording.
+/// Delete a recording (a write: `calls:admin`, never `recordings:read`).
 #[utoipa::path(delete, path = "/v1/recordings/{device}/{file}", tag = "recordings",
     params(("device" = String, Path, description = "Device id"),
            ("file" = String, Path, description = "File name")),
     responses((status = 204, description = "Deleted"), Errors))]
 async fn delete(
-    _: Need<scope::RecordingsRead>,
+    _: Need<scope::CallsAdmin>,
     State(api): State<Api>,
     Path((device, file)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {

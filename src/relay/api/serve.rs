@@ -52,8 +52,7 @@ pub fn prepare(cfg: &RelayConfig, relay_cert: Arc<ServerCertHolder>) -> Result<O
         ApiCert::Files { cert, key } => {
             let chain = crate::pki::files::read_certs(cert)
                 .with_context(|| format!("{}: [api] cert", cfg.file.display()))?;
-            let der = load_key(cfg, key)?;
-            let ck = crate::transport::tls::certified_key(chain, &der).with_context(|| {
+            let ck = super::tls_key::certified(cfg, key, chain).with_context(|| {
                 format!(
                     "{}: [api] key {} is not the key of [api] cert {}",
                     cfg.file.display(),
@@ -79,28 +78,6 @@ pub fn prepare(cfg: &RelayConfig, relay_cert: Arc<ServerCertHolder>) -> Result<O
         writer: open()?,
         watch: open()?,
     }))
-}
-
-/// The operator's key: sealed to this machine (`*.sealed`, as `[ca]`
-/// binds the relay's keys) or a PEM file only its owner may read.
-fn load_key(
-    cfg: &RelayConfig,
-    path: &std::path::Path,
-) -> Result<rustls::pki_types::PrivateKeyDer<'static>> {
-    if path.extension().is_some_and(|e| e == "sealed") {
-        let file = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-        let material = cfg.ca_binding.material()?;
-        let pkcs8 = crate::pki::sealed::unseal(&material, &file).with_context(|| {
-            format!(
-                "{}: cannot unseal it with this machine's [ca] binding",
-                path.display()
-            )
-        })?;
-        return Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(
-            rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
-        ));
-    }
-    Ok(crate::pki::files::read_key(path)?)
 }
 
 /// The running API: stop it with [`ApiHandle::stop`], which writes the

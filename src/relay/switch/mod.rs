@@ -244,6 +244,14 @@ impl Switch {
         }
     }
 
+    /// Number the calls from `first` on (a fresh switch starts at 1).
+    /// The call plane passes the wall clock in microseconds, so that a
+    /// restarted relay never hands an application the id of an earlier
+    /// call (ids stay below 2^53, exact as JSON numbers in JavaScript).
+    pub fn set_first_call(&mut self, first: CallId) {
+        self.next_key = self.next_key.max(first);
+    }
+
     /// Whether calls to the recording service are taken (the default).
     pub fn set_recording(&mut self, on: bool) {
         self.recording = on;
@@ -448,7 +456,7 @@ impl Switch {
         }
     }
 
-    fn next_key(&mut self) -> CallId {
+    pub(crate) fn next_key(&mut self) -> CallId {
         let k = self.next_key;
         self.next_key += 1;
         k
