@@ -176,6 +176,7 @@ fn main() {
             GEN_SCHED.get().cloned().unwrap_or_default(),
         )
         .set("downlink", "none (record mode)")
+        .set("api", if api_on() { "listening, idle" } else { "off" })
         .set(
             "steps",
             Value::Array(step_counts().into_iter().map(Value::from).collect()),

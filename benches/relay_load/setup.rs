@@ -84,6 +84,12 @@ pub(crate) fn relay_bin() -> String {
         .unwrap_or_else(|| voxgate_testkit::lab::bin().to_string())
 }
 
+/// `$VOXGATE_RELAY_LOAD_API=1`: the relay serves `[api]` (idle), to show
+/// that a listening API costs the streams nothing (`scripts/bench-api-idle`).
+pub(crate) fn api_on() -> bool {
+    std::env::var("VOXGATE_RELAY_LOAD_API").is_ok_and(|v| v == "1")
+}
+
 pub(crate) fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
     let cfg = lab.dir.join("relay-load.toml");
     std::fs::write(
@@ -95,7 +101,7 @@ pub(crate) fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
              [limits]\nmax_handshakes_per_source = 64\n{retry}\
              [telemetry]\nlog = \"info\"\nmetrics = \"{}\"\n\
              [privilege]\nstay_root = true\n\
-             [sandbox]\nread = [\"{dir}\", \"/tmp\"]\nwrite = [\"{dir}\", \"{rec}\"]\n{ca}",
+             [sandbox]\nread = [\"{dir}\", \"/tmp\"]\nwrite = [\"{dir}\", \"{rec}\"]\n{ca}{api}",
             lab.quic_port,
             recordings.display(),
             lab.relay_metrics,
@@ -103,6 +109,15 @@ pub(crate) fn start_relay(lab: &Lab, recordings: &Path) -> Proc {
             rec = recordings.display(),
             // The lab sealed the relay's keys to a machine id of its own.
             ca = lab.ca_section(),
+            // The operator API listening and idle (no request reaches it).
+            api = if api_on() {
+                format!(
+                    "\n[api]\nlisten = \"127.0.0.1:{}\"\n",
+                    voxgate_testkit::lab::free_tcp()
+                )
+            } else {
+                String::new()
+            },
             retry = super::retry_above()
                 .map(|r| format!("retry_above_handshakes_per_s = {r}\n"))
                 .unwrap_or_default(),
