@@ -20,7 +20,12 @@
 //! Nothing here prints a secret: findings name files, addresses and
 //! states, never key material or tokens.
 
+pub mod check;
+pub mod daemon;
 pub mod probes;
+pub mod render;
+mod sip;
+pub mod status;
 
 use serde::Serialize;
 
