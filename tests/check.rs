@@ -602,3 +602,20 @@ fn a_tpm_held_key_fails_when_the_tpm_is_gone() {
     assert_eq!(code, 2);
     assert!(b.failed.contains("tpm"));
 }
+
+/// `voxgate setup` against a relay address where nothing listens says
+/// there was no answer; it used to say the relay "could not prove it holds
+/// the fleet CA", which sends the technician after the fingerprint.
+#[test]
+fn setup_tells_no_answer_from_an_unproven_relay() {
+    let lab = Lab::new("check-setup", "mode = \"none\"");
+    let (out, cfg) = Setup::new(&lab, "gw-nobody-home")
+        .args(["--backend", "sealed-file"])
+        .output();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !cfg.exists(), "{e}");
+    assert!(
+        e.contains("no answer from the relay") && !e.contains("could not prove"),
+        "{e}"
+    );
+}
