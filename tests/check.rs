@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 use voxgate_testkit::audio_env::AlsaFileDevices;
 use voxgate_testkit::enroll::Setup;
-use voxgate_testkit::lab::{Lab, Proc, bin, free_tcp, free_udp, free_udp_tcp, metric, wait_for};
+use voxgate_testkit::lab::{Lab, bin, free_tcp, free_udp, free_udp_tcp, metric, wait_for};
 use voxgate_testkit::proxy::LossyProxy;
 use voxgate_testkit::sip::{Sipp, free_rtp_range, register_scenario};
 use voxgate_testkit::swtpm::Swtpm;
@@ -224,7 +224,7 @@ fn a_healthy_box_passes_and_every_check_fails_when_its_part_breaks() {
             "{written}\n[capture]\ndevice = \"voxcap\"\n[playback]\ndevice = \"voxplay\"\n\
              [sip]\nenabled = true\nlisten = \"127.0.0.1:{sip_port}\"\nrtp_ports = \"{rtp_a}-{rtp_z}\"\n\
              allow = [\"127.0.0.0/8\"]\ndigest = [\"md5\"]\n\
-             [telemetry]\nlog = \"debug\"\nmetrics = \"{metrics}\"\n\
+             [telemetry]\nlog = \"debug\"\nmetrics = \"{metrics}\"\nstatus_socket = \"{d}/status.sock\"\n\
              [privilege]\nuser = \"nobody\"\ngroups = [\"audio\"]\n\
              [sandbox]\nread = [\"{d}\"]\nwrite = [\"{}\"]\n",
             spk.display()
@@ -551,15 +551,40 @@ fn a_healthy_box_passes_and_every_check_fails_when_its_part_breaks() {
         "{out:?}"
     );
 
-    // Running with the sandbox off: the sandbox check fails.
+    // Running with the sandbox off, its status on the status socket alone
+    // (no TCP metrics endpoint): the sandbox check fails.
     let open = variant(
         &cfg,
         "open",
-        &[("[sandbox]\n", "[sandbox]\nenabled = false\n")],
+        &[
+            ("[sandbox]\n", "[sandbox]\nenabled = false\n"),
+            (&format!("metrics = \"{metrics}\"\n"), ""),
+        ],
     );
-    let mut gw = start(&lab, &open, &b.env, metrics);
+    let mut gw = lab.start_gateway(&open, &b.env);
+    let mut s = Value::Null;
+    wait_for(Duration::from_secs(20), "status over the socket", || {
+        gw.assert_running();
+        let out = b
+            .command(&["status", "-o", "json", "--config"])
+            .arg(&open)
+            .output()
+            .unwrap();
+        s = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        out.status.success() && s["relay"]["connected"] == true
+    });
+    assert_eq!(
+        (&s["pid"], &s["metrics"]),
+        (&Value::from(gw.pid()), &Value::from(true)),
+        "{s:#}"
+    );
+    assert!(
+        voxgate_testkit::lab::scrape(metrics).is_none(),
+        "no TCP endpoint"
+    );
     let (_, doc) = b.check(&open);
     expect(&doc, "sandbox", "fail", "no seccomp filter");
+    expect(&doc, "sip.phones", "fail", "0 of 1");
     gw.stop();
     relay.stop();
 
@@ -570,15 +595,6 @@ fn a_healthy_box_passes_and_every_check_fails_when_its_part_breaks() {
         .filter(|id| !b.failed.contains(*id) && *id != "tpm")
         .collect();
     assert!(missing.is_empty(), "checks never seen failing: {missing:?}");
-}
-
-fn start(lab: &Lab, cfg: &Path, env: &[(String, String)], metrics: std::net::SocketAddr) -> Proc {
-    let mut gw = lab.start_gateway(cfg, env);
-    wait_for(Duration::from_secs(20), "the gateway's metrics", || {
-        gw.assert_running();
-        metric(metrics, "voxgate_relay_connected") >= 1.0
-    });
-    gw
 }
 
 #[test]

@@ -16,7 +16,7 @@
 //! | `dns`, `relay.udp`, `relay.quic`, `relay.rtt` | `relay.address` resolved, a QUIC version probe, a handshake verified against `relay.ca` and `relay.server_name` |
 //! | `audio.capture`, `audio.playback` | the configured devices opened for a moment; busy ones held by the daemon are fine |
 //! | `sip.listen` | whether the running daemon holds `sip.listen` (`/proc/net/{udp,tcp}*`, `/proc/<pid>/fd`), else whether it can be bound |
-//! | `sip.phones` | the phone store (how many extensions) and the daemon's `voxgate_sip_registered_extensions` |
+//! | `sip.phones` | the phone store (how many extensions) and the daemon's `voxgate_sip_registered_extensions` (its status socket, else its metrics endpoint) |
 //! | `service` | systemd's `voxgate.service` (`ActiveState`, `MainPID`), else a process running `voxgate run` with this config |
 //! | `sandbox` | `/proc/<pid>/status` (user, `Seccomp`, `NoNewPrivs`, `CapEff`) and the daemon's `voxgate_sandbox_landlock` |
 //! | `disk.state` | `statvfs` of the certificate's directory, and a 4 KiB file written there and removed |
@@ -89,11 +89,7 @@ pub fn run_checks(config: &Path, clock: &ClockSource) -> Vec<Finding> {
         }
     };
     let pid = daemon::find_pid(config);
-    let metrics = cfg
-        .telemetry
-        .metrics
-        .zip(pid)
-        .and_then(|(a, _)| daemon::scrape(a));
+    let metrics = pid.and_then(|_| daemon::read_metrics(&cfg.telemetry));
 
     // Identity, TPM, certificate.
     let in_tpm = id_status::key_in_tpm(&cfg.identity);
@@ -412,7 +408,7 @@ pub fn sandbox(
         Some(l) if l >= 2.0 => {}
         Some(l) if l >= 1.0 => soft.push("Landlock enforced partially (old kernel)".into()),
         Some(_) => bad.push("no Landlock".into()),
-        None => soft.push("Landlock unknown (no metrics endpoint)".into()),
+        None => soft.push("Landlock unknown (no status socket or metrics endpoint answers)".into()),
     }
     let summary = format!("pid {pid} as {user}");
     if !bad.is_empty() {
@@ -425,7 +421,7 @@ pub fn sandbox(
         Finding::warn(
             ID,
             format!("{summary}: {}", soft.join(", ")),
-            "a deployed box runs as `privilege.user` with the sandbox on and a metrics endpoint",
+            "a deployed box runs as `privilege.user` with the sandbox on, and serves its status socket",
         )
     } else {
         Finding::ok(

@@ -224,14 +224,33 @@ pub fn port_holders(port: u16, tcp: bool) -> Vec<i32> {
 
 /// `GET /metrics` from the daemon's loopback endpoint (2 s at most).
 pub fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    get_metrics(s)
+}
+
+/// `GET /metrics` over the daemon's status socket (2 s at most).
+pub fn scrape_unix(path: &Path) -> Option<String> {
+    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    get_metrics(s)
+}
+
+fn get_metrics(mut s: impl Read + Write) -> Option<String> {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut body = String::new();
     s.take(1 << 20).read_to_string(&mut body).ok()?;
     let (head, body) = body.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The daemon's metrics: from its status socket, else its TCP endpoint.
+pub fn read_metrics(t: &crate::config::TelemetryConfig) -> Option<String> {
+    t.status_socket()
+        .and_then(|p| scrape_unix(&p))
+        .or_else(|| t.metrics.and_then(scrape))
 }
 
 /// One value of the daemon's metrics text.

@@ -120,9 +120,9 @@ pub fn phones(
         return Finding::warn(
             ID,
             format!(
-                "{configured} extension(s) added; registrations unknown: no metrics endpoint answers"
+                "{configured} extension(s) added; registrations unknown: neither the status socket nor a metrics endpoint answers"
             ),
-            "set `[telemetry] metrics = \"127.0.0.1:9102\"` and restart",
+            "check that the service's runtime directory exists (`RuntimeDirectory=voxgate`), or set `[telemetry] status_socket` or `metrics`, and restart",
         );
     };
     let registered = registered as usize;

@@ -1,5 +1,7 @@
 //! `voxgate status`: the running daemon on one screen, read from its
-//! loopback metrics endpoint (`[telemetry] metrics`), its process
+//! status socket (`[telemetry] status_socket`, by default
+//! `/run/voxgate/status.sock`) or its loopback metrics endpoint
+//! (`[telemetry] metrics`), its process
 //! (`daemon::find_pid`) and its certificate file (rewritten by each
 //! renewal). Nothing it shows is secret.
 //!
@@ -44,7 +46,8 @@ pub struct Report {
     pub phones: Phones,
     /// The device certificate.
     pub certificate: Certificate,
-    /// Whether the metrics endpoint answered (the live figures).
+    /// Whether the status socket or metrics endpoint answered (the live
+    /// figures).
     pub metrics: bool,
 }
 
@@ -167,7 +170,7 @@ pub fn text(r: &Report) -> String {
     );
     if !r.metrics {
         out.push_str(
-            "live figures:  unavailable (no metrics endpoint answers; set [telemetry] metrics)\n",
+            "live figures:  unavailable (neither the status socket nor a metrics endpoint answers)\n",
         );
     } else {
         let rel = &r.relay;
@@ -239,7 +242,7 @@ pub fn run(a: StatusArgs) -> ExitCode {
         }
     };
     let pid = daemon::find_pid(&a.config);
-    let metrics = cfg.telemetry.metrics.and_then(daemon::scrape);
+    let metrics = daemon::read_metrics(&cfg.telemetry);
     let not_after = crate::identity::status::cert_validity(&cfg.identity.cert)
         .ok()
         .map(|(_, na, _)| na);

@@ -41,6 +41,7 @@ pub struct Prepared {
     roots: Arc<roots::DeviceRoots>,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
+    status: Option<std::os::unix::net::UnixListener>,
     identity: crate::identity::backend::LoadedIdentity,
     bridge: Option<crate::bridge::PreparedBridge>,
     landlock: f64,
@@ -133,6 +134,20 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         ),
         None => None,
     };
+    // The status socket `voxgate status` reads; diagnostics only, so a
+    // failure is logged, not fatal.
+    let status = cfg.telemetry.status_socket().and_then(|path| {
+        match crate::telemetry::http::bind_unix(&path) {
+            Ok(l) => {
+                info!(path = %path.display(), "status socket bound");
+                Some(l)
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "no status socket: `voxgate status` needs [telemetry] metrics then");
+                None
+            }
+        }
+    });
     // The phone bridge's SIP sockets and RTP pool are bound now, as root if
     // started so, before the privilege drop.
     let bridge = match &cfg.sip {
@@ -154,6 +169,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         roots,
         udp,
         metrics,
+        status,
         identity,
         bridge,
         landlock: 0.0,
@@ -177,6 +193,12 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     metrics.sandbox_landlock.set(p.landlock);
     if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
+    }
+    if let Some(l) = p.status {
+        tokio::spawn(crate::telemetry::http::serve_unix(
+            l,
+            metrics.registry.clone(),
+        ));
     }
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
