@@ -3,7 +3,8 @@
 //! running dropped to `nobody` with ALSA file devices and the phone
 //! bridge, a phone registered by sipp. The healthy box passes every check;
 //! then the box is broken one way at a time, and each of the 16 checks is
-//! seen failing at least once (`every_check_failed_once`).
+//! seen failing at least once (every failure carries a fix; the test ends
+//! by asserting that none of the ids was left out).
 //!
 //! The clock: the kernel's synchronization state (`adjtimex`) is the
 //! whole machine's and cannot be faked for one process, so these runs
