@@ -59,6 +59,7 @@ impl BoxEnv {
                 ("ALSA_CONFIG_PATH".into(), alsa.alsa_config_path_env()),
                 ("LANG".into(), "C.UTF-8".into()),
                 ("LC_ALL".into(), String::new()),
+                ("TERM".into(), "xterm-256color".into()),
             ],
             clock,
             failed: BTreeSet::new(),

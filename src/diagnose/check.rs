@@ -437,7 +437,7 @@ pub fn run(a: CheckArgs) -> std::process::ExitCode {
     if a.output == "json" {
         super::render::emit(&(super::render::json(&a.config, &findings) + "\n"));
     } else {
-        let ascii = a.ascii || !super::render::locale_is_utf8(|k| std::env::var(k).ok());
+        let ascii = super::render::want_ascii(a.ascii, |k| std::env::var(k).ok());
         super::render::emit(&super::render::text(&findings, ascii));
     }
     std::process::ExitCode::from(super::worst(&findings).exit_code())

@@ -1,7 +1,7 @@
 //! How findings are shown: one line per check with a mark (✓ ‼ × –, or
-//! `[ok]` `[warn]` `[FAIL]` `[skip]` where the locale is not UTF-8 or with
-//! `--ascii`) and the fix under each that is not Ok; or a JSON document
-//! whose shape is stable:
+//! `[ok]` `[warn]` `[FAIL]` `[skip]` where the locale is not UTF-8, on the
+//! Linux text console, or with `--ascii`) and the fix under each that is
+//! not Ok; or a JSON document whose shape is stable:
 //!
 //! ```json
 //! {"version": 1, "config": "/etc/voxgate/voxgate.toml", "status": "fail",
@@ -22,6 +22,14 @@ pub fn locale_is_utf8(var: impl Fn(&str) -> Option<String>) -> bool {
             let v = v.to_ascii_lowercase();
             v.contains("utf-8") || v.contains("utf8")
         })
+}
+
+/// Whether marks must be ASCII: `--ascii`, a locale that is not UTF-8, or
+/// a terminal whose fonts lack the marks (`TERM` `linux`, the Pi's text
+/// console, `dumb`, `vt100`, `vt220`).
+pub fn want_ascii(flag: bool, var: impl Fn(&str) -> Option<String>) -> bool {
+    let term = var("TERM").unwrap_or_default();
+    flag || matches!(term.as_str(), "linux" | "dumb" | "vt100" | "vt220") || !locale_is_utf8(var)
 }
 
 /// Write `text` to stdout; a closed pipe (`| head`) is not an error.
