@@ -472,6 +472,18 @@ fn a_healthy_box_passes_and_every_check_fails_when_its_part_breaks() {
     expect(&doc, "identity", "skip", "`config` failed");
     assert_eq!(code, 2);
 
+    // The fleet CA file gone: the relay still answers, but cannot be verified.
+    let ca = format!("ca = \"{}/ca.pem\"", gdir.display());
+    let no_ca = variant(
+        &cfg,
+        "no-ca",
+        &[(&ca, &format!("ca = \"{}/gone-ca.pem\"", gdir.display()))],
+    );
+    let (_, doc) = b.check(&no_ca);
+    expect(&doc, "config", "fail", "missing relay.ca");
+    expect(&doc, "relay.udp", "ok", "a QUIC server answers");
+    expect(&doc, "relay.quic", "fail", "cannot read relay.ca");
+
     // The identity gone (certificate and key moved away).
     let cert_line = format!("cert = \"{}/device.pem\"", gdir.display());
     let lost = variant(

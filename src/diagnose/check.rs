@@ -111,10 +111,15 @@ pub fn run_checks(config: &Path, clock: &ClockSource) -> Vec<Finding> {
     let relay = match crate::gateway::roots::DeviceRoots::load(&cfg.relay.ca) {
         Ok(roots) => relay::probe(&cfg.relay.address, &cfg.relay.server_name, roots.verifier()),
         Err(e) => {
-            let (dns, _) = relay::dns(&cfg.relay.address);
+            // Reachability needs no CA; the handshake does.
+            let (dns, addrs) = relay::dns(&cfg.relay.address);
+            let udp = match addrs.first() {
+                Some(a) => relay::udp(*a, &relay::udp_answer(*a, relay::TIMEOUT)),
+                None => Finding::skip("relay.udp", "dns"),
+            };
             relay::RelayFindings {
                 dns,
-                udp: Finding::skip("relay.udp", "config"),
+                udp,
                 quic: Finding::fail(
                     "relay.quic",
                     format!("cannot read relay.ca: {e}"),
