@@ -14,6 +14,30 @@
 //! | [`audio`] | the ALSA device opened through cpal and started for a moment; on failure, whether the daemon holds it (`/proc/<pid>/fd`) |
 //! | [`disk`] | `statvfs(2)` of the state directory (space for unprivileged users), and a 4 KiB file written and removed |
 
+//!
+//! `voxgate setup`'s hardware step, before the box has a config or a CA
+//! file, asks the same questions with what it has:
+//!
+//! ```no_run
+//! use voxgate::audio::device::Dir;
+//! use voxgate::diagnose::probes::{self, ClockSource};
+//! use voxgate::transport::tls::PinnedCaVerifier;
+//!
+//! let pinned = PinnedCaVerifier::new(&format!("SHA256:{}", "ab".repeat(32))).unwrap();
+//! let relay = probes::relay::probe("relay.example.net:443", "relay.voxgate.local", pinned);
+//! let spec = "device:/dev/tpmrm0".parse().unwrap();
+//! let findings = [
+//!     probes::clock(ClockSource::Kernel.read()),
+//!     probes::tpm(&spec, &probes::tpm_state(&spec), false),
+//!     probes::audio(Dir::Capture, probes::open_audio(None, Dir::Capture), None),
+//!     probes::audio(Dir::Playback, probes::open_audio(None, Dir::Playback), None),
+//!     probes::disk(std::path::Path::new("/var/lib/voxgate")),
+//! ];
+//! for f in relay.into_vec().iter().chain(&findings) {
+//!     println!("{} {:?} {} {}", f.id, f.status, f.message, f.hint.as_deref().unwrap_or(""));
+//! }
+//! ```
+
 pub mod relay;
 
 use super::Finding;
