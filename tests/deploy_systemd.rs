@@ -87,6 +87,11 @@ done
 exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 \
   && r frames_sent "$(awk '$1 == "voxgate_frames_sent_total" { print $2 }' <&3)"
 exec 3<&-
+# The field commands against the unit: systemd's MainPID, the status socket.
+voxgate check -o json --config /etc/voxgate/voxgate.toml >/out/check.json 2>/out/check.err; r check.rc $?
+voxgate status -o json --config /etc/voxgate/voxgate.toml >/out/status.json 2>>/out/check.err; r status.rc $?
+r status_sock "$(stat -c '%a:%U:%G' /run/voxgate/status.sock)"
+r voxgate.MainPID "$(systemctl show -p MainPID --value voxgate.service)"
 r signer.ActiveState "$(systemctl show -p ActiveState --value voxgate-signer.service)"
 journalctl -u voxgate.service -u voxgate-relay.service -u voxgate-signer.service -o cat --no-pager >/out/journal.log
 # The optional device-key credential, now present.
@@ -410,6 +415,54 @@ fn units_start_and_stream_under_systemd() {
         journal.matches("seccomp allow-list on").count(),
         3,
         "{context}"
+    );
+
+    // `voxgate status` and `voxgate check` see the unit: its MainPID, its
+    // status socket (RuntimeDirectory=, mode 0660 for the service's group).
+    assert_eq!(get("status.rc"), "0", "{context}");
+    assert_eq!(get("status_sock"), "660:voxgate:voxgate", "{context}");
+    let read_json = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join(name)).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}\n{context}"))
+    };
+    let status = read_json("status.json");
+    let main_pid: i64 = get("voxgate.MainPID").parse().unwrap_or(-1);
+    assert_eq!(status["pid"], main_pid, "{status:#}");
+    assert_eq!(status["relay"]["connected"], true, "{status:#}");
+    assert_eq!(status["metrics"], true, "{status:#}");
+    let check = read_json("check.json");
+    let verdict = |id: &str| {
+        let c = check["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .unwrap_or_else(|| panic!("no {id} in {check:#}"));
+        (
+            c["status"].as_str().unwrap_or("?").to_string(),
+            c["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let (st, msg) = verdict("service");
+    assert!(
+        st == "ok"
+            && msg.contains(&format!("pid {main_pid}"))
+            && msg.contains("voxgate.service is active"),
+        "{check:#}"
+    );
+    for id in [
+        "config",
+        "identity",
+        "relay.quic",
+        "audio.capture",
+        "audio.playback",
+    ] {
+        assert_eq!(verdict(id).0, "ok", "{id}: {check:#}");
+    }
+    let (st, msg) = verdict("sandbox");
+    assert!(msg.contains("as voxgate"), "{check:#}");
+    assert_eq!(
+        st,
+        if kernel_has_landlock() { "ok" } else { "fail" },
+        "{check:#}"
     );
 
     // With the credential stored, systemd decrypts it for the service only.

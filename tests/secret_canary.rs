@@ -316,6 +316,30 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         gw.assert_running();
         gw.log_text().contains("certificate renewed")
     });
+    // The field commands against the running box, at trace level: what
+    // they print (their JSON too) is searched like everything else.
+    let mut field_output = String::new();
+    for args in [
+        &["check", "-o", "json"][..],
+        &["check"][..],
+        &["status", "-o", "json"][..],
+        &["status"][..],
+    ] {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("VOXGATE_LOG", "trace")
+            .output()
+            .unwrap();
+        field_output.push_str(&String::from_utf8_lossy(&out.stdout));
+        field_output.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        field_output.contains("\"checks\"") && field_output.contains("\"running\": true"),
+        "{field_output}"
+    );
     // What the kernel shows about the running processes.
     let mut proc_text = String::new();
     for pid in [gw.pid(), relay.pid()] {
@@ -494,6 +518,7 @@ fn no_secret_reaches_logs_output_argv_or_environment() {
         ("relay log", relay.log_text()),
         ("config", std::fs::read_to_string(&cfg).unwrap()),
         ("phones stderr", phones_stderr),
+        ("check and status", field_output),
         ("phones argv", phones_argv),
         ("phone store", String::from_utf8_lossy(&store).into_owned()),
     ];

@@ -216,6 +216,11 @@ pub struct TelemetryConfig {
     /// Loopback address of the Prometheus endpoint; absent disables it.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// The gateway's status socket (the same metrics on a Unix socket,
+    /// mode 0660); absent: `/run/voxgate/status.sock` when `/run/voxgate`
+    /// exists (the unit's `RuntimeDirectory=`). The relay has none.
+    #[serde(default)]
+    pub status_socket: Option<PathBuf>,
 }
 
 impl Default for TelemetryConfig {
@@ -223,6 +228,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             log: default_log(),
             metrics: None,
+            status_socket: None,
         }
     }
 }
@@ -232,12 +238,31 @@ fn default_log() -> String {
 }
 
 impl TelemetryConfig {
+    /// The status socket to serve and read: the configured one, else
+    /// [`crate::telemetry::http::DEFAULT_STATUS_SOCKET`] when its directory
+    /// exists.
+    pub fn status_socket(&self) -> Option<PathBuf> {
+        self.status_socket.clone().or_else(|| {
+            let d = PathBuf::from(crate::telemetry::http::DEFAULT_STATUS_SOCKET);
+            d.parent().is_some_and(Path::is_dir).then_some(d)
+        })
+    }
+
     pub(crate) fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(ConfigError::invalid(
                 file,
                 "telemetry.log",
                 format!("`{}` is not a log level or filter", self.log),
+            ));
+        }
+        if let Some(p) = &self.status_socket
+            && !p.is_absolute()
+        {
+            return Err(ConfigError::invalid(
+                file,
+                "telemetry.status_socket",
+                format!("`{}` must be an absolute path", p.display()),
             ));
         }
         if let Some(addr) = self.metrics

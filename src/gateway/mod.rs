@@ -41,8 +41,10 @@ pub struct Prepared {
     roots: Arc<roots::DeviceRoots>,
     udp: std::net::UdpSocket,
     metrics: Option<std::net::TcpListener>,
+    status: Option<std::os::unix::net::UnixListener>,
     identity: crate::identity::backend::LoadedIdentity,
     bridge: Option<crate::bridge::PreparedBridge>,
+    landlock: f64,
 }
 
 impl Prepared {
@@ -77,6 +79,18 @@ impl Prepared {
             .as_ref()
             .map(crate::bridge::PreparedBridge::sandbox_read_paths)
             .unwrap_or_default()
+    }
+
+    /// What the privilege drop enforced, for the metrics
+    /// (`voxgate_sandbox_landlock`: 0 off, 1 partially, 2 fully), which
+    /// `voxgate check` reads.
+    pub fn record_sandbox(&mut self, report: &crate::privilege::Report) {
+        use crate::privilege::sandbox::Enforced;
+        self.landlock = match report.landlock {
+            Some(Enforced::Fully) => 2.0,
+            Some(Enforced::Partially) => 1.0,
+            Some(Enforced::Not) | None => 0.0,
+        };
     }
 
     /// After the privilege drop: check that the TPM still holds the key
@@ -120,6 +134,20 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         ),
         None => None,
     };
+    // The status socket `voxgate status` reads; diagnostics only, so a
+    // failure is logged, not fatal.
+    let status = cfg.telemetry.status_socket().and_then(|path| {
+        match crate::telemetry::http::bind_unix(&path) {
+            Ok(l) => {
+                info!(path = %path.display(), "status socket bound");
+                Some(l)
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "no status socket: `voxgate status` needs [telemetry] metrics then");
+                None
+            }
+        }
+    });
     // The phone bridge's SIP sockets and RTP pool are bound now, as root if
     // started so, before the privilege drop.
     let bridge = match &cfg.sip {
@@ -141,8 +169,10 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         roots,
         udp,
         metrics,
+        status,
         identity,
         bridge,
+        landlock: 0.0,
     })
 }
 
@@ -160,8 +190,15 @@ fn capture_period_ms(frame: std::time::Duration) -> u32 {
 pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = p.cfg;
     let metrics = GatewayMetrics::new();
+    metrics.sandbox_landlock.set(p.landlock);
     if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
+    }
+    if let Some(l) = p.status {
+        tokio::spawn(crate::telemetry::http::serve_unix(
+            l,
+            metrics.registry.clone(),
+        ));
     }
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

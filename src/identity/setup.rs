@@ -415,12 +415,20 @@ async fn enroll(
     let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect_with(cfg, addr, &a.server_name)?)
         .await
         .with_context(|| format!("no answer from {addr}"))?
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "the relay at {addr} could not prove it holds the fleet CA {} ({}); nothing was sent. Check --ca-fingerprint and --server-name",
+        .map_err(|e| match e {
+            // Silence is not a failed proof: nothing answered at all.
+            quinn::ConnectionError::TimedOut => anyhow::anyhow!(
+                "no answer from the relay at {addr}: nothing listens there, or a firewall drops UDP; nothing was sent. Check --relay (`voxgate check` tells the two apart once enrolled)"
+            ),
+            quinn::ConnectionError::TransportError(_) => anyhow::anyhow!(
+                "the relay at {addr} answered but could not prove it holds the fleet CA {} ({}); nothing was sent. Check --ca-fingerprint and --server-name",
                 a.ca_fingerprint,
                 crate::transport::link::describe(&e)
-            )
+            ),
+            e => anyhow::anyhow!(
+                "the relay at {addr} closed the handshake ({}); nothing was sent",
+                crate::transport::link::describe(&e)
+            ),
         })?;
     let (mut send, recv) = conn.open_bi().await?;
     let csr_b64 = B64.encode(csr);
