@@ -114,7 +114,8 @@ impl Term {
                 0x04 if line.is_empty() => break Err(Interrupted),
                 b'\r' | b'\n' => break Ok(()),
                 0x7f | 0x08 => {
-                    if line.pop().is_some() && echo {
+                    let erased = line.pop().is_some();
+                    if erased && echo {
                         self.print("\x08 \x08");
                     }
                 }
