@@ -7,6 +7,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod diagnose;
 pub mod gateway;
 pub mod identity;
 pub mod media;

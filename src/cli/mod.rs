@@ -1,4 +1,4 @@
-//! Command line: `run`, `setup`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,api-key,devices,ext,revoke,dev-cert,audit,webhook,backup,restore}`, `demo`.
+//! Command line: `run`, `setup`, `check`, `status`, `keys status`, `phones`, `relay {run,init,ca,seal-ca,token,api-key,devices,ext,revoke,dev-cert,audit,webhook,backup,restore}`, `demo`.
 
 mod api_keys;
 mod audit;
@@ -44,6 +44,14 @@ enum Command {
     /// The device key and certificate.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check this box: config, identity, TPM, certificate, clock, DNS, the
+    /// relay (UDP, QUIC, round trip), audio devices, SIP, the service, its
+    /// sandbox and disk. Exit code: 0 all ok, 1 warnings, 2 failures.
+    Check(crate::diagnose::check::CheckArgs),
+    /// The running daemon on one screen: relay connection, round trip,
+    /// loss, frames, phones, calls, certificate, uptime. Exit code 3 when it
+    /// does not run.
+    Status(crate::diagnose::status::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +214,18 @@ pub fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    // These two exit with their own codes (the worst check; not running).
+    let cli = match cli.command {
+        Command::Check(args) => {
+            crate::telemetry::init("off");
+            return crate::diagnose::check::run(args);
+        }
+        Command::Status(args) => {
+            crate::telemetry::init("off");
+            return crate::diagnose::status::run(args);
+        }
+        command => Cli { command },
+    };
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -295,12 +315,13 @@ fn dispatch(cli: Cli) -> Result<()> {
                 dirs.push(crate::bridge::phone_store::store_dir(&sip.phones));
             }
             plan.check_state_dirs(&dirs)?;
-            let prepared = crate::gateway::prepare(cfg)?;
+            let mut prepared = crate::gateway::prepare(cfg)?;
             let plan = plan.with_read(prepared.sandbox_read_paths());
             let devices = prepared.sandbox_paths();
             let state: Vec<&std::path::Path> = devices.iter().map(|p| p.as_path()).collect();
             let report = crate::privilege::apply(&plan, &state, &prepared.cfg.file)?;
             report.log();
+            prepared.record_sandbox(&report);
             prepared.verify_identity()?;
             runtime(1)?.block_on(crate::gateway::run(prepared, shutdown_signal()))
         }
@@ -459,6 +480,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
         Command::Relay(RelayCommand::ApiKey(cmd)) => api_keys::run(cmd),
+        Command::Check(_) | Command::Status(_) => unreachable!("handled in main"),
         Command::Relay(RelayCommand::Ext(cmd)) => extensions::run(cmd),
     }
 }

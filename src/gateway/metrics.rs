@@ -57,6 +57,11 @@ pub struct GatewayMetrics {
     pub connects: Arc<Counter>,
     /// Time from the capture callback to the datagram handed to QUIC.
     pub capture_to_send: Arc<Histogram>,
+    /// When the daemon started, Unix seconds (`voxgate status`'s uptime).
+    pub start_time: Arc<Gauge>,
+    /// Landlock as the privilege drop left it: 0 off, 1 partially, 2 fully
+    /// (`voxgate check`'s `sandbox`).
+    pub sandbox_landlock: Arc<Gauge>,
     /// The phone bridge's metrics (registered in the same place as before:
     /// the exported order is unchanged).
     pub bridge: Arc<BridgeMetrics>,
@@ -155,8 +160,21 @@ impl GatewayMetrics {
                 "Time from the capture callback to the datagram handed to QUIC",
             ),
             bridge: BridgeMetrics::register(&mut r),
+            start_time: r.gauge(
+                "voxgate_start_time_seconds",
+                "When the daemon started, Unix seconds",
+            ),
+            sandbox_landlock: r.gauge(
+                "voxgate_sandbox_landlock",
+                "Landlock after the privilege drop: 0 off, 1 partially, 2 fully enforced",
+            ),
             registry: Arc::new(Registry::default()),
         };
+        m.start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs() as f64),
+        );
         Arc::new(GatewayMetrics {
             registry: Arc::new(r),
             ..m

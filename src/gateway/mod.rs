@@ -44,6 +44,7 @@ pub struct Prepared {
     metrics: Option<std::net::TcpListener>,
     identity: crate::identity::backend::LoadedIdentity,
     bridge: Option<crate::bridge::PreparedBridge>,
+    landlock: f64,
 }
 
 impl Prepared {
@@ -78,6 +79,18 @@ impl Prepared {
             .as_ref()
             .map(crate::bridge::PreparedBridge::sandbox_read_paths)
             .unwrap_or_default()
+    }
+
+    /// What the privilege drop enforced, for the metrics
+    /// (`voxgate_sandbox_landlock`: 0 off, 1 partially, 2 fully), which
+    /// `voxgate check` reads.
+    pub fn record_sandbox(&mut self, report: &crate::privilege::Report) {
+        use crate::privilege::sandbox::Enforced;
+        self.landlock = match report.landlock {
+            Some(Enforced::Fully) => 2.0,
+            Some(Enforced::Partially) => 1.0,
+            Some(Enforced::Not) | None => 0.0,
+        };
     }
 
     /// After the privilege drop: check that the TPM still holds the key
@@ -144,6 +157,7 @@ pub fn prepare(cfg: GatewayConfig) -> Result<Prepared> {
         metrics,
         identity,
         bridge,
+        landlock: 0.0,
     })
 }
 
@@ -161,6 +175,7 @@ fn capture_period_ms(frame: std::time::Duration) -> u32 {
 pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = p.cfg;
     let metrics = GatewayMetrics::new();
+    metrics.sandbox_landlock.set(p.landlock);
     if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
     }

@@ -190,20 +190,41 @@ pub fn run(config: &Path, device_id: &str, id: &IdentityConfig) -> Result<()> {
     Err(anyhow::anyhow!("{}", problems.join("; "))).context("the device identity is not usable")
 }
 
-fn parse_record(text: &str) -> Option<(i64, String)> {
-    let mut last = None;
-    let mut event = String::from("unknown");
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("last = ") {
-            last = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("event = ") {
-            event = v.trim().trim_matches('"').to_string();
-        }
+/// Whether the device key is held by the TPM: the `tpm` backend, or
+/// `auto` whose key file is a TPM blob (`voxgate check`'s `tpm` check
+/// fails only then).
+pub fn key_in_tpm(id: &IdentityConfig) -> bool {
+    match id.backend {
+        IdentityBackend::Tpm => true,
+        IdentityBackend::Auto => std::fs::read(&id.key)
+            .ok()
+            .and_then(|b| backend::key_file_kind(&b))
+            .is_some_and(|k| k == KeyFileKind::TpmBlob),
+        _ => false,
     }
-    last.map(|t| (t, event))
 }
 
-fn when(t: i64) -> String {
+/// The device certificate's validity, `(not_before, not_after)` in Unix
+/// seconds, and the time its renewal is due (two thirds of its lifetime).
+pub fn cert_validity(cert: &Path) -> Result<(i64, i64, i64)> {
+    let chain = crate::pki::files::read_certs(cert)?;
+    let first = chain
+        .first()
+        .with_context(|| format!("{}: no certificate in the file", cert.display()))?;
+    let (_, x) = x509_parser::parse_x509_certificate(first)
+        .map_err(|_| anyhow::anyhow!("{}: not a readable certificate", cert.display()))?;
+    let not_before = x.validity().not_before.timestamp();
+    let not_after = x.validity().not_after.timestamp();
+    let issued = super::renew::issued_at(cert, not_before, not_after);
+    Ok((
+        not_before,
+        not_after,
+        super::renew::due_at(issued, not_after),
+    ))
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn when(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .map(|x| {
             format!(
@@ -217,7 +238,8 @@ fn when(t: i64) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn span(s: i64) -> String {
+/// A duration in seconds as `3 d 4 h`, `2 h 5 min` or `7 min`.
+pub fn span(s: i64) -> String {
     let (d, h, m) = (s / 86_400, (s % 86_400) / 3_600, (s % 3_600) / 60);
     if d > 0 {
         format!("{d} d {h} h")
@@ -226,6 +248,19 @@ fn span(s: i64) -> String {
     } else {
         format!("{m} min")
     }
+}
+
+fn parse_record(text: &str) -> Option<(i64, String)> {
+    let mut last = None;
+    let mut event = String::from("unknown");
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("last = ") {
+            last = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event = ") {
+            event = v.trim().trim_matches('"').to_string();
+        }
+    }
+    last.map(|t| (t, event))
 }
 
 #[cfg(test)]

@@ -37,6 +37,15 @@ use nix::unistd::{Gid, Uid};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// The kernel clock's discipline as `adjtimex(2)` reports it, read without
+/// changing anything: the clock state it returns (`libc::TIME_OK` ..
+/// `libc::TIME_ERROR`), the status word (`libc::STA_UNSYNC`, ...) and the
+/// maximum error in microseconds. `voxgate check` asks it whether the
+/// clock is synchronized.
+pub fn kernel_clock() -> std::io::Result<(i32, i32, i64)> {
+    sys::adjtimex_read()
+}
+
 /// `[privilege]` and `[sandbox]` settings, shared by both roles.
 #[derive(Debug, Clone, Default)]
 pub struct PrivilegeSettings {

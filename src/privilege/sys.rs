@@ -1,6 +1,8 @@
 //! The one place with `unsafe` for process start and thread set-up:
 //! installing a seccomp BPF filter and switching a thread to real-time
-//! scheduling (no safe wrapper in nix or std covers either).
+//! scheduling (no safe wrapper in nix or std covers either); and reading
+//! the kernel clock's discipline (`adjtimex` with no modes: a read, which
+//! `voxgate check` uses).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -82,4 +84,21 @@ pub fn rtprio_limit() -> io::Result<libc::rlim_t> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The kernel clock's discipline, read with `adjtimex(2)` (modes 0: nothing
+/// is changed): the clock state it returns (`TIME_OK` .. `TIME_ERROR`),
+/// the status word (`STA_UNSYNC`, ...) and the maximum error in
+/// microseconds.
+pub fn adjtimex_read() -> io::Result<(i32, i32, i64)> {
+    // SAFETY: all-zero bytes are a valid `timex` (integers only), and
+    // modes 0 asks the kernel to change nothing.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = 0;
+    // SAFETY: `tx` is a valid, writable `timex` that outlives the call.
+    let rc = unsafe { libc::adjtimex(&mut tx) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((rc, tx.status, tx.maxerror as i64))
 }

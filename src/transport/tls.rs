@@ -602,6 +602,27 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
+/// A client configuration that only checks the relay: ALPN `voxgate/1`,
+/// no client certificate (the relay completes the handshake, then closes
+/// a session that names no device, before anything is read or recorded),
+/// the relay verified by `verifier` (the device's roots in `voxgate check`,
+/// a pinned fingerprint in `voxgate setup`). Nothing of the device's
+/// identity is sent, so a live session of the same device is not replaced.
+pub fn probe_client_config(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let q = QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(q));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
 /// The device's client configuration for enrollment.
 pub fn enroll_client_config(
     verifier: Arc<PinnedCaVerifier>,
