@@ -160,7 +160,12 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
         )),
         "{s}"
     );
-    assert!(s.contains("answers over UDP and holds the fleet CA"), "{s}");
+    assert!(s.contains("ok    UDP: a QUIC server answers at"), "{s}");
+    assert!(s.contains("holds the fleet CA"), "{s}");
+    assert!(
+        s.contains("ok    audio.capture: `voxgate test mic: raw S16_LE"),
+        "{s}"
+    );
     tty.line(&tok);
     let s = tty.wait_for("Install the identity", T);
     assert!(

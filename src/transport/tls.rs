@@ -630,16 +630,6 @@ pub fn enroll_client_config(
     pinned_client_config(verifier, ALPN_ENROLL)
 }
 
-/// A handshake that only checks the relay (`voxgate setup`'s reachability
-/// step): ALPN `voxgate/1` without a client certificate, which the relay
-/// closes right after the handshake, so that the check is neither an
-/// enrollment attempt nor a session.
-pub fn check_client_config(
-    verifier: Arc<PinnedCaVerifier>,
-) -> Result<quinn::ClientConfig, TlsError> {
-    pinned_client_config(verifier, ALPN)
-}
-
 fn pinned_client_config(
     verifier: Arc<PinnedCaVerifier>,
     alpn: &[u8],

@@ -32,6 +32,9 @@
 mod term;
 
 use crate::audio::device::{self as audio_dev, Dir};
+use crate::diagnose::probes::relay::{self as relay_probe, UdpAnswer};
+use crate::diagnose::probes::{self as probe, ClockSource};
+use crate::diagnose::{Finding, Status};
 use crate::identity::setup::connect::{self, ConnectError};
 use crate::identity::setup::pending::{Pending, Staging};
 use crate::identity::setup::{self as core, SetupArgs};
@@ -41,6 +44,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use term::{Interrupted, Term};
+
+/// How long the UDP probe waits for the relay's answer.
+const UDP_LIMIT: Duration = Duration::from_secs(3);
 
 /// Set by SIGINT while setup runs outside a prompt.
 #[derive(Debug, Default)]
@@ -207,24 +213,38 @@ fn flow(
     let audio = audio_lines(a, term, out)?;
     let (backend, tpm, why) = core::choose_backend(a)?;
     out.ok(&format!("key backend: {backend} ({why})"));
-    clock(out);
+    finding(out, &probe::clock(ClockSource::Kernel.read()));
     let addr = match rt.block_on(stop.or_interrupt(connect::resolve(&relay)))? {
         Ok(addr) => addr,
         Err(e) => return Err(failed(out, e)),
     };
     out.ok(&format!("DNS: {relay} is {addr}"));
+    // UDP first (`diagnose`'s probe: a QUIC version negotiation tells a
+    // relay from silence and from ICMP "port unreachable"), then the CA.
+    match rt.block_on(stop.or_interrupt(async {
+        tokio::task::spawn_blocking(move || relay_probe::udp_answer(addr, UDP_LIMIT)).await
+    }))?? {
+        UdpAnswer::Quic(t) => out.ok(&format!(
+            "UDP: a QUIC server answers at {addr} ({} ms)",
+            t.as_millis()
+        )),
+        UdpAnswer::Refused => return Err(failed(out, ConnectError::Refused(addr))),
+        UdpAnswer::Silent => return Err(failed(out, ConnectError::NoAnswer(addr))),
+        UdpAnswer::Local(e) => return Err(failed(out, ConnectError::Local(e))),
+    }
     let reach = rt.block_on(stop.or_interrupt(connect::check(
         addr,
         &a.server_name,
         verifier.clone(),
         &fingerprint,
     )))?;
-    if let Err(e) = reach {
-        return Err(failed(out, e));
+    match reach {
+        Ok(rtt) => out.ok(&format!(
+            "relay: {addr} holds the fleet CA {fingerprint} (handshake RTT {:.1} ms)",
+            ms(rtt)
+        )),
+        Err(e) => return Err(failed(out, e)),
     }
-    out.ok(&format!(
-        "relay: {addr} answers over UDP and holds the fleet CA {fingerprint}"
-    ));
     stop.check()?;
 
     // 2. Identity.
@@ -423,6 +443,13 @@ fn audio_lines(a: &SetupArgs, term: Option<&Term>, out: &Out) -> Result<String> 
                 Some(devices[i].0.clone())
             }
         };
+        if !devices.is_empty() {
+            // Opened and started for a moment, as the daemon will.
+            finding(
+                out,
+                &probe::audio(dir, probe::open_audio(chosen.as_deref(), dir), None),
+            );
+        }
         match &chosen {
             Some(name) => {
                 out.ok(&format!("{what}: {name}"));
@@ -449,25 +476,16 @@ fn names(devices: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// Whether the clock is synchronized, as far as systemd can tell.
-fn clock(out: &Out) {
-    let now = time::OffsetDateTime::now_utc();
-    let synced = std::process::Command::new("timedatectl")
-        .args(["show", "-p", "NTPSynchronized", "--value"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes");
-    match synced {
-        Some(true) => out.ok(&format!("clock: synchronized ({now})")),
-        Some(false) => out.warn(&format!(
-            "clock: NOT synchronized ({now}); certificates depend on it: enable NTP (`timedatectl set-ntp true`)"
-        )),
-        None => out.warn(&format!(
-            "clock: cannot tell whether it is synchronized ({now} UTC); check that this is the right time"
-        )),
+/// A `diagnose` finding as a progress line (with its fix).
+fn finding(out: &Out, f: &Finding) {
+    let text = match &f.hint {
+        Some(h) => format!("{}: {h}", f.message),
+        None => f.message.clone(),
+    };
+    match f.status {
+        Status::Ok | Status::Skip => out.ok(&format!("{}: {text}", f.id)),
+        Status::Warn => out.warn(&format!("{}: {text}", f.id)),
+        Status::Fail => out.fail(&format!("{}: {text}", f.id)),
     }
 }
 

@@ -129,23 +129,24 @@ pub async fn udp_probe(addr: SocketAddr) -> Result<(), ConnectError> {
     Ok(())
 }
 
-/// Whether the relay at `addr` answers over UDP and holds the pinned CA:
-/// the UDP probe, then a handshake that checks the CA and nothing else
-/// ([`tls::check_client_config`]: no enrollment attempt on the relay).
+/// Whether the relay at `addr` holds the pinned CA: a handshake that
+/// checks the CA and nothing else ([`tls::probe_client_config`]: no client
+/// certificate, so the relay records no enrollment attempt and no
+/// session). Returns quinn's RTT estimate.
 pub async fn check(
     addr: SocketAddr,
     server_name: &str,
     verifier: Arc<PinnedCaVerifier>,
     fingerprint: &str,
-) -> Result<(), ConnectError> {
-    udp_probe(addr).await?;
+) -> Result<Duration, ConnectError> {
     let endpoint = quinn::Endpoint::client(unspecified(addr))
         .map_err(|e| ConnectError::Local(e.to_string()))?;
-    let cfg = tls::check_client_config(verifier).map_err(|e| ConnectError::Local(e.to_string()))?;
+    let cfg = tls::probe_client_config(verifier).map_err(|e| ConnectError::Local(e.to_string()))?;
     let c = handshake(&endpoint, cfg, addr, server_name, fingerprint).await?;
+    let rtt = c.rtt();
     c.close(0u32.into(), b"checked");
     endpoint.wait_idle().await;
-    Ok(())
+    Ok(rtt)
 }
 
 /// The unspecified address of `addr`'s family, any port.
