@@ -167,6 +167,19 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
         "{s}"
     );
     tty.line(&tok);
+    // The level meter heard the tone `voxcap` plays (8000 of 32768:
+    // -12.2 dBFS); the test tone was played.
+    let s = tty.wait_for("Did you hear the tone?", T);
+    assert!(s.contains("microphone: speak now"), "{s}");
+    let peak: f32 = s
+        .split("ok    microphone: peak ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak:\n{s}"));
+    assert!((-13.5..-11.0).contains(&peak), "{peak}");
+    assert!(s.contains("ok    speaker: played 1.0 s of the tone"), "{s}");
+    tty.line("y");
     let s = tty.wait_for("Install the identity", T);
     assert!(
         s.contains("ok    key: new, in the sealed-file backend"),
@@ -337,6 +350,8 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
 
     // Ctrl-C at the last prompt, after the relay issued the certificate.
     let tty = Tmux::start(&lab.dir, "cc1", bin(), &run_args(), &alsa_env(&lab));
+    tty.wait_for("Did you hear the tone?", T);
+    tty.line("y");
     let s = tty.wait_for("Install the identity", T);
     assert!(s.contains(&format!("ok    enrolled `{id}`")), "{s}");
     tty.key("C-c");
@@ -360,7 +375,10 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
 
     // Again with the same token: the same key, the same certificate.
     let tty = Tmux::start(&lab.dir, "cc2", bin(), &run_args(), &alsa_env(&lab));
+    tty.wait_for("Did you hear the tone?", T);
+    tty.line("n");
     let s = tty.wait_for("Install the identity", T);
+    assert!(s.contains("WARN  speaker: not heard"), "{s}");
     assert!(
         s.contains("key: taken over from the interrupted setup"),
         "{s}"

@@ -29,6 +29,7 @@
 //! process exits with 130. Only the pending key stays, so that running
 //! setup again with the same token completes it.
 
+mod audio;
 mod term;
 
 use crate::audio::device::{self as audio_dev, Dir};
@@ -210,7 +211,7 @@ fn flow(
 
     // 1. Hardware.
     out.step(1, "Hardware");
-    let audio = audio_lines(a, term, out)?;
+    let (audio, devices) = audio_lines(a, term, out)?;
     let (backend, tpm, why) = core::choose_backend(a)?;
     out.ok(&format!("key backend: {backend} ({why})"));
     finding(out, &probe::clock(ClockSource::Kernel.read()));
@@ -324,6 +325,9 @@ fn flow(
     if a.skip_audio {
         out.warn("skipped (--skip-audio)");
     } else {
+        if let Some(t) = term {
+            listen_and_play(t, &devices, stop, out)?;
+        }
         let chain = vec![cert_der.clone().into()];
         let identity =
             crate::transport::tls::DevFileIdentity::from_key(&device, key.certified(chain)?);
@@ -411,8 +415,9 @@ fn failed(out: &Out, e: ConnectError) -> anyhow::Error {
 
 /// The audio devices: listed, then the one the options name, the only
 /// one, or the technician's choice. Config lines for the chosen ones.
-fn audio_lines(a: &SetupArgs, term: Option<&Term>, out: &Out) -> Result<String> {
+fn audio_lines(a: &SetupArgs, term: Option<&Term>, out: &Out) -> Result<(String, Devices)> {
     let mut lines = String::new();
+    let mut picked = Devices::default();
     for (dir, given, section, what) in [
         (Dir::Capture, &a.capture, "capture", "microphone"),
         (Dir::Playback, &a.playback, "playback", "speaker"),
@@ -450,6 +455,11 @@ fn audio_lines(a: &SetupArgs, term: Option<&Term>, out: &Out) -> Result<String> 
                 &probe::audio(dir, probe::open_audio(chosen.as_deref(), dir), None),
             );
         }
+        match dir {
+            Dir::Capture => picked.capture = chosen.clone(),
+            Dir::Playback => picked.playback = chosen.clone(),
+        }
+        picked.found[usize::from(dir == Dir::Playback)] = !devices.is_empty();
         match &chosen {
             Some(name) => {
                 out.ok(&format!("{what}: {name}"));
@@ -465,7 +475,60 @@ fn audio_lines(a: &SetupArgs, term: Option<&Term>, out: &Out) -> Result<String> 
             None => {}
         }
     }
-    Ok(lines)
+    Ok((lines, picked))
+}
+
+/// The audio devices chosen (`None`: the default) and whether any was
+/// found (capture, playback).
+#[derive(Debug, Default)]
+struct Devices {
+    capture: Option<String>,
+    playback: Option<String>,
+    found: [bool; 2],
+}
+
+/// The level meter and the test tone, on a terminal.
+fn listen_and_play(t: &Term, d: &Devices, stop: &Stop, out: &Out) -> Result<()> {
+    if d.found[0] {
+        out.line("  ..    microphone: speak now (3 s)");
+        let peak = audio::meter(
+            d.capture.as_deref(),
+            Duration::from_secs(3),
+            &stop.set,
+            |v| {
+                let db = audio::dbfs(v);
+                t.print(&format!(
+                    "\r        level {} {db:6.1} dBFS ",
+                    audio::bar(db, 30)
+                ));
+            },
+        );
+        t.print("\n");
+        stop.check()?;
+        match peak {
+            Ok(p) if audio::dbfs(p) > -50.0 => {
+                out.ok(&format!("microphone: peak {:.1} dBFS", audio::dbfs(p)))
+            }
+            Ok(p) => out.warn(&format!(
+                "microphone: no sound (peak {:.1} dBFS): check that it is connected and not muted (`alsamixer`), then run setup again",
+                audio::dbfs(p)
+            )),
+            Err(e) => out.fail(&format!("microphone: {e}")),
+        }
+    }
+    if d.found[1] {
+        out.line("  ..    speaker: a 440 Hz test tone for 1 s");
+        match audio::tone(d.playback.as_deref(), Duration::from_secs(1)) {
+            Ok(n) => {
+                out.ok(&format!("speaker: played {n:.1} s of the tone"));
+                if !t.confirm("Did you hear the tone?", true)? {
+                    out.warn("speaker: not heard; check the speaker's connection and volume (`alsamixer`), or pick another speaker (--playback)");
+                }
+            }
+            Err(e) => out.fail(&format!("speaker: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn names(devices: &[(String, String)]) -> String {

@@ -45,8 +45,8 @@ impl Term {
     /// Ask for a line shown as typed; an empty answer takes `default`.
     pub fn ask(&self, prompt: &str, default: Option<&str>) -> Result<String, Interrupted> {
         let shown = match default {
-            Some(d) => format!("{prompt} [{d}]: "),
-            None => format!("{prompt}: "),
+            Some(d) if !d.is_empty() => format!("{prompt} [{d}]: "),
+            _ => format!("{prompt}: "),
         };
         let line = self.read_line(&shown, true)?;
         let line = line.trim();
