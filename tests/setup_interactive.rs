@@ -348,11 +348,30 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
     nothing_installed(&lab, id);
     drop(tty);
 
-    // Ctrl-C at the last prompt, after the relay issued the certificate.
+    // Ctrl-C in the middle of a step (the level meter listens: SIGINT,
+    // not a key), after the relay issued the certificate.
+    let tty = Tmux::start(&lab.dir, "cc0", bin(), &run_args(), &alsa_env(&lab));
+    let s = tty.wait_for("microphone: speak now", T);
+    assert!(s.contains(&format!("ok    enrolled `{id}`")), "{s}");
+    tty.key("C-c");
+    let (code, s) = tty.exit(T);
+    assert_eq!(code, 130, "{s}");
+    assert!(s.contains("The new key is kept as pending"), "{s}");
+    assert!(restored(&s), "the terminal was not restored:\n{s}");
+    nothing_installed(&lab, id);
+    assert!(pending(&lab, id).join("key.sealed").exists());
+    drop(tty);
+
+    // Ctrl-C at the last prompt: the relay answered the same token and
+    // key again.
     let tty = Tmux::start(&lab.dir, "cc1", bin(), &run_args(), &alsa_env(&lab));
     tty.wait_for("Did you hear the tone?", T);
     tty.line("y");
     let s = tty.wait_for("Install the identity", T);
+    assert!(
+        s.contains("key: taken over from the interrupted setup"),
+        "{s}"
+    );
     assert!(s.contains(&format!("ok    enrolled `{id}`")), "{s}");
     tty.key("C-c");
     let (code, s) = tty.exit(T);
@@ -398,7 +417,11 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
         1,
         "{events:?}"
     );
-    assert!(events.iter().any(|e| e == "enroll_repeated"), "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "enroll_repeated").count(),
+        2,
+        "{events:?}"
+    );
     assert!(!pending(&lab, id).exists());
     assert!(config(&lab, id).exists());
     relay.stop();

@@ -28,7 +28,9 @@ impl Tmux {
     ) -> Tmux {
         let socket = dir.join(format!("{name}.tmux"));
         let script = dir.join(format!("{name}.sh"));
-        let mut text = String::from("#!/bin/sh\n");
+        // Ctrl-C reaches the whole foreground group: the script survives it
+        // (a handler, not an ignore, so the command gets the default).
+        let mut text = String::from("#!/bin/sh\ntrap ':' INT\n");
         for (k, v) in env {
             text.push_str(&format!("export {k}={}\n", quote(v)));
         }
