@@ -150,7 +150,7 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
     let s = tty.wait_for("Which speaker", T);
     tty.line(&choice(&s, "voxplay"));
     let s = tty.wait_for("Enrollment token (not shown):", T);
-    assert!(s.contains("[1/4] Hardware"), "{s}");
+    assert!(s.contains("[1/5] Hardware"), "{s}");
     assert!(s.contains("ok    microphone: voxcap"), "{s}");
     assert!(s.contains("ok    speaker: voxplay"), "{s}");
     assert!(
@@ -180,6 +180,11 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
     assert!((-13.5..-11.0).contains(&peak), "{peak}");
     assert!(s.contains("ok    speaker: played 1.0 s of the tone"), "{s}");
     tty.line("y");
+    tty.wait_for("Desk phones: extensions to create", T);
+    // A bad extension is explained and asked again.
+    tty.line("201 999");
+    tty.wait_for("`999` is not an extension", T);
+    tty.line("201 202");
     let s = tty.wait_for("Install the identity", T);
     assert!(
         s.contains("ok    key: new, in the sealed-file backend"),
@@ -208,6 +213,38 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
     assert!(s.contains("Setup complete"), "{s}");
     assert!(s.contains("service not started (--no-service); start it with: systemctl enable --now voxgate.service"), "{s}");
     assert!(!s.contains(&tok), "the token was shown:\n{s}");
+    // Each phone's password, shown once; the store holds the accounts.
+    for ext in ["201", "202"] {
+        assert!(
+            s.contains(&format!("ok    extension {ext}: enter in the phone")),
+            "{s}"
+        );
+    }
+    let passwords: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("password:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(passwords.len(), 2, "{s}");
+    for p in &passwords {
+        assert!(p.len() >= 16, "{p}");
+        assert_eq!(s.matches(p).count(), 1, "shown more than once:\n{s}");
+    }
+    assert!(
+        s.contains("registrations: the service is not running"),
+        "{s}"
+    );
+    let listed = std::process::Command::new(bin())
+        .args(["phones", "list", "--config"])
+        .arg(config(&lab, id))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("201\t") && listed.contains("202\t"),
+        "{listed}"
+    );
+    assert!(!passwords.iter().any(|p| listed.contains(p)));
     let written = std::fs::read_to_string(config(&lab, id)).unwrap();
     assert!(
         written.contains(&format!("device_id = \"{id}\"")),
@@ -221,6 +258,7 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
         written.contains("[playback]\ndevice = \"voxplay\""),
         "{written}"
     );
+    assert!(written.contains("[sip]\nenabled = true"), "{written}");
     assert!(!written.contains(&tok));
     assert!(state(&lab, id).join("device.key.sealed").exists());
     assert!(!pending(&lab, id).exists(), "the pending key stayed");
@@ -367,6 +405,8 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
     let tty = Tmux::start(&lab.dir, "cc1", bin(), &run_args(), &alsa_env(&lab));
     tty.wait_for("Did you hear the tone?", T);
     tty.line("y");
+    tty.wait_for("Desk phones", T);
+    tty.key("Enter");
     let s = tty.wait_for("Install the identity", T);
     assert!(
         s.contains("key: taken over from the interrupted setup"),
@@ -396,6 +436,8 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
     let tty = Tmux::start(&lab.dir, "cc2", bin(), &run_args(), &alsa_env(&lab));
     tty.wait_for("Did you hear the tone?", T);
     tty.line("n");
+    tty.wait_for("Desk phones", T);
+    tty.key("Enter");
     let s = tty.wait_for("Install the identity", T);
     assert!(s.contains("WARN  speaker: not heard"), "{s}");
     assert!(

@@ -46,6 +46,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use term::{Interrupted, Term};
 
+/// The metrics endpoint setup writes when it adds phones.
+const METRICS: &str = "127.0.0.1:9102";
+/// How long setup shows the phones' registrations.
+const WATCH: Duration = Duration::from_secs(600);
+
 /// How long the UDP probe waits for the relay's answer.
 const UDP_LIMIT: Duration = Duration::from_secs(3);
 
@@ -89,7 +94,7 @@ impl Out {
         }
     }
     fn step(&self, n: u8, title: &str) {
-        self.line(&format!("\n[{n}/4] {title}"));
+        self.line(&format!("\n[{n}/5] {title}"));
     }
     fn ok(&self, s: &str) {
         self.line(&format!("  ok    {s}"));
@@ -367,8 +372,18 @@ fn flow(
         }
     }
 
-    // 4. Service.
+    // 4. Service (the phones are asked for first: they need the bridge
+    // in the config).
     out.step(4, "Service");
+    let phones = phone_list(a, term)?;
+    let mut config = staged.config.clone();
+    if !phones.is_empty() {
+        // The bridge, and a loopback metrics endpoint from which setup
+        // (and `voxgate status`) read the registrations.
+        config.push_str(&format!(
+            "\n[sip]\nenabled = true\n\n[telemetry]\nmetrics = \"{METRICS}\"\n"
+        ));
+    }
     if let Some(t) = term
         && !t.confirm(
             &format!("Install the identity and write {}?", a.config_out.display()),
@@ -378,9 +393,13 @@ fn flow(
         return Err(Interrupted.into());
     }
     stop.check()?;
-    core::install(a, &key, staging, &staged.config)?;
+    core::install(a, &key, staging, &config)?;
     out.ok(&format!("config written: {}", a.config_out.display()));
     let service = service(a, out);
+
+    // 5. Phones.
+    out.step(5, "Phones");
+    let registered = phones_step(a, &phones, &service, stop, out)?;
 
     // Summary.
     if a.json {
@@ -388,16 +407,20 @@ fn flow(
             "device": device, "relay": relay, "backend": key.backend.to_string(),
             "key": staged.key_where, "certificate_serial": serial, "expires": not_after,
             "config": a.config_out.display().to_string(), "round_trip": rtt_summary,
-            "service": service,
+            "service": service, "phones": phones, "phones_registered": registered,
         });
         println!("{summary}");
     } else {
         out.line(&format!(
-            "\nSetup complete: `{device}` is enrolled with {relay}.\n  key:         {}\n  certificate: {}\n  config:      {}\n  service:     {service}\n  phones:      add them with `voxgate phones add EXT --config {}`",
+            "\nSetup complete: `{device}` is enrolled with {relay}.\n  key:         {}\n  certificate: {}\n  config:      {}\n  service:     {service}\n  phones:      {}",
             staged.key_where,
             a.dir.join("device.pem").display(),
             a.config_out.display(),
-            a.config_out.display()
+            match (phones.len(), registered) {
+                (0, _) => format!("none; add them with `voxgate phones add EXT --config {}`", a.config_out.display()),
+                (n, Some(r)) => format!("{n} created, {r} registered"),
+                (n, None) => format!("{n} created"),
+            }
         ));
     }
     Ok(())
@@ -537,6 +560,98 @@ fn names(devices: &[(String, String)]) -> String {
         .map(|(id, _)| id.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The extensions to create: `--phone`, or asked on a terminal.
+fn phone_list(a: &SetupArgs, term: Option<&Term>) -> Result<Vec<String>> {
+    let check = |e: &str| {
+        if crate::proto::signal::valid_extension(e) {
+            Ok(())
+        } else {
+            bail!("`{e}` is not an extension: 2-8 digits, not starting with 9")
+        }
+    };
+    if !a.phones.is_empty() {
+        a.phones.iter().try_for_each(|e| check(e))?;
+        return Ok(a.phones.clone());
+    }
+    let Some(t) = term else {
+        return Ok(Vec::new());
+    };
+    loop {
+        let line = t.ask(
+            "Desk phones: extensions to create (e.g. 201 202; empty for none)",
+            Some(""),
+        )?;
+        let exts: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        match exts.iter().try_for_each(|e| check(e)) {
+            Ok(()) => return Ok(exts),
+            Err(e) => t.print(&format!("  {e:#}\n")),
+        }
+    }
+}
+
+/// Create the phone accounts (each password printed once, to stdout),
+/// then show how many have registered at the running service, live,
+/// while the technician configures them. Returns the last count seen.
+fn phones_step(
+    a: &SetupArgs,
+    phones: &[String],
+    service: &str,
+    stop: &Stop,
+    out: &Out,
+) -> Result<Option<usize>> {
+    if phones.is_empty() {
+        out.ok("none (add them later with `voxgate phones add EXT`)");
+        return Ok(None);
+    }
+    for ext in phones {
+        let added = super::phones::add(&a.config_out, ext)?;
+        out.ok(&format!(
+            "extension {ext}: enter in the phone (shown only now):"
+        ));
+        if a.json {
+            // stdout is the JSON summary's: the accounts go to the terminal.
+            eprintln!(
+                "  registrar:  {}\n  user:       {}\n  password:   {}\n  realm:      {}",
+                added.registrar,
+                added.ext,
+                added.password.expose(),
+                added.realm
+            );
+        } else {
+            super::phones::print_account(&added);
+        }
+    }
+    if service != "enabled and started" {
+        out.warn(&format!(
+            "registrations: the service is not running; once it runs, `voxgate status --config {}` shows them",
+            a.config_out.display()
+        ));
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = METRICS.parse().expect("literal");
+    out.line("  ..    waiting for the phones to register (Ctrl-C stops waiting)");
+    let end = std::time::Instant::now() + WATCH;
+    let mut seen = None;
+    while std::time::Instant::now() < end && !stop.set.load(Ordering::SeqCst) {
+        let n = crate::diagnose::daemon::scrape(addr)
+            .and_then(|m| crate::diagnose::daemon::value(&m, "voxgate_sip_registered_extensions"))
+            .map(|v| v as usize);
+        if n != seen {
+            seen = n;
+            match n {
+                Some(n) => out.line(&format!("        registered: {n} of {}", phones.len())),
+                None => out.line("        registered: the service's metrics do not answer yet"),
+            }
+        }
+        if seen.is_some_and(|n| n >= phones.len()) {
+            out.ok("every phone registered");
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(seen)
 }
 
 /// A `diagnose` finding as a progress line (with its fix).

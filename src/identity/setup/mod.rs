@@ -123,6 +123,11 @@ pub struct SetupArgs {
     /// Do not enable or start the systemd service; print what to run.
     #[arg(long)]
     pub no_service: bool,
+    /// A desk phone's extension to create once the box is set up (its
+    /// password is printed once); repeat for more. On a terminal without
+    /// it, setup asks.
+    #[arg(long = "phone", value_name = "EXT")]
+    pub phones: Vec<String>,
     /// The systemd unit to enable and start.
     #[arg(long, default_value = "voxgate.service")]
     pub service: String,
