@@ -14,13 +14,20 @@
 //! 2. **Identity**: the key (the pending key of an interrupted run for the
 //!    same device, or a new one, kept as the pending key first:
 //!    `identity::setup::pending`), then enrollment; the files are staged.
-//! 3. **Audio**: a round trip through the relay with the new certificate
-//!    (the `echo` control message: this session's flow comes back), its
-//!    time and loss (`gateway::round_trip`).
-//! 4. **Service**: the staged files and the config are installed (the
-//!    config last), the pending key dropped; then `systemctl enable --now`,
-//!    or, with `--no-service` or without systemd, the command to run.
-//! 5. A summary (`--json`: one JSON object on stdout).
+//! 3. **Audio** (on a terminal): a live level meter of the microphone
+//!    ("speak now"), a test tone on the speaker (`audio`); then a round
+//!    trip through the relay with the new certificate (the `echo` control
+//!    message: this session's flow comes back), its time and loss
+//!    (`gateway::round_trip`).
+//! 4. **Service**: the phones to create are asked for (`--phone`), since
+//!    they need the bridge in the config; the staged files and the config
+//!    are installed (the config last), the pending key dropped; then
+//!    `systemctl enable --now`, or, with `--no-service` or without
+//!    systemd, the command to run (`service`).
+//! 5. **Phones**: each account created through `cli::phones`, its
+//!    password printed once; the registrations read live from the running
+//!    service's metrics. Then a summary (`--json`: one JSON object on
+//!    stdout, the passwords on stderr).
 //!
 //! Ctrl-C at any step leaves the box as it was: at a prompt it arrives as a
 //! key (the terminal's signals are off while it reads), elsewhere SIGINT is
