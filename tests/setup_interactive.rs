@@ -340,6 +340,43 @@ fn a_wrong_token_and_an_unreachable_relay_say_so_and_write_nothing() {
         e.contains("--relay is missing, and there is no terminal to ask on"),
         "{e}"
     );
+
+    // For scripts: every answer in the options, no terminal, the summary
+    // as JSON on stdout and the phone's password on stderr only.
+    let id2 = "gw-script";
+    let tok = secret_file(&lab.dir, "script.token", &token(&lab, id2, Some(3600)));
+    let o = std::process::Command::new(bin())
+        .args(base_args(&lab, id2))
+        .args(["--relay", &format!("127.0.0.1:{}", lab.quic_port)])
+        .args(["--ca-fingerprint", &fp, "--device-id", id2])
+        .args([
+            "--yes",
+            "--json",
+            "--skip-audio",
+            "--phone",
+            "301",
+            "--token-file",
+        ])
+        .arg(&tok)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(summary["device"], id2);
+    assert_eq!(summary["phones"][0], "301");
+    assert_eq!(
+        summary["certificate_serial"].as_str().unwrap(),
+        cert_serial(&state(&lab, id2).join("device.pem"))
+    );
+    let e = stderr(&o);
+    let password = e
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no password on stderr: {e}"));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(password));
     relay.stop();
 }
 
