@@ -416,7 +416,9 @@ fn flow(
         println!("{summary}");
     } else {
         out.line(&format!(
-            "\nSetup complete: `{device}` is enrolled with {relay}.\n  key:         {}\n  certificate: {}\n  config:      {}\n  service:     {service}\n  phones:      {}",
+            "\nSetup complete: enrolled `{device}` with {relay}\n  backend:     {} ({})\n  key:         {}\n  certificate: {} (expires {expires})\n  config:      {}\n  service:     {service}\n  phones:      {}",
+            key.backend,
+            key.why,
             staged.key_where,
             a.dir.join("device.pem").display(),
             a.config_out.display(),

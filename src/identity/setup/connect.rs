@@ -1,10 +1,11 @@
 //! Setup's connection to the relay (ALPN `voxgate-enroll/1`): resolve,
-//! reach, handshake with the pinned fleet CA, then the one `enroll`
-//! exchange. Each way it can fail is its own [`ConnectError`], so that an
-//! unreachable relay is reported as unreachable (no answer, or ICMP "port
-//! unreachable"), and only a relay that answered with the wrong
-//! certificate is reported as one that could not prove it holds the
-//! fleet CA. Nothing is sent before the handshake has checked the CA.
+//! handshake with the pinned fleet CA, then the one `enroll` exchange.
+//! Each way it can fail is its own [`ConnectError`], so that an
+//! unreachable relay is reported as unreachable (no answer; ICMP "port
+//! unreachable" comes from the UDP probe `cli::setup` runs first, with
+//! `diagnose`'s), and only a relay that answered with a TLS alert is
+//! reported as one that could not prove it holds the fleet CA. Nothing is
+//! sent before the handshake has checked the CA.
 
 use crate::proto::control::{Enroll, Message};
 use crate::telemetry::Secret;
@@ -96,37 +97,6 @@ pub async fn resolve(relay: &str) -> Result<SocketAddr, ConnectError> {
         })?
         .next()
         .ok_or_else(|| ConnectError::NoAddress(relay.to_string()))
-}
-
-/// A QUIC Initial-sized probe on a connected UDP socket: `Err(Refused)`
-/// when ICMP says nothing listens there (the QUIC stack under quinn does
-/// not report ICMP errors, so a handshake alone would only time out).
-/// Silence is not a failure: a relay ignores a datagram it cannot parse.
-pub async fn udp_probe(addr: SocketAddr) -> Result<(), ConnectError> {
-    let local = |e: std::io::Error| ConnectError::Local(e.to_string());
-    let sock = tokio::net::UdpSocket::bind(unspecified(addr))
-        .await
-        .map_err(local)?;
-    sock.connect(addr).await.map_err(local)?;
-    // Not a QUIC packet (the fixed bit is clear): the relay drops it.
-    let junk = [0u8; 24];
-    for _ in 0..3 {
-        match sock.send(&junk).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(ConnectError::Refused(addr));
-            }
-            Err(e) => return Err(local(e)),
-            Ok(_) => {}
-        }
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(150), sock.recv(&mut buf)).await {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(ConnectError::Refused(addr));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Whether the relay at `addr` holds the pinned CA: a handshake that
@@ -225,7 +195,6 @@ pub async fn enroll(
     verifier: Arc<PinnedCaVerifier>,
 ) -> Result<(Vec<u8>, i64), ConnectError> {
     let addr = resolve(r.relay).await?;
-    udp_probe(addr).await?;
     let bind: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {

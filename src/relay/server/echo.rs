@@ -1,7 +1,8 @@
 //! The `echo` control message on the relay: one session's uplink flow sent
 //! straight back to it on the downlink flow (`voxgate setup` measures its
 //! round trip and loss with it), for that session only, whatever the
-//! relay's downlink mode says for the others.
+//! relay's downlink mode says for the others. An echoed flow is not
+//! recorded: it is a measurement, not speech.
 
 use super::media::{Flows, lock};
 use super::{Downlink, RelayCtx, SessionError, open_down, refuse};
@@ -47,6 +48,15 @@ pub(super) async fn request(
     }
     {
         let mut fl = lock(flows);
+        // An echoed flow is a measurement, not speech: it is not recorded
+        // (its file, opened with the flow, is removed).
+        if e.on
+            && let Some(f) = fl.up.get_mut(e.flow)
+            && let Some(rec) = f.recorder.take()
+        {
+            drop(rec);
+            let _ = std::fs::remove_file(&f.path);
+        }
         fl.down_open |= e.on;
         fl.echo = e.on.then_some(e.flow);
     }
