@@ -205,6 +205,16 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
         .unwrap();
     assert!(back >= 45, "{rtt}");
     assert!(rtt.contains("RTT min") && rtt.contains("ok "), "{rtt}");
+    // The relay records uplinks (the lab turns recording on), but not a
+    // flow echoed for measurement.
+    let recorded = lab.dir.join("recordings").join(id);
+    let files = std::fs::read_dir(&recorded).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(
+        files,
+        0,
+        "the echoed flow was recorded in {}",
+        recorded.display()
+    );
     // Nothing is installed before the technician says so.
     assert!(!config(&lab, id).exists());
     tty.line("y");
