@@ -144,7 +144,11 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
     // A bad id is explained and asked again.
     tty.line("Not Valid!");
     tty.wait_for("must be 1-64 characters", T);
-    tty.line(id);
+    // Line editing: a typo erased, an arrow key ignored.
+    tty.type_text(&format!("{id}x"));
+    tty.key("BSpace");
+    tty.key("Left");
+    tty.key("Enter");
     let s = tty.wait_for("Which microphone", T);
     tty.line(&choice(&s, "voxcap"));
     let s = tty.wait_for("Which speaker", T);

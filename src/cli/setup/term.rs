@@ -113,6 +113,9 @@ impl Term {
                 0x03 => break Err(Interrupted),
                 0x04 if line.is_empty() => break Err(Interrupted),
                 b'\r' | b'\n' => break Ok(()),
+                // An escape sequence (arrow keys, bracketed paste marks):
+                // dropped whole, up to its final byte.
+                0x1b => self.skip_escape(),
                 0x7f | 0x08 => {
                     let erased = line.pop().is_some();
                     if erased && echo {
@@ -131,6 +134,22 @@ impl Term {
         self.print("\n");
         let _ = termios::tcsetattr(&self.tty, SetArg::TCSANOW, &self.saved);
         result.map(|()| line)
+    }
+}
+
+impl Term {
+    /// Read and drop the rest of an escape sequence: `ESC [ ... final`
+    /// (final byte 0x40-0x7e) or `ESC x`.
+    fn skip_escape(&self) {
+        let mut b = [0u8; 1];
+        if !matches!((&self.tty).read(&mut b), Ok(1)) || b[0] != b'[' {
+            return;
+        }
+        for _ in 0..16 {
+            if !matches!((&self.tty).read(&mut b), Ok(1)) || (0x40..=0x7e).contains(&b[0]) {
+                return;
+            }
+        }
     }
 }
 
