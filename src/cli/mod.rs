@@ -8,6 +8,7 @@ mod extensions;
 mod fleet_ca;
 pub mod passphrase;
 mod phones;
+mod setup;
 mod tokens;
 #[cfg(feature = "api")]
 mod webhooks;
@@ -482,7 +483,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Setup(args) => {
             crate::telemetry::init("warn");
-            crate::identity::setup::run(*args)
+            setup::run(*args)
         }
         Command::Relay(RelayCommand::Token(cmd)) => tokens::run(cmd),
         Command::Relay(RelayCommand::ApiKey(cmd)) => api_keys::run(cmd),

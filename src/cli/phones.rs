@@ -71,30 +71,57 @@ fn open(config: &Path) -> anyhow::Result<(SipConfig, Material)> {
     Ok((sip, material))
 }
 
+/// A phone account just created: what to enter in the phone.
+pub(super) struct Added {
+    /// The extension (the SIP user).
+    pub ext: String,
+    /// Where the phone registers.
+    pub registrar: String,
+    /// Its password: shown once, never stored.
+    pub password: crate::telemetry::Secret<String>,
+    /// The digest realm.
+    pub realm: String,
+}
+
+/// Give extension `ext` of the box configured by `config` a new strong
+/// password (the store keeps only its digests).
+pub(super) fn add(config: &Path, ext: &str) -> anyhow::Result<Added> {
+    let (sip, m) = open(config)?;
+    let _lock = StoreLock::acquire(&sip.phones)?;
+    let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let password = store.add(ext, now)?;
+    store.save(&sip.phones, &m)?;
+    Ok(Added {
+        ext: ext.to_string(),
+        registrar: sip.advertise.map_or_else(
+            || sip.listen.to_string(),
+            |a| format!("{a}:{}", sip.listen.port()),
+        ),
+        password: crate::telemetry::Secret::new(password.as_str().to_string()),
+        realm: sip.realm,
+    })
+}
+
+/// The account's lines for the technician (stdout only: the password
+/// appears nowhere else).
+pub(super) fn print_account(a: &Added) {
+    println!("  registrar:  {} (UDP or TCP)", a.registrar);
+    println!("  user:       {}", a.ext);
+    println!("  password:   {}", a.password.expose());
+    println!("  realm:      {}", a.realm);
+}
+
 /// Run a `phones` command; output is for a technician at a terminal.
 pub fn run(cmd: PhonesCommand) -> anyhow::Result<()> {
     match cmd {
         PhonesCommand::Add { ext, config } => {
-            let (sip, m) = open(&config)?;
-            let _lock = StoreLock::acquire(&sip.phones)?;
-            let mut store = PhoneStore::load(&sip.phones, &m, &sip.realm)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let password = store.add(&ext, now)?;
-            store.save(&sip.phones, &m)?;
+            let a = add(&config, &ext)?;
             println!("extension {ext} added; configure the phone with:");
-            println!(
-                "  registrar:  {} (UDP or TCP)",
-                sip.advertise.map_or_else(
-                    || sip.listen.to_string(),
-                    |a| format!("{a}:{}", sip.listen.port())
-                )
-            );
-            println!("  user:       {ext}");
-            println!("  password:   {}", password.as_str());
-            println!("  realm:      {}", sip.realm);
+            print_account(&a);
             println!("The password is shown only now; it is not stored (only its digests are).");
             Ok(())
         }

@@ -10,6 +10,7 @@
 pub mod downlink;
 pub mod metrics;
 pub mod roots;
+pub mod round_trip;
 pub mod runtime;
 pub mod session;
 pub mod uplink;

@@ -193,6 +193,18 @@ pub struct TrustRoot<'a> {
     pub only: bool,
 }
 
+/// The device asks the relay to send one of its uplink flows straight back
+/// on the downlink flow, for this session only (`voxgate setup` measures
+/// the round trip with it). The relay answers with the same message once
+/// the downlink flow is announced, or with an error; `on: false` stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Echo {
+    /// The uplink flow to echo (announced with [`FlowOpen`] first).
+    pub flow: u64,
+    /// Start (`true`) or stop (`false`).
+    pub on: bool,
+}
+
 /// Every control message of protocol v1.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -240,6 +252,8 @@ pub enum Message<'a> {
     RenewNow(RenewNow<'a>),
     /// See [`TrustRoot`].
     TrustRoot(TrustRoot<'a>),
+    /// See [`Echo`].
+    Echo(Echo),
 }
 
 #[derive(Deserialize)]
@@ -316,6 +330,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message<'_>, ControlError> {
         "renewed" => Message::Renewed(de(body)?),
         "renew_now" => Message::RenewNow(de(body)?),
         "trust_root" => Message::TrustRoot(de(body)?),
+        "echo" => Message::Echo(de(body)?),
         _ => return Err(ControlError::UnknownType),
     })
 }
@@ -459,6 +474,34 @@ mod tests {
             EndReason::Normal,
         ] {
             assert_eq!(EndReason::from_sip_status(r.sip_status()), r);
+        }
+    }
+
+    #[test]
+    fn echo_fixture_round_trips_and_rejects_bad_fields() {
+        let bytes = frame(r#"{"type":"echo","flow":2,"on":true}"#);
+        let (m, used) = decode_frame(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(m, Message::Echo(Echo { flow: 2, on: true }));
+        let mut buf = [0u8; 64];
+        let n = encode(&m, &mut buf).unwrap();
+        assert_eq!(&buf[..n], &bytes[..]);
+        let off = Message::Echo(Echo {
+            flow: u64::MAX,
+            on: false,
+        });
+        let n = encode(&off, &mut buf).unwrap();
+        assert_eq!(decode_frame(&buf[..n]).unwrap().unwrap().0, off);
+        for bad in [
+            r#"{"type":"echo","flow":2}"#,
+            r#"{"type":"echo","on":true}"#,
+            r#"{"type":"echo","flow":-1,"on":true}"#,
+            r#"{"type":"echo","flow":2,"on":"yes"}"#,
+        ] {
+            assert!(
+                matches!(decode_frame(&frame(bad)), Err(ControlError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -19,7 +19,7 @@ use super::audit_limit::{AuditBudget, with_left_out};
 use super::commit::GroupCommit;
 use super::limiter::Limiter;
 use super::quota::{DailyQuota, day_of};
-use super::registry::{CertRecord, Registry, RegistryError, Replace, TokenRejection, now};
+use super::registry::{CertRecord, Registry, RegistryError, Repeat, Replace, TokenRejection, now};
 use super::signer::FleetSigner;
 use super::trust::TrustTable;
 use crate::pki::issue::IssueError;
@@ -293,7 +293,8 @@ impl Enroller {
                         t @ (TokenRejection::Used
                         | TokenRejection::Revoked
                         | TokenRejection::WrongDevice
-                        | TokenRejection::AlreadyEnrolled),
+                        | TokenRejection::AlreadyEnrolled
+                        | TokenRejection::OtherKey),
                     ) => Some(super::webhooks::Event::token_misuse(
                         source,
                         &device,
@@ -330,16 +331,28 @@ impl Enroller {
         if !valid_device_id(device) {
             return Err(EnrollError::BadDeviceId);
         }
-        let csr = check_csr(csr_b64)?;
+        let (csr, spki) = check_csr_key(csr_b64)?;
         let this = self.clone();
         let token = zeroize::Zeroizing::new(token.to_string());
         let (dev, src) = (device.to_string(), source.to_string());
         // One savepoint: the token is spent only together with the device,
         // its certificate and the audit line.
         let issued = self.writes.run(move |tx| {
-            let redeemed = tx
-                .redeem(&token, &dev, now())?
-                .map_err(EnrollError::Token)?;
+            let redeemed = match tx.redeem(&token, &dev, now())? {
+                Ok(r) => r,
+                // A spent token again: the same device and key get the
+                // same certificate (a setup that stopped after the relay
+                // issued it), another key is misuse.
+                Err(TokenRejection::Used) => match tx.repeat(&token, &dev, &spki, now())? {
+                    Repeat::Same { der, not_after } => {
+                        tx.audit("enroll_repeated", &src, &dev, "the same key asked again with its token; the same certificate sent again")?;
+                        return Ok(Issue::Repeated(der, not_after));
+                    }
+                    Repeat::OtherKey => return Err(EnrollError::Token(TokenRejection::OtherKey)),
+                    Repeat::No => return Err(EnrollError::Token(TokenRejection::Used)),
+                },
+                Err(why) => return Err(EnrollError::Token(why)),
+            };
             let was_revoked = tx.is_revoked(&dev)?;
             let replace = if redeemed.reenroll {
                 Replace::AtOnce
@@ -347,6 +360,7 @@ impl Enroller {
                 Replace::Grace
             };
             let issued = this.sign(tx, &dev, &csr, replace)?;
+            tx.record_issued(&token, &issued.serial, &issued.der)?;
             let (event, detail) = match (redeemed.reenroll, was_revoked) {
                 (false, _) => ("enrolled", issued.serial.clone()),
                 (true, false) => (
@@ -367,9 +381,15 @@ impl Enroller {
                 tx,
                 &super::webhooks::Event::device_enrolled(&dev, &issued.serial, redeemed.reenroll),
             )?;
-            Ok::<_, EnrollError>((issued, replace))
+            Ok::<_, EnrollError>(Issue::New(issued, replace))
         });
-        let (issued, replace) = issued?;
+        let (issued, replace) = match issued? {
+            Issue::New(issued, replace) => (issued, replace),
+            Issue::Repeated(der, not_after) => {
+                info!(%device, %source, "enrollment repeated: the same certificate sent again");
+                return Ok((der, not_after));
+            }
+        };
         self.trust.accept(
             device,
             &issued.serial,
@@ -501,6 +521,14 @@ impl Enroller {
     }
 }
 
+/// What an enrollment's transaction produced.
+enum Issue {
+    /// A new certificate, and what became of the device's earlier ones.
+    New(Signed, Replace),
+    /// The certificate a spent token paid for, again (DER, expiry).
+    Repeated(Vec<u8>, i64),
+}
+
 /// A certificate the relay issued and recorded.
 #[derive(Debug, Clone)]
 pub struct Signed {
@@ -518,10 +546,29 @@ pub struct Signed {
 
 /// Decode a CSR and verify its self-signature.
 fn check_csr(csr_b64: &str) -> Result<rcgen::CertificateSigningRequestParams, CsrError> {
+    check_csr_key(csr_b64).map(|(params, _)| params)
+}
+
+/// [`check_csr`], and the SHA-256 of the CSR's SPKI (the key a
+/// certificate for it will carry: [`crate::pki::name::CertFacts::spki`]).
+fn check_csr_key(
+    csr_b64: &str,
+) -> Result<(rcgen::CertificateSigningRequestParams, [u8; 32]), CsrError> {
     let csr_der = B64.decode(csr_b64).map_err(|_| CsrError::Base64)?;
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
         .map_err(|_| CsrError::Parse)?;
     req.verify_signature().map_err(|_| CsrError::Signature)?;
-    rcgen::CertificateSigningRequestParams::from_der(&csr_der.clone().into())
-        .map_err(CsrError::Unusable)
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        req.certification_request_info.subject_pki.raw,
+    );
+    let mut spki = [0u8; 32];
+    spki.copy_from_slice(d.as_ref());
+    let params = rcgen::CertificateSigningRequestParams::from_der(&csr_der.clone().into())
+        .map_err(CsrError::Unusable)?;
+    Ok((params, spki))
 }
+
+#[cfg(test)]
+#[path = "enroll/tests.rs"]
+mod tests;

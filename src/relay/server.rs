@@ -21,6 +21,7 @@
 //! and ends that session only.
 
 mod accept;
+mod echo;
 mod media;
 
 pub use accept::serve;
@@ -457,6 +458,7 @@ async fn control_loop(
                         lock(flows).down_open = true;
                     }
                 }
+                Ok(Owned::Echo(e)) => echo::request(send, ctx, flows, e, down_ssrc).await?,
                 Ok(Owned::FlowClose(flow)) => {
                     let f = lock(flows).up.remove(flow);
                     if let Some(f) = f { close_flow(device, f, ctx); }
@@ -595,6 +597,7 @@ enum Owned {
     FlowClose(u64),
     Ping(u64),
     Renew(String),
+    Echo(crate::proto::control::Echo),
     Ignore,
     Unexpected,
 }
@@ -618,6 +621,7 @@ fn own(m: Message<'_>) -> Owned {
         Message::FlowClose(f) => Owned::FlowClose(f.flow),
         Message::Ping(p) => Owned::Ping(p.id),
         Message::Renew(r) => Owned::Renew(r.csr.to_string()),
+        Message::Echo(e) => Owned::Echo(e),
         Message::Pong(_) | Message::Stats(_) => Owned::Ignore,
         _ => Owned::Unexpected,
     }

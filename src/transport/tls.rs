@@ -103,6 +103,17 @@ impl DevFileIdentity {
     }
 }
 
+impl DevFileIdentity {
+    /// An identity from a key and chain already in memory (`voxgate
+    /// setup`'s round trip, before the identity is installed).
+    pub fn from_key(device_id: &str, key: Arc<CertifiedKey>) -> Self {
+        DevFileIdentity {
+            device_id: device_id.into(),
+            key,
+        }
+    }
+}
+
 impl DeviceIdentity for DevFileIdentity {
     fn device_id(&self) -> &str {
         &self.device_id
@@ -616,12 +627,19 @@ pub fn probe_client_config(
 pub fn enroll_client_config(
     verifier: Arc<PinnedCaVerifier>,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    pinned_client_config(verifier, ALPN_ENROLL)
+}
+
+fn pinned_client_config(
+    verifier: Arc<PinnedCaVerifier>,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let q = QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(q));
     cfg.transport_config(transport());

@@ -22,6 +22,7 @@ pub mod session;
 pub mod sip;
 pub mod spoof;
 pub mod swtpm;
+pub mod tmux;
 pub mod webhooks;
 
 /// voxgate's version (the kit's is kept equal): what a device's hello says.

@@ -39,7 +39,7 @@ pub use extensions::Claim;
 pub use issuers::IssuerRow;
 pub use roots::RootRow;
 pub use snapshot::{SNAPSHOT_WAIT, Snapshot, schema_version};
-pub use tokens::{NewToken, Redeemed, TokenRejection, TokenRow};
+pub use tokens::{NewToken, Redeemed, Repeat, TokenRejection, TokenRow};
 
 use rusqlite::Connection;
 use std::path::Path;

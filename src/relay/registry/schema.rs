@@ -153,6 +153,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
          updated INTEGER NOT NULL);
      CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_at_ms);
      CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries(endpoint, id);",
+    // 9: idempotent enrollment (issue 16): the certificate a token paid
+    // for (its serial and DER), so that a device whose setup stopped after
+    // the relay issued it can ask again with the same token and the same
+    // key, within the token's lifetime, and get the same certificate.
+    "ALTER TABLE tokens ADD COLUMN issued_serial TEXT;
+     ALTER TABLE tokens ADD COLUMN issued_cert BLOB;",
 ];
 
 /// Bring `db` to the newest schema. Concurrent openers (the relay and a

@@ -23,6 +23,9 @@ pub enum TokenRejection {
     WrongDevice,
     /// The id is enrolled and the token is not a re-enrollment token.
     AlreadyEnrolled,
+    /// Already redeemed, and now presented with another key than the one
+    /// its certificate was issued to (a copied token: misuse).
+    OtherKey,
 }
 
 impl TokenRejection {
@@ -37,6 +40,9 @@ impl TokenRejection {
             TokenRejection::AlreadyEnrolled => {
                 "device id already enrolled and the token is not a re-enrollment token"
             }
+            TokenRejection::OtherKey => {
+                "token already used, now presented with another key than the one it enrolled"
+            }
         }
     }
 }
@@ -46,6 +52,25 @@ impl TokenRejection {
 pub struct Redeemed {
     /// A re-enrollment: the device's earlier certificates are replaced.
     pub reenroll: bool,
+}
+
+/// What a repeated enrollment with a spent token gets
+/// ([`Registry::repeat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repeat {
+    /// The same device, the same key, within the token's lifetime, and the
+    /// certificate is still the device's current one: the same
+    /// certificate again (DER, expiry).
+    Same {
+        /// The certificate the token paid for.
+        der: Vec<u8>,
+        /// Its expiry, Unix seconds.
+        not_after: i64,
+    },
+    /// The token's certificate was issued to another key.
+    OtherKey,
+    /// Nothing to repeat: the token stays refused as used.
+    No,
 }
 
 /// A token as `relay token create` made it: the secret (shown once) and
@@ -215,6 +240,79 @@ impl Registry {
             return Ok(Err(TokenRejection::Used));
         }
         Ok(Ok(Redeemed { reenroll }))
+    }
+
+    /// Record the certificate `token` paid for (after [`Registry::redeem`],
+    /// in the same transaction), for [`Registry::repeat`].
+    pub fn record_issued(
+        &self,
+        token: &str,
+        serial: &str,
+        der: &[u8],
+    ) -> Result<(), RegistryError> {
+        self.db.execute(
+            "UPDATE tokens SET issued_serial = ?2, issued_cert = ?3 WHERE hash = ?1",
+            params![token_hash(token), serial, der],
+        )?;
+        Ok(())
+    }
+
+    /// A spent `token` presented again by `device` with the key whose SPKI
+    /// hashes to `spki`: the same certificate when it is the same device
+    /// and key, the token has not expired (its lifetime bounds the
+    /// repeat), was not withdrawn, and the certificate is still the
+    /// device's current one on a device that is not revoked (a renewal or
+    /// a revocation since ends the repeat). [`Repeat::OtherKey`] when the
+    /// certificate was issued to another key.
+    pub fn repeat(
+        &self,
+        token: &str,
+        device: &str,
+        spki: &[u8; 32],
+        at: i64,
+    ) -> Result<Repeat, RegistryError> {
+        type Row = (
+            Option<String>,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<Vec<u8>>,
+        );
+        let row: Option<Row> = self
+            .db
+            .query_row(
+                "SELECT used_by, expires, revoked_at, issued_serial, issued_cert
+                 FROM tokens WHERE hash = ?1 AND used_at IS NOT NULL",
+                params![token_hash(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((Some(used_by), expires, None, Some(serial), Some(der))) = row else {
+            return Ok(Repeat::No);
+        };
+        if used_by != device || expires <= at {
+            return Ok(Repeat::No);
+        }
+        let cert: Option<(Option<Vec<u8>>, i64)> = self
+            .db
+            .query_row(
+                "SELECT spki, not_after FROM certificates WHERE serial = ?1 AND device = ?2",
+                params![serial, device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((Some(issued_spki), not_after)) = cert else {
+            return Ok(Repeat::No);
+        };
+        if issued_spki.as_slice() != spki.as_slice() {
+            return Ok(Repeat::OtherKey);
+        }
+        if self.current_serial(device)?.as_deref() != Some(serial.as_str())
+            || self.is_revoked(device)?
+        {
+            return Ok(Repeat::No);
+        }
+        Ok(Repeat::Same { der, not_after })
     }
 
     /// Every token, newest first (never a secret: the registry has none).

@@ -137,6 +137,10 @@ pub(super) struct Flows {
     pub(super) calls: HashMap<u64, UpFlow>,
     /// Whether the downlink flow was announced (echo starts after it).
     pub(super) down_open: bool,
+    /// The uplink flow this session asked to have echoed (the `echo`
+    /// control message: `voxgate setup`'s round trip), whatever the
+    /// relay's downlink mode.
+    pub(super) echo: Option<u64>,
 }
 
 /// A session's uplink flows (at most [`super::MAX_FLOWS`]), looked up by a scan:
@@ -200,6 +204,7 @@ pub(super) async fn media(
         };
         let mut guard = lock(&flows);
         let fl = &mut *guard;
+        let echoed = echo || fl.echo == Some(flow_id);
         let Some(f) = fl.up.get_mut(flow_id).filter(|f| f.ssrc == pkt.ssrc()) else {
             match ctx.calls.forward(session, flow_id, &pkt, &mut out) {
                 Forwarded::Sent | Forwarded::Dropped | Forwarded::Discarded => {}
@@ -230,7 +235,7 @@ pub(super) async fn media(
                 }
             }
         }
-        if echo && fl.down_open {
+        if echoed && fl.down_open {
             let repr = Repr {
                 ssrc: down_ssrc,
                 ..Repr::parse(&pkt)

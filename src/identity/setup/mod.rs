@@ -1,8 +1,12 @@
-//! `voxgate setup`: one-time enrollment of a device, non-interactive and
-//! scriptable.
+//! `voxgate setup`: one-time enrollment of a device. The steps and the
+//! terminal are `cli::setup`'s; this module holds the enrollment itself,
+//! below the command line (the layers): the options, the key backend, the
+//! token, the pending key and the staging ([`pending`]), and the
+//! connection to the relay ([`connect`]).
 //!
-//! 1. Read the token from a file or stdin (never argv, never the log).
-//! 2. Create a fresh P-256 key where `--backend` says: inside the TPM
+//! 1. The token comes from a file, stdin, or the terminal with echo off
+//!    (`cli::setup`); never argv, never the log.
+//! 2. A fresh P-256 key where `--backend` says: inside the TPM
 //!    (`tpm`; the file is the TPM-wrapped blob), sealed to this box
 //!    (`sealed-file`), the TPM when one answers a bounded probe and sealed
 //!    when there is no TPM at all (`auto`, the default; the reason is
@@ -14,48 +18,55 @@
 //!    fails the probe (hung, in failure mode, locked out) stops setup with
 //!    the reason, since a silent fallback would leave a box that should
 //!    hold its key in hardware with a key in a file. `--allow-fallback`
-//!    accepts the sealed file then, and says why.
+//!    accepts the sealed file then, and says why. The key is kept as the
+//!    pending key before anything leaves the box ([`pending`]): an
+//!    interrupted setup run again with the same token gets the same
+//!    certificate.
 //! 3. Connect to the relay with ALPN `voxgate-enroll/1`, trusting only the
 //!    CA whose fingerprint the technician was given: a relay that cannot
-//!    show that CA fails the handshake, before the token is sent.
+//!    show that CA fails the handshake, before the token is sent; one that
+//!    does not answer is reported as unreachable ([`connect`]).
 //! 4. Send the token and a CSR signed by the new key (by the TPM for a
-//!    TPM-held key); store the returned certificate, the CA and the renewal
-//!    record; write a config that holds no secret.
+//!    TPM-held key); stage the returned certificate, the CA and the renewal
+//!    record; install them and a config that holds no secret at the end.
+
+pub mod connect;
+pub mod pending;
 
 use super::IdentityBackend;
 use super::keys::{NewKey, write_renewal_record};
 use super::tpm::{Tpm, TpmError, TpmKey, TpmOptions, TpmSpec};
-use crate::pki::files::{pem, write_file};
-use crate::pki::sealed::{self, material};
-use crate::proto::control::{Enroll, Message};
+use crate::pki::files::pem;
+use crate::pki::sealed::{self, Material, material};
 use crate::telemetry::Secret;
-use crate::transport::framed::{self, FrameReader};
-use crate::transport::tls::{self, PinnedCaVerifier};
+use crate::transport::tls::PinnedCaVerifier;
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
+use pending::{Pending, Staging};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// Options of `voxgate setup`.
+/// Options of `voxgate setup`. On a terminal, the relay, the CA
+/// fingerprint, the device id and the token are asked for when missing;
+/// without one (or with `--yes`) they must be given.
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Relay address, HOST:PORT.
     #[arg(long)]
-    pub relay: String,
+    pub relay: Option<String>,
     /// Fleet CA fingerprint as printed by `voxgate relay init` (SHA256:...).
     #[arg(long)]
-    pub ca_fingerprint: String,
-    /// File holding the one-time token; `-` reads it from stdin.
-    #[arg(long, default_value = "-")]
-    pub token_file: PathBuf,
+    pub ca_fingerprint: Option<String>,
+    /// File holding the one-time token; `-` reads it from stdin. Without
+    /// it: asked on the terminal (not shown), or read from stdin.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Device id to enroll as.
     #[arg(long)]
-    pub device_id: String,
+    pub device_id: Option<String>,
     /// TLS name of the relay.
     #[arg(long, default_value = "relay.voxgate.local")]
     pub server_name: String,
@@ -93,6 +104,33 @@ pub struct SetupArgs {
     /// tpm2, host+tpm2).
     #[arg(long, default_value = "auto")]
     pub credential_key: String,
+    /// Ask nothing: every answer comes from the options (scripts).
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The capture device to write into the config (one of those setup
+    /// lists); asked for on a terminal when there are several.
+    #[arg(long)]
+    pub capture: Option<String>,
+    /// The playback device to write into the config.
+    #[arg(long)]
+    pub playback: Option<String>,
+    /// Skip the audio checks (level meter, test tone, round trip).
+    #[arg(long)]
+    pub skip_audio: bool,
+    /// Do not enable or start the systemd service; print what to run.
+    #[arg(long)]
+    pub no_service: bool,
+    /// A desk phone's extension to create once the box is set up (its
+    /// password is printed once); repeat for more. On a terminal without
+    /// it, setup asks.
+    #[arg(long = "phone", value_name = "EXT")]
+    pub phones: Vec<String>,
+    /// The systemd unit to enable and start.
+    #[arg(long, default_value = "voxgate.service")]
+    pub service: String,
 }
 
 fn parse_backend(s: &str) -> Result<IdentityBackend, String> {
@@ -135,7 +173,8 @@ pub fn tpm_absent(spec: &TpmSpec, e: &TpmError) -> bool {
     }
 }
 
-fn read_token(path: &PathBuf) -> Result<Secret<String>> {
+/// Read the token from `path` (a 0600 file, or `-` for stdin).
+pub fn read_token(path: &Path) -> Result<Secret<String>> {
     let mut raw = Zeroizing::new(String::new());
     if path.as_os_str() == "-" {
         std::io::stdin()
@@ -147,6 +186,11 @@ fn read_token(path: &PathBuf) -> Result<Secret<String>> {
             .and_then(|mut f| f.read_to_string(&mut raw))
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
     }
+    check_token(&raw)
+}
+
+/// The token, if `raw` (surrounding white space ignored) looks like one.
+pub fn check_token(raw: &str) -> Result<Secret<String>> {
     let token = raw.trim().to_string();
     if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
         bail!("the token must be the 32 letters and digits `voxgate relay token create` printed");
@@ -154,9 +198,20 @@ fn read_token(path: &PathBuf) -> Result<Secret<String>> {
     Ok(Secret::new(token))
 }
 
+/// Check the device id, the relay address and the fingerprint; the
+/// verifier that pins the fingerprint.
+pub fn check_inputs(device: &str, relay: &str, fingerprint: &str) -> Result<Arc<PinnedCaVerifier>> {
+    if !crate::pki::name::valid_device_id(device) {
+        bail!("device id `{device}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'");
+    }
+    crate::transport::split_host_port(relay)
+        .with_context(|| format!("relay address `{relay}` is not HOST:PORT"))?;
+    Ok(PinnedCaVerifier::new(fingerprint)?)
+}
+
 /// Resolve `auto` and open what the backend needs, before any key exists.
 /// Returns the backend, the TPM for a TPM-held key, and why it was chosen.
-fn choose_backend(a: &SetupArgs) -> Result<(IdentityBackend, Option<Arc<Tpm>>, String)> {
+pub fn choose_backend(a: &SetupArgs) -> Result<(IdentityBackend, Option<Arc<Tpm>>, String)> {
     match a.backend {
         IdentityBackend::Tpm => {
             let tpm = probe_tpm(&a.tpm).with_context(|| {
@@ -255,74 +310,152 @@ fn store_credential(a: &SetupArgs, pkcs8: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Run the enrollment.
-pub fn run(a: SetupArgs) -> Result<()> {
-    if !crate::pki::name::valid_device_id(&a.device_id) {
-        bail!(
-            "device id `{}` must be 1-64 characters of a-z, 0-9, '-', '_' or '.'",
-            a.device_id
-        );
+/// The device key of this enrollment and where it will live.
+pub struct PreparedKey {
+    pub(crate) key: NewKey,
+    /// The backend (`auto` resolved).
+    pub backend: IdentityBackend,
+    /// Why this backend.
+    pub why: String,
+    material: Option<Material>,
+    serial: Option<PathBuf>,
+    /// Taken over from an interrupted run (the pending key).
+    pub reused: bool,
+}
+
+impl std::fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedKey")
+            .field("backend", &self.backend)
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
     }
-    crate::transport::split_host_port(&a.relay)
-        .with_context(|| format!("--relay `{}` is not HOST:PORT", a.relay))?;
-    if a.config_out.exists() {
-        bail!(
-            "{} already exists; move it away to enroll again",
-            a.config_out.display()
-        );
+}
+
+impl PreparedKey {
+    /// The key's public point.
+    pub fn public(&self) -> Result<Vec<u8>> {
+        Ok(self.key.public()?)
     }
-    let verifier = PinnedCaVerifier::new(&a.ca_fingerprint)?;
-    let token = read_token(&a.token_file)?;
-    let serial = a.serial.exists().then_some(a.serial.as_path());
-    let (backend, tpm, why) = choose_backend(&a)?;
-    let m = match backend {
-        IdentityBackend::SealedFile => Some(material(&a.machine_id, serial)?),
-        _ => None,
+
+    /// A CSR naming `device`, signed by the key.
+    pub fn csr(&self, device: &str) -> Result<Vec<u8>> {
+        Ok(self.key.csr(device)?)
+    }
+
+    /// The key and `chain` as rustls' signing key (for a session before
+    /// the identity is installed: setup's round trip).
+    pub fn certified(
+        &self,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>> {
+        Ok(Arc::new(match &self.key {
+            NewKey::Software(pkcs8) => {
+                let der = rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
+                );
+                let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der)
+                    .map_err(|_| anyhow::anyhow!("the new key is not usable for TLS"))?;
+                rustls::sign::CertifiedKey::new(chain, signer)
+            }
+            NewKey::Tpm(k) => k.certified_key(chain),
+        }))
+    }
+}
+
+/// The key for `device`: the pending key an interrupted run for the same
+/// device left ([`pending`]), or a new one (in `tpm` when given, else in
+/// memory), kept as the pending key before it is used.
+pub fn prepare_key(
+    a: &SetupArgs,
+    device: &str,
+    backend: IdentityBackend,
+    tpm: Option<Arc<Tpm>>,
+    why: String,
+) -> Result<PreparedKey> {
+    let serial = a.serial.exists().then(|| a.serial.clone());
+    let m = match &tpm {
+        None => Some(material(&a.machine_id, serial.as_deref())?),
+        Some(_) => None,
     };
-
-    // A fresh key, created (in the TPM, or in memory) before anything
-    // leaves the box.
-    let key = match &tpm {
-        Some(tpm) => {
-            let blob = tpm
-                .create_device_key()
-                .with_context(|| format!("cannot create the device key in the TPM at {}", a.tpm))?;
-            NewKey::Tpm(Box::new(TpmKey::new(tpm.clone(), blob)))
-        }
-        None => NewKey::software()?,
-    };
-    let public = key.public()?;
-    let csr = key.csr(&a.device_id)?;
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (cert_der, not_after) = rt.block_on(enroll(&a, verifier.clone(), &token, &csr))?;
-    let ca = verifier
-        .ca()
-        .context("the relay's CA was not recorded during the handshake")?;
-
-    // The certificate must be for our key and our id.
-    let (_, x) = x509_parser::parse_x509_certificate(&cert_der)
-        .map_err(|_| anyhow::anyhow!("the relay returned an unreadable certificate"))?;
-    if x.public_key().subject_public_key.data.as_ref() != public.as_slice() {
-        bail!("the relay returned a certificate for another key; not saving it");
-    }
-    let cert_pem = pem(&cert_der, "CERTIFICATE");
-    let named = crate::pki::name::common_name(&cert_der.clone().into()).unwrap_or_default();
-    if named != a.device_id {
-        bail!(
-            "the relay returned a certificate for `{named}`, not `{}`",
-            a.device_id
-        );
-    }
-
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
-    let (key_lines, key_where) = match (&key, &m) {
+    let pending = Pending::at(&a.dir);
+    let (key, reused) = match pending.take(device, tpm.as_ref(), m.as_ref())? {
+        Some(k) => (k, true),
+        None => {
+            let key = match &tpm {
+                Some(tpm) => {
+                    let blob = tpm.create_device_key().with_context(|| {
+                        format!("cannot create the device key in the TPM at {}", a.tpm)
+                    })?;
+                    NewKey::Tpm(Box::new(TpmKey::new(tpm.clone(), blob)))
+                }
+                None => NewKey::software()?,
+            };
+            pending.store(device, &key, m.as_ref())?;
+            (key, false)
+        }
+    };
+    Ok(PreparedKey {
+        key,
+        backend,
+        why,
+        material: m,
+        serial,
+        reused,
+    })
+}
+
+/// The certificate the relay returned must be for our key and our id.
+pub fn check_certificate(der: &[u8], key: &PreparedKey, device: &str) -> Result<()> {
+    let (_, x) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| anyhow::anyhow!("the relay returned an unreadable certificate"))?;
+    if x.public_key().subject_public_key.data.as_ref() != key.public()?.as_slice() {
+        bail!("the relay returned a certificate for another key; not saving it");
+    }
+    let named = crate::pki::name::common_name(&der.to_vec().into()).unwrap_or_default();
+    if named != device {
+        bail!("the relay returned a certificate for `{named}`, not `{device}`");
+    }
+    Ok(())
+}
+
+/// What [`stage`] made.
+#[derive(Debug)]
+pub struct Staged {
+    /// The config to write at the end (no secret in it).
+    pub config: String,
+    /// Where the key lives, for the summary.
+    pub key_where: String,
+}
+
+/// What the config names besides the identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The device id.
+    pub device: &'a str,
+    /// HOST:PORT.
+    pub relay: &'a str,
+    /// Config lines for the audio devices (may be empty).
+    pub audio: &'a str,
+}
+
+/// Stage the key file, the certificate, the CA and the renewal record;
+/// return the config that names them at their final paths.
+pub fn stage(
+    a: &SetupArgs,
+    t: Target<'_>,
+    key: &PreparedKey,
+    cert_der: &[u8],
+    ca_der: &[u8],
+    not_after: i64,
+    staging: &mut Staging,
+) -> Result<Staged> {
+    let (key_lines, key_where) = match (&key.key, &key.material) {
         (NewKey::Tpm(k), _) => {
-            let path = a.dir.join("device.key.tpm");
-            write_file(&path, &k.blob().to_bytes(), 0o600)?;
+            staging.write("device.key.tpm", &k.blob().to_bytes(), 0o600)?;
+            let path = staging.final_path("device.key.tpm");
             (
                 format!("key = \"{}\"\ntpm = \"{}\"\n", path.display(), a.tpm),
                 format!(
@@ -332,10 +465,10 @@ pub fn run(a: SetupArgs) -> Result<()> {
                 ),
             )
         }
-        (NewKey::Software(pkcs8), Some(m)) => {
-            let path = a.dir.join("device.key.sealed");
-            write_file(&path, &sealed::seal(m, pkcs8)?, 0o600)?;
-            let serial_line = match serial {
+        (NewKey::Software(pkcs8), Some(m)) if key.backend == IdentityBackend::SealedFile => {
+            staging.write("device.key.sealed", &sealed::seal(m, pkcs8)?, 0o600)?;
+            let path = staging.final_path("device.key.sealed");
+            let serial_line = match &key.serial {
                 Some(s) => format!("serial = \"{}\"\n", s.display()),
                 None => String::new(),
             };
@@ -348,124 +481,46 @@ pub fn run(a: SetupArgs) -> Result<()> {
                 format!("{} (sealed to this box)", path.display()),
             )
         }
-        (NewKey::Software(pkcs8), None) => {
-            store_credential(&a, pkcs8)?;
-            (
-                format!("credential = \"{}\"\n", a.credential),
-                format!(
-                    "{} (systemd credential `{}`, delivered by LoadCredentialEncrypted=)",
-                    a.credential_out.display(),
-                    a.credential
-                ),
-            )
-        }
+        (NewKey::Software(_), _) => (
+            format!("credential = \"{}\"\n", a.credential),
+            format!(
+                "{} (systemd credential `{}`, delivered by LoadCredentialEncrypted=)",
+                a.credential_out.display(),
+                a.credential
+            ),
+        ),
     };
-    write_file(&a.dir.join("device.pem"), cert_pem.as_bytes(), 0o644)?;
-    write_file(
-        &a.dir.join("ca.pem"),
-        pem(&ca, "CERTIFICATE").as_bytes(),
-        0o644,
-    )?;
-    write_renewal_record(&a.dir, "enrolled", not_after)?;
-    if let Some(parent) = a.config_out.parent() {
-        std::fs::create_dir_all(parent).ok();
-    }
+    staging.write("device.pem", pem(cert_der, "CERTIFICATE").as_bytes(), 0o644)?;
+    staging.write("ca.pem", pem(ca_der, "CERTIFICATE").as_bytes(), 0o644)?;
+    write_renewal_record(&staging.path(""), "enrolled", not_after)?;
+    staging.track(super::keys::RENEWAL_FILE);
     let config = format!(
-        "# Written by `voxgate setup`: holds no secret.\n# Key backend chosen by {why}.\ndevice_id = \"{id}\"\n\n[relay]\naddress = \"{relay}\"\nserver_name = \"{sn}\"\nca = \"{dir}/ca.pem\"\n\n[identity]\nbackend = \"{backend}\"\ncert = \"{dir}/device.pem\"\n{key_lines}",
-        why = why.replace('\n', " "),
-        id = a.device_id,
-        relay = a.relay,
+        "# Written by `voxgate setup`: holds no secret.\n# Key backend chosen by {why}.\ndevice_id = \"{id}\"\n\n[relay]\naddress = \"{relay}\"\nserver_name = \"{sn}\"\nca = \"{ca}\"\n\n[identity]\nbackend = \"{backend}\"\ncert = \"{cert}\"\n{key_lines}{audio}",
+        why = key.why.replace('\n', " "),
+        id = t.device,
+        relay = t.relay,
         sn = a.server_name,
-        dir = a.dir.display(),
+        ca = staging.final_path("ca.pem").display(),
+        backend = key.backend,
+        cert = staging.final_path("device.pem").display(),
+        audio = t.audio,
     );
-    write_file(&a.config_out, config.as_bytes(), 0o640)?;
-    let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    println!("enrolled `{}` with {}", a.device_id, a.relay);
-    println!("  backend:     {backend} ({why})");
-    println!("  key:         {key_where}");
-    println!(
-        "  certificate: {} (expires {expires})",
-        a.dir.join("device.pem").display()
-    );
-    println!("  config:      {}", a.config_out.display());
-    Ok(())
+    Ok(Staged { config, key_where })
 }
 
-async fn enroll(
-    a: &SetupArgs,
-    verifier: std::sync::Arc<PinnedCaVerifier>,
-    token: &Secret<String>,
-    csr: &[u8],
-) -> Result<(Vec<u8>, i64)> {
-    let addr = tokio::net::lookup_host(&a.relay)
-        .await
-        .with_context(|| format!("cannot resolve {}", a.relay))?
-        .next()
-        .with_context(|| format!("{} resolves to no address", a.relay))?;
-    let bind: std::net::SocketAddr = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
+/// Install the identity: the systemd credential (for that backend), the
+/// staged files, the config last; then drop the pending key.
+pub fn install(a: &SetupArgs, key: &PreparedKey, staging: Staging, config: &str) -> Result<()> {
+    if a.config_out.exists() {
+        bail!(
+            "{} appeared while setup ran; nothing was installed",
+            a.config_out.display()
+        );
     }
-    .parse()?;
-    let endpoint = quinn::Endpoint::client(bind)?;
-    let cfg = tls::enroll_client_config(verifier)?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect_with(cfg, addr, &a.server_name)?)
-        .await
-        .with_context(|| format!("no answer from {addr}"))?
-        .map_err(|e| match e {
-            // Silence is not a failed proof: nothing answered at all.
-            quinn::ConnectionError::TimedOut => anyhow::anyhow!(
-                "no answer from the relay at {addr}: nothing listens there, or a firewall drops UDP; nothing was sent. Check --relay (`voxgate check` tells the two apart once enrolled)"
-            ),
-            quinn::ConnectionError::TransportError(_) => anyhow::anyhow!(
-                "the relay at {addr} answered but could not prove it holds the fleet CA {} ({}); nothing was sent. Check --ca-fingerprint and --server-name",
-                a.ca_fingerprint,
-                crate::transport::link::describe(&e)
-            ),
-            e => anyhow::anyhow!(
-                "the relay at {addr} closed the handshake ({}); nothing was sent",
-                crate::transport::link::describe(&e)
-            ),
-        })?;
-    let (mut send, recv) = conn.open_bi().await?;
-    let csr_b64 = B64.encode(csr);
-    framed::send(
-        &mut send,
-        &Message::Enroll(Enroll {
-            token: token.expose(),
-            device: &a.device_id,
-            csr: &csr_b64,
-        }),
-    )
-    .await?;
-    let mut reader = FrameReader::new(recv);
-    let answer = tokio::time::timeout(
-        Duration::from_secs(10),
-        reader.next(|m| match m {
-            Message::Enrolled(e) => Ok((e.cert.to_string(), e.not_after)),
-            Message::Error(e) => Err(anyhow::anyhow!("{}", e.message)),
-            _ => Err(anyhow::anyhow!("unexpected answer from the relay")),
-        }),
-    )
-    .await
-    .context("the relay did not answer the enrollment")?;
-    let (cert_b64, not_after) = match answer {
-        Ok(inner) => inner?,
-        Err(e) => match conn.close_reason() {
-            Some(r) => bail!(
-                "enrollment refused: {}",
-                crate::transport::link::describe(&r)
-            ),
-            None => return Err(e.into()),
-        },
-    };
-    conn.close(0u32.into(), b"enrolled");
-    endpoint.wait_idle().await;
-    Ok((
-        B64.decode(cert_b64).context("certificate encoding")?,
-        not_after,
-    ))
+    if let (NewKey::Software(pkcs8), IdentityBackend::SystemdCreds) = (&key.key, key.backend) {
+        store_credential(a, pkcs8)?;
+    }
+    staging.commit(&a.config_out, config)?;
+    Pending::at(&a.dir).discard();
+    Ok(())
 }
