@@ -202,7 +202,7 @@ fn load(config: &Path) -> Result<GatewayConfig, Finding> {
                 "{} does not exist: this box is not enrolled",
                 config.display()
             ),
-            "enroll it: `voxgate setup --relay HOST:PORT --ca-fingerprint SHA256:... --device-id ID --token-file FILE`",
+            "enroll it: run `voxgate setup` on a terminal (it asks for the relay, the CA fingerprint, the device id and the token), or give them as options (`voxgate setup --help`)",
         ));
     }
     GatewayConfig::load(config).map_err(|e| {
