@@ -25,7 +25,7 @@
 use super::IdentityBackend;
 use super::keys::{NewKey, write_renewal_record};
 use super::tpm::{Tpm, TpmError, TpmKey, TpmOptions, TpmSpec};
-use crate::pki::files::{pem, write_file};
+use crate::pki::files::{pem, replace_file, write_file};
 use crate::pki::sealed::{self, material};
 use crate::proto::control::{Enroll, Message};
 use crate::telemetry::Secret;
@@ -255,6 +255,17 @@ fn store_credential(a: &SetupArgs, pkcs8: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Owner of the config `voxgate setup` writes: root and the group of its
+/// directory when run as root; the caller's otherwise.
+fn config_owner(path: &std::path::Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    std::fs::metadata(dir).ok().map(|m| (0, m.gid()))
+}
+
 /// Run the enrollment.
 pub fn run(a: SetupArgs) -> Result<()> {
     if !crate::pki::name::valid_device_id(&a.device_id) {
@@ -378,7 +389,15 @@ pub fn run(a: SetupArgs) -> Result<()> {
         sn = a.server_name,
         dir = a.dir.display(),
     );
-    write_file(&a.config_out, config.as_bytes(), 0o640)?;
+    // The service account must read it: as root, the file takes the group
+    // of its directory (/etc/voxgate is root:voxgate 0750, from the
+    // package's tmpfiles.d entry), as the installed configs do.
+    replace_file(
+        &a.config_out,
+        config.as_bytes(),
+        0o640,
+        config_owner(&a.config_out),
+    )?;
     let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
         .map(|t| t.to_string())
         .unwrap_or_default();
