@@ -266,6 +266,26 @@ fn config_owner(path: &std::path::Path) -> Option<(u32, u32)> {
     std::fs::metadata(dir).ok().map(|m| (0, m.gid()))
 }
 
+/// As root, give the files setup just wrote in `dir` (created by it,
+/// `O_EXCL`: no link to follow) to `dir`'s owner and group.
+fn hand_over(dir: &std::path::Path, files: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let m = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    for f in files {
+        std::os::unix::fs::lchown(f, Some(m.uid()), Some(m.gid())).with_context(|| {
+            format!(
+                "cannot give {} to the owner of {}",
+                f.display(),
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Run the enrollment.
 pub fn run(a: SetupArgs) -> Result<()> {
     if !crate::pki::name::valid_device_id(&a.device_id) {
@@ -378,6 +398,21 @@ pub fn run(a: SetupArgs) -> Result<()> {
         0o644,
     )?;
     write_renewal_record(&a.dir, "enrolled", not_after)?;
+    // Run as root, the files go to the state directory's owner (the
+    // service account, from tmpfiles.d): systemd does not chown the
+    // contents of a StateDirectory= whose top is already the account's.
+    let key_file = match (&key, &m) {
+        (NewKey::Tpm(_), _) => Some("device.key.tpm"),
+        (_, Some(_)) => Some("device.key.sealed"),
+        // systemd-creds: the key is in the credential store, root's.
+        (_, None) => None,
+    };
+    let written: Vec<PathBuf> = ["device.pem", "ca.pem", super::keys::RENEWAL_FILE]
+        .into_iter()
+        .chain(key_file)
+        .map(|f| a.dir.join(f))
+        .collect();
+    hand_over(&a.dir, &written)?;
     if let Some(parent) = a.config_out.parent() {
         std::fs::create_dir_all(parent).ok();
     }
