@@ -82,4 +82,6 @@ fn demo_beside_a_pulseaudio_server_is_quiet() {
         assert!(!text.contains(noise), "{noise}:\n{text}");
         assert!(!gateway.contains(noise), "{noise}:\n{gateway}");
     }
+    drop(pulse);
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -279,7 +279,7 @@ fn amd64_package_installs_enrolls_and_streams_under_systemd() {
     // Echo, recording on (the lab's default): what the box streamed is on
     // the relay's disk.
     let lab = Lab::new("deploy-deb-relay", "mode = \"echo\"");
-    let _relay = lab.start_relay();
+    let relay = lab.start_relay();
     let token = secret_file(&dir, "token", &token(&lab, "box-deb", None));
     let r = boot::install_and_stream(&boot::Boot {
         dir: &dir,
@@ -293,6 +293,8 @@ fn amd64_package_installs_enrolls_and_streams_under_systemd() {
     });
     assert_installed(&r.results, "amd64", &r.context);
     r.assert_streamed(&lab);
+    drop(relay);
+    std::fs::remove_dir_all(&lab.dir).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
 
