@@ -127,14 +127,16 @@ fn make_input(dir: &Path, input: Option<&Path>) -> Result<(PathBuf, String)> {
 }
 
 /// ALSA config with a capture PCM reading `infile` and a playback PCM
-/// writing `outfile`, both raw S16_LE mono 48 kHz behind `plug`.
+/// writing `outfile`, both raw S16_LE mono 48 kHz behind `plug`;
+/// self-contained (no `pcm.null` from alsa.conf), so that it is the
+/// gateway's whole `ALSA_CONFIG_PATH`.
 pub fn alsa_file_config(infile: &Path, outfile: &Path) -> String {
     format!(
         r#"pcm.voxgate_mic {{
     type plug
     slave.pcm {{
         type file
-        slave.pcm "null"
+        slave.pcm {{ type null }}
         file "/dev/null"
         infile "{infile}"
         format "raw"
@@ -148,7 +150,7 @@ pcm.voxgate_speaker {{
     type plug
     slave.pcm {{
         type file
-        slave.pcm "null"
+        slave.pcm {{ type null }}
         file "{outfile}"
         format "raw"
     }}
@@ -281,7 +283,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         (
             "[capture]\ndevice = \"voxgate_mic\"\n\n[playback]\ndevice = \"voxgate_speaker\"\n"
                 .to_string(),
-            Some(format!("/usr/share/alsa/alsa.conf:{}", asound.display())),
+            // This file alone, not the system's alsa.conf: its conf.d hooks
+            // load the PulseAudio plugin when a server runs (a desktop's),
+            // and libpulse inside the gateway's sandbox then prints
+            // "Failed to create secure directory" for every device look-up.
+            Some(asound.display().to_string()),
         )
     };
     std::fs::write(

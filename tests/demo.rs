@@ -44,3 +44,44 @@ fn demo_streams_and_leaves_a_recording() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a demo"));
 }
+
+/// On a desktop a PulseAudio (or PipeWire) server runs: the demo's
+/// gateway, sandboxed, must not load ALSA's pulse plugin, whose libpulse
+/// cannot create its directories there and printed "Failed to create
+/// secure directory" at every device look-up.
+#[test]
+fn demo_beside_a_pulseaudio_server_is_quiet() {
+    let dir = test_dir("demo-pulse");
+    let pulse = voxgate_testkit::audio_env::PulseEnv::start(&dir.join("pulse"));
+    let run = dir.join("run");
+    // A desktop session: the server at $XDG_RUNTIME_DIR/pulse/native, found
+    // by the conf.d hook of the system's ALSA config.
+    let runtime = pulse
+        .env()
+        .into_iter()
+        .find(|(k, _)| k == "XDG_RUNTIME_DIR")
+        .unwrap()
+        .1;
+    let out = Command::new(bin())
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env_remove("ALSA_CONFIG_PATH")
+        .env_remove("PULSE_SERVER")
+        .env_remove("PULSE_COOKIE")
+        .args(["demo", "--seconds", "2", "--dir"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "demo failed:\n{text}");
+    let gateway = std::fs::read_to_string(run.join("gateway.log")).unwrap();
+    for noise in ["secure directory", "Failed to create"] {
+        assert!(!text.contains(noise), "{noise}:\n{text}");
+        assert!(!gateway.contains(noise), "{noise}:\n{gateway}");
+    }
+    drop(pulse);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -26,7 +26,8 @@
 
 use super::super::keys::NewKey;
 use super::super::tpm::{KeyBlob, Tpm, TpmKey};
-use crate::pki::files::write_file;
+use crate::pki::files::{replace_file, write_file};
+use std::os::unix::fs::MetadataExt;
 use crate::pki::sealed::{self, Material};
 use anyhow::{Context, Result};
 use std::os::unix::fs::DirBuilderExt;
@@ -206,17 +207,43 @@ impl Staging {
     /// Rename every staged file into place, then write `config` to
     /// `config_out` (atomically, mode 0640), then remove the staging
     /// directory.
+    ///
+    /// Run as root, the staged files first go to the state directory's
+    /// owner and group (the service account, from tmpfiles.d: systemd does
+    /// not chown the contents of a `StateDirectory=` whose top is already
+    /// the account's), while they are still in the root-only staging
+    /// directory; the config goes to root and its directory's group
+    /// (`/etc/voxgate` is `root:voxgate` 0750), as the installed configs
+    /// do, so that the service can read it.
     pub fn commit(self, config_out: &Path, config: &str) -> Result<()> {
+        let root = nix::unistd::geteuid().is_root();
+        let owner = std::fs::metadata(&self.target)
+            .with_context(|| format!("{}", self.target.display()))?;
         for name in &self.names {
+            let staged = self.dir.join(name);
+            if root {
+                std::os::unix::fs::lchown(&staged, Some(owner.uid()), Some(owner.gid()))
+                    .with_context(|| {
+                        format!(
+                            "cannot give {name} to the owner of {}",
+                            self.target.display()
+                        )
+                    })?;
+            }
             let to = self.target.join(name);
-            std::fs::rename(self.dir.join(name), &to)
+            std::fs::rename(&staged, &to)
                 .with_context(|| format!("cannot install {}", to.display()))?;
         }
         if let Some(parent) = config_out.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        write_file(config_out, config.as_bytes(), 0o640)?;
+        let group = config_out
+            .parent()
+            .filter(|p| root && !p.as_os_str().is_empty())
+            .and_then(|d| std::fs::metadata(d).ok())
+            .map(|m| (0, m.gid()));
+        replace_file(config_out, config.as_bytes(), 0o640, group)?;
         Ok(())
     }
 }
