@@ -27,10 +27,10 @@
 use super::super::keys::NewKey;
 use super::super::tpm::{KeyBlob, Tpm, TpmKey};
 use crate::pki::files::{replace_file, write_file};
-use std::os::unix::fs::MetadataExt;
 use crate::pki::sealed::{self, Material};
 use anyhow::{Context, Result};
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
