@@ -245,7 +245,7 @@ fn install_into_a_scratch_root_then_rerun_changes_nothing() {
             "voxgate",
         ),
         (
-            "etc/voxgate/voxgate.toml",
+            "etc/voxgate/voxgate.toml.example",
             src("examples/voxgate.toml"),
             0o640,
             "root",
@@ -310,15 +310,17 @@ fn install_into_a_scratch_root_then_rerun_changes_nothing() {
 
     // An edited config (and a box's own asound.conf) survive a rerun.
     let edited = "# edited on the box\ndevice_id = \"shop-99\"\n";
-    std::fs::write(root.join("etc/voxgate/voxgate.toml"), edited).unwrap();
+    std::fs::write(root.join("etc/voxgate/voxgate.toml.example"), edited).unwrap();
     std::fs::write(root.join("etc/asound.conf"), "# the box's own\n").unwrap();
     let o = install(&args);
     assert!(o.status.success(), "third run:\n{}", show(&o));
-    assert_eq!(read(&root.join("etc/voxgate/voxgate.toml")), edited);
+    assert_eq!(read(&root.join("etc/voxgate/voxgate.toml.example")), edited);
+    // `voxgate setup` writes voxgate.toml: the installer never makes one.
+    assert!(!root.join("etc/voxgate/voxgate.toml").exists());
     assert_eq!(read(&root.join("etc/asound.conf")), "# the box's own\n");
     let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
     assert!(
-        all.contains("kept existing /etc/voxgate/voxgate.toml"),
+        all.contains("kept existing /etc/voxgate/voxgate.toml.example"),
         "third run:\n{all}"
     );
     // The box's asound.conf lacks the board's PCMs: the installer says how to add them.

@@ -245,21 +245,19 @@ fn a_state_directory_of_another_user_is_refused() {
 }
 
 /// Every command starts without core dumps: `voxgate setup`, started as
-/// `nobody` and waiting for its token on stdin, already has `RLIMIT_CORE`
-/// 0 and is non-dumpable (its /proc files belong to root, not to nobody).
+/// `nobody` and waiting for a relay that never answers (a UDP socket this
+/// test holds and never reads: setup's hardware step waits for it before
+/// it reads the token), already has `RLIMIT_CORE` 0 and is non-dumpable
+/// (its /proc files belong to root, not to nobody).
 #[test]
 fn commands_other_than_the_daemons_cannot_dump_core_either() {
     use std::os::unix::fs::MetadataExt;
     let dir = voxgate_testkit::lab::test_dir_in(&std::env::temp_dir(), "priv-nocore");
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay = silent.local_addr().unwrap().to_string();
     let mut child = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin()])
-        .args([
-            "setup",
-            "--relay",
-            "127.0.0.1:9",
-            "--device-id",
-            "gw-nocore",
-        ])
+        .args(["setup", "--relay", &relay, "--device-id", "gw-nocore"])
         .args(["--ca-fingerprint", &format!("SHA256:{}", "ab".repeat(32))])
         .args(["--token-file", "-", "--dir"])
         .arg(&dir)
@@ -293,4 +291,5 @@ fn commands_other_than_the_daemons_cannot_dump_core_either() {
     assert_eq!(environ.uid(), 0, "setup is dumpable");
     let _ = child.kill();
     let _ = child.wait();
+    drop(silent);
 }
