@@ -171,25 +171,21 @@ fn the_api_tls_key_is_made_in_the_tpm_or_as_a_credential() {
         ];
         args.extend(backend);
         args.extend(["--dir", d.to_str().unwrap()]);
-        let o = std::process::Command::new(voxgate_testkit::lab::bin())
-            .arg("relay")
-            .args(&args)
-            .arg("--config")
-            .arg(&cfg)
-            .env("SYSTEMD_CREDENTIAL_SECRET", &secret)
-            .output()
-            .unwrap();
+        let run = || {
+            std::process::Command::new(voxgate_testkit::lab::bin())
+                .arg("relay")
+                .args(&args)
+                .arg("--config")
+                .arg(&cfg)
+                .env("SYSTEMD_CREDENTIAL_SECRET", &secret)
+                .output()
+                .unwrap()
+        };
+        let o = run();
         assert!(o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("LoadCredentialEncrypted") == backend.contains(&"--creds"));
         // Asked again, it overwrites nothing.
-        let again = std::process::Command::new(voxgate_testkit::lab::bin())
-            .arg("relay")
-            .args(&args)
-            .arg("--config")
-            .arg(&cfg)
-            .env("SYSTEMD_CREDENTIAL_SECRET", &secret)
-            .output()
-            .unwrap();
+        let again = run();
         assert!(
             !again.status.success() && text(&again).contains("exists"),
             "{}",

@@ -611,27 +611,20 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
 pub fn probe_client_config(
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let q = QuicClientConfig::try_from(tls)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(q));
-    cfg.transport_config(transport());
-    Ok(cfg)
+    anonymous_client_config(verifier, ALPN)
 }
 
 /// The device's client configuration for enrollment.
 pub fn enroll_client_config(
     verifier: Arc<PinnedCaVerifier>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    pinned_client_config(verifier, ALPN_ENROLL)
+    anonymous_client_config(verifier, ALPN_ENROLL)
 }
 
-fn pinned_client_config(
-    verifier: Arc<PinnedCaVerifier>,
+/// TLS 1.3 with ALPN `alpn`, the relay checked by `verifier`, and no
+/// client certificate.
+fn anonymous_client_config(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())

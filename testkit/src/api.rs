@@ -22,10 +22,9 @@ pub struct OperatorCert {
     pub spki_b64: String,
 }
 
-/// A CA and a leaf certificate for 127.0.0.1 and `localhost` in `dir`.
-pub fn operator_cert(dir: &Path) -> OperatorCert {
-    use base64::Engine as _;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+/// The operator's CA: its certificate and its issuer.
+fn operator_ca() -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
@@ -33,7 +32,14 @@ pub fn operator_cert(dir: &Path) -> OperatorCert {
         .push(DnType::CommonName, "operator test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
+    (ca_cert, Issuer::new(ca_params, ca_key))
+}
+
+/// A CA and a leaf certificate for 127.0.0.1 and `localhost` in `dir`.
+pub fn operator_cert(dir: &Path) -> OperatorCert {
+    use base64::Engine as _;
+    use rcgen::{CertificateParams, KeyPair, SanType};
+    let (ca_cert, issuer) = operator_ca();
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec!["localhost".into()]).unwrap();
     p.subject_alt_names
@@ -62,18 +68,8 @@ pub fn operator_cert(dir: &Path) -> OperatorCert {
 /// `api.pem` in `dir`, the CA to `api-ca.pem`.
 pub fn sign_request(dir: &Path, csr: &Path, key: &Path) -> OperatorCert {
     use base64::Engine as _;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, IsCa, Issuer,
-        KeyPair,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "operator test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
+    use rcgen::CertificateSigningRequestParams;
+    let (ca_cert, issuer) = operator_ca();
     let req = CertificateSigningRequestParams::from_pem(&std::fs::read_to_string(csr).unwrap())
         .expect("a certificate request");
     let spki = rcgen::PublicKeyData::subject_public_key_info(&req.public_key);
