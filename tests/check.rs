@@ -24,6 +24,9 @@ use voxgate_testkit::proxy::LossyProxy;
 use voxgate_testkit::sip::{Sipp, free_rtp_range, register_scenario};
 use voxgate_testkit::swtpm::Swtpm;
 
+/// The stable check ids, written out here on purpose rather than taken from
+/// `voxgate::diagnose::check::IDS`: scripts depend on them, so a renamed or
+/// dropped id must fail this test.
 const IDS: [&str; 16] = [
     "config",
     "identity",
