@@ -214,8 +214,63 @@ fn packages_pass_lintian() {
                 "{deb}: {want} missing:\n{ls}"
             );
         }
+        feature_gated_commands(&p, deb);
         println!("DEB-SIZE {deb} {} bytes", p.metadata().unwrap().len());
     }
+}
+
+/// The man pages and completions document the package's own binary: the
+/// operator API's commands (`relay api-tls`, `relay webhook`, feature
+/// `api`) are in the amd64 package (the relay's build) and absent from the
+/// arm ones (`--no-default-features`).
+fn feature_gated_commands(p: &Path, deb: &str) {
+    let dir = test_dir_in(&target_tmpdir(), &format!("deploy-deb-docs-{deb}"));
+    let o = run(Command::new("dpkg-deb").arg("-x").arg(p).arg(&dir), "dpkg");
+    assert!(o.status.success(), "{}", show(&o));
+    let man = dir.join("usr/share/man/man1");
+    let gz = |name: &str| {
+        let o = run(Command::new("gzip").arg("-dc").arg(man.join(name)), "gzip");
+        assert!(o.status.success(), "{name}: {}", show(&o));
+        stdout(&o)
+    };
+    let texts = [
+        ("voxgate-relay.1", gz("voxgate-relay.1.gz")),
+        (
+            "bash completion",
+            std::fs::read_to_string(dir.join("usr/share/bash-completion/completions/voxgate"))
+                .unwrap(),
+        ),
+        (
+            "zsh completion",
+            std::fs::read_to_string(dir.join("usr/share/zsh/vendor-completions/_voxgate")).unwrap(),
+        ),
+        (
+            "fish completion",
+            std::fs::read_to_string(dir.join("usr/share/fish/vendor_completions.d/voxgate.fish"))
+                .unwrap(),
+        ),
+    ];
+    let with_api = deb == "amd64";
+    for cmd in ["api-tls", "webhook"] {
+        let page = man.join(format!("voxgate-relay-{cmd}.1.gz"));
+        assert_eq!(page.exists(), with_api, "{deb}: {}", page.display());
+        for (what, text) in &texts {
+            assert_eq!(
+                text.contains(cmd),
+                with_api,
+                "{deb}: `relay {cmd}` in the {what}: {}",
+                if with_api {
+                    "missing"
+                } else {
+                    "named, but the binary lacks it"
+                }
+            );
+        }
+    }
+    // Commands every build has are documented in every package.
+    assert!(man.join("voxgate-relay-api-key.1.gz").exists(), "{deb}");
+    assert!(texts[1].1.contains("api-key"), "{deb}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -3,6 +3,13 @@
 //! shell completions (`voxgate.bash`, `_voxgate`, `voxgate.fish`) from the
 //! command line's clap definition, for `scripts/package-deb`.
 //!
+//! The pages describe the binary built with the same features as this
+//! program: `cargo run -p voxgate-docgen` for the default build (the
+//! relay's, with the operator API), `cargo run -p voxgate-docgen
+//! --no-default-features` for the box's (`relay api-tls` and `relay
+//! webhook` absent). scripts/package-deb picks the one that matches each
+//! package's binary.
+//!
 //! A separate program rather than a hidden subcommand: clap_mangen and
 //! clap_complete would otherwise add their code to every box's binary,
 //! whose size is a tracked figure (docs/BENCHMARKS.md).

@@ -121,17 +121,44 @@ fn id_of(d: &cpal::Device) -> String {
 
 /// Ids and descriptions of the devices usable in `dir`.
 pub fn list(dir: Dir) -> Vec<(String, String)> {
-    let host = cpal::default_host();
-    let Ok(devices) = host.devices() else {
-        return Vec::new();
-    };
-    devices
-        .filter(|d| supports(d, dir))
-        .map(|d| {
-            let desc = d.description().map(|x| x.to_string()).unwrap_or_default();
-            (id_of(&d), desc.replace('\n', " / "))
-        })
-        .collect()
+    quietly(|| {
+        let host = cpal::default_host();
+        let Ok(devices) = host.devices() else {
+            return Vec::new();
+        };
+        devices
+            .filter(|d| supports(d, dir))
+            .map(|d| {
+                let desc = d.description().map(|x| x.to_string()).unwrap_or_default();
+                (id_of(&d), desc.replace('\n', " / "))
+            })
+            .collect()
+    })
+}
+
+/// Run `f` with alsa-lib's error messages on this thread kept off stderr.
+///
+/// Enumerating devices makes alsa-lib try every card its configuration
+/// names, and on a box without a sound card (or with fewer cards than
+/// `alsa.conf` expects) it prints `ALSA lib ... cannot find card '0'` lines
+/// straight to stderr, in the middle of `voxgate setup`'s and `voxgate
+/// check`'s output, though nothing is wrong: the list is just shorter.
+/// alsa-lib's thread-local error handler (`snd_lib_error_set_local`,
+/// through the `alsa` crate cpal links) takes them into a buffer instead;
+/// they are logged at debug level. What fails is still reported through
+/// the results (no device, an open that fails). The handler stays on the
+/// thread afterwards (the next call replaces it): only the listing
+/// commands call this, never the daemon's audio threads.
+pub fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let buffer = alsa::Output::local_error_handler().ok();
+    let v = f();
+    if let Some(b) = buffer {
+        let text = b.borrow().to_string();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::debug!(message = line, "alsa-lib");
+        }
+    }
+    v
 }
 
 /// Find a device by ALSA PCM id (e.g. `plughw:CARD=1,DEV=0`, `voxcap`) or by

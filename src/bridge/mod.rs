@@ -11,6 +11,10 @@
 //! engine task ([`media`]). What the bridge does with calls and
 //! registrations is described in [`switchboard`].
 //!
+//! The registrations are published to a [`registrations::PhonesBoard`]
+//! (the status socket's `GET /phones`) when they change, after the actions
+//! of the event that changed them are carried out.
+//!
 //! The phone store is re-read when its file changes ([`StoreWatch`]):
 //! `voxgate phones add`, `remove` and `rotate` take effect on the running
 //! bridge at its next SIP message or timer tick (at most a second), without
@@ -19,6 +23,7 @@
 pub mod media;
 pub mod metrics;
 pub mod phone_store;
+pub mod registrations;
 pub mod switchboard;
 pub mod tcp;
 
@@ -426,13 +431,15 @@ fn export(m: &BridgeMetrics, old: Stats, s: Stats) {
     }
 }
 
-/// Run the bridge until `shutdown` resolves.
+/// Run the bridge until `shutdown` resolves; the registrations go to
+/// `board` as they change.
 pub async fn run(
     p: PreparedBridge,
     link: CallLinkEnds,
     slot: Arc<ConnSlot>,
     opus: CodecConfig,
     metrics: Arc<BridgeMetrics>,
+    board: Arc<registrations::PhonesBoard>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let udp = tokio::net::UdpSocket::from_std(p.udp)?;
@@ -500,6 +507,8 @@ pub async fn run(
         exported: Stats::default(),
     };
     info!(port, %advertise, "SIP bridge ready");
+    let mut published = sb.registrations_version();
+    board.publish(&sb.registrations(Instant::now()), Instant::now());
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -532,6 +541,11 @@ pub async fn run(
             () = &mut shutdown => break,
         }
         shell.carry_out(&mut sb, false);
+        if sb.registrations_version() != published {
+            published = sb.registrations_version();
+            let now = Instant::now();
+            board.publish(&sb.registrations(now), now);
+        }
     }
     // Hang up every call so phones do not keep talking to nobody.
     sb.shutdown(Instant::now());

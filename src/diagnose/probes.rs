@@ -244,6 +244,10 @@ pub fn audio_id(dir: Dir) -> &'static str {
 /// Open the `dir` device `name` (`None`: the default) the way the daemon
 /// does, start it for a moment and close it.
 pub fn open_audio(name: Option<&str>, dir: Dir) -> Result<String, String> {
+    device::quietly(|| open_audio_now(name, dir))
+}
+
+fn open_audio_now(name: Option<&str>, dir: Dir) -> Result<String, String> {
     use cpal::traits::{DeviceTrait, StreamTrait};
     let dev = device::find(name, dir).map_err(|e| e.to_string())?;
     let cfg = device::choose_config(&dev, dir).map_err(|e| e.to_string())?;

@@ -195,11 +195,14 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     if let Some(l) = p.metrics {
         tokio::spawn(crate::telemetry::http::serve(l, metrics.registry.clone()));
     }
+    // The phones' registrations, published by the bridge task and served
+    // on the status socket only (`GET /phones`).
+    let phones = crate::bridge::registrations::PhonesBoard::new(p.bridge.is_some());
     if let Some(l) = p.status {
-        tokio::spawn(crate::telemetry::http::serve_unix(
-            l,
-            metrics.registry.clone(),
-        ));
+        let board = phones.clone();
+        let routes = crate::telemetry::http::Routes::metrics(metrics.registry.clone())
+            .with_json("/phones", Arc::new(move || board.json()));
+        tokio::spawn(crate::telemetry::http::serve_unix(l, routes));
     }
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -311,6 +314,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
                 slot.clone(),
                 cfg.codec,
                 metrics.bridge.clone(),
+                phones,
                 async move {
                     let _ = stop.changed().await;
                 },

@@ -12,7 +12,10 @@
 //! - at most `max_contacts` bindings per extension and `max_aors` extensions.
 //!
 //! Time is passed in; [`Registrar::poll_timeout`] says when the next binding
-//! expires so the shell can call [`Registrar::expire`].
+//! expires so the shell can call [`Registrar::expire`]. Every change of the
+//! bindings (a new one, a refresh, one gone) advances
+//! [`Registrar::generation`], so that a view of them is rebuilt only when
+//! it would differ.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,6 +66,10 @@ pub struct Binding {
     pub source: SocketAddr,
     /// Transport of the REGISTER (`UDP`, `TCP`, ...), from its top Via.
     pub transport: String,
+    /// The REGISTER's `User-Agent` (the phone's make and firmware), if any.
+    pub user_agent: Option<String>,
+    /// When this contact was first bound (kept across refreshes).
+    pub since: Instant,
 }
 
 /// The registrar state.
@@ -70,6 +77,8 @@ pub struct Binding {
 pub struct Registrar {
     cfg: RegistrarConfig,
     aors: HashMap<String, Vec<Binding>>,
+    /// Advanced by every change of the bindings.
+    generation: u64,
 }
 
 /// A change made by a REGISTER, for the audit trail and the shell.
@@ -90,6 +99,7 @@ impl Registrar {
         Registrar {
             cfg,
             aors: HashMap::new(),
+            generation: 0,
         }
     }
 
@@ -146,6 +156,7 @@ impl Registrar {
         let call_id = req.call_id().map_err(|_| bad(400, None))?.to_string();
         let cseq = req.cseq().map_err(|_| bad(400, None))?.seq;
         let transport = req.top_via().map_err(|_| bad(400, None))?.transport;
+        let user_agent = req.headers.get("User-Agent").map(str::to_string);
         let contacts = req.contacts().map_err(|_| bad(400, Some("Bad Contact")))?;
         let header_expires = match req.headers.get("Expires") {
             Some(v) => Some(parse_delta(v).ok_or_else(|| bad(400, Some("Bad Expires")))?),
@@ -181,11 +192,12 @@ impl Registrar {
                     return Err(r);
                 }
                 let existing = list.iter().position(|b| b.contact.uri == addr.uri);
+                let mut since = now;
                 if let Some(i) = existing {
                     if !in_order(&list[i]) {
                         return Err(bad(500, Some("Server Internal Error (CSeq out of order)")));
                     }
-                    list.remove(i);
+                    since = list.remove(i).since;
                 }
                 if expires == 0 {
                     continue;
@@ -202,6 +214,8 @@ impl Registrar {
                     cseq,
                     source: src,
                     transport: transport.clone(),
+                    user_agent: user_agent.clone(),
+                    since,
                 });
             }
             if list.len() > self.cfg.max_contacts {
@@ -216,6 +230,9 @@ impl Registrar {
             }
         }
         let changed = list != before;
+        if changed {
+            self.generation += 1;
+        }
         if list.is_empty() {
             self.aors.remove(user);
         } else {
@@ -235,22 +252,35 @@ impl Registrar {
     /// Drops every binding of `user` (its credentials changed: the phone
     /// must register again); whether it had a live one.
     pub fn remove(&mut self, now: Instant, user: &str) -> bool {
-        self.aors
-            .remove(user)
-            .is_some_and(|l| l.iter().any(|b| b.expires_at > now))
+        let removed = self.aors.remove(user);
+        if removed.is_some() {
+            self.generation += 1;
+        }
+        removed.is_some_and(|l| l.iter().any(|b| b.expires_at > now))
     }
 
     /// Drops lapsed bindings; returns the extensions that lost their last one.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let mut gone = Vec::new();
+        let mut dropped = false;
         self.aors.retain(|user, l| {
+            let before = l.len();
             l.retain(|b| b.expires_at > now);
+            dropped |= l.len() != before;
             if l.is_empty() {
                 gone.push(user.clone());
             }
             !l.is_empty()
         });
+        if dropped {
+            self.generation += 1;
+        }
         gone
+    }
+
+    /// Advanced by every change of the bindings: new, refreshed, dropped.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// When the next binding lapses.
@@ -265,7 +295,7 @@ mod tests {
 
     fn reg(call_id: &str, cseq: u32, contacts: &[&str], expires: Option<&str>) -> Message {
         let mut s = format!(
-            "REGISTER sip:box.lan SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.20;branch=z9hG4bK{cseq}\r\nFrom: <sip:101@box.lan>;tag=a\r\nTo: <sip:101@box.lan>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n"
+            "REGISTER sip:box.lan SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.20;branch=z9hG4bK{cseq}\r\nFrom: <sip:101@box.lan>;tag=a\r\nTo: <sip:101@box.lan>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nUser-Agent: Yealink SIP-T46U 66.86.0.15\r\n"
         );
         for c in contacts {
             s.push_str(&format!("Contact: {c}\r\n"));
@@ -310,10 +340,29 @@ mod tests {
         );
         assert_eq!(r.lookup(t0, "101").len(), 2);
         assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(120)));
+        let g0 = r.generation();
+        assert!(g0 > 0);
+        // A refresh keeps when the contact was first bound, and is a change.
+        let t_half = t0 + Duration::from_secs(30);
+        let refresh = reg("c1", 2, &["<sip:101@192.168.1.20>"], Some("3600"));
+        assert_eq!(code(&r.register(t_half, "101", &refresh, src)), 200);
+        assert!(r.generation() > g0);
+        let b = r
+            .lookup(t_half, "101")
+            .into_iter()
+            .find(|b| b.contact.uri.host == "192.168.1.20")
+            .unwrap();
+        assert_eq!(b.since, t0);
+        assert_eq!(b.user_agent.as_deref(), Some("Yealink SIP-T46U 66.86.0.15"));
+        let g1 = r.generation();
         // The 120 s contact lapses.
         let t1 = t0 + Duration::from_secs(121);
         assert_eq!(r.lookup(t1, "101").len(), 1);
         assert!(r.expire(t1).is_empty());
+        assert!(r.generation() > g1, "a lapsed contact is a change");
+        let g2 = r.generation();
+        assert!(r.expire(t1).is_empty());
+        assert_eq!(r.generation(), g2, "nothing lapsed: no change");
         // Same Call-ID, older CSeq: refused, nothing changes.
         assert_eq!(
             code(&r.register(

@@ -2,7 +2,9 @@
 //! on a loopback TCP address and on the status socket (a Unix socket in the
 //! runtime directory, mode 0660: the service's user and group; what
 //! `voxgate status` and `voxgate check` read when no TCP endpoint is
-//! configured). The metrics hold no secret.
+//! configured). The status socket also serves JSON views its owner adds
+//! ([`Routes::with_json`]: the gateway's `GET /phones`, the registered
+//! phones); the TCP endpoint only the metrics. Neither holds a secret.
 //!
 //! Only loopback addresses are accepted (checked at config validation and
 //! again here): the metrics describe the box and are not for the LAN. Each
@@ -47,21 +49,97 @@ pub fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListene
     Ok(l)
 }
 
-/// Serve the status socket until the task is dropped. Must run inside the
-/// tokio runtime.
-pub async fn serve_unix(listener: std::os::unix::net::UnixListener, registry: Arc<Registry>) {
+/// What an endpoint answers besides `GET /metrics`: JSON views, each
+/// rendered by its producer (the status socket's `GET /phones`).
+#[derive(Clone)]
+pub struct Routes {
+    registry: Arc<Registry>,
+    json: Vec<(&'static str, JsonView)>,
+}
+
+/// A producer of one JSON document, called for each request.
+pub type JsonView = Arc<dyn Fn() -> Arc<str> + Send + Sync>;
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes")
+            .field(
+                "json",
+                &self.json.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Routes {
+    /// `GET /metrics` from `registry`, nothing else.
+    pub fn metrics(registry: Arc<Registry>) -> Routes {
+        Routes {
+            registry,
+            json: Vec::new(),
+        }
+    }
+
+    /// Also `GET path` (e.g. `/phones`), answered with what `view` gives.
+    pub fn with_json(mut self, path: &'static str, view: JsonView) -> Routes {
+        self.json.push((path, view));
+        self
+    }
+
+    /// The answer to a request line: status, content type, body.
+    fn answer(&self, line: &[u8]) -> (&'static str, &'static str, Arc<str>) {
+        let target = line
+            .strip_prefix(b"GET ")
+            .and_then(|r| r.split(|&b| b == b' ').next())
+            .unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        if path == b"/metrics" {
+            return (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                self.registry.render().into(),
+            );
+        }
+        if let Some((_, view)) = self.json.iter().find(|(p, _)| p.as_bytes() == path) {
+            return ("200 OK", "application/json", view());
+        }
+        let mut known = String::from("try GET /metrics");
+        for (p, _) in &self.json {
+            known.push_str(&format!(" or GET {p}"));
+        }
+        known.push('\n');
+        ("404 Not Found", "text/plain", known.into())
+    }
+}
+
+/// Serve the status socket until the task is dropped: `GET /metrics` and
+/// the JSON views of `routes`. Must run inside the tokio runtime.
+pub async fn serve_unix(listener: std::os::unix::net::UnixListener, routes: Routes) {
     let Ok(listener) = UnixListener::from_std(listener) else {
         tracing::error!("status socket could not join the runtime");
         return;
     };
+    let l = &listener;
+    accept_loop(|| async move { l.accept().await.map(|(s, _)| s) }, routes).await;
+}
+
+/// Accept connections from `accept` and answer each in a task of its own,
+/// bounded in time.
+async fn accept_loop<S, F, Fut>(mut accept: F, routes: Routes)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let routes = Arc::new(routes);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok(stream) = accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let registry = registry.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &routes)).await;
         });
     }
 }
@@ -83,33 +161,36 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// Serve until the task is dropped. Must run inside the tokio runtime.
+/// Serve `GET /metrics` until the task is dropped (the loopback TCP
+/// endpoint: the metrics only). Must run inside the tokio runtime.
 pub async fn serve(listener: std::net::TcpListener, registry: Arc<Registry>) {
     let Ok(listener) = TcpListener::from_std(listener) else {
         tracing::error!("metrics listener could not join the runtime");
         return;
     };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry)).await;
-        });
-    }
+    let l = &listener;
+    accept_loop(
+        || async move { l.accept().await.map(|(s, _)| s) },
+        Routes::metrics(registry),
+    )
+    .await;
 }
 
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    registry: &Registry,
+    routes: &Routes,
 ) -> std::io::Result<()> {
     let mut buf = [0u8; MAX_REQUEST];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
         if len == buf.len() {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
         }
         let n = stream.read(&mut buf[len..]).await?;
         if n == 0 {
@@ -118,20 +199,18 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         len += n;
     }
     let line = buf[..len].split(|&b| b == b'\r').next().unwrap_or_default();
-    if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?") {
-        respond(&mut stream, "200 OK", &registry.render()).await
-    } else {
-        respond(&mut stream, "404 Not Found", "try GET /metrics\n").await
-    }
+    let (status, kind, body) = routes.answer(line);
+    respond(&mut stream, status, kind, &body).await
 }
 
 async fn respond<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: &str,
+    kind: &str,
     body: &str,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

@@ -43,6 +43,10 @@
 //! Registrations: the first binding of an extension announces it to the
 //! relay (`ext_up`), the last one gone withdraws it (`ext_down`); on every
 //! new relay session all registered extensions are announced again.
+//! [`Switchboard::registrations`] lists every extension of the phone store
+//! with its live bindings (where the phone registered from, its user
+//! agent, since when, until when; nothing of its credentials), and
+//! [`Switchboard::registrations_version`] changes whenever that list would.
 
 mod calls;
 mod requests;
@@ -209,6 +213,33 @@ pub struct Stats {
     pub registered: usize,
 }
 
+/// One extension of the phone store and the phones registered for it
+/// ([`Switchboard::registrations`]). Holds no credential and no nonce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The extension.
+    pub ext: String,
+    /// Its live bindings, oldest first (none: not registered).
+    pub contacts: Vec<RegisteredContact>,
+}
+
+/// One live binding of an extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredContact {
+    /// Where the REGISTER came from (where requests go).
+    pub source: SocketAddr,
+    /// The Contact URI's host and port, as the phone wrote them.
+    pub contact: String,
+    /// The REGISTER's transport (`UDP`, `TCP`).
+    pub transport: String,
+    /// The phone's `User-Agent`, if it sent one.
+    pub user_agent: Option<String>,
+    /// When the phone first registered this contact.
+    pub since: Instant,
+    /// When the binding lapses unless refreshed.
+    pub expires_at: Instant,
+}
+
 /// Everything a [`Switchboard`] starts from.
 pub struct Setup<P> {
     /// The `[sip]` settings.
@@ -325,6 +356,9 @@ pub struct Switchboard<P: Ports> {
     entropy: Box<dyn Entropy>,
     stats: Stats,
     actions: VecDeque<Action<P::Pair>>,
+    /// Advanced when the phone store is replaced (the extensions listed by
+    /// [`Switchboard::registrations`] may change).
+    phones_generation: u64,
 }
 
 fn to_phone_codec(c: Codec) -> PhoneCodec {
@@ -383,6 +417,7 @@ impl<P: Ports> Switchboard<P> {
             entropy: s.entropy,
             stats: Stats::default(),
             actions: VecDeque::new(),
+            phones_generation: 0,
             cfg: s.cfg,
         }
     }
@@ -499,6 +534,7 @@ impl<P: Ports> Switchboard<P> {
     pub fn replace_phones(&mut self, now: Instant, phones: PhoneStore) -> Vec<String> {
         let changed = self.phones.changed_in(&phones);
         self.phones = phones;
+        self.phones_generation += 1;
         for ext in &changed {
             if self.registrar.remove(now, ext) {
                 tracing::info!(%ext, "phone registration dropped: its credentials changed");
@@ -526,6 +562,46 @@ impl<P: Ports> Switchboard<P> {
     /// Counters and gauges.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Every extension of the phone store, in order, with its live
+    /// bindings at `now`.
+    pub fn registrations(&self, now: Instant) -> Vec<Registration> {
+        let mut v: Vec<Registration> = self
+            .phones
+            .iter()
+            .map(|(ext, _)| {
+                let mut contacts: Vec<RegisteredContact> = self
+                    .registrar
+                    .lookup(now, ext)
+                    .into_iter()
+                    .map(|b| RegisteredContact {
+                        source: b.source,
+                        contact: match b.contact.uri.port {
+                            Some(p) => format!("{}:{p}", b.contact.uri.host),
+                            None => b.contact.uri.host.clone(),
+                        },
+                        transport: b.transport.clone(),
+                        user_agent: b.user_agent.clone(),
+                        since: b.since,
+                        expires_at: b.expires_at,
+                    })
+                    .collect();
+                contacts.sort_by_key(|c| c.since);
+                Registration {
+                    ext: ext.to_string(),
+                    contacts,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.ext.cmp(&b.ext));
+        v
+    }
+
+    /// Changes whenever [`Switchboard::registrations`] may give another
+    /// list: a binding made, refreshed or dropped, the phone store replaced.
+    pub fn registrations_version(&self) -> u64 {
+        self.registrar.generation() + self.phones_generation
     }
 
     /// The port pool.

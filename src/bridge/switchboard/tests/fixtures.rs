@@ -123,7 +123,8 @@ To: <sip:{ext}@{BOX}>
 Call-ID: 1-4242@{ip}
 CSeq: {cseq} REGISTER
 Contact: <sip:{ext}@{ip}:{port}>
-{auth}Max-Forwards: 70
+{auth}User-Agent: Yealink SIP-T46U 66.86.0.15
+Max-Forwards: 70
 Expires: {expires}"
         ),
         "",

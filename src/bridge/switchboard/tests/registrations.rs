@@ -25,6 +25,51 @@ fn registering_announces_the_extension_and_unregistering_withdraws_it() {
 }
 
 #[test]
+fn the_registrations_view_lists_every_extension_and_changes_with_them() {
+    let mut lab = Lab::new();
+    let v0 = lab.sb.registrations_version();
+    let none = lab.sb.registrations(lab.now);
+    assert!(none.iter().all(|r| r.contacts.is_empty()), "{none:?}");
+    assert!(none.iter().any(|r| r.ext == "201") && none.iter().any(|r| r.ext == "202"));
+    let t_reg = lab.now;
+    lab.register("201", phone_201(), 300);
+    assert_ne!(lab.sb.registrations_version(), v0);
+    let v = lab.sb.registrations(lab.now);
+    let r201 = v.iter().find(|r| r.ext == "201").unwrap();
+    let [c] = &r201.contacts[..] else {
+        panic!("{r201:?}")
+    };
+    assert_eq!(c.source, phone_201());
+    assert_eq!(c.contact, "192.168.1.20:5060");
+    assert_eq!(c.transport, "UDP");
+    assert_eq!(c.user_agent.as_deref(), Some("Yealink SIP-T46U 66.86.0.15"));
+    assert_eq!(c.since, t_reg);
+    assert_eq!(c.expires_at, t_reg + Duration::from_secs(300));
+    assert!(
+        v.iter()
+            .find(|r| r.ext == "202")
+            .unwrap()
+            .contacts
+            .is_empty()
+    );
+    // Nothing happens: the same version. The binding lapses: a new one.
+    let v1 = lab.sb.registrations_version();
+    lab.wait(Duration::from_secs(100));
+    assert_eq!(lab.sb.registrations_version(), v1);
+    lab.wait(Duration::from_secs(201));
+    assert_ne!(lab.sb.registrations_version(), v1);
+    assert!(
+        lab.sb
+            .registrations(lab.now)
+            .iter()
+            .all(|r| r.contacts.is_empty())
+    );
+    // The view holds nothing of the credentials.
+    let text = format!("{:?}", lab.sb.registrations(lab.now));
+    assert!(!text.contains(&password("201")), "{text}");
+}
+
+#[test]
 fn a_registration_that_lapses_is_withdrawn() {
     let mut lab = Lab::new();
     lab.register("201", phone_201(), 60);
