@@ -19,6 +19,7 @@ pub use gateway::{
     RelayTarget,
 };
 pub use relay::{DownlinkMode, RELAY_CERT_DAYS, RecordingSettings, RelayConfig, RelayLimits};
+pub use sip::DEFAULT_RTP_PORTS;
 pub use webhooks::{WebhookSettings, parse_duration};
 
 use serde::Deserialize;

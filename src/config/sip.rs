@@ -143,8 +143,11 @@ fn yes() -> bool {
 fn default_listen() -> String {
     "0.0.0.0:5060".into()
 }
+/// The RTP port range when `[sip] rtp_ports` is not set.
+pub const DEFAULT_RTP_PORTS: (u16, u16) = (10_000, 10_199);
+
 fn default_rtp_ports() -> String {
-    "10000-10199".into()
+    format!("{}-{}", DEFAULT_RTP_PORTS.0, DEFAULT_RTP_PORTS.1)
 }
 fn default_failures() -> u32 {
     5

@@ -16,7 +16,7 @@
 //! | `dns`, `relay.udp`, `relay.quic`, `relay.rtt` | `relay.address` resolved, a QUIC version probe, a handshake verified against `relay.ca` and `relay.server_name` |
 //! | `audio.capture`, `audio.playback` | the configured devices opened for a moment; busy ones held by the daemon are fine |
 //! | `sip.listen` | whether the running daemon holds `sip.listen` (`/proc/net/{udp,tcp}*`, `/proc/<pid>/fd`), else whether it can be bound |
-//! | `sip.phones` | the phone store (how many extensions) and the daemon's `voxgate_sip_registered_extensions` (its status socket, else its metrics endpoint) |
+//! | `sip.phones` | the phone store's extensions and which have a registered phone: the status socket's `GET /phones` (naming those without), else the count `voxgate_sip_registered_extensions` from the metrics endpoint |
 //! | `service` | systemd's `voxgate.service` (`ActiveState`, `MainPID`), else a process running `voxgate run` with this config |
 //! | `sandbox` | `/proc/<pid>/status` (user, `Seccomp`, `NoNewPrivs`, `CapEff`) and the daemon's `voxgate_sandbox_landlock` |
 //! | `disk.state` | `statvfs` of the certificate's directory, and a 4 KiB file written there and removed |
@@ -160,7 +160,14 @@ pub fn run_checks(config: &Path, clock: &ClockSource) -> Vec<Finding> {
         }
         Some(sip) => {
             out.push(super::sip::listen(sip, pid));
-            out.push(super::sip::phones(&cfg, sip, pid, metrics.as_deref()));
+            let view = pid.and_then(|_| daemon::read_phones(&cfg.telemetry));
+            out.push(super::sip::phones(
+                &cfg,
+                sip,
+                pid,
+                metrics.as_deref(),
+                view.as_ref(),
+            ));
         }
     }
 

@@ -237,13 +237,34 @@ pub fn scrape_unix(path: &Path) -> Option<String> {
     get_metrics(s)
 }
 
-fn get_metrics(mut s: impl Read + Write) -> Option<String> {
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+fn get_metrics(s: impl Read + Write) -> Option<String> {
+    get(s, "/metrics")
+}
+
+fn get(mut s: impl Read + Write, path: &str) -> Option<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .ok()?;
     let mut body = String::new();
     s.take(1 << 20).read_to_string(&mut body).ok()?;
     let (head, body) = body.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// `GET /phones` over the daemon's status socket at `path` (2 s at most):
+/// every extension and its registered phones.
+pub fn phones_at(path: &Path) -> Option<crate::bridge::registrations::PhonesView> {
+    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    serde_json::from_str(&get(s, "/phones")?).ok()
+}
+
+/// The daemon's phones, from its status socket (the only place it shows
+/// them).
+pub fn read_phones(
+    t: &crate::config::TelemetryConfig,
+) -> Option<crate::bridge::registrations::PhonesView> {
+    t.status_socket().and_then(|p| phones_at(&p))
 }
 
 /// The daemon's metrics: from its status socket, else its TCP endpoint.

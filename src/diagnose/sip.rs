@@ -2,6 +2,7 @@
 //! registered at the running daemon.
 
 use super::{Finding, daemon};
+use crate::bridge::registrations::PhonesView;
 use crate::config::GatewayConfig;
 use crate::sip::SipConfig;
 
@@ -78,13 +79,16 @@ pub fn listen(sip: &SipConfig, pid: Option<i32>) -> Finding {
     }
 }
 
-/// `sip.phones`: how many of the phone store's extensions have a phone
-/// registered at the running daemon (its metrics).
+/// `sip.phones`: which of the phone store's extensions have a phone
+/// registered at the running daemon (its status socket's `GET /phones`,
+/// else only how many, from its metrics); the message names those that
+/// have none.
 pub fn phones(
     cfg: &GatewayConfig,
     sip: &SipConfig,
     pid: Option<i32>,
     metrics: Option<&str>,
+    view: Option<&PhonesView>,
 ) -> Finding {
     const ID: &str = "sip.phones";
     let store =
@@ -94,8 +98,8 @@ pub fn phones(
                 crate::bridge::phone_store::PhoneStore::load(&sip.phones, &m, &sip.realm)
                     .map_err(|e| e.to_string())
             });
-    let configured = match store {
-        Ok(s) => s.iter().count(),
+    let exts: Vec<String> = match store {
+        Ok(s) => s.iter().map(|(e, _)| e.to_string()).collect(),
         Err(e) => {
             return Finding::fail(
                 ID,
@@ -104,6 +108,7 @@ pub fn phones(
             );
         }
     };
+    let configured = exts.len();
     if configured == 0 {
         return Finding::warn(
             ID,
@@ -113,6 +118,31 @@ pub fn phones(
     }
     if pid.is_none() {
         return Finding::skip(ID, "service");
+    }
+    let fix = format!(
+        "point each phone at this box ({}) with its extension and password (`voxgate phones rotate EXT` makes a new one), and check the phone's registration status",
+        sip.advertise
+            .map(|a| std::net::SocketAddr::new(a, sip.listen.port()).to_string())
+            .unwrap_or_else(|| sip.listen.to_string())
+    );
+    if let Some(v) = view.filter(|v| v.bridge) {
+        let registered = |e: &String| v.phones.iter().any(|p| &p.extension == e && p.registered);
+        let (up, down): (Vec<&String>, Vec<&String>) = exts.iter().partition(|e| registered(e));
+        let list = |v: &[&String]| v.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
+        let line = format!(
+            "{} of {configured} extension(s) have a registered phone",
+            up.len()
+        );
+        return if down.is_empty() {
+            Finding::ok(ID, format!("{line}: {}", list(&up)))
+        } else {
+            let msg = format!("{line}; not registered: {}", list(&down));
+            if up.is_empty() {
+                Finding::fail(ID, msg, fix)
+            } else {
+                Finding::warn(ID, msg, fix)
+            }
+        };
     }
     let Some(registered) =
         metrics.and_then(|m| daemon::value(m, "voxgate_sip_registered_extensions"))
@@ -127,12 +157,6 @@ pub fn phones(
     };
     let registered = registered as usize;
     let line = format!("{registered} of {configured} extension(s) have a registered phone");
-    let fix = format!(
-        "point each phone at this box ({}) with its extension and password (`voxgate phones rotate EXT` makes a new one), and check the phone's registration status",
-        sip.advertise
-            .map(|a| std::net::SocketAddr::new(a, sip.listen.port()).to_string())
-            .unwrap_or_else(|| sip.listen.to_string())
-    );
     if registered == 0 {
         Finding::fail(ID, line, fix)
     } else if registered < configured {

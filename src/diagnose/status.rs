@@ -9,6 +9,7 @@
 //! convention of `systemctl status`), 1 when the config cannot be read.
 
 use super::daemon;
+use crate::bridge::registrations::{PhoneState, PhonesView};
 use crate::config::GatewayConfig;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -97,6 +98,9 @@ pub struct Phones {
     pub calls_active: Option<u64>,
     /// Calls since the start.
     pub calls_total: Option<u64>,
+    /// Each extension and its registered phones (the status socket's
+    /// `GET /phones`; absent when it does not answer).
+    pub extensions: Option<Vec<PhoneState>>,
 }
 
 /// The device certificate.
@@ -114,6 +118,7 @@ pub fn report(
     cfg: &GatewayConfig,
     pid: Option<i32>,
     metrics: Option<&str>,
+    phones: Option<PhonesView>,
     not_after: Option<i64>,
     now: i64,
 ) -> Report {
@@ -147,6 +152,7 @@ pub fn report(
             registered: n("voxgate_sip_registered_extensions"),
             calls_active: n("voxgate_sip_calls_active"),
             calls_total: n("voxgate_sip_calls_total"),
+            extensions: phones.filter(|v| v.bridge).map(|v| v.phones),
         },
         certificate: Certificate {
             not_after,
@@ -207,6 +213,10 @@ pub fn text(r: &Report) -> String {
                 "phones:        {} extension(s) registered\n",
                 num(r.phones.registered)
             ));
+            let now = crate::bridge::registrations::unix_now();
+            for p in r.phones.extensions.iter().flatten() {
+                out.push_str(&format!("  {}\n", phone_line(p, now)));
+            }
             out.push_str(&format!(
                 "calls:         {} in progress, {} since start\n",
                 num(r.phones.calls_active),
@@ -232,6 +242,33 @@ pub fn text(r: &Report) -> String {
     out
 }
 
+/// One extension's line: `101  registered from 127.0.0.1:5071 (UDP,
+/// Yealink ...), for 2 min, expires in 58 min` or `102  not registered`.
+pub fn phone_line(p: &PhoneState, now: i64) -> String {
+    use crate::identity::status::span;
+    match p.latest() {
+        None => format!("{:<8} not registered", p.extension),
+        Some(c) => {
+            let more = match p.contacts.len() {
+                1 => String::new(),
+                n => format!(" (+{} more)", n - 1),
+            };
+            format!(
+                "{:<8} registered from {} ({}{}), for {}, expires in {}{more}",
+                p.extension,
+                c.source,
+                c.transport,
+                c.user_agent
+                    .as_deref()
+                    .map(|u| format!(", {u}"))
+                    .unwrap_or_default(),
+                span((now - c.registered_since).max(0)),
+                span((c.expires - now).max(0)),
+            )
+        }
+    }
+}
+
 /// `voxgate status`.
 pub fn run(a: StatusArgs) -> ExitCode {
     let cfg = match GatewayConfig::load(&a.config) {
@@ -243,11 +280,12 @@ pub fn run(a: StatusArgs) -> ExitCode {
     };
     let pid = daemon::find_pid(&a.config);
     let metrics = daemon::read_metrics(&cfg.telemetry);
+    let phones = daemon::read_phones(&cfg.telemetry);
     let not_after = crate::identity::status::cert_validity(&cfg.identity.cert)
         .ok()
         .map(|(_, na, _)| na);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let r = report(&cfg, pid, metrics.as_deref(), not_after, now);
+    let r = report(&cfg, pid, metrics.as_deref(), phones, not_after, now);
     if a.output == "json" {
         super::render::emit(
             &(serde_json::to_string_pretty(&r).unwrap_or_else(|_| "{}".into()) + "\n"),
@@ -286,7 +324,7 @@ mod tests {
     #[test]
     fn report_from_metrics() {
         let m = "voxgate_relay_connected 1\nvoxgate_rtt_seconds 0.0123\nvoxgate_relay_connects_total 2\nvoxgate_frames_sent_total 500\nvoxgate_start_time_seconds 1000\n";
-        let r = report(&cfg(), Some(9), Some(m), Some(5_000), 1_100);
+        let r = report(&cfg(), Some(9), Some(m), None, Some(5_000), 1_100);
         assert!(r.running);
         assert_eq!(r.uptime_s, Some(100));
         assert_eq!(r.relay.connected, Some(true));
@@ -302,8 +340,35 @@ mod tests {
         );
         assert!(t.contains("12.3 ms"), "{t}");
         assert!(t.contains("phone bridge is off"), "{t}");
-        let down = report(&cfg(), None, None, None, 0);
+        let down = report(&cfg(), None, None, None, None, 0);
+        assert!(down.phones.extensions.is_none());
         assert!(!down.running);
         assert!(text(&down).contains("certificate:   unreadable"));
+    }
+
+    #[test]
+    fn one_line_per_phone() {
+        use crate::bridge::registrations::ContactState;
+        let up = PhoneState {
+            extension: "101".into(),
+            registered: true,
+            contacts: vec![ContactState {
+                source: "127.0.0.1:5071".into(),
+                contact: "127.0.0.1:5071".into(),
+                transport: "UDP".into(),
+                user_agent: Some("Yealink SIP-T46U".into()),
+                registered_since: 1_000,
+                expires: 4_600,
+            }],
+        };
+        assert_eq!(
+            phone_line(&up, 1_120),
+            "101      registered from 127.0.0.1:5071 (UDP, Yealink SIP-T46U), for 2 min, expires in 58 min"
+        );
+        let down = PhoneState {
+            extension: "102".into(),
+            ..PhoneState::default()
+        };
+        assert_eq!(phone_line(&down, 0), "102      not registered");
     }
 }

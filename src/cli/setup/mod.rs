@@ -7,7 +7,8 @@
 //!
 //! 1. **Hardware**: the audio devices (listed; one picked or asked for),
 //!    the TPM (present and answering: `identity::setup::choose_backend`),
-//!    the clock, the relay's name in DNS, and the relay over UDP: a QUIC
+//!    the clock (not synchronized: asked whether to go on, default no;
+//!    `--yes` stops unless `--ignore-clock`), the relay's name in DNS, and the relay over UDP: a QUIC
 //!    handshake that checks the pinned CA before any token is sent. An
 //!    unreachable relay is reported as unreachable, a wrong CA as such
 //!    (`identity::setup::connect`).
@@ -20,14 +21,18 @@
 //!    message: this session's flow comes back), its time and loss
 //!    (`gateway::round_trip`).
 //! 4. **Service**: the phones to create are asked for (`--phone`), since
-//!    they need the bridge in the config; the staged files and the config
+//!    they need the bridge in the config, and the address it listens on
+//!    (`--sip-listen`; the box's LAN addresses offered); the staged files and the config
 //!    are installed (the config last), the pending key dropped; then
 //!    `systemctl enable --now`, or, with `--no-service` or without
 //!    systemd, the command to run (`service`).
 //! 5. **Phones**: each account created through `cli::phones`, its
-//!    password printed once; the registrations read live from the running
-//!    service's metrics. Then a summary (`--json`: one JSON object on
-//!    stdout, the passwords on stderr).
+//!    password printed once; then one line per extension, updated live
+//!    from the running service's status socket (`GET /phones`: "waiting..."
+//!    until "registered from HOST:PORT (user agent)"), until every phone
+//!    registered or Enter stops waiting. Then a summary naming each
+//!    phone's state (`--json`: one JSON object on stdout, per-phone states
+//!    in it, the passwords on stderr).
 //!
 //! Ctrl-C at any step leaves the box as it was: at a prompt it arrives as a
 //! key (the terminal's signals are off while it reads), elsewhere SIGINT is
@@ -222,7 +227,15 @@ fn flow(
     let (audio, devices) = audio_lines(a, term, out)?;
     let (backend, tpm, why) = core::choose_backend(a)?;
     out.ok(&format!("key backend: {backend} ({why})"));
-    finding(out, &probe::clock(ClockSource::Kernel.read()));
+    let clock_source: ClockSource = a
+        .clock_source
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--clock-source: {e}"))?;
+    let clock = probe::clock(clock_source.read());
+    finding(out, &clock);
+    if clock.status == Status::Fail {
+        unsynchronized_clock(a, term, out)?;
+    }
     let addr = match rt.block_on(stop.or_interrupt(connect::resolve(&relay)))? {
         Ok(addr) => addr,
         Err(e) => return Err(failed(out, e)),
@@ -379,15 +392,22 @@ fn flow(
     // in the config).
     out.step(4, "Service");
     let phones = service::phone_list(a, term)?;
+    let sip_listen = service::sip_listen(a, term, !phones.is_empty())?;
     let mut config = staged.config.clone();
-    if !phones.is_empty() {
-        // The bridge, and a loopback metrics endpoint from which setup
-        // (and `voxgate status`) read the registrations.
+    if let Some(listen) = sip_listen {
+        // The bridge; setup (and `voxgate status`) read the registrations
+        // from the service's status socket.
+        config.push_str(&format!("\n[sip]\nenabled = true\nlisten = \"{listen}\"\n"));
+        out.ok(&format!("phone bridge: listens on {listen} (UDP and TCP)"));
+    }
+    if let Some(p) = &a.status_socket {
         config.push_str(&format!(
-            "\n[sip]\nenabled = true\n\n[telemetry]\nmetrics = \"{}\"\n",
-            service::METRICS
+            "\n[telemetry]\nstatus_socket = \"{}\"\n",
+            p.display()
         ));
     }
+    crate::config::GatewayConfig::parse(&a.config_out, &config)
+        .context("the config setup would write does not validate")?;
     if let Some(t) = term
         && !t.confirm(
             &format!("Install the identity and write {}?", a.config_out.display()),
@@ -403,7 +423,16 @@ fn flow(
 
     // 5. Phones.
     out.step(5, "Phones");
-    let registered = service::phones_step(a, &phones, &service, stop, out)?;
+    let seen = service::phones_step(a, &phones, &service, term, stop, out)?;
+    let registered = seen
+        .iter()
+        .all(|p| p.state.is_some())
+        .then(|| {
+            seen.iter()
+                .filter(|p| p.state.as_ref().is_some_and(|s| s.registered))
+                .count()
+        })
+        .filter(|_| !seen.is_empty());
 
     // Summary.
     if a.json {
@@ -411,7 +440,9 @@ fn flow(
             "device": device, "relay": relay, "backend": key.backend.to_string(),
             "key": staged.key_where, "certificate_serial": serial, "expires": not_after,
             "config": a.config_out.display().to_string(), "round_trip": rtt_summary,
-            "service": service, "phones": phones, "phones_registered": registered,
+            "service": service, "sip_listen": sip_listen.map(|l| l.to_string()),
+            "phones": seen.iter().map(service::PhoneSeen::json).collect::<Vec<_>>(),
+            "phones_registered": registered,
         });
         println!("{summary}");
     } else {
@@ -424,12 +455,46 @@ fn flow(
             a.config_out.display(),
             match (phones.len(), registered) {
                 (0, _) => format!("none; add them with `voxgate phones add EXT --config {}`", a.config_out.display()),
-                (n, Some(r)) => format!("{n} created, {r} registered"),
-                (n, None) => format!("{n} created"),
+                (n, r) => {
+                    let mut t = match r {
+                        Some(r) => format!("{n} created, {r} registered"),
+                        None => format!("{n} created"),
+                    };
+                    for p in &seen {
+                        t.push_str(&format!("\n               {:<8} {}", p.ext, p.describe("not registered")));
+                    }
+                    t
+                }
             }
         ));
     }
     Ok(())
+}
+
+/// The clock is not synchronized: certificates will look expired or not
+/// yet valid, so the enrollment and every connection after it may fail in
+/// confusing ways. `--ignore-clock` goes on; a terminal is asked (default
+/// no); otherwise setup stops here, before anything is created.
+fn unsynchronized_clock(a: &SetupArgs, term: Option<&Term>, out: &Out) -> Result<()> {
+    if a.ignore_clock {
+        out.warn("going on with the clock not synchronized (--ignore-clock): certificates may be refused until it is");
+        return Ok(());
+    }
+    let stop = "setup stopped: the clock is not synchronized, so certificates would look expired or not yet valid; enable time synchronization (`timedatectl set-ntp true`, or chrony) and run `voxgate setup` again, or give --ignore-clock to set up anyway";
+    match term {
+        Some(t) => {
+            if t.confirm(
+                "The clock is not synchronized: certificates will look expired or not yet valid. Continue anyway?",
+                false,
+            )? {
+                out.warn("going on with the clock not synchronized");
+                Ok(())
+            } else {
+                bail!("{stop}")
+            }
+        }
+        None => bail!("{stop}"),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -138,6 +138,27 @@ impl Term {
 }
 
 impl Term {
+    /// Wait up to `tenths` tenths of a second for one key, with the
+    /// terminal's echo, line editing and signals off (Ctrl-C arrives as
+    /// 0x03); `None` when none came. For a screen that updates until a key
+    /// is pressed.
+    pub fn key_within(&self, tenths: u8) -> Option<u8> {
+        use nix::sys::termios::SpecialCharacterIndices as Cc;
+        let mut raw = self.saved.clone();
+        raw.local_flags
+            .remove(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG);
+        raw.control_chars[Cc::VMIN as usize] = 0;
+        raw.control_chars[Cc::VTIME as usize] = tenths;
+        termios::tcsetattr(&self.tty, SetArg::TCSANOW, &raw).ok()?;
+        let mut b = [0u8; 1];
+        let got = matches!((&self.tty).read(&mut b), Ok(1));
+        if got && b[0] == 0x1b {
+            self.skip_escape();
+        }
+        let _ = termios::tcsetattr(&self.tty, SetArg::TCSANOW, &self.saved);
+        got.then_some(b[0])
+    }
+
     /// Read and drop the rest of an escape sequence: `ESC [ ... final`
     /// (final byte 0x40-0x7e) or `ESC x`.
     fn skip_escape(&self) {

@@ -131,6 +131,26 @@ pub struct SetupArgs {
     /// The systemd unit to enable and start.
     #[arg(long, default_value = "voxgate.service")]
     pub service: String,
+    /// The address the phone bridge listens on for the phones, IP:PORT (or
+    /// an IP, port 5060): one of this box's addresses, or 0.0.0.0 for all.
+    /// On a terminal without it, setup asks (offering the box's LAN
+    /// addresses) when phones are to be created.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub sip_listen: Option<String>,
+    /// The status socket the service serves (written as `[telemetry]
+    /// status_socket`; default /run/voxgate/status.sock, the unit's
+    /// runtime directory): where setup watches the phones register.
+    #[arg(long, value_name = "PATH")]
+    pub status_socket: Option<PathBuf>,
+    /// Go on even though the clock is not synchronized (certificates then
+    /// look expired or not yet valid). Without it, `--yes` stops there; on
+    /// a terminal setup asks.
+    #[arg(long)]
+    pub ignore_clock: bool,
+    /// Where the clock's synchronization comes from: `kernel` (adjtimex),
+    /// `timedatectl`, or `file:PATH` (tests).
+    #[arg(long, default_value = "kernel", hide = true)]
+    pub clock_source: String,
 }
 
 fn parse_backend(s: &str) -> Result<IdentityBackend, String> {
