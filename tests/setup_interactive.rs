@@ -14,7 +14,8 @@ use std::time::Duration;
 use voxgate_testkit::audio_env::AlsaFileDevices;
 use voxgate_testkit::cmd::stderr;
 use voxgate_testkit::enroll::{
-    MACHINE_ID, SERVER_NAME, audit, cert_serial, fingerprint, machine_id, secret_file, token,
+    MACHINE_ID, SERVER_NAME, audit, cert_serial, fingerprint, machine_id, secret_file,
+    synced_clock, token,
 };
 use voxgate_testkit::lab::{Lab, bin, free_udp};
 use voxgate_testkit::tmux::Tmux;
@@ -55,6 +56,8 @@ fn base_args(lab: &Lab, id: &str) -> Vec<String> {
         "--backend".into(),
         "sealed-file".into(),
         "--no-service".into(),
+        "--clock-source".into(),
+        synced_clock(&lab.dir),
     ]
 }
 
@@ -189,7 +192,23 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
     tty.line("201 999");
     tty.wait_for("`999` is not an extension", T);
     tty.line("201 202");
+    let s = tty.wait_for(
+        "SIP address the phones register at (IP:PORT) [0.0.0.0:5060]",
+        T,
+    );
+    assert!(s.contains("0.0.0.0 listens on every address"), "{s}");
+    // A bad address is explained and asked again.
+    tty.line("0.0.0.0:99999");
+    tty.wait_for("`0.0.0.0:99999` is not IP:PORT", T);
+    let sip_port = voxgate_testkit::lab::free_udp_tcp();
+    tty.line(&format!("127.0.0.1:{sip_port}"));
     let s = tty.wait_for("Install the identity", T);
+    assert!(
+        s.contains(&format!(
+            "ok    phone bridge: listens on 127.0.0.1:{sip_port}"
+        )),
+        "{s}"
+    );
     assert!(
         s.contains("ok    key: new, in the sealed-file backend"),
         "{s}"
@@ -222,10 +241,20 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
     // Nothing is installed before the technician says so.
     assert!(!config(&lab, id).exists());
     tty.line("y");
+    // The service was not started (--no-service): setup watches for it
+    // anyway, each phone waiting, until Enter.
+    let s = tty.wait_for("Enter stops waiting", T);
+    assert!(s.contains("the service is not running: start it"), "{s}");
+    tty.wait_for("202      waiting... (the service does not answer)", T);
+    tty.key("Enter");
     let (code, s) = tty.exit(T);
     assert_eq!(code, 0, "{s}");
     assert!(s.contains("Setup complete"), "{s}");
     assert!(s.contains("service not started (--no-service); start it with: systemctl enable --now voxgate.service"), "{s}");
+    assert!(
+        s.contains("201      not registered (the service does not answer)"),
+        "{s}"
+    );
     assert!(!s.contains(&tok), "the token was shown:\n{s}");
     // Each phone's password, shown once; the store holds the accounts.
     for ext in ["201", "202"] {
@@ -244,10 +273,6 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
         assert!(p.len() >= 16, "{p}");
         assert_eq!(s.matches(p).count(), 1, "shown more than once:\n{s}");
     }
-    assert!(
-        s.contains("registrations: the service is not running"),
-        "{s}"
-    );
     let listed = std::process::Command::new(bin())
         .args(["phones", "list", "--config"])
         .arg(config(&lab, id))
@@ -272,7 +297,12 @@ fn every_step_on_a_terminal_with_the_token_typed_hidden() {
         written.contains("[playback]\ndevice = \"voxplay\""),
         "{written}"
     );
-    assert!(written.contains("[sip]\nenabled = true"), "{written}");
+    assert!(
+        written.contains(&format!(
+            "[sip]\nenabled = true\nlisten = \"127.0.0.1:{sip_port}\""
+        )),
+        "{written}"
+    );
     assert!(!written.contains(&tok));
     assert!(state(&lab, id).join("device.key.sealed").exists());
     assert!(!pending(&lab, id).exists(), "the pending key stayed");
@@ -379,7 +409,10 @@ fn a_wrong_token_and_an_unreachable_relay_say_so_and_write_nothing() {
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
     assert_eq!(summary["device"], id2);
-    assert_eq!(summary["phones"][0], "301");
+    assert_eq!(summary["phones"][0]["extension"], "301");
+    // Not started (--no-service), no terminal to watch on: unknown.
+    assert_eq!(summary["phones"][0]["state"], "unknown");
+    assert_eq!(summary["sip_listen"], "0.0.0.0:5060");
     assert_eq!(
         summary["certificate_serial"].as_str().unwrap(),
         cert_serial(&state(&lab, id2).join("device.pem"))
@@ -518,4 +551,363 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
     assert!(!pending(&lab, id).exists());
     assert!(config(&lab, id).exists());
     relay.stop();
+}
+
+/// `base_args` with the clock read from a file saying `synchronized`.
+fn with_clock(lab: &Lab, id: &str, synchronized: bool) -> Vec<String> {
+    let mut args = base_args(lab, id);
+    let f = lab.dir.join(format!("clock-{id}.txt"));
+    let yes = if synchronized { "yes" } else { "no" };
+    std::fs::write(&f, format!("NTPSynchronized={yes}\n")).unwrap();
+    let i = args.iter().position(|a| a == "--clock-source").unwrap();
+    args[i + 1] = format!("file:{}", f.display());
+    args
+}
+
+/// The `password:` line after `user:   EXT` in what the terminal shows.
+fn password_of(screen: &str, ext: &str) -> String {
+    let lines: Vec<&str> = screen.lines().map(str::trim).collect();
+    let i = lines
+        .iter()
+        .position(|l| l.strip_prefix("user:").map(str::trim) == Some(ext))
+        .unwrap_or_else(|| panic!("no account for {ext}:\n{screen}"));
+    lines[i + 1]
+        .strip_prefix("password:")
+        .map(|p| p.trim().to_string())
+        .unwrap_or_else(|| panic!("no password for {ext}:\n{screen}"))
+}
+
+/// The line the terminal shows for extension `ext` (the last one).
+fn phone_row<'a>(screen: &'a str, ext: &str) -> &'a str {
+    screen
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(&format!("{ext}      ")))
+        .unwrap_or_else(|| panic!("no line for {ext}:\n{screen}"))
+}
+
+/// `GET path` on the status socket: the whole response.
+fn get(socket: &std::path::Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r
+}
+
+/// Phone `ext` registers at the bridge on `port` with SIPp 3.7.3 (digest,
+/// SHA-256 offered first) as a Yealink; the nonce it was challenged with.
+fn sipp_register(dir: &std::path::Path, port: u16, ext: &str, password: &str) -> String {
+    use voxgate_testkit::sip::{Sipp, SippTrace, register_scenario, sipp37};
+    let scenario = register_scenario(ext, password, 200, true).replace(
+        "Max-Forwards: 70",
+        "User-Agent: Yealink SIP-T46U 66.86.0.15\nMax-Forwards: 70",
+    );
+    let name = format!("reg-{ext}");
+    let trace = SippTrace::new(dir, &name);
+    let target = format!("127.0.0.1:{port}");
+    let out = Sipp {
+        bin: &sipp37(),
+        dir,
+        name: &name,
+        scenario: &scenario,
+        target: &target,
+        args: &[&["-t", "u1", "-s", ext][..], &trace.args()].concat(),
+        limit: Duration::from_secs(20),
+    }
+    .output();
+    let text = trace.text();
+    assert!(out.status.success(), "sipp {ext}: {}\n{text}", stderr(&out));
+    text.split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no nonce in the trace:\n{text}"))
+        .to_string()
+}
+
+/// Setup creates two phones and watches them register at the running
+/// service, live: the pane shows one line per extension, 101 registered
+/// (from where, which phone) while 102 still waits, then both, then the
+/// summary names each. The status socket's phones view (its only place)
+/// holds no password, HA1 or nonce, and the socket stays 0660; `voxgate
+/// status` lists the phones and `voxgate check` names the one not
+/// registered. Neither setup nor check prints alsa-lib's noise.
+#[test]
+fn phones_register_live_while_setup_watches() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new("setup-phones", "mode = \"none\"");
+    let mut relay = lab.start_relay();
+    let id = "gw-phones";
+    let fp = fingerprint(&lab);
+    let tok = secret_file(&lab.dir, "ph.token", &token(&lab, id, Some(3600)));
+    let port = voxgate_testkit::lab::free_udp_tcp();
+    let socket = lab.dir.join("status.sock");
+    let mut args = base_args(&lab, id);
+    args.extend([
+        "--relay".into(),
+        format!("127.0.0.1:{}", lab.quic_port),
+        "--ca-fingerprint".into(),
+        fp,
+        "--device-id".into(),
+        id.into(),
+        "--token-file".into(),
+        tok.display().to_string(),
+        "--skip-audio".into(),
+        "--capture".into(),
+        "voxcap".into(),
+        "--playback".into(),
+        "voxplay".into(),
+        "--sip-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--status-socket".into(),
+        socket.display().to_string(),
+    ]);
+    let env = alsa_env(&lab);
+    let tty = Tmux::start(&lab.dir, "phones", bin(), &args, &env);
+    tty.wait_for("Desk phones: extensions to create", T);
+    tty.line("101 102");
+    tty.wait_for("Install the identity", T);
+    tty.line("y");
+    let s = tty.wait_for("Enter stops waiting", T);
+    assert!(
+        s.contains(&format!("phone bridge: listens on 127.0.0.1:{port}")),
+        "{s}"
+    );
+    let (p101, p102) = (password_of(&s, "101"), password_of(&s, "102"));
+
+    // The service, started by hand (--no-service) from the config setup
+    // wrote, as the tests run it: as root, its sandbox seeing the lab.
+    let cfg = config(&lab, id);
+    let mut written = std::fs::read_to_string(&cfg).unwrap();
+    written.push_str(&voxgate_testkit::lab::dev_privilege(&lab.dir));
+    std::fs::write(&cfg, written).unwrap();
+    let mut gw = lab.start_gateway(&cfg, &env);
+    let s = tty.wait_for("102      waiting...\n", T);
+    assert!(phone_row(&s, "101").ends_with("101      waiting..."), "{s}");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "status socket mode {mode:o}");
+
+    // 101 registers: its line says so while 102 still waits.
+    let nonce = sipp_register(&lab.dir, port, "101", &p101);
+    let s = tty.wait_for("101      registered from 127.0.0.1:", T);
+    assert!(
+        phone_row(&s, "101").contains("(Yealink SIP-T46U 66.86.0.15)"),
+        "{s}"
+    );
+    assert!(phone_row(&s, "102").ends_with("102      waiting..."), "{s}");
+    assert!(!s.contains("every phone registered"), "{s}");
+
+    // The phones view: each extension, no secret.
+    let r = get(&socket, "/phones");
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert!(r.contains("Content-Type: application/json"), "{r}");
+    let body = r.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["phones"][0]["extension"], "101");
+    assert_eq!(v["phones"][0]["registered"], true);
+    assert_eq!(v["phones"][0]["contacts"][0]["transport"], "UDP");
+    assert_eq!(v["phones"][1]["registered"], false);
+    let realm = s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("realm:"))
+        .map(str::trim)
+        .unwrap()
+        .to_string();
+    let ha1 = voxgate::sip::auth::Ha1Pair::derive("101", &realm, &p101);
+    for secret in [&p101, &p102, &ha1.md5, &ha1.sha256, &nonce] {
+        assert!(
+            !r.contains(secret.as_str()),
+            "the phones view holds a secret: {r}"
+        );
+    }
+    assert!(!r.to_ascii_lowercase().contains("nonce"), "{r}");
+    // The TCP metrics endpoint, if any, is not where it is; the socket
+    // still answers /metrics, and nothing else.
+    assert!(get(&socket, "/metrics").contains("voxgate_sip_registered_extensions 1"));
+    assert!(get(&socket, "/secrets").starts_with("HTTP/1.1 404"));
+
+    // `voxgate status` lists the phones; `voxgate check` names the one
+    // without a registered phone, and with the system's ALSA (no sound
+    // card here) prints no alsa-lib noise.
+    let st = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        text.contains("  101      registered from 127.0.0.1:")
+            && text.contains("  102      not registered"),
+        "{text}"
+    );
+    let ck = std::process::Command::new(bin())
+        .args(["check", "-o", "json", "--clock-source"])
+        .arg(synced_clock(&lab.dir))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&ck.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&ck.stdout)));
+    let phones = doc["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|f| f["id"] == "sip.phones"))
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(phones["status"], "warn", "{phones}");
+    let msg = phones["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1 of 2 extension(s) have a registered phone; not registered: 102"),
+        "{msg}"
+    );
+    assert!(
+        phones["hint"]
+            .as_str()
+            .unwrap()
+            .contains("point each phone at this box")
+    );
+    assert!(!stderr(&ck).contains("ALSA lib"), "{}", stderr(&ck));
+
+    // 102 registers: every phone, and the summary names each.
+    sipp_register(&lab.dir, port, "102", &p102);
+    let (code, s) = tty.exit(T);
+    assert_eq!(code, 0, "{s}");
+    assert!(s.contains("ok    every phone registered"), "{s}");
+    assert!(s.contains("phones:      2 created, 2 registered"), "{s}");
+    for ext in ["101", "102"] {
+        assert!(
+            phone_row(&s, ext).contains(&format!("{ext}      registered from 127.0.0.1:")),
+            "{s}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    gw.stop();
+    relay.stop();
+}
+
+/// An unsynchronized clock: `--yes` stops there with what to do, and
+/// nothing is created; `--ignore-clock` goes on (here to a relay that is
+/// not there); on a terminal setup asks, and the default is no. A bad
+/// `--sip-listen` is refused before anything is done. No alsa-lib noise
+/// on stderr (the system's ALSA: no sound card here).
+#[test]
+fn an_unsynchronized_clock_stops_setup_unless_the_technician_goes_on() {
+    let lab = Lab::new("setup-clock", "mode = \"none\"");
+    let id = "gw-clock";
+    let fp = format!("SHA256:{}", "ab".repeat(32));
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay = sink.local_addr().unwrap().to_string();
+    let tok = secret_file(&lab.dir, "c.token", "AAAABBBBCCCCDDDDEEEEFFFFGGGGHHHH");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(bin())
+            .args(with_clock(&lab, id, false))
+            .args([
+                "--relay",
+                &relay,
+                "--ca-fingerprint",
+                &fp,
+                "--device-id",
+                id,
+            ])
+            .args(["--skip-audio", "--yes", "--token-file"])
+            .arg(&tok)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    let all = format!("{}{e}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        all.contains("FAIL  clock: the clock is not synchronized"),
+        "{all}"
+    );
+    assert!(
+        e.contains("setup stopped: the clock is not synchronized") && e.contains("--ignore-clock"),
+        "{e}"
+    );
+    assert!(!all.contains("DNS:"), "went on past the clock: {all}");
+    assert!(!e.contains("ALSA lib"), "{e}");
+    nothing_installed(&lab, id);
+    assert!(!pending(&lab, id).exists());
+
+    let o = run(&["--ignore-clock"]);
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!o.status.success());
+    assert!(
+        all.contains("WARN  going on with the clock not synchronized (--ignore-clock)"),
+        "{all}"
+    );
+    assert!(all.contains("is unreachable: no answer"), "{all}");
+    assert!(!all.contains("ALSA lib"), "{all}");
+    nothing_installed(&lab, id);
+
+    // A bad --sip-listen: refused first, with what it should be.
+    for (bad, says) in [
+        ("127.0.0.1", "in the calls' RTP range"),
+        ("nowhere:5060", "is not IP:PORT"),
+        ("203.0.113.7:5060", "is not an address of this box"),
+    ] {
+        let bad = if bad == "127.0.0.1" {
+            "127.0.0.1:10010"
+        } else {
+            bad
+        };
+        let o = run(&["--ignore-clock", "--sip-listen", bad]);
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains("--sip-listen") && e.contains(says), "{bad}: {e}");
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("[1/5]"), "{e}");
+    }
+
+    // On a terminal: asked, and Enter (no) stops.
+    let mut args = with_clock(&lab, id, false);
+    args.extend([
+        "--relay".into(),
+        relay.clone(),
+        "--ca-fingerprint".into(),
+        fp.clone(),
+        "--device-id".into(),
+        id.into(),
+        "--skip-audio".into(),
+        "--capture".into(),
+        "voxcap".into(),
+        "--playback".into(),
+        "voxplay".into(),
+    ]);
+    let tty = Tmux::start(&lab.dir, "clock", bin(), &args, &alsa_env(&lab));
+    let s = tty.wait_for("Continue anyway? (y/N)", T);
+    assert!(
+        s.contains("FAIL  clock: the clock is not synchronized"),
+        "{s}"
+    );
+    assert!(s.contains("timedatectl set-ntp true"), "{s}");
+    tty.key("Enter");
+    let (code, s) = tty.exit(T);
+    assert_ne!(code, 0, "{s}");
+    assert!(
+        s.contains("setup stopped: the clock is not synchronized"),
+        "{s}"
+    );
+    assert!(restored(&s), "the terminal was not restored:\n{s}");
+    nothing_installed(&lab, id);
+    drop(tty);
+    // Yes goes on.
+    let tty = Tmux::start(&lab.dir, "clock-yes", bin(), &args, &alsa_env(&lab));
+    tty.wait_for("Continue anyway? (y/N)", T);
+    tty.line("y");
+    let (code, s) = tty.exit(T);
+    assert_ne!(code, 0, "{s}");
+    assert!(
+        s.contains("WARN  going on with the clock not synchronized"),
+        "{s}"
+    );
+    assert!(s.contains("is unreachable: no answer"), "{s}");
 }

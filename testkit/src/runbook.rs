@@ -82,11 +82,12 @@ impl Runner {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/bash\nif [ \"$1\" = setup ]; then\n  exec {bin} \"$@\" --dir {dir} --machine-id {mid} --serial {serial} --config-out {dir}.toml\nfi\nexec {bin} \"$@\"\n",
+                "#!/bin/bash\nif [ \"$1\" = setup ]; then\n  exec {bin} \"$@\" --dir {dir} --machine-id {mid} --serial {serial} --config-out {dir}.toml --clock-source {clock}\nfi\nexec {bin} \"$@\"\n",
                 bin = bin(),
                 dir = box_dir.display(),
                 mid = mid.display(),
                 serial = lab.dir.join("no-serial").display(),
+                clock = crate::enroll::synced_clock(&lab.dir),
             ),
         )
         .unwrap();

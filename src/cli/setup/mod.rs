@@ -192,6 +192,15 @@ fn flow(
             a.config_out.display()
         );
     }
+    // Options checked before anything is done.
+    if let Some(v) = &a.sip_listen {
+        service::check_listen(v).context("--sip-listen")?;
+    }
+    if let Some(p) = &a.status_socket
+        && !p.is_absolute()
+    {
+        bail!("--status-socket {}: must be an absolute path", p.display());
+    }
     if term.is_some() {
         out.line("voxgate setup: enroll this box with the relay. Ctrl-C stops at any step and leaves the box as it was.");
     }
