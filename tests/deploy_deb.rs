@@ -255,6 +255,9 @@ fn feature_gated_commands(p: &Path, deb: &str) {
         let page = man.join(format!("voxgate-relay-{cmd}.1.gz"));
         assert_eq!(page.exists(), with_api, "{deb}: {}", page.display());
         for (what, text) in &texts {
+            // roff writes `-` as `\-`; "webhooks" (a scope of `relay
+            // api-key`, which every build has) is not the command.
+            let text = text.replace("\\-", "-").replace("webhooks", "");
             assert_eq!(
                 text.contains(cmd),
                 with_api,

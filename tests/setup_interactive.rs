@@ -18,7 +18,7 @@ use voxgate_testkit::enroll::{
     synced_clock, token,
 };
 use voxgate_testkit::lab::{Lab, bin, free_udp};
-use voxgate_testkit::tmux::Tmux;
+use voxgate_testkit::tmux::{Tmux, choice, restored};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -61,23 +61,25 @@ fn base_args(lab: &Lab, id: &str) -> Vec<String> {
     ]
 }
 
+/// [`base_args`] with the relay at `relay`, the fleet CA `fp` and device
+/// id `id`, then `extra`.
+fn enroll_args(lab: &Lab, id: &str, relay: &str, fp: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = base_args(lab, id);
+    args.extend(
+        ["--relay", relay, "--ca-fingerprint", fp, "--device-id", id]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string()),
+    );
+    args
+}
+
 fn state(lab: &Lab, id: &str) -> PathBuf {
     lab.dir.join(id)
 }
 
 fn config(lab: &Lab, id: &str) -> PathBuf {
     lab.dir.join(format!("{id}.toml"))
-}
-
-/// The number the terminal shows before `name` in a numbered list.
-fn choice(screen: &str, name: &str) -> String {
-    screen
-        .lines()
-        .find_map(|l| {
-            let (n, rest) = l.trim().split_once(") ")?;
-            (rest.split_whitespace().next() == Some(name)).then(|| n.to_string())
-        })
-        .unwrap_or_else(|| panic!("{name} is not listed:\n{screen}"))
 }
 
 /// Nothing installed in `dir` and no config: no certificate, no key, no
@@ -94,17 +96,6 @@ fn nothing_installed(lab: &Lab, id: &str) {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
-}
-
-/// Whether the terminal's settings after the command (`stty -a`, as the
-/// script prints them) have echo, line editing and signals on.
-fn restored(screen: &str) -> bool {
-    let stty = screen
-        .lines()
-        .find(|l| l.ends_with("[stty]"))
-        .unwrap_or_default();
-    let words: Vec<&str> = stty.split_whitespace().collect();
-    ["echo", "icanon", "isig"].iter().all(|w| words.contains(w))
 }
 
 fn pending(lab: &Lab, id: &str) -> PathBuf {
@@ -318,20 +309,20 @@ fn a_wrong_token_and_an_unreachable_relay_say_so_and_write_nothing() {
     let id = "gw-wrong";
     let fp = fingerprint(&lab);
     let _issued = token(&lab, id, Some(3600));
-    let mut args = base_args(&lab, id);
-    args.extend([
-        "--relay".into(),
-        format!("127.0.0.1:{}", lab.quic_port),
-        "--ca-fingerprint".into(),
-        fp.clone(),
-        "--device-id".into(),
-        id.into(),
-        "--skip-audio".into(),
-        "--capture".into(),
-        "voxcap".into(),
-        "--playback".into(),
-        "voxplay".into(),
-    ]);
+    let relay_at = format!("127.0.0.1:{}", lab.quic_port);
+    let args = enroll_args(
+        &lab,
+        id,
+        &relay_at,
+        &fp,
+        &[
+            "--skip-audio",
+            "--capture",
+            "voxcap",
+            "--playback",
+            "voxplay",
+        ],
+    );
     let tty = Tmux::start(&lab.dir, "wrong", bin(), &args, &alsa_env(&lab));
     tty.wait_for("Enrollment token (not shown):", T);
     // Not a token at all: asked again.
@@ -434,23 +425,23 @@ fn ctrl_c_after_the_certificate_then_the_same_token_completes_with_the_same_cert
     let id = "gw-cc";
     let fp = fingerprint(&lab);
     let tok_file = secret_file(&lab.dir, "cc.token", &token(&lab, id, Some(3600)));
+    let relay_at = format!("127.0.0.1:{}", lab.quic_port);
+    let tok_path = tok_file.display().to_string();
     let run_args = || {
-        let mut args = base_args(&lab, id);
-        args.extend([
-            "--relay".into(),
-            format!("127.0.0.1:{}", lab.quic_port),
-            "--ca-fingerprint".into(),
-            fp.clone(),
-            "--device-id".into(),
-            id.into(),
-            "--token-file".into(),
-            tok_file.display().to_string(),
-            "--capture".into(),
-            "voxcap".into(),
-            "--playback".into(),
-            "voxplay".into(),
-        ]);
-        args
+        enroll_args(
+            &lab,
+            id,
+            &relay_at,
+            &fp,
+            &[
+                "--token-file",
+                &tok_path,
+                "--capture",
+                "voxcap",
+                "--playback",
+                "voxplay",
+            ],
+        )
     };
 
     // Ctrl-C at the first prompt: nothing at all, not even a key.
@@ -645,26 +636,25 @@ fn phones_register_live_while_setup_watches() {
     let tok = secret_file(&lab.dir, "ph.token", &token(&lab, id, Some(3600)));
     let port = voxgate_testkit::lab::free_udp_tcp();
     let socket = lab.dir.join("status.sock");
-    let mut args = base_args(&lab, id);
-    args.extend([
-        "--relay".into(),
-        format!("127.0.0.1:{}", lab.quic_port),
-        "--ca-fingerprint".into(),
-        fp,
-        "--device-id".into(),
-        id.into(),
-        "--token-file".into(),
-        tok.display().to_string(),
-        "--skip-audio".into(),
-        "--capture".into(),
-        "voxcap".into(),
-        "--playback".into(),
-        "voxplay".into(),
-        "--sip-listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--status-socket".into(),
-        socket.display().to_string(),
-    ]);
+    let args = enroll_args(
+        &lab,
+        id,
+        &format!("127.0.0.1:{}", lab.quic_port),
+        &fp,
+        &[
+            "--token-file",
+            &tok.display().to_string(),
+            "--skip-audio",
+            "--capture",
+            "voxcap",
+            "--playback",
+            "voxplay",
+            "--sip-listen",
+            &format!("127.0.0.1:{port}"),
+            "--status-socket",
+            &socket.display().to_string(),
+        ],
+    );
     let env = alsa_env(&lab);
     let tty = Tmux::start(&lab.dir, "phones", bin(), &args, &env);
     tty.wait_for("Desk phones: extensions to create", T);
@@ -869,19 +859,22 @@ fn an_unsynchronized_clock_stops_setup_unless_the_technician_goes_on() {
 
     // On a terminal: asked, and Enter (no) stops.
     let mut args = with_clock(&lab, id, false);
-    args.extend([
-        "--relay".into(),
-        relay.clone(),
-        "--ca-fingerprint".into(),
-        fp.clone(),
-        "--device-id".into(),
-        id.into(),
-        "--skip-audio".into(),
-        "--capture".into(),
-        "voxcap".into(),
-        "--playback".into(),
-        "voxplay".into(),
-    ]);
+    args.extend(
+        [
+            "--relay",
+            &relay,
+            "--ca-fingerprint",
+            &fp,
+            "--device-id",
+            id,
+            "--skip-audio",
+            "--capture",
+            "voxcap",
+            "--playback",
+            "voxplay",
+        ]
+        .map(String::from),
+    );
     let tty = Tmux::start(&lab.dir, "clock", bin(), &args, &alsa_env(&lab));
     let s = tty.wait_for("Continue anyway? (y/N)", T);
     assert!(

@@ -1,7 +1,8 @@
 #![no_main]
 //! What `voxgate check` reads from outside itself: a relay's answer to the
 //! QUIC version probe (network bytes), /proc files, systemctl's and
-//! timedatectl's output, command lines of other processes.
+//! timedatectl's output, command lines of other processes, the daemon's
+//! phones view (`GET /phones`) and the lines `voxgate status` makes of it.
 use libfuzzer_sys::fuzz_target;
 use voxgate::diagnose::{daemon, probes};
 
@@ -22,5 +23,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = probes::parse_timedatectl(text);
         let args: Vec<&str> = text.split('\0').collect();
         let _ = daemon::run_config_of(&args, std::path::Path::new("/"));
+        if let Ok(v) = serde_json::from_str::<voxgate::bridge::registrations::PhonesView>(text) {
+            for p in &v.phones {
+                let _ = voxgate::diagnose::status::phone_line(p, v.updated);
+            }
+        }
     }
 });

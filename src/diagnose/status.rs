@@ -262,8 +262,8 @@ pub fn phone_line(p: &PhoneState, now: i64) -> String {
                     .as_deref()
                     .map(|u| format!(", {u}"))
                     .unwrap_or_default(),
-                span((now - c.registered_since).max(0)),
-                span((c.expires - now).max(0)),
+                span(now.saturating_sub(c.registered_since).max(0)),
+                span(c.expires.saturating_sub(now).max(0)),
             )
         }
     }

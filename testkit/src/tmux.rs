@@ -137,3 +137,28 @@ impl Drop for Tmux {
         let _ = self.tmux().arg("kill-server").status();
     }
 }
+
+/// The number a terminal shows before `name` in a numbered list
+/// (`  3) name  description`), as typed to pick it; panics with the screen
+/// when it is not listed.
+pub fn choice(screen: &str, name: &str) -> String {
+    screen
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(") ")?;
+            (rest.split_whitespace().next() == Some(name)).then(|| n.to_string())
+        })
+        .unwrap_or_else(|| panic!("{name} is not listed:\n{screen}"))
+}
+
+/// Whether the terminal's settings after the command (`stty -a`, as
+/// [`Tmux::start`]'s script prints them) have echo, line editing and
+/// signals on: a program that took them over gave them back.
+pub fn restored(screen: &str) -> bool {
+    let stty = screen
+        .lines()
+        .find(|l| l.ends_with("[stty]"))
+        .unwrap_or_default();
+    let words: Vec<&str> = stty.split_whitespace().collect();
+    ["echo", "icanon", "isig"].iter().all(|w| words.contains(w))
+}
