@@ -217,3 +217,36 @@ async fn respond<S: AsyncWrite + Unpin>(
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_answer_metrics_json_views_and_404() {
+        let mut reg = Registry::default();
+        reg.counter("voxgate_test_total", "a test counter").add(3);
+        let routes = Routes::metrics(Arc::new(reg))
+            .with_json("/phones", Arc::new(|| Arc::from("{\"phones\":[]}\n")));
+        let (status, kind, body) = routes.answer(b"GET /metrics HTTP/1.1");
+        assert_eq!((status, kind), ("200 OK", "text/plain; version=0.0.4"));
+        assert!(body.contains("voxgate_test_total 3"), "{body}");
+        assert_eq!(routes.answer(b"GET /metrics?x=1 HTTP/1.1").0, "200 OK");
+        let (status, kind, body) = routes.answer(b"GET /phones HTTP/1.1");
+        assert_eq!((status, kind), ("200 OK", "application/json"));
+        assert_eq!(&*body, "{\"phones\":[]}\n");
+        for line in [
+            &b"GET /phones/x HTTP/1.1"[..],
+            b"POST /phones HTTP/1.1",
+            b"GET /",
+            b"",
+        ] {
+            let (status, _, body) = routes.answer(line);
+            assert_eq!(status, "404 Not Found");
+            assert!(body.contains("GET /metrics or GET /phones"), "{body}");
+        }
+        // The TCP endpoint's routes: the metrics only.
+        let plain = Routes::metrics(Arc::new(Registry::default()));
+        assert_eq!(plain.answer(b"GET /phones HTTP/1.1").0, "404 Not Found");
+    }
+}

@@ -8,8 +8,9 @@
 //! 1. **Hardware**: the audio devices (listed; one picked or asked for),
 //!    the TPM (present and answering: `identity::setup::choose_backend`),
 //!    the clock (not synchronized: asked whether to go on, default no;
-//!    `--yes` stops unless `--ignore-clock`), the relay's name in DNS, and the relay over UDP: a QUIC
-//!    handshake that checks the pinned CA before any token is sent. An
+//!    `--yes` stops unless `--ignore-clock`), the relay's name in DNS,
+//!    and the relay over UDP: a QUIC handshake that checks the pinned CA
+//!    before any token is sent. An
 //!    unreachable relay is reported as unreachable, a wrong CA as such
 //!    (`identity::setup::connect`).
 //! 2. **Identity**: the key (the pending key of an interrupted run for the
@@ -22,8 +23,9 @@
 //!    (`gateway::round_trip`).
 //! 4. **Service**: the phones to create are asked for (`--phone`), since
 //!    they need the bridge in the config, and the address it listens on
-//!    (`--sip-listen`; the box's LAN addresses offered); the staged files and the config
-//!    are installed (the config last), the pending key dropped; then
+//!    (`--sip-listen`; the box's LAN addresses offered); the staged files
+//!    and the config are installed (the config last), the pending key
+//!    dropped; then
 //!    `systemctl enable --now`, or, with `--no-service` or without
 //!    systemd, the command to run (`service`).
 //! 5. **Phones**: each account created through `cli::phones`, its
@@ -411,8 +413,8 @@ fn flow(
     }
     if let Some(p) = &a.status_socket {
         config.push_str(&format!(
-            "\n[telemetry]\nstatus_socket = \"{}\"\n",
-            p.display()
+            "\n[telemetry]\nstatus_socket = {}\n",
+            toml::Value::String(p.display().to_string())
         ));
     }
     crate::config::GatewayConfig::parse(&a.config_out, &config)
