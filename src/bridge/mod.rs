@@ -507,8 +507,8 @@ pub async fn run(
         exported: Stats::default(),
     };
     info!(port, %advertise, "SIP bridge ready");
-    let mut published = sb.registrations_version();
-    board.publish(&sb.registrations(Instant::now()), Instant::now());
+    let mut published = None;
+    board.follow(&sb, &mut published);
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -541,11 +541,7 @@ pub async fn run(
             () = &mut shutdown => break,
         }
         shell.carry_out(&mut sb, false);
-        if sb.registrations_version() != published {
-            published = sb.registrations_version();
-            let now = Instant::now();
-            board.publish(&sb.registrations(now), now);
-        }
+        board.follow(&sb, &mut published);
     }
     // Hang up every call so phones do not keep talking to nobody.
     sb.shutdown(Instant::now());

@@ -13,7 +13,7 @@
 //! or clone one `Arc` (never across an `await`), so a request to the status
 //! socket costs the bridge nothing.
 
-use super::switchboard::Registration;
+use super::switchboard::{Ports, Registration, Switchboard};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -147,6 +147,17 @@ impl PhonesBoard {
     pub fn publish(&self, regs: &[Registration], now: Instant) {
         let json = render(&PhonesView::of(regs, now, unix_now()));
         *self.json.lock().unwrap_or_else(|e| e.into_inner()) = json;
+    }
+
+    /// Publish `sb`'s registrations if they changed since the version in
+    /// `seen` (`None`: never published), and note the version.
+    pub fn follow<P: Ports>(&self, sb: &Switchboard<P>, seen: &mut Option<u64>) {
+        let v = sb.registrations_version();
+        if *seen != Some(v) {
+            *seen = Some(v);
+            let now = Instant::now();
+            self.publish(&sb.registrations(now), now);
+        }
     }
 
     /// The view as JSON.

@@ -49,6 +49,7 @@
 //! [`Switchboard::registrations_version`] changes whenever that list would.
 
 mod calls;
+mod registrations;
 mod requests;
 #[cfg(test)]
 mod tests;
@@ -73,6 +74,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 use tracing::{debug, warn};
+
+pub use registrations::{RegisteredContact, Registration};
 
 /// First flow id the bridge uses for call audio towards the relay (0 is the
 /// microphone's uplink).
@@ -211,33 +214,6 @@ pub struct Stats {
     pub calls_active: usize,
     /// Extensions with a registered phone (gauge, updated when one changes).
     pub registered: usize,
-}
-
-/// One extension of the phone store and the phones registered for it
-/// ([`Switchboard::registrations`]). Holds no credential and no nonce.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registration {
-    /// The extension.
-    pub ext: String,
-    /// Its live bindings, oldest first (none: not registered).
-    pub contacts: Vec<RegisteredContact>,
-}
-
-/// One live binding of an extension.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisteredContact {
-    /// Where the REGISTER came from (where requests go).
-    pub source: SocketAddr,
-    /// The Contact URI's host and port, as the phone wrote them.
-    pub contact: String,
-    /// The REGISTER's transport (`UDP`, `TCP`).
-    pub transport: String,
-    /// The phone's `User-Agent`, if it sent one.
-    pub user_agent: Option<String>,
-    /// When the phone first registered this contact.
-    pub since: Instant,
-    /// When the binding lapses unless refreshed.
-    pub expires_at: Instant,
 }
 
 /// Everything a [`Switchboard`] starts from.
@@ -562,46 +538,6 @@ impl<P: Ports> Switchboard<P> {
     /// Counters and gauges.
     pub fn stats(&self) -> Stats {
         self.stats
-    }
-
-    /// Every extension of the phone store, in order, with its live
-    /// bindings at `now`.
-    pub fn registrations(&self, now: Instant) -> Vec<Registration> {
-        let mut v: Vec<Registration> = self
-            .phones
-            .iter()
-            .map(|(ext, _)| {
-                let mut contacts: Vec<RegisteredContact> = self
-                    .registrar
-                    .lookup(now, ext)
-                    .into_iter()
-                    .map(|b| RegisteredContact {
-                        source: b.source,
-                        contact: match b.contact.uri.port {
-                            Some(p) => format!("{}:{p}", b.contact.uri.host),
-                            None => b.contact.uri.host.clone(),
-                        },
-                        transport: b.transport.clone(),
-                        user_agent: b.user_agent.clone(),
-                        since: b.since,
-                        expires_at: b.expires_at,
-                    })
-                    .collect();
-                contacts.sort_by_key(|c| c.since);
-                Registration {
-                    ext: ext.to_string(),
-                    contacts,
-                }
-            })
-            .collect();
-        v.sort_by(|a, b| a.ext.cmp(&b.ext));
-        v
-    }
-
-    /// Changes whenever [`Switchboard::registrations`] may give another
-    /// list: a binding made, refreshed or dropped, the phone store replaced.
-    pub fn registrations_version(&self) -> u64 {
-        self.registrar.generation() + self.phones_generation
     }
 
     /// The port pool.
