@@ -3,12 +3,12 @@
 
 use super::*;
 
-/// `base_args` with the clock read from a file saying `synchronized`.
-fn with_clock(lab: &Lab, id: &str, synchronized: bool) -> Vec<String> {
-    let mut args = base_args(lab, id);
+/// [`enroll_args`] with the clock read from a file saying it is not
+/// synchronized.
+fn unsynchronized(lab: &Lab, id: &str, relay: &str, fp: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = enroll_args(lab, id, relay, fp, extra);
     let f = lab.dir.join(format!("clock-{id}.txt"));
-    let yes = if synchronized { "yes" } else { "no" };
-    std::fs::write(&f, format!("NTPSynchronized={yes}\n")).unwrap();
+    std::fs::write(&f, "NTPSynchronized=no\n").unwrap();
     let i = args.iter().position(|a| a == "--clock-source").unwrap();
     args[i + 1] = format!("file:{}", f.display());
     args
@@ -29,16 +29,14 @@ fn an_unsynchronized_clock_stops_setup_unless_the_technician_goes_on() {
     let tok = secret_file(&lab.dir, "c.token", "AAAABBBBCCCCDDDDEEEEFFFFGGGGHHHH");
     let run = |extra: &[&str]| {
         std::process::Command::new(bin())
-            .args(with_clock(&lab, id, false))
-            .args([
-                "--relay",
-                &relay,
-                "--ca-fingerprint",
-                &fp,
-                "--device-id",
+            .args(unsynchronized(
+                &lab,
                 id,
-            ])
-            .args(["--skip-audio", "--yes", "--token-file"])
+                &relay,
+                &fp,
+                &["--skip-audio", "--yes"],
+            ))
+            .arg("--token-file")
             .arg(&tok)
             .args(extra)
             .stdin(std::process::Stdio::null())
@@ -92,22 +90,18 @@ fn an_unsynchronized_clock_stops_setup_unless_the_technician_goes_on() {
     }
 
     // On a terminal: asked, and Enter (no) stops.
-    let mut args = with_clock(&lab, id, false);
-    args.extend(
-        [
-            "--relay",
-            &relay,
-            "--ca-fingerprint",
-            &fp,
-            "--device-id",
-            id,
+    let args = unsynchronized(
+        &lab,
+        id,
+        &relay,
+        &fp,
+        &[
             "--skip-audio",
             "--capture",
             "voxcap",
             "--playback",
             "voxplay",
-        ]
-        .map(String::from),
+        ],
     );
     let tty = Tmux::start(&lab.dir, "clock", bin(), &args, &alsa_env(&lab));
     let s = tty.wait_for("Continue anyway? (y/N)", T);
