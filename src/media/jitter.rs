@@ -16,7 +16,15 @@
 //! # Adaptation policy
 //! * **Jitter**: RFC 3550 §6.4.1, `J += (|D| - J) / 16` where `D` is the
 //!   change of `arrival*48 kHz - ext_ts` between consecutive arrivals.
-//! * **Target** `= clamp(max(min_delay, k*J + frame), min_delay, max_delay)`,
+//! * **Floor**: an adaptive lower bound of the target. It starts at
+//!   [`FLOOR_START`] (never below `min_delay`), rises at once to
+//!   `frame + spread` when a packet arrives `spread` later than the fastest
+//!   recent packet (its transit over the minimum transit, the minimum creeping
+//!   up by 0.1 % of a frame per packet to follow clock drift), and otherwise
+//!   decays towards one frame with a [`FLOOR_TAU_S`] time constant. On a
+//!   clean link it ends near one frame; the first delayed packet lifts it
+//!   back. `min_delay` stays a hard floor an operator can raise.
+//! * **Target** `= clamp(max(floor, k*J + frame), min_delay, max_delay)`,
 //!   k = 3 ([`JITTER_K`]): for Gaussian delay J ≈ 1.13σ, so 3J ≈ 3.4σ
 //!   (>99.9 % of packets in time); for uniform ±a delay J = 2a/3 and 3J = 2a
 //!   is the whole spread. One frame covers the pop-clock phase. k = 4 would
@@ -30,9 +38,12 @@
 //!   (waiting one more frame for a probably-delayed packet), at most
 //!   `target / frame` times in a row. Otherwise the missing slot is lost:
 //!   [`Playout::Fec`] if the following packet is buffered, else `Conceal`.
-//! * **Skip**: when the buffered span exceeds target by more than a frame
-//!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
-//!   dropped (free if it is a hole) and counted in `skipped`.
+//! * **Skip**: when the buffered span, the frame being played aside, exceeds
+//!   the target by half a frame (span > target + 1.5 frames) on every pop
+//!   for 0.5 s, the oldest
+//!   slot is dropped (free if it is a hole) and counted in `skipped`: the
+//!   delay follows a falling target instead of keeping what prebuffering
+//!   chose.
 //! * **Idle / resync**: with an empty buffer and no accepted packet for
 //!   `max_delay + 200 ms`, `pop` returns [`Playout::Idle`] and the next packet
 //!   re-prebuffers. A jump of more than 3 s (either way), a packet beyond the
@@ -67,6 +78,12 @@ pub const MAX_PAYLOAD: usize = 1500;
 /// Jitter multiplier `k` of the target formula (see module docs).
 pub const JITTER_K: f64 = 3.0;
 const DECAY_TAU_S: f64 = 2.0;
+/// Where the adaptive floor starts on a new stream (see the module docs).
+pub const FLOOR_START: Duration = Duration::from_millis(40);
+/// Time constant of the adaptive floor's decay towards one frame, seconds.
+pub const FLOOR_TAU_S: f64 = 4.0;
+/// How far the minimum transit creeps up per packet, in frames.
+const BASE_CREEP: f64 = 0.001;
 const SKIP_HOLD_S: f64 = 0.5;
 const IDLE_SLACK: Duration = Duration::from_millis(200);
 const RESYNC_JUMP_S: f64 = 3.0;
@@ -146,6 +163,8 @@ pub struct JitterStats {
     pub jitter_ms: f64,
     /// Current target delay.
     pub target_delay: Duration,
+    /// Current adaptive floor of the target.
+    pub floor_delay: Duration,
     /// Packets currently buffered.
     pub depth: usize,
     /// Pushes answered [`Push::Overflow`].
@@ -197,6 +216,7 @@ pub struct JitterBuffer {
     resync_slots: i64,
     skip_hold: u32,
     decay: f64,
+    floor_decay: f64,
     meta: Vec<Meta>,
     data: Vec<u8>,
     phase: Phase,
@@ -211,6 +231,8 @@ pub struct JitterBuffer {
     late_streak: u32,
     last_arrival: Duration,
     prev_transit: Option<f64>,
+    base_transit: Option<f64>,
+    floor_s: f64,
     jitter: f64,
     target_s: f64,
     stats: JitterStats,
@@ -242,6 +264,7 @@ impl JitterBuffer {
             resync_slots: ((RESYNC_JUMP_S / frame_s).ceil() as i64).max(capacity as i64),
             skip_hold: ((SKIP_HOLD_S / frame_s).ceil() as u32).max(1),
             decay: (frame_s / DECAY_TAU_S).min(1.0),
+            floor_decay: (frame_s / FLOOR_TAU_S).min(1.0),
             meta: vec![Meta::default(); capacity],
             data: vec![0; capacity * MAX_PAYLOAD],
             phase: Phase::Empty,
@@ -256,6 +279,8 @@ impl JitterBuffer {
             late_streak: 0,
             last_arrival: Duration::ZERO,
             prev_transit: None,
+            base_transit: None,
+            floor_s: 0.0,
             jitter: 0.0,
             target_s: 0.0,
             stats: JitterStats::default(),
@@ -270,6 +295,8 @@ impl JitterBuffer {
         self.flush();
         self.phase = Phase::Empty;
         self.prev_transit = None;
+        self.base_transit = None;
+        self.floor_s = FLOOR_START.as_secs_f64().max(self.frame_s);
         self.jitter = 0.0;
         self.stats = JitterStats::default();
         self.target_s = self.jitter_target();
@@ -280,6 +307,7 @@ impl JitterBuffer {
         JitterStats {
             jitter_ms: self.jitter * 1000.0 / f64::from(self.cfg.clock_rate),
             target_delay: Duration::try_from_secs_f64(self.target_s).unwrap_or(self.cfg.max_delay),
+            floor_delay: Duration::try_from_secs_f64(self.floor_s).unwrap_or(self.cfg.max_delay),
             depth: self.count,
             ..self.stats
         }
@@ -366,6 +394,7 @@ impl JitterBuffer {
             }
             Phase::Playing => {}
         }
+        self.floor_s -= (self.floor_s - self.frame_s) * self.floor_decay;
         let goal = self.jitter_target();
         if self.target_s > goal {
             self.target_s -= (self.target_s - goal) * self.decay;
@@ -377,7 +406,7 @@ impl JitterBuffer {
             self.prev_transit = None;
             return Playout::Idle;
         }
-        if self.buffered_s() > self.target_s + 2.0 * self.frame_s {
+        if self.buffered_s() > self.target_s + 1.5 * self.frame_s {
             self.over += 1;
             if self.over >= self.skip_hold {
                 self.over = 0;
@@ -428,6 +457,7 @@ impl JitterBuffer {
         self.ref_seq = i64::from(seq);
         self.next = 0;
         self.prev_transit = None;
+        self.base_transit = None;
         self.store(0, self.ref_seq, payload);
         self.last_arrival = now;
         self.update_jitter(now, self.origin);
@@ -492,7 +522,7 @@ impl JitterBuffer {
 
     fn jitter_target(&self) -> f64 {
         let t = JITTER_K * self.jitter / f64::from(self.cfg.clock_rate) + self.frame_s;
-        t.max(self.min_s).min(self.max_s)
+        t.max(self.floor_s).max(self.min_s).min(self.max_s)
     }
 
     fn bump(&mut self) {
@@ -508,6 +538,16 @@ impl JitterBuffer {
             }
         }
         self.prev_transit = Some(transit);
+        let creep = BASE_CREEP * f64::from(self.cfg.frame_samples);
+        let base = match self.base_transit {
+            Some(b) if b + creep < transit => b + creep,
+            _ => transit,
+        };
+        self.base_transit = Some(base);
+        let spread = (transit - base) / f64::from(self.cfg.clock_rate);
+        if spread.is_finite() {
+            self.floor_s = self.floor_s.max((self.frame_s + spread).min(self.max_s));
+        }
         self.target_s = self.target_s.max(self.jitter_target());
     }
 }

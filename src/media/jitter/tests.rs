@@ -361,3 +361,77 @@ fn random_operations_never_panic() {
         }
     }
 }
+
+/// Packet `i` arrives `base` plus a pseudo-random 0..`spread_ms` late.
+fn noisy(n: u32, base: u64, spread_ms: u64, seed: u64) -> Vec<Arr> {
+    let mut rng = seed;
+    let d: Vec<u64> = (0..n).map(|_| xorshift(&mut rng) % (spread_ms + 1)).collect();
+    stream(n, 0, 0, |i| ms(base + d[i as usize]))
+}
+
+#[test]
+fn clean_link_floor_decays_to_one_frame() {
+    // 20 s of a clean link (5 ms one way, 0..2 ms of scheduling noise) with
+    // the hard floor at one frame: the floor starts at FLOOR_START and
+    // ends near one frame, and the playout delay follows it down without a
+    // single concealed frame.
+    let arr = noisy(1000, 5, 2, 7);
+    let mut sim = Sim::new(cfg(20, 300), arr.clone());
+    sim.run(ms(500));
+    let early = sim.jb.stats();
+    assert!(early.floor_delay >= ms(35), "{early:?}");
+    sim.run(ms(19_950)); // the stream's end stretches (conceals) by design
+    let st = sim.jb.stats();
+    assert!(st.floor_delay < ms(25), "{st:?}");
+    assert!(st.target_delay < ms(26), "{st:?}");
+    assert_eq!((st.concealed, st.lost, st.late), (0, 0, 0), "{st:?}");
+    let wait = |id: u32| sim.outs[sim.pos(Out::P(id))].0 - arr[id as usize].0;
+    assert!(wait(10) >= ms(40), "{:?}", wait(10));
+    assert!(wait(950) <= ms(40), "{:?}", wait(950));
+    assert!(wait(950) + ms(15) <= wait(10), "{:?} vs {:?}", wait(950), wait(10));
+    assert!(st.skipped >= 1 && st.skipped <= 3, "{st:?}");
+    sim.assert_counts();
+}
+
+#[test]
+fn floor_rises_at_once_when_jitter_appears() {
+    // 10 s clean, then packet 500 is 60 ms late: the floor covers that
+    // spread at once (not over the RFC 3550 estimator's 16 packets).
+    let mut arr = stream(600, 0, 0, |_| ms(5));
+    for a in &mut arr[500..] {
+        a.0 += ms(60);
+    }
+    let mut sim = Sim::new(cfg(20, 300), arr);
+    sim.run(ms(9_990));
+    let before = sim.jb.stats();
+    assert!(before.floor_delay < ms(30), "{before:?}");
+    sim.run(ms(10_070));
+    let after = sim.jb.stats();
+    assert!(after.floor_delay >= ms(75), "{after:?}");
+    assert!(after.target_delay >= ms(75), "{after:?}");
+}
+
+#[test]
+fn hard_floor_is_kept_on_a_clean_link() {
+    let mut sim = Sim::new(cfg(60, 300), noisy(500, 5, 1, 3));
+    sim.run(ms(10_000));
+    let st = sim.jb.stats();
+    assert!(st.floor_delay < ms(25), "{st:?}");
+    assert!(st.target_delay >= ms(60), "{st:?}");
+    assert_eq!((st.concealed, st.skipped), (0, 0), "{st:?}");
+}
+
+#[test]
+fn adaptive_floor_conceals_no_more_than_a_fixed_one() {
+    // Same moderately jittery stream (0..30 ms): an adaptive floor
+    // (hard floor one frame) against the old fixed 40 ms.
+    let arr = noisy(1500, 5, 30, 11);
+    let mut fixed = Sim::new(cfg(40, 300), arr.clone());
+    let mut adaptive = Sim::new(cfg(20, 300), arr);
+    fixed.run(ms(30_500));
+    adaptive.run(ms(30_500));
+    let (f, a) = (fixed.jb.stats(), adaptive.jb.stats());
+    assert!(a.concealed <= f.concealed + 2, "{a:?} vs {f:?}");
+    assert!(a.late <= f.late + 2, "{a:?} vs {f:?}");
+    assert!(a.floor_delay >= ms(40), "spread seen: {a:?}");
+}
