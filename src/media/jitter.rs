@@ -190,6 +190,7 @@ struct Meta {
     slot: i64,
     seq: i64,
     len: usize,
+    arrival: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +239,8 @@ pub struct JitterBuffer {
     stats: JitterStats,
     /// RTP sequence number of the packet the last `pop` returned as `Packet`.
     played_seq: Option<u16>,
+    /// When the packet the last `pop` returned as `Packet` arrived.
+    played_arrival: Option<Duration>,
 }
 
 impl JitterBuffer {
@@ -285,6 +288,7 @@ impl JitterBuffer {
             target_s: 0.0,
             stats: JitterStats::default(),
             played_seq: None,
+            played_arrival: None,
         };
         jb.reset();
         jb
@@ -366,7 +370,7 @@ impl JitterBuffer {
         if s == self.next && self.stall > 0 && self.count == 0 {
             self.bump(); // underrun: the awaited packet came after the buffer ran dry
         }
-        self.store(s, sq, payload);
+        self.store(s, sq, payload, now);
         self.ref_ts = self.ref_ts.max(ts);
         self.ref_seq = self.ref_seq.max(sq);
         self.late_streak = 0;
@@ -381,9 +385,16 @@ impl JitterBuffer {
         self.played_seq
     }
 
+    /// When the packet the last [`JitterBuffer::pop`] returned as
+    /// [`Playout::Packet`] was pushed (its hold is `now` minus this).
+    pub fn played_arrival(&self) -> Option<Duration> {
+        self.played_arrival
+    }
+
     /// Called once per frame period by the playout clock. Returns what to play for the next slot.
     pub fn pop(&mut self, now: Duration) -> Playout<'_> {
         self.played_seq = None;
+        self.played_arrival = None;
         match self.phase {
             Phase::Empty => return Playout::Idle,
             Phase::Prebuffering(since) => {
@@ -428,6 +439,7 @@ impl JitterBuffer {
             self.next += 1;
             self.stall = 0;
             self.played_seq = Some(self.meta[i].seq as u16);
+            self.played_arrival = Some(self.meta[i].arrival);
             return Playout::Packet(self.payload(i));
         }
         self.stats.lost += 1;
@@ -458,7 +470,7 @@ impl JitterBuffer {
         self.next = 0;
         self.prev_transit = None;
         self.base_transit = None;
-        self.store(0, self.ref_seq, payload);
+        self.store(0, self.ref_seq, payload, now);
         self.last_arrival = now;
         self.update_jitter(now, self.origin);
         Push::Accepted
@@ -486,7 +498,7 @@ impl JitterBuffer {
         m.state == State::Stored && m.slot == slot
     }
 
-    fn store(&mut self, slot: i64, seq: i64, payload: &[u8]) {
+    fn store(&mut self, slot: i64, seq: i64, payload: &[u8], arrival: Duration) {
         let i = self.idx(slot);
         let off = i * MAX_PAYLOAD;
         self.data[off..off + payload.len()].copy_from_slice(payload);
@@ -495,6 +507,7 @@ impl JitterBuffer {
             slot,
             seq,
             len: payload.len(),
+            arrival,
         };
         if self.count == 0 || slot > self.high {
             self.high = slot;

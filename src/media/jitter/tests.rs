@@ -365,7 +365,9 @@ fn random_operations_never_panic() {
 /// Packet `i` arrives `base` plus a pseudo-random 0..`spread_ms` late.
 fn noisy(n: u32, base: u64, spread_ms: u64, seed: u64) -> Vec<Arr> {
     let mut rng = seed;
-    let d: Vec<u64> = (0..n).map(|_| xorshift(&mut rng) % (spread_ms + 1)).collect();
+    let d: Vec<u64> = (0..n)
+        .map(|_| xorshift(&mut rng) % (spread_ms + 1))
+        .collect();
     stream(n, 0, 0, |i| ms(base + d[i as usize]))
 }
 
@@ -388,7 +390,12 @@ fn clean_link_floor_decays_to_one_frame() {
     let wait = |id: u32| sim.outs[sim.pos(Out::P(id))].0 - arr[id as usize].0;
     assert!(wait(10) >= ms(40), "{:?}", wait(10));
     assert!(wait(950) <= ms(40), "{:?}", wait(950));
-    assert!(wait(950) + ms(15) <= wait(10), "{:?} vs {:?}", wait(950), wait(10));
+    assert!(
+        wait(950) + ms(15) <= wait(10),
+        "{:?} vs {:?}",
+        wait(950),
+        wait(10)
+    );
     assert!(st.skipped >= 1 && st.skipped <= 3, "{st:?}");
     sim.assert_counts();
 }
