@@ -31,22 +31,35 @@ test: one, two, three, four, five.";
 const CODEC_TOML: &str = "[codec]\nframe_ms = 20\nbitrate = 24000\nfec = true\ndtx = false\n";
 const FRAME_MS: f64 = 20.0;
 
-/// One jitter-buffer setting under test.
+/// One jitter-buffer setting (and binary) under test.
 struct Variant {
-    name: &'static str,
+    name: String,
     min_ms: u32,
+    /// Another build of `voxgate` (the baseline), else this one.
+    binary: Option<PathBuf>,
 }
 
-const VARIANTS: [Variant; 2] = [
-    Variant {
-        name: "fixed 40 ms floor (min_ms = 40, the old default)",
+fn variants() -> Vec<Variant> {
+    let mut v = Vec::new();
+    if let Some(b) = std::env::var_os("VOXGATE_LATENCY_BASELINE_BIN").filter(|b| !b.is_empty()) {
+        v.push(Variant {
+            name: "baseline binary (min_ms = 40)".into(),
+            min_ms: 40,
+            binary: Some(b.into()),
+        });
+    }
+    v.push(Variant {
+        name: "fixed 40 ms floor (min_ms = 40, the old default)".into(),
         min_ms: 40,
-    },
-    Variant {
-        name: "adaptive floor (min_ms = 20, the default)",
+        binary: None,
+    });
+    v.push(Variant {
+        name: "adaptive floor (min_ms = 20, the default)".into(),
         min_ms: 20,
-    },
-];
+        binary: None,
+    });
+    v
+}
 
 /// Seconds after the first echo when the steady state is measured from:
 /// the adaptive floor starts at 40 ms and decays with a 4 s time constant.
@@ -77,7 +90,11 @@ fn other_load() -> f64 {
 
 /// Runs the echo once; returns its figures.
 fn run(raw: &Path, speech_s: f64, v: &Variant) -> Value {
-    let lab = Lab::new(&format!("bench-latency-{}", v.min_ms), "mode = \"echo\"");
+    let tag = if v.binary.is_some() { "base" } else { "this" };
+    let lab = Lab::new(
+        &format!("bench-latency-{tag}-{}", v.min_ms),
+        "mode = \"echo\"",
+    );
     let out = lab.dir.join("speaker.raw");
     let devs = AlsaFileDevices::with_silence_tail(&lab.dir, Some(raw), Some(&out), 4.0);
     let mut relay = lab.start_relay();
@@ -89,7 +106,10 @@ fn run(raw: &Path, speech_s: f64, v: &Variant) -> Value {
     let (cfg, m) = lab.gateway_config("bench-gw-latency", lab.quic_port, &extra);
     let mut env = devs.env();
     env.push(("VOXGATE_LOG".into(), "info".into()));
-    let mut gw = lab.start_gateway(&cfg, &env);
+    let mut gw = match &v.binary {
+        Some(b) => lab.start_gateway_with(b, &cfg, &env),
+        None => lab.start_gateway(&cfg, &env),
+    };
     wait_metric(&mut gw, m, "voxgate_downlink_packets_received_total");
     let echo = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(WARM_S));
@@ -126,7 +146,7 @@ fn run(raw: &Path, speech_s: f64, v: &Variant) -> Value {
     let get0 = |n: &str| voxgate::telemetry::metrics::scrape_value(&text0, n).unwrap_or(0.0);
     let steady = |n: &str| get(n) - get0(n);
     let mut j = Value::obj();
-    j.set("variant", v.name)
+    j.set("variant", v.name.as_str())
         .set("min_ms", f64::from(v.min_ms))
         .set("round_trip_ms", delay.map(|d| d.0))
         .set("correlation", delay.map(|d| d.1))
@@ -175,6 +195,10 @@ fn wait_metric(gw: &mut voxgate_testkit::lab::Proc, m: std::net::SocketAddr, nam
     }
 }
 
+fn env_or(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| "unknown".into())
+}
+
 fn f(v: &Value, k: &str) -> Option<f64> {
     v.num(k)
 }
@@ -216,7 +240,8 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
          ## Latency budget\n\n",
     );
     s += &format!(
-        "Reproduce with `scripts/bench-latency` ({secs} s here; `cargo bench --bench latency`). \
+        "Reproduce with `scripts/bench-latency` ({secs} s here; `cargo bench --bench latency`; \
+         commit `{}`, {}). \
          The echo round trip (microphone → gateway → relay echo → gateway → speaker) on \
          loopback with the demo's ALSA file devices, end to end by cross-correlating the \
          speaker file with the microphone file, and per stage (means) from the gateway's \
@@ -225,7 +250,12 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
          where the two devices stand in their streams at the same instant: a file device \
          has no clock and is paced by `audio::clock` (capture 30 ms ahead of the wall \
          clock, which makes the audio early; playback once 100 ms ahead, now none beyond \
-         a callback), and the two open at slightly different times.\n\n"
+         a callback), and the two open at slightly different times. Stage means and the \
+         round trip are taken from {WARM_S} s after the first echo to the end of the \
+         speech (the adaptive floor starts at 40 ms and decays with a 4 s time \
+         constant).\n\n",
+        env_or("VOXGATE_BENCH_COMMIT"),
+        env_or("VOXGATE_BENCH_MACHINE"),
     );
     s += "| latency budget, echo round trip (ms) |";
     for r in runs {
@@ -241,15 +271,11 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
         }
         s += "\n";
     }
-    let sum = |r: &Value| {
-        STAGES
-            .iter()
-            .map(|(k, _)| f(r, k).unwrap_or(0.0))
-            .sum::<f64>()
-    };
+    // A build without a stage's metric has no sum.
+    let sum = |r: &Value| STAGES.iter().map(|(k, _)| f(r, k)).sum::<Option<f64>>();
     s += "| **sum of the stages** |";
     for r in runs {
-        s += &format!(" {:.1} |", sum(r));
+        s += &format!(" {} |", cell(sum(r)));
     }
     s += "\n| **round trip, cross-correlation** |";
     for r in runs {
@@ -257,7 +283,8 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
     }
     s += "\n| residual (round trip minus the stages) |";
     for r in runs {
-        s += &format!(" {} |", cell(f(r, "round_trip_ms").map(|t| t - sum(r))));
+        let rest = f(r, "round_trip_ms").zip(sum(r)).map(|(t, s)| t - s);
+        s += &format!(" {} |", cell(rest));
     }
     s += "\n| round trip in the first 6 s (the floor starts at 40 ms) |";
     for r in runs {
@@ -301,7 +328,7 @@ fn main() {
     let speech_s = voxgate_testkit::audio_env::raw_duration_s(&raw);
     let mut runs = Vec::new();
     let mut load = Vec::new();
-    for v in &VARIANTS {
+    for v in &variants() {
         let l = other_load();
         let r = run(&raw, speech_s, v);
         eprintln!("latency: {} → {:?} ms", v.name, f(&r, "round_trip_ms"));

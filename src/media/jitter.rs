@@ -16,14 +16,18 @@
 //! # Adaptation policy
 //! * **Jitter**: RFC 3550 §6.4.1, `J += (|D| - J) / 16` where `D` is the
 //!   change of `arrival*48 kHz - ext_ts` between consecutive arrivals.
-//! * **Floor**: an adaptive lower bound of the target. It starts at
-//!   [`FLOOR_START`] (never below `min_delay`), rises at once to
-//!   `frame + spread` when a packet arrives `spread` later than the fastest
-//!   recent packet (its transit over the minimum transit, the minimum creeping
-//!   up by 0.1 % of a frame per packet to follow clock drift), and otherwise
-//!   decays towards one frame with a [`FLOOR_TAU_S`] time constant. On a
-//!   clean link it ends near one frame; the first delayed packet lifts it
-//!   back. `min_delay` stays a hard floor an operator can raise.
+//! * **Floor**: an adaptive lower bound of the target. It starts at one
+//!   frame, rises at once to `frame + spread` when a packet arrives `spread`
+//!   later than the fastest recent packet (its transit over the minimum
+//!   transit, the minimum creeping up by 1 % of a frame per packet, 10 ms/s
+//!   at 20 ms, to
+//!   follow clock drift and absorb a step in the route's delay), and otherwise decays back towards one frame with a
+//!   [`FLOOR_TAU_S`] time constant. On a clean link it stays near one frame
+//!   (prebuffering waits that long, so nothing has to be skipped later,
+//!   which would cost a 20 ms jump in the audio); the first delayed packet
+//!   lifts it, before the RFC 3550 estimate has moved. `min_delay` stays a
+//!   hard floor an operator can raise. The first 25 packets
+//!   of a stream (a sender's start-up burst) do not move the floor.
 //! * **Target** `= clamp(max(floor, k*J + frame), min_delay, max_delay)`,
 //!   k = 3 ([`JITTER_K`]): for Gaussian delay J ≈ 1.13σ, so 3J ≈ 3.4σ
 //!   (>99.9 % of packets in time); for uniform ±a delay J = 2a/3 and 3J = 2a
@@ -38,19 +42,18 @@
 //!   (waiting one more frame for a probably-delayed packet), at most
 //!   `target / frame` times in a row. Otherwise the missing slot is lost:
 //!   [`Playout::Fec`] if the following packet is buffered, else `Conceal`.
-//! * **Skip**: when the buffered span, the frame being played aside, exceeds
-//!   the target by half a frame (span > target + 1.5 frames) on every pop
-//!   for 0.5 s, the oldest
-//!   slot is dropped (free if it is a hole) and counted in `skipped`: the
-//!   delay follows a falling target instead of keeping what prebuffering
-//!   chose.
+//! * **Skip**: when the buffered span exceeds target by more than a frame
+//!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
+//!   dropped (free if it is a hole) and counted in `skipped`.
 //! * **Idle / resync**: with an empty buffer and no accepted packet for
 //!   `max_delay + 200 ms`, `pop` returns [`Playout::Idle`] and the next packet
 //!   re-prebuffers. A jump of more than 3 s (either way), a packet beyond the
 //!   window while the buffer is empty, or 8 `Late` packets in a row flush the
 //!   buffer and restart prebuffering from that packet (`resyncs`).
 //! * **Prebuffering**: playout starts at the first `pop` where the first
-//!   packet of the stream has waited at least the target delay.
+//!   packet of the stream has waited at least the target delay; packets that
+//!   piled up beyond target + 1 frame meanwhile (the playout clock was not
+//!   running yet) are dropped then, before anything was heard (`skipped`).
 //! * **DTX**: gaps shorter than the idle timeout are played as `Conceal`
 //!   (Opus PLC/CNG, as the decoder expects); the stretch at the end of a talk
 //!   spurt adds at most `target` of delay, which skipping later removes.
@@ -78,12 +81,13 @@ pub const MAX_PAYLOAD: usize = 1500;
 /// Jitter multiplier `k` of the target formula (see module docs).
 pub const JITTER_K: f64 = 3.0;
 const DECAY_TAU_S: f64 = 2.0;
-/// Where the adaptive floor starts on a new stream (see the module docs).
-pub const FLOOR_START: Duration = Duration::from_millis(40);
 /// Time constant of the adaptive floor's decay towards one frame, seconds.
 pub const FLOOR_TAU_S: f64 = 4.0;
+/// Packets at the start of a stream whose delay spread the floor ignores
+/// (a sender's start-up burst, a device still opening).
+const SETTLE_PACKETS: u32 = 25;
 /// How far the minimum transit creeps up per packet, in frames.
-const BASE_CREEP: f64 = 0.001;
+const BASE_CREEP: f64 = 0.01;
 const SKIP_HOLD_S: f64 = 0.5;
 const IDLE_SLACK: Duration = Duration::from_millis(200);
 const RESYNC_JUMP_S: f64 = 3.0;
@@ -233,6 +237,8 @@ pub struct JitterBuffer {
     last_arrival: Duration,
     prev_transit: Option<f64>,
     base_transit: Option<f64>,
+    /// Packets left before the floor measures the delay spread.
+    settle: u32,
     floor_s: f64,
     jitter: f64,
     target_s: f64,
@@ -283,6 +289,7 @@ impl JitterBuffer {
             last_arrival: Duration::ZERO,
             prev_transit: None,
             base_transit: None,
+            settle: 0,
             floor_s: 0.0,
             jitter: 0.0,
             target_s: 0.0,
@@ -300,7 +307,7 @@ impl JitterBuffer {
         self.phase = Phase::Empty;
         self.prev_transit = None;
         self.base_transit = None;
-        self.floor_s = FLOOR_START.as_secs_f64().max(self.frame_s);
+        self.floor_s = self.frame_s;
         self.jitter = 0.0;
         self.stats = JitterStats::default();
         self.target_s = self.jitter_target();
@@ -402,6 +409,7 @@ impl JitterBuffer {
                     return Playout::Idle;
                 }
                 self.phase = Phase::Playing;
+                self.trim_prebuffer();
             }
             Phase::Playing => {}
         }
@@ -417,7 +425,7 @@ impl JitterBuffer {
             self.prev_transit = None;
             return Playout::Idle;
         }
-        if self.buffered_s() > self.target_s + 1.5 * self.frame_s {
+        if self.buffered_s() > self.target_s + 2.0 * self.frame_s {
             self.over += 1;
             if self.over >= self.skip_hold {
                 self.over = 0;
@@ -470,10 +478,27 @@ impl JitterBuffer {
         self.next = 0;
         self.prev_transit = None;
         self.base_transit = None;
+        self.settle = SETTLE_PACKETS;
         self.store(0, self.ref_seq, payload, now);
         self.last_arrival = now;
         self.update_jitter(now, self.origin);
         Push::Accepted
+    }
+
+    /// At the start of playout nothing has been heard yet: packets beyond
+    /// target + 1 frame (they piled up while the playout clock was not
+    /// running, e.g. a device still opening) are dropped now, silently,
+    /// instead of by skips in the middle of the audio later.
+    fn trim_prebuffer(&mut self) {
+        while self.count > 1 && self.buffered_s() > self.target_s + self.frame_s {
+            if self.is_stored(self.next) {
+                let i = self.idx(self.next);
+                self.meta[i].state = State::Done;
+                self.count -= 1;
+            }
+            self.next += 1;
+            self.stats.skipped += 1;
+        }
     }
 
     fn flush(&mut self) {
@@ -551,6 +576,12 @@ impl JitterBuffer {
             }
         }
         self.prev_transit = Some(transit);
+        self.settle = self.settle.saturating_sub(1);
+        if self.settle > 0 {
+            // A stream's first packets come in the sender's start-up burst.
+            self.target_s = self.target_s.max(self.jitter_target());
+            return;
+        }
         let creep = BASE_CREEP * f64::from(self.cfg.frame_samples);
         let base = match self.base_transit {
             Some(b) if b + creep < transit => b + creep,
