@@ -16,16 +16,15 @@
 //! # Adaptation policy
 //! * **Jitter**: RFC 3550 §6.4.1, `J += (|D| - J) / 16` where `D` is the
 //!   change of `arrival*48 kHz - ext_ts` between consecutive arrivals.
-//! * **Floor**: an adaptive lower bound of the target. It starts at one
-//!   frame, rises at once to `frame + spread` when a packet arrives `spread`
+//! * **Floor**: an adaptive lower bound of the target. It starts at
+//!   [`FLOOR_START`] (what `min_delay` used to be), rises at once to `frame + spread` when a packet arrives `spread`
 //!   later than the fastest recent packet (its transit over the minimum
 //!   transit, the minimum creeping up by 1 % of a frame per packet, 10 ms/s
 //!   at 20 ms, to
 //!   follow clock drift and absorb a step in the route's delay), and otherwise decays back towards one frame with a
-//!   [`FLOOR_TAU_S`] time constant. On a clean link it stays near one frame
-//!   (prebuffering waits that long, so nothing has to be skipped later,
-//!   which would cost a 20 ms jump in the audio); the first delayed packet
-//!   lifts it, before the RFC 3550 estimate has moved. `min_delay` stays a
+//!   [`FLOOR_TAU_S`] time constant. On a clean link it ends near one frame
+//!   and the delay follows it down by quiet skips (below); the first
+//!   delayed packet lifts it, before the RFC 3550 estimate has moved. `min_delay` stays a
 //!   hard floor an operator can raise. The first 25 packets
 //!   of a stream (a sender's start-up burst) do not move the floor.
 //! * **Target** `= clamp(max(floor, k*J + frame), min_delay, max_delay)`,
@@ -44,7 +43,11 @@
 //!   [`Playout::Fec`] if the following packet is buffered, else `Conceal`.
 //! * **Skip**: when the buffered span exceeds target by more than a frame
 //!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
-//!   dropped (free if it is a hole) and counted in `skipped`.
+//!   dropped (free if it is a hole) and counted in `skipped`. **Quiet
+//!   skip**: past target + 1.5 frames for 0.5 s, the oldest slot is dropped
+//!   only when it is silence (a payload of at most [`QUIET_PAYLOAD`]
+//!   bytes): the delay shrinks in the pauses of speech, where a missing
+//!   20 ms is not heard.
 //! * **Idle / resync**: with an empty buffer and no accepted packet for
 //!   `max_delay + 200 ms`, `pop` returns [`Playout::Idle`] and the next packet
 //!   re-prebuffers. A jump of more than 3 s (either way), a packet beyond the
@@ -83,6 +86,11 @@ pub const JITTER_K: f64 = 3.0;
 const DECAY_TAU_S: f64 = 2.0;
 /// Time constant of the adaptive floor's decay towards one frame, seconds.
 pub const FLOOR_TAU_S: f64 = 4.0;
+/// Where the adaptive floor starts on a new stream (see the module docs).
+pub const FLOOR_START: Duration = Duration::from_millis(40);
+/// Payloads up to this size are silence (Opus codes digital silence in a
+/// few bytes): skipping one is inaudible.
+pub const QUIET_PAYLOAD: usize = 12;
 /// Packets at the start of a stream whose delay spread the floor ignores
 /// (a sender's start-up burst, a device still opening).
 const SETTLE_PACKETS: u32 = 25;
@@ -233,6 +241,7 @@ pub struct JitterBuffer {
     count: usize,
     stall: u32,
     over: u32,
+    over_quiet: u32,
     late_streak: u32,
     last_arrival: Duration,
     prev_transit: Option<f64>,
@@ -285,6 +294,7 @@ impl JitterBuffer {
             count: 0,
             stall: 0,
             over: 0,
+            over_quiet: 0,
             late_streak: 0,
             last_arrival: Duration::ZERO,
             prev_transit: None,
@@ -307,7 +317,7 @@ impl JitterBuffer {
         self.phase = Phase::Empty;
         self.prev_transit = None;
         self.base_transit = None;
-        self.floor_s = self.frame_s;
+        self.floor_s = FLOOR_START.as_secs_f64().max(self.frame_s);
         self.jitter = 0.0;
         self.stats = JitterStats::default();
         self.target_s = self.jitter_target();
@@ -425,20 +435,29 @@ impl JitterBuffer {
             self.prev_transit = None;
             return Playout::Idle;
         }
-        if self.buffered_s() > self.target_s + 2.0 * self.frame_s {
-            self.over += 1;
-            if self.over >= self.skip_hold {
-                self.over = 0;
-                if self.is_stored(self.next) {
-                    let i = self.idx(self.next);
-                    self.meta[i].state = State::Done;
-                    self.count -= 1;
-                }
-                self.next += 1;
-                self.stats.skipped += 1;
-            }
+        let excess = self.buffered_s() - self.target_s;
+        self.over = if excess > 2.0 * self.frame_s {
+            self.over + 1
         } else {
+            0
+        };
+        self.over_quiet = if excess > 1.5 * self.frame_s {
+            self.over_quiet.saturating_add(1)
+        } else {
+            0
+        };
+        let quiet_next =
+            self.is_stored(self.next) && self.meta[self.idx(self.next)].len <= QUIET_PAYLOAD;
+        if self.over >= self.skip_hold || (self.over_quiet >= self.skip_hold && quiet_next) {
             self.over = 0;
+            self.over_quiet = 0;
+            if self.is_stored(self.next) {
+                let i = self.idx(self.next);
+                self.meta[i].state = State::Done;
+                self.count -= 1;
+            }
+            self.next += 1;
+            self.stats.skipped += 1;
         }
         if self.is_stored(self.next) {
             let i = self.idx(self.next);
@@ -506,6 +525,7 @@ impl JitterBuffer {
         self.count = 0;
         self.stall = 0;
         self.over = 0;
+        self.over_quiet = 0;
         self.late_streak = 0;
     }
 

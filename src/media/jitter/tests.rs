@@ -64,6 +64,8 @@ struct Sim {
     t: Duration,
     outs: Vec<(Duration, Out)>,
     res: Vec<(u32, Push)>,
+    /// Packets whose payload is silence (4 bytes, at most QUIET_PAYLOAD).
+    quiet: fn(u32) -> bool,
 }
 
 impl Sim {
@@ -77,6 +79,7 @@ impl Sim {
             t,
             outs,
             res,
+            quiet: |_| false,
         }
     }
 
@@ -85,7 +88,9 @@ impl Sim {
         while self.t <= end {
             while let Some(a) = self.arr.pop_if(|a| a.0 <= self.t) {
                 let mut p = a.3.to_le_bytes().to_vec();
-                p.resize(40, 0xAB);
+                if !(self.quiet)(a.3) {
+                    p.resize(40, 0xAB);
+                }
                 let r = self.jb.push(a.0, a.1, a.2, &p);
                 self.res.push((a.3, r));
             }
@@ -371,27 +376,38 @@ fn noisy(n: u32, base: u64, spread_ms: u64, seed: u64) -> Vec<Arr> {
     stream(n, 0, 0, |i| ms(base + d[i as usize]))
 }
 
+/// Talk spurts: 1 s of speech, then a 0.4 s pause of silent frames.
+fn pause(id: u32) -> bool {
+    id % 70 >= 50
+}
+
 #[test]
-fn clean_link_floor_stays_near_one_frame() {
+fn clean_link_delay_falls_to_one_frame_in_the_pauses() {
     // 20 s of a clean link (5 ms one way, 0..2 ms of scheduling noise) with
-    // the hard floor at one frame: playout starts after about one frame and
-    // stays there, without a concealed or skipped frame; the old fixed
-    // 40 ms floor holds every packet a frame longer.
+    // the hard floor at one frame: the floor starts at FLOOR_START and ends
+    // near one frame, and the playout delay follows it down by skipping
+    // silent frames only, without a concealed frame; the old fixed 40 ms
+    // floor keeps every packet at least a frame longer.
     let arr = noisy(1000, 5, 2, 7);
     let mut sim = Sim::new(cfg(20, 300), arr.clone());
     let mut fixed = Sim::new(cfg(40, 300), arr.clone());
+    sim.quiet = pause;
+    fixed.quiet = pause;
+    sim.run(ms(500));
+    assert!(sim.jb.stats().floor_delay >= ms(35), "{:?}", sim.jb.stats());
     sim.run(ms(19_950)); // the stream's end stretches (conceals) by design
     fixed.run(ms(19_950));
     let st = sim.jb.stats();
     assert!(st.floor_delay < ms(25), "{st:?}");
     assert!(st.target_delay < ms(26), "{st:?}");
-    assert_eq!(
-        (st.concealed, st.lost, st.late, st.skipped),
-        (0, 0, 0, 0),
-        "{st:?}"
-    );
+    assert_eq!((st.concealed, st.lost, st.late), (0, 0, 0), "{st:?}");
+    assert!(st.skipped >= 1 && st.skipped <= 3, "{st:?}");
+    let played = sim.played();
+    let gone: Vec<u32> = (0..990).filter(|i| !played.contains(i)).collect();
+    assert!(gone.iter().all(|&i| pause(i)), "speech skipped: {gone:?}");
     let wait = |s: &Sim, id: u32| s.outs[s.pos(Out::P(id))].0 - arr[id as usize].0;
-    for id in [0, 10, 500, 950] {
+    assert!(wait(&sim, 10) >= ms(40), "{:?}", wait(&sim, 10));
+    for id in [900, 940] {
         assert!(wait(&sim, id) <= ms(40), "{id}: {:?}", wait(&sim, id));
         assert!(
             wait(&sim, id) + ms(20) <= wait(&fixed, id),
@@ -400,7 +416,20 @@ fn clean_link_floor_stays_near_one_frame() {
             wait(&fixed, id)
         );
     }
+    assert_eq!(fixed.jb.stats().skipped, 0);
     sim.assert_counts();
+}
+
+#[test]
+fn speech_is_not_skipped_for_a_falling_floor() {
+    // The same link without pauses: the delay stays where prebuffering put
+    // it rather than cutting 20 ms out of speech.
+    let arr = noisy(1000, 5, 2, 7);
+    let mut sim = Sim::new(cfg(20, 300), arr);
+    sim.run(ms(19_950));
+    let st = sim.jb.stats();
+    assert!(st.floor_delay < ms(25), "{st:?}");
+    assert_eq!((st.concealed, st.skipped), (0, 0), "{st:?}");
 }
 
 #[test]
@@ -416,7 +445,7 @@ fn floor_rises_at_once_when_jitter_appears() {
     let mut sim = Sim::new(cfg(20, 300), arr);
     sim.run(ms(9_990));
     let before = sim.jb.stats();
-    assert!(before.floor_delay < ms(21), "{before:?}");
+    assert!(before.floor_delay < ms(25), "{before:?}");
     sim.run(ms(10_070));
     let after = sim.jb.stats();
     assert!(after.floor_delay >= ms(75), "{after:?}");
