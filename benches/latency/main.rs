@@ -249,8 +249,9 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
          wait for the decoder thread (woken by each playback callback). The last stage is \
          where the two devices stand in their streams at the same instant: a file device \
          has no clock and is paced by `audio::clock` (capture 30 ms ahead of the wall \
-         clock, which makes the audio early; playback once 100 ms ahead, now none beyond \
-         a callback), and the two open at slightly different times. Stage means and the \
+         clock, which makes the audio early; playback runs about 100 ms ahead before it is \
+         found clockless, which stays in its file as leading silence, and keeps no lead \
+         after), and the two open at slightly different times. Stage means and the \
          round trip are taken from {WARM_S} s after the first echo to the end of the \
          speech (the adaptive floor starts at 40 ms and decays with a 4 s time \
          constant).\n\n",
@@ -307,10 +308,13 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
     for l in load {
         s += &format!(" {l:.2} |");
     }
-    s += "\n\nPacing slack on the file devices (ARCHITECTURE.md, Invariant 1): the capture \
-          device leads the wall clock by 30 ms, which makes the audio early (it counts \
-          negative); the playback device used to keep a 100 ms lead, pure added delay, and \
-          now keeps none beyond its callback once it is found clockless (`PLAYBACK_PACE`).\n\
+    s += "\n\nPacing slack on the file devices (ARCHITECTURE.md, Invariant 1) is the \
+          devices row: the playback file runs about 100 ms (`PLAYBACK_SLACK` + 1 %) ahead \
+          before it is found clockless, which stays in the file as leading silence (until \
+          issue 17 it also kept that lead while playing; now none, `PLAYBACK_PACE`), minus \
+          the capture file's 30 ms lead (`CAPTURE_SLACK`, audio delivered early), plus the \
+          offset between the two devices' openings. A device with a clock has neither: its \
+          share is its own buffer.\n\
           <!-- latency:end -->";
     s
 }

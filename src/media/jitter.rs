@@ -44,7 +44,8 @@
 //! * **Skip**: when the buffered span exceeds target by more than a frame
 //!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
 //!   dropped (free if it is a hole) and counted in `skipped`. **Quiet
-//!   skip**: past target + 1.5 frames for 0.5 s, the oldest slot is dropped
+//!   skip**: past target + half a frame for 0.5 s (more than a whole frame
+//!   to spare besides the one playing), the oldest slot is dropped
 //!   only when it is silence (a payload of at most [`QUIET_PAYLOAD`]
 //!   bytes): the delay shrinks in the pauses of speech, where a missing
 //!   20 ms is not heard.
@@ -88,9 +89,11 @@ const DECAY_TAU_S: f64 = 2.0;
 pub const FLOOR_TAU_S: f64 = 4.0;
 /// Where the adaptive floor starts on a new stream (see the module docs).
 pub const FLOOR_START: Duration = Duration::from_millis(40);
-/// Payloads up to this size are silence (Opus codes digital silence in a
-/// few bytes): skipping one is inaudible.
-pub const QUIET_PAYLOAD: usize = 12;
+/// Payloads up to this size are silence: the gateway's encoder (24 kbit/s,
+/// in-band FEC) codes a pause in 22 bytes and speech in 55 or more
+/// (`codec` tests). At 10 kbit/s or less, speech frames are this small too
+/// and may be skipped as silence when the delay is to shrink.
+pub const QUIET_PAYLOAD: usize = 24;
 /// Packets at the start of a stream whose delay spread the floor ignores
 /// (a sender's start-up burst, a device still opening).
 const SETTLE_PACKETS: u32 = 25;
@@ -441,7 +444,7 @@ impl JitterBuffer {
         } else {
             0
         };
-        self.over_quiet = if excess > 1.5 * self.frame_s {
+        self.over_quiet = if excess > 0.5 * self.frame_s {
             self.over_quiet.saturating_add(1)
         } else {
             0

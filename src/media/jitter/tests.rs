@@ -386,8 +386,8 @@ fn clean_link_delay_falls_to_one_frame_in_the_pauses() {
     // 20 s of a clean link (5 ms one way, 0..2 ms of scheduling noise) with
     // the hard floor at one frame: the floor starts at FLOOR_START and ends
     // near one frame, and the playout delay follows it down by skipping
-    // silent frames only, without a concealed frame; the old fixed 40 ms
-    // floor keeps every packet at least a frame longer.
+    // silent frames only, without a concealed frame; a hard 40 ms floor
+    // keeps every packet at least a frame longer.
     let arr = noisy(1000, 5, 2, 7);
     let mut sim = Sim::new(cfg(20, 300), arr.clone());
     let mut fixed = Sim::new(cfg(40, 300), arr.clone());
@@ -416,7 +416,7 @@ fn clean_link_delay_falls_to_one_frame_in_the_pauses() {
             wait(&fixed, id)
         );
     }
-    assert_eq!(fixed.jb.stats().skipped, 0);
+    assert!(wait(&fixed, 940) >= ms(20), "{:?}", wait(&fixed, 940));
     sim.assert_counts();
 }
 
