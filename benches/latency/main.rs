@@ -23,6 +23,7 @@ use voxgate_testkit::bench::{JsonExt, Value};
 use voxgate_testkit::lab::{Lab, metric, scrape};
 use voxgate_testkit::procfs::{machine_ticks, try_proc_ticks};
 
+mod pulse;
 mod xcorr;
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. Voice gateways carry \
@@ -132,7 +133,6 @@ fn run(raw: &Path, speech_s: f64, v: &Variant) -> Value {
     }
     gw.assert_running();
     let text = scrape(m).unwrap_or_default();
-    let rtt_ms = metric(m, "voxgate_rtt_seconds") * 1000.0;
     let _ = gw.stop();
     let _ = relay.stop();
     let mic = xcorr::read_raw(raw);
@@ -142,32 +142,38 @@ fn run(raw: &Path, speech_s: f64, v: &Variant) -> Value {
     let warm = ((WARM_S + 1.0) * 48_000.0) as usize;
     let delay = xcorr::segment_delay_ms(&mic, &spk, warm, mic.len(), 1000);
     let start = xcorr::segment_delay_ms(&mic, &spk, 0, 6 * 48_000, 1000);
-    let get = |n: &str| voxgate::telemetry::metrics::scrape_value(&text, n).unwrap_or(0.0);
-    let get0 = |n: &str| voxgate::telemetry::metrics::scrape_value(&text0, n).unwrap_or(0.0);
-    let steady = |n: &str| get(n) - get0(n);
-    let mut j = Value::obj();
-    j.set("variant", v.name.as_str())
-        .set("min_ms", f64::from(v.min_ms))
-        .set("round_trip_ms", delay.map(|d| d.0))
+    let mut j = stage_json(&text0, &text, v);
+    j.set("round_trip_ms", delay.map(|d| d.0))
         .set("correlation", delay.map(|d| d.1))
         .set("round_trip_start_ms", start.map(|d| d.0))
         .set(
             "device_offset_ms",
             (!offsets.is_empty()).then(|| offsets.iter().sum::<f64>() / offsets.len() as f64),
-        )
+        );
+    j
+}
+
+/// The stages and counters between two scrapes of the gateway's metrics.
+pub(crate) fn stage_json(text0: &str, text: &str, v: &Variant) -> Value {
+    let get = |n: &str| voxgate::telemetry::metrics::scrape_value(text, n).unwrap_or(0.0);
+    let get0 = |n: &str| voxgate::telemetry::metrics::scrape_value(text0, n).unwrap_or(0.0);
+    let steady = |n: &str| get(n) - get0(n);
+    let mut j = Value::obj();
+    j.set("variant", v.name.as_str())
+        .set("min_ms", f64::from(v.min_ms))
         .set("frame_ms", FRAME_MS)
         .set(
             "capture_to_send_ms",
-            hist_mean_ms(&text0, &text, "voxgate_capture_to_send_seconds"),
+            hist_mean_ms(text0, text, "voxgate_capture_to_send_seconds"),
         )
-        .set("quic_rtt_ms", rtt_ms)
+        .set("quic_rtt_ms", get("voxgate_rtt_seconds") * 1000.0)
         .set(
             "jitter_hold_ms",
-            hist_mean_ms(&text0, &text, "voxgate_jitter_hold_seconds"),
+            hist_mean_ms(text0, text, "voxgate_jitter_hold_seconds"),
         )
         .set(
             "playback_queue_ms",
-            hist_mean_ms(&text0, &text, "voxgate_playback_queue_seconds"),
+            hist_mean_ms(text0, text, "voxgate_playback_queue_seconds"),
         )
         .set(
             "jitter_target_ms",
@@ -234,7 +240,61 @@ const STAGES: [(&str, &str); 6] = [
     ),
 ];
 
-fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
+fn table(title: &str, runs: &[&Value], stages: &[(&str, &str)], rest: &str) -> String {
+    let mut s = format!("| {title} |");
+    for r in runs {
+        s += &format!(" {} |", r.str("variant").unwrap_or("?"));
+    }
+    s += "\n|---|";
+    s += &"---:|".repeat(runs.len());
+    s += "\n";
+    for (k, label) in stages {
+        s += &format!("| {label} |");
+        for r in runs {
+            s += &format!(" {} |", cell(f(r, k)));
+        }
+        s += "\n";
+    }
+    // A build without a stage's metric has no sum.
+    let sum = |r: &Value| stages.iter().map(|(k, _)| f(r, k)).sum::<Option<f64>>();
+    s += "| **sum of the stages** |";
+    for r in runs {
+        s += &format!(" {} |", cell(sum(r)));
+    }
+    s += "\n| **round trip, cross-correlation** |";
+    for r in runs {
+        s += &format!(" **{}** |", cell(f(r, "round_trip_ms")));
+    }
+    s += &format!("\n| {rest} |");
+    for r in runs {
+        let rest = f(r, "round_trip_ms").zip(sum(r)).map(|(t, s)| t - s);
+        s += &format!(" {} |", cell(rest));
+    }
+    s += "\n| round trip in the first 6 s (the floor starts at 40 ms) |";
+    for r in runs {
+        s += &format!(" {} |", cell(f(r, "round_trip_start_ms")));
+    }
+    s += "\n| jitter buffer target at the end |";
+    for r in runs {
+        s += &format!(" {} |", cell(f(r, "jitter_target_ms")));
+    }
+    s += "\n| steady window: frames concealed / skipped, packets late |";
+    for r in runs {
+        let g = |k| f(r, k).unwrap_or(0.0);
+        s += &format!(" {} / {} / {} |", g("concealed"), g("skipped"), g("late"));
+    }
+    s += "\n| steady window: underrun samples |";
+    for r in runs {
+        s += &format!(" {} |", f(r, "underrun_samples").unwrap_or(0.0));
+    }
+    s += "\n| other processes' load in the second before the run (cores) |";
+    for r in runs {
+        s += &format!(" {} |", cell(f(r, "other_load")));
+    }
+    s
+}
+
+fn render(runs: &[(Value, Option<Value>)], secs: u64) -> String {
     let mut s = String::from(
         "<!-- latency:begin (generated by scripts/bench-latency; scripts/bench keeps this block) -->\n\
          ## Latency budget\n\n",
@@ -258,56 +318,25 @@ fn render(runs: &[Value], load: &[f64], secs: u64) -> String {
         env_or("VOXGATE_BENCH_COMMIT"),
         env_or("VOXGATE_BENCH_MACHINE"),
     );
-    s += "| latency budget, echo round trip (ms) |";
-    for r in runs {
-        s += &format!(" {} |", r.str("variant").unwrap_or("?"));
-    }
-    s += "\n|---|";
-    s += &"---:|".repeat(runs.len());
-    s += "\n";
-    for (k, label) in STAGES {
-        s += &format!("| {label} |");
-        for r in runs {
-            s += &format!(" {} |", cell(f(r, k)));
-        }
-        s += "\n";
-    }
-    // A build without a stage's metric has no sum.
-    let sum = |r: &Value| STAGES.iter().map(|(k, _)| f(r, k)).sum::<Option<f64>>();
-    s += "| **sum of the stages** |";
-    for r in runs {
-        s += &format!(" {} |", cell(sum(r)));
-    }
-    s += "\n| **round trip, cross-correlation** |";
-    for r in runs {
-        s += &format!(" **{}** |", cell(f(r, "round_trip_ms")));
-    }
-    s += "\n| residual (round trip minus the stages) |";
-    for r in runs {
-        let rest = f(r, "round_trip_ms").zip(sum(r)).map(|(t, s)| t - s);
-        s += &format!(" {} |", cell(rest));
-    }
-    s += "\n| round trip in the first 6 s (the floor starts at 40 ms) |";
-    for r in runs {
-        s += &format!(" {} |", cell(f(r, "round_trip_start_ms")));
-    }
-    s += "\n| jitter buffer target at the end |";
-    for r in runs {
-        s += &format!(" {} |", cell(f(r, "jitter_target_ms")));
-    }
-    s += "\n| from 1 s after the first echo: frames concealed / skipped, packets late |";
-    for r in runs {
-        let g = |k| f(r, k).unwrap_or(0.0);
-        s += &format!(" {} / {} / {} |", g("concealed"), g("skipped"), g("late"));
-    }
-    s += "\n| from 1 s after the first echo: underrun samples |";
-    for r in runs {
-        s += &format!(" {} |", f(r, "underrun_samples").unwrap_or(0.0));
-    }
-    s += "\n| other processes' load in the second before the run (cores) |";
-    for l in load {
-        s += &format!(" {l:.2} |");
-    }
+    s += &table(
+        "latency budget, echo round trip, ALSA file devices (ms)",
+        &runs.iter().map(|r| &r.0).collect::<Vec<_>>(),
+        &STAGES,
+        "residual (round trip minus the stages)",
+    );
+    s += "\n\nThe paced device: the same echo with the gateway on a private PulseAudio \
+          daemon's null sinks (`pulsemic`, `pulsespk`, clocked in real time). Speech is \
+          played into the `mic` sink and recorded from both monitors in the same run; the \
+          round trip is the delay of the `spk.monitor` recording behind the `mic.monitor` \
+          one (two channels of one GStreamer pipeline, aligned by its clock), so PulseAudio's \
+          own loop (`paplay` into the sink) is not in it, while the \
+          gateway's capture and playback streams (its device buffers) are.\n\n";
+    s += &table(
+        "latency budget, echo round trip, PulseAudio (ms)",
+        &runs.iter().filter_map(|r| r.1.as_ref()).collect::<Vec<_>>(),
+        &STAGES[..5],
+        "PulseAudio stream buffers of the gateway (capture + playback): the rest",
+    );
     s += "\n\nPacing slack on the file devices (ARCHITECTURE.md, Invariant 1) is the \
           devices row: the playback file runs about 100 ms (`PLAYBACK_SLACK` + 1 %) ahead \
           before it is found clockless, which stays in the file as leading silence (until \
@@ -331,18 +360,40 @@ fn main() {
     let raw = speech_fixture(&out_dir, &[TEXT; 3].join(" "));
     let speech_s = voxgate_testkit::audio_env::raw_duration_s(&raw);
     let mut runs = Vec::new();
-    let mut load = Vec::new();
+    let pulse_wanted = std::env::var("VOXGATE_LATENCY_PULSE").map_or(true, |v| v != "0");
     for v in &variants() {
         let l = other_load();
-        let r = run(&raw, speech_s, v);
-        eprintln!("latency: {} → {:?} ms", v.name, f(&r, "round_trip_ms"));
-        runs.push(r);
-        load.push(l);
+        let mut r = run(&raw, speech_s, v);
+        r.set("other_load", l);
+        eprintln!(
+            "latency: file, {} → {:?} ms",
+            v.name,
+            f(&r, "round_trip_ms")
+        );
+        let p = pulse_wanted.then(|| {
+            let l = other_load();
+            let mut p = pulse::run(&raw, speech_s, v);
+            p.set("other_load", l);
+            eprintln!(
+                "latency: pulse, {} → {:?} ms",
+                v.name,
+                f(&p, "round_trip_ms")
+            );
+            p
+        });
+        runs.push((r, p));
     }
-    let block = render(&runs, &load, t0.elapsed().as_secs());
+    let block = render(&runs, t0.elapsed().as_secs());
     println!("{block}");
     let mut j = Value::obj();
-    j.set("runs", Value::Array(runs));
+    j.set(
+        "file",
+        Value::Array(runs.iter().map(|r| r.0.clone()).collect()),
+    )
+    .set(
+        "pulse",
+        Value::Array(runs.iter().filter_map(|r| r.1.clone()).collect()),
+    );
     std::fs::write(out_dir.join("latency.json"), j.render()).unwrap();
     if let Some(doc) = std::env::var_os("VOXGATE_BENCH_DOC") {
         voxgate_testkit::report::write_block(Path::new(&doc), "latency", &block);

@@ -91,7 +91,7 @@ pub const FLOOR_TAU_S: f64 = 4.0;
 pub const FLOOR_START: Duration = Duration::from_millis(40);
 /// Payloads up to this size are silence: the gateway's encoder (24 kbit/s,
 /// in-band FEC) codes a pause in 22 bytes and speech in 55 or more
-/// (`codec` tests). At 10 kbit/s or less, speech frames are this small too
+/// (a test in `jitter/tests.rs`). At 10 kbit/s or less, speech frames are this small too
 /// and may be skipped as silence when the delay is to shrink.
 pub const QUIET_PAYLOAD: usize = 24;
 /// Packets at the start of a stream whose delay spread the floor ignores

@@ -480,3 +480,29 @@ fn adaptive_floor_conceals_no_more_than_a_fixed_one() {
     assert!(a.late <= f.late + 2, "{a:?} vs {f:?}");
     assert!(a.floor_delay >= ms(40), "spread seen: {a:?}");
 }
+
+#[test]
+fn the_gateway_encoder_codes_a_pause_as_a_quiet_payload() {
+    // Quiet skips drop only silence: the gateway's encoder (default
+    // config: 24 kbit/s, in-band FEC) must code a pause in speech in at
+    // most QUIET_PAYLOAD bytes and speech in more.
+    let c = crate::codec::CodecConfig::default();
+    let mut enc = crate::codec::OpusEncoder::new(&c).unwrap();
+    let n = c.frame_samples();
+    let tone = |k: usize| -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                let t = (i + k * n) as f32 / 48_000.0;
+                (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16
+            })
+            .collect()
+    };
+    let speech: Vec<usize> = (0..25)
+        .map(|k| enc.encode(&tone(k)).unwrap().len())
+        .collect();
+    let pause: Vec<usize> = (0..25)
+        .map(|_| enc.encode(&vec![0; n]).unwrap().len())
+        .collect();
+    assert!(speech.iter().all(|&l| l > QUIET_PAYLOAD), "{speech:?}");
+    assert!(pause[5..].iter().all(|&l| l <= QUIET_PAYLOAD), "{pause:?}");
+}
