@@ -80,6 +80,7 @@ impl Downlink {
             min_delay: self.min_delay,
             max_delay: self.max_delay,
             capacity: 64,
+            adaptive_floor: true,
         })
     }
 

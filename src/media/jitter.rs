@@ -119,6 +119,11 @@ pub struct JitterConfig {
     pub max_delay: Duration,
     /// Maximum number of packets held; clamped to 4..=4096.
     pub capacity: usize,
+    /// The adaptive floor, quiet skips and the prebuffer trim (see the
+    /// module docs): the gateway's speaker path. Off, the target is
+    /// `max(min_delay, k*J + frame)` and only the plain skip shrinks the
+    /// delay (the phone legs, whose frames are not skipped in pauses).
+    pub adaptive_floor: bool,
 }
 
 impl Default for JitterConfig {
@@ -129,6 +134,7 @@ impl Default for JitterConfig {
             min_delay: Duration::from_millis(40),
             max_delay: Duration::from_millis(300),
             capacity: 64,
+            adaptive_floor: false,
         }
     }
 }
@@ -320,7 +326,11 @@ impl JitterBuffer {
         self.phase = Phase::Empty;
         self.prev_transit = None;
         self.base_transit = None;
-        self.floor_s = FLOOR_START.as_secs_f64().max(self.frame_s);
+        self.floor_s = if self.cfg.adaptive_floor {
+            FLOOR_START.as_secs_f64().max(self.frame_s)
+        } else {
+            0.0
+        };
         self.jitter = 0.0;
         self.stats = JitterStats::default();
         self.target_s = self.jitter_target();
@@ -449,8 +459,9 @@ impl JitterBuffer {
         } else {
             0
         };
-        let quiet_next =
-            self.is_stored(self.next) && self.meta[self.idx(self.next)].len <= QUIET_PAYLOAD;
+        let quiet_next = self.cfg.adaptive_floor
+            && self.is_stored(self.next)
+            && self.meta[self.idx(self.next)].len <= QUIET_PAYLOAD;
         if self.over >= self.skip_hold || (self.over_quiet >= self.skip_hold && quiet_next) {
             self.over = 0;
             self.over_quiet = 0;
@@ -512,7 +523,10 @@ impl JitterBuffer {
     /// running, e.g. a device still opening) are dropped now, silently,
     /// instead of by skips in the middle of the audio later.
     fn trim_prebuffer(&mut self) {
-        while self.count > 1 && self.buffered_s() > self.target_s + self.frame_s {
+        while self.cfg.adaptive_floor
+            && self.count > 1
+            && self.buffered_s() > self.target_s + self.frame_s
+        {
             if self.is_stored(self.next) {
                 let i = self.idx(self.next);
                 self.meta[i].state = State::Done;
@@ -600,7 +614,7 @@ impl JitterBuffer {
         }
         self.prev_transit = Some(transit);
         self.settle = self.settle.saturating_sub(1);
-        if self.settle > 0 {
+        if self.settle > 0 || !self.cfg.adaptive_floor {
             // A stream's first packets come in the sender's start-up burst.
             self.target_s = self.target_s.max(self.jitter_target());
             return;

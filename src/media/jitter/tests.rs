@@ -16,6 +16,7 @@ fn jc(frame_samples: u32, min: Duration, max: Duration, capacity: usize) -> Jitt
         min_delay,
         max_delay,
         capacity,
+        adaptive_floor: true,
     }
 }
 
