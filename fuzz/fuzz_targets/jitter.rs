@@ -5,7 +5,11 @@ use std::time::Duration;
 use voxgate::media::jitter::{JitterBuffer, JitterConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let mut jb = JitterBuffer::new(JitterConfig::default());
+    // Both behaviours: the phone legs' and the speaker path's adaptive floor.
+    let mut jb = JitterBuffer::new(JitterConfig {
+        adaptive_floor: data.first().is_some_and(|b| b & 1 == 1),
+        ..JitterConfig::default()
+    });
     let mut now = Duration::ZERO;
     for op in data.chunks(8) {
         if op.len() < 8 {

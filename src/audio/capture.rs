@@ -31,6 +31,8 @@ pub struct CaptureShared {
     pub overruns: Arc<Counter>,
     /// Times the device was (re)opened.
     pub opens: Arc<Counter>,
+    /// Samples the device delivered, dropped ones included (its position).
+    pub samples: Arc<Counter>,
     /// Set once a device was latched as clockless.
     pub clockless: AtomicBool,
     /// The encoder asks to be woken once `delivered` reaches this count
@@ -40,14 +42,15 @@ pub struct CaptureShared {
 }
 
 impl CaptureShared {
-    /// Fresh state that counts overruns and device openings into the
-    /// given counters.
-    pub fn new(overruns: Arc<Counter>, opens: Arc<Counter>) -> Self {
+    /// Fresh state that counts overruns, device openings and delivered
+    /// samples into the given counters.
+    pub fn new(overruns: Arc<Counter>, opens: Arc<Counter>, samples: Arc<Counter>) -> Self {
         CaptureShared {
             rate: AtomicU32::new(0),
             delivered: AtomicU64::new(0),
             overruns,
             opens,
+            samples,
             clockless: AtomicBool::new(false),
             wake_at: AtomicU64::new(0),
         }
@@ -188,6 +191,7 @@ where
         if dropped > 0 {
             shared_cb.overruns.add(dropped);
         }
+        shared_cb.samples.add(pushed + dropped);
         if end >= shared_cb.wake_at.load(SeqCst) {
             encoder.unpark();
         }

@@ -12,22 +12,36 @@
 //! slack plus 1% of the elapsed time, which no clocked device does: clock
 //! drift is parts per million, a capture device can lead by at most one
 //! period ([`CAPTURE_SLACK`]), and a playback device by its buffer, which it
-//! plays out before the margin is reached ([`PLAYBACK_SLACK`]). Past that point the device is latched as clockless and
-//! the callback sleeps until the wall clock catches up. Only a clockless
-//! device ever sleeps, and it has no deadline to miss.
+//! plays out before the margin is reached ([`PLAYBACK_SLACK`]). Past that
+//! point the device is latched as clockless and the callback sleeps until
+//! the device leads the wall clock by no more than its pace (a device
+//! whose pace is below its slack is re-based at that moment instead of
+//! sleeping the lead away)
+//! ([`CAPTURE_SLACK`] for capture, whose lead makes the audio early, never
+//! late; [`PLAYBACK_PACE`] for playback, whose lead is pure added latency:
+//! a file written ahead of the clock plays every sample that much later).
+//! Only a clockless device ever sleeps, and it has no deadline to miss.
 
 use std::time::{Duration, Instant};
 
 /// Lead allowed to a capture device (a few 10 ms periods).
 pub const CAPTURE_SLACK: Duration = Duration::from_millis(30);
-/// Lead allowed to a playback device (its buffer, prefilled at start).
+/// Lead allowed to a playback device before it is found clockless (its
+/// buffer, prefilled at start).
 pub const PLAYBACK_SLACK: Duration = Duration::from_millis(100);
+/// Lead kept by a playback device found clockless: none beyond the
+/// callback's own buffer. It was [`PLAYBACK_SLACK`] until issue 17's
+/// latency budget; the 100 ms a file device runs free before it is found
+/// clockless still stay in its file (silence at its start): sleeping them
+/// away would stall the decoder while audio may already flow.
+pub const PLAYBACK_PACE: Duration = Duration::ZERO;
 
 /// Paces a callback to the wall clock when its device has no clock.
 #[derive(Debug)]
 pub struct ClockGuard {
     rate: f64,
     slack: Duration,
+    pace: Duration,
     start: Option<Instant>,
     frames: u64,
     clockless: bool,
@@ -37,9 +51,16 @@ impl ClockGuard {
     /// A guard for a device running at `rate` frames per second that may
     /// legitimately lead the wall clock by `slack`.
     pub fn new(rate: u32, slack: Duration) -> Self {
+        Self::with_pace(rate, slack, slack)
+    }
+
+    /// A guard that, once the device is found clockless (a lead over
+    /// `slack`), keeps it at most `pace` ahead of the wall clock.
+    pub fn with_pace(rate: u32, slack: Duration, pace: Duration) -> Self {
         ClockGuard {
             rate: f64::from(rate.max(1)),
             slack,
+            pace: pace.min(slack),
             start: None,
             frames: 0,
             clockless: false,
@@ -65,9 +86,17 @@ impl ClockGuard {
         if !self.clockless && media > wall + self.slack + wall / 100 {
             self.clockless = true;
             latched = true;
+            if self.pace < self.slack {
+                // What it ran ahead (silence, before any audio) stays
+                // written; from here it keeps only its pace, without one
+                // long sleep that would stall whatever feeds it.
+                self.start = Some(now);
+                self.frames = 0;
+                return latched;
+            }
         }
-        if self.clockless && media > wall + self.slack {
-            std::thread::sleep(media - wall - self.slack);
+        if self.clockless && media > wall + self.pace {
+            std::thread::sleep(media - wall - self.pace);
         }
         latched
     }
@@ -99,5 +128,24 @@ mod tests {
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(280), "{took:?}");
         assert!(took < Duration::from_millis(600), "{took:?}");
+    }
+
+    #[test]
+    fn clockless_playback_keeps_only_its_pace() {
+        let mut g = ClockGuard::with_pace(48_000, PLAYBACK_SLACK, PLAYBACK_PACE);
+        let t0 = Instant::now();
+        // 400 ms of audio consumed as fast as possible: it runs free until
+        // 100 ms + 1% ahead (11 callbacks), then the rest (29 callbacks,
+        // 290 ms) is paced with no lead: no sleep of the 110 ms it gained.
+        let mut latched_at = None;
+        for i in 0..40 {
+            if g.after(480) {
+                latched_at = Some(i);
+            }
+        }
+        assert_eq!(latched_at, Some(10));
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(280), "{took:?}");
+        assert!(took < Duration::from_millis(390), "{took:?}");
     }
 }

@@ -19,6 +19,12 @@ use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::Duration;
 
+/// The period asked of the device (one callback): the decoder keeps one
+/// callback's worth in the ring plus a margin, so the period is latency.
+/// It was 20 ms until the latency budget of docs/BENCHMARKS.md; a device
+/// that refuses it gets its default.
+pub const PERIOD_MS: u32 = 10;
+
 /// State the playback thread shares with the decoder and with metrics.
 #[derive(Debug)]
 pub struct PlaybackShared {
@@ -26,10 +32,15 @@ pub struct PlaybackShared {
     pub rate: AtomicU32,
     /// Samples handed to the device since start.
     pub played: AtomicU64,
+    /// Frames the device took in its last callback (the decoder keeps that
+    /// much in the ring, plus a margin); 0 until the first callback.
+    pub chunk: AtomicU32,
     /// Samples of silence inserted because the ring ran dry.
     pub underruns: Arc<Counter>,
     /// Times the device was (re)opened.
     pub opens: Arc<Counter>,
+    /// Samples handed to the device (its position; `played` is per run).
+    pub samples: Arc<Counter>,
     /// Set once a device was latched as clockless.
     pub clockless: AtomicBool,
 }
@@ -96,7 +107,7 @@ fn supervise(
         Dir::Playback,
         label,
         ring,
-        20,
+        PERIOD_MS,
         move || progress_of.played.load(Relaxed),
         opens,
         stop,
@@ -146,12 +157,18 @@ where
 {
     let channels = usize::from(cfg.channels()).max(1);
     let shared_cb = shared.clone();
-    let mut clock = ClockGuard::new(cfg.sample_rate(), clock::PLAYBACK_SLACK);
+    let mut clock = ClockGuard::with_pace(
+        cfg.sample_rate(),
+        clock::PLAYBACK_SLACK,
+        clock::PLAYBACK_PACE,
+    );
     let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
         let rx = ring.get();
         let frames = data.len() / channels;
         let filled = upmix(data, channels, || rx.samples.dequeue());
         shared_cb.played.fetch_add(frames as u64, Relaxed);
+        shared_cb.chunk.store(frames as u32, Relaxed);
+        shared_cb.samples.add(frames as u64);
         if filled < frames {
             shared_cb.underruns.add((frames - filled) as u64);
         }

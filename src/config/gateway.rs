@@ -129,7 +129,7 @@ struct RawJitter {
 impl Default for RawJitter {
     fn default() -> Self {
         RawJitter {
-            min_ms: 40,
+            min_ms: 20,
             max_ms: 300,
         }
     }

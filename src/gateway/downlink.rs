@@ -31,6 +31,9 @@ pub enum DownEvent {
     },
     /// One RTP packet of the downlink flow.
     Packet {
+        /// When the datagram was read (the jitter buffer's arrival time: the
+        /// decoder thread drains its channel only when the speaker wakes it).
+        at: Instant,
         /// Sequence number.
         seq: u16,
         /// RTP timestamp.
@@ -61,8 +64,13 @@ pub struct Downlink {
     pub stop: Arc<AtomicBool>,
 }
 
-/// Keep this much audio queued for the speaker (device buffer aside).
-const RING_TARGET: Duration = Duration::from_millis(40);
+/// Keep this much audio queued for the speaker beyond what one device
+/// callback takes (device buffer aside): the decoder thread's scheduling
+/// margin. The ring was held at a fixed 40 ms (two 20 ms callbacks) until
+/// the latency budget of docs/BENCHMARKS.md measured it.
+pub const RING_MARGIN: Duration = Duration::from_millis(10);
+/// The ring's target before the device's callback size is known.
+const RING_START: Duration = Duration::from_millis(40);
 
 impl Downlink {
     fn jitter(&self, frame_samples: u32) -> JitterBuffer {
@@ -72,6 +80,7 @@ impl Downlink {
             min_delay: self.min_delay,
             max_delay: self.max_delay,
             capacity: 64,
+            adaptive_floor: true,
         })
     }
 
@@ -101,8 +110,13 @@ impl Downlink {
                         jb = self.jitter(frame_samples);
                         reported = jb.stats();
                     }
-                    Ok(DownEvent::Packet { seq, ts, payload }) => {
-                        jb.push(now, seq, ts, &payload);
+                    Ok(DownEvent::Packet {
+                        at,
+                        seq,
+                        ts,
+                        payload,
+                    }) => {
+                        jb.push(at.saturating_duration_since(origin), seq, ts, &payload);
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
@@ -129,7 +143,12 @@ impl Downlink {
                     }
                 }
             }
-            let target = (RING_TARGET.as_millis() as usize) * (rate as usize) / 1000;
+            let chunk = self.playback.chunk.load(Relaxed) as usize;
+            let target = if chunk == 0 {
+                RING_START.as_millis() as usize * rate as usize / 1000
+            } else {
+                chunk + RING_MARGIN.as_millis() as usize * rate as usize / 1000
+            };
             while self.tx.samples.len() < target {
                 let n = frame_samples as usize;
                 let pcm: &[i16] = match jb.pop(now) {
@@ -138,6 +157,13 @@ impl Downlink {
                     Playout::Conceal => dec.conceal(n).unwrap_or(&silence[..n]),
                     Playout::Idle => &silence[..n],
                 };
+                // Stage figures of the latency budget (docs/BENCHMARKS.md).
+                if let Some(arrival) = jb.played_arrival() {
+                    let hold = origin.elapsed().saturating_sub(arrival);
+                    self.metrics.jitter_hold.observe_us(hold.as_micros() as u64);
+                    let queued = self.tx.samples.len() as u64 * 1_000_000 / u64::from(rate);
+                    self.metrics.playback_queue.observe_us(queued);
+                }
                 let tx = &mut self.tx;
                 for &s in pcm {
                     resampler.push(f32::from(s) / 32_768.0, |v| {

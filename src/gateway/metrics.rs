@@ -57,6 +57,14 @@ pub struct GatewayMetrics {
     pub connects: Arc<Counter>,
     /// Time from the capture callback to the datagram handed to QUIC.
     pub capture_to_send: Arc<Histogram>,
+    /// Samples the capture device delivered (its position in the stream).
+    pub capture_samples: Arc<Counter>,
+    /// Samples handed to the playback device (its position in the stream).
+    pub playback_samples: Arc<Counter>,
+    /// Time a downlink packet waited in the jitter buffer.
+    pub jitter_hold: Arc<Histogram>,
+    /// Audio queued in the playback ring ahead of a decoded frame.
+    pub playback_queue: Arc<Histogram>,
     /// When the daemon started, Unix seconds (`voxgate status`'s uptime).
     pub start_time: Arc<Gauge>,
     /// Landlock as the privilege drop left it: 0 off, 1 partially, 2 fully
@@ -158,6 +166,22 @@ impl GatewayMetrics {
             capture_to_send: r.histogram(
                 "voxgate_capture_to_send_seconds",
                 "Time from the capture callback to the datagram handed to QUIC",
+            ),
+            capture_samples: r.counter(
+                "voxgate_capture_samples_total",
+                "Samples (frames at the device rate) the capture device delivered",
+            ),
+            playback_samples: r.counter(
+                "voxgate_playback_samples_total",
+                "Samples (frames at the device rate) handed to the playback device",
+            ),
+            jitter_hold: r.histogram(
+                "voxgate_jitter_hold_seconds",
+                "Time a downlink packet waited in the jitter buffer before its decode",
+            ),
+            playback_queue: r.histogram(
+                "voxgate_playback_queue_seconds",
+                "Audio queued in the playback ring ahead of each decoded frame",
             ),
             bridge: BridgeMetrics::register(&mut r),
             start_time: r.gauge(

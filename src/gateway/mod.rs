@@ -221,6 +221,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let cap_shared = Arc::new(CaptureShared::new(
         metrics.capture_overruns.clone(),
         metrics.capture_opens.clone(),
+        metrics.capture_samples.clone(),
     ));
     let up = uplink::Uplink {
         rx: cap_rx,
@@ -262,8 +263,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         let pb_shared = Arc::new(PlaybackShared {
             rate: AtomicU32::new(0),
             played: AtomicU64::new(0),
+            chunk: AtomicU32::new(0),
             underruns: metrics.playback_underruns.clone(),
             opens: metrics.playback_opens.clone(),
+            samples: metrics.playback_samples.clone(),
             clockless: AtomicBool::new(false),
         });
         let dl = downlink::Downlink {

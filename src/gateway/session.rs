@@ -516,6 +516,7 @@ async fn read_datagrams(
         }
         let offset = d.len() - pkt.payload().len();
         let event = DownEvent::Packet {
+            at: std::time::Instant::now(),
             seq: pkt.sequence(),
             ts: pkt.timestamp(),
             payload: d.slice(offset..offset + pkt.payload().len()),

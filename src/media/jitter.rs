@@ -16,7 +16,18 @@
 //! # Adaptation policy
 //! * **Jitter**: RFC 3550 §6.4.1, `J += (|D| - J) / 16` where `D` is the
 //!   change of `arrival*48 kHz - ext_ts` between consecutive arrivals.
-//! * **Target** `= clamp(max(min_delay, k*J + frame), min_delay, max_delay)`,
+//! * **Floor**: an adaptive lower bound of the target. It starts at
+//!   [`FLOOR_START`] (what `min_delay` used to be), rises at once to `frame + spread` when a packet arrives `spread`
+//!   later than the fastest recent packet (its transit over the minimum
+//!   transit, the minimum creeping up by 1 % of a frame per packet, 10 ms/s
+//!   at 20 ms, to
+//!   follow clock drift and absorb a step in the route's delay), and otherwise decays back towards one frame with a
+//!   [`FLOOR_TAU_S`] time constant. On a clean link it ends near one frame
+//!   and the delay follows it down by quiet skips (below); the first
+//!   delayed packet lifts it, before the RFC 3550 estimate has moved. `min_delay` stays a
+//!   hard floor an operator can raise. The first 25 packets
+//!   of a stream (a sender's start-up burst) do not move the floor.
+//! * **Target** `= clamp(max(floor, k*J + frame), min_delay, max_delay)`,
 //!   k = 3 ([`JITTER_K`]): for Gaussian delay J ≈ 1.13σ, so 3J ≈ 3.4σ
 //!   (>99.9 % of packets in time); for uniform ±a delay J = 2a/3 and 3J = 2a
 //!   is the whole spread. One frame covers the pop-clock phase. k = 4 would
@@ -32,14 +43,21 @@
 //!   [`Playout::Fec`] if the following packet is buffered, else `Conceal`.
 //! * **Skip**: when the buffered span exceeds target by more than a frame
 //!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
-//!   dropped (free if it is a hole) and counted in `skipped`.
+//!   dropped (free if it is a hole) and counted in `skipped`. **Quiet
+//!   skip**: past target + half a frame for 0.5 s (more than a whole frame
+//!   to spare besides the one playing), the oldest slot is dropped
+//!   only when it is silence (a payload of at most [`QUIET_PAYLOAD`]
+//!   bytes): the delay shrinks in the pauses of speech, where a missing
+//!   20 ms is not heard.
 //! * **Idle / resync**: with an empty buffer and no accepted packet for
 //!   `max_delay + 200 ms`, `pop` returns [`Playout::Idle`] and the next packet
 //!   re-prebuffers. A jump of more than 3 s (either way), a packet beyond the
 //!   window while the buffer is empty, or 8 `Late` packets in a row flush the
 //!   buffer and restart prebuffering from that packet (`resyncs`).
 //! * **Prebuffering**: playout starts at the first `pop` where the first
-//!   packet of the stream has waited at least the target delay.
+//!   packet of the stream has waited at least the target delay; packets that
+//!   piled up beyond target + 1 frame meanwhile (the playout clock was not
+//!   running yet) are dropped then, before anything was heard (`skipped`).
 //! * **DTX**: gaps shorter than the idle timeout are played as `Conceal`
 //!   (Opus PLC/CNG, as the decoder expects); the stretch at the end of a talk
 //!   spurt adds at most `target` of delay, which skipping later removes.
@@ -67,6 +85,20 @@ pub const MAX_PAYLOAD: usize = 1500;
 /// Jitter multiplier `k` of the target formula (see module docs).
 pub const JITTER_K: f64 = 3.0;
 const DECAY_TAU_S: f64 = 2.0;
+/// Time constant of the adaptive floor's decay towards one frame, seconds.
+pub const FLOOR_TAU_S: f64 = 4.0;
+/// Where the adaptive floor starts on a new stream (see the module docs).
+pub const FLOOR_START: Duration = Duration::from_millis(40);
+/// Payloads up to this size are silence: the gateway's encoder (24 kbit/s,
+/// in-band FEC) codes a pause in 22 bytes and speech in 55 or more
+/// (a test in `jitter/tests.rs`). At 10 kbit/s or less, speech frames are this small too
+/// and may be skipped as silence when the delay is to shrink.
+pub const QUIET_PAYLOAD: usize = 24;
+/// Packets at the start of a stream whose delay spread the floor ignores
+/// (a sender's start-up burst, a device still opening).
+const SETTLE_PACKETS: u32 = 25;
+/// How far the minimum transit creeps up per packet, in frames.
+const BASE_CREEP: f64 = 0.01;
 const SKIP_HOLD_S: f64 = 0.5;
 const IDLE_SLACK: Duration = Duration::from_millis(200);
 const RESYNC_JUMP_S: f64 = 3.0;
@@ -87,6 +119,11 @@ pub struct JitterConfig {
     pub max_delay: Duration,
     /// Maximum number of packets held; clamped to 4..=4096.
     pub capacity: usize,
+    /// The adaptive floor, quiet skips and the prebuffer trim (see the
+    /// module docs): the gateway's speaker path. Off, the target is
+    /// `max(min_delay, k*J + frame)` and only the plain skip shrinks the
+    /// delay (the phone legs, whose frames are not skipped in pauses).
+    pub adaptive_floor: bool,
 }
 
 impl Default for JitterConfig {
@@ -97,6 +134,7 @@ impl Default for JitterConfig {
             min_delay: Duration::from_millis(40),
             max_delay: Duration::from_millis(300),
             capacity: 64,
+            adaptive_floor: false,
         }
     }
 }
@@ -146,6 +184,8 @@ pub struct JitterStats {
     pub jitter_ms: f64,
     /// Current target delay.
     pub target_delay: Duration,
+    /// Current adaptive floor of the target.
+    pub floor_delay: Duration,
     /// Packets currently buffered.
     pub depth: usize,
     /// Pushes answered [`Push::Overflow`].
@@ -171,6 +211,7 @@ struct Meta {
     slot: i64,
     seq: i64,
     len: usize,
+    arrival: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +238,7 @@ pub struct JitterBuffer {
     resync_slots: i64,
     skip_hold: u32,
     decay: f64,
+    floor_decay: f64,
     meta: Vec<Meta>,
     data: Vec<u8>,
     phase: Phase,
@@ -208,14 +250,21 @@ pub struct JitterBuffer {
     count: usize,
     stall: u32,
     over: u32,
+    over_quiet: u32,
     late_streak: u32,
     last_arrival: Duration,
     prev_transit: Option<f64>,
+    base_transit: Option<f64>,
+    /// Packets left before the floor measures the delay spread.
+    settle: u32,
+    floor_s: f64,
     jitter: f64,
     target_s: f64,
     stats: JitterStats,
     /// RTP sequence number of the packet the last `pop` returned as `Packet`.
     played_seq: Option<u16>,
+    /// When the packet the last `pop` returned as `Packet` arrived.
+    played_arrival: Option<Duration>,
 }
 
 impl JitterBuffer {
@@ -242,6 +291,7 @@ impl JitterBuffer {
             resync_slots: ((RESYNC_JUMP_S / frame_s).ceil() as i64).max(capacity as i64),
             skip_hold: ((SKIP_HOLD_S / frame_s).ceil() as u32).max(1),
             decay: (frame_s / DECAY_TAU_S).min(1.0),
+            floor_decay: (frame_s / FLOOR_TAU_S).min(1.0),
             meta: vec![Meta::default(); capacity],
             data: vec![0; capacity * MAX_PAYLOAD],
             phase: Phase::Empty,
@@ -253,13 +303,18 @@ impl JitterBuffer {
             count: 0,
             stall: 0,
             over: 0,
+            over_quiet: 0,
             late_streak: 0,
             last_arrival: Duration::ZERO,
             prev_transit: None,
+            base_transit: None,
+            settle: 0,
+            floor_s: 0.0,
             jitter: 0.0,
             target_s: 0.0,
             stats: JitterStats::default(),
             played_seq: None,
+            played_arrival: None,
         };
         jb.reset();
         jb
@@ -270,6 +325,12 @@ impl JitterBuffer {
         self.flush();
         self.phase = Phase::Empty;
         self.prev_transit = None;
+        self.base_transit = None;
+        self.floor_s = if self.cfg.adaptive_floor {
+            FLOOR_START.as_secs_f64().max(self.frame_s)
+        } else {
+            0.0
+        };
         self.jitter = 0.0;
         self.stats = JitterStats::default();
         self.target_s = self.jitter_target();
@@ -280,6 +341,7 @@ impl JitterBuffer {
         JitterStats {
             jitter_ms: self.jitter * 1000.0 / f64::from(self.cfg.clock_rate),
             target_delay: Duration::try_from_secs_f64(self.target_s).unwrap_or(self.cfg.max_delay),
+            floor_delay: Duration::try_from_secs_f64(self.floor_s).unwrap_or(self.cfg.max_delay),
             depth: self.count,
             ..self.stats
         }
@@ -338,7 +400,7 @@ impl JitterBuffer {
         if s == self.next && self.stall > 0 && self.count == 0 {
             self.bump(); // underrun: the awaited packet came after the buffer ran dry
         }
-        self.store(s, sq, payload);
+        self.store(s, sq, payload, now);
         self.ref_ts = self.ref_ts.max(ts);
         self.ref_seq = self.ref_seq.max(sq);
         self.late_streak = 0;
@@ -353,9 +415,16 @@ impl JitterBuffer {
         self.played_seq
     }
 
+    /// When the packet the last [`JitterBuffer::pop`] returned as
+    /// [`Playout::Packet`] was pushed (its hold is `now` minus this).
+    pub fn played_arrival(&self) -> Option<Duration> {
+        self.played_arrival
+    }
+
     /// Called once per frame period by the playout clock. Returns what to play for the next slot.
     pub fn pop(&mut self, now: Duration) -> Playout<'_> {
         self.played_seq = None;
+        self.played_arrival = None;
         match self.phase {
             Phase::Empty => return Playout::Idle,
             Phase::Prebuffering(since) => {
@@ -363,9 +432,11 @@ impl JitterBuffer {
                     return Playout::Idle;
                 }
                 self.phase = Phase::Playing;
+                self.trim_prebuffer();
             }
             Phase::Playing => {}
         }
+        self.floor_s -= (self.floor_s - self.frame_s) * self.floor_decay;
         let goal = self.jitter_target();
         if self.target_s > goal {
             self.target_s -= (self.target_s - goal) * self.decay;
@@ -377,20 +448,30 @@ impl JitterBuffer {
             self.prev_transit = None;
             return Playout::Idle;
         }
-        if self.buffered_s() > self.target_s + 2.0 * self.frame_s {
-            self.over += 1;
-            if self.over >= self.skip_hold {
-                self.over = 0;
-                if self.is_stored(self.next) {
-                    let i = self.idx(self.next);
-                    self.meta[i].state = State::Done;
-                    self.count -= 1;
-                }
-                self.next += 1;
-                self.stats.skipped += 1;
-            }
+        let excess = self.buffered_s() - self.target_s;
+        self.over = if excess > 2.0 * self.frame_s {
+            self.over + 1
         } else {
+            0
+        };
+        self.over_quiet = if excess > 0.5 * self.frame_s {
+            self.over_quiet.saturating_add(1)
+        } else {
+            0
+        };
+        let quiet_next = self.cfg.adaptive_floor
+            && self.is_stored(self.next)
+            && self.meta[self.idx(self.next)].len <= QUIET_PAYLOAD;
+        if self.over >= self.skip_hold || (self.over_quiet >= self.skip_hold && quiet_next) {
             self.over = 0;
+            self.over_quiet = 0;
+            if self.is_stored(self.next) {
+                let i = self.idx(self.next);
+                self.meta[i].state = State::Done;
+                self.count -= 1;
+            }
+            self.next += 1;
+            self.stats.skipped += 1;
         }
         if self.is_stored(self.next) {
             let i = self.idx(self.next);
@@ -399,6 +480,7 @@ impl JitterBuffer {
             self.next += 1;
             self.stall = 0;
             self.played_seq = Some(self.meta[i].seq as u16);
+            self.played_arrival = Some(self.meta[i].arrival);
             return Playout::Packet(self.payload(i));
         }
         self.stats.lost += 1;
@@ -428,10 +510,31 @@ impl JitterBuffer {
         self.ref_seq = i64::from(seq);
         self.next = 0;
         self.prev_transit = None;
-        self.store(0, self.ref_seq, payload);
+        self.base_transit = None;
+        self.settle = SETTLE_PACKETS;
+        self.store(0, self.ref_seq, payload, now);
         self.last_arrival = now;
         self.update_jitter(now, self.origin);
         Push::Accepted
+    }
+
+    /// At the start of playout nothing has been heard yet: packets beyond
+    /// target + 1 frame (they piled up while the playout clock was not
+    /// running, e.g. a device still opening) are dropped now, silently,
+    /// instead of by skips in the middle of the audio later.
+    fn trim_prebuffer(&mut self) {
+        while self.cfg.adaptive_floor
+            && self.count > 1
+            && self.buffered_s() > self.target_s + self.frame_s
+        {
+            if self.is_stored(self.next) {
+                let i = self.idx(self.next);
+                self.meta[i].state = State::Done;
+                self.count -= 1;
+            }
+            self.next += 1;
+            self.stats.skipped += 1;
+        }
     }
 
     fn flush(&mut self) {
@@ -439,6 +542,7 @@ impl JitterBuffer {
         self.count = 0;
         self.stall = 0;
         self.over = 0;
+        self.over_quiet = 0;
         self.late_streak = 0;
     }
 
@@ -456,7 +560,7 @@ impl JitterBuffer {
         m.state == State::Stored && m.slot == slot
     }
 
-    fn store(&mut self, slot: i64, seq: i64, payload: &[u8]) {
+    fn store(&mut self, slot: i64, seq: i64, payload: &[u8], arrival: Duration) {
         let i = self.idx(slot);
         let off = i * MAX_PAYLOAD;
         self.data[off..off + payload.len()].copy_from_slice(payload);
@@ -465,6 +569,7 @@ impl JitterBuffer {
             slot,
             seq,
             len: payload.len(),
+            arrival,
         };
         if self.count == 0 || slot > self.high {
             self.high = slot;
@@ -492,7 +597,7 @@ impl JitterBuffer {
 
     fn jitter_target(&self) -> f64 {
         let t = JITTER_K * self.jitter / f64::from(self.cfg.clock_rate) + self.frame_s;
-        t.max(self.min_s).min(self.max_s)
+        t.max(self.floor_s).max(self.min_s).min(self.max_s)
     }
 
     fn bump(&mut self) {
@@ -508,6 +613,22 @@ impl JitterBuffer {
             }
         }
         self.prev_transit = Some(transit);
+        self.settle = self.settle.saturating_sub(1);
+        if self.settle > 0 || !self.cfg.adaptive_floor {
+            // A stream's first packets come in the sender's start-up burst.
+            self.target_s = self.target_s.max(self.jitter_target());
+            return;
+        }
+        let creep = BASE_CREEP * f64::from(self.cfg.frame_samples);
+        let base = match self.base_transit {
+            Some(b) if b + creep < transit => b + creep,
+            _ => transit,
+        };
+        self.base_transit = Some(base);
+        let spread = (transit - base) / f64::from(self.cfg.clock_rate);
+        if spread.is_finite() {
+            self.floor_s = self.floor_s.max((self.frame_s + spread).min(self.max_s));
+        }
         self.target_s = self.target_s.max(self.jitter_target());
     }
 }

@@ -207,6 +207,8 @@ impl PhoneLeg {
                 max_delay: cfg.max_delay,
                 // 16 slots: 320 ms at 20 ms, enough for a LAN and a relay path.
                 capacity: 16,
+                // Phone audio is G.711/G.722 on one side: no quiet skips.
+                adaptive_floor: false,
             })
         };
         let (useq, uts, dseq, dts) = cfg.initial;

@@ -16,6 +16,7 @@ fn jc(frame_samples: u32, min: Duration, max: Duration, capacity: usize) -> Jitt
         min_delay,
         max_delay,
         capacity,
+        adaptive_floor: true,
     }
 }
 
@@ -64,6 +65,8 @@ struct Sim {
     t: Duration,
     outs: Vec<(Duration, Out)>,
     res: Vec<(u32, Push)>,
+    /// Packets whose payload is silence (4 bytes, at most QUIET_PAYLOAD).
+    quiet: fn(u32) -> bool,
 }
 
 impl Sim {
@@ -77,6 +80,7 @@ impl Sim {
             t,
             outs,
             res,
+            quiet: |_| false,
         }
     }
 
@@ -85,7 +89,9 @@ impl Sim {
         while self.t <= end {
             while let Some(a) = self.arr.pop_if(|a| a.0 <= self.t) {
                 let mut p = a.3.to_le_bytes().to_vec();
-                p.resize(40, 0xAB);
+                if !(self.quiet)(a.3) {
+                    p.resize(40, 0xAB);
+                }
                 let r = self.jb.push(a.0, a.1, a.2, &p);
                 self.res.push((a.3, r));
             }
@@ -360,4 +366,144 @@ fn random_operations_never_panic() {
             assert_eq!(st.lost, st.fec_recovered + st.concealed);
         }
     }
+}
+
+/// Packet `i` arrives `base` plus a pseudo-random 0..`spread_ms` late.
+fn noisy(n: u32, base: u64, spread_ms: u64, seed: u64) -> Vec<Arr> {
+    let mut rng = seed;
+    let d: Vec<u64> = (0..n)
+        .map(|_| xorshift(&mut rng) % (spread_ms + 1))
+        .collect();
+    stream(n, 0, 0, |i| ms(base + d[i as usize]))
+}
+
+/// Talk spurts: 1 s of speech, then a 0.4 s pause of silent frames.
+fn pause(id: u32) -> bool {
+    id % 70 >= 50
+}
+
+#[test]
+fn clean_link_delay_falls_to_one_frame_in_the_pauses() {
+    // 20 s of a clean link (5 ms one way, 0..2 ms of scheduling noise) with
+    // the hard floor at one frame: the floor starts at FLOOR_START and ends
+    // near one frame, and the playout delay follows it down by skipping
+    // silent frames only, without a concealed frame; a hard 40 ms floor
+    // keeps every packet at least a frame longer.
+    let arr = noisy(1000, 5, 2, 7);
+    let mut sim = Sim::new(cfg(20, 300), arr.clone());
+    let mut fixed = Sim::new(cfg(40, 300), arr.clone());
+    sim.quiet = pause;
+    fixed.quiet = pause;
+    sim.run(ms(500));
+    assert!(sim.jb.stats().floor_delay >= ms(35), "{:?}", sim.jb.stats());
+    sim.run(ms(19_950)); // the stream's end stretches (conceals) by design
+    fixed.run(ms(19_950));
+    let st = sim.jb.stats();
+    assert!(st.floor_delay < ms(25), "{st:?}");
+    assert!(st.target_delay < ms(26), "{st:?}");
+    assert_eq!((st.concealed, st.lost, st.late), (0, 0, 0), "{st:?}");
+    assert!(st.skipped >= 1 && st.skipped <= 3, "{st:?}");
+    let played = sim.played();
+    let gone: Vec<u32> = (0..990).filter(|i| !played.contains(i)).collect();
+    assert!(gone.iter().all(|&i| pause(i)), "speech skipped: {gone:?}");
+    let wait = |s: &Sim, id: u32| s.outs[s.pos(Out::P(id))].0 - arr[id as usize].0;
+    assert!(wait(&sim, 10) >= ms(40), "{:?}", wait(&sim, 10));
+    for id in [900, 940] {
+        assert!(wait(&sim, id) <= ms(40), "{id}: {:?}", wait(&sim, id));
+        assert!(
+            wait(&sim, id) + ms(20) <= wait(&fixed, id),
+            "{id}: {:?} vs {:?}",
+            wait(&sim, id),
+            wait(&fixed, id)
+        );
+    }
+    assert!(wait(&fixed, 940) >= ms(20), "{:?}", wait(&fixed, 940));
+    sim.assert_counts();
+}
+
+#[test]
+fn speech_is_not_skipped_for_a_falling_floor() {
+    // The same link without pauses: the delay stays where prebuffering put
+    // it rather than cutting 20 ms out of speech.
+    let arr = noisy(1000, 5, 2, 7);
+    let mut sim = Sim::new(cfg(20, 300), arr);
+    sim.run(ms(19_950));
+    let st = sim.jb.stats();
+    assert!(st.floor_delay < ms(25), "{st:?}");
+    assert_eq!((st.concealed, st.skipped), (0, 0), "{st:?}");
+}
+
+#[test]
+fn floor_rises_at_once_when_jitter_appears() {
+    // 10 s clean, then the route's delay steps up by 60 ms from packet
+    // 500: the floor covers that spread at once (not over the RFC 3550
+    // estimator's 16 packets), and decays again once the step is the new
+    // normal.
+    let mut arr = stream(1500, 0, 0, |_| ms(5));
+    for a in &mut arr[500..] {
+        a.0 += ms(60);
+    }
+    let mut sim = Sim::new(cfg(20, 300), arr);
+    sim.run(ms(9_990));
+    let before = sim.jb.stats();
+    assert!(before.floor_delay < ms(25), "{before:?}");
+    sim.run(ms(10_070));
+    let after = sim.jb.stats();
+    assert!(after.floor_delay >= ms(75), "{after:?}");
+    assert!(after.target_delay >= ms(75), "{after:?}");
+    sim.run(ms(29_900));
+    let end = sim.jb.stats();
+    assert!(end.floor_delay < ms(25), "{end:?}");
+    assert!(end.target_delay < ms(30), "{end:?}");
+}
+
+#[test]
+fn hard_floor_is_kept_on_a_clean_link() {
+    let mut sim = Sim::new(cfg(60, 300), noisy(500, 5, 1, 3));
+    sim.run(ms(10_000));
+    let st = sim.jb.stats();
+    assert!(st.floor_delay < ms(25), "{st:?}");
+    assert!(st.target_delay >= ms(60), "{st:?}");
+    assert_eq!((st.concealed, st.skipped), (0, 0), "{st:?}");
+}
+
+#[test]
+fn adaptive_floor_conceals_no_more_than_a_fixed_one() {
+    // Same moderately jittery stream (0..30 ms): an adaptive floor
+    // (hard floor one frame) against the old fixed 40 ms.
+    let arr = noisy(1500, 5, 30, 11);
+    let mut fixed = Sim::new(cfg(40, 300), arr.clone());
+    let mut adaptive = Sim::new(cfg(20, 300), arr);
+    fixed.run(ms(30_500));
+    adaptive.run(ms(30_500));
+    let (f, a) = (fixed.jb.stats(), adaptive.jb.stats());
+    assert!(a.concealed <= f.concealed + 2, "{a:?} vs {f:?}");
+    assert!(a.late <= f.late + 2, "{a:?} vs {f:?}");
+    assert!(a.floor_delay >= ms(40), "spread seen: {a:?}");
+}
+
+#[test]
+fn the_gateway_encoder_codes_a_pause_as_a_quiet_payload() {
+    // Quiet skips drop only silence: the gateway's encoder (default
+    // config: 24 kbit/s, in-band FEC) must code a pause in speech in at
+    // most QUIET_PAYLOAD bytes and speech in more.
+    let c = crate::codec::CodecConfig::default();
+    let mut enc = crate::codec::OpusEncoder::new(&c).unwrap();
+    let n = c.frame_samples();
+    let tone = |k: usize| -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                let t = (i + k * n) as f32 / 48_000.0;
+                (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16
+            })
+            .collect()
+    };
+    let speech: Vec<usize> = (0..25)
+        .map(|k| enc.encode(&tone(k)).unwrap().len())
+        .collect();
+    let pause: Vec<usize> = (0..25)
+        .map(|_| enc.encode(&vec![0; n]).unwrap().len())
+        .collect();
+    assert!(speech.iter().all(|&l| l > QUIET_PAYLOAD), "{speech:?}");
+    assert!(pause[5..].iter().all(|&l| l <= QUIET_PAYLOAD), "{pause:?}");
 }
