@@ -198,7 +198,10 @@ struct Gen {
     /// every ACK on loopback). Connected to the relay: every packet goes
     /// there, in one `sendmmsg` per pass ([`SendBatch`]).
     sock: std::net::UdpSocket,
-    out: SendBatch,
+    /// `None` with `$VOXGATE_LOADGEN_SENDMSG=1`: the socket is not
+    /// connected and each packet leaves in a `sendmsg` of its own (the
+    /// generator before batching, to compare the two).
+    out: Option<SendBatch>,
     state: UdpSocketState,
     endpoint: Endpoint,
     relay: SocketAddr,
@@ -241,7 +244,10 @@ impl Gen {
         counters: Arc<Counters>,
     ) -> std::io::Result<Gen> {
         sock.set_nonblocking(true)?;
-        sock.connect(relay)?;
+        let batched = std::env::var("VOXGATE_LOADGEN_SENDMSG").map_or(true, |v| v != "1");
+        if batched {
+            sock.connect(relay)?;
+        }
         let state = UdpSocketState::new((&sock).into())?;
         // Room for the relay's ACKs of a few thousand connections.
         let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
@@ -249,7 +255,7 @@ impl Gen {
         let gro = state.gro_segments();
         Ok(Gen {
             sock,
-            out: SendBatch::new(),
+            out: batched.then(SendBatch::new),
             state,
             endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None),
             relay,
@@ -523,9 +529,24 @@ impl Gen {
     /// socket sets no `IP_TOS`); it stops marking when no ACK echoes it.
     fn send_raw(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
         debug_assert_eq!(t.destination, self.relay);
+        let Some(out) = &mut self.out else {
+            let tr = quinn::udp::Transmit {
+                destination: t.destination,
+                ecn: t
+                    .ecn
+                    .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
+                contents: &buf[..t.size],
+                segment_size: t.segment_size,
+                src_ip: t.src_ip,
+            };
+            if self.state.try_send((&self.sock).into(), &tr).is_err() {
+                self.counters.send_drops.fetch_add(1, Relaxed);
+            }
+            return;
+        };
         match t.segment_size {
-            Some(seg) => buf[..t.size].chunks(seg).for_each(|p| self.out.push(p)),
-            None => self.out.push(&buf[..t.size]),
+            Some(seg) => buf[..t.size].chunks(seg).for_each(|p| out.push(p)),
+            None => out.push(&buf[..t.size]),
         }
     }
 
@@ -538,7 +559,7 @@ impl Gen {
         for &i in &dirty {
             self.drive(i, now);
         }
-        let (_, refused) = self.out.flush(&self.sock);
+        let refused = self.out.as_mut().map_or(0, |o| o.flush(&self.sock).1);
         if refused > 0 {
             self.counters.send_drops.fetch_add(refused as u64, Relaxed);
         }
