@@ -504,7 +504,11 @@ fn cpu(c: &Ctx, env: &Env, l: &mut Vec<String>) {
         let name = t.get("thread").text();
         let st_t = st_threads
             .iter()
-            .find(|x| x.get("thread").text() == name)
+            // The main thread is named after the executable's file name.
+            .find(|x| {
+                let other = x.get("thread").text();
+                other == name || (name.starts_with("voxgate") && other.starts_with("voxgate"))
+            })
             .map(|x| {
                 format!(
                     "{} ({} runs/s)",
