@@ -103,6 +103,22 @@ const DEVICE: &str = "loadgen";
 const TEXT: &str = "Voice gateways carry speech from the microphone to the relay. \
     Six spoons of fresh snow peas, five thick slabs of blue cheese, and a snack for Bob.";
 
+/// The JSON result's file name: `relay_load.json` (`relay_load_flood.json`
+/// in flood mode), or `$VOXGATE_RELAY_LOAD_RESULT` (scripts/bench measures
+/// the static relay, `VOXGATE_RELAY_BIN`, into `relay_load_static.json`).
+fn result_name() -> String {
+    std::env::var("VOXGATE_RELAY_LOAD_RESULT")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            if flood_mode() {
+                "relay_load_flood.json".into()
+            } else {
+                "relay_load.json".into()
+            }
+        })
+}
+
 fn main() {
     let started = Instant::now();
     let tck = clk_tck();
@@ -214,14 +230,7 @@ fn main() {
         root.set("bench", "relay_load_flood")
             .set("flood_streams", FLOOD_STREAMS);
     }
-    let path = bench::write_result(
-        if flood_mode() {
-            "relay_load_flood.json"
-        } else {
-            "relay_load.json"
-        },
-        &root,
-    );
+    let path = bench::write_result(&result_name(), &root);
 
     let mut t = String::new();
     let _ = writeln!(

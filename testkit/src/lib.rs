@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod report;
 pub mod rtp;
 pub mod runbook;
+pub mod sendbatch;
 pub mod session;
 pub mod sip;
 pub mod spoof;

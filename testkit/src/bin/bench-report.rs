@@ -28,6 +28,15 @@ fn results(out: &Path) -> pipeline::Results {
     pipeline::Results {
         pipeline: load_json(&out.join("pipeline.json")),
         relay_load: load_json(&out.join("relay_load.json")),
+        // Only when scripts/bench measured the static relay too.
+        relay_load_static: {
+            let p = out.join("relay_load_static.json");
+            if p.exists() {
+                load_json(&p)
+            } else {
+                serde_json::Value::Null
+            }
+        },
         phone_leg: PhoneLegResults::read(&out.join("phone_leg.json")),
     }
 }

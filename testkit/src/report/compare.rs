@@ -101,6 +101,7 @@ mod tests {
             results: Results {
                 pipeline: serde_json::json!({}),
                 relay_load: serde_json::json!({}),
+                relay_load_static: serde_json::Value::Null,
                 phone_leg: Err("no results".into()),
             },
             aarch64_bytes: bytes,

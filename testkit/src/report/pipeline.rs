@@ -45,6 +45,9 @@ impl Env {
 pub struct Results {
     pub pipeline: Value,
     pub relay_load: Value,
+    /// The same bench against the static musl relay (`relay_load_static.json`;
+    /// null when the run had none).
+    pub relay_load_static: Value,
     /// benches/phone_leg's results, or why there are none.
     pub phone_leg: Result<crate::bench::PhoneLegResults, String>,
 }
@@ -53,6 +56,8 @@ pub struct Results {
 pub(crate) struct Ctx<'a> {
     pub p: V<'a>,
     pub r: V<'a>,
+    /// relay_load against the static relay.
+    pub rs: V<'a>,
     pub pl: &'a Result<crate::bench::PhoneLegResults, String>,
     pub t: V<'a>,
     pub cpu: V<'a>,
@@ -85,6 +90,7 @@ pub fn render(res: &Results, env: &Env) -> Vec<String> {
     let c = Ctx {
         p,
         r: V::new(&res.relay_load),
+        rs: V::new(&res.relay_load_static),
         pl: &res.phone_leg,
         t: p.get("targets"),
         cpu: file_run.get("cpu"),
@@ -198,8 +204,6 @@ fn summary(c: &Ctx, l: &mut Vec<String>) {
     let p99_t = t.get("p99_us").num().unwrap_or(1000.0);
     let rss_t = t.get("rss_kib").num().unwrap_or(8192.0);
     let r = c.r;
-    let best = r.get("max_streams_ok").num();
-    let tgt_streams = r.get("target_streams").num().unwrap_or(2000.0);
     let pdiff = c.pesq.get("difference").num();
     let cpu_ratio_t = t.get("cpu_ratio");
     let cpu_ratio_text = cpu_ratio_t.or("1.05");
@@ -278,6 +282,26 @@ fn summary(c: &Ctx, l: &mut Vec<String>) {
             verdict(le(cpu_st.get("ratio_stat").num(), cpu_ratio_t.num())),
             load(cpu_st.get("other_load_cores").num())
         ));
+        // Static against glibc, both schedstat (nanoseconds), same run.
+        let (g, s) = (
+            cpu.get("per_audio_s_schedstat").num(),
+            cpu_st.get("per_audio_s_schedstat").num(),
+        );
+        let st_over_glibc = match (s, g) {
+            (Some(s), Some(g)) if g > 0.0 => Some(s / g),
+            _ => None,
+        };
+        w(format!(
+            "| CPU per stream, static musl binary / glibc build (schedstat) | **{}×** ({} against {} CPU-s per audio-s) | glibc build, same run | ≤ 1.00× | {} | {} |",
+            f(st_over_glibc, 2),
+            f(s, 5),
+            f(g, 5),
+            verdict(le(st_over_glibc, Some(1.0))),
+            load(max_or(&[
+                cpu.get("other_load_cores").num(),
+                cpu_st.get("other_load_cores").num()
+            ]))
+        ));
     }
     w(format!(
         "| Same, playback on (echo) | {} | — | < {:.0} MiB | {} | — |",
@@ -294,33 +318,16 @@ fn summary(c: &Ctx, l: &mut Vec<String>) {
             verdict(lt(c.mem_st_on.get("VmHWM").num(), Some(rss_t)))
         ));
     }
-    let steps = r.get("steps").list();
-    let limit_reached = r.get("relay_limit_reached").truthy();
-    let relay_ok = if r.has("error") || (r.get("max_streams_ok").is_none() && steps.is_empty()) {
-        None
-    } else if best.unwrap_or(0.0) >= tgt_streams {
-        Some(true)
-    } else if limit_reached {
-        Some(false)
-    } else {
-        None // the generator or the machine stopped the test first
-    };
-    let relay_measured = if limit_reached {
-        f(best, 0)
-    } else {
-        format!("≥ {}", f(Some(best.unwrap_or(0.0)), 0))
-    };
-    let other_max: Vec<Option<f64>> = steps
-        .iter()
-        .map(|x| x.get("other_load_cores_max").num())
-        .collect();
-    w(format!(
-        "| Concurrent streams one relay core records with < 1% loss | **{relay_measured}** ({}) | — | ≥ {} | {} | {} |",
-        r.get("end").or("n/a"),
-        r.get("target_streams").or("2000"),
-        relay_ok.map_or_else(|| "**not determined**".to_string(), |ok| verdict(Some(ok))),
-        load(max_or(&other_max))
+    w(relay_row(
+        r,
+        "Concurrent streams one relay core records with < 1% loss",
     ));
+    if c.rs.truthy() {
+        w(relay_row(
+            c.rs,
+            "Same, static musl relay (as deployed), same generator, same run",
+        ));
+    }
     let pesq_t = t.get("pesq_diff");
     w(format!(
         "| PESQ-WB of the relay's recording | **{}** (difference {}) | opusenc {} | within {} | {} | — |",
@@ -350,7 +357,11 @@ fn summary(c: &Ctx, l: &mut Vec<String>) {
     w("aarch64 (the appliance target) is not measured here; it is tracked by the appliance issue.".into());
     w("".into());
     let mut errors = Vec::new();
-    for (name, d) in [("pipeline", c.p), ("relay_load", c.r)] {
+    for (name, d) in [
+        ("pipeline", c.p),
+        ("relay_load", c.r),
+        ("relay_load_static", c.rs),
+    ] {
         if d.has("error") {
             errors.push(format!("{name}: {}", d.get("error").text()));
         }
@@ -369,6 +380,39 @@ fn summary(c: &Ctx, l: &mut Vec<String>) {
         }
         w("".into());
     }
+}
+
+/// The summary's row for one relay_load result.
+fn relay_row(r: V, label: &str) -> String {
+    let best = r.get("max_streams_ok").num();
+    let tgt_streams = r.get("target_streams").num().unwrap_or(2000.0);
+    let steps = r.get("steps").list();
+    let limit_reached = r.get("relay_limit_reached").truthy();
+    let relay_ok = if r.has("error") || (r.get("max_streams_ok").is_none() && steps.is_empty()) {
+        None
+    } else if best.unwrap_or(0.0) >= tgt_streams {
+        Some(true)
+    } else if limit_reached {
+        Some(false)
+    } else {
+        None // the generator or the machine stopped the test first
+    };
+    let relay_measured = if limit_reached {
+        f(best, 0)
+    } else {
+        format!("≥ {}", f(Some(best.unwrap_or(0.0)), 0))
+    };
+    let other_max: Vec<Option<f64>> = steps
+        .iter()
+        .map(|x| x.get("other_load_cores_max").num())
+        .collect();
+    format!(
+        "| {label} | **{relay_measured}** ({}) | — | ≥ {} | {} | {} |",
+        r.get("end").or("n/a"),
+        r.get("target_streams").or("2000"),
+        relay_ok.map_or_else(|| "**not determined**".to_string(), |ok| verdict(Some(ok))),
+        load(max_or(&other_max))
+    )
 }
 
 fn cpu(c: &Ctx, env: &Env, l: &mut Vec<String>) {
@@ -415,29 +459,36 @@ fn cpu(c: &Ctx, env: &Env, l: &mut Vec<String>) {
             .join(", ")
     ));
     w("".into());
-    w("| | CPU s | audio s | CPU s per audio s | ratio |".into());
-    w("| --- | ---: | ---: | ---: | ---: |".into());
+    // The static binary's run, same accounting, in the same run: its
+    // figures beside the glibc build's, row by row.
+    let st = c.st_run.get("cpu");
+    let st_threads = st.get("threads").list();
+    let st_of = |v: Option<f64>| format!("{} | {}", f(v, 5), f(c.per_base(v), 3));
+    w("| | CPU s | audio s | CPU s per audio s | ratio | static musl: CPU s per audio s | static: ratio |".into());
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |".into());
     w(format!(
-        "| libopus alone (baseline){} | {} | {} | {} | 1 |",
+        "| libopus alone (baseline){} | {} | {} | {} | 1 | | |",
         err(base),
         f(base.get("cpu_s").num(), 3),
         f(base.get("audio_s").num(), 2),
         f(base.get("per_audio_s").num(), 5)
     ));
     w(format!(
-        "| whole gateway, utime+stime{} | {} | {} | {} | **{}** |",
+        "| whole gateway, utime+stime{} | {} | {} | {} | **{}** | {} |",
         err(c.p.get("file_run")),
         f(cpu.get("cpu_s_stat").num(), 3),
         f(cpu.get("audio_s").num(), 2),
         f(cpu.get("per_audio_s_stat").num(), 5),
-        f(ratio, 3)
+        f(ratio, 3),
+        st_of(st.get("per_audio_s_stat").num())
     ));
     w(format!(
-        "| whole gateway, schedstat | {} | {} | {} | {} |",
+        "| whole gateway, schedstat | {} | {} | {} | {} | {} |",
         f(cpu.get("cpu_s_schedstat").num(), 3),
         f(cpu.get("audio_s").num(), 2),
         f(cpu.get("per_audio_s_schedstat").num(), 5),
-        f(ratio_ns, 3)
+        f(ratio_ns, 3),
+        st_of(st.get("per_audio_s_schedstat").num())
     ));
     for t in cpu.get("threads").list() {
         let r = c.per_base(t.get("per_audio_s").num());
@@ -450,9 +501,24 @@ fn cpu(c: &Ctx, env: &Env, l: &mut Vec<String>) {
                 f(t.get("cpu_us_per_wakeup").num(), 0)
             )
         };
+        let name = t.get("thread").text();
+        let st_t = st_threads
+            .iter()
+            // The main thread is named after the executable's file name.
+            .find(|x| {
+                let other = x.get("thread").text();
+                other == name || (name.starts_with("voxgate") && other.starts_with("voxgate"))
+            })
+            .map(|x| {
+                format!(
+                    "{} ({} runs/s)",
+                    st_of(x.get("per_audio_s").num()),
+                    f(x.get("wakeups_per_s").num(), 0)
+                )
+            })
+            .unwrap_or_else(|| "n/a | n/a".into());
         w(format!(
-            "| &nbsp;&nbsp;thread `{}`{wk} | {} | | {} | {} |",
-            t.get("thread").text(),
+            "| &nbsp;&nbsp;thread `{name}`{wk} | {} | | {} | {} | {st_t} |",
             f(t.get("cpu_s").num(), 3),
             f(t.get("per_audio_s").num(), 5),
             f(r, 3)
@@ -461,7 +527,7 @@ fn cpu(c: &Ctx, env: &Env, l: &mut Vec<String>) {
     let pb = c.p.at(&["paced_run", "libopus_paced_in_bench"]);
     if pb.get("per_audio_s").num().is_some() && base.get("per_audio_s").truthy() {
         w(format!(
-            "| libopus alone, one frame every 20 ms (diagnostic, see below) | {} | {} | {} | {} |",
+            "| libopus alone, one frame every 20 ms (diagnostic, see below) | {} | {} | {} | {} | | |",
             f(pb.get("cpu_s").num(), 3),
             f(pb.get("audio_s").num(), 2),
             f(pb.get("per_audio_s").num(), 5),

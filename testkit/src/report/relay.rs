@@ -50,6 +50,32 @@ pub(crate) fn relay(c: &Ctx, l: &mut Vec<String>) {
     w("Each step waits (up to 30 s) for a quiet machine; a window during which other processes used more".into());
     w("than 0.15 of either core is measured once more and the quieter window is kept.".into());
     w("".into());
+    w(format!(
+        "**The glibc build** (`{}`):",
+        st.get("relay_binary").or("?")
+    ));
+    w("".into());
+    steps_block(r, l);
+    let rs = c.rs;
+    if rs.truthy() {
+        l.push(format!(
+            "**The static musl binary, as deployed** (`{}`, `scripts/build-release x86_64`), the same generator, the same run{}:",
+            rs.at(&["setup", "relay_binary"]).or("?"),
+            if rs.has("error") {
+                format!(" (error: {})", rs.get("error").text())
+            } else {
+                String::new()
+            }
+        ));
+        l.push("".into());
+        steps_block(rs, l);
+    }
+}
+
+/// One relay's steps table, what was lost where, and its CPU per stream.
+fn steps_block(r: V, l: &mut Vec<String>) {
+    let st = r.get("setup");
+    let mut w = |s: String| l.push(s);
     w("| streams | phase | loss | relay CPU | generator CPU | relay socket drops | generator: offered / sent by quinn / late slots | other load (CPU0 / CPU1) | relay RSS | verdict |".into());
     w("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |".into());
     let steps = r.get("steps").list();

@@ -18,8 +18,9 @@
 //! the relay sent (ACKs, PINGs, stats), and fires connection timers that
 //! are due, found by scanning one vector of deadlines.
 
+use crate::sendbatch::SendBatch;
 use bytes::{Bytes, BytesMut};
-use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn::udp::{RecvMeta, UdpSocketState};
 use quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint,
     EndpointConfig, Event, StreamEvent, StreamId,
@@ -31,7 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use voxgate::media::sender::RtpSender;
-use voxgate::proto::control::{self, Direction, FlowOpen, Hello, Message};
+use voxgate::proto::control::{Direction, FlowOpen, Hello, Message};
+
+mod control;
+use control::{read_control, write_msg};
 
 /// Send slots per 20 ms frame.
 const SLOTS: u64 = 20;
@@ -191,8 +195,13 @@ struct Gen {
     /// Non-blocking and registered with no poller: the relay's packets are
     /// read once a slot, and their arrival wakes nobody (a registered socket
     /// would have the kernel wake this thread, from the relay's CPU, for
-    /// every ACK on loopback).
+    /// every ACK on loopback). Connected to the relay: every packet goes
+    /// there, in one `sendmmsg` per pass ([`SendBatch`]).
     sock: std::net::UdpSocket,
+    /// `None` with `$VOXGATE_LOADGEN_SENDMSG=1`: the socket is not
+    /// connected and each packet leaves in a `sendmsg` of its own (the
+    /// generator before batching, to compare the two).
+    out: Option<SendBatch>,
     state: UdpSocketState,
     endpoint: Endpoint,
     relay: SocketAddr,
@@ -235,6 +244,10 @@ impl Gen {
         counters: Arc<Counters>,
     ) -> std::io::Result<Gen> {
         sock.set_nonblocking(true)?;
+        let batched = std::env::var("VOXGATE_LOADGEN_SENDMSG").map_or(true, |v| v != "1");
+        if batched {
+            sock.connect(relay)?;
+        }
         let state = UdpSocketState::new((&sock).into())?;
         // Room for the relay's ACKs of a few thousand connections.
         let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
@@ -242,6 +255,7 @@ impl Gen {
         let gro = state.gro_segments();
         Ok(Gen {
             sock,
+            out: batched.then(SendBatch::new),
             state,
             endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None),
             relay,
@@ -510,20 +524,29 @@ impl Gen {
         }
     }
 
-    fn send_raw(&self, t: &quinn_proto::Transmit, buf: &[u8]) {
-        let tr = Transmit {
-            destination: t.destination,
-            ecn: t
-                .ecn
-                .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
-            contents: &buf[..t.size],
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
+    /// Queues a packet for the relay; [`Gen::flush`] sends the pass's
+    /// packets together. quinn-proto's ECN mark is not applied (the
+    /// socket sets no `IP_TOS`); it stops marking when no ACK echoes it.
+    fn send_raw(&mut self, t: &quinn_proto::Transmit, buf: &[u8]) {
+        debug_assert_eq!(t.destination, self.relay);
+        let Some(out) = &mut self.out else {
+            let tr = quinn::udp::Transmit {
+                destination: t.destination,
+                ecn: t
+                    .ecn
+                    .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
+                contents: &buf[..t.size],
+                segment_size: t.segment_size,
+                src_ip: t.src_ip,
+            };
+            if self.state.try_send((&self.sock).into(), &tr).is_err() {
+                self.counters.send_drops.fetch_add(1, Relaxed);
+            }
+            return;
         };
-        // Loopback takes a packet at once unless the send buffer is full;
-        // a packet it refuses is dropped and counted.
-        if self.state.try_send((&self.sock).into(), &tr).is_err() {
-            self.counters.send_drops.fetch_add(1, Relaxed);
+        match t.segment_size {
+            Some(seg) => buf[..t.size].chunks(seg).for_each(|p| out.push(p)),
+            None => out.push(&buf[..t.size]),
         }
     }
 
@@ -535,6 +558,10 @@ impl Gen {
         dirty.dedup();
         for &i in &dirty {
             self.drive(i, now);
+        }
+        let refused = self.out.as_mut().map_or(0, |o| o.flush(&self.sock).1);
+        if refused > 0 {
+            self.counters.send_drops.fetch_add(refused as u64, Relaxed);
         }
         dirty.clear();
         if self.dirty.is_empty() {
@@ -632,7 +659,9 @@ impl Gen {
             let Some(t) = d.conn.poll_transmit(now, max_segments, &mut self.tx_buf) else {
                 break;
             };
-            self.send_raw(&t, &self.tx_buf);
+            let buf = std::mem::take(&mut self.tx_buf);
+            self.send_raw(&t, &buf);
+            self.tx_buf = buf;
         }
         self.deadlines[i] = d.conn.poll_timeout();
         if d.conn.is_drained() {
@@ -646,51 +675,4 @@ impl Gen {
         }
         self.devs[i] = Some(d);
     }
-}
-
-fn write_msg(conn: &mut Connection, id: StreamId, msg: &Message<'_>) -> Result<(), String> {
-    let mut buf = [0u8; control::MAX_MESSAGE + control::PREFIX];
-    let n = control::encode(msg, &mut buf).map_err(|e| e.to_string())?;
-    let w = conn
-        .send_stream(id)
-        .write(&buf[..n])
-        .map_err(|e| e.to_string())?;
-    if w != n {
-        return Err(format!("control stream took {w} of {n} bytes"));
-    }
-    Ok(())
-}
-
-/// Reads the control stream; true when a welcome arrived. The relay's later
-/// messages (stats) are read and dropped, as the gateway does with them.
-fn read_control(d: &mut Dev, id: StreamId) -> Result<bool, String> {
-    let mut welcome = false;
-    let mut rs = d.conn.recv_stream(id);
-    let mut chunks = rs.read(true).map_err(|e| e.to_string())?;
-    loop {
-        match chunks.next(usize::MAX) {
-            Ok(Some(c)) => d.rx.extend_from_slice(&c.bytes),
-            Ok(None) => {
-                let _ = chunks.finalize();
-                return Err("relay closed the control stream".into());
-            }
-            Err(quinn_proto::ReadError::Blocked) => break,
-            Err(e) => {
-                let _ = chunks.finalize();
-                return Err(e.to_string());
-            }
-        }
-    }
-    let _ = chunks.finalize();
-    let mut used = 0;
-    while let Some((m, n)) = control::decode_frame(&d.rx[used..]).map_err(|e| e.to_string())? {
-        match m {
-            Message::Welcome(_) => welcome = true,
-            Message::Error(e) => return Err(format!("refused: {}: {}", e.code, e.message)),
-            _ => {}
-        }
-        used += n;
-    }
-    d.rx.drain(..used);
-    Ok(welcome)
 }
