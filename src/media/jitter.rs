@@ -465,13 +465,7 @@ impl JitterBuffer {
         if self.over >= self.skip_hold || (self.over_quiet >= self.skip_hold && quiet_next) {
             self.over = 0;
             self.over_quiet = 0;
-            if self.is_stored(self.next) {
-                let i = self.idx(self.next);
-                self.meta[i].state = State::Done;
-                self.count -= 1;
-            }
-            self.next += 1;
-            self.stats.skipped += 1;
+            self.skip_next();
         }
         if self.is_stored(self.next) {
             let i = self.idx(self.next);
@@ -527,14 +521,19 @@ impl JitterBuffer {
             && self.count > 1
             && self.buffered_s() > self.target_s + self.frame_s
         {
-            if self.is_stored(self.next) {
-                let i = self.idx(self.next);
-                self.meta[i].state = State::Done;
-                self.count -= 1;
-            }
-            self.next += 1;
-            self.stats.skipped += 1;
+            self.skip_next();
         }
+    }
+
+    /// Drops the next slot unplayed (free if it is a hole), counted in `skipped`.
+    fn skip_next(&mut self) {
+        if self.is_stored(self.next) {
+            let i = self.idx(self.next);
+            self.meta[i].state = State::Done;
+            self.count -= 1;
+        }
+        self.next += 1;
+        self.stats.skipped += 1;
     }
 
     fn flush(&mut self) {
