@@ -62,6 +62,33 @@ fn variants() -> Vec<Variant> {
     v
 }
 
+/// True if `bin` is an ELF executable without a program interpreter
+/// (statically linked). Unreadable or not ELF: false.
+fn is_static(bin: &Path) -> bool {
+    let Ok(b) = std::fs::read(bin) else {
+        return false;
+    };
+    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().unwrap()))
+    };
+    // ELF64 little-endian only (what this machine runs).
+    if b.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        return false;
+    }
+    let (Some(phoff), Some(phsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    const PT_INTERP: u32 = 3;
+    !(0..usize::from(phnum)).any(|i| {
+        let o = phoff as usize + i * usize::from(phsize);
+        b.get(o..o + 4)
+            .is_some_and(|x| u32::from_le_bytes(x.try_into().unwrap()) == PT_INTERP)
+    })
+}
+
 /// Seconds after the first echo when the steady state is measured from:
 /// the adaptive floor starts at 40 ms and decays with a 4 s time constant.
 const WARM_S: f64 = 12.0;
@@ -370,7 +397,16 @@ fn main() {
             v.name,
             f(&r, "round_trip_ms")
         );
-        let p = pulse_wanted.then(|| {
+        // A static binary's alsa-lib has no plugins to load: it cannot open
+        // the pulse PCM, so a static baseline is measured on files only.
+        let static_bin = v.binary.as_deref().is_some_and(is_static);
+        if pulse_wanted && static_bin {
+            eprintln!(
+                "latency: pulse, {}: skipped (a static binary cannot load the pulse PCM plugin)",
+                v.name
+            );
+        }
+        let p = (pulse_wanted && !static_bin).then(|| {
             let l = other_load();
             let mut p = pulse::run(&raw, speech_s, v);
             p.set("other_load", l);

@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             let payload = vec![op[7]; usize::from(op[1] >> 1) * 24];
             jb.push(now, seq, ts, &payload);
         } else {
-            let _ = jb.pop(now);
+            let packet = matches!(jb.pop(now), voxgate::media::jitter::Playout::Packet(_));
+            // The caller's verdict on the decoded frame: drop it as silence.
+            if packet && op[2] & 1 == 1 && jb.wants_quiet_skip() {
+                jb.quiet_skipped();
+            }
         }
         assert!(jb.stats().depth <= 64);
     }

@@ -21,6 +21,14 @@
 //! late; [`PLAYBACK_PACE`] for playback, whose lead is pure added latency:
 //! a file written ahead of the clock plays every sample that much later).
 //! Only a clockless device ever sleeps, and it has no deadline to miss.
+//!
+//! A re-based playback device still has the lead it ran before it was
+//! found clockless (about [`PLAYBACK_SLACK`] of silence already in its
+//! file). [`ClockGuard::after_quiet`] drains that lead in the silent
+//! callbacks before the first audio: each sleeps up to its own length once
+//! more, so the device falls back to the wall clock without stalling audio.
+//! What is left when audio starts stays (moving the playout in a pause of
+//! speech is the jitter buffer's business, and PESQ hears it).
 
 use std::time::{Duration, Instant};
 
@@ -31,9 +39,10 @@ pub const CAPTURE_SLACK: Duration = Duration::from_millis(30);
 pub const PLAYBACK_SLACK: Duration = Duration::from_millis(100);
 /// Lead kept by a playback device found clockless: none beyond the
 /// callback's own buffer. It was [`PLAYBACK_SLACK`] until issue 17's
-/// latency budget; the 100 ms a file device runs free before it is found
-/// clockless still stay in its file (silence at its start): sleeping them
-/// away would stall the decoder while audio may already flow.
+/// latency budget. The 100 ms a file device runs free before it is found
+/// clockless are drained in silent callbacks only
+/// ([`ClockGuard::after_quiet`]): one sleep of all of it would stall the
+/// decoder while audio may already flow.
 pub const PLAYBACK_PACE: Duration = Duration::ZERO;
 
 /// Paces a callback to the wall clock when its device has no clock.
@@ -45,6 +54,10 @@ pub struct ClockGuard {
     start: Option<Instant>,
     frames: u64,
     clockless: bool,
+    /// Lead at the latch still to be drained in silent callbacks.
+    debt: Duration,
+    /// Lead drained so far (added to the media position).
+    drained: Duration,
 }
 
 impl ClockGuard {
@@ -64,6 +77,8 @@ impl ClockGuard {
             start: None,
             frames: 0,
             clockless: false,
+            debt: Duration::ZERO,
+            drained: Duration::ZERO,
         }
     }
 
@@ -77,10 +92,29 @@ impl ClockGuard {
     /// as clockless.
     #[inline]
     pub fn after(&mut self, frames: usize) -> bool {
+        self.after_quiet(frames, false)
+    }
+
+    /// As [`after`](Self::after), for a callback whose `frames` were all
+    /// silence when `silent`: on a re-based clockless device it also
+    /// drains up to their length of the lead it ran before the latch.
+    #[inline]
+    pub fn after_quiet(&mut self, frames: usize, silent: bool) -> bool {
         let now = Instant::now();
         let start = *self.start.get_or_insert(now);
         self.frames += frames as u64;
-        let media = Duration::from_secs_f64(self.frames as f64 / self.rate);
+        if self.clockless && !self.debt.is_zero() {
+            if silent {
+                let d = Duration::from_secs_f64(frames as f64 / self.rate).min(self.debt);
+                self.debt -= d;
+                self.drained += d;
+            } else {
+                // Audio flows: what is left stays (a pause later is not the
+                // place to move the playout, the jitter buffer is).
+                self.debt = Duration::ZERO;
+            }
+        }
+        let media = Duration::from_secs_f64(self.frames as f64 / self.rate) + self.drained;
         let wall = now - start;
         let mut latched = false;
         if !self.clockless && media > wall + self.slack + wall / 100 {
@@ -90,6 +124,7 @@ impl ClockGuard {
                 // What it ran ahead (silence, before any audio) stays
                 // written; from here it keeps only its pace, without one
                 // long sleep that would stall whatever feeds it.
+                self.debt = media.saturating_sub(wall + self.pace);
                 self.start = Some(now);
                 self.frames = 0;
                 return latched;
@@ -147,5 +182,35 @@ mod tests {
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(280), "{took:?}");
         assert!(took < Duration::from_millis(390), "{took:?}");
+    }
+
+    #[test]
+    fn clockless_playback_drains_its_lead_in_silence_before_audio() {
+        // As above: 110 ms of lead at the latch. The silent callbacks after
+        // it sleep the lead away, one extra callback length each at most.
+        let mut g = ClockGuard::with_pace(48_000, PLAYBACK_SLACK, PLAYBACK_PACE);
+        for _ in 0..11 {
+            g.after_quiet(480, true);
+        }
+        assert!(g.is_clockless());
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            g.after_quiet(480, true);
+        }
+        // 50 ms of silence and 50 ms of the lead.
+        let quiet = t0.elapsed();
+        assert!(quiet >= Duration::from_millis(95), "{quiet:?}");
+        assert!(quiet < Duration::from_millis(150), "{quiet:?}");
+        // Audio: real time, and the 60 ms left of the lead stay.
+        let t1 = Instant::now();
+        for _ in 0..5 {
+            g.after_quiet(480, false);
+        }
+        for _ in 0..10 {
+            g.after_quiet(480, true);
+        }
+        let rest = t1.elapsed();
+        assert!(rest >= Duration::from_millis(145), "{rest:?}");
+        assert!(rest < Duration::from_millis(200), "{rest:?}");
     }
 }

@@ -165,7 +165,12 @@ where
     let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
         let rx = ring.get();
         let frames = data.len() / channels;
-        let filled = upmix(data, channels, || rx.samples.dequeue());
+        let mut silent = true;
+        let filled = upmix(data, channels, || {
+            let v = rx.samples.dequeue();
+            silent &= v.is_none_or(|x| x == 0.0);
+            v
+        });
         shared_cb.played.fetch_add(frames as u64, Relaxed);
         shared_cb.chunk.store(frames as u32, Relaxed);
         shared_cb.samples.add(frames as u64);
@@ -173,7 +178,7 @@ where
             shared_cb.underruns.add((frames - filled) as u64);
         }
         decoder.unpark();
-        if clock.after(frames) {
+        if clock.after_quiet(frames, silent) {
             shared_cb.clockless.store(true, Relaxed);
         }
     };

@@ -12,7 +12,7 @@ use crate::audio::device::PIPELINE_RATE;
 use crate::audio::playback::PlaybackShared;
 use crate::audio::ring::RingTx;
 use crate::codec::OpusDecoder;
-use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::media::jitter::{JitterBuffer, JitterConfig, Playout, QUIET_RUN, is_quiet};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -100,6 +100,8 @@ impl Downlink {
         let mut resampler = Resampler::new(PIPELINE_RATE, PIPELINE_RATE).expect("passthrough");
         let mut reported = jb.stats();
         let silence = vec![0i16; 5760];
+        // Decoded frames in a row that were quiet (`is_quiet`).
+        let mut quiet_run = 0u32;
         while !self.stop.load(Relaxed) {
             let now = origin.elapsed();
             loop {
@@ -151,12 +153,20 @@ impl Downlink {
             };
             while self.tx.samples.len() < target {
                 let n = frame_samples as usize;
-                let pcm: &[i16] = match jb.pop(now) {
-                    Playout::Packet(p) => dec.decode(p).unwrap_or(&silence[..n]),
-                    Playout::Fec(next) => dec.decode_fec(next, n).unwrap_or(&silence[..n]),
-                    Playout::Conceal => dec.conceal(n).unwrap_or(&silence[..n]),
-                    Playout::Idle => &silence[..n],
+                let (pcm, decoded): (&[i16], bool) = match jb.pop(now) {
+                    Playout::Packet(p) => (dec.decode(p).unwrap_or(&silence[..n]), true),
+                    Playout::Fec(next) => (dec.decode_fec(next, n).unwrap_or(&silence[..n]), false),
+                    Playout::Conceal => (dec.conceal(n).unwrap_or(&silence[..n]), false),
+                    Playout::Idle => (&silence[..n], false),
                 };
+                // The delay is to shrink and this frame is deep in a pause:
+                // drop it (decoded, so the decoder's state runs on) and play
+                // the next.
+                quiet_run = if is_quiet(pcm) { quiet_run + 1 } else { 0 };
+                if decoded && quiet_run >= QUIET_RUN && jb.wants_quiet_skip() {
+                    jb.quiet_skipped();
+                    continue;
+                }
                 // Stage figures of the latency budget (docs/BENCHMARKS.md).
                 if let Some(arrival) = jb.played_arrival() {
                     let hold = origin.elapsed().saturating_sub(arrival);

@@ -45,10 +45,15 @@
 //!   (span > target + 2 frames) on every pop for 0.5 s, the oldest slot is
 //!   dropped (free if it is a hole) and counted in `skipped`. **Quiet
 //!   skip**: past target + half a frame for 0.5 s (more than a whole frame
-//!   to spare besides the one playing), the oldest slot is dropped
-//!   only when it is silence (a payload of at most [`QUIET_PAYLOAD`]
-//!   bytes): the delay shrinks in the pauses of speech, where a missing
-//!   20 ms is not heard.
+//!   to spare besides the one playing), [`JitterBuffer::wants_quiet_skip`]
+//!   says so, and the caller, which has decoded the frame just played,
+//!   drops it if it decoded as silence ([`is_quiet`]), as the
+//!   [`QUIET_RUN`]th quiet frame in a row or later, and calls
+//!   [`JitterBuffer::quiet_skipped`]: the delay shrinks in the pauses of
+//!   speech, where a missing 20 ms is not heard. The decision is on the
+//!   decoded audio, not the packet's size: at 10 kbit/s or less a speech
+//!   frame is as small as a pause is at 24 kbit/s. The decoder has then
+//!   decoded the dropped frame, so its state runs on without a jump.
 //! * **Idle / resync**: with an empty buffer and no accepted packet for
 //!   `max_delay + 200 ms`, `pop` returns [`Playout::Idle`] and the next packet
 //!   re-prebuffers. A jump of more than 3 s (either way), a packet beyond the
@@ -89,11 +94,15 @@ const DECAY_TAU_S: f64 = 2.0;
 pub const FLOOR_TAU_S: f64 = 4.0;
 /// Where the adaptive floor starts on a new stream (see the module docs).
 pub const FLOOR_START: Duration = Duration::from_millis(40);
-/// Payloads up to this size are silence: the gateway's encoder (24 kbit/s,
-/// in-band FEC) codes a pause in 22 bytes and speech in 55 or more
-/// (a test in `jitter/tests.rs`). At 10 kbit/s or less, speech frames are this small too
-/// and may be skipped as silence when the delay is to shrink.
-pub const QUIET_PAYLOAD: usize = 24;
+/// Decoded audio whose RMS level is at or below this (dBFS) is silence a
+/// quiet skip may drop: what a codec makes of a digital pause, far below
+/// the softest speech frames (-40 dBFS and up). A test in `jitter/tests.rs`
+/// decodes the codec's output at 6 to 64 kbit/s against it.
+pub const QUIET_DBFS: f64 = -60.0;
+/// Decoded frames in a row that must be quiet before one is dropped: a
+/// pause between utterances, not a gap between syllables (a skip inside an
+/// utterance is heard, and costs PESQ).
+pub const QUIET_RUN: u32 = 3;
 /// Packets at the start of a stream whose delay spread the floor ignores
 /// (a sender's start-up burst, a device still opening).
 const SETTLE_PACKETS: u32 = 25;
@@ -421,6 +430,22 @@ impl JitterBuffer {
         self.played_arrival
     }
 
+    /// True when the playout delay has stood more than half a frame above
+    /// target for the skip hold (adaptive floor only): if the frame just
+    /// played decodes as silence ([`is_quiet`]), the caller may drop it and
+    /// call [`quiet_skipped`](Self::quiet_skipped).
+    pub fn wants_quiet_skip(&self) -> bool {
+        self.cfg.adaptive_floor && self.over_quiet >= self.skip_hold
+    }
+
+    /// The caller dropped the packet [`pop`](Self::pop) just returned, as
+    /// silence: the delay is a frame shorter. Counted in `skipped`.
+    pub fn quiet_skipped(&mut self) {
+        self.over = 0;
+        self.over_quiet = 0;
+        self.stats.skipped += 1;
+    }
+
     /// Called once per frame period by the playout clock. Returns what to play for the next slot.
     pub fn pop(&mut self, now: Duration) -> Playout<'_> {
         self.played_seq = None;
@@ -459,10 +484,7 @@ impl JitterBuffer {
         } else {
             0
         };
-        let quiet_next = self.cfg.adaptive_floor
-            && self.is_stored(self.next)
-            && self.meta[self.idx(self.next)].len <= QUIET_PAYLOAD;
-        if self.over >= self.skip_hold || (self.over_quiet >= self.skip_hold && quiet_next) {
+        if self.over >= self.skip_hold {
             self.over = 0;
             self.over_quiet = 0;
             self.skip_next();
@@ -640,6 +662,17 @@ impl std::fmt::Debug for JitterBuffer {
             .field("jitter", &self.jitter)
             .finish_non_exhaustive()
     }
+}
+
+/// True if `pcm` is silence for a quiet skip: its RMS level is at or
+/// below [`QUIET_DBFS`]. An empty frame is quiet.
+pub fn is_quiet(pcm: &[i16]) -> bool {
+    if pcm.is_empty() {
+        return true;
+    }
+    let energy: f64 = pcm.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let limit = 32_768.0 * 10f64.powf(QUIET_DBFS / 20.0);
+    energy / pcm.len() as f64 <= limit * limit
 }
 
 #[cfg(test)]

@@ -65,8 +65,10 @@ struct Sim {
     t: Duration,
     outs: Vec<(Duration, Out)>,
     res: Vec<(u32, Push)>,
-    /// Packets whose payload is silence (4 bytes, at most QUIET_PAYLOAD).
+    /// Packets that decode as silence (the caller's verdict, as
+    /// `is_quiet` on decoded audio gives it in the gateway).
     quiet: fn(u32) -> bool,
+    quiet_run: u32,
 }
 
 impl Sim {
@@ -81,6 +83,7 @@ impl Sim {
             outs,
             res,
             quiet: |_| false,
+            quiet_run: 0,
         }
     }
 
@@ -89,18 +92,30 @@ impl Sim {
         while self.t <= end {
             while let Some(a) = self.arr.pop_if(|a| a.0 <= self.t) {
                 let mut p = a.3.to_le_bytes().to_vec();
-                if !(self.quiet)(a.3) {
-                    p.resize(40, 0xAB);
-                }
+                p.resize(40, 0xAB);
                 let r = self.jb.push(a.0, a.1, a.2, &p);
                 self.res.push((a.3, r));
             }
             let id = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            let o = match self.jb.pop(self.t) {
-                Playout::Packet(b) => Out::P(id(b)),
-                Playout::Fec(b) => Out::F(id(b)),
-                Playout::Conceal => Out::C,
-                Playout::Idle => Out::I,
+            let o = loop {
+                let o = match self.jb.pop(self.t) {
+                    Playout::Packet(b) => Out::P(id(b)),
+                    Playout::Fec(b) => Out::F(id(b)),
+                    Playout::Conceal => Out::C,
+                    Playout::Idle => Out::I,
+                };
+                // As the gateway's decoder does: a packet that "decodes" as
+                // silence is dropped when the buffer wants a quiet skip.
+                self.quiet_run = match o {
+                    Out::P(i) if (self.quiet)(i) => self.quiet_run + 1,
+                    _ => 0,
+                };
+                match o {
+                    Out::P(_) if self.quiet_run >= QUIET_RUN && self.jb.wants_quiet_skip() => {
+                        self.jb.quiet_skipped();
+                    }
+                    o => break o,
+                }
             };
             self.outs.push((self.t, o));
             self.t += F;
@@ -483,27 +498,46 @@ fn adaptive_floor_conceals_no_more_than_a_fixed_one() {
 }
 
 #[test]
-fn the_gateway_encoder_codes_a_pause_as_a_quiet_payload() {
-    // Quiet skips drop only silence: the gateway's encoder (default
-    // config: 24 kbit/s, in-band FEC) must code a pause in speech in at
-    // most QUIET_PAYLOAD bytes and speech in more.
-    let c = crate::codec::CodecConfig::default();
-    let mut enc = crate::codec::OpusEncoder::new(&c).unwrap();
-    let n = c.frame_samples();
-    let tone = |k: usize| -> Vec<i16> {
-        (0..n)
-            .map(|i| {
-                let t = (i + k * n) as f32 / 48_000.0;
-                (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16
-            })
-            .collect()
-    };
-    let speech: Vec<usize> = (0..25)
-        .map(|k| enc.encode(&tone(k)).unwrap().len())
-        .collect();
-    let pause: Vec<usize> = (0..25)
-        .map(|_| enc.encode(&vec![0; n]).unwrap().len())
-        .collect();
-    assert!(speech.iter().all(|&l| l > QUIET_PAYLOAD), "{speech:?}");
-    assert!(pause[5..].iter().all(|&l| l <= QUIET_PAYLOAD), "{pause:?}");
+fn decoded_pauses_are_quiet_and_speech_is_not_at_any_bitrate() {
+    // Quiet skips drop only what decodes as silence. At every bitrate the
+    // gateway may be configured with, a pause decodes at or below
+    // QUIET_DBFS and soft speech (a -40 dBFS two-tone syllable) above it,
+    // although at the low rates speech packets are as small as a pause is
+    // at 24 kbit/s (the old rule, payload size, skipped them).
+    for bitrate in [6_000, 10_000, 24_000, 64_000] {
+        let c = crate::codec::CodecConfig {
+            bitrate,
+            ..crate::codec::CodecConfig::default()
+        };
+        let mut enc = crate::codec::OpusEncoder::new(&c).unwrap();
+        let mut dec = crate::codec::OpusDecoder::new().unwrap();
+        let n = c.frame_samples();
+        let soft = |k: usize| -> Vec<i16> {
+            (0..n)
+                .map(|i| {
+                    let t = (i + k * n) as f32 / 48_000.0;
+                    let f = |hz: f32| (2.0 * std::f32::consts::PI * hz * t).sin();
+                    (230.0 * (f(310.0) + f(1_270.0))) as i16
+                })
+                .collect()
+        };
+        let mut sizes = vec![];
+        for k in 0..25 {
+            let pkt = enc.encode(&soft(k)).unwrap().to_vec();
+            sizes.push(pkt.len());
+            let pcm = dec.decode(&pkt).unwrap();
+            assert!(k < 3 || !is_quiet(pcm), "{bitrate}: speech frame {k} quiet");
+        }
+        for k in 0..25 {
+            let pkt = enc.encode(&vec![0; n]).unwrap().to_vec();
+            let pcm = dec.decode(&pkt).unwrap();
+            assert!(k < 5 || is_quiet(pcm), "{bitrate}: pause frame {k} loud");
+        }
+        if bitrate <= 10_000 {
+            assert!(sizes.iter().any(|&l| l <= 24), "{bitrate}: {sizes:?}");
+        }
+    }
+    assert!(is_quiet(&[]));
+    assert!(is_quiet(&[20, -20, 20, -20]));
+    assert!(!is_quiet(&[400, -400, 400, -400]));
 }
