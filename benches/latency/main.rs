@@ -43,9 +43,15 @@ struct Variant {
 fn variants() -> Vec<Variant> {
     let mut v = Vec::new();
     if let Some(b) = std::env::var_os("VOXGATE_LATENCY_BASELINE_BIN").filter(|b| !b.is_empty()) {
+        // The old binary's jitter floor: 40 by default (the floor before
+        // issue 17), or VOXGATE_LATENCY_BASELINE_MIN_MS.
+        let min_ms = std::env::var("VOXGATE_LATENCY_BASELINE_MIN_MS")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(40);
         v.push(Variant {
-            name: "baseline binary (min_ms = 40)".into(),
-            min_ms: 40,
+            name: format!("baseline binary (min_ms = {min_ms})"),
+            min_ms,
             binary: Some(b.into()),
         });
     }
@@ -337,8 +343,8 @@ fn render(runs: &[(Value, Option<Value>)], secs: u64) -> String {
          where the two devices stand in their streams at the same instant: a file device \
          has no clock and is paced by `audio::clock` (capture 30 ms ahead of the wall \
          clock, which makes the audio early; playback runs about 100 ms ahead before it is \
-         found clockless, which stays in its file as leading silence, and keeps no lead \
-         after), and the two open at slightly different times. Stage means and the \
+         found clockless, sleeps that lead away in its silent callbacks before the first \
+         audio, and keeps no lead after), and the two open at slightly different times. Stage means and the \
          round trip are taken from {WARM_S} s after the first echo to the end of the \
          speech (the adaptive floor starts at 40 ms and decays with a 4 s time \
          constant).\n\n",
@@ -366,11 +372,13 @@ fn render(runs: &[(Value, Option<Value>)], secs: u64) -> String {
     );
     s += "\n\nPacing slack on the file devices (ARCHITECTURE.md, Invariant 1) is the \
           devices row: the playback file runs about 100 ms (`PLAYBACK_SLACK` + 1 %) ahead \
-          before it is found clockless, which stays in the file as leading silence (until \
-          issue 17 it also kept that lead while playing; now none, `PLAYBACK_PACE`), minus \
-          the capture file's 30 ms lead (`CAPTURE_SLACK`, audio delivered early), plus the \
-          offset between the two devices' openings. A device with a clock has neither: its \
-          share is its own buffer.\n\
+          before it is found clockless (until issue 17 it kept that lead while playing; \
+          then it stayed in the file as leading silence; now the callbacks that play only \
+          silence before the first audio sleep it away, `ClockGuard::after_quiet`, and what \
+          is left when audio starts stays), minus the capture file's 30 ms lead \
+          (`CAPTURE_SLACK`, audio delivered early), plus the offset between the two \
+          devices' openings. A device with a clock has neither: its share is its own \
+          buffer.\n\
           <!-- latency:end -->";
     s
 }
