@@ -25,8 +25,10 @@
 //! A re-based playback device still has the lead it ran before it was
 //! found clockless (about [`PLAYBACK_SLACK`] of silence already in its
 //! file). [`ClockGuard::after_quiet`] drains that lead in the silent
-//! callbacks before the first audio: each sleeps up to its own length once
-//! more, so the device falls back to the wall clock without stalling audio.
+//! callbacks before the first audio, while the decoder has no stream to
+//! play (`PlaybackShared::source_idle`): each sleeps up to its own length
+//! once more, so the device falls back to the wall clock without stalling
+//! audio or a jitter buffer that is filling.
 //! What is left when audio starts stays (moving the playout in a pause of
 //! speech is the jitter buffer's business, and PESQ hears it).
 

@@ -43,6 +43,9 @@ pub struct PlaybackShared {
     pub samples: Arc<Counter>,
     /// Set once a device was latched as clockless.
     pub clockless: AtomicBool,
+    /// Set by the decoder while it has no stream to play (its jitter
+    /// buffer idle): a clockless device drains its start-up lead only then.
+    pub source_idle: AtomicBool,
 }
 
 /// A running playback thread.
@@ -165,7 +168,7 @@ where
     let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
         let rx = ring.get();
         let frames = data.len() / channels;
-        let mut silent = true;
+        let mut silent = shared_cb.source_idle.load(Relaxed);
         let filled = upmix(data, channels, || {
             let v = rx.samples.dequeue();
             silent &= v.is_none_or(|x| x == 0.0);

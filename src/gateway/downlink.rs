@@ -153,6 +153,9 @@ impl Downlink {
             };
             while self.tx.samples.len() < target {
                 let n = frame_samples as usize;
+                // No stream yet (or none any more), nothing prebuffering:
+                // a clockless device may drain its start-up lead.
+                self.playback.source_idle.store(jb.is_idle(), Relaxed);
                 let (pcm, decoded): (&[i16], bool) = match jb.pop(now) {
                     Playout::Packet(p) => (dec.decode(p).unwrap_or(&silence[..n]), true),
                     Playout::Fec(next) => (dec.decode_fec(next, n).unwrap_or(&silence[..n]), false),

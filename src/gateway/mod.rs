@@ -268,6 +268,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
             opens: metrics.playback_opens.clone(),
             samples: metrics.playback_samples.clone(),
             clockless: AtomicBool::new(false),
+            source_idle: AtomicBool::new(true),
         });
         let dl = downlink::Downlink {
             events: down_rx,
