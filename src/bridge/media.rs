@@ -493,6 +493,10 @@ impl Engine {
                 if l.m.leg.stats().dtmf_packets > dtmf_before {
                     tally.dtmf_sent += 1;
                 }
+                if let Some(at) = l.m.leg.downlink_played_arrival() {
+                    m.phone_relay_to_rtp
+                        .observe_us(origin.elapsed().saturating_sub(at).as_micros() as u64);
+                }
             }
             let s = l.m.leg.stats();
             tally.up_concealed += s.uplink_concealed - l.seen.uplink_concealed;

@@ -48,6 +48,9 @@ pub struct BridgeMetrics {
     /// Time from a phone's RTP packet arriving to the datagram carrying its
     /// audio handed to QUIC (jitter buffer and transcoding included).
     pub phone_to_send: Arc<Histogram>,
+    /// Time from a relay datagram arriving to the phone RTP packet carrying
+    /// its audio sent (jitter buffer and transcoding included).
+    pub phone_relay_to_rtp: Arc<Histogram>,
 }
 
 impl BridgeMetrics {
@@ -117,6 +120,10 @@ impl BridgeMetrics {
             phone_to_send: r.histogram(
                 "voxgate_phone_to_send_seconds",
                 "Time from a phone's RTP packet arriving to its audio handed to QUIC",
+            ),
+            phone_relay_to_rtp: r.histogram(
+                "voxgate_phone_relay_to_rtp_seconds",
+                "Time from a relay datagram arriving to its audio sent to the phone as RTP",
             ),
         })
     }

@@ -32,6 +32,12 @@
 //!   (>99.9 % of packets in time); for uniform ±a delay J = 2a/3 and 3J = 2a
 //!   is the whole spread. One frame covers the pop-clock phase. k = 4 would
 //!   only add latency that the late-arrival bump already provides on demand.
+//!   Without the adaptive floor (the phone legs) the target is
+//!   `min(min_delay + k*J, max_delay)`: the first packet waits the target
+//!   and then for the next pop, so the pop clock's phase (up to a frame) is
+//!   already in every packet's hold; `min_delay` is the margin for reading
+//!   (the media engine reads and pops on the same 10 ms tick) and `k*J`
+//!   the arrival jitter. A frame more was 20 ms of each phone leg's delay.
 //! * **Fast up**: the target jumps up at once when the formula exceeds it, and
 //!   grows one frame per `Late` packet and per underrun (the awaited packet
 //!   arrived after the buffer ran dry). **Slow down**: exponential decay
@@ -132,7 +138,7 @@ pub struct JitterConfig {
     pub capacity: usize,
     /// The adaptive floor, quiet skips and the prebuffer trim (see the
     /// module docs): the gateway's speaker path. Off, the target is
-    /// `max(min_delay, k*J + frame)` and only the plain skip shrinks the
+    /// `min_delay + k*J` and only the plain skip shrinks the
     /// delay (the phone legs, whose frames are not skipped in pauses).
     pub adaptive_floor: bool,
 }
@@ -625,8 +631,13 @@ impl JitterBuffer {
     }
 
     fn jitter_target(&self) -> f64 {
-        let t = JITTER_K * self.jitter / f64::from(self.cfg.clock_rate) + self.frame_s;
-        t.max(self.floor_s).max(self.min_s).min(self.max_s)
+        let spread = JITTER_K * self.jitter / f64::from(self.cfg.clock_rate);
+        let t = match self.cfg.adaptive_floor {
+            true => (spread + self.frame_s).max(self.floor_s).max(self.min_s),
+            // The pop clock's phase is in every hold already (module docs).
+            false => self.min_s + spread,
+        };
+        t.min(self.max_s)
     }
 
     fn bump(&mut self) {

@@ -399,6 +399,13 @@ impl PhoneLeg {
         self.up_jitter.played_seq()
     }
 
+    /// When the relay datagram whose audio the last [`PhoneLeg::poll_downlink`]
+    /// took last arrived (the `now` it was pushed with), for the
+    /// relay-to-phone latency histogram; `None` after a concealed frame.
+    pub fn downlink_played_arrival(&self) -> Option<Duration> {
+        self.down_jitter.played_arrival()
+    }
+
     /// Opus from the relay for this call (the RTP inside an uplink datagram of the far side).
     pub fn push_relay(&mut self, now: Duration, packet: &Packet<&[u8]>) -> Push {
         self.down_jitter

@@ -80,7 +80,13 @@ impl SipGateway {
 
     /// Start `voxgate run` and wait until it is connected to the relay.
     pub fn start(&mut self, lab: &Lab) {
-        let mut p = lab.start_gateway(&self.cfg, &[]);
+        self.start_with(lab, Path::new(bin()), &[]);
+    }
+
+    /// [`SipGateway::start`] with another build of `voxgate` (a bench's
+    /// baseline) and `env` added to its environment.
+    pub fn start_with(&mut self, lab: &Lab, binary: &Path, env: &[(String, String)]) {
+        let mut p = lab.start_gateway_with(binary, &self.cfg, env);
         let m = self.metrics;
         let t0 = std::time::Instant::now();
         while metric(m, "voxgate_relay_connected") < 1.0 {

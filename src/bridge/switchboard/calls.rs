@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// The phone legs' jitter buffer margin over the arrival jitter (both
+/// directions): one tick of the media engine (`bridge::media::BASE_TICK`),
+/// which reads a leg's packets and pops its buffer on the same tick.
+pub const PHONE_JITTER_MIN: Duration = Duration::from_millis(10);
+
 impl<P: Ports> Switchboard<P> {
     pub(super) fn local_media(&mut self, port: u16) -> LocalMedia {
         let id = u64::from(self.entropy.u32());
@@ -293,7 +298,10 @@ impl<P: Ports> Switchboard<P> {
             up_ssrc: call.up_ssrc,
             down_ssrc,
             initial,
-            min_delay: Duration::from_millis(20),
+            // One engine tick of margin over the arrival jitter (the
+            // jitter buffer's module docs): a frame more was 20 ms of each
+            // box's share of a phone-to-phone call (docs/BENCHMARKS.md).
+            min_delay: PHONE_JITTER_MIN,
             max_delay: Duration::from_millis(200),
         };
         call.media = true;

@@ -541,3 +541,36 @@ fn decoded_pauses_are_quiet_and_speech_is_not_at_any_bitrate() {
     assert!(is_quiet(&[20, -20, 20, -20]));
     assert!(!is_quiet(&[400, -400, 400, -400]));
 }
+
+#[test]
+fn without_the_adaptive_floor_the_hold_is_the_margin_and_the_pop_phase() {
+    // The phone legs: no adaptive floor, min_delay one engine tick. On a
+    // clean link (5 ms one way, 0..2 ms of noise) the target is that margin
+    // plus 3J, each packet waits for it and then for the next 20 ms pop
+    // (the clock's phase, which no frame in the target has to cover), and
+    // nothing is concealed, skipped or late.
+    let arr = noisy(500, 5, 2, 5);
+    let c = JitterConfig {
+        adaptive_floor: false,
+        ..jc(960, ms(10), ms(200), 16)
+    };
+    let mut sim = Sim::new(c, arr.clone());
+    sim.run(ms(9_900));
+    let st = sim.jb.stats();
+    assert!(
+        st.target_delay >= ms(10) && st.target_delay < ms(15),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.concealed, st.lost, st.late, st.skipped),
+        (0, 0, 0, 0),
+        "{st:?}"
+    );
+    let first = sim.pos(Out::P(0));
+    assert!(sim.outs[first].0 - arr[0].0 >= ms(10));
+    for id in 0..490 {
+        let wait = sim.outs[sim.pos(Out::P(id))].0 - arr[id as usize].0;
+        assert!(wait < ms(35), "{id}: {wait:?}");
+    }
+    sim.assert_counts();
+}
