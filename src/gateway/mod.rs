@@ -1,9 +1,9 @@
 //! The appliance daemon (`voxgate run`): microphone → relay and relay →
 //! speaker.
 //!
-//! Threads: the capture and playback device threads (cpal), the encoder
-//! thread ([`uplink`]), the decoder thread ([`downlink`]), and a small tokio
-//! runtime for QUIC and the metrics endpoint. Audio never waits on the
+//! Threads: the capture and playback device threads (cpal), the decoder
+//! thread ([`downlink`]), and a small tokio runtime for QUIC, the encoder
+//! task ([`uplink`]) and the metrics endpoint. Audio never waits on the
 //! network: the encoder hands datagrams to quinn without awaiting, and the
 //! decoder reads a bounded channel filled by the datagram task.
 
@@ -215,9 +215,10 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let slot = Arc::new(ConnSlot::default());
     let ssrc = fastrand::u32(..);
 
-    // Uplink: capture → encoder thread.
+    // Uplink: capture → encoder task on the runtime's worker.
     let (cap_tx, cap_rx) = ring::ring();
     let (cap_rings_tx, cap_rings_rx) = std::sync::mpsc::channel();
+    let bell = Arc::new(capture::FrameBell::new().context("cannot create the capture bell")?);
     let cap_shared = Arc::new(CaptureShared::new(
         metrics.capture_overruns.clone(),
         metrics.capture_opens.clone(),
@@ -238,18 +239,20 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         conn: slot.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
+        bell: bell.clone(),
     };
-    let encoder = std::thread::Builder::new()
-        .name("encoder".into())
-        .spawn(move || {
-            realtime::promote_current_thread("encoder", realtime::AUDIO_PRIORITY);
-            up.run()
-        })?;
+    // The runtime has one worker, so the task runs on it and the promotion
+    // is that thread's: quinn's driver, which transmits the frame, runs
+    // there too.
+    let encoder = tokio::spawn(async move {
+        realtime::promote_current_thread("runtime (encoder)", realtime::AUDIO_PRIORITY);
+        up.run().await
+    });
     let capture = capture::start(
         cfg.capture.device.clone(),
         capture_period_ms(cfg.codec.frame),
         cap_tx,
-        encoder.thread().clone(),
+        bell.clone(),
         cap_rings_tx,
         cap_shared.clone(),
     )?;
@@ -363,8 +366,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
 
     stop.store(true, Relaxed);
     drop(capture);
-    encoder.thread().unpark();
-    let _ = encoder.join();
+    bell.ring();
+    let _ = encoder.await;
     if let Some((decoder, pb)) = playback_parts {
         drop(pb);
         decoder.thread().unpark();
