@@ -3,9 +3,9 @@
 //! because of the device.
 //!
 //! The data callback converts whatever the device delivers to mono f32,
-//! enqueues it, drops a timing mark, and rings the encoder's [`FrameBell`]
-//! once a frame is whole. It does not allocate, lock, log or block (see
-//! [`super::clock`] for the one exception: a device without a clock).
+//! enqueues it, drops a timing mark, and wakes the encoder thread. It does
+//! not allocate, lock, log or block (see [`super::clock`] for the one
+//! exception: a device without a clock).
 
 use super::clock::{self, ClockGuard};
 use super::convert::downmix;
@@ -15,11 +15,9 @@ use super::supervisor;
 use crate::telemetry::metrics::Counter;
 use cpal::traits::DeviceTrait;
 use cpal::{FromSample, SampleFormat, SizedSample};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, mpsc};
-use std::thread::{self, JoinHandle};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 /// State the capture thread shares with the encoder and with metrics.
@@ -59,41 +57,6 @@ impl CaptureShared {
     }
 }
 
-/// How the capture callback wakes the encoder: an `eventfd` (a counter in
-/// the kernel). Ringing it is one non-blocking `write`, which neither
-/// allocates nor locks; the encoder task waits for it to become readable on
-/// the runtime's reactor, so a whole frame wakes the runtime thread, which
-/// encodes and sends it, and no other thread.
-#[derive(Debug)]
-pub struct FrameBell(EventFd);
-
-impl FrameBell {
-    /// A new, silent bell (non-blocking, close-on-exec).
-    pub fn new() -> std::io::Result<Self> {
-        Ok(FrameBell(EventFd::from_flags(
-            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-        )?))
-    }
-
-    /// Ring: make the bell readable. Never blocks (a full counter, after
-    /// 2^64 - 2 rings nobody heard, only drops this one).
-    pub fn ring(&self) {
-        let _ = self.0.write(1);
-    }
-
-    /// Silence the bell: how many rings since the last call (a would-block
-    /// error when none).
-    pub fn take(&self) -> std::io::Result<u64> {
-        Ok(self.0.read()?)
-    }
-}
-
-impl AsRawFd for FrameBell {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
 /// A running capture thread.
 #[derive(Debug)]
 pub struct Capture {
@@ -112,13 +75,13 @@ impl Drop for Capture {
 }
 
 /// Start capturing from `name` (default device when `None`) into `tx`,
-/// asking the device for callbacks every `period_ms`, and ringing `encoder`
+/// asking the device for callbacks every `period_ms`, and waking `encoder`
 /// when it has a whole frame ([`CaptureShared::wake_at`]).
 pub fn start(
     name: Option<String>,
     period_ms: u32,
     tx: RingTx,
-    encoder: Arc<FrameBell>,
+    encoder: Thread,
     new_rings: mpsc::Sender<RingRx>,
     shared: Arc<CaptureShared>,
 ) -> std::io::Result<Capture> {
@@ -137,7 +100,7 @@ fn supervise(
     name: Option<String>,
     period_ms: u32,
     ring: RingTx,
-    encoder: Arc<FrameBell>,
+    encoder: Thread,
     new_rings: mpsc::Sender<RingRx>,
     shared: Arc<CaptureShared>,
     stop: Arc<AtomicBool>,
@@ -176,7 +139,7 @@ fn supervise(
 fn open(
     name: Option<&str>,
     ring: Returning<RingTx>,
-    encoder: Arc<FrameBell>,
+    encoder: Thread,
     shared: &Arc<CaptureShared>,
     errors: mpsc::Sender<cpal::Error>,
     period_ms: Option<u32>,
@@ -199,7 +162,7 @@ fn build<T>(
     dev: &cpal::Device,
     cfg: &cpal::SupportedStreamConfig,
     mut ring: Returning<RingTx>,
-    encoder: Arc<FrameBell>,
+    encoder: Thread,
     shared: &Arc<CaptureShared>,
     errors: mpsc::Sender<cpal::Error>,
     period_ms: Option<u32>,
@@ -230,7 +193,7 @@ where
         }
         shared_cb.samples.add(pushed + dropped);
         if end >= shared_cb.wake_at.load(SeqCst) {
-            encoder.ring();
+            encoder.unpark();
         }
         if clock.after(data.len() / channels.max(1)) {
             shared_cb.clockless.store(true, Relaxed);

@@ -1,9 +1,9 @@
 //! The appliance daemon (`voxgate run`): microphone → relay and relay →
 //! speaker.
 //!
-//! Threads: the capture and playback device threads (cpal), the decoder
-//! thread ([`downlink`]), and a small tokio runtime for QUIC, the encoder
-//! task ([`uplink`]) and the metrics endpoint. Audio never waits on the
+//! Threads: the capture and playback device threads (cpal), the encoder
+//! thread ([`uplink`]), the decoder thread ([`downlink`]), and a small tokio
+//! runtime for QUIC and the metrics endpoint. Audio never waits on the
 //! network: the encoder hands datagrams to quinn without awaiting, and the
 //! decoder reads a bounded channel filled by the datagram task.
 
@@ -215,10 +215,9 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let slot = Arc::new(ConnSlot::default());
     let ssrc = fastrand::u32(..);
 
-    // Uplink: capture → encoder task on the runtime's worker.
+    // Uplink: capture → encoder thread.
     let (cap_tx, cap_rx) = ring::ring();
     let (cap_rings_tx, cap_rings_rx) = std::sync::mpsc::channel();
-    let bell = Arc::new(capture::FrameBell::new().context("cannot create the capture bell")?);
     let cap_shared = Arc::new(CaptureShared::new(
         metrics.capture_overruns.clone(),
         metrics.capture_opens.clone(),
@@ -239,20 +238,18 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
         conn: slot.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
-        bell: bell.clone(),
     };
-    // The runtime has one worker, so the task runs on it and the promotion
-    // is that thread's: quinn's driver, which transmits the frame, runs
-    // there too.
-    let encoder = tokio::spawn(async move {
-        realtime::promote_current_thread("runtime (encoder)", realtime::AUDIO_PRIORITY);
-        up.run().await
-    });
+    let encoder = std::thread::Builder::new()
+        .name("encoder".into())
+        .spawn(move || {
+            realtime::promote_current_thread("encoder", realtime::AUDIO_PRIORITY);
+            up.run()
+        })?;
     let capture = capture::start(
         cfg.capture.device.clone(),
         capture_period_ms(cfg.codec.frame),
         cap_tx,
-        bell.clone(),
+        encoder.thread().clone(),
         cap_rings_tx,
         cap_shared.clone(),
     )?;
@@ -366,8 +363,8 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
 
     stop.store(true, Relaxed);
     drop(capture);
-    bell.ring();
-    let _ = encoder.await;
+    encoder.thread().unpark();
+    let _ = encoder.join();
     if let Some((decoder, pb)) = playback_parts {
         drop(pb);
         decoder.thread().unpark();

@@ -1,22 +1,13 @@
-//! The encoder task: capture ring → 48 kHz → Opus → RTP → QUIC datagram.
+//! The encoder thread: capture ring → 48 kHz → Opus → RTP → QUIC datagram.
 //!
-//! Woken by the capture callback's [`FrameBell`], it drains the ring,
-//! resamples when the device is not at 48 kHz, encodes each full frame,
-//! frames it as RTP-over-QUIC into a buffer allocated once, and hands it to
-//! the current relay connection. While no connection is up, frames are
-//! counted and dropped: live audio is never queued behind a reconnect.
-//!
-//! It runs on the gateway's one tokio worker, beside quinn's connection
-//! driver: the capture callback's bell wakes that thread, which encodes
-//! the frame and, in the same wake-up, runs the driver that `send_datagram`
-//! woke (a wake-up inside the worker, not of another thread) and transmits
-//! the packet. With a thread of its own, every frame woke two threads: the
-//! encoder, then the runtime thread to transmit (docs/BENCHMARKS.md, "The
-//! gateway's overhead threads"). Encoding takes a few hundred microseconds
-//! of the worker, during which its other tasks wait.
+//! Woken by the capture callback, it drains the ring, resamples when the
+//! device is not at 48 kHz, encodes each full frame, frames it as
+//! RTP-over-QUIC into a buffer allocated once, and hands it to the current
+//! relay connection. While no connection is up, frames are counted and
+//! dropped: live audio is never queued behind a reconnect.
 
 use super::metrics::GatewayMetrics;
-use crate::audio::capture::{CaptureShared, FrameBell};
+use crate::audio::capture::CaptureShared;
 use crate::audio::convert::{Resampler, to_i16};
 use crate::audio::device::PIPELINE_RATE;
 use crate::audio::ring::RingRx;
@@ -25,16 +16,11 @@ use crate::media::sender::RtpSender;
 use crate::transport::link::ConnSlot;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::thread;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tracing::{error, warn};
 
-/// The longest the task waits for its bell before it looks at `stop`, the
-/// capture rate and replaced rings again.
-const IDLE_CHECK: Duration = Duration::from_millis(50);
-
-/// Everything the encoder task owns.
+/// Everything the encoder thread owns.
 #[derive(Debug)]
 pub struct Uplink {
     /// Consumer half of the capture ring.
@@ -51,39 +37,13 @@ pub struct Uplink {
     pub conn: Arc<ConnSlot>,
     /// Counters.
     pub metrics: Arc<GatewayMetrics>,
-    /// Set (then ring `bell`) to stop the task.
+    /// Set to stop the thread.
     pub stop: Arc<AtomicBool>,
-    /// Rung by the capture callback once a frame is whole.
-    pub bell: Arc<FrameBell>,
-}
-
-/// Wait until `bell` has rung, and silence it.
-async fn rung(bell: &AsyncFd<Arc<FrameBell>>) {
-    loop {
-        let Ok(mut ready) = bell.readable().await else {
-            // The reactor is gone (the runtime shuts down): nothing to wait on.
-            return std::future::pending().await;
-        };
-        if ready.try_io(|b| b.get_ref().take()).is_ok() {
-            return;
-        }
-    }
 }
 
 impl Uplink {
-    /// Run until `stop` is set. Runs on a tokio runtime with I/O enabled.
-    pub async fn run(mut self) {
-        // Deprecated as unsound for a `T` that does not own its descriptor
-        // (it could be closed while registered); `FrameBell` owns its
-        // eventfd, which lives as long as this `AsyncFd` holds the Arc.
-        #[allow(deprecated)]
-        let bell = match AsyncFd::with_interest(self.bell.clone(), Interest::READABLE) {
-            Ok(b) => b,
-            Err(e) => {
-                error!(error = %e, "cannot wait for the capture bell; no audio will be sent");
-                return;
-            }
-        };
+    /// Run until `stop` is set.
+    pub fn run(mut self) {
         let n = self.encoder.frame_samples();
         let mut frame: Vec<i16> = Vec::with_capacity(n * 4);
         let mut datagram = vec![0u8; 1500];
@@ -103,7 +63,7 @@ impl Uplink {
                     }
                     Err(e) => {
                         error!(rate = r, error = %e, "cannot resample capture rate");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        thread::sleep(Duration::from_secs(1));
                         continue;
                     }
                 }
@@ -172,16 +132,15 @@ impl Uplink {
                 delivered_before + need - need / 8
             };
             self.capture.wake_at.store(wake_at, SeqCst);
-            // Wait unless the frame completed meanwhile (the callback either
-            // sees this `wake_at` and rings, or we see its `delivered`; a
-            // ring that came after this check leaves the bell readable).
+            // Park unless the frame completed meanwhile (the callback either
+            // sees this `wake_at` and unparks us, or we see its `delivered`).
             let ready = if wake_at == 0 {
                 any
             } else {
                 self.capture.delivered.load(SeqCst) >= wake_at
             };
             if !ready {
-                let _ = tokio::time::timeout(IDLE_CHECK, rung(&bell)).await;
+                thread::park_timeout(Duration::from_millis(50));
             }
         }
     }

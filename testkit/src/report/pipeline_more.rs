@@ -24,7 +24,7 @@ pub(crate) fn parts_table(c: &Ctx, l: &mut Vec<String>) {
     let mut w = |s: String| l.push(s);
     w("**The gateway's parts run alone, same run.** Each part of the gateway measured on its own, as a".into());
     w("lower bound for what the whole can cost on this machine. *libopus paced* encodes one frame every".into());
-    w("20 ms in the bench process, sleeping in between, as the gateway's encoder does (during the paced".into());
+    w("20 ms in the bench process, sleeping in between, as the encoder thread does (during the paced".into());
     w("device run). *QUIC transport* is the gateway's own client (`voxgate::gateway::session`: quinn,".into());
     w("mutual TLS, the control handshake, the gateway's quinn runtime) on a one-worker tokio runtime,".into());
     w("connected to a release relay, sending the baseline's packets as RTP-over-QUIC datagrams from a".into());
