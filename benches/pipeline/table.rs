@@ -44,6 +44,21 @@ pub(crate) fn print_summary(root: &Value, path: &Path, seconds: f64) {
         "  ratio to libopus alone (stat / schedstat)",
         pair(cpu.num("ratio_stat"), cpu.num("ratio_schedstat"), 3),
         "1".into(),
+        "",
+    );
+    row(
+        "  ratio to libopus paced (stat / schedstat)",
+        pair(
+            cpu.num("ratio_paced_stat"),
+            cpu.num("ratio_paced_schedstat"),
+            3,
+        ),
+        fmt(
+            paced
+                .get("libopus_paced_in_bench")
+                .and_then(|p| p.num("per_audio_s")),
+            5,
+        ),
         &format!("<= {TARGET_CPU_RATIO}"),
     );
     let base = peers.get("debian_baseline").cloned().unwrap_or(Value::Null);
