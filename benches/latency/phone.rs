@@ -36,8 +36,7 @@ use std::net::UdpSocket;
 use voxgate_testkit::lab::free_udp;
 use voxgate_testkit::rtp::ulaw_of;
 use voxgate_testkit::sip::{
-    SipGateway, Sipp, fill, free_rtp_range, register_scenario, sipp_auth, sipp_file, sipp37,
-    wait_child,
+    SipGateway, Sipp, fill, free_rtp_range, register_at, sipp_auth, sipp_file, sipp37, wait_child,
 };
 
 /// u-law silence before the speech, and after it, seconds. The boxes'
@@ -53,27 +52,6 @@ pub(crate) struct PhoneVariant {
     pub binary: Option<PathBuf>,
     /// Added to both boxes' `[sip]` sections.
     pub sip_extra: String,
-}
-
-/// REGISTER `ext` from SIP port `port` (where its callee scenario answers).
-fn register_at(dir: &Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
-    let scenario = register_scenario(ext, password, 200, false);
-    let port = port.to_string();
-    let out = Sipp {
-        bin: &sipp37(),
-        dir,
-        name: &format!("register-{ext}"),
-        scenario: &scenario,
-        target: &format!("127.0.0.1:{}", gw.sip_port),
-        args: &["-s", ext, "-p", &port],
-        limit: Duration::from_secs(20),
-    }
-    .output();
-    assert!(
-        out.status.success(),
-        "REGISTER {ext}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Phone 201's call to 301: tests/sipp/call-with-pcap.xml without the

@@ -276,6 +276,29 @@ pub fn wait_child(mut c: std::process::Child, limit: Duration) -> std::process::
     }
 }
 
+/// REGISTER `ext` with `password` at `gw` through SIPp 3.7, from SIP port
+/// `port` (where its callee scenario answers later); panics with SIPp's
+/// output if the registration fails.
+pub fn register_at(dir: &Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
+    let scenario = register_scenario(ext, password, 200, true);
+    let port = port.to_string();
+    let out = Sipp {
+        bin: &sipp37(),
+        dir,
+        name: &format!("register-{ext}"),
+        scenario: &scenario,
+        target: &format!("127.0.0.1:{}", gw.sip_port),
+        args: &["-s", ext, "-p", &port],
+        limit: Duration::from_secs(20),
+    }
+    .output();
+    assert!(
+        out.status.success(),
+        "REGISTER {ext}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// SIPp 3.7.3 (Debian trixie's, with SHA-256 digest), installed by
 /// scripts/sipp-trixie (scripts/deps runs it) under ~/.cache/voxgate.
 pub fn sipp37() -> PathBuf {

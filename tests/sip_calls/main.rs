@@ -11,8 +11,8 @@ use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, opusdec, wait_for};
 use voxgate_testkit::rtp::{Rtp, Stream, UdpThread, parse_rtp, rtp, ulaw_of, write_pcap};
 use voxgate_testkit::sip::{
-    SipGateway, Sipp, SippTrace, TwoBoxes, fill, register_scenario, sipp_auth, sipp_file, sipp37,
-    wait_child,
+    SipGateway, Sipp, SippTrace, TwoBoxes, fill, register_at, register_scenario, sipp_auth,
+    sipp_file, sipp37, wait_child,
 };
 
 mod dtmf;
@@ -191,28 +191,6 @@ fn finished_call_recording(relay: &voxgate_testkit::lab::Proc) -> std::path::Pat
         },
     );
     found.unwrap()
-}
-
-/// REGISTER `ext` from SIP port `port` (where its callee scenario answers later).
-fn register_at(dir: &std::path::Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
-    let scenario = register_scenario(ext, password, 200, true);
-    let port = port.to_string();
-    let name = format!("register-{ext}");
-    let out = Sipp {
-        bin: &sipp37(),
-        dir,
-        name: &name,
-        scenario: &scenario,
-        target: &format!("127.0.0.1:{}", gw.sip_port),
-        args: &["-s", ext, "-p", &port],
-        limit: Duration::from_secs(20),
-    }
-    .output();
-    assert!(
-        out.status.success(),
-        "REGISTER {ext}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Two boxes on one relay ([`TwoBoxes`]), B's phone 301 registered from
