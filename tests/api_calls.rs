@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, Proc, free_udp, wait_for};
 use voxgate_testkit::rtp::{Rtp, UdpThread, parse_rtp, rtp, ulaw_of};
-use voxgate_testkit::sip::{
-    SipGateway, Sipp, fill, register_scenario, sipp_file, sipp37, wait_child,
-};
+use voxgate_testkit::sip::{SipGateway, Sipp, fill, register_at, sipp_file, sipp37, wait_child};
 
 const TEXT: &str =
     "Applications start calls through the relay. The quick brown fox jumps over the lazy dog.";
@@ -124,28 +122,6 @@ fn lab_with_api_and(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     (lab, relay, api, receiver)
-}
-
-/// REGISTER `ext` from SIP port `port` (where its scenario answers later).
-fn register_at(dir: &Path, gw: &SipGateway, ext: &str, password: &str, port: u16) {
-    let scenario = register_scenario(ext, password, 200, true);
-    let port = port.to_string();
-    let name = format!("register-{ext}");
-    let out = Sipp {
-        bin: &sipp37(),
-        dir,
-        name: &name,
-        scenario: &scenario,
-        target: &format!("127.0.0.1:{}", gw.sip_port),
-        args: &["-s", ext, "-p", &port],
-        limit: Duration::from_secs(20),
-    }
-    .output();
-    assert!(
-        out.status.success(),
-        "REGISTER {ext}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A phone's media: it keeps every packet it gets and, once the box's
