@@ -128,7 +128,7 @@ fn supervise(
         stop,
         &mut open,
         &mut || {
-            let (tx, rx) = super::ring::ring();
+            let (tx, rx) = super::ring::ring::<{ super::ring::CAPTURE_RING_SAMPLES }>();
             // The worker gets its half; the device keeps the other.
             let _ = new_rings.send(rx);
             tx

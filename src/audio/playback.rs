@@ -116,7 +116,7 @@ fn supervise(
         stop,
         &mut open,
         &mut || {
-            let (tx, rx) = super::ring::ring();
+            let (tx, rx) = super::ring::ring::<{ super::ring::PLAYBACK_RING_SAMPLES }>();
             // The worker gets its half; the device keeps the other.
             let _ = new_rings.send(tx);
             rx

@@ -12,9 +12,19 @@ use heapless::spsc::{Consumer, Producer, Queue};
 use std::sync::mpsc;
 use std::time::Instant;
 
-/// Ring capacity in samples (~680 ms at 48 kHz; the encoder normally keeps it
-/// near empty, so this only absorbs scheduling hiccups).
-pub const RING_SAMPLES: usize = 32_768;
+/// Capacity of the capture ring in samples (170 ms at 48 kHz, the rate the
+/// gateway asks every device for). The encoder drains it every frame, so it
+/// holds one device period and a frame at most; the rest absorbs the
+/// encoder thread's scheduling hiccups. Every slot is written in turn, so
+/// every page of the ring stays resident: it was 32,768 samples (680 ms,
+/// 128 KiB) until the static binary's memory was measured (issue 17).
+pub const CAPTURE_RING_SAMPLES: usize = 8_192;
+/// Capacity of the playback ring in samples (170 ms at 48 kHz). The
+/// decoder thread keeps it one device callback plus
+/// `gateway::downlink::RING_MARGIN` full, and adds a frame (at most 120 ms)
+/// at a time; it never adds a frame that would not fit
+/// ([`RingTx::room`]).
+pub const PLAYBACK_RING_SAMPLES: usize = 8_192;
 /// Timing marks kept in flight.
 pub const MARKS: usize = 256;
 
@@ -55,9 +65,18 @@ impl std::fmt::Debug for RingRx {
     }
 }
 
-/// Allocate the queues for one audio path (once per process per direction).
-pub fn ring() -> (RingTx, RingRx) {
-    let samples: &'static mut Queue<f32, RING_SAMPLES> = Box::leak(Box::new(Queue::new()));
+impl RingTx {
+    /// Samples that can be enqueued now.
+    pub fn room(&self) -> usize {
+        self.samples.capacity() - self.samples.len()
+    }
+}
+
+/// Allocate the queues for one audio path (once per process per direction,
+/// and again if a reopened device did not hand its half back) with room for
+/// `N` samples: [`CAPTURE_RING_SAMPLES`] or [`PLAYBACK_RING_SAMPLES`].
+pub fn ring<const N: usize>() -> (RingTx, RingRx) {
+    let samples: &'static mut Queue<f32, N> = Box::leak(Box::new(Queue::new()));
     let marks: &'static mut Queue<Mark, MARKS> = Box::leak(Box::new(Queue::new()));
     let (sp, sc) = samples.split();
     let (mp, mc) = marks.split();
@@ -112,7 +131,7 @@ mod tests {
 
     #[test]
     fn producer_comes_home_on_drop() {
-        let (tx, mut rx) = ring();
+        let (tx, mut rx) = ring::<16>();
         let (home, back) = mpsc::channel();
         let mut r = Returning::new(tx, home);
         r.get().samples.enqueue(0.5).unwrap();
@@ -122,5 +141,19 @@ mod tests {
         assert_eq!(rx.samples.dequeue(), Some(0.5));
         assert_eq!(rx.samples.dequeue(), Some(0.25));
         assert_eq!(rx.samples.dequeue(), None);
+    }
+
+    #[test]
+    fn room_counts_down_to_zero() {
+        let (mut tx, mut rx) = ring::<8>();
+        // heapless keeps one slot free: N - 1 samples fit.
+        assert_eq!(tx.room(), 7);
+        for i in 0..7 {
+            tx.samples.enqueue(i as f32).unwrap();
+        }
+        assert_eq!(tx.room(), 0);
+        assert!(tx.samples.enqueue(9.0).is_err());
+        rx.samples.dequeue();
+        assert_eq!(tx.room(), 1);
     }
 }

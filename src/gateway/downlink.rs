@@ -151,7 +151,14 @@ impl Downlink {
             } else {
                 chunk + RING_MARGIN.as_millis() as usize * rate as usize / 1000
             };
-            while self.tx.samples.len() < target {
+            // A frame at the device's rate (rounded up, the resampler's
+            // carry included): never decode one the ring cannot take whole
+            // (a frame longer than the whole ring, 120 ms at 96 kHz, goes
+            // into an empty one and loses its tail rather than stalling).
+            let frame_at_rate =
+                ((frame_samples as usize * rate as usize).div_ceil(PIPELINE_RATE as usize) + 1)
+                    .min(self.tx.samples.capacity());
+            while self.tx.samples.len() < target && self.tx.room() >= frame_at_rate {
                 let n = frame_samples as usize;
                 // No stream yet (or none any more), nothing prebuffering:
                 // a clockless device may drain its start-up lead.

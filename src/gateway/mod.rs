@@ -216,7 +216,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let ssrc = fastrand::u32(..);
 
     // Uplink: capture → encoder thread.
-    let (cap_tx, cap_rx) = ring::ring();
+    let (cap_tx, cap_rx) = ring::ring::<{ ring::CAPTURE_RING_SAMPLES }>();
     let (cap_rings_tx, cap_rings_rx) = std::sync::mpsc::channel();
     let cap_shared = Arc::new(CaptureShared::new(
         metrics.capture_overruns.clone(),
@@ -258,7 +258,7 @@ pub async fn run(p: Prepared, shutdown: impl Future<Output = ()>) -> Result<()> 
     let (down_tx, down_rx) = std::sync::mpsc::sync_channel(256);
     let mut playback_parts = None;
     if cfg.playback.enabled {
-        let (pb_tx, pb_rx) = ring::ring();
+        let (pb_tx, pb_rx) = ring::ring::<{ ring::PLAYBACK_RING_SAMPLES }>();
         let (pb_rings_tx, pb_rings_rx) = std::sync::mpsc::channel();
         let pb_shared = Arc::new(PlaybackShared {
             rate: AtomicU32::new(0),
