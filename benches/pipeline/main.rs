@@ -330,8 +330,9 @@ fn main() {
         echo_run(&fx, &codec, tck, None)
     });
 
-    // 4b. The static release binary as shipped (musl, libasound and libopus
-    // linked in): scripts/bench builds it and names it in VOXGATE_STATIC_BIN.
+    // 4b. A static release binary (musl, libasound and libopus linked in):
+    // scripts/bench builds the one with the boxes' features (no API, the
+    // stand-in for the ARM binaries) and names it in VOXGATE_STATIC_BIN.
     let static_bin = std::env::var_os("VOXGATE_STATIC_BIN").map(PathBuf::from);
     let mut static_run = match static_bin.as_deref() {
         Some(b) if b.is_file() => section("static release binary on the ALSA file device", || {

@@ -309,17 +309,15 @@ fn memory(c: &Ctx, l: &mut Vec<String>) {
     w("".into());
     w("| process | VmRSS | VmHWM | RssAnon | RssFile | Pss | Private dirty |".into());
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |".into());
+    let build = super::pipeline::static_build(c.st_run);
+    let st_off = format!("gateway, static x86_64 release binary (musl, {build}), playback off");
+    let st_on =
+        format!("gateway, static x86_64 release binary (musl, {build}), playback on (echo)");
     let rows = [
         ("gateway, playback off", c.mem_off),
         ("gateway, playback on (echo)", c.mem_on),
-        (
-            "gateway, static x86_64 release binary (musl), playback off",
-            c.mem_st,
-        ),
-        (
-            "gateway, static x86_64 release binary (musl), playback on (echo)",
-            c.mem_st_on,
-        ),
+        (st_off.as_str(), c.mem_st),
+        (st_on.as_str(), c.mem_st_on),
         ("gst-launch, same job, real time (`sync=true`)", c.gst_mem),
         (
             "ffmpeg, same job, real time (`-re`)",
