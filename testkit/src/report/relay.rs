@@ -113,20 +113,27 @@ fn steps_block(r: V, l: &mut Vec<String>) {
     let lost: f64 = steps
         .iter()
         .map(|s| {
-            (s.get("handed_to_quinn")
-                .num()
-                .filter(|&x| x != 0.0)
-                .unwrap_or(0.0)
-                - s.get("relay_received")
+            // Drained counts (nothing queued at the edges) where the
+            // bench wrote them.
+            let n = |drained: &str, old: &str| {
+                s.get(drained)
                     .num()
+                    .or(s.get(old).num())
                     .filter(|&x| x != 0.0)
-                    .unwrap_or(0.0))
-            .max(0.0)
+                    .unwrap_or(0.0)
+            };
+            (n("drained_handed", "handed_to_quinn") - n("drained_received", "relay_received"))
+                .max(0.0)
         })
         .sum();
     let drops: f64 = steps
         .iter()
-        .map(|s| s.get("relay_socket_drops").num().unwrap_or(0.0))
+        .map(|s| {
+            s.get("relay_socket_drops_drained")
+                .num()
+                .or(s.get("relay_socket_drops").num())
+                .unwrap_or(0.0)
+        })
         .sum();
     let first_fail = steps
         .iter()
