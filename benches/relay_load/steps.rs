@@ -58,9 +58,13 @@ pub(crate) struct Snap {
     pub(crate) relay_ticks: u64,
     pub(crate) self_ticks: u64,
     pub(crate) relay_drops: u64,
+    /// Bytes waiting in the relay's socket receive buffer.
+    pub(crate) relay_rx_queue: u64,
     pub(crate) gen_drops: u64,
     pub(crate) udp: BTreeMap<String, u64>,
     pub(crate) cpus: Vec<u64>,
+    /// The generator's quinn-side view (send backlog, loss detection).
+    pub(crate) quinn: voxgate_testkit::loadgen::Status,
 }
 
 pub(crate) struct Ports {
@@ -90,15 +94,56 @@ pub(crate) async fn snap(
         relay_ticks: proc_ticks(relay_pid),
         self_ticks: proc_ticks("self"),
         relay_drops: udp_drops(|p| p == ports.relay),
+        relay_rx_queue: udp_rx_queue(|p| p == ports.relay),
         gen_drops: udp_drops(|p| p == ports.generator),
         udp: udp_counters(),
         cpus: cpu_ticks(),
         relay: BTreeMap::new(),
+        quinn: st,
     };
     Snap {
         relay: relay_metrics(metrics).await,
         ..s
     }
+}
+
+/// Pauses the media until the relay's count and the generator's send
+/// queues stop moving (at most `DRAIN_MAX`), snaps, resumes; returns the
+/// snapshot and the time the drain took.
+pub(crate) async fn drained_snap(
+    g: &Generator,
+    relay_pid: &str,
+    metrics: SocketAddr,
+    ports: &Ports,
+) -> (Snap, f64) {
+    let t0 = Instant::now();
+    g.pause(true);
+    let mut last = (f64::NAN, u64::MAX);
+    let mut still = 0;
+    while t0.elapsed() < DRAIN_MAX {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = (
+            relay_metrics(metrics)
+                .await
+                .get("datagrams")
+                .copied()
+                .unwrap_or(f64::NAN),
+            g.status().await.unsent,
+        );
+        still = if now == last && now.1 == 0 {
+            still + 1
+        } else {
+            0
+        };
+        last = now;
+        if still >= 3 {
+            break;
+        }
+    }
+    let drain = t0.elapsed().as_secs_f64();
+    let s = snap(g, relay_pid, metrics, ports).await;
+    g.pause(false);
+    (s, drain)
 }
 
 /// What a step streams and measures with: the generator, the relay and its
@@ -171,13 +216,26 @@ pub(crate) async fn window(rig: &mut Rig<'_>, n: usize) -> Value {
         ..
     } = *rig;
     let relay_pid = rig.relay.pid().to_string();
+    // Loss is counted between two drained snapshots: the media paused
+    // until the relay's count stops moving, so that no datagram is in
+    // flight or queued (socket buffer, quinn) at either edge. Between
+    // them, the CPU window: undrained snapshots at steady state (their
+    // count difference is what the loss read before; it also moves with
+    // the relay's queue).
+    let (da, drain0) = drained_snap(g, &relay_pid, metrics, ports).await;
+    tokio::time::sleep(SETTLE).await;
     g.counters.max_late_us.store(0, Relaxed);
     let a = snap(g, &relay_pid, metrics, ports).await;
     let live0 = a.live;
     tokio::time::sleep(MEASURE).await;
     let b = snap(g, &relay_pid, metrics, ports).await;
     let live1 = b.live;
+    let (db, drain1) = drained_snap(g, &relay_pid, metrics, ports).await;
     rig.relay.assert_running();
+    let drained_handed = db.handed.saturating_sub(da.handed) as f64;
+    let drained_received = db.relay.get("datagrams").copied().unwrap_or(f64::NAN)
+        - da.relay.get("datagrams").copied().unwrap_or(f64::NAN);
+    let drained_loss = 1.0 - drained_received / drained_handed;
 
     let window = (b.at - a.at).as_secs_f64();
     let handed = (b.handed - a.handed) as f64;
@@ -192,7 +250,10 @@ pub(crate) async fn window(rig: &mut Rig<'_>, n: usize) -> Value {
     let nominal = connected as f64 * 50.0 * window;
     let offered = handed / nominal;
     let tx_share = tx / handed;
-    let loss = 1.0 - received / handed;
+    // What the relay's count missed at the window's end, less what it
+    // missed at its start: positive when its queue grew.
+    let loss_in_window = 1.0 - received / handed;
+    let loss = drained_loss;
     let relay_cpu = b.relay_ticks.saturating_sub(a.relay_ticks) as f64 / tck / window * 100.0;
     let gen_cpu = b.self_ticks.saturating_sub(a.self_ticks) as f64 / tck / window * 100.0;
     let udp = |k: &str| {
@@ -212,6 +273,10 @@ pub(crate) async fn window(rig: &mut Rig<'_>, n: usize) -> Value {
         "connections failed"
     } else if loss.is_nan() || loss >= MAX_LOSS {
         "loss over 1%"
+    } else if loss_in_window >= MAX_LOSS {
+        // Nothing lost, but the relay's queue grew by 1% of the window's
+        // datagrams: it did not keep up.
+        "falling behind"
     } else {
         "ok"
     };
@@ -233,11 +298,34 @@ pub(crate) async fn window(rig: &mut Rig<'_>, n: usize) -> Value {
         .set("relay_received", received)
         .set("relay_recorded", d("recorded"))
         .set("relay_unknown_flow", d("unknown_flow"))
+        // The generator's quinn: datagrams not yet sent at the edges,
+        // packets declared lost, and how far the relay's queue had grown
+        // (RTT).
+        .set("generator_unsent_start", a.quinn.unsent as f64)
+        .set("generator_unsent_end", b.quinn.unsent as f64)
+        .set(
+            "generator_lost_packets",
+            b.quinn.lost_packets as f64 - a.quinn.lost_packets as f64,
+        )
+        .set("generator_min_cwnd_end", b.quinn.min_cwnd as f64)
+        .set("generator_max_rtt_us_end", b.quinn.max_rtt_us as f64)
         .set("relay_malformed", d("malformed"))
         .set("relay_sessions_active", b.relay.get("active").copied())
         .set("offered_share", offered)
         .set("transmitted_share", tx_share)
         .set("loss", loss)
+        .set("loss_in_window", loss_in_window)
+        .set("drained_handed", drained_handed)
+        .set("drained_received", drained_received)
+        // Over the drained window (what `loss` counts), not only the CPU one.
+        .set(
+            "relay_socket_drops_drained",
+            db.relay_drops.saturating_sub(da.relay_drops) as f64,
+        )
+        .set("drain_s_start", drain0)
+        .set("drain_s_end", drain1)
+        .set("relay_rx_queue_start", a.relay_rx_queue as f64)
+        .set("relay_rx_queue_end", b.relay_rx_queue as f64)
         .set("wire_loss", 1.0 - received / tx)
         .set("relay_cpu_pct", relay_cpu)
         .set("generator_cpu_pct", gen_cpu)
@@ -358,6 +446,11 @@ pub(crate) async fn run(
         let verdict = j.str("verdict").unwrap_or("?").to_string();
         let j_other = j.num("other_load_cores_max").unwrap_or(0.0);
         steps.push(j);
+        if every_step() {
+            // Each listed count in turn, whatever the verdicts (what an
+            // overload leaves behind for the next, lower step).
+            continue;
+        }
         match verdict.as_str() {
             "ok" => lo = lo.max(n),
             // Neither says anything about the relay's capacity: stop.

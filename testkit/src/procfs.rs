@@ -245,6 +245,31 @@ pub fn udp_drops(want: impl Fn(u16) -> bool) -> u64 {
         .sum()
 }
 
+/// Bytes queued in the receive buffers of the UDP sockets on the ports
+/// `want` accepts (`/proc/net/udp`'s `rx_queue`: what the kernel charges
+/// for the packets waiting to be read, not their payload).
+pub fn udp_rx_queue(want: impl Fn(u16) -> bool) -> u64 {
+    rx_queue_of(
+        &std::fs::read_to_string("/proc/net/udp").unwrap_or_default(),
+        want,
+    )
+}
+
+fn rx_queue_of(table: &str, want: impl Fn(u16) -> bool) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let rx = f.get(4)?.split(':').nth(1)?;
+            want(port)
+                .then(|| u64::from_str_radix(rx, 16).ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// A /proc/sys value, trimmed (`?` if unreadable).
 pub fn sysctl(path: &str) -> String {
     std::fs::read_to_string(path)
@@ -265,6 +290,26 @@ pub fn taskset_all(pid: impl Display, cpu: usize) -> Result<(), String> {
     }
 }
 
+/// Sets the nice value of every thread of process `pid` (`renice` on each
+/// task: on Linux a nice value belongs to a thread; threads started later
+/// inherit their creator's); returns the threads changed.
+pub fn renice_all(pid: impl Display, nice: i32) -> Result<usize, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let out = Command::new("renice")
+            .args(["-n", &nice.to_string(), "-p"])
+            .arg(t.file_name())
+            .output()
+            .map_err(|e| format!("renice: {e} (util-linux)"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Pins every thread of this process (threads and children started later
 /// inherit it) to `cpu`; returns the allowed list the kernel then reports.
 pub fn pin_self(cpu: usize) -> Result<String, String> {
@@ -280,4 +325,23 @@ pub fn fs_type(dir: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_queue_is_summed_for_the_wanted_ports_only() {
+        // /proc/net/udp: local port 0x2710 (10000) holds 0x3400 bytes, port
+        // 0x2711 0x10, another 0x20 on 10000 (a second socket).
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 1: 0100007F:2710 00000000:0000 07 00000000:00003400 00:00000000 00000000     0        0 1 2 0000000000000000 5
+ 2: 0100007F:2711 00000000:0000 07 00000000:00000010 00:00000000 00000000     0        0 2 2 0000000000000000 0
+ 3: 0100007F:2710 0100007F:2711 01 00000000:00000020 00:00000000 00000000     0        0 3 2 0000000000000000 0
+";
+        assert_eq!(rx_queue_of(table, |p| p == 10000), 0x3420);
+        assert_eq!(rx_queue_of(table, |p| p == 10001), 0x10);
+        assert_eq!(rx_queue_of(table, |p| p == 1), 0);
+    }
 }

@@ -35,7 +35,9 @@ use voxgate::media::sender::RtpSender;
 use voxgate::proto::control::{Direction, FlowOpen, Hello, Message};
 
 mod control;
+mod status;
 use control::{read_control, write_msg};
+pub use status::Status;
 
 /// Send slots per 20 ms frame.
 const SLOTS: u64 = 20;
@@ -63,20 +65,6 @@ pub struct Counters {
     pub fifo: std::sync::atomic::AtomicBool,
 }
 
-/// What the generator knows about its connections.
-#[derive(Debug, Default, Clone)]
-pub struct Status {
-    /// Sessions streaming (welcome received, flow opened, not closed).
-    pub streaming: usize,
-    /// Sessions still in the handshake.
-    pub setting_up: usize,
-    /// Sessions that failed or closed before streaming, and the first reason.
-    pub failed: usize,
-    pub first_error: Option<String>,
-    /// DATAGRAM frames transmitted, over every live connection.
-    pub datagrams_tx: u64,
-}
-
 enum Cmd {
     /// Open sessions until `n` are streaming or setting up.
     Target {
@@ -86,6 +74,9 @@ enum Cmd {
     },
     /// Close streaming sessions until `n` are left.
     Shrink(usize),
+    /// Stop (`true`) or resume handing datagrams to quinn; connections
+    /// stay up and are driven as before.
+    Pause(bool),
     Status(oneshot::Sender<Status>),
     Stop,
 }
@@ -150,6 +141,13 @@ impl Generator {
         let _ = self.cmd.send(Cmd::Shrink(n));
     }
 
+    /// Pauses (or resumes) the media: no datagram is handed to quinn while
+    /// paused, so that what is in flight can arrive (the bench reads the
+    /// relay's count with nothing queued in front of it).
+    pub fn pause(&self, paused: bool) {
+        let _ = self.cmd.send(Cmd::Pause(paused));
+    }
+
     pub async fn status(&self) -> Status {
         let (tx, rx) = oneshot::channel();
         if self.cmd.send(Cmd::Status(tx)).is_err() {
@@ -189,6 +187,8 @@ struct Dev {
     rtp: RtpSender,
     ssrc: u32,
     pos: usize,
+    /// Datagrams handed to quinn on this connection.
+    handed: u64,
 }
 
 struct Gen {
@@ -232,6 +232,8 @@ struct Gen {
     resp: Vec<u8>,
     frame: [u8; 1500],
     last_connect: Instant,
+    /// No datagrams are handed while set ([`Generator::pause`]).
+    paused: bool,
 }
 
 impl Gen {
@@ -280,6 +282,7 @@ impl Gen {
             tx_buf: Vec::with_capacity(1500),
             frame: [0; 1500],
             last_connect: Instant::now(),
+            paused: false,
         })
     }
 
@@ -308,6 +311,7 @@ impl Gen {
                         self.concurrency = concurrency;
                     }
                     Cmd::Shrink(n) => self.shrink(n),
+                    Cmd::Pause(p) => self.paused = p,
                     Cmd::Status(tx) => {
                         let _ = tx.send(self.status());
                     }
@@ -356,6 +360,9 @@ impl Gen {
     }
 
     fn send_slot(&mut self, slot: usize) {
+        if self.paused {
+            return;
+        }
         let mut list = std::mem::take(&mut self.slots[slot]);
         list.retain(|&i| {
             let Some(d) = self.devs.get_mut(i).and_then(Option::as_mut) else {
@@ -372,7 +379,10 @@ impl Gen {
                     .datagrams()
                     .send(Bytes::copy_from_slice(&self.frame[..len]), true)
                 {
-                    Ok(()) => self.counters.handed.fetch_add(1, Relaxed),
+                    Ok(()) => {
+                        d.handed += 1;
+                        self.counters.handed.fetch_add(1, Relaxed)
+                    }
                     Err(_) => self.counters.refused.fetch_add(1, Relaxed),
                 };
                 self.dirty.push(i);
@@ -424,6 +434,7 @@ impl Gen {
                     rtp: RtpSender::new(0, 111, ssrc, fastrand::u16(..), fastrand::u32(..)),
                     ssrc,
                     pos: fastrand::usize(..1000),
+                    handed: 0,
                 });
                 self.dirty.push(ch.0);
             }
@@ -472,7 +483,7 @@ impl Gen {
                 Phase::Handshake | Phase::AwaitWelcome => s.setting_up += 1,
                 Phase::Closing => {}
             }
-            s.datagrams_tx += d.conn.stats().frame_tx.datagram;
+            s.add(&d.conn, d.handed, d.phase == Phase::Streaming);
         }
         s
     }

@@ -44,7 +44,19 @@ pub(crate) fn relay(c: &Ctx, l: &mut Vec<String>) {
         f(st.get("measure_s").num(), 0)
     ));
     w("step the count is bisected twice. Loss = 1 − relay `voxgate_relay_datagrams_total` delta / datagrams".into());
-    w("handed to quinn without error. The generator must offer ≥ 99% of the nominal rate, quinn must".into());
+    w("handed to quinn without error, both counted with the media paused until the relay's count stops".into());
+    w("moving, so that nothing is in flight or queued at the window's edges; a step whose relay queue grew".into());
+    w(
+        "by 1% of the window's datagrams meanwhile is \"falling behind\", even with nothing lost."
+            .into(),
+    );
+    w(format!(
+        "The relay runs at nice {} so that other processes on CPU 0 do not take half of it.",
+        st.get("relay_nice")
+            .num()
+            .map_or("0".into(), |n| format!("{n:.0}"))
+    ));
+    w("The generator must offer ≥ 99% of the nominal rate, quinn must".into());
     w("transmit ≥ 99% of what it was handed (less packets its socket refused), and at most 5% of its 1 ms".into());
     w("send slots may run more than 2 ms late; otherwise the step is a generator limit, not a relay result.".into());
     w("Each step waits (up to 30 s) for a quiet machine; a window during which other processes used more".into());
@@ -101,20 +113,27 @@ fn steps_block(r: V, l: &mut Vec<String>) {
     let lost: f64 = steps
         .iter()
         .map(|s| {
-            (s.get("handed_to_quinn")
-                .num()
-                .filter(|&x| x != 0.0)
-                .unwrap_or(0.0)
-                - s.get("relay_received")
+            // Drained counts (nothing queued at the edges) where the
+            // bench wrote them.
+            let n = |drained: &str, old: &str| {
+                s.get(drained)
                     .num()
+                    .or(s.get(old).num())
                     .filter(|&x| x != 0.0)
-                    .unwrap_or(0.0))
-            .max(0.0)
+                    .unwrap_or(0.0)
+            };
+            (n("drained_handed", "handed_to_quinn") - n("drained_received", "relay_received"))
+                .max(0.0)
         })
         .sum();
     let drops: f64 = steps
         .iter()
-        .map(|s| s.get("relay_socket_drops").num().unwrap_or(0.0))
+        .map(|s| {
+            s.get("relay_socket_drops_drained")
+                .num()
+                .or(s.get("relay_socket_drops").num())
+                .unwrap_or(0.0)
+        })
         .sum();
     let first_fail = steps
         .iter()
