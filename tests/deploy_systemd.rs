@@ -69,6 +69,8 @@ r signer.credentials "$(ls /run/credentials/voxgate-signer.service | tr '\n' ' '
 r relay.credentials "$(ls /run/credentials/voxgate-relay.service | tr '\n' ' ')"
 rpid="$(systemctl show -p MainPID --value voxgate-relay.service)"
 r relay.uid "$(awk '$1 == "Uid:" { print $2 }' /proc/$rpid/status)"
+r relay.nice "$(awk '{ print $19 }' /proc/$rpid/stat)"
+r relay.CPUWeight "$(systemctl show -p CPUWeight --value voxgate-relay.service)"
 r uid.voxgate-signer "$(id -u voxgate-signer)"
 r uid.voxgate "$(id -u voxgate)"
 systemctl start voxgate.service; r voxgate.start $?
@@ -364,6 +366,10 @@ fn units_start_and_stream_under_systemd() {
     assert_eq!(get("signer.ActiveState"), "active", "{context}");
     assert_eq!(get("signer.uid"), get("uid.voxgate-signer"), "{context}");
     assert_eq!(get("relay.uid"), get("uid.voxgate"), "{context}");
+    // The relay's priority over other work on a shared host (Nice=-10,
+    // CPUWeight=1000), as the kernel and systemd report it.
+    assert_eq!(get("relay.nice"), "-10", "{context}");
+    assert_eq!(get("relay.CPUWeight"), "1000", "{context}");
     assert_ne!(get("signer.uid"), get("relay.uid"), "{context}");
     assert_eq!(
         get("creds_dirs").trim(),
