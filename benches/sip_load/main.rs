@@ -17,8 +17,11 @@
 //!
 //! Phases, each bounded:
 //! 1. idle RSS of the connected gateway;
-//! 2. concurrency ramp: for each step N, one sipp run places N calls at
-//!    `RAMP_CPS` and holds them; once all N are up, a `MEASURE` window reads
+//! 2. concurrency ramp: for each step N, sipp places N calls at
+//!    `RAMP_CPS` and holds them (one sipp a phone, each its own extension
+//!    with at most `CALLS_PER_PHONE` calls at once: the gateway allows a
+//!    phone only `[sip] calls_per_extension` calls, 64 at most, so the
+//!    calls are spread over `N / CALLS_PER_PHONE` sipps run together); once all N are up, a `MEASURE` window reads
 //!    the gateway's own counters (`voxgate_phone_*`, the
 //!    `voxgate_phone_to_send_seconds` histogram), its CPU time and RSS, and
 //!    the kernel's UDP drop counters. A step keeps up when every call was
@@ -66,6 +69,11 @@ const RAMP_CPS: usize = 40;
 /// Settling after the last call of a step is up, and the measured window.
 const SETTLE: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(8);
+/// Calls one sipp (one extension) holds at once at most: the gateway's
+/// `[sip] calls_per_extension`, set to this in the bench's config.
+const CALLS_PER_PHONE: usize = 64;
+/// Extensions (and sipps) the bench can run at once: 640 calls.
+const MAX_PHONES: usize = 10;
 /// Call-rate steps (calls per second), each for `RATE_SECONDS`.
 const RATES: [usize; 6] = [20, 40, 60, 80, 120, 160];
 const RATE_SECONDS: usize = 8;
@@ -143,8 +151,10 @@ fn main() {
     let extra_keys = if legacy() {
         String::new()
     } else {
-        // One sipp stands for every phone: lift the per-source flood limit.
-        "packets_per_source = 20000\n".to_string()
+        // The sipps stand for every phone from one address: lift the
+        // per-source flood limit; each of them is one extension with up to
+        // `CALLS_PER_PHONE` calls at once (the config allows 64).
+        format!("packets_per_source = 20000\ncalls_per_extension = {CALLS_PER_PHONE}\n")
     };
     let extra = format!(
         "[capture]\ndevice = \"null\"\n[playback]\nenabled = false\n[sip]\nenabled = true\n\
@@ -152,12 +162,21 @@ fn main() {
          digest = [\"md5\"]\ncodecs = [\"pcmu\"]\n{extra_keys}"
     );
     let (cfg, metrics_addr) = lab.gateway_config("gw-load", lab.quic_port, &extra);
-    let password = add_phone(&gateway_bin(), &cfg, "201");
+    // One extension a sipp: the gateway holds at most `calls_per_extension`
+    // calls for one phone, so a step's calls are spread over
+    // `phones_for(n)` sipps, each its own extension (201, 202, ...).
     // SIPp does not expand injection fields inside `[authentication]` (it
     // emits them outside the keyword), so the credentials go into the
     // scenario files themselves (write_scenario), never into sipp's argv.
-    let inf = lab.dir.join("phones.csv");
-    std::fs::write(&inf, "SEQUENTIAL\n201;\n").unwrap();
+    let phones: Vec<Phone> = (0..MAX_PHONES)
+        .map(|i| {
+            let ext = (201 + i).to_string();
+            let password = add_phone(&gateway_bin(), &cfg, &ext);
+            let inf = lab.dir.join(format!("phone-{ext}.csv"));
+            std::fs::write(&inf, format!("SEQUENTIAL\n{ext};\n")).unwrap();
+            Phone { ext, password, inf }
+        })
+        .collect();
     let gw_bin = gateway_bin();
     let mut gw: Proc = lab.start_gateway_with(
         &gw_bin,
@@ -191,8 +210,7 @@ fn main() {
         lab,
         metrics_addr,
         target: format!("127.0.0.1:{sip_port}"),
-        inf,
-        password,
+        phones,
         rtp_ports: (a, b),
         sip_port,
         gw_pid,

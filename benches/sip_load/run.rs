@@ -6,8 +6,8 @@ pub(crate) struct Bench {
     pub(crate) lab: Lab,
     pub(crate) metrics_addr: std::net::SocketAddr,
     pub(crate) target: String,
-    pub(crate) inf: PathBuf,
-    pub(crate) password: String,
+    /// The extensions the sipps play, one a sipp.
+    pub(crate) phones: Vec<Phone>,
     pub(crate) rtp_ports: (u16, u16),
     pub(crate) sip_port: u16,
     pub(crate) gw_pid: i32,
@@ -60,22 +60,53 @@ impl Bench {
         }
     }
 
+    /// Starts `calls` calls at `cps` in all, spread evenly over `phones`
+    /// sipps (at most the bench's extensions), each one extension with its
+    /// own scenario file (its credentials) and at most `CALLS_PER_PHONE`
+    /// calls at once.
+    fn sipps(
+        &self,
+        name: &str,
+        scenario: &str,
+        phones: usize,
+        calls: usize,
+        cps: usize,
+        bound: Duration,
+    ) -> Vec<Sipp> {
+        let k = phones.clamp(1, self.phones.len()).min(calls.max(1));
+        (0..k)
+            .map(|i| {
+                let phone = &self.phones[i];
+                let mine = calls / k + usize::from(i < calls % k);
+                let file = self.lab.dir.join(format!("{name}-{}.xml", phone.ext));
+                write_scenario(&file, scenario, phone);
+                start_sipp(
+                    &self.lab.dir,
+                    &format!("{name}-{}", phone.ext),
+                    &self.target,
+                    &file,
+                    (i, phone),
+                    mine,
+                    (cps * mine).div_ceil(calls.max(1)).max(1),
+                    CALLS_PER_PHONE,
+                    bound,
+                )
+            })
+            .collect()
+    }
+
     pub(crate) fn step(&self, n: usize, audio: &Path) -> BTreeMap<String, f64> {
         let ramp = Duration::from_secs_f64(n as f64 / RAMP_CPS as f64);
         // Every call holds until the window after the last one is up is over.
         let hold = ramp + SETTLE + MEASURE + Duration::from_secs(3);
-        let file = self.lab.dir.join(format!("step-{n}.xml"));
-        write_scenario(&file, &scenario(audio, hold), &self.password);
         let bound = ramp + hold + Duration::from_secs(25);
-        let sipp = start_sipp(
-            &self.lab.dir,
+        let phones = n.div_ceil(CALLS_PER_PHONE);
+        let sipp = self.sipps(
             &format!("step-{n}"),
-            &self.target,
-            &file,
-            &self.inf,
+            &scenario(audio, hold),
+            phones,
             n,
             RAMP_CPS,
-            n,
             bound,
         );
         let mut r = BTreeMap::new();
@@ -89,7 +120,7 @@ impl Bench {
         let a = self.snap();
         std::thread::sleep(MEASURE);
         let b = self.snap();
-        let res = sipp.finish(&self.lab.dir);
+        let res = finish_all(sipp, &self.lab.dir);
         self.wait_idle(Duration::from_secs(20));
         let secs = b.at.duration_since(a.at).as_secs_f64();
         let d = |k: &str| match (a.m.get(k), b.m.get(k)) {
@@ -191,22 +222,21 @@ impl Bench {
 
     pub(crate) fn rate(&self, cps: usize, audio: &Path) -> BTreeMap<String, f64> {
         let calls = cps * RATE_SECONDS;
-        let file = self.lab.dir.join("rate.xml");
-        write_scenario(&file, &scenario(audio, RATE_HOLD), &self.password);
         let a = self.snap();
         let bound = Duration::from_secs((RATE_SECONDS + 30) as u64);
-        let sipp = start_sipp(
-            &self.lab.dir,
+        // A call lasts its hold and about a second of set-up and BYE: that
+        // many calls at once, spread over phones of `CALLS_PER_PHONE`.
+        let at_once = cps * (RATE_HOLD.as_secs() as usize + 1);
+        let phones = (at_once.div_ceil(CALLS_PER_PHONE) * 3).div_ceil(2);
+        let sipp = self.sipps(
             &format!("rate-{cps}"),
-            &self.target,
-            &file,
-            &self.inf,
+            &scenario(audio, RATE_HOLD),
+            phones,
             calls,
             cps,
-            calls,
             bound,
         );
-        let res = sipp.finish(&self.lab.dir);
+        let res = finish_all(sipp, &self.lab.dir);
         let b = self.snap();
         self.wait_idle(Duration::from_secs(20));
         let secs = b.at.duration_since(a.at).as_secs_f64();
@@ -241,4 +271,21 @@ impl Bench {
         );
         r
     }
+}
+
+/// Waits for every sipp of a step; their calls counted together, the step
+/// ok only when every one was.
+fn finish_all(sipps: Vec<Sipp>, dir: &Path) -> SippResult {
+    let mut all = SippResult {
+        ok: true,
+        ..SippResult::default()
+    };
+    for s in sipps {
+        let r = s.finish(dir);
+        all.ok &= r.ok;
+        all.successful += r.successful;
+        all.failed += r.failed;
+        all.signal = all.signal.or(r.signal);
+    }
+    all
 }

@@ -56,8 +56,13 @@ pub(crate) struct Sipp {
 /// The port range sipp's `rtp_stream` binds its calls' sockets in.
 pub(crate) static SIPP_RTP: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
 
-pub(crate) fn rtp_port_args() -> [String; 4] {
+pub(crate) fn rtp_port_args(phone: usize) -> [String; 4] {
     let (lo, hi) = *SIPP_RTP.get().expect("sipp RTP range chosen in main");
+    // Each sipp (phone) its own slice of the range: sipps do not know of
+    // each other's ports.
+    let span = (hi - lo + 1) / MAX_PHONES as u16 / 2 * 2;
+    let lo = lo + span * phone as u16;
+    let hi = lo + span - 1;
     [
         "-min_rtp_port".into(),
         lo.to_string(),
@@ -69,14 +74,14 @@ pub(crate) fn rtp_port_args() -> [String; 4] {
 /// Writes a scenario (mode 0600) with the phone's digest credentials in its
 /// `[authentication]` keyword, so that the password is not in sipp's argv
 /// (SIPp does not expand injection fields inside that keyword).
-pub(crate) fn write_scenario(file: &Path, scenario: &str, password: &str) {
+pub(crate) fn write_scenario(file: &Path, scenario: &str, phone: &Phone) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     assert!(scenario.contains("[authentication]"));
     assert_filled(scenario);
     let text = scenario.replace(
         "[authentication]",
-        &voxgate_testkit::sip::sipp_auth("201", password),
+        &voxgate_testkit::sip::sipp_auth(&phone.ext, &phone.password),
     );
     std::fs::OpenOptions::new()
         .write(true)
@@ -88,14 +93,23 @@ pub(crate) fn write_scenario(file: &Path, scenario: &str, password: &str) {
         .unwrap();
 }
 
-/// Start sipp on CPU 0: `calls` calls at `cps`, at most `limit` at once.
+/// One desk phone that a sipp plays: its extension, its digest password
+/// and its injection file.
+pub(crate) struct Phone {
+    pub(crate) ext: String,
+    pub(crate) password: String,
+    pub(crate) inf: PathBuf,
+}
+
+/// Start sipp on CPU 0 as phone number `index` of the bench's:
+/// `calls` calls at `cps`, at most `limit` at once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_sipp(
     dir: &Path,
     name: &str,
     target: &str,
     scenario_file: &Path,
-    inf: &Path,
+    (index, phone): (usize, &Phone),
     calls: usize,
     cps: usize,
     limit: usize,
@@ -110,12 +124,12 @@ pub(crate) fn start_sipp(
         .args([target, "-sf"])
         .arg(scenario_file)
         .arg("-inf")
-        .arg(inf)
+        .arg(&phone.inf)
         // The digest uri must be the Request-URI (sipp's default drops the user).
         .args(["-auth_uri", &format!("900@{target}")])
         .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p"])
         .arg(free_udp().to_string())
-        .args(rtp_port_args())
+        .args(rtp_port_args(index))
         .args(["-rtp_threadtasks", &RTP_THREADTASKS.to_string()])
         .args(["-m", &calls.to_string(), "-l", &limit.to_string()])
         .args(["-r", &cps.to_string(), "-rp", "1000"])
