@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use voxgate_testkit::audio_env::{score, speech_fixture};
 use voxgate_testkit::lab::{Lab, Proc, free_udp, wait_for};
 use voxgate_testkit::rtp::{Rtp, UdpThread, parse_rtp, rtp, ulaw_of};
-use voxgate_testkit::sip::{SipGateway, Sipp, fill, register_at, sipp_file, sipp37, wait_child};
+use voxgate_testkit::sip::{
+    SipGateway, Sipp, callee_scenario, fill, register_at, sipp_file, sipp37, wait_child,
+};
 
 const TEXT: &str =
     "Applications start calls through the relay. The quick brown fox jumps over the lazy dog.";
@@ -242,8 +244,8 @@ fn write_wav(path: &Path, rate: u32, pcm: &[i16]) {
 }
 
 /// A phone `ext` registered from `port` that answers the box's INVITE with
-/// its media at `media_port` and then `end` (a scenario tail, e.g.
-/// tests/sipp/caller-gets-bye.xml: it waits for the BYE).
+/// its media at `media_port` and then waits for the BYE
+/// ([`callee_scenario`]).
 fn answering_phone(
     dir: &Path,
     gw: &SipGateway,
@@ -251,20 +253,7 @@ fn answering_phone(
     port: u16,
     media_port: u16,
 ) -> std::process::Child {
-    let scenario = fill(
-        &sipp_file("callee.xml"),
-        &[
-            (
-                "CALLEE_END",
-                &(r#"  <nop><action><log message="INVITE from [$caller]"/></action></nop>
-"#
-                .to_string()
-                    + &sipp_file("caller-gets-bye.xml")),
-            ),
-            ("SINK_PORT", &media_port.to_string()),
-            ("EXT", ext),
-        ],
-    );
+    let scenario = callee_scenario(ext, media_port);
     spawn_phone(dir, gw, ext, port, &scenario)
 }
 

@@ -36,7 +36,8 @@ use std::net::UdpSocket;
 use voxgate_testkit::lab::free_udp;
 use voxgate_testkit::rtp::ulaw_of;
 use voxgate_testkit::sip::{
-    SipGateway, Sipp, fill, free_rtp_range, register_at, sipp_auth, sipp_file, sipp37, wait_child,
+    SipGateway, Sipp, callee_scenario, fill, free_rtp_range, register_at, sipp_auth, sipp_file,
+    sipp37, wait_child,
 };
 
 /// u-law silence before the speech, and after it, seconds. The boxes'
@@ -81,26 +82,6 @@ fn caller_scenario(ext: &str, to: &str, password: &str, media_port: u16, up_ms: 
         ],
     )
     .replace("[authentication]", &sipp_auth(ext, password))
-}
-
-/// Phone 301 answering with its media at `media_port`, then waiting for the BYE.
-fn callee_scenario(media_port: u16) -> String {
-    fill(
-        &sipp_file("callee.xml"),
-        &[
-            (
-                "CALLEE_END",
-                // SIPp refuses a variable (the caller, from callee.xml)
-                // that is never used.
-                &(r#"  <nop><action><log message="INVITE from [$caller]"/></action></nop>
-"#
-                .to_string()
-                    + &sipp_file("caller-gets-bye.xml")),
-            ),
-            ("SINK_PORT", &media_port.to_string()),
-            ("EXT", "301"),
-        ],
-    )
 }
 
 fn read_logs(dir: &Path, prefix: &str) -> String {
@@ -192,7 +173,7 @@ pub(crate) fn run(speech_wav: &Path, v: &PhoneVariant, n: usize) -> Value {
         bin: &sipp37(),
         dir: &lab.dir,
         name: "callee-301",
-        scenario: &callee_scenario(listener.port),
+        scenario: &callee_scenario("301", listener.port),
         target: &format!("127.0.0.1:{}", b.sip_port),
         args: &[
             "-p",

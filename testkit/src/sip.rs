@@ -231,6 +231,27 @@ pub fn fill(text: &str, vars: &[(&str, &str)]) -> String {
     t
 }
 
+/// Phone `ext` answering a call (tests/sipp/callee.xml) with its media at
+/// `media_port`, then waiting for the BYE.
+pub fn callee_scenario(ext: &str, media_port: u16) -> String {
+    fill(
+        &sipp_file("callee.xml"),
+        &[
+            (
+                "CALLEE_END",
+                // SIPp refuses a variable (the caller, from callee.xml)
+                // that is never used.
+                &(r#"  <nop><action><log message="INVITE from [$caller]"/></action></nop>
+"#
+                .to_string()
+                    + &sipp_file("caller-gets-bye.xml")),
+            ),
+            ("SINK_PORT", &media_port.to_string()),
+            ("EXT", ext),
+        ],
+    )
+}
+
 /// The REGISTER scenario (tests/sipp/register.xml) for phone `ext`,
 /// answering the digest challenge and expecting status `expect`; with
 /// `log_algorithm`, the challenge's algorithm must be named and is logged
